@@ -1,0 +1,262 @@
+"""``build_shards``: one split of a source into shards, for one part of a possibly split build."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Iterable
+
+from tqdm import tqdm
+
+from .errors import ShardsError
+from .images import CHECKS, ImageOptions, PreparedImage, prepare_image
+from .labels import load_val_labels
+from .manifest import SHARD_FIELDS, compose_manifest, write_manifest
+from .outdir import OutputLayout, prepare_output
+from .plan import DIGEST_MODULUS, BuildPlan, count_shards, input_digest, part_shards, shard_of
+from .sources import InputItem, SourceSpec, TarStream, detect_source, list_folder
+from .spill import SpillWriter, read_spill, spill_path
+from .tarwriter import write_json_atomic
+from .writing import ShardJob, read_locator, write_shards
+
+SPLITS = ("train", "val")
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """The arguments of ``python -m shards build``."""
+
+    src: Path
+    out: Path
+    split: str
+    labels: Path | None = None
+    classes: Path | None = None  # a train manifest whose class map this build must use
+    shard_size: int = 512 * 10**6
+    workers: int = 1
+    resize_short: int | None = None
+    quality: int = 90
+    check: str = "header"
+    seed: int = 0
+    num_parts: int = 1
+    part_id: int = 0
+    resume: bool = False
+    overwrite: bool = False
+    strict: bool = False
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a build wrote: the (part) manifest, or None when it was already complete."""
+
+    manifest_path: Path
+    manifest: dict | None
+    seconds: float
+
+
+def build_shards(request: BuildRequest) -> BuildResult:
+    """Build (or resume) one split, or one part of it, and write its manifest last."""
+    started = time.monotonic()
+    _validate(request)
+    labels = load_val_labels(request.labels) if request.labels else None
+    fixed_classes = _classes_from_manifest(request.classes) if request.classes else None
+    spec = detect_source(request.src, labels)
+    layout = OutputLayout(Path(request.out), request.split)
+    build = _build_streamed if spec.streaming else _build_folder
+    manifest = build(request, spec, layout, fixed_classes)
+    path = layout.manifest if request.num_parts == 1 else layout.part_manifest(request.part_id, request.num_parts)
+    return BuildResult(path, manifest, time.monotonic() - started)
+
+
+def _validate(request: BuildRequest) -> None:
+    checks = [
+        (request.split in SPLITS, f"--split must be one of {SPLITS}"),
+        (request.shard_size >= 1 << 16, "--shard-size must be at least 64KiB"),
+        (request.workers >= 1, "--workers must be at least 1"),
+        (request.resize_short is None or request.resize_short >= 16, "--resize-short must be at least 16"),
+        (1 <= request.quality <= 100, "--quality must be between 1 and 100"),
+        (request.check in CHECKS, f"--check must be one of {CHECKS}"),
+        (request.num_parts >= 1, "--num-parts must be at least 1"),
+        (0 <= request.part_id < request.num_parts, "--part-id must be in [0, --num-parts)"),
+        (not (request.resume and request.overwrite), "--resume and --overwrite exclude each other"),
+        (Path(request.src).resolve() != Path(request.out).resolve(), "OUT must differ from SRC"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ShardsError(message)
+
+
+def _classes_from_manifest(path: Path) -> list[str]:
+    try:
+        classes = json.loads(Path(path).read_text())["classes"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ShardsError(f"--classes {path}: not a shard manifest with a class list ({error})") from None
+    return classes
+
+
+def _make_plan(request: BuildRequest, spec: SourceSpec, num_shards: int) -> BuildPlan:
+    return BuildPlan(
+        split=request.split, source=str(Path(request.src).resolve()), source_kind=spec.kind,
+        seed=request.seed, shard_size=request.shard_size, num_shards=num_shards,
+        num_parts=request.num_parts, resize_short=request.resize_short, quality=request.quality,
+        check=request.check, labels=_resolved(request.labels), classes_from=_resolved(request.classes),
+    )
+
+
+def _resolved(path: Path | None) -> str | None:
+    return str(Path(path).resolve()) if path else None
+
+
+def _size_ratio(samples: Iterable[bytes], options: ImageOptions) -> float:
+    """Output/input bytes on the first images, so --resize-short still gives --shard-size shards."""
+    if not options.resize_short:
+        return 1.0
+    size_in = size_out = 0
+    for data in islice(samples, 16):
+        result = prepare_image(data, options)
+        if isinstance(result, PreparedImage):
+            size_in, size_out = size_in + len(data), size_out + len(result.jpeg)
+    return size_out / size_in if size_in else 1.0
+
+
+def _check_classes(wnids: Iterable[str | None], classes: list[str], origin: str) -> None:
+    missing = sorted({w for w in wnids if w is not None} - set(classes))
+    if missing:
+        raise ShardsError(f"{len(missing)} classes of SRC are not in {origin}: {', '.join(missing[:10])}")
+
+
+def _build_folder(request, spec, layout, fixed_classes) -> dict | None:
+    items, folder_classes, total_bytes = list_folder(spec)
+    classes = fixed_classes or (spec.labels.classes if spec.labels else folder_classes)
+    _check_classes((i.wnid for i in items), classes, request.classes or "the class list")
+    readable = (read_locator(i.locator) for i in items if not i.rejected)
+    ratio = _size_ratio(readable, ImageOptions(request.resize_short, request.quality, request.check))
+    plan = _make_plan(request, spec, count_shards(total_bytes * ratio, request.shard_size, len(items)))
+    if not prepare_output(layout, plan, request.part_id, request.resume, request.overwrite):
+        return None
+    mine = part_shards(plan.num_shards, plan.num_parts, request.part_id)
+    groups: dict[int, list[InputItem]] = {shard: [] for shard in mine}
+    digest = 0
+    for item in items:
+        digest = (digest + input_digest(item.source)) % DIGEST_MODULUS
+        shard = shard_of(item.key, plan.seed, plan.num_shards)
+        if shard in groups:
+            groups[shard].append(item)
+    jobs = [ShardJob(s, lambda s=s: groups[s]) for s in mine if not _shard_done(layout, plan, s)]
+    source_totals = {"inputs": len(items), "digest": digest, "bytes": total_bytes}
+    return _write_and_finish(request, plan, layout, classes, jobs, source_totals, sum(map(len, groups.values())))
+
+
+def _build_streamed(request, spec, layout, fixed_classes) -> dict | None:
+    total_bytes = spec.path.stat().st_size
+    options = ImageOptions(request.resize_short, request.quality, request.check)
+    ratio = _size_ratio((data for item, data in TarStream(spec) if not item.rejected), options)
+    plan = _make_plan(request, spec, count_shards(total_bytes * ratio, request.shard_size))
+    if not prepare_output(layout, plan, request.part_id, request.resume, request.overwrite):
+        return None
+    mine = part_shards(plan.num_shards, plan.num_parts, request.part_id)
+    done_marker = layout.spill_done(request.part_id)
+    if not done_marker.exists():
+        _spill(spec, plan, layout, mine, fixed_classes, request)
+    spilled = json.loads(done_marker.read_text())
+    classes = fixed_classes or spilled["classes"]
+    jobs = [
+        ShardJob(s, lambda s=s: read_spill(spill_path(layout.spill_dir, s)),
+                 on_done=lambda s=s: spill_path(layout.spill_dir, s).unlink(missing_ok=True))
+        for s in mine if not _shard_done(layout, plan, s)
+    ]
+    totals = {k: spilled[k] for k in ("inputs", "digest", "bytes")}
+    return _write_and_finish(request, plan, layout, classes, jobs, totals, spilled["mine"])
+
+
+def _spill(spec, plan, layout, mine, fixed_classes, request) -> None:
+    """Pass 1 over a tar stream: every input of this part into its shard's spill file."""
+    stream, writer = TarStream(spec), SpillWriter(layout.spill_dir, mine)
+    inputs = digest = in_mine = 0
+    bar = tqdm(total=spec.path.stat().st_size, unit="B", unit_scale=True, desc=f"{plan.split}: reading SRC",
+               disable=not request.progress)
+    for item, data in stream:
+        if fixed_classes is not None and item.wnid is not None and item.wnid not in fixed_classes:
+            raise ShardsError(f"{item.source}: class {item.wnid} is not in {request.classes}")
+        inputs += 1
+        digest = (digest + input_digest(item.source)) % DIGEST_MODULUS
+        shard = shard_of(item.key, plan.seed, plan.num_shards)
+        if shard in mine:
+            writer.add(shard, item, data)
+            in_mine += 1
+        bar.update(stream.bytes_read - bar.n)
+    writer.close()
+    bar.close()
+    classes = spec.labels.classes if spec.labels else sorted(stream.class_names)
+    marker = {"inputs": inputs, "digest": digest, "bytes": spec.path.stat().st_size, "mine": in_mine,
+              "classes": classes}
+    write_json_atomic(layout.spill_done(request.part_id), json.dumps(marker))
+
+
+def _shard_done(layout: OutputLayout, plan: BuildPlan, shard: int) -> bool:
+    name = plan.shard_name(shard)
+    record_path, (tar, index) = layout.record(name), layout.shard_files(name)
+    if not (record_path.exists() and tar.exists() and index.exists()):
+        return False
+    return tar.stat().st_size == json.loads(record_path.read_text())["bytes"]
+
+
+def _write_and_finish(request, plan, layout, classes, jobs, source_totals, images_in_part) -> dict:
+    class_index = {wnid: i for i, wnid in enumerate(classes)}
+    mine = part_shards(plan.num_shards, plan.num_parts, request.part_id)
+    with _Progress(images_in_part, f"{plan.split}: writing shards", request.progress) as progress:
+        write_shards(jobs, plan, layout, class_index, workers=request.workers, strict=request.strict,
+                     on_image=progress.image)
+    records = [json.loads(layout.record(plan.shard_name(s)).read_text()) for s in mine]
+    manifest = compose_manifest(plan.to_json(), classes, records, source_totals)
+    totals = manifest["totals"]
+    if totals["inputs"] != totals["samples"] + totals["rejected"]:
+        raise AssertionError(f"bug: inputs {totals['inputs']} != written + rejected in {totals}")
+    if plan.num_parts == 1:
+        write_manifest(layout.manifest, manifest)
+        shutil.rmtree(layout.build_dir, ignore_errors=True)
+        _remove_if_empty(layout.out / ".build")
+        return manifest
+    manifest["part"] = {"id": request.part_id, "of": plan.num_parts}
+    manifest["shard_details"] = {r["name"]: {k: v for k, v in r.items() if k not in SHARD_FIELDS} for r in records}
+    write_manifest(layout.part_manifest(request.part_id, plan.num_parts), manifest)
+    return manifest
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+class _Progress:
+    """A tqdm bar over images with images/s and MB/s written."""
+
+    def __init__(self, total: int, description: str, enabled: bool):
+        self._bar = tqdm(total=total, unit="img", desc=description, disable=not enabled, smoothing=0.1)
+        self._bytes, self._started, self._last = 0, time.monotonic(), 0.0
+
+    def __enter__(self) -> "_Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._bar.close()
+
+    def image(self, size: int) -> None:
+        self._bytes += size
+        self._bar.update(1)
+        now = time.monotonic()
+        if now - self._last > 0.5:
+            self._last = now
+            self._bar.set_postfix_str(f"{self._bytes / 1e6 / max(now - self._started, 1e-9):.0f} MB/s")
+
+
+def default_workers() -> int:
+    """One worker per core the process may use."""
+    return max(1, len(os.sched_getaffinity(0)))

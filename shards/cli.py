@@ -1,0 +1,145 @@
+"""``python -m shards`` (also ``cutmix-shards``): build, merge, verify and inspect shards."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from .build import BuildRequest, build_shards, default_workers
+from .errors import ShardsError
+from .images import CHECKS
+from .manifest import merge_parts
+from .outdir import OutputLayout
+from .report import inspect_shards, print_build_summary
+from .verify import verify_shards
+
+_EXAMPLES = """examples:
+  # ImageNet-1k train from the original tar of class tars (streamed, never extracted):
+  python -m shards build ILSVRC2012_img_train.tar /data/inet --split train --workers 16
+  # val from the flat tar, labels from the devkit, class map from the train build:
+  python -m shards build ILSVRC2012_img_val.tar /data/inet --split val \\
+      --labels ILSVRC2012_devkit_t12.tar.gz --classes /data/inet/train.json
+  # an ImageFolder tree, pre-resized like FFCV (shorter side 256, quality 90):
+  python -m shards build /data/imagenet/train /data/inet256 --split train --resize-short 256
+  # one of 8 Slurm array tasks, then the combined manifest:
+  python -m shards build SRC OUT --split train --num-parts 8 --part-id $SLURM_ARRAY_TASK_ID
+  python -m shards merge OUT
+  python -m shards verify OUT --decode
+"""
+
+
+def parse_size(text: str) -> int:
+    """'512MB', '1.5GB', '64MiB', '1000000' -> bytes."""
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([kKmMgGtT]?)(i?)[bB]?\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 512MB)")
+    number, unit, binary = match.groups()
+    base = 1024 if binary else 1000
+    return int(float(number) * base ** "_KMGT".index(unit.upper() or "_"))
+
+
+def _build_parser(sub) -> None:
+    build = sub.add_parser(
+        "build", help="build shards of one split from SRC into OUT",
+        description="Build class-shuffled WebDataset shards (<split>-NNNNNN.tar), one DALI index per "
+        "tar (.idx) and the manifest <split>.json from raw ImageNet.",
+        epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    build.add_argument("src", type=Path, metavar="SRC", help="an ImageFolder tree SRC/<wnid>/<file>; a flat "
+                       "folder or tar of val images (with --labels); ILSVRC2012_img_train.tar (a tar of "
+                       "class tars); the ImageNet-21k tar or tar.gz of synset tars")
+    build.add_argument("out", type=Path, metavar="OUT", help="output folder (created if missing)")
+    build.add_argument("--split", required=True, choices=("train", "val"), help="names the shards and manifest")
+    build.add_argument("--labels", type=Path, help="val labels: LOC_val_solution.csv, the devkit folder or "
+                       "ILSVRC2012_devkit_t12.tar.gz (ids mapped to wnids through meta.mat)")
+    build.add_argument("--classes", type=Path, metavar="TRAIN_MANIFEST", help="use this manifest's class "
+                       "map (e.g. OUT/train.json for val); a class of SRC missing from it is an error")
+    build.add_argument("--shard-size", type=parse_size, default="512MB", help="target shard size (default 512MB)")
+    build.add_argument("--workers", type=int, default=default_workers(),
+                       help="processes that read and check images (default: the cores available, %(default)s here)")
+    build.add_argument("--resize-short", type=int, metavar="PX", help="re-encode every image with its shorter "
+                       "side at most PX pixels (default: keep original bytes when they are an RGB JPEG)")
+    build.add_argument("--quality", type=int, default=90, metavar="Q", help="JPEG quality of re-encoded images (default 90)")
+    build.add_argument("--check", choices=CHECKS, default="header", help="'header' (default): read the header "
+                       "and end-of-image marker of each kept JPEG; 'decode': decode every image fully (slower)")
+    build.add_argument("--seed", type=int, default=0, help="shuffle seed; the same seed gives byte-identical shards")
+    build.add_argument("--num-parts", type=int, default=1, metavar="P", help="split the build into P independent parts")
+    build.add_argument("--part-id", type=int, default=0, metavar="I", help="which part this process builds (0..P-1)")
+    again = build.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="finish an interrupted build with the same arguments")
+    again.add_argument("--overwrite", action="store_true", help="replace a previous build of this split in OUT")
+    build.add_argument("--strict", action="store_true", help="stop with an error at the first rejected input")
+    build.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The argument parser of all subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="python -m shards", description=__doc__, epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _build_parser(sub)
+    merge = sub.add_parser("merge", help="combine the part manifests of a split build (--num-parts)")
+    merge.add_argument("out", type=Path, metavar="OUT")
+    merge.add_argument("--split", choices=("train", "val"), help="default: every split with part manifests")
+    verify = sub.add_parser("verify", help="check sha256, tar structure and index files; exit 1 naming bad shards")
+    verify.add_argument("out", type=Path, metavar="OUT")
+    verify.add_argument("--split", choices=("train", "val"), help="default: every split with a manifest")
+    verify.add_argument("--decode", action="store_true", help="also decode every image (slow)")
+    verify.add_argument("--quiet", action="store_true", help="no progress bars")
+    inspect = sub.add_parser("inspect", help="counts, class histogram, sizes and shuffle quality")
+    inspect.add_argument("out", type=Path, metavar="OUT")
+    inspect.add_argument("--split", choices=("train", "val"))
+    return parser
+
+
+def _splits(out: Path, split: str | None, pattern: str) -> list[str]:
+    if split:
+        return [split]
+    found = [s for s in ("train", "val") if list(out.glob(pattern.format(split=s)))]
+    if not found:
+        raise ShardsError(f"{out}: no {pattern.format(split='<split>')} found")
+    return found
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "build":
+        request = BuildRequest(
+            src=args.src, out=args.out, split=args.split, labels=args.labels, classes=args.classes,
+            shard_size=args.shard_size, workers=args.workers, resize_short=args.resize_short,
+            quality=args.quality, check=args.check, seed=args.seed, num_parts=args.num_parts,
+            part_id=args.part_id, resume=args.resume, overwrite=args.overwrite, strict=args.strict,
+            progress=not args.quiet,
+        )
+        print_build_summary(build_shards(request))
+        return 0
+    if args.command == "merge":
+        for split in _splits(args.out, args.split, "{split}.part-*.json"):
+            manifest = merge_parts(OutputLayout(args.out, split))
+            print(f"{split}: merged {len(manifest['shards'])} shards, {manifest['totals']['samples']} samples "
+                  f"-> {args.out / f'{split}.json'}")
+        return 0
+    if args.command == "verify":
+        problems = 0
+        for split in _splits(args.out, args.split, "{split}.json"):
+            problems += verify_shards(args.out, split, decode=args.decode, progress=not args.quiet)
+        return 1 if problems else 0
+    for split in _splits(args.out, args.split, "{split}.json"):
+        inspect_shards(args.out, split)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; user mistakes print one line on stderr and exit 2, never a traceback."""
+    args = make_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except ShardsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command with --resume to finish", file=sys.stderr)
+        return 130

@@ -1,0 +1,125 @@
+"""The files a build keeps in OUT, and whether OUT may be written: fresh, resumed or replaced.
+
+OUT/<split>-NNNNNN.tar/.idx   the shards (renamed into place when complete)
+OUT/<split>.json              the manifest, written last: its presence means "complete"
+OUT/<split>.part-I-of-P.json  a finished part of a split build (until `merge`)
+OUT/.build/<split>/           plan.json, one record per finished shard, spill files
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ShardsError
+from .plan import BuildPlan, part_shards
+from .tarwriter import write_json_atomic
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """Paths of one split's build inside OUT."""
+
+    out: Path
+    split: str
+
+    @property
+    def manifest(self) -> Path:
+        return self.out / f"{self.split}.json"
+
+    def part_manifest(self, part_id: int, num_parts: int) -> Path:
+        return self.out / f"{self.split}.part-{part_id:04d}-of-{num_parts:04d}.json"
+
+    def part_manifests(self) -> list[Path]:
+        return sorted(self.out.glob(f"{self.split}.part-*-of-*.json"))
+
+    @property
+    def build_dir(self) -> Path:
+        return self.out / ".build" / self.split
+
+    @property
+    def spill_dir(self) -> Path:
+        return self.build_dir / "spill"
+
+    def spill_done(self, part_id: int) -> Path:
+        return self.build_dir / f"spill-part-{part_id:04d}.json"
+
+    def record(self, name: str) -> Path:
+        return self.build_dir / "shards" / f"{name}.json"
+
+    def shard_files(self, name: str) -> tuple[Path, Path]:
+        return self.out / f"{name}.tar", self.out / f"{name}.idx"
+
+
+def prepare_output(layout: OutputLayout, plan: BuildPlan, part_id: int, resume: bool, overwrite: bool) -> bool:
+    """Make OUT ready for this part of ``plan``; returns False when the split is already complete."""
+    layout.out.mkdir(parents=True, exist_ok=True)
+    plan_path = layout.build_dir / "plan.json"
+    if overwrite:
+        _remove_previous(layout, plan, part_id)
+    elif layout.manifest.exists():
+        if resume and _stored_plan(layout.manifest, "build") == plan.to_json():
+            return False
+        raise ShardsError(
+            f"{layout.out} already holds a complete {plan.split} build ({layout.manifest.name}): "
+            "pass --overwrite to replace it"
+        )
+    elif plan_path.exists():
+        _check_same_plan(_stored_plan(plan_path), plan, resume, layout)
+        if not resume and _part_started(layout, plan, part_id):
+            raise ShardsError(
+                f"{layout.out} holds an unfinished {plan.split} build: pass --resume to finish it "
+                "or --overwrite to start again"
+            )
+    elif any(layout.out.glob(f"{plan.split}-*.tar")):
+        raise ShardsError(
+            f"{layout.out} holds {plan.split} shards from another tool or an older build: "
+            "pass --overwrite to replace them"
+        )
+    (layout.build_dir / "shards").mkdir(parents=True, exist_ok=True)
+    write_json_atomic(plan_path, json.dumps(plan.to_json(), indent=1, sort_keys=True))
+    return True
+
+
+def _stored_plan(path: Path, field: str | None = None) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ShardsError(f"{path}: unreadable ({error}); pass --overwrite to start again") from None
+    return data.get(field) if field else data
+
+
+def _check_same_plan(stored: dict, plan: BuildPlan, resume: bool, layout: OutputLayout) -> None:
+    current = plan.to_json()
+    if stored == current:
+        return
+    changed = sorted(k for k in current.keys() | stored.keys() if stored.get(k) != current.get(k))
+    details = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in changed)
+    verb = "--resume needs the same arguments" if resume else "a different build is in progress"
+    raise ShardsError(f"{layout.out}: {verb} ({details}); pass --overwrite to start again")
+
+
+def _part_started(layout: OutputLayout, plan: BuildPlan, part_id: int) -> bool:
+    if layout.part_manifest(part_id, plan.num_parts).exists() or layout.spill_done(part_id).exists():
+        return True
+    names = [plan.shard_name(s) for s in part_shards(plan.num_shards, plan.num_parts, part_id)]
+    return any(layout.record(n).exists() or layout.shard_files(n)[0].exists() for n in names)
+
+
+def _remove_previous(layout: OutputLayout, plan: BuildPlan, part_id: int) -> None:
+    layout.manifest.unlink(missing_ok=True)
+    if plan.num_parts == 1:
+        shutil.rmtree(layout.build_dir, ignore_errors=True)
+        for path in [*layout.out.glob(f"{plan.split}-*.tar"), *layout.out.glob(f"{plan.split}-*.idx"),
+                     *layout.part_manifests(), *layout.out.glob(f".tmp-{plan.split}-*")]:
+            path.unlink()
+        return
+    # One part of a split build replaces only its own files: the other parts may be running.
+    layout.part_manifest(part_id, plan.num_parts).unlink(missing_ok=True)
+    layout.spill_done(part_id).unlink(missing_ok=True)
+    for shard in part_shards(plan.num_shards, plan.num_parts, part_id):
+        name = plan.shard_name(shard)
+        for path in (*layout.shard_files(name), layout.record(name)):
+            path.unlink(missing_ok=True)

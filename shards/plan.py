@@ -1,0 +1,78 @@
+"""Which shard each input goes to, in which order, and what a build promised to produce.
+
+Every input lands in the shard chosen by a keyed hash of its sample key, and each shard's
+inputs are put in a seeded random order. Together that is a pseudo-random permutation of the
+whole data set, so every shard holds a class mix close to the global one, with no global list
+in memory. Each shard depends only on (seed, key) and the inputs, never on the number of
+workers or parts: that is what makes builds byte-identical, resumable and splittable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .images import ImageOptions
+
+PLAN_FORMAT = "cutmix-shards/1"
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """Everything that fixes the bytes of the output; stored in OUT/.build/<split>/plan.json."""
+
+    split: str
+    source: str
+    source_kind: str
+    seed: int
+    shard_size: int
+    num_shards: int
+    num_parts: int
+    resize_short: int | None
+    quality: int
+    check: str
+    labels: str | None
+    classes_from: str | None
+
+    @property
+    def image_options(self) -> ImageOptions:
+        return ImageOptions(self.resize_short, self.quality, self.check)
+
+    def to_json(self) -> dict:
+        return {"format": PLAN_FORMAT, **dataclasses.asdict(self)}
+
+    def shard_name(self, shard: int) -> str:
+        return f"{self.split}-{shard:06d}"
+
+
+def count_shards(total_bytes: float, shard_size: int, max_shards: int | None = None) -> int:
+    """Shards of about ``shard_size`` bytes each, at least one, at most one per input."""
+    shards = max(1, round(total_bytes / shard_size))
+    return min(shards, max_shards) if max_shards else shards
+
+
+def shard_of(key: str, seed: int, num_shards: int) -> int:
+    """The shard of a sample key: a keyed hash, uniform over shards and stable across runs."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8, key=seed.to_bytes(8, "little", signed=True))
+    return int.from_bytes(digest.digest(), "little") % num_shards
+
+
+def shard_order(count: int, seed: int, shard: int) -> np.ndarray:
+    """The seeded random order of a shard's ``count`` inputs (given in source order)."""
+    return np.random.default_rng([seed & 0xFFFFFFFF, seed >> 32 & 0xFFFFFFFF, shard]).permutation(count)
+
+
+def part_shards(num_shards: int, num_parts: int, part_id: int) -> range:
+    """The contiguous block of shards that part ``part_id`` of ``num_parts`` writes."""
+    return range(part_id * num_shards // num_parts, (part_id + 1) * num_shards // num_parts)
+
+
+def input_digest(source: str) -> int:
+    """A 64-bit hash of one input's path; sums of these tell merge nothing is missing or doubled."""
+    return int.from_bytes(hashlib.blake2b(source.encode(), digest_size=8).digest(), "little")
+
+
+DIGEST_MODULUS = 1 << 64

@@ -1,0 +1,211 @@
+"""What SRC is, and the inputs it holds.
+
+Folders (an ImageFolder tree ``SRC/<wnid>/<file>``, or a flat folder plus ``--labels``) are
+listed up front and read by random access. Tars (the ILSVRC2012 train tar of class tars, the
+flat val tar plus ``--labels``, the ImageNet-21k tar or tar.gz of synset tars, or a tar of
+``<wnid>/<file>``) are read once, as a stream, with one image in memory at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Iterator, NamedTuple
+
+from .errors import ShardsError
+from .labels import ValLabels
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_MAX_KEY = 80  # keeps "<key>.json" within a plain USTAR name (100 bytes), which every reader parses
+
+
+class InputItem(NamedTuple):
+    """One input file. ``locator`` is (path, offset, size), size -1 meaning the whole file."""
+
+    key: str
+    wnid: str | None
+    source: str  # relative to SRC; inside an archive for tars
+    locator: tuple[str, int, int]
+    rejected: str | None = None  # set when the input is refused before its bytes are read
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """The detected kind of SRC."""
+
+    kind: str  # imagefolder | flat-folder | tar-of-tars | flat-tar | foldered-tar
+    path: Path
+    labels: ValLabels | None
+
+    @property
+    def streaming(self) -> bool:
+        return self.kind.endswith("tar") or self.kind == "tar-of-tars"
+
+
+def detect_source(path: Path, labels: ValLabels | None) -> SourceSpec:
+    """Name the kind of SRC, or explain why it is none of the supported ones."""
+    path = Path(path)
+    if not path.exists():
+        raise ShardsError(f"SRC {path}: no such file or folder")
+    if path.is_dir():
+        kind = _folder_kind(path)
+    elif tarfile.is_tarfile(path) or path.name.endswith((".tar.gz", ".tgz")):
+        kind = _tar_kind(path)
+    else:
+        raise ShardsError(f"SRC {path}: neither a folder nor a tar archive")
+    if kind.startswith("flat") and labels is None:
+        raise ShardsError(
+            f"SRC {path} holds images without class folders ({kind}): give --labels "
+            "LOC_val_solution.csv or the ILSVRC2012 devkit"
+        )
+    return SourceSpec(kind, path, labels)
+
+
+def _folder_kind(path: Path) -> str:
+    entries = list(os.scandir(path))
+    if any(entry.is_dir() for entry in entries):
+        return "imagefolder"
+    if any(entry.is_file() for entry in entries):
+        return "flat-folder"
+    raise ShardsError(f"SRC {path}: the folder is empty")
+
+
+def _tar_kind(path: Path) -> str:
+    try:
+        with tarfile.open(path, "r|*") as archive:
+            for member in archive:
+                if not member.isfile():
+                    continue
+                name = member.name.removeprefix("./")
+                if name.endswith(".tar"):
+                    return "tar-of-tars"
+                return "foldered-tar" if "/" in name else "flat-tar"
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise ShardsError(f"SRC {path}: not a readable tar archive ({error})") from None
+    raise ShardsError(f"SRC {path}: the archive holds no files")
+
+
+def sample_key(wnid: str | None, relative: str) -> str:
+    """A WebDataset key (no dots, ASCII) for an input, unique within its class."""
+    stem = relative.rsplit(".", 1)[0] if "." in PurePosixPath(relative).name else relative
+    key = _UNSAFE.sub("_", stem).strip("_") or "unnamed"
+    if wnid and not key.startswith(wnid):
+        key = f"{_UNSAFE.sub('_', wnid)}_{key}"
+    if len(key) > _MAX_KEY:
+        key = f"{key[:_MAX_KEY - 17]}_{hashlib.blake2b(key.encode(), digest_size=8).hexdigest()}"
+    return key
+
+
+def list_folder(spec: SourceSpec) -> tuple[list[InputItem], list[str], int]:
+    """All inputs of a folder source in sorted order, its class folders, and its total bytes."""
+    items, total = [], 0
+    classes: list[str] = []
+    for directory, dirnames, filenames in os.walk(spec.path):
+        dirnames.sort()
+        relative_dir = PurePosixPath(os.path.relpath(directory, spec.path))
+        if relative_dir == PurePosixPath("."):
+            classes = list(dirnames)
+        for name in sorted(filenames):
+            path = os.path.join(directory, name)
+            total += os.path.getsize(path)
+            items.append(_folder_item(spec, relative_dir, name, path))
+    return items, classes, total
+
+
+def _folder_item(spec: SourceSpec, relative_dir: PurePosixPath, name: str, path: str) -> InputItem:
+    source = str(relative_dir / name) if str(relative_dir) != "." else name
+    locator = (path, 0, -1)
+    if spec.kind == "flat-folder":
+        return _labelled_item(spec.labels, source, name, locator)
+    if str(relative_dir) == ".":
+        return InputItem(sample_key(None, name), None, source, locator, "not inside a class folder")
+    wnid, _, inside = source.partition("/")
+    return InputItem(sample_key(wnid, inside), wnid, source, locator)
+
+
+def _labelled_item(labels: ValLabels, source: str, name: str, locator) -> InputItem:
+    stem = name.split(".")[0]
+    wnid = labels.wnid_by_stem.get(stem)
+    reason = None if wnid else f"no label for {stem} in {labels.source}"
+    return InputItem(sample_key(None, name), wnid, source, locator, reason)
+
+
+class _CountingReader:
+    """A raw file that counts the bytes read, for progress on compressed streams."""
+
+    def __init__(self, path: Path):
+        self._file = open(path, "rb")
+        self.bytes_read = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._file.read(size)
+        self.bytes_read += len(data)
+        return data
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class TarStream:
+    """Iterates a tar source as ``(InputItem, bytes)`` with one image in memory at a time.
+
+    ``class_names`` holds the class tars or folders seen so far; ``bytes_read`` the
+    position in the (possibly compressed) archive file.
+    """
+
+    def __init__(self, spec: SourceSpec):
+        self.spec = spec
+        self.class_names: set[str] = set()
+        self._reader = _CountingReader(spec.path)
+
+    @property
+    def bytes_read(self) -> int:
+        return self._reader.bytes_read
+
+    def __iter__(self) -> Iterator[tuple[InputItem, bytes]]:
+        try:
+            with tarfile.open(fileobj=self._reader, mode="r|*") as archive:
+                for member in archive:
+                    if member.isfile():
+                        yield from self._member(archive, member)
+        except (tarfile.TarError, EOFError, OSError) as error:
+            raise ShardsError(f"SRC {self.spec.path}: the archive is damaged ({error})") from None
+        finally:
+            self._reader.close()
+
+    def _member(self, archive, member) -> Iterator[tuple[InputItem, bytes]]:
+        name = member.name.removeprefix("./")
+        if self.spec.kind == "tar-of-tars":
+            yield from self._class_tar(archive, member, name)
+            return
+        data = archive.extractfile(member).read()
+        if self.spec.kind == "flat-tar":
+            yield _labelled_item(self.spec.labels, name, PurePosixPath(name).name, ("", 0, 0)), data
+            return
+        wnid, _, inside = name.partition("/")
+        if not inside:
+            yield InputItem(sample_key(None, name), None, name, ("", 0, 0), "not inside a class folder"), b""
+            return
+        self.class_names.add(wnid)
+        yield InputItem(sample_key(wnid, inside), wnid, name, ("", 0, 0)), data
+
+    def _class_tar(self, archive, member, name) -> Iterator[tuple[InputItem, bytes]]:
+        if not name.endswith(".tar"):
+            yield InputItem(sample_key(None, name), None, name, ("", 0, 0), "not a class tar"), b""
+            return
+        wnid = PurePosixPath(name).name[: -len(".tar")]
+        self.class_names.add(wnid)
+        try:
+            with tarfile.open(fileobj=archive.extractfile(member), mode="r|") as inner:
+                for image in inner:
+                    if image.isfile():
+                        inside = image.name.removeprefix("./")
+                        item = InputItem(sample_key(wnid, inside), wnid, f"{name}/{inside}", ("", 0, 0))
+                        yield item, inner.extractfile(image).read()
+        except tarfile.TarError as error:
+            reason = f"damaged class tar, its remaining images are lost ({error})"
+            yield InputItem(sample_key(wnid, name), wnid, name, ("", 0, 0), reason), b""

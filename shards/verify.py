@@ -1,0 +1,117 @@
+"""``python -m shards verify``: every shard against the manifest (sha256, size, count), its tar
+structure (complete samples, valid labels) and its DALI index (every entry at the right offset);
+with ``--decode`` every image is decoded. Bad shards are named; the exit status says if any."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from .manifest import load_manifest
+
+
+def read_index(path: Path) -> list[list[tuple[str, int, int, str]]]:
+    """A DALI wds2idx v1.2 index: per sample, its (extension, offset, size, name) entries."""
+    lines = Path(path).read_text().splitlines()
+    version, count = lines[0].split()
+    if version != "v1.2" or int(count) != len(lines) - 1:
+        raise ValueError(f"header {lines[0]!r} does not match {len(lines) - 1} entries")
+    samples = []
+    for line in lines[1:]:
+        fields = line.split()
+        samples.append([(fields[i], int(fields[i + 1]), int(fields[i + 2]), fields[i + 3])
+                        for i in range(0, len(fields), 4)])
+    return samples
+
+
+def verify_shards(out: Path, split: str, *, decode: bool = False, progress: bool = True) -> int:
+    """Check every shard of a split; prints one line per bad shard and returns their number."""
+    manifest = load_manifest(out, split)
+    bad = 0
+    for shard in tqdm(manifest["shards"], desc=f"{split}: verifying", unit="shard", disable=not progress):
+        problem = check_shard(Path(out), shard, manifest["num_classes"], decode)
+        if problem:
+            bad += 1
+            print(f"BAD {shard['name']}: {problem}")
+    listed = {s["name"] for s in manifest["shards"]}
+    for stray in sorted(p.name for p in Path(out).glob(f"{split}-*.tar") if p.name not in listed):
+        print(f"note: {stray} is not in {split}.json (left from another build?)")
+    total = manifest["totals"]["samples"]
+    verdict = "OK" if not bad else f"{bad} BAD"
+    print(f"{split}: {verdict}: {len(manifest['shards'])} shards, {total} samples checked"
+          f"{' and decoded' if decode else ''}")
+    return bad
+
+
+def check_shard(out: Path, shard: dict, num_classes: int, decode: bool) -> str | None:
+    """The first problem found with one shard, or None."""
+    tar_path, index_path = out / shard["name"], out / shard["index"]
+    for path in (tar_path, index_path):
+        if not path.exists():
+            return f"{path.name} is missing"
+    if tar_path.stat().st_size != shard["bytes"]:
+        return f"size {tar_path.stat().st_size} != {shard['bytes']} in the manifest"
+    if _sha256(tar_path) != shard["sha256"]:
+        return "sha256 differs from the manifest"
+    try:
+        members = _tar_members(tar_path)
+        index = read_index(index_path)
+    except (tarfile.TarError, ValueError, IndexError, OSError) as error:
+        return f"unreadable: {error}"
+    return _check_samples(tar_path, members, index, shard["samples"], num_classes, decode)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _tar_members(path: Path) -> list[tuple[str, int, int, str]]:
+    with tarfile.open(path, "r:") as archive:  # seeks over data: reads headers only
+        return [(m.name.split(".", 1)[1], m.offset_data, m.size, m.name) for m in archive if m.isfile()]
+
+
+def _check_samples(tar_path, members, index, expected, num_classes, decode) -> str | None:
+    flat_index = [entry for sample in index for entry in sample]
+    if flat_index != members:
+        mismatch = next((i, m) for i, m in enumerate(members + [None]) if i >= len(flat_index) or flat_index[i] != m)
+        return f"index does not match the tar at member {mismatch[0]} ({mismatch[1]}): stale index?"
+    if len(index) != expected:
+        return f"{len(index)} samples, the manifest says {expected}"
+    with open(tar_path, "rb") as file:
+        for sample in index:
+            entries = {extension: (offset, size, name) for extension, offset, size, name in sample}
+            if {"cls", "jpg"} - entries.keys():
+                return f"sample {sample[0][3]} lacks .cls or .jpg"
+            label = _read(file, *entries["cls"][:2])
+            if not label.isdigit() or int(label) >= num_classes:
+                return f"{entries['cls'][2]}: label {label!r} is not in [0, {num_classes})"
+            if decode:
+                problem = _decode(_read(file, *entries["jpg"][:2]))
+                if problem:
+                    return f"{entries['jpg'][2]}: {problem}"
+    return None
+
+
+def _read(file, offset: int, size: int) -> bytes:
+    file.seek(offset)
+    return file.read(size)
+
+
+def _decode(data: bytes) -> str | None:
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except Exception as error:
+        return f"does not decode ({error})"
+    if image.format != "JPEG" or image.mode != "RGB":
+        return f"{image.format} {image.mode}, not an RGB JPEG"
+    return None
