@@ -76,7 +76,7 @@ def build_shards(request: BuildRequest) -> BuildResult:
 def _validate(request: BuildRequest) -> None:
     checks = [
         (request.split in SPLITS, f"--split must be one of {SPLITS}"),
-        (request.shard_size >= 1 << 16, "--shard-size must be at least 64KiB"),
+        (request.shard_size >= 64_000, "--shard-size must be at least 64kB"),
         (request.workers >= 1, "--workers must be at least 1"),
         (request.resize_short is None or request.resize_short >= 16, "--resize-short must be at least 16"),
         (1 <= request.quality <= 100, "--quality must be between 1 and 100"),
@@ -112,16 +112,25 @@ def _resolved(path: Path | None) -> str | None:
     return str(Path(path).resolve()) if path else None
 
 
-def _size_ratio(samples: Iterable[bytes], options: ImageOptions) -> float:
-    """Output/input bytes on the first images, so --resize-short still gives --shard-size shards."""
-    if not options.resize_short:
-        return 1.0
-    size_in = size_out = 0
+# Per sample: three 512-byte headers, the .cls and .json blocks and half a block of padding.
+_TAR_OVERHEAD = 5 * 512 - 256
+
+
+def _estimate_output_bytes(samples: Iterable[bytes], options: ImageOptions, total_bytes: int,
+                           count: int | None) -> float:
+    """Expected shard bytes, from the first images (re-encoded when --resize-short asks), so
+    that shards come out near --shard-size; ``count`` is estimated when a stream hides it."""
+    size_in = size_out = seen = 0
     for data in islice(samples, 16):
-        result = prepare_image(data, options)
-        if isinstance(result, PreparedImage):
-            size_in, size_out = size_in + len(data), size_out + len(result.jpeg)
-    return size_out / size_in if size_in else 1.0
+        result = prepare_image(data, options) if options.resize_short else None
+        if result is None or isinstance(result, PreparedImage):
+            seen += 1
+            size_in += len(data)
+            size_out += len(result.jpeg) if result else len(data)
+    if not seen:
+        return float(total_bytes)
+    count = count if count is not None else total_bytes / (size_in / seen)
+    return total_bytes * size_out / size_in + count * _TAR_OVERHEAD
 
 
 def _check_classes(wnids: Iterable[str | None], classes: list[str], origin: str) -> None:
@@ -135,8 +144,9 @@ def _build_folder(request, spec, layout, fixed_classes) -> dict | None:
     classes = fixed_classes or (spec.labels.classes if spec.labels else folder_classes)
     _check_classes((i.wnid for i in items), classes, request.classes or "the class list")
     readable = (read_locator(i.locator) for i in items if not i.rejected)
-    ratio = _size_ratio(readable, ImageOptions(request.resize_short, request.quality, request.check))
-    plan = _make_plan(request, spec, count_shards(total_bytes * ratio, request.shard_size, len(items)))
+    options = ImageOptions(request.resize_short, request.quality, request.check)
+    estimate = _estimate_output_bytes(readable, options, total_bytes, len(items))
+    plan = _make_plan(request, spec, count_shards(estimate, request.shard_size, len(items)))
     if not prepare_output(layout, plan, request.part_id, request.resume, request.overwrite):
         return None
     mine = part_shards(plan.num_shards, plan.num_parts, request.part_id)
@@ -155,8 +165,9 @@ def _build_folder(request, spec, layout, fixed_classes) -> dict | None:
 def _build_streamed(request, spec, layout, fixed_classes) -> dict | None:
     total_bytes = spec.path.stat().st_size
     options = ImageOptions(request.resize_short, request.quality, request.check)
-    ratio = _size_ratio((data for item, data in TarStream(spec) if not item.rejected), options)
-    plan = _make_plan(request, spec, count_shards(total_bytes * ratio, request.shard_size))
+    readable = (data for item, data in TarStream(spec) if not item.rejected)
+    estimate = _estimate_output_bytes(readable, options, total_bytes, None)
+    plan = _make_plan(request, spec, count_shards(estimate, request.shard_size))
     if not prepare_output(layout, plan, request.part_id, request.resume, request.overwrite):
         return None
     mine = part_shards(plan.num_shards, plan.num_parts, request.part_id)

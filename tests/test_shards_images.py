@@ -1,0 +1,73 @@
+"""One image to one RGB JPEG: every bad-input case, checked by decoding the result."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shard_fixtures import bad_inputs, exif_rotated_jpeg, jpeg_bytes
+from shards.images import ImageOptions, PreparedImage, RejectedImage, prepare_image
+
+
+@pytest.mark.parametrize("name", sorted(bad_inputs()))
+def test_each_input_kind_is_kept_reencoded_or_rejected(name):
+    data, expected = bad_inputs()[name]
+    result = prepare_image(data, ImageOptions())
+    if expected == "reject":
+        assert isinstance(result, RejectedImage) and result.reason
+        return
+    assert isinstance(result, PreparedImage)
+    assert (result.reencoded is None) == (expected == "keep")
+    if expected == "keep":
+        assert result.jpeg == data  # pass-through keeps the original bytes
+    decoded = Image.open(io.BytesIO(result.jpeg))
+    decoded.load()
+    assert decoded.format == "JPEG" and decoded.mode == "RGB"
+
+
+def test_exif_rotation_is_applied_to_the_pixels():
+    # The source is 40x20, red left / blue right, tagged "rotate 90 clockwise to display".
+    result = prepare_image(exif_rotated_jpeg(6), ImageOptions())
+    image = np.asarray(Image.open(io.BytesIO(result.jpeg)).convert("RGB")).astype(int)
+    assert image.shape[:2] == (40, 20)  # now portrait
+    top, bottom = image[5, 10], image[35, 10]
+    assert top[0] > 200 and top[2] < 60  # red on top after a clockwise turn
+    assert bottom[2] > 200 and bottom[0] < 60
+
+
+def test_cmyk_colours_survive_conversion():
+    source = Image.new("RGB", (32, 32), (200, 30, 30))
+    out = io.BytesIO()
+    source.convert("CMYK").save(out, format="JPEG", quality=95)
+    result = prepare_image(out.getvalue(), ImageOptions())
+    pixel = np.asarray(Image.open(io.BytesIO(result.jpeg)))[16, 16].astype(int)
+    assert np.abs(pixel - (200, 30, 30)).max() < 25
+
+
+def test_resize_short_side_and_never_upscale():
+    big = jpeg_bytes(1, size=(300, 200))
+    result = prepare_image(big, ImageOptions(resize_short=100, quality=85))
+    assert Image.open(io.BytesIO(result.jpeg)).size == (150, 100)
+    assert result.reencoded == "resize" and (result.width, result.height) == (300, 200)
+    small = jpeg_bytes(2, size=(80, 60))
+    assert prepare_image(small, ImageOptions(resize_short=100)).jpeg == small
+
+
+def test_reencoding_is_deterministic():
+    data = bad_inputs()["cmyk.JPEG"][0]
+    assert prepare_image(data, ImageOptions()).jpeg == prepare_image(data, ImageOptions()).jpeg
+
+
+def test_full_decode_check_catches_what_the_header_check_cannot():
+    # A JPEG whose scan references Huffman tables that were never defined: its header and
+    # end marker are fine, only decoding finds the damage.
+    data = bytearray(jpeg_bytes(3, size=(64, 48)))
+    sos = data.index(b"\xff\xda")
+    components = data[sos + 4]
+    for c in range(components):
+        data[sos + 6 + 2 * c] = 0x33  # table selectors 3/3: undefined
+    data = bytes(data)
+    assert isinstance(prepare_image(data, ImageOptions(check="header")), PreparedImage)
+    result = prepare_image(data, ImageOptions(check="decode"))
+    assert isinstance(result, RejectedImage) and "undecodable" in result.reason
