@@ -1,0 +1,101 @@
+"""Streamed tar sources (ILSVRC2012 train tar of class tars, the 21k tar.gz, tars of folders)
+give the same samples as the folder they were made from; split builds cover everything once."""
+
+import pytest
+
+from shard_fixtures import make_imagefolder, make_tar_of_tars
+from shard_readers import manifest, read_labels_with_dali, read_with_webdataset
+from shards.cli import main
+
+
+def build(src, out, *extra, split="train"):
+    assert main(["build", str(src), str(out), "--split", split, "--quiet", *extra]) == 0
+    return manifest(out, split)
+
+
+def content(out):
+    """(key, label, image bytes) of every sample: what must not depend on the source layout."""
+    return sorted((s["key"], s["cls"], s["jpg"]) for s in read_with_webdataset(out))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return make_imagefolder(tmp_path_factory.mktemp("tree"), num_classes=11, per_class=12)
+
+
+@pytest.mark.parametrize("gzip", [False, True], ids=["ILSVRC2012_img_train.tar", "winter21_whole.tar.gz"])
+def test_tar_of_class_tars_equals_the_folder_build(files, tmp_path, gzip):
+    tree = tmp_path / "tree"
+    make_imagefolder(tree, num_classes=11, per_class=12)
+    archive = make_tar_of_tars(tmp_path / ("src.tar.gz" if gzip else "src.tar"), files, gzip=gzip)
+    from_folder = build(tree, tmp_path / "a", "--shard-size", "100kB")
+    from_tar = build(archive, tmp_path / "b", "--shard-size", "100kB")
+    assert from_tar["classes"] == from_folder["classes"]
+    assert from_tar["class_counts"] == from_folder["class_counts"]
+    assert content(tmp_path / "b") == content(tmp_path / "a")
+    assert sorted(read_labels_with_dali(tmp_path / "b")) == sorted(s[1] for s in content(tmp_path / "a"))
+    assert not (tmp_path / "b" / ".build").exists()  # spill files are gone
+    sources = {s["json"]["source"] for s in read_with_webdataset(tmp_path / "b")}
+    assert all(".tar/" in source for source in sources)
+
+
+def test_streamed_build_is_shuffled_and_deterministic(files, tmp_path):
+    archive = make_tar_of_tars(tmp_path / "src.tar", files)
+    first = build(archive, tmp_path / "a", "--shard-size", "100kB", "--workers", "1")
+    second = build(archive, tmp_path / "b", "--shard-size", "100kB", "--workers", "2")
+    assert [s["sha256"] for s in first["shards"]] == [s["sha256"] for s in second["shards"]]
+    # The stream arrives one class after another; each shard must still mix them like a
+    # uniformly random order would: E[distinct] = K * (1 - (1 - 1/K)^m) for K equal classes.
+    samples = read_with_webdataset(tmp_path / "a")
+    distinct, expected = [], []
+    for shard in first["shards"]:
+        labels = [s["cls"] for s in samples if s["shard"] == shard["name"]]
+        distinct.append(len(set(labels)))
+        expected.append(11 * (1 - (10 / 11) ** len(labels)))
+    assert sum(distinct) >= 0.85 * sum(expected)  # class-sorted shards would hold ~2 classes each
+
+
+@pytest.mark.parametrize("layout", ["folder", "tar"])
+def test_parts_write_the_same_shards_as_one_build(files, tmp_path, layout):
+    tree = tmp_path / "tree"
+    make_imagefolder(tree, num_classes=11, per_class=12)
+    src = tree if layout == "folder" else make_tar_of_tars(tmp_path / "src.tar", files)
+    whole = build(src, tmp_path / "whole", "--shard-size", "64kB")
+    parts = 3
+    for part in range(parts):
+        build_part = ["--shard-size", "64kB", "--num-parts", str(parts), "--part-id", str(part)]
+        assert main(["build", str(src), str(tmp_path / "split"), "--split", "train", "--quiet", *build_part]) == 0
+    assert not (tmp_path / "split" / "train.json").exists()
+    assert main(["merge", str(tmp_path / "split")]) == 0
+    merged = manifest(tmp_path / "split")
+    assert len(whole["shards"]) >= parts
+    for key in ("shards", "classes", "class_counts", "totals"):
+        assert merged[key] == whole[key], key
+    assert sorted(s["key"] for s in read_with_webdataset(tmp_path / "split")) == sorted(
+        s["key"] for s in read_with_webdataset(tmp_path / "whole"))
+    assert main(["verify", str(tmp_path / "split"), "--quiet"]) == 0
+
+
+def test_merge_refuses_a_missing_or_foreign_part(files, tmp_path, capsys):
+    import shutil
+
+    tree = tmp_path / "tree"
+    make_imagefolder(tree, num_classes=11, per_class=12)
+
+    def part(out, part_id, *extra):
+        return main(["build", str(tree), str(out), "--split", "train", "--quiet", "--shard-size", "64kB",
+                     "--num-parts", "3", "--part-id", str(part_id), *extra])
+
+    out = tmp_path / "out"
+    assert part(out, 0) == 0 and part(out, 2) == 0
+    assert main(["merge", str(out)]) == 2
+    assert "parts missing: [1]" in capsys.readouterr().err
+    # A part with other arguments is refused while this build is in progress...
+    assert part(out, 1, "--seed", "5") == 2
+    assert "seed" in capsys.readouterr().err
+    # ...and merge will not mix in a part manifest of another build either.
+    assert part(tmp_path / "other", 1, "--seed", "5") == 0
+    shutil.copy(tmp_path / "other" / "train.part-0001-of-0003.json", out)
+    assert main(["merge", str(out)]) == 2
+    assert "different builds" in capsys.readouterr().err
+    assert not (out / "train.json").exists()
