@@ -240,3 +240,12 @@ def test_build_help_mentions_every_flag_and_an_example():
                  "--seed", "--num-parts", "--part-id", "--resume", "--overwrite", "--strict", "--quiet"]:
         assert flag in text, flag
     assert "example" in text.lower() and "python -m shards build " in text
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "build.py:93-97 _classes_from_manifest returns manifest['classes'] unchecked: a non-list "
+    "(here 5) reaches set(classes) in build.py:137 and raises TypeError (traceback)"))
+def test_classes_manifest_without_a_class_list(src, tmp_path, capsys):
+    (tmp_path / "train.json").write_text('{"classes": 5}')
+    code, out, err = run_main(capsys, *build_args(src, tmp_path / "out", "--classes", tmp_path / "train.json"))
+    assert_user_error(code, out, err, "--classes", "train.json")
