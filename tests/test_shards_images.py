@@ -71,3 +71,14 @@ def test_full_decode_check_catches_what_the_header_check_cannot():
     assert isinstance(prepare_image(data, ImageOptions(check="header")), PreparedImage)
     result = prepare_image(data, ImageOptions(check="decode"))
     assert isinstance(result, RejectedImage) and "undecodable" in result.reason
+
+
+@pytest.mark.parametrize("name,size", [("a.jpg", 0), ("n01440764_10026.cls", 1), ("k" * 95 + ".json", 123456789)])
+def test_tar_headers_equal_the_standard_librarys(name, size):
+    import tarfile
+
+    from shards.tarwriter import _header
+
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = size, 0, 0o644, 0, 0, "", ""
+    assert _header(name, size) == info.tobuf(format=tarfile.USTAR_FORMAT)

@@ -1,0 +1,168 @@
+"""Shard-build throughput on natural ImageNet-size JPEGs, against baselines in the same run.
+
+    python bench/bench_shards.py [--images 1500] [--repeats 3] | tee bench/results/shards_cpu.txt
+
+Images: random 4:3 crops (about 500x375, quality 90) of the two real photos scikit-learn ships,
+written as an ImageFolder of 20 classes. Everything below reads the same files from the page
+cache (each is warmed first) and writes to the same disk; times are medians of --repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from shards.images import ImageOptions, prepare_image  # noqa: E402
+from shards.tarwriter import ShardTarWriter  # noqa: E402
+
+
+def make_photos(root: Path, count: int, classes: int = 20, seed: int = 0) -> list[Path]:
+    """Natural-image JPEGs of ImageNet's typical size from scikit-learn's sample photos."""
+    from sklearn.datasets import load_sample_images
+
+    photos = [Image.fromarray(p) for p in load_sample_images().images]
+    rng = np.random.default_rng(seed)
+    paths = []
+    for n in range(count):
+        photo = photos[n % len(photos)]
+        scale = rng.uniform(0.45, 1.0)
+        width, height = int(photo.width * scale), int(photo.width * scale * 0.75)
+        height = min(height, photo.height)
+        left, top = rng.integers(0, photo.width - width + 1), rng.integers(0, photo.height - height + 1)
+        image = photo.crop((left, top, left + width, top + height)).resize((500, 375), Image.Resampling.BICUBIC)
+        if rng.random() < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if rng.random() < 0.3:
+            image = image.rotate(90, expand=True)  # some portrait images, as in ImageNet
+        folder = root / f"n{n % classes:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"n{n % classes:08d}_{n}.JPEG"
+        image.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def timed(function, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def run(command: list[str]) -> None:
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+
+
+def shards_build(src: Path, out: Path, *flags: str) -> None:
+    shutil.rmtree(out, ignore_errors=True)
+    run([sys.executable, "-m", "shards", "build", str(src), str(out), "--split", "train", "--quiet",
+         "--shard-size", "64MB", *flags])
+
+
+def tar_copy(src: Path, out: Path) -> None:
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    run(["tar", "cf", str(out / "all.tar"), "-C", str(src), "."])
+    os.sync()  # our build fsyncs each shard: make the baseline durable too
+
+
+def webdataset_loop(paths: list[Path], out: Path) -> None:
+    """The plain webdataset ShardWriter loop people write by hand (no checks, no index)."""
+    import webdataset as wds
+
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    with wds.ShardWriter(str(out / "train-%06d.tar"), maxsize=64e6, verbose=0) as sink:
+        for n, path in enumerate(paths):
+            sink.write({"__key__": path.stem, "jpg": path.read_bytes(), "cls": str(n % 20).encode()})
+    os.sync()
+
+
+def writer_only(blobs: list[bytes], out: Path, which: str) -> None:
+    """Tar writing alone, bytes already in memory: our writer (with index + sha256) vs webdataset's."""
+    import webdataset as wds
+
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    if which == "ours":
+        with ShardTarWriter(out / "a.tar", out / "a.idx") as writer:
+            for n, blob in enumerate(blobs):
+                writer.add_sample(f"k{n}", [("cls", b"7"), ("jpg", blob)])
+    else:
+        with wds.TarWriter(str(out / "a.tar"), encoder=False) as writer:
+            for n, blob in enumerate(blobs):
+                writer.write({"__key__": f"k{n}", "cls": b"7", "jpg": blob})
+
+
+def check_cost(blobs: list[bytes], check: str) -> None:
+    for blob in blobs:
+        prepare_image(blob, ImageOptions(check=check))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=4000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench_shards_", dir=os.environ.get("BENCH_DIR")))
+    try:
+        report(work, args.images, args.repeats)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def report(work: Path, count: int, repeats: int) -> None:
+    import webdataset  # noqa: F401  (imports torch: keep that second out of the timings)
+
+    src = work / "src"
+    paths = make_photos(src, count)
+    blobs = [p.read_bytes() for p in paths]  # also warms the page cache
+    total_mb = sum(map(len, blobs)) / 1e6
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(f"data: {count} JPEGs, {total_mb:.1f} MB, mean {total_mb * 1e3 / count:.0f} kB, about 500x375 q90")
+    rows = {}
+    rows["tar cf (baseline)"] = timed(lambda: tar_copy(src, work / "tar"), repeats)
+    rows["shards build, pass-through, 1 worker"] = timed(lambda: shards_build(src, work / "o", "--workers", "1"), repeats)
+    rows["shards build, pass-through, 2 workers"] = timed(lambda: shards_build(src, work / "o", "--workers", "2"), repeats)
+    rows["webdataset ShardWriter loop (no checks)"] = timed(lambda: webdataset_loop(paths, work / "w"), repeats)
+    base = rows["tar cf (baseline)"]
+    print("\npass-through (MB/s of input; ratio = throughput / tar's):")
+    for name, seconds in rows.items():
+        print(f"  {name:44s} {seconds:7.2f} s {total_mb / seconds:8.1f} MB/s  ratio {base / seconds:5.2f}")
+
+    print("\nre-encode with --resize-short 256 --quality 90 (images/s; ratio = vs 1 worker):")
+    one = timed(lambda: shards_build(src, work / "o", "--workers", "1", "--resize-short", "256"), repeats)
+    two = timed(lambda: shards_build(src, work / "o", "--workers", "2", "--resize-short", "256"), repeats)
+    for name, seconds in (("1 worker", one), ("2 workers", two)):
+        print(f"  {name:44s} {seconds:7.2f} s {count / seconds:8.1f} img/s  ratio {one / seconds:5.2f}")
+
+    print("\nchecking one image (ms per image, one process; ratio = vs header):")
+    header = timed(lambda: check_cost(blobs, "header"), repeats) / count * 1e3
+    decode = timed(lambda: check_cost(blobs, "decode"), repeats) / count * 1e3
+    print(f"  {'--check header (default)':44s} {header:7.3f} ms")
+    print(f"  {'--check decode':44s} {decode:7.3f} ms  ratio {decode / header:5.1f}x slower")
+
+    print("\ntar writer alone, bytes in memory (ratio = webdataset time / ours):")
+    ours = timed(lambda: writer_only(blobs, work / "x", "ours"), repeats)
+    theirs = timed(lambda: writer_only(blobs, work / "x", "webdataset"), repeats)
+    print(f"  {'ours (tar + DALI index + sha256, fsync)':44s} {ours:7.3f} s {total_mb / ours:8.1f} MB/s  ratio {theirs / ours:5.2f}")
+    print(f"  {'webdataset TarWriter (tar only)':44s} {theirs:7.3f} s {total_mb / theirs:8.1f} MB/s")
+
+
+if __name__ == "__main__":
+    main()
