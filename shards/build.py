@@ -84,18 +84,26 @@ def _validate(request: BuildRequest) -> None:
         (request.num_parts >= 1, "--num-parts must be at least 1"),
         (0 <= request.part_id < request.num_parts, "--part-id must be in [0, --num-parts)"),
         (not (request.resume and request.overwrite), "--resume and --overwrite exclude each other"),
-        (Path(request.src).resolve() != Path(request.out).resolve(), "OUT must differ from SRC"),
+        (not Path(request.out).exists() or Path(request.out).is_dir(), f"OUT {request.out} is a file, not a folder"),
+        (not _inside(Path(request.out), Path(request.src)), "OUT must not be SRC or inside it (its files would become inputs)"),
     ]
     for ok, message in checks:
         if not ok:
             raise ShardsError(message)
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
 def _classes_from_manifest(path: Path) -> list[str]:
     try:
         classes = json.loads(Path(path).read_text())["classes"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
         raise ShardsError(f"--classes {path}: not a shard manifest with a class list ({error})") from None
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes) or not classes:
+        raise ShardsError(f"--classes {path}: 'classes' is not a non-empty list of class names")
     return classes
 
 
@@ -141,6 +149,8 @@ def _check_classes(wnids: Iterable[str | None], classes: list[str], origin: str)
 
 def _build_folder(request, spec, layout, fixed_classes) -> dict | None:
     items, folder_classes, total_bytes = list_folder(spec)
+    if not items:
+        raise ShardsError(f"SRC {spec.path}: no files in it or its class folders")
     classes = fixed_classes or (spec.labels.classes if spec.labels else folder_classes)
     _check_classes((i.wnid for i in items), classes, request.classes or "the class list")
     readable = (read_locator(i.locator) for i in items if not i.rejected)

@@ -37,7 +37,11 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 512MB)")
     number, unit, binary = match.groups()
     base = 1024 if binary else 1000
-    return int(float(number) * base ** "_KMGT".index(unit.upper() or "_"))
+    try:
+        size = float(number) * base ** "_KMGT".index(unit.upper() or "_")
+        return int(size)
+    except (ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 512MB)") from None
 
 
 def _build_parser(sub) -> None:

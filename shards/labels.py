@@ -12,8 +12,6 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import scipy.io
-
 from .errors import ShardsError
 
 _GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
@@ -48,16 +46,20 @@ def load_val_labels(path: Path) -> ValLabels:
 
 
 def _load_loc_csv(path: Path) -> ValLabels:
+    try:
+        # utf-8-sig: spreadsheet programs save a byte-order mark before the header.
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise ShardsError(f"--labels {path}: not a text file, so not a LOC_val_solution.csv") from None
     wnid_by_stem = {}
-    with open(path, newline="") as file:
-        rows = csv.reader(file)
-        header = next(rows, None)
-        if header is None or [c.strip() for c in header[:2]] != ["ImageId", "PredictionString"]:
-            raise ShardsError(f"--labels {path}: not a LOC_val_solution.csv (header {header})")
-        for line, row in enumerate(rows, start=2):
-            if len(row) < 2 or not row[1].split():
-                raise ShardsError(f"--labels {path}:{line}: expected 'ImageId,wnid ...', got {row}")
-            wnid_by_stem[row[0].strip()] = row[1].split()[0]
+    rows = csv.reader(io.StringIO(text, newline=""))
+    header = next(rows, None)
+    if header is None or [c.strip() for c in header[:2]] != ["ImageId", "PredictionString"]:
+        raise ShardsError(f"--labels {path}: not a LOC_val_solution.csv (header {header})")
+    for line, row in enumerate(rows, start=2):
+        if len(row) < 2 or not row[1].split():
+            raise ShardsError(f"--labels {path}:{line}: expected 'ImageId,wnid ...', got {row}")
+        wnid_by_stem[row[0].strip()] = row[1].split()[0]
     return ValLabels(wnid_by_stem, sorted(set(wnid_by_stem.values())), str(path))
 
 
@@ -79,14 +81,17 @@ def _load_devkit_archive(path: Path) -> ValLabels:
                 name = Path(member.name).name
                 if member.isfile() and name in (_GROUND_TRUTH, "meta.mat"):
                     found[name] = archive.extractfile(member).read()
-    except tarfile.TarError as error:
-        raise ShardsError(f"--labels {path}: not a readable devkit archive ({error})") from None
+    except (tarfile.TarError, OSError, EOFError) as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ShardsError(f"--labels {path}: not a readable devkit archive ({first_line})") from None
     if set(found) != {_GROUND_TRUTH, "meta.mat"}:
         raise ShardsError(f"--labels {path}: the archive lacks {_GROUND_TRUTH} or meta.mat")
     return _devkit_labels(found[_GROUND_TRUTH], found["meta.mat"], str(path))
 
 
 def _devkit_labels(ground_truth: bytes, meta_mat: bytes, source: str) -> ValLabels:
+    import scipy.io  # only for the devkit: importing it costs a tenth of a second
+
     try:
         synsets = scipy.io.loadmat(io.BytesIO(meta_mat), squeeze_me=True)["synsets"]
         ids = [int(s) for s in synsets["ILSVRC2012_ID"]]
@@ -97,8 +102,8 @@ def _devkit_labels(ground_truth: bytes, meta_mat: bytes, source: str) -> ValLabe
     # Leaf synsets are the classes; inner nodes of the hierarchy carry no images.
     wnid_by_id = {i: w for i, w, c in zip(ids, wnids, children) if c == 0}
     wnid_by_stem = {}
-    for number, line in enumerate(ground_truth.decode().split(), start=1):
-        if int(line) not in wnid_by_id:
+    for number, line in enumerate(ground_truth.decode(errors="replace").split(), start=1):
+        if not line.isdigit() or int(line) not in wnid_by_id:
             raise ShardsError(f"--labels {source}: ground truth line {number} names unknown id {line}")
         wnid_by_stem[f"ILSVRC2012_val_{number:08d}"] = wnid_by_id[int(line)]
     return ValLabels(wnid_by_stem, sorted(wnid_by_id.values()), source)

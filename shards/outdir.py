@@ -60,7 +60,8 @@ def prepare_output(layout: OutputLayout, plan: BuildPlan, part_id: int, resume: 
     if overwrite:
         _remove_previous(layout, plan, part_id)
     elif layout.manifest.exists():
-        if resume and _stored_plan(layout.manifest, "build") == plan.to_json():
+        if resume:
+            _check_same_plan(_stored_plan(layout.manifest, "build"), plan, resume, layout)
             return False
         raise ShardsError(
             f"{layout.out} already holds a complete {plan.split} build ({layout.manifest.name}): "

@@ -266,18 +266,13 @@ def _bad_label_file(kind: str, tmp_path: Path) -> Path:
     return path
 
 
-LABEL_BUG = "labels.py raises an uncaught {} on {} (traceback instead of 'error: ...')"
 
 
 @pytest.mark.parametrize("kind", [
     "csv-wrong-header", "random-text", "devkit-without-meta", "devkit-garbage-meta", "csv-bad-row",
-    pytest.param("not-a-tar.tar.gz", marks=pytest.mark.xfail(strict=True, reason=(
-        "labels.py:82-83 puts tarfile's multi-line ReadError text ('file could not be opened "
-        "successfully:\\n- method gz: ...') into the message: a 5-line error"))),
-    pytest.param("devkit-garbage-ground-truth", marks=pytest.mark.xfail(
-        strict=True, reason=LABEL_BUG.format("ValueError", "a non-integer ground truth line (labels.py:101)"))),
-    pytest.param("csv-binary", marks=pytest.mark.xfail(
-        strict=True, reason=LABEL_BUG.format("UnicodeDecodeError", "a non-UTF-8 .csv (labels.py:52-54)"))),
+    "not-a-tar.tar.gz",
+    "devkit-garbage-ground-truth",
+    "csv-binary",
 ])
 def test_bad_label_file_gives_one_line_error(tmp_path, kind, capsys):
     truth, files = val_truth(num_classes=2, per_class=1)
@@ -295,3 +290,12 @@ def test_bad_label_file_gives_one_line_error(tmp_path, kind, capsys):
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert str(labels) in lines[0] or labels.name in lines[0]
     assert not (tmp_path / "out" / "val.json").exists()
+
+
+def test_loc_csv_saved_with_a_byte_order_mark_is_read(tmp_path):
+    from shard_fixtures import write_loc_csv
+    from shards.labels import load_val_labels
+
+    path = write_loc_csv(tmp_path / "LOC_val_solution.csv", {"ILSVRC2012_val_00000001": "n01440764"})
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as spreadsheet programs save it
+    assert load_val_labels(path).wnid_by_stem == {"ILSVRC2012_val_00000001": "n01440764"}
