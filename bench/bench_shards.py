@@ -55,6 +55,14 @@ def make_photos(root: Path, count: int, classes: int = 20, seed: int = 0) -> lis
     return paths
 
 
+def make_tar_of_class_tars(src: Path, path: Path) -> Path:
+    """The ILSVRC2012_img_train.tar layout of the same images: one uncompressed tar per class."""
+    for folder in sorted(src.iterdir()):
+        run(["tar", "cf", str(path.parent / f"{folder.name}.tar"), "-C", str(folder), "."])
+    run(["tar", "cf", str(path), "-C", str(path.parent), *sorted(p.name for p in path.parent.glob("n*.tar"))])
+    return path
+
+
 def timed(function, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -72,6 +80,18 @@ def shards_build(src: Path, out: Path, *flags: str) -> None:
     shutil.rmtree(out, ignore_errors=True)
     run([sys.executable, "-m", "shards", "build", str(src), str(out), "--split", "train", "--quiet",
          "--shard-size", "64MB", *flags])
+
+
+def shards_build_parts(src: Path, out: Path, parts: int) -> None:
+    """``parts`` part builds running at once on this machine, then merge: shard-level process
+    parallelism, with no image copied between processes."""
+    shutil.rmtree(out, ignore_errors=True)
+    common = ["--split", "train", "--quiet", "--shard-size", "64MB", "--workers", "1", "--num-parts", str(parts)]
+    running = [subprocess.Popen([sys.executable, "-m", "shards", "build", str(src), str(out), *common,
+                                 "--part-id", str(i)], stdout=subprocess.DEVNULL) for i in range(parts)]
+    if any(process.wait() for process in running):
+        raise RuntimeError("a part build failed")
+    run([sys.executable, "-m", "shards", "merge", str(out)])
 
 
 def tar_copy(src: Path, out: Path) -> None:
@@ -135,10 +155,14 @@ def report(work: Path, count: int, repeats: int) -> None:
     total_mb = sum(map(len, blobs)) / 1e6
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"data: {count} JPEGs, {total_mb:.1f} MB, mean {total_mb * 1e3 / count:.0f} kB, about 500x375 q90")
+    class_tars = make_tar_of_class_tars(src, work / "train.tar")
     rows = {}
     rows["tar cf (baseline)"] = timed(lambda: tar_copy(src, work / "tar"), repeats)
     rows["shards build, pass-through, 1 worker"] = timed(lambda: shards_build(src, work / "o", "--workers", "1"), repeats)
     rows["shards build, pass-through, 2 workers"] = timed(lambda: shards_build(src, work / "o", "--workers", "2"), repeats)
+    rows["shards build, pass-through, 2 parts at once"] = timed(lambda: shards_build_parts(src, work / "o", 2), repeats)
+    rows["shards build from a tar of class tars (streamed)"] = timed(
+        lambda: shards_build(class_tars, work / "o", "--workers", "2"), repeats)
     rows["webdataset ShardWriter loop (no checks)"] = timed(lambda: webdataset_loop(paths, work / "w"), repeats)
     base = rows["tar cf (baseline)"]
     print("\npass-through (MB/s of input; ratio = throughput / tar's):")

@@ -61,15 +61,13 @@ class ShardTarWriter:
 
     def add_sample(self, key: str, fields: list[tuple[str, bytes]]) -> None:
         """Append one sample: ``fields`` are (extension, bytes) pairs stored as ``key.ext``."""
-        entries = []
+        entries, parts, offset = [], [], self._offset
         for extension, data in fields:
             name = f"{key}.{extension}"
-            self._write(_header(name, len(data)))
-            entries.append(f"{extension} {self._offset} {len(data)} {name}")
-            self._write(data)
-            padding = -len(data) % BLOCK
-            if padding:
-                self._write(b"\0" * padding)
+            parts += (_header(name, len(data)), data, b"\0" * (-len(data) % BLOCK))
+            entries.append(f"{extension} {offset + BLOCK} {len(data)} {name}")
+            offset += BLOCK + len(data) + (-len(data) % BLOCK)
+        self._write(b"".join(parts))  # one hand-off to the hashing thread per sample
         self._index_lines.append(" ".join(entries))
 
     def close(self) -> WrittenShard:
@@ -166,8 +164,12 @@ def fsync_directory(path: Path) -> None:
 
 
 def write_json_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
-    tmp = path.with_name(f".tmp-{path.name}")
+    """Write ``text`` to ``path`` so that readers see the old file or the whole new one.
+
+    The temporary name is unique per process: parts of a split build started at the same time
+    (a Slurm array) all write the same plan.json.
+    """
+    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}.{threading.get_ident()}")
     with open(tmp, "w") as file:
         file.write(text)
         file.flush()
