@@ -1,0 +1,43 @@
+"""The augmentation settings every backend shares, so that DALI and the torch baseline apply
+the same train crop/flip and the same validation resize/centre crop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .checks import LoaderError
+
+# ImageNet statistics on the 0-255 scale: the flag for normalized float output uses them.
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Train: RandomResizedCrop(image_size, random_area, random_aspect_ratio) + horizontal flip
+    with ``flip_probability``. Val: shorter side to ``image_size / crop_pct``, centre crop."""
+
+    image_size: int
+    random_area: tuple[float, float] = (0.08, 1.0)
+    random_aspect_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_probability: float = 0.5
+    crop_pct: float = 0.875
+
+    def __post_init__(self) -> None:
+        if self.image_size < 1:
+            raise LoaderError(f"image_size must be >= 1, got {self.image_size}")
+        low, high = self.random_area
+        if not 0 < low <= high <= 1:
+            raise LoaderError(f"random_area must satisfy 0 < low <= high <= 1, got {self.random_area}")
+        low, high = self.random_aspect_ratio
+        if not 0 < low <= high:
+            raise LoaderError(f"random_aspect_ratio must satisfy 0 < low <= high, got {self.random_aspect_ratio}")
+        if not 0 <= self.flip_probability <= 1:
+            raise LoaderError(f"flip_probability must be in [0, 1], got {self.flip_probability}")
+        if not 0 < self.crop_pct <= 1:
+            raise LoaderError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+
+    @property
+    def val_resize(self) -> int:
+        """Shorter side before the validation centre crop (224 / 0.875 = 256)."""
+        return int(round(self.image_size / self.crop_pct))
