@@ -1,0 +1,75 @@
+"""`python -m pipeline.mix preview SHARDS_DIR --mode cutmix --out grid.png`: see what mixing does."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .core import apply_mix
+from .preview import IMAGENET_MEAN, IMAGENET_STD, draw_preview_grid, load_preview_batch
+from .sampler import PARTNER_CHOICES, PER_CHOICES, SAMPLER_MODES, MixSampler
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `python -m pipeline.mix`."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline.mix", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    preview = commands.add_parser("preview", help="draw a grid of one mixed batch with its label weights")
+    preview.add_argument("shards_dir", type=Path, help="folder with <split>-NNNNNN.tar WebDataset shards")
+    preview.add_argument("--out", type=Path, default=Path("mix_preview.png"), help="PNG to write")
+    preview.add_argument("--split", default="train")
+    preview.add_argument("--mode", choices=SAMPLER_MODES, default="cutmix")
+    preview.add_argument("--batch-size", type=int, default=8)
+    preview.add_argument("--size", type=int, default=160, help="side of the centre-cropped square images")
+    preview.add_argument("--cutmix-alpha", type=float, default=1.0)
+    preview.add_argument("--mixup-alpha", type=float, default=1.0)
+    preview.add_argument("--cutout-size", type=int, default=None, help="cutout box side in pixels")
+    preview.add_argument("--prob", type=float, default=1.0)
+    preview.add_argument("--switch-prob", type=float, default=0.5)
+    preview.add_argument("--per", choices=PER_CHOICES, default="batch")
+    preview.add_argument("--partner", choices=PARTNER_CHOICES, default="permutation")
+    preview.add_argument("--label-smoothing", type=float, default=0.0)
+    preview.add_argument("--seed", type=int, default=0)
+    preview.add_argument("--columns", type=int, default=4)
+    return parser
+
+
+def run_preview(args: argparse.Namespace) -> Path:
+    """Read a batch, mix it with the reference backend, draw the grid; return the PNG path."""
+    sampler = MixSampler(
+        mode=args.mode, cutmix_alpha=args.cutmix_alpha, mixup_alpha=args.mixup_alpha,
+        cutout_size=args.cutout_size, prob=args.prob, switch_prob=args.switch_prob,
+        per=args.per, partner=args.partner, seed=args.seed,
+    )  # fmt: skip
+    if args.batch_size < 1 or args.size < 1:
+        raise ValueError(f"batch_size, size: must be >= 1, got {args.batch_size} and {args.size}")
+    images, labels = load_preview_batch(args.shards_dir, split=args.split, batch_size=args.batch_size, size=args.size)
+    params = sampler.sample(batch_size=args.batch_size, height=args.size, width=args.size)
+    mixed, targets = apply_mix(
+        images, labels, params=params, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        # Only the label weights are shown, so the classes present are enough.
+        num_classes=int(labels.max()) + 1, label_smoothing=args.label_smoothing, backend="reference",
+    )  # fmt: skip
+    modes = [params.mode] * len(labels) if isinstance(params.mode, str) else list(params.mode)
+    return draw_preview_grid(
+        mixed, targets, modes=modes, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        out_path=args.out, columns=args.columns,
+    )  # fmt: skip
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point; bad arguments exit with status 2 and a message naming the argument."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        out_path = run_preview(args)
+    except ValueError as error:
+        parser.error(str(error))
+    print(f"wrote {out_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

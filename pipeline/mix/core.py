@@ -1,0 +1,150 @@
+"""`apply_mix`: the functional core between the loader and the model.
+
+It checks its arguments, resolves the mix parameters against the batch, allocates the outputs
+and hands them to a backend: the fused Triton kernel on CUDA, the plain PyTorch reference on the
+CPU. Both compute the same function; `backend=` forces one (tests run the kernel on the CPU under
+TRITON_INTERPRET=1).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .params import MixParams, resolve_mix
+from .reference import mix_reference
+
+BACKENDS = ("auto", "triton", "reference")
+OUTPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+FLOAT_INPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+MEMORY_FORMATS = (torch.channels_last, torch.contiguous_format)
+
+
+def apply_mix(
+    images: Tensor,
+    labels: Tensor,
+    *,
+    params: MixParams,
+    mean: Sequence[float],
+    std: Sequence[float],
+    num_classes: int,
+    label_smoothing: float = 0.0,
+    out_dtype: torch.dtype = torch.float32,
+    memory_format: torch.memory_format = torch.channels_last,
+    backend: str = "auto",
+    check_labels: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Mix, normalize and cast a batch; return (images [B, C, H, W], soft targets float32 [B, K]).
+
+    images: uint8 [B, H, W, C] (NHWC, as the loader delivers) with values 0..255, or float
+        [B, C, H, W] (any strides) with values in [0, 1].
+    labels: integer class indices [B] on the same device.
+    params: mode, lambda, box(es) and partner of this batch (MixSampler draws them).
+    mean, std: per-channel normalization in [0, 1] units (ImageNet: 0.485.., 0.229..).
+    num_classes, label_smoothing: soft targets, timm's smoothing convention.
+    out_dtype, memory_format: of the returned images (channels_last by default).
+    backend: "auto" (Triton on CUDA, reference elsewhere), "triton" or "reference".
+    check_labels: check labels lie in [0, num_classes); on CUDA this is a device sync, so a hot
+        loop over trusted data may turn it off.
+    """
+    source = _as_nchw(images, channels=len(mean))
+    batch_size, channels, height, width = source.shape
+    _check_labels(
+        labels, batch_size=batch_size, num_classes=num_classes, device=images.device, check_values=check_labels
+    )
+    _check_options(out_dtype=out_dtype, memory_format=memory_format, label_smoothing=label_smoothing, backend=backend)
+    resolved = resolve_mix(params, batch_size=batch_size, height=height, width=width)
+    scale, shift = normalization_affine(mean=mean, std=std, from_uint8=images.dtype == torch.uint8)
+    out_images = torch.empty(source.shape, dtype=out_dtype, device=images.device, memory_format=memory_format)
+    out_targets = torch.empty(batch_size, num_classes, dtype=torch.float32, device=images.device)
+    run_backend = _choose_backend(backend, device=images.device)
+    run_backend(
+        source,
+        labels,
+        resolved=resolved,
+        scale=scale,
+        shift=shift,
+        label_smoothing=label_smoothing,
+        out_images=out_images,
+        out_targets=out_targets,
+    )
+    return out_images, out_targets
+
+
+def normalization_affine(*, mean: Sequence[float], std: Sequence[float], from_uint8: bool) -> tuple[Tensor, Tensor]:
+    """float32 (scale, shift) per channel with (value / 255 - mean) / std == value * scale + shift.
+
+    Without `from_uint8` the values are already in [0, 1] and the 1/255 is left out.
+    """
+    mean_t = torch.as_tensor(mean, dtype=torch.float64)
+    std_t = torch.as_tensor(std, dtype=torch.float64)
+    if mean_t.ndim != 1 or mean_t.shape != std_t.shape:
+        raise ValueError(f"mean, std: need two sequences of equal length, got {list(mean)} and {list(std)}")
+    if not bool((std_t > 0).all()):
+        raise ValueError(f"std: all values must be > 0, got {list(std)}")
+    value_range = 255.0 if from_uint8 else 1.0
+    scale = 1.0 / (std_t * value_range)
+    shift = -mean_t / std_t
+    return scale.to(torch.float32), shift.to(torch.float32)
+
+
+def _as_nchw(images: Tensor, *, channels: int) -> Tensor:
+    if not isinstance(images, Tensor):
+        raise ValueError(f"images: expected a torch.Tensor, got {type(images).__name__}")
+    if images.ndim != 4:
+        raise ValueError(
+            f"images: expected 4 dims (uint8 [B, H, W, C] or float [B, C, H, W]), got shape {tuple(images.shape)}"
+        )
+    if images.dtype == torch.uint8:
+        if images.shape[3] != channels:
+            raise ValueError(
+                f"images: uint8 images are NHWC with C = len(mean) = {channels} last, got shape {tuple(images.shape)}"
+            )
+        return images.permute(0, 3, 1, 2)
+    if images.dtype in FLOAT_INPUT_DTYPES:
+        if images.shape[1] != channels:
+            raise ValueError(
+                f"images: float images are NCHW with C = len(mean) = {channels} second, got shape {tuple(images.shape)}"
+            )
+        return images
+    raise ValueError(f"images: dtype must be uint8 (NHWC) or float32/bfloat16/float16 (NCHW), got {images.dtype}")
+
+
+def _check_labels(
+    labels: Tensor, *, batch_size: int, num_classes: int, device: torch.device, check_values: bool
+) -> None:
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes: must be a positive int, got {num_classes!r}")
+    if not isinstance(labels, Tensor) or labels.dtype.is_floating_point or labels.dtype in (torch.bool, torch.uint8):
+        kind = labels.dtype if isinstance(labels, Tensor) else type(labels).__name__
+        raise ValueError(f"labels: expected an integer tensor of class indices (int64), got {kind}")
+    if labels.shape != (batch_size,):
+        raise ValueError(f"labels: expected shape ({batch_size},) to match the images, got {tuple(labels.shape)}")
+    if labels.device != device:
+        raise ValueError(f"labels: on {labels.device}, but the images are on {device}")
+    if check_values and batch_size > 0:
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= num_classes:
+            raise ValueError(f"labels: values must lie in [0, {num_classes}), got min {low} and max {high}")
+
+
+def _check_options(*, out_dtype, memory_format, label_smoothing: float, backend: str) -> None:
+    if out_dtype not in OUTPUT_DTYPES:
+        raise ValueError(f"out_dtype: must be one of {OUTPUT_DTYPES}, got {out_dtype}")
+    if memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"memory_format: must be torch.channels_last or torch.contiguous_format, got {memory_format}")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing: must lie in [0, 1), got {label_smoothing}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: must be one of {BACKENDS}, got {backend!r}")
+
+
+def _choose_backend(backend: str, *, device: torch.device):
+    if backend == "reference" or (backend == "auto" and device.type != "cuda"):
+        return mix_reference
+    # Imported here: triton is optional off Linux, and the interpreter choice is made at import.
+    from .triton_kernel import mix_triton
+
+    return mix_triton

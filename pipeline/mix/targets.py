@@ -1,0 +1,24 @@
+"""Soft targets of a mixed batch: label-smoothed one-hots of a sample and its partner, weighted."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def smoothing_values(*, num_classes: int, label_smoothing: float) -> tuple[float, float]:
+    """(off, on) values of a smoothed one-hot, timm's convention: off = s/K, on = 1 - s + s/K."""
+    off_value = label_smoothing / num_classes
+    return off_value, 1.0 - label_smoothing + off_value
+
+
+def soft_targets(
+    labels: Tensor, *, partner: Tensor, lam: Tensor, num_classes: int, label_smoothing: float
+) -> Tensor:
+    """float32 [B, K]: lam * smooth(onehot(y)) + (1 - lam) * smooth(onehot(y[partner]))."""
+    off_value, on_value = smoothing_values(num_classes=num_classes, label_smoothing=label_smoothing)
+    labels = labels.to(torch.int64)
+    own = torch.full((len(labels), num_classes), off_value, dtype=torch.float32, device=labels.device)
+    own.scatter_(1, labels[:, None], on_value)
+    lam = lam.to(device=labels.device, dtype=torch.float32)[:, None]
+    return own * lam + own[partner.to(labels.device)] * (1.0 - lam)

@@ -1,0 +1,211 @@
+"""The fused mixing kernel: uint8 (or float) batch -> mixed, normalized, cast, channels-last batch.
+
+One program writes one BLOCK of one sample's H*W*C values. For each value it reads the own
+pixel, the partner's pixel, or neither (masked loads: a CutMix pixel is read only from the
+sample it ends up coming from), blends them with per-sample weights that encode the mode,
+normalizes, casts and stores once. The first program of each sample also writes that sample's
+row of soft targets, so the whole step is one launch.
+
+On CPU tensors the kernel runs only under the Triton interpreter: TRITON_INTERPRET=1 must be set
+before this module is imported (triton.jit picks the interpreter when it decorates). The kernel
+calls none of the @jit functions of Triton's standard library (tl.zeros, tl.sum, ...): those are
+decorated when triton itself is imported, which torch or torchvision may have done already.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .params import MODE_CODES, ResolvedMix
+from .targets import smoothing_values
+
+# Per-sample row handed to the kernel as int32: box (y1, y2, x1, x2), partner, then the float32
+# bits of the weights (own inside box, partner inside box, own outside, partner outside) and of
+# the target lambda. One small host-to-device copy per batch instead of five.
+PACKED_COLUMNS = tl.constexpr(10)
+
+# Elements per program. 1024 keeps the interpreter fast in tests and is a sane GPU default.
+DEFAULT_BLOCK = 1024
+
+
+@triton.jit
+def _write_soft_targets(
+    targets_ptr, labels_ptr, sample, partner, lam, num_classes, off_value, on_minus_off, BLOCK: tl.constexpr
+):
+    own_label = tl.load(labels_ptr + sample)
+    partner_label = tl.load(labels_ptr + partner)
+    row_ptr = targets_ptr + sample * num_classes
+    for start in range(0, num_classes, BLOCK):
+        classes = start + tl.arange(0, BLOCK)
+        weight = lam * (classes == own_label).to(tl.float32) + (1.0 - lam) * (classes == partner_label).to(tl.float32)
+        tl.store(row_ptr + classes, off_value + on_minus_off * weight, mask=classes < num_classes)
+
+
+@triton.jit
+def _channel_affine(scale_ptr, shift_ptr, channel, CHANNELS: tl.constexpr, BLOCK: tl.constexpr):
+    # C scalar loads and selects instead of a per-element gather of the channel's constants.
+    scale = tl.full([BLOCK], 0.0, tl.float32)
+    shift = tl.full([BLOCK], 0.0, tl.float32)
+    for c in tl.static_range(CHANNELS):
+        scale = tl.where(channel == c, tl.load(scale_ptr + c), scale)
+        shift = tl.where(channel == c, tl.load(shift_ptr + c), shift)
+    return scale, shift
+
+
+@triton.jit
+def _mix_kernel(
+    source_ptr, out_ptr, targets_ptr, labels_ptr, packed_ptr, scale_ptr, shift_ptr,
+    source_stride_n, source_stride_c, source_stride_h, source_stride_w,
+    out_stride_n, out_stride_c, out_stride_h, out_stride_w,
+    num_classes, off_value, on_minus_off,
+    HEIGHT: tl.constexpr, WIDTH: tl.constexpr, CHANNELS: tl.constexpr,
+    DENSE_NHWC: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    tile = tl.program_id(0)
+    sample = tl.program_id(1).to(tl.int64)
+    row = packed_ptr + sample * PACKED_COLUMNS
+    y1, y2 = tl.load(row + 0), tl.load(row + 1)
+    x1, x2 = tl.load(row + 2), tl.load(row + 3)
+    partner = tl.load(row + 4).to(tl.int64)
+    own_in = tl.load(row + 5).to(tl.float32, bitcast=True)
+    partner_in = tl.load(row + 6).to(tl.float32, bitcast=True)
+    own_out = tl.load(row + 7).to(tl.float32, bitcast=True)
+    partner_out = tl.load(row + 8).to(tl.float32, bitcast=True)
+
+    # Values in (h, w, c) order: contiguous in a channels-last tensor. C and W are constexpr,
+    # so these divisions compile to multiply-shift.
+    index = tile * BLOCK + tl.arange(0, BLOCK)
+    valid = index < HEIGHT * WIDTH * CHANNELS
+    pixel = index // CHANNELS
+    channel = index - pixel * CHANNELS
+    h = pixel // WIDTH
+    w = pixel - h * WIDTH
+    inside = (h >= y1) & (h < y2) & (w >= x1) & (w < x2)
+    own_weight = tl.where(inside, own_in, own_out)
+    partner_weight = tl.where(inside, partner_in, partner_out)
+
+    if DENSE_NHWC:
+        source_offset = index
+        out_offset = index
+    else:
+        source_offset = channel * source_stride_c + h * source_stride_h + w * source_stride_w
+        out_offset = channel * out_stride_c + h * out_stride_h + w * out_stride_w
+    own_value = tl.load(
+        source_ptr + sample * source_stride_n + source_offset, mask=valid & (own_weight != 0.0), other=0
+    ).to(tl.float32)
+    partner_value = tl.load(
+        source_ptr + partner * source_stride_n + source_offset, mask=valid & (partner_weight != 0.0), other=0
+    ).to(tl.float32)
+    scale, shift = _channel_affine(scale_ptr, shift_ptr, channel, CHANNELS, BLOCK)
+    # Normalizing each term is affine, so the weights multiply the shift too: cutout's zero
+    # weights give exactly 0 (the mean colour), mixup's lam + (1 - lam) gives the plain shift.
+    value = (own_weight * own_value + partner_weight * partner_value) * scale + (own_weight + partner_weight) * shift
+    tl.store(out_ptr + sample * out_stride_n + out_offset, value.to(out_ptr.dtype.element_ty), mask=valid)
+
+    if tile == 0:
+        lam = tl.load(row + 9).to(tl.float32, bitcast=True)
+        _write_soft_targets(
+            targets_ptr, labels_ptr, sample, partner, lam, num_classes, off_value, on_minus_off, BLOCK
+        )
+
+
+def mix_triton(
+    source: Tensor,
+    labels: Tensor,
+    *,
+    resolved: ResolvedMix,
+    scale: Tensor,
+    shift: Tensor,
+    label_smoothing: float,
+    out_images: Tensor,
+    out_targets: Tensor,
+) -> None:
+    """Pack the per-sample parameters, copy them to the device, launch the fused kernel.
+
+    Same contract as `reference.mix_reference`, in one kernel launch.
+    """
+    if not source.is_cuda and not _is_interpreted():
+        raise ValueError(
+            "backend='triton' got CPU tensors: set TRITON_INTERPRET=1 before importing "
+            "pipeline.mix.triton_kernel, or use backend='reference'"
+        )
+    packed, scale, shift = _parameters_on_device(pack_rows(resolved), scale, shift, device=source.device)
+    launch_mix_kernel(
+        source, labels.contiguous(), packed=packed, scale=scale, shift=shift,
+        label_smoothing=label_smoothing, out_images=out_images, out_targets=out_targets,
+    )  # fmt: skip
+
+
+def _parameters_on_device(
+    packed: Tensor, scale: Tensor, shift: Tensor, *, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One pinned, asynchronous host-to-device copy of the rows and the normalization constants.
+
+    A copy from pageable memory can make the host wait for the GPU's stream; this one does not.
+    """
+    if device.type != "cuda":
+        return packed, scale, shift
+    constants = torch.cat([scale.cpu(), shift.cpu()]).to(torch.float32).view(torch.int32)
+    staged = torch.cat([packed.flatten(), constants]).pin_memory().to(device, non_blocking=True)
+    rows, channels = packed.numel(), len(scale)
+    as_floats = staged[rows:].view(torch.float32)
+    return staged[:rows].view(packed.shape), as_floats[:channels], as_floats[channels:]
+
+
+def launch_mix_kernel(
+    source: Tensor,
+    labels: Tensor,
+    *,
+    packed: Tensor,
+    scale: Tensor,
+    shift: Tensor,
+    label_smoothing: float,
+    out_images: Tensor,
+    out_targets: Tensor,
+    block: int = DEFAULT_BLOCK,
+) -> None:
+    """The bare launch, every tensor already on the device (what the benchmark times)."""
+    batch_size, channels, height, width = source.shape
+    num_classes = out_targets.shape[1]
+    off_value, on_value = smoothing_values(num_classes=num_classes, label_smoothing=label_smoothing)
+    dense = _is_dense_nhwc(source) and _is_dense_nhwc(out_images)
+    grid = (triton.cdiv(height * width * channels, block), batch_size)
+    _mix_kernel[grid](
+        source, out_images, out_targets, labels, packed, scale, shift,
+        *source.stride(), *out_images.stride(),
+        num_classes, off_value, on_value - off_value,
+        HEIGHT=height, WIDTH=width, CHANNELS=channels, DENSE_NHWC=dense, BLOCK=block,
+    )  # fmt: skip
+
+
+def pack_rows(resolved: ResolvedMix) -> Tensor:
+    """int32 [B, PACKED_COLUMNS]: each sample's box, partner, mode weights and target lambda."""
+    code, lam = resolved.mode_codes, resolved.lam
+    is_cutmix, is_mixup = code == MODE_CODES["cutmix"], code == MODE_CODES["mixup"]
+    is_none = code == MODE_CODES["none"]
+    one, zero = torch.ones_like(lam), torch.zeros_like(lam)
+    # Inside the box: cutmix takes the partner, cutout takes nothing, mixup blends (its box is
+    # empty, so only the outside weights matter). Outside: the own pixel, or the mixup blend.
+    own_inside = torch.where(is_mixup, lam, torch.where(is_none, one, zero))
+    partner_inside = torch.where(is_cutmix, one, torch.where(is_mixup, 1.0 - lam, zero))
+    own_outside = torch.where(is_mixup, lam, one)
+    partner_outside = torch.where(is_mixup, 1.0 - lam, zero)
+    floats = torch.stack([own_inside, partner_inside, own_outside, partner_outside, lam], dim=1)
+    integers = torch.cat([resolved.boxes, resolved.partner[:, None]], dim=1).to(torch.int32)
+    return torch.cat([integers, floats.to(torch.float32).contiguous().view(torch.int32)], dim=1).contiguous()
+
+
+def _is_dense_nhwc(tensor: Tensor) -> bool:
+    # Dense per sample in (h, w, c) order; the batch stride is passed to the kernel as it is.
+    _, channels, height, width = tensor.shape
+    expected = {1: 1, 2: width * channels, 3: channels}
+    return all(tensor.shape[dim] == 1 or tensor.stride(dim) == stride for dim, stride in expected.items())
+
+
+def _is_interpreted() -> bool:
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(_mix_kernel, InterpretedFunction)

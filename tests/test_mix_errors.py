@@ -1,0 +1,116 @@
+"""Bad arguments give a ValueError whose message starts with the argument's name."""
+
+import pytest
+import torch
+
+from pipeline.mix import MixParams, MixSampler, apply_mix
+
+MEAN = (0.5, 0.5, 0.5)
+STD = (0.25, 0.25, 0.25)
+
+
+def call_apply_mix(**overrides):
+    arguments = dict(
+        images=torch.zeros(4, 6, 5, 3, dtype=torch.uint8),
+        labels=torch.tensor([0, 1, 2, 3]),
+        params=MixParams(mode="cutmix", boxes=(1, 3, 0, 2), partner=torch.tensor([3, 2, 1, 0])),
+        mean=MEAN,
+        std=STD,
+        num_classes=4,
+    )
+    arguments.update(overrides)
+    images, labels = arguments.pop("images"), arguments.pop("labels")
+    return apply_mix(images, labels, **arguments)
+
+
+def test_valid_call_passes():
+    images, targets = call_apply_mix()
+    assert images.shape == (4, 3, 6, 5) and targets.shape == (4, 4)
+
+
+@pytest.mark.parametrize(
+    "overrides, name",
+    [
+        (dict(images=torch.zeros(4, 6, 5, dtype=torch.uint8)), "images"),
+        (dict(images=torch.zeros(4, 6, 5, 3, dtype=torch.int32)), "images"),
+        (dict(images=torch.zeros(4, 3, 6, 5, dtype=torch.uint8)), "images"),  # uint8 NCHW by mistake
+        (dict(images=torch.zeros(4, 6, 5, 3)), "images"),  # float NHWC by mistake
+        (dict(labels=torch.tensor([0, 1, 2, 4])), "labels"),
+        (dict(labels=torch.tensor([0, 1, -1, 3])), "labels"),
+        (dict(labels=torch.tensor([0.0, 1.0, 2.0, 3.0])), "labels"),
+        (dict(labels=torch.tensor([0, 1, 2])), "labels"),
+        (dict(num_classes=0), "num_classes"),
+        (dict(params=MixParams(mode="cutmix", boxes=(1, 7, 0, 2), partner=torch.arange(4))), "boxes"),
+        (dict(params=MixParams(mode="cutmix", boxes=(-1, 3, 0, 2), partner=torch.arange(4))), "boxes"),
+        (dict(params=MixParams(mode="cutmix", boxes=(3, 1, 0, 2), partner=torch.arange(4))), "boxes"),
+        (dict(params=MixParams(mode="cutmix", boxes=(1.0, 3.0, 0.0, 2.0), partner=torch.arange(4))), "boxes"),
+        (dict(params=MixParams(mode="cutmix", partner=torch.arange(4))), "boxes"),
+        (dict(params=MixParams(mode="cutmix", boxes=(1, 3, 0, 2))), "partner"),
+        (dict(params=MixParams(mode="cutmix", boxes=(1, 3, 0, 2), partner=torch.arange(3))), "partner"),
+        (dict(params=MixParams(mode="cutmix", boxes=(1, 3, 0, 2), partner=torch.tensor([0, 1, 2, 4]))), "partner"),
+        (dict(params=MixParams(mode="cutmix", lam=0.5, boxes=(1, 3, 0, 2), partner=torch.arange(4))), "lam"),
+        (dict(params=MixParams(mode="mixup", partner=torch.arange(4))), "lam"),
+        (dict(params=MixParams(mode="mixup", lam=1.5, partner=torch.arange(4))), "lam"),
+        (dict(params=MixParams(mode="cutout", lam=0.5, boxes=(1, 3, 0, 2))), "lam"),
+        (dict(params=MixParams(mode="blend")), "mode"),
+        (dict(params=MixParams(mode=("none", "none"))), "mode"),
+        (dict(mean=(0.5, 0.5)), "images"),
+        (dict(std=(0.25, 0.25)), "mean, std"),
+        (dict(std=(0.25, 0.0, 0.25)), "std"),
+        (dict(out_dtype=torch.float64), "out_dtype"),
+        (dict(memory_format=torch.channels_last_3d), "memory_format"),
+        (dict(label_smoothing=1.0), "label_smoothing"),
+        (dict(backend="cuda"), "backend"),
+    ],
+)
+def test_apply_mix_names_the_bad_argument(overrides, name):
+    with pytest.raises(ValueError, match=f"^{name}:"):
+        call_apply_mix(**overrides)
+
+
+@pytest.mark.parametrize(
+    "options, name",
+    [
+        (dict(mode="cutmix", cutmix_alpha=0.0), "cutmix_alpha"),
+        (dict(mode="cutmix_or_mixup", cutmix_alpha=-1.0), "cutmix_alpha"),
+        (dict(mode="mixup", mixup_alpha=0.0), "mixup_alpha"),
+        (dict(mode="cutmix_or_mixup", mixup_alpha=0.0), "mixup_alpha"),
+        (dict(mode="cutout"), "cutout_size"),
+        (dict(mode="cutout", cutout_size=0), "cutout_size"),
+        (dict(mode="cutmix", cutmix_minmax=(0.8, 0.2)), "cutmix_minmax"),
+        (dict(mode="cutmix", prob=1.5), "prob"),
+        (dict(mode="cutmix_or_mixup", switch_prob=-0.1), "switch_prob"),
+        (dict(mode="cutmiks"), "mode"),
+        (dict(per="pair"), "per"),
+        (dict(partner="shuffle"), "partner"),
+    ],
+)
+def test_sampler_names_the_bad_argument(options, name):
+    with pytest.raises(ValueError, match=f"^{name}:"):
+        MixSampler(**options)
+
+
+def test_minmax_alpha_is_not_needed():
+    # timm's convention: with cutmix_minmax the box ignores alpha.
+    MixSampler(mode="cutmix", cutmix_alpha=0.0, cutmix_minmax=(0.2, 0.8))
+
+
+@pytest.mark.parametrize(
+    "options, batch_size",
+    [
+        (dict(mode="cutmix"), 1),
+        (dict(mode="mixup"), 1),
+        (dict(mode="cutmix_or_mixup", partner="roll"), 1),
+        (dict(mode="cutmix", partner="flip"), 5),
+    ],
+)
+def test_batch_too_small_for_the_partner(options, batch_size):
+    with pytest.raises(ValueError, match="^batch_size:"):
+        MixSampler(**options).sample(batch_size=batch_size, height=8, width=8)
+
+
+def test_batch_of_one_without_partner_is_fine():
+    params = MixSampler(mode="cutout", cutout_size=4).sample(batch_size=1, height=8, width=8)
+    images, targets = apply_mix(torch.zeros(1, 8, 8, 3, dtype=torch.uint8), torch.tensor([2]), params=params,
+                                mean=MEAN, std=STD, num_classes=3)  # fmt: skip
+    assert torch.equal(targets, torch.tensor([[0.0, 0.0, 1.0]]))
