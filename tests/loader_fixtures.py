@@ -1,0 +1,63 @@
+"""Shards for the loader tests: an odd number of small JPEGs in 13 classes (labels 10-12 have
+two digits), and shards of images whose pixels encode their own coordinates (R = x, G = y),
+so that the crop window and the flip can be read back from any output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from shard_fixtures import make_imagefolder
+from shards.cli import main as shards_main
+
+NUM_CLASSES = 13
+PER_CLASS = 9  # 117 samples: does not split evenly over 2 ranks
+RAMP_SIZE = (256, 192)  # width, height of the coordinate images
+
+
+def build_shards(src: Path, out: Path, split: str = "train", extra: tuple[str, ...] = ()) -> Path:
+    code = shards_main(["build", str(src), str(out), "--split", split, "--quiet", "--shard-size", "64kB", *extra])
+    assert code == 0, f"shard build failed ({code})"
+    return out
+
+
+def make_labelled_shards(root: Path) -> Path:
+    """Train and val splits of the same 117 images."""
+    make_imagefolder(root / "src", num_classes=NUM_CLASSES, per_class=PER_CLASS)
+    build_shards(root / "src", root / "shards", "train")
+    return build_shards(root / "src", root / "shards", "val",
+                        ("--classes", str(root / "shards" / "train.json")))
+
+
+def ramp_image() -> Image.Image:
+    """R rises left to right and G top to bottom, each over 0-255."""
+    width, height = RAMP_SIZE
+    x = np.linspace(0, 255, width)[None, :].repeat(height, 0)
+    y = np.linspace(0, 255, height)[:, None].repeat(width, 1)
+    pixels = np.stack([x, y, np.full_like(x, 128)], axis=-1).round().astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def make_ramp_shards(root: Path, count: int = 48) -> Path:
+    """``count`` copies of the ramp image in 2 classes."""
+    image = ramp_image()
+    for n in range(count):
+        folder = root / "src" / f"n{n % 2:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"ramp_{n}.JPEG", quality=98)
+    return build_shards(root / "src", root / "shards", "train")
+
+
+def crop_window(image: np.ndarray) -> tuple[float, float, bool]:
+    """(width, height) in source pixels of the window an output (HWC uint8) was cut from, and
+    whether it was flipped, read from the R (x) and G (y) ramps."""
+    pixels = image.astype(np.float64)
+    size_y, size_x = pixels.shape[:2]
+    red = pixels[:, :, 0].mean(axis=0)    # per output column
+    green = pixels[:, :, 1].mean(axis=1)  # per output row
+    # Centres of the first and last output pixels are (n-1)/n of the window apart.
+    width = abs(red[-1] - red[0]) / 255 * (RAMP_SIZE[0] - 1) * size_x / (size_x - 1)
+    height = (green[-1] - green[0]) / 255 * (RAMP_SIZE[1] - 1) * size_y / (size_y - 1)
+    return width, height, bool(red[-1] < red[0])

@@ -1,0 +1,98 @@
+"""Start-up checks: clear LoaderError messages instead of reader tracebacks."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from loader_fixtures import make_labelled_shards
+from pipeline.data import LoaderError, create_loader
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    return make_labelled_shards(tmp_path_factory.mktemp("errors"))
+
+
+@pytest.fixture
+def shards(pristine, tmp_path):
+    return Path(shutil.copytree(pristine, tmp_path / "shards"))
+
+
+def start(shards, backend="dali", **overrides):
+    options = dict(batch_size=8, image_size=32, rank=0, world_size=2, device="cpu", seed=0, backend=backend)
+    options.update(overrides)
+    return create_loader(shards, "train", **options)
+
+
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+def test_missing_manifest(shards, backend):
+    (shards / "train.json").unlink()
+    with pytest.raises(LoaderError, match=r"train\.json: no manifest.*python -m shards build"):
+        start(shards, backend)
+
+
+@pytest.mark.parametrize("suffix, what", [(".tar", "shard"), (".idx", "index")])
+def test_missing_shard_or_index(shards, suffix, what):
+    (shards / f"train-000001{suffix}").unlink()
+    with pytest.raises(LoaderError, match=rf"train-000001\{suffix}: {what} file .* is missing"):
+        start(shards)
+
+
+def test_index_with_the_wrong_sample_count_is_stale(shards):
+    index = shards / "train-000000.idx"
+    lines = index.read_text().splitlines()
+    index.write_text("\n".join([f"v1.2 {len(lines) - 2}", *lines[1:-1]]) + "\n")
+    with pytest.raises(LoaderError, match=r"train-000000\.idx: stale index"):
+        start(shards)
+
+
+def test_index_pointing_past_the_tar_is_stale(shards):
+    # The same number of samples but offsets from a bigger tar: DALI would fail mid-epoch.
+    index = shards / "train-000000.idx"
+    header, *lines = index.read_text().splitlines()
+    shifted = [" ".join(str(int(f) + 10**7) if i % 4 == 1 else f for i, f in enumerate(line.split())) for line in lines]
+    index.write_text("\n".join([header, *shifted]) + "\n")
+    with pytest.raises(LoaderError, match="stale index"):
+        start(shards)
+
+
+def test_unreadable_index(shards):
+    (shards / "train-000002.idx").write_text("garbage\n")
+    with pytest.raises(LoaderError, match=r"train-000002\.idx: unreadable DALI index"):
+        start(shards)
+
+
+def test_tar_changed_after_the_manifest(shards):
+    with open(shards / "train-000000.tar", "ab") as tar:
+        tar.write(b"\0" * 512)
+    with pytest.raises(LoaderError, match="the manifest says"):
+        start(shards)
+
+
+@pytest.mark.parametrize("backend", ["dali", "torch", "synthetic"])
+def test_class_count_differs_from_the_model(shards, backend):
+    with pytest.raises(LoaderError, match="has 13 classes but the model has 1000"):
+        start(shards, backend, num_classes=1000)
+
+
+@pytest.mark.parametrize("backend", ["dali", "torch", "synthetic"])
+def test_batch_larger_than_a_rank_share(shards, backend):
+    with pytest.raises(LoaderError, match=r"batch_size 59 is larger than a rank's share .*58 samples"):
+        start(shards, backend, batch_size=59)
+    loader, steps = start(shards, backend, batch_size=58)  # the largest batch that fits
+    assert steps == 1
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(backend="jax"), "unknown backend 'jax'"),
+    (dict(rank=2), "need 0 <= rank < world_size"),
+    (dict(image_size=0), "image_size must be >= 1"),
+    (dict(random_area=(0.5, 0.1)), "random_area must satisfy"),
+    (dict(batch_size=0), "batch_size must be >= 1"),
+])
+def test_bad_arguments(shards, overrides, message):
+    with pytest.raises(LoaderError, match=message):
+        start(shards, **overrides)
