@@ -1,0 +1,57 @@
+"""The loaders under a real ``accelerate launch`` with 2 CPU processes (gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from loader_fixtures import make_labelled_shards
+from shard_readers import read_with_webdataset
+
+WORKER = Path(__file__).with_name("loader_ddp_worker.py")
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return make_labelled_shards(tmp_path_factory.mktemp("ddp"))
+
+
+def launch(shards: Path, out: Path, backend: str) -> list[dict]:
+    # The `accelerate` CLI imports torchvision, which fails on CPU-only torch with PyPI's
+    # torchvision (see pipeline/mix/compat.py): run the same CLI after the import workaround.
+    accelerate = [sys.executable, "-c", "import sys; from pipeline.mix.compat import import_torchvision; "
+                  "import_torchvision(); from accelerate.commands.accelerate_cli import main; "
+                  "sys.argv[0] = 'accelerate'; main()"]
+    # `--cpu --num_processes 2` silently runs ONE process; this form starts two gloo ranks.
+    command = [*accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+               str(WORKER), str(shards), str(out), backend]
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    result = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+def test_two_processes_train_disjoint_and_val_exactly_once(shards, tmp_path, backend):
+    ranks = launch(shards, tmp_path, backend)
+    total = len(read_with_webdataset(shards, "train"))
+    assert {r["train_steps"] for r in ranks} == {(total // 2) // 8}
+    assert len({r["val_steps"] for r in ranks}) == 1
+    for epoch in range(2):
+        seen = [sid for r in ranks for sid in r["train"][epoch]]
+        assert len(seen) == len(set(seen)) == 2 * ranks[0]["train_steps"] * 8
+        assert total - len(seen) < 2 * 9
+    reference = {s["json"]["source"]: s["cls"] for s in read_with_webdataset(shards, "val")}
+    counted = Counter(sid for r in ranks for sid, label in r["val"] if label >= 0)
+    assert counted == Counter({sid: 1 for sid in reference})
+    assert all(reference[sid] == label for r in ranks for sid, label in r["val"] if label >= 0)
