@@ -178,13 +178,23 @@ def run_cuda(args: argparse.Namespace) -> list[str]:
     return lines
 
 
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo, where there is one."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "cpu"
+
+
 def main() -> None:
     args = parse_args()
     lines = run_cuda(args) if args.device == "cuda" else run_cpu(args)
     if args.device == "cuda":
         device = torch.cuda.get_device_name()
     else:
-        device = f"{platform.processor() or 'cpu'} ({os.cpu_count()} cores), torch threads {args.threads}"
+        device = f"{cpu_name()} ({os.cpu_count()} cores, no GPU), torch threads {args.threads}"
     # PyTorch's switch for huge pages on large CPU allocations: it changes every method's
     # page-fault cost on fresh outputs, so the results record it.
     huge_pages = os.environ.get("THP_MEM_ALLOC_ENABLE", "unset")
