@@ -27,7 +27,6 @@ from typing import Callable
 import torch
 
 from pipeline.mix import MixSampler, apply_mix, normalization_affine, resolve_mix, soft_targets
-from pipeline.mix.compat import import_torchvision
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -56,7 +55,6 @@ def make_batch(*, batch_size: int, size: int, device: str) -> tuple[torch.Tensor
 
 def cpu_methods(images: torch.Tensor, labels: torch.Tensor) -> dict[str, Callable[[], object]]:
     """Each method goes from the loader's uint8 batch to mixed, normalized images and soft targets."""
-    import_torchvision()  # PyPI's torchvision is a CUDA build; see pipeline/mix/compat.py
     from timm.data.mixup import Mixup
     from torchvision.transforms import v2
 

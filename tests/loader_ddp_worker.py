@@ -11,9 +11,6 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline.mix.compat import import_torchvision  # noqa: E402
-
-import_torchvision()  # accelerate imports torchvision, whose PyPI build cannot load on CPU-only torch
 from accelerate import Accelerator  # noqa: E402
 
 from pipeline.data import create_loader  # noqa: E402

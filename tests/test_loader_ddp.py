@@ -23,11 +23,8 @@ def shards(tmp_path_factory):
 
 
 def launch(shards: Path, out: Path, backend: str) -> list[dict]:
-    # The `accelerate` CLI imports torchvision, which fails on CPU-only torch with PyPI's
-    # torchvision (see pipeline/mix/compat.py): run the same CLI after the import workaround.
-    accelerate = [sys.executable, "-c", "import sys; from pipeline.mix.compat import import_torchvision; "
-                  "import_torchvision(); from accelerate.commands.accelerate_cli import main; "
-                  "sys.argv[0] = 'accelerate'; main()"]
+    # The `accelerate` CLI of this interpreter's environment (it may not be on PATH).
+    accelerate = [sys.executable, "-m", "accelerate.commands.accelerate_cli"]
     # `--cpu --num_processes 2` silently runs ONE process; this form starts two gloo ranks.
     command = [*accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",

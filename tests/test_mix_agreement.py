@@ -7,15 +7,11 @@ the same values, with the library's partner rule, to apply_mix.
 import numpy as np
 import pytest
 import torch
+import timm.data.mixup
 import torch.nn.functional as F
+from torchvision.transforms import v2
 
 from pipeline.mix import MixParams, MixSampler, apply_mix, soft_target_cross_entropy
-from pipeline.mix.compat import import_torchvision
-
-import_torchvision()  # a CPU torch cannot load PyPI's torchvision._C; timm imports torchvision too
-
-import timm.data.mixup  # noqa: E402
-from torchvision.transforms import v2  # noqa: E402
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

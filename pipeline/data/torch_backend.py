@@ -103,10 +103,7 @@ def _buffer_shuffle(samples, *, size: int, rng: np.random.Generator):
 
 
 def _transform(augmentation: Augmentation, *, training: bool):
-    # On CPU-only torch, PyPI's torchvision cannot load its C extension; this import works anyway.
-    from pipeline.mix.compat import import_torchvision
-
-    transforms = import_torchvision().transforms
+    from torchvision import transforms  # only this backend needs torchvision
 
     size = augmentation.image_size
     if training:
