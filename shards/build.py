@@ -20,7 +20,7 @@ from .manifest import SHARD_FIELDS, compose_manifest, write_manifest
 from .outdir import OutputLayout, prepare_output
 from .plan import DIGEST_MODULUS, BuildPlan, count_shards, input_digest, part_shards, shard_of
 from .sources import InputItem, SourceSpec, TarStream, detect_source, list_folder
-from .spill import SpillWriter, read_spill, spill_path
+from .spill import SpillWriter, spill_path
 from .tarwriter import write_json_atomic
 from .writing import ShardJob, read_locator, write_shards
 
@@ -167,7 +167,7 @@ def _build_folder(request, spec, layout, fixed_classes) -> dict | None:
         shard = shard_of(item.key, plan.seed, plan.num_shards)
         if shard in groups:
             groups[shard].append(item)
-    jobs = [ShardJob(s, lambda s=s: groups[s]) for s in mine if not _shard_done(layout, plan, s)]
+    jobs = [ShardJob(s, items=groups[s]) for s in mine if not _shard_done(layout, plan, s)]
     source_totals = {"inputs": len(items), "digest": digest, "bytes": total_bytes}
     return _write_and_finish(request, plan, layout, classes, jobs, source_totals, sum(map(len, groups.values())))
 
@@ -186,11 +186,7 @@ def _build_streamed(request, spec, layout, fixed_classes) -> dict | None:
         _spill(spec, plan, layout, mine, fixed_classes, request)
     spilled = json.loads(done_marker.read_text())
     classes = fixed_classes or spilled["classes"]
-    jobs = [
-        ShardJob(s, lambda s=s: read_spill(spill_path(layout.spill_dir, s)),
-                 on_done=lambda s=s: spill_path(layout.spill_dir, s).unlink(missing_ok=True))
-        for s in mine if not _shard_done(layout, plan, s)
-    ]
+    jobs = [ShardJob(s, spill=str(spill_path(layout.spill_dir, s))) for s in mine if not _shard_done(layout, plan, s)]
     totals = {k: spilled[k] for k in ("inputs", "digest", "bytes")}
     return _write_and_finish(request, plan, layout, classes, jobs, totals, spilled["mine"])
 
@@ -232,7 +228,7 @@ def _write_and_finish(request, plan, layout, classes, jobs, source_totals, image
     mine = part_shards(plan.num_shards, plan.num_parts, request.part_id)
     with _Progress(images_in_part, f"{plan.split}: writing shards", request.progress) as progress:
         write_shards(jobs, plan, layout, class_index, workers=request.workers, strict=request.strict,
-                     on_image=progress.image)
+                     on_progress=progress.advance)
     records = [json.loads(layout.record(plan.shard_name(s)).read_text()) for s in mine]
     manifest = compose_manifest(plan.to_json(), classes, records, source_totals)
     totals = manifest["totals"]
@@ -269,9 +265,9 @@ class _Progress:
     def __exit__(self, *exc) -> None:
         self._bar.close()
 
-    def image(self, size: int) -> None:
+    def advance(self, images: int, size: int) -> None:
         self._bytes += size
-        self._bar.update(1)
+        self._bar.update(images)
         now = time.monotonic()
         if now - self._last > 0.5:
             self._last = now

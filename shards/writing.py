@@ -1,15 +1,18 @@
-"""Turns each shard's inputs into the shard: worker processes read and check images, the main
-process writes them in the plan's order (so the bytes never depend on the number of workers)
-and records what it wrote."""
+"""Turns each shard's inputs into the shard and its record. Each shard depends only on its own
+inputs and the plan, so shards can be written by different processes, in any order, with the
+same bytes: with several shards, ``--workers`` processes each write whole shards (no GIL, no
+image copied between processes); with one shard, threads share its images."""
 
 from __future__ import annotations
 
 import functools
 import json
 import itertools
+import multiprocessing
 from collections import Counter, deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator
 
 from .errors import ShardsError
@@ -17,16 +20,24 @@ from .images import ImageOptions, PreparedImage, RejectedImage, prepare_image
 from .outdir import OutputLayout
 from .plan import DIGEST_MODULUS, BuildPlan, input_digest, shard_order
 from .sources import InputItem
+from .spill import read_spill
 from .tarwriter import ShardTarWriter, write_json_atomic
 
 
-@dataclass
+@dataclass(frozen=True)
 class ShardJob:
-    """One shard to write: its number and how to get its inputs (in source order)."""
+    """One shard to write: its number and its inputs in source order, listed or in a spill file."""
 
     shard: int
-    load: Callable[[], list[InputItem]]
-    on_done: Callable[[], None] = field(default=lambda: None)  # e.g. drop the spill file
+    items: list[InputItem] | None = None
+    spill: str | None = None  # deleted once the shard is complete
+
+    def load(self) -> list[InputItem]:
+        return self.items if self.items is not None else read_spill(Path(self.spill))
+
+    def done(self) -> None:
+        if self.spill:
+            Path(self.spill).unlink(missing_ok=True)
 
 
 def read_locator(locator: tuple[str, int, int]) -> bytes:
@@ -50,9 +61,55 @@ def _prepare(item: InputItem | None, options: ImageOptions):
 
 def write_shards(
     jobs: list[ShardJob], plan: BuildPlan, layout: OutputLayout, class_index: dict[str, int],
-    *, workers: int, strict: bool, on_image: Callable[[int], None],
-) -> list[dict]:
-    """Write every job's shard and its record; returns the records."""
+    *, workers: int, strict: bool, on_progress: Callable[[int, int], None],
+) -> None:
+    """Write every job's shard and its record; ``on_progress(images, bytes)`` reports work done."""
+    if workers > 1 and len(jobs) > 1:
+        _write_in_processes(jobs, plan, layout, class_index, min(workers, len(jobs)), strict, on_progress)
+    else:
+        _write_in_threads(jobs, plan, layout, class_index, workers, strict, lambda size: on_progress(1, size))
+
+
+def _write_in_processes(jobs, plan, layout, class_index, processes, strict, on_progress) -> None:
+    # forkserver: children start from a clean process (no copied threads or locks) that has
+    # already imported this module, so a child starts in milliseconds.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["shards.writing"])
+    counters = (context.Value("q", 0), context.Value("q", 0))  # images, bytes written so far
+    with ProcessPoolExecutor(processes, mp_context=context, initializer=_keep_counters, initargs=counters) as pool:
+        futures = [pool.submit(_write_counted, job, plan, layout, class_index, strict) for job in jobs]
+        reported = (0, 0)
+        while futures:
+            finished, pending = wait(futures, timeout=0.25, return_when=FIRST_EXCEPTION)
+            now = (counters[0].value, counters[1].value)
+            on_progress(now[0] - reported[0], now[1] - reported[1])
+            reported = now
+            for future in finished:
+                future.result()  # re-raises a worker's error (e.g. --strict) here
+            futures = list(pending)
+
+
+_counters: tuple = ()  # set in each worker process by _keep_counters (multiprocessing's idiom)
+
+
+def _keep_counters(images, size) -> None:
+    global _counters
+    _counters = (images, size)
+
+
+def _write_counted(job, plan, layout, class_index, strict) -> None:
+    images, size = _counters
+
+    def count(image_bytes: int) -> None:
+        with images.get_lock():
+            images.value += 1
+        with size.get_lock():
+            size.value += image_bytes
+
+    _write_in_threads([job], plan, layout, class_index, 1, strict, count)
+
+
+def _write_in_threads(jobs, plan, layout, class_index, workers, strict, on_image) -> None:
 
     def tasks() -> Iterator[InputItem | None]:
         for job in jobs:
@@ -64,7 +121,8 @@ def write_shards(
     prepare = functools.partial(_prepare, options=plan.image_options)
     results = _ordered_map(prepare, tasks(), workers)
     try:
-        return [_write_one(job, plan, layout, class_index, results, strict, on_image) for job in jobs]
+        for job in jobs:
+            _write_one(job, plan, layout, class_index, results, strict, on_image)
     finally:
         results.close()  # stops the workers if a shard failed
 
@@ -118,8 +176,7 @@ def _write_one(job, plan, layout, class_index, results, strict, on_image) -> dic
             on_image(len(result.jpeg) if isinstance(result, PreparedImage) else 0)
     record = {**vars(writer.written), **tally.as_record()}
     write_json_atomic(layout.record(name), json.dumps(record, sort_keys=True))
-    job.on_done()
-    return record
+    job.done()
 
 
 class _ShardTally:
