@@ -138,15 +138,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=4000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sections", default="passthrough,reencode,check,writer",
+                        help="comma-separated subset of passthrough,reencode,check,writer")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_shards_", dir=os.environ.get("BENCH_DIR")))
     try:
-        report(work, args.images, args.repeats)
+        report(work, args.images, args.repeats, set(args.sections.split(",")))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def report(work: Path, count: int, repeats: int) -> None:
+def report(work: Path, count: int, repeats: int, sections: set[str]) -> None:
     import webdataset  # noqa: F401  (imports torch: keep that second out of the timings)
 
     src = work / "src"
@@ -155,6 +157,17 @@ def report(work: Path, count: int, repeats: int) -> None:
     total_mb = sum(map(len, blobs)) / 1e6
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"data: {count} JPEGs, {total_mb:.1f} MB, mean {total_mb * 1e3 / count:.0f} kB, about 500x375 q90")
+    if "passthrough" in sections:
+        passthrough(work, src, paths, total_mb, repeats)
+    if "reencode" in sections:
+        reencode(work, src, count, repeats)
+    if "check" in sections:
+        check(blobs, count, repeats)
+    if "writer" in sections:
+        writer(work, blobs, total_mb, repeats)
+
+
+def passthrough(work: Path, src: Path, paths: list[Path], total_mb: float, repeats: int) -> None:
     class_tars = make_tar_of_class_tars(src, work / "train.tar")
     rows = {}
     rows["tar cf (baseline)"] = timed(lambda: tar_copy(src, work / "tar"), repeats)
@@ -169,18 +182,27 @@ def report(work: Path, count: int, repeats: int) -> None:
     for name, seconds in rows.items():
         print(f"  {name:44s} {seconds:7.2f} s {total_mb / seconds:8.1f} MB/s  ratio {base / seconds:5.2f}")
 
+
+
+def reencode(work: Path, src: Path, count: int, repeats: int) -> None:
     print("\nre-encode with --resize-short 256 --quality 90 (images/s; ratio = vs 1 worker):")
     one = timed(lambda: shards_build(src, work / "o", "--workers", "1", "--resize-short", "256"), repeats)
     two = timed(lambda: shards_build(src, work / "o", "--workers", "2", "--resize-short", "256"), repeats)
     for name, seconds in (("1 worker", one), ("2 workers", two)):
         print(f"  {name:44s} {seconds:7.2f} s {count / seconds:8.1f} img/s  ratio {one / seconds:5.2f}")
 
+
+
+def check(blobs: list[bytes], count: int, repeats: int) -> None:
     print("\nchecking one image (ms per image, one process; ratio = vs header):")
     header = timed(lambda: check_cost(blobs, "header"), repeats) / count * 1e3
     decode = timed(lambda: check_cost(blobs, "decode"), repeats) / count * 1e3
     print(f"  {'--check header (default)':44s} {header:7.3f} ms")
     print(f"  {'--check decode':44s} {decode:7.3f} ms  ratio {decode / header:5.1f}x slower")
 
+
+
+def writer(work: Path, blobs: list[bytes], total_mb: float, repeats: int) -> None:
     print("\ntar writer alone, bytes in memory (ratio = webdataset time / ours):")
     ours = timed(lambda: writer_only(blobs, work / "x", "ours"), repeats)
     theirs = timed(lambda: writer_only(blobs, work / "x", "webdataset"), repeats)

@@ -82,3 +82,49 @@ def test_tar_headers_equal_the_standard_librarys(name, size):
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = size, 0, 0o644, 0, 0, "", ""
     assert _header(name, size) == info.tobuf(format=tarfile.USTAR_FORMAT)
+
+
+def _jpeg_variants():
+    """JPEGs of every kind Pillow writes: modes, progressive, ICC, XMP, EXIF orientations 1-8."""
+    import io as _io
+
+    base = Image.fromarray(np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    variants = {}
+    for mode in ("RGB", "L", "CMYK"):
+        for progressive in (False, True):
+            out = _io.BytesIO()
+            base.convert(mode).save(out, format="JPEG", quality=80, progressive=progressive)
+            variants[f"{mode}-progressive{progressive}"] = out.getvalue()
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        exif[0x010F] = "camera maker"  # more than one IFD entry
+        out = _io.BytesIO()
+        base.save(out, format="JPEG", exif=exif.tobytes(), icc_profile=b"\0" * 300)
+        variants[f"orientation{orientation}"] = out.getvalue()
+    out = _io.BytesIO()
+    base.save(out, format="JPEG", xmp=b"<x:xmpmeta xmlns:x='adobe:ns:meta/'/>")
+    variants["xmp"] = out.getvalue()
+    return variants
+
+
+@pytest.mark.parametrize("name,data", sorted(_jpeg_variants().items()))
+def test_marker_scan_agrees_with_pillow(name, data):
+    from shards.images import scan_jpeg_header
+
+    image = Image.open(io.BytesIO(data))
+    expected = (image.mode, image.width, image.height, image.getexif().get(0x0112, 1))
+    assert scan_jpeg_header(data) == expected
+
+
+@pytest.mark.parametrize("name", sorted(bad_inputs()))
+def test_marker_scan_never_contradicts_pillow_on_bad_inputs(name):
+    from shards.images import scan_jpeg_header
+
+    data = bad_inputs()[name][0]
+    scanned = scan_jpeg_header(data)
+    if scanned is None:
+        return  # handed to Pillow
+    image = Image.open(io.BytesIO(data))
+    assert scanned == (image.mode, image.width, image.height, image.getexif().get(0x0112, 1))
+    assert image.format == "JPEG"
