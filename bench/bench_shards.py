@@ -94,11 +94,19 @@ def shards_build_parts(src: Path, out: Path, parts: int) -> None:
     run([sys.executable, "-m", "shards", "merge", str(out)])
 
 
+def fsync_files(folder: Path) -> None:
+    """fsync what one row wrote, and only that: os.sync() would also wait for other processes'
+    writes on a shared machine."""
+    for path in folder.iterdir():
+        with open(path, "rb") as file:
+            os.fsync(file.fileno())
+
+
 def tar_copy(src: Path, out: Path) -> None:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     run(["tar", "cf", str(out / "all.tar"), "-C", str(src), "."])
-    os.sync()  # our build fsyncs each shard: make the baseline durable too
+    fsync_files(out)  # our build fsyncs each shard: make the baseline durable too
 
 
 def webdataset_loop(paths: list[Path], out: Path) -> None:
@@ -110,7 +118,7 @@ def webdataset_loop(paths: list[Path], out: Path) -> None:
     with wds.ShardWriter(str(out / "train-%06d.tar"), maxsize=64e6, verbose=0) as sink:
         for n, path in enumerate(paths):
             sink.write({"__key__": path.stem, "jpg": path.read_bytes(), "cls": str(n % 20).encode()})
-    os.sync()
+    fsync_files(out)
 
 
 def writer_only(blobs: list[bytes], out: Path, which: str) -> None:
