@@ -1,0 +1,136 @@
+"""Crash-safe checkpoints around Accelerate's ``save_state``.
+
+Every rank writes into ``RUN/checkpoints/tmp-<name>``; after a barrier the main process fsyncs
+every file, writes ``state.json`` (epoch, step, model name, class count, best metrics) and then
+the ``COMPLETE`` marker, and atomically renames the folder to ``<name>``. A kill at any point
+leaves either a ``tmp-`` folder (ignored and removed later) or a complete checkpoint: nothing that
+looks valid but is not. Loading uses Accelerate's ``load_state``, which reads the optimizer and
+RNG files with ``weights_only=True`` and the model from safetensors; our own state is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import TrainError
+
+COMPLETE = "COMPLETE"
+STATE = "state.json"
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs fully done
+    step_in_epoch: int = 0  # updates done in epoch `epoch` (non-zero only for a save on a signal)
+    global_step: int = 0  # updates done in the whole run
+    model_name: str = ""  # timm name: a resume with another model is refused
+    num_classes: int = 0  # classifier width: a resume with other data is refused
+    best: dict = field(default_factory=dict)  # best top-1 error so far and its epoch
+    partial_loss: list = field(default_factory=list)  # mid-epoch save: each rank's loss sum so far
+
+
+def checkpoint_name(state: TrainState) -> str:
+    """``epoch-0003`` after a whole epoch, ``epoch-0003-step-000017`` for a save mid-epoch."""
+    name = f"epoch-{state.epoch:04d}"
+    return name if state.step_in_epoch == 0 else f"{name}-step-{state.step_in_epoch:06d}"
+
+
+def save_checkpoint(accelerator, run_dir: Path, state: TrainState, *, keep: int) -> Path:
+    """Save model, optimizer, scheduler, RNG (Accelerate) and ``state``; called by every rank."""
+    root = Path(run_dir) / "checkpoints"
+    name = checkpoint_name(state)
+    tmp, final = root / f"tmp-{name}", root / name
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()  # every rank's RNG file is in tmp
+    if accelerator.is_main_process:
+        (tmp / STATE).write_text(json.dumps(asdict(state), indent=1))
+        _fsync_tree(tmp)
+        _write_synced(tmp / COMPLETE, "ok\n")  # last: its presence means every file above is on disk
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        prune_checkpoints(root, keep=keep)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def valid_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints in ``RUN/checkpoints``, oldest first (by global step)."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith("tmp-")
+             and (p / COMPLETE).is_file() and (p / STATE).is_file()]
+    return sorted(found, key=lambda p: read_state(p).global_step)
+
+
+def read_state(checkpoint: Path) -> TrainState:
+    """The TrainState stored in a checkpoint folder."""
+    try:
+        return TrainState(**json.loads((Path(checkpoint) / STATE).read_text()))
+    except (OSError, ValueError, TypeError) as error:
+        raise TrainError(f"{checkpoint}: not a checkpoint of this pipeline ({error})") from None
+
+
+def find_resume_checkpoint(resume: str, run_dir: Path) -> Path | None:
+    """``auto``: the newest complete checkpoint of the run (None if there is none); ``none``:
+    None; otherwise the given folder, which must be a complete checkpoint."""
+    if resume == "none":
+        return None
+    if resume == "auto":
+        found = valid_checkpoints(run_dir)
+        return found[-1] if found else None
+    folder = Path(resume)
+    if not (folder / COMPLETE).is_file() or not (folder / STATE).is_file():
+        raise TrainError(f"run.resume: {folder} is not a complete checkpoint (no {COMPLETE} and {STATE} in it)")
+    return folder
+
+
+def check_compatible(state: TrainState, *, checkpoint: Path, model_name: str, num_classes: int) -> None:
+    """Refuse a checkpoint of another model or class count, naming both."""
+    if state.model_name != model_name or state.num_classes != num_classes:
+        raise TrainError(
+            f"run.resume: {checkpoint} holds {state.model_name!r} with {state.num_classes} classes, but this run "
+            f"trains {model_name!r} with {num_classes} classes; use another run.out_dir or run.resume=none")
+
+
+def prune_checkpoints(root: Path, *, keep: int) -> None:
+    """Delete all but the newest ``keep`` complete checkpoints, and stale ``tmp-`` folders."""
+    for stale in root.glob("tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for old in valid_checkpoints(root.parent)[:-keep]:
+        # The marker goes first, so a kill in the middle leaves a folder that is ignored.
+        (old / COMPLETE).unlink()
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(folder)
+
+
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)

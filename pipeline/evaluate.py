@@ -1,0 +1,57 @@
+"""Top-1 / top-5 error over the whole validation set, each sample counted exactly once across ranks."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .mix import normalization_affine
+
+
+def normalize_batch(images: torch.Tensor, *, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype,
+                    channels_last: bool) -> torch.Tensor:
+    """uint8 NHWC -> normalized float NCHW (channels-last strides if asked), as training sees it."""
+    scale, shift = normalization_affine(mean=mean, std=std, from_uint8=True)
+    nchw = images.permute(0, 3, 1, 2).float()
+    out = nchw * scale.to(images.device).view(1, -1, 1, 1) + shift.to(images.device).view(1, -1, 1, 1)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return out.to(dtype=dtype).contiguous(memory_format=fmt)
+
+
+def count_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """int64 [3]: (top-1 correct, top-5 correct, samples) over the rows whose label is >= 0
+    (the loader marks its padding duplicates with -1)."""
+    valid = labels >= 0
+    logits, labels = logits[valid].float(), labels[valid]
+    k = min(5, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    hits = top == labels[:, None]
+    return torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(), valid.sum()]).to(torch.int64)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, *, accelerator, mean: Sequence[float], std: Sequence[float],
+             dtype: torch.dtype, channels_last: bool) -> dict[str, float]:
+    """Run ``loader`` (already split by rank, padding labelled -1) and all-reduce exact integer
+    counts; returns top1_err, top5_err (percent), val_loss and val_samples."""
+    model.eval()
+    counts = torch.zeros(3, dtype=torch.int64, device=accelerator.device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    for batch in loader:
+        images, labels = batch[0], batch[1]
+        inputs = normalize_batch(images, mean=mean, std=std, dtype=dtype, channels_last=channels_last)
+        with accelerator.autocast():
+            logits = model(inputs)
+        counts += count_correct(logits, labels)
+        valid = labels >= 0
+        if bool(valid.any()):
+            loss_sum += torch.nn.functional.cross_entropy(logits[valid].float(), labels[valid],
+                                                          reduction="sum").double()
+    model.train()
+    # Integer counts: the sum over ranks is exact, whatever the order of the reduction.
+    counts = accelerator.reduce(counts, reduction="sum")
+    loss_sum = accelerator.reduce(loss_sum, reduction="sum")
+    top1, top5, samples = (int(v) for v in counts.tolist())
+    return {"top1_err": 100.0 * (1 - top1 / samples), "top5_err": 100.0 * (1 - top5 / samples),
+            "val_loss": float(loss_sum) / samples, "val_samples": samples}

@@ -1,0 +1,37 @@
+"""Final weights as safetensors that timm loads:
+
+    timm.create_model(name, pretrained=True, num_classes=K,
+                      pretrained_cfg_overlay=dict(file=PATH, num_classes=K))
+
+``num_classes`` must be inside the overlay too: without it timm takes the file for a 1000-class
+checkpoint and silently re-initializes the classifier (DESIGN.md section 5)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+
+def export_weights(model: torch.nn.Module, path: Path, *, model_name: str, num_classes: int) -> Path:
+    """Write the (unwrapped, uncompiled) model's state_dict to ``path`` with the timm name and class
+    count in the safetensors metadata, and a ``.json`` beside it saying how to load it."""
+    state = {key: value.detach().to("cpu").contiguous() for key, value in model.state_dict().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata={"model_name": model_name, "num_classes": str(num_classes)})
+    how = (f"timm.create_model({model_name!r}, pretrained=True, num_classes={num_classes}, "
+           f"pretrained_cfg_overlay=dict(file={str(path)!r}, num_classes={num_classes}))")
+    path.with_suffix(".json").write_text(json.dumps({"model_name": model_name, "num_classes": num_classes,
+                                                    "load": how}, indent=1))
+    return path
+
+
+def load_exported(path: Path, *, model_name: str, num_classes: int) -> torch.nn.Module:
+    """The exported model, created by timm from the file (as a user would)."""
+    import timm
+
+    return timm.create_model(model_name, pretrained=True, num_classes=num_classes,
+                             pretrained_cfg_overlay=dict(file=str(path), num_classes=num_classes))

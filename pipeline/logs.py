@@ -1,0 +1,62 @@
+"""What people see: a tqdm bar on the main process, one JSON line of metrics per epoch
+(``RUN/metrics.jsonl``), and Accelerate's trackers (TensorBoard) when asked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tqdm import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """Every epoch's record of a run, in order."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_metrics(run_dir: Path, *, last_epoch: int) -> None:
+    """Drop records after ``last_epoch``: a resumed run re-runs them and writes them again."""
+    kept = [r for r in read_metrics(run_dir) if r["epoch"] <= last_epoch]
+    path = Path(run_dir) / METRICS_FILE
+    if path.exists():
+        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def append_metrics(run_dir: Path, record: dict) -> None:
+    """Append one epoch's record (flushed at once: a later kill does not lose it)."""
+    with open(Path(run_dir) / METRICS_FILE, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+class Progress:
+    """A tqdm bar per epoch on the main process only; the other ranks get a no-op."""
+
+    def __init__(self, *, enabled: bool, total: int, epoch: int, epochs: int, initial: int = 0) -> None:
+        self.bar = tqdm(total=total, initial=initial, desc=f"epoch {epoch}/{epochs}", dynamic_ncols=True,
+                        leave=False) if enabled else None
+
+    def update(self, steps: int, **postfix) -> None:
+        """Advance by ``steps`` and show ``postfix`` (loss, lr, img/s, data wait)."""
+        if self.bar is not None:
+            self.bar.set_postfix(postfix, refresh=False)
+            self.bar.update(steps)
+
+    def close(self) -> None:
+        """Remove the bar."""
+        if self.bar is not None:
+            self.bar.close()
+
+
+def format_epoch(record: dict) -> str:
+    """One human line per epoch for the console."""
+    text = (f"epoch {record['epoch']}/{record['epochs']}: loss {record['train_loss']:.4f} "
+            f"lr {record['lr']:.4g} {record['img_per_s']:.0f} img/s data wait {100 * record['data_wait_share']:.0f}%")
+    if "top1_err" in record:
+        text += (f" | val top-1 err {record['top1_err']:.2f}% top-5 err {record['top5_err']:.2f}%"
+                 f" (best top-1 {record['best_top1_err']:.2f}% at epoch {record['best_epoch']})")
+    return text

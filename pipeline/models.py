@@ -1,0 +1,46 @@
+"""Model creation: any timm model by name, with the class count of the shards."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+
+import torch
+
+from .errors import TrainError
+
+
+def read_num_classes(shards_dir: str | Path) -> int:
+    """The class count in the train manifest that ``python -m shards build`` wrote."""
+    manifest = Path(shards_dir) / "train.json"
+    if not manifest.is_file():
+        raise TrainError(f"no shards at {shards_dir}: {manifest} is missing (build them with python -m shards build)")
+    try:
+        return int(json.loads(manifest.read_text())["num_classes"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise TrainError(f"{manifest}: not a shards manifest ({error!r})") from None
+
+
+def check_model_name(name: str) -> None:
+    """Raise a TrainError naming close matches when timm does not know ``name``."""
+    import timm
+
+    if timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+    raise TrainError(f"model.name: timm has no model {name!r}{hint}")
+
+
+def create_model(*, name: str, num_classes: int, pretrained: bool, channels_last: bool,
+                 drop_path_rate: float) -> torch.nn.Module:
+    """A timm model with ``num_classes`` outputs, in channels-last memory format if asked."""
+    import timm
+
+    check_model_name(name)
+    extra = {"drop_path_rate": drop_path_rate} if drop_path_rate > 0 else {}
+    model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **extra)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model

@@ -1,0 +1,49 @@
+"""SGD (momentum, Nesterov) with the lr scaled to the global batch, and torch's lr schedulers
+(step decay at epochs, or cosine; optional linear warmup), stepped once per optimizer update."""
+
+from __future__ import annotations
+
+import torch
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, MultiStepLR, SequentialLR
+
+
+def scaled_lr(*, base_lr: float, global_batch: int, reference_batch: int) -> float:
+    """The linear scaling rule: ``base_lr * global_batch / reference_batch``."""
+    return base_lr * global_batch / reference_batch
+
+
+def parameter_groups(model: torch.nn.Module, *, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
+    """One group, or two with no weight decay on 1-d parameters (norm weights, biases)."""
+    if decay_norm_and_bias:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def create_optimizer(model: torch.nn.Module, *, lr: float, momentum: float, nesterov: bool, weight_decay: float,
+                     decay_norm_and_bias: bool) -> torch.optim.SGD:
+    """SGD over ``model``'s parameters at the already scaled ``lr``."""
+    groups = parameter_groups(model, weight_decay=weight_decay, decay_norm_and_bias=decay_norm_and_bias)
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
+
+
+def create_scheduler(optimizer: torch.optim.Optimizer, *, name: str, epochs: int, steps_per_epoch: int,
+                     milestones: tuple[int, ...], decay_factor: float, warmup_epochs: float,
+                     warmup_start_factor: float, min_lr: float) -> LRScheduler:
+    """A torch scheduler over updates: ``step`` multiplies the lr by ``decay_factor`` at each
+    milestone epoch; ``cosine`` decays to ``min_lr`` after the warmup. Call ``.step()`` per update."""
+    total = epochs * steps_per_epoch
+    warmup = int(round(warmup_epochs * steps_per_epoch))
+    if name == "step":
+        # Milestones are epochs of the whole run, warmup included.
+        main = MultiStepLR(optimizer, milestones=[m * steps_per_epoch - warmup for m in milestones],
+                           gamma=decay_factor)
+    else:
+        main = CosineAnnealingLR(optimizer, T_max=max(total - warmup, 1), eta_min=min_lr)
+    if warmup <= 0:
+        return main
+    ramp = LinearLR(optimizer, start_factor=warmup_start_factor, end_factor=1.0, total_iters=warmup)
+    return SequentialLR(optimizer, schedulers=[ramp, main], milestones=[warmup])

@@ -1,0 +1,253 @@
+"""A whole training run from a resolved config: set up, resume, train and evaluate each epoch,
+checkpoint, export. ``run_training(config)`` is what ``pipeline/train.py`` calls."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import TrainState, check_compatible, find_resume_checkpoint, read_state, save_checkpoint
+from .config import TrainConfig, write_config
+from .data import create_loader
+from .evaluate import evaluate
+from .export import export_weights
+from .logs import Progress, append_metrics, format_epoch, read_metrics, truncate_metrics
+from .mix import MixSampler
+from .models import check_model_name, create_model, read_num_classes
+from .optim import create_optimizer, create_scheduler, scaled_lr
+from .stopping import StopRequest
+from .training import MixOptions, train_one_epoch
+
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class Session:
+    """The live objects of a run, built once by ``setup``."""
+
+    accelerator: object  # accelerate.Accelerator
+    model: torch.nn.Module  # prepared (DDP-wrapped when distributed)
+    optimizer: object  # prepared SGD
+    scheduler: object  # prepared torch scheduler, stepped per update
+    val_loader: object  # already split by rank; never passed to prepare()
+    steps_per_epoch: int  # train updates per epoch, the same on every rank
+    num_classes: int  # from the shard manifest
+    mix: MixOptions  # normalization, targets and dtype for apply_mix
+
+
+def run_training(config: TrainConfig) -> dict:
+    """Train as ``config`` says; returns the last epoch's metrics record (with the best so far)."""
+    check_model_name(config.model.name)  # before anything slow
+    run_dir = Path(config.run.out_dir)
+    session = setup(config, run_dir=run_dir)
+    accelerator = session.accelerator
+    state = resume(config, session=session, run_dir=run_dir)
+    if accelerator.is_main_process:
+        write_config(config, run_dir / "config.yaml")
+    stop = StopRequest()
+    try:
+        record = train_epochs(config, session=session, state=state, run_dir=run_dir, stop=stop)
+    finally:
+        stop.restore()
+    finished = state.epoch == config.schedule.epochs
+    if finished and accelerator.is_main_process:
+        export_weights(accelerator.unwrap_model(session.model), run_dir / WEIGHTS_FILE,
+                       model_name=config.model.name, num_classes=session.num_classes)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if record is None and finished:  # resumed a run that had already finished
+        record = read_metrics(run_dir)[-1]
+    return record or {}
+
+
+def setup(config: TrainConfig, *, run_dir: Path) -> Session:
+    """Accelerator, data, model, optimizer and scheduler, prepared for DDP and mixed precision."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    accelerator = create_accelerator(config, run_dir=run_dir)
+    shards = prepare_shards(config, accelerator=accelerator)
+    num_classes = read_num_classes(shards)
+    if config.run.deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    set_seed(config.run.seed)  # the same initial weights on every rank
+    model = create_model(name=config.model.name, num_classes=num_classes, pretrained=config.model.pretrained,
+                         channels_last=config.model.channels_last, drop_path_rate=config.model.drop_path_rate)
+    steps = train_steps_per_epoch(config, shards=shards, accelerator=accelerator, num_classes=num_classes)
+    global_batch = config.loader.batch_size * accelerator.num_processes
+    lr = scaled_lr(base_lr=config.optim.base_lr, global_batch=global_batch, reference_batch=config.optim.reference_batch)
+    optimizer = create_optimizer(model, lr=lr, momentum=config.optim.momentum, nesterov=config.optim.nesterov,
+                                 weight_decay=config.optim.weight_decay,
+                                 decay_norm_and_bias=config.optim.decay_norm_and_bias)
+    scheduler = create_scheduler(optimizer, steps_per_epoch=steps, **schedule_options(config))
+    if config.model.compile:
+        model = torch.compile(model)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    val_loader = make_loader(config, shards=shards, split="val", epoch=0, accelerator=accelerator,
+                             num_classes=num_classes)[0]
+    dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
+    mix = MixOptions(mean=config.data.mean, std=config.data.std, num_classes=num_classes,
+                     label_smoothing=config.mix.label_smoothing, out_dtype=dtype,
+                     memory_format=torch.channels_last if config.model.channels_last else torch.contiguous_format)
+    return Session(accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
+                   val_loader=val_loader, steps_per_epoch=steps, num_classes=num_classes, mix=mix)
+
+
+def create_accelerator(config: TrainConfig, *, run_dir: Path):
+    """Accelerate with the run's precision and trackers; the scheduler is stepped by us once per
+    update (Accelerate would otherwise step it once per process)."""
+    from accelerate import Accelerator
+
+    precision = config.run.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() else "no"
+    return Accelerator(mixed_precision=precision, step_scheduler_with_optimizer=False,
+                       log_with="tensorboard" if config.run.tensorboard else None, project_dir=str(run_dir))
+
+
+def prepare_shards(config: TrainConfig, *, accelerator) -> Path:
+    """The shards folder; the demo builds the digits there first (main process, once)."""
+    shards = Path(config.data.shards)
+    if config.data.demo and not (shards / "val.json").is_file():
+        if accelerator.is_main_process:
+            from shards.demo import build_demo_shards
+
+            # build_demo_shards writes OUT/raw and OUT/shards: OUT is the shards folder's parent.
+            built = build_demo_shards(shards.parent, quiet=True)
+            if built.resolve() != shards.resolve():
+                os.replace(built, shards)
+        accelerator.wait_for_everyone()
+    return shards
+
+
+def schedule_options(config: TrainConfig) -> dict:
+    """The scheduler's keyword arguments from the schedule section."""
+    return asdict(config.schedule)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 31-bit seed per (run seed, epoch): each epoch's loader and mixing restart from it, so a
+    resumed run draws exactly what an uninterrupted one draws (ranks are mixed in downstream)."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def make_loader(config: TrainConfig, *, shards: Path, split: str, epoch: int, accelerator, num_classes: int):
+    """``create_loader`` for this rank. A train loader is built per epoch from ``epoch_seed`` and
+    reads part ``(rank + epoch) % world_size``, as one long-lived loader would move through them."""
+    rank, world = accelerator.process_index, accelerator.num_processes
+    training = split == "train"
+    return create_loader(
+        shards, split, batch_size=config.loader.batch_size if training else
+        (config.loader.val_batch_size or config.loader.batch_size), image_size=config.data.image_size,
+        rank=(rank + epoch) % world if training else rank, world_size=world, device=accelerator.device,
+        seed=epoch_seed(config.run.seed, epoch), backend=config.loader.backend, num_classes=num_classes,
+        num_threads=config.loader.num_threads, random_area=config.data.random_area,
+        random_aspect_ratio=config.data.random_aspect_ratio, flip_probability=config.data.flip_probability,
+        crop_pct=config.data.crop_pct, shuffle_buffer=config.loader.shuffle_buffer)
+
+
+def train_steps_per_epoch(config: TrainConfig, *, shards: Path, accelerator, num_classes: int) -> int:
+    """Updates per epoch (from the loader's own count), capped by ``run.max_train_steps``."""
+    loader, steps = make_loader(config, shards=shards, split="train", epoch=0, accelerator=accelerator,
+                                num_classes=num_classes)
+    del loader
+    cap = config.run.max_train_steps
+    return steps if cap is None else min(steps, cap)
+
+
+def resume(config: TrainConfig, *, session: Session, run_dir: Path) -> TrainState:
+    """Load the checkpoint that ``run.resume`` names (if any) and return where training stands."""
+    checkpoint = find_resume_checkpoint(config.run.resume, run_dir)
+    fresh = TrainState(model_name=config.model.name, num_classes=session.num_classes)
+    if checkpoint is None:
+        if session.accelerator.is_main_process:
+            truncate_metrics(run_dir, last_epoch=0)
+        return fresh
+    state = read_state(checkpoint)
+    check_compatible(state, checkpoint=checkpoint, model_name=config.model.name, num_classes=session.num_classes)
+    session.accelerator.load_state(str(checkpoint))
+    if session.accelerator.is_main_process:
+        truncate_metrics(run_dir, last_epoch=state.epoch)
+        print(f"resumed from {checkpoint} (epoch {state.epoch}, step {state.step_in_epoch})", flush=True)
+    return state
+
+
+def train_epochs(config: TrainConfig, *, session: Session, state: TrainState, run_dir: Path,
+                 stop: StopRequest) -> dict | None:
+    """Epochs ``state.epoch .. epochs-1``: train, evaluate when due, log, checkpoint. A stop signal
+    saves a checkpoint (mid-epoch if need be) and returns early; ``state`` is updated in place."""
+    accelerator, record = session.accelerator, None
+    shards = Path(config.data.shards)
+    for epoch in range(state.epoch, config.schedule.epochs):
+        loader, _ = make_loader(config, shards=shards, split="train", epoch=epoch, accelerator=accelerator,
+                                num_classes=session.num_classes)
+        sampler = mix_sampler(config, seed=epoch_seed(config.run.seed, epoch), rank=accelerator.process_index)
+        progress = Progress(enabled=config.run.progress and accelerator.is_local_main_process,
+                            total=session.steps_per_epoch, epoch=epoch + 1, epochs=config.schedule.epochs,
+                            initial=state.step_in_epoch)
+        started = time.perf_counter()
+        result = train_one_epoch(model=session.model, optimizer=session.optimizer, scheduler=session.scheduler,
+                                 loader=loader, steps=session.steps_per_epoch, sampler=sampler,
+                                 accelerator=accelerator, mix=session.mix, start_step=state.step_in_epoch,
+                                 carried_loss=carried_loss(state, rank=accelerator.process_index), stop=stop,
+                                 progress=progress, log_every=config.run.log_every)
+        progress.close()
+        del loader  # frees the DALI pipeline / torch workers before the next epoch's
+        state.global_step += result.steps
+        if result.stopped:
+            state.step_in_epoch = result.last_step
+            state.partial_loss = accelerator.gather(result.loss_sum.reshape(1)).tolist()
+            save_checkpoint(accelerator, run_dir, state, keep=config.run.keep_checkpoints)
+            return None
+        state.epoch, state.step_in_epoch, state.partial_loss = epoch + 1, 0, []
+        record = epoch_record(config, session=session, state=state, result=result,
+                              seconds=time.perf_counter() - started)
+        if accelerator.is_main_process:
+            append_metrics(run_dir, record)
+            print(format_epoch(record), flush=True)
+        accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=state.epoch)
+        save_checkpoint(accelerator, run_dir, state, keep=config.run.keep_checkpoints)
+        if state.epoch < config.schedule.epochs and stop.should_stop(accelerator):
+            return None
+    return record
+
+
+def carried_loss(state: TrainState, *, rank: int) -> float:
+    """This rank's loss sum over the steps of the epoch done before a mid-epoch checkpoint."""
+    return state.partial_loss[rank] if state.step_in_epoch and state.partial_loss else 0.0
+
+
+def mix_sampler(config: TrainConfig, *, seed: int, rank: int) -> MixSampler:
+    """The epoch's MixSampler from the mix section (randomness from (seed, rank))."""
+    mix = config.mix
+    return MixSampler(mode=mix.mode, cutmix_alpha=mix.cutmix_alpha, mixup_alpha=mix.mixup_alpha,
+                      cutout_size=mix.cutout_size, prob=mix.prob, switch_prob=mix.switch_prob, per=mix.per,
+                      partner=mix.partner, seed=seed, rank=rank)
+
+
+def epoch_record(config: TrainConfig, *, session: Session, state: TrainState, result, seconds: float) -> dict:
+    """The epoch's metrics (train loss averaged over ranks; evaluation when due) and the best so far."""
+    accelerator = session.accelerator
+    loss = accelerator.reduce(result.loss_sum.double(), reduction="sum")
+    world = accelerator.num_processes
+    record = {"epoch": state.epoch, "epochs": config.schedule.epochs, "global_step": state.global_step,
+              "world_size": world, "global_batch": config.loader.batch_size * world,
+              "train_loss": float(loss) / (result.last_step * world), "lr": session.optimizer.param_groups[0]["lr"],
+              "img_per_s": result.images * world / max(result.step_seconds, 1e-9),
+              "data_wait_share": result.wait_seconds / max(result.step_seconds, 1e-9), "epoch_seconds": seconds}
+    if state.epoch % config.run.eval_every == 0 or state.epoch == config.schedule.epochs:
+        record.update(evaluate(session.model, session.val_loader, accelerator=accelerator, mean=config.data.mean,
+                               std=config.data.std, dtype=session.mix.out_dtype,
+                               channels_last=config.model.channels_last))
+        if not state.best or record["top1_err"] < state.best["top1_err"]:
+            state.best = {"top1_err": record["top1_err"], "top5_err": record["top5_err"], "epoch": state.epoch}
+    if state.best:
+        record.update(best_top1_err=state.best["top1_err"], best_top5_err=state.best["top5_err"],
+                      best_epoch=state.best["epoch"])
+    return record

@@ -1,0 +1,70 @@
+"""pipeline.config: YAML over defaults over overrides, errors that name the key, resolved file."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import TrainConfig, resolve_config, write_config
+from pipeline.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_are_the_paper_recipe():
+    config = TrainConfig()
+    assert (config.optim.base_lr, config.optim.momentum, config.optim.nesterov) == (0.1, 0.9, True)
+    assert (config.schedule.epochs, config.schedule.milestones) == (300, (75, 150, 225))
+
+
+def test_yaml_base_chain_then_overrides(tmp_path):
+    (tmp_path / "base.yaml").write_text("optim: {base_lr: 0.5, momentum: 0.8}\nmix: {mode: mixup}\n")
+    (tmp_path / "delta.yaml").write_text("base: base.yaml\nmix: {mode: cutmix}\n")
+    config = resolve_config(config_file=tmp_path / "delta.yaml",
+                            overrides=["optim.base_lr=2", "schedule.milestones=[1,2]", "mix.cutout_size=null"])
+    assert config.optim.base_lr == 2.0 and isinstance(config.optim.base_lr, float)
+    assert config.optim.momentum == 0.8  # from the base
+    assert config.mix.mode == "cutmix"  # the delta wins over the base
+    assert config.schedule.milestones == (1, 2)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("optim.base_lrr=0.1", "optim.base_lrr"),          # unknown key
+    ("optimizer.base_lr=0.1", "optimizer"),             # unknown section
+    ("loader.batch_size=abc", "loader.batch_size"),     # wrong type
+    ("loader.batch_size=2.5", "loader.batch_size"),     # float for an int
+    ("model.compile=1", "model.compile"),               # int for a bool
+    ("data.random_area=[0.1]", "data.random_area"),     # wrong length
+    ("mix.mode=cutmixx", "mix.mode"),                   # not a choice
+    ("schedule.epochs=0", "schedule.epochs"),           # out of range
+    ("optim.base_lr", "optim.base_lr"),                 # no '='
+])
+def test_errors_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        resolve_config(config_file=None, overrides=[override])
+
+
+def test_unknown_key_in_yaml(tmp_path):
+    (tmp_path / "bad.yaml").write_text("run:\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"run\.epochs"):
+        resolve_config(config_file=tmp_path / "bad.yaml", overrides=[])
+
+
+def test_resolved_config_reads_back(tmp_path):
+    config = resolve_config(config_file=REPO / "configs" / "demo.yaml", overrides=["optim.base_lr=0.3"])
+    write_config(config, tmp_path / "config.yaml")
+    assert resolve_config(config_file=tmp_path / "config.yaml", overrides=[]) == config
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["optim"]["base_lr"] == 0.3
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_resolve(path):
+    resolve_config(config_file=path, overrides=[])
+
+
+def test_paper_cutmix_recipe():
+    config = resolve_config(config_file=REPO / "configs/imagenet1k/resnet50_cutmix.yaml", overrides=[])
+    assert config.model.name == "resnet50" and config.schedule.epochs == 300
+    assert config.schedule.name == "step" and config.schedule.milestones == (75, 150, 225)
+    assert (config.mix.mode, config.mix.cutmix_alpha, config.mix.prob) == ("cutmix", 1.0, 1.0)
+    assert config.optim.weight_decay == 1e-4 and config.optim.nesterov

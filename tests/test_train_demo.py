@@ -1,0 +1,94 @@
+"""End to end through pipeline/train.py: the demo at reduced size, timm-loadable weights, plots,
+and one clear message for each kind of bad input."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from train_helpers import REPO, run_train, small_run_args
+
+from pipeline.logs import read_metrics
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo_shards(tmp_path_factory):
+    from shards.demo import build_demo_shards
+
+    return build_demo_shards(tmp_path_factory.mktemp("demo") / "data", quiet=True)
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_shards, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    done = run_train(small_run_args(demo_shards, out, "schedule.epochs=3", "loader.batch_size=32",
+                                    "schedule.warmup_epochs=0", "optim.base_lr=0.8"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done
+
+
+def test_demo_learns(demo_run):
+    out, done = demo_run
+    records = read_metrics(out)
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert all(r["world_size"] == 1 and r["val_samples"] == 359 for r in records)  # every val sample once
+    assert records[-1]["top1_err"] < 60 and records[-1]["top5_err"] < 30  # chance: 90% and 50%
+    assert records[-1]["best_top1_err"] == min(r["top1_err"] for r in records)
+    assert "val top-1 error" in done.stdout
+    assert (out / "config.yaml").is_file() and (out / "checkpoints" / "epoch-0003" / "COMPLETE").is_file()
+
+
+def test_exported_weights_load_in_timm(demo_run):
+    import timm
+
+    out, _ = demo_run
+    weights = out / "model.safetensors"
+    loaded = timm.create_model("resnet10t", pretrained=True, num_classes=10,
+                               pretrained_cfg_overlay=dict(file=str(weights), num_classes=10)).eval()
+    # Independent reference: the model Accelerate saved in the last checkpoint, loaded by hand.
+    reference = timm.create_model("resnet10t", num_classes=10)
+    reference.load_state_dict(load_file(out / "checkpoints" / "epoch-0003" / "model.safetensors"))
+    reference.eval()
+    fresh = timm.create_model("resnet10t", num_classes=10).eval()
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded(images), reference(images))
+        assert not torch.allclose(fresh(images), reference(images))
+
+
+def test_plot_writes_curves(demo_run):
+    from pipeline.plot import main
+
+    out, _ = demo_run
+    assert main([str(out)]) == 0
+    for name in ("loss.png", "error.png", "lr.png", "throughput.png"):
+        assert (out / "plots" / name).read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["data.shards=/nonexistent/shards"], "no shards at /nonexistent/shards"),
+    (["model.name=resnet5O"], "timm has no model 'resnet5O'"),
+    (["optim.lr=0.1"], "unknown config key optim.lr"),
+    (["loader.batch_size=big"], "loader.batch_size: expected int"),
+    (["--config", "configs/nothing.yaml"], "config file not found"),
+    (["model.name=resnet14t"], "holds 'resnet10t' with 10 classes"),  # resume a run of another model
+])
+def test_bad_input_gives_one_message(demo_run, demo_shards, extra, message):
+    out, _ = demo_run
+    args = [a for a in small_run_args(demo_shards, out) if not a.startswith(extra[0].split("=")[0] + "=")]
+    done = run_train([*args, *extra])
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr and "Traceback" not in done.stdout
+
+
+def test_no_arguments_means_demo():
+    from pipeline.cli import parse_args
+    from pipeline.config import resolve_config
+
+    args = parse_args([])
+    assert args.config is None and args.overrides == []
+    config = resolve_config(config_file=REPO / "configs" / "demo.yaml", overrides=[])
+    assert config.data.demo and config.mix.mode == "cutmix" and config.data.image_size == 32

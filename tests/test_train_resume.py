@@ -1,0 +1,83 @@
+"""A run killed mid-training (SIGKILL) or stopped by Slurm's signals (SIGTERM, SIGUSR1) and resumed
+with run.resume=auto ends with exactly the metrics and weights of an uninterrupted run."""
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+from train_helpers import REPO, run_train, small_run_args, child_env, train_command, without_timings
+
+from pipeline.logs import read_metrics
+
+pytestmark = pytest.mark.slow
+
+EXTRA = ("schedule.epochs=3", "run.max_train_steps=6", "loader.batch_size=32", "run.deterministic=true",
+         "model.drop_path_rate=0.05")  # drop path: the torch RNG state must be restored too
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    from shards.demo import build_demo_shards
+
+    return build_demo_shards(tmp_path_factory.mktemp("demo") / "data", quiet=True)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(shards, tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole")
+    done = run_train(small_run_args(shards, out, *EXTRA))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def _interrupt(shards: Path, out: Path, *, signum: int, after: str) -> int:
+    """Start a run, send ``signum`` once checkpoint ``after`` is complete; returns the exit code."""
+    process = subprocess.Popen(train_command(small_run_args(shards, out, *EXTRA)), cwd=REPO, env=child_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    marker = out / "checkpoints" / after / "COMPLETE"
+    deadline = time.monotonic() + 300
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert marker.exists(), "the run ended or stalled before its first checkpoint"
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode in (0, -signal.SIGKILL), stderr[-3000:]
+    return process.returncode
+
+
+def _assert_same_run(out: Path, reference: Path) -> None:
+    assert without_timings(read_metrics(out)) == without_timings(read_metrics(reference))
+    ours, theirs = load_file(out / "model.safetensors"), load_file(reference / "model.safetensors")
+    assert ours.keys() == theirs.keys()
+    assert all((ours[k] == theirs[k]).all() for k in ours), "weights differ from the uninterrupted run"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGUSR1])
+def test_interrupted_then_resumed_equals_uninterrupted(shards, uninterrupted, tmp_path, signum):
+    code = _interrupt(shards, tmp_path, signum=signum, after="epoch-0001")
+    if signum == signal.SIGKILL:
+        assert code == -signal.SIGKILL
+    else:  # a polite stop: checkpoint, then exit 0 before the end
+        assert code == 0 and not (tmp_path / "model.safetensors").exists()
+    assert len(read_metrics(tmp_path)) < 3
+    done = run_train(small_run_args(shards, tmp_path, *EXTRA))  # run.resume=auto is the default
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from" in done.stdout
+    _assert_same_run(tmp_path, uninterrupted)
+
+
+def test_kill_during_save_leaves_no_valid_checkpoint(shards, uninterrupted, tmp_path):
+    """A tmp- folder (a save cut short) and a folder without COMPLETE are never resumed from."""
+    import shutil
+
+    from pipeline.checkpoint import find_resume_checkpoint
+
+    shutil.copytree(uninterrupted / "checkpoints", tmp_path / "checkpoints")
+    newest = find_resume_checkpoint("auto", tmp_path)
+    assert newest.name == "epoch-0003"
+    shutil.copytree(newest, tmp_path / "checkpoints" / "tmp-epoch-0004")
+    (newest / "COMPLETE").unlink()  # as if the kill came before the marker
+    assert find_resume_checkpoint("auto", tmp_path).name == "epoch-0002"

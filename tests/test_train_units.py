@@ -1,0 +1,87 @@
+"""Optimizer, schedules, evaluation counts and checkpoint validity, against independent references."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from pipeline.checkpoint import COMPLETE, STATE, TrainState, checkpoint_name, find_resume_checkpoint, valid_checkpoints
+from pipeline.errors import TrainError
+from pipeline.evaluate import count_correct
+from pipeline.optim import create_optimizer, create_scheduler, parameter_groups, scaled_lr
+
+
+def test_lr_scales_with_global_batch():
+    assert scaled_lr(base_lr=0.1, global_batch=1024, reference_batch=256) == pytest.approx(0.4)
+
+
+def test_no_weight_decay_on_norm_and_bias():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 2))
+    groups = parameter_groups(model, weight_decay=1e-4, decay_norm_and_bias=False)
+    decayed = {id(p) for p in groups[0]["params"]}
+    assert decayed == {id(model[0].weight), id(model[2].weight)}
+    assert groups[1]["weight_decay"] == 0.0 and len(groups[1]["params"]) == 4  # conv/linear bias, BN w/b
+    optimizer = create_optimizer(model, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4,
+                                 decay_norm_and_bias=True)
+    assert optimizer.defaults["nesterov"] and len(optimizer.param_groups) == 1
+
+
+def _lrs(name, *, epochs=6, steps=3, warmup=0.0, **kwargs):
+    optimizer = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0)
+    scheduler = create_scheduler(optimizer, name=name, epochs=epochs, steps_per_epoch=steps, warmup_epochs=warmup,
+                                 warmup_start_factor=0.1, min_lr=0.0, **kwargs)
+    lrs = []
+    for _ in range(epochs * steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def test_step_decay_at_epochs():
+    lrs = _lrs("step", milestones=(2, 4), decay_factor=0.1)
+    expected = [0.1 ** sum(update // 3 >= m for m in (2, 4)) for update in range(18)]  # the paper's rule
+    assert lrs == pytest.approx(expected)
+
+
+def test_cosine_with_warmup():
+    lrs = _lrs("cosine", warmup=1.0, milestones=(), decay_factor=0.1)
+    assert lrs[:3] == pytest.approx([0.1, 0.4, 0.7])  # linear ramp from 0.1 over the first epoch (3 updates)
+    for update in range(3, 18):  # closed-form cosine over the remaining 15 updates
+        assert lrs[update] == pytest.approx(0.5 * (1 + math.cos(math.pi * (update - 3) / 15)), abs=1e-6)
+
+
+def test_count_correct_skips_padding():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(40, 12), torch.randint(0, 12, (40,))
+    labels[::7] = -1
+    top1 = top5 = samples = 0
+    for row, label in zip(logits.tolist(), labels.tolist()):  # naive reference
+        if label < 0:
+            continue
+        ranked = sorted(range(12), key=lambda k: -row[k])
+        top1, top5, samples = top1 + (ranked[0] == label), top5 + (label in ranked[:5]), samples + 1
+    assert count_correct(logits, labels).tolist() == [top1, top5, samples]
+
+
+def _fake_checkpoint(root, state, *, complete=True):
+    folder = root / "checkpoints" / checkpoint_name(state)
+    folder.mkdir(parents=True)
+    (folder / STATE).write_text(json.dumps(state.__dict__))
+    if complete:
+        (folder / COMPLETE).write_text("ok\n")
+    return folder
+
+
+def test_resume_picks_newest_complete(tmp_path):
+    _fake_checkpoint(tmp_path, TrainState(epoch=1, global_step=10))
+    newest = _fake_checkpoint(tmp_path, TrainState(epoch=2, step_in_epoch=3, global_step=13))
+    _fake_checkpoint(tmp_path, TrainState(epoch=3, global_step=30), complete=False)  # killed mid-save
+    (tmp_path / "checkpoints" / "tmp-epoch-0004").mkdir()
+    assert [p.name for p in valid_checkpoints(tmp_path)] == ["epoch-0001", "epoch-0002-step-000003"]
+    assert find_resume_checkpoint("auto", tmp_path) == newest
+    assert find_resume_checkpoint("none", tmp_path) is None
+    assert find_resume_checkpoint("auto", tmp_path / "empty") is None
+    with pytest.raises(TrainError, match="not a complete checkpoint"):
+        find_resume_checkpoint(str(tmp_path / "checkpoints" / "epoch-0003"), tmp_path)

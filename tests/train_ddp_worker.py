@@ -1,0 +1,65 @@
+"""Run by every rank of ``accelerate launch`` in test_train_ddp.py: the real command line
+(``pipeline.cli.run_cli``, as pipeline/train.py) with two probes wrapped around ``pipeline.run``:
+a checksum of every training image this rank saw, and a checksum of its parameters at the end.
+``python train_ddp_worker.py OUT_JSON_PREFIX section.key=value ...``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import pipeline.run as run  # noqa: E402
+from pipeline.cli import exit_cleanly, run_cli  # noqa: E402
+
+seen: list[str] = []
+sessions: list = []
+world_sizes: list[int] = []
+original_make_loader, original_setup = run.make_loader, run.setup
+
+
+class RecordingLoader:
+    """Passes batches through, noting a checksum of each image."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __iter__(self):
+        for batch in self.loader:
+            seen.extend(hashlib.sha1(image.numpy().tobytes()).hexdigest() for image in batch[0].cpu())
+            yield batch
+
+
+def make_loader(config, *, split, **kwargs):
+    loader, steps = original_make_loader(config, split=split, **kwargs)
+    return (RecordingLoader(loader) if split == "train" else loader), steps
+
+
+def setup(config, **kwargs):
+    sessions.append(original_setup(config, **kwargs))
+    # Asked of torch itself while the process group lives (end_training destroys it).
+    world_sizes.append(torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1)
+    return sessions[-1]
+
+
+def main() -> None:
+    prefix, argv = sys.argv[1], sys.argv[2:]
+    run.make_loader, run.setup = make_loader, setup
+    code = run_cli(argv, default_config=None)
+    session = sessions[0]
+    model = session.accelerator.unwrap_model(session.model)
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+    record = {"rank": session.accelerator.process_index, "world_size": world_sizes[0],
+              "params": digest.hexdigest(), "seen": seen, "code": code}
+    Path(f"{prefix}{record['rank']}.json").write_text(json.dumps(record))
+    exit_cleanly(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Helpers for the training tests: run pipeline/train.py as a user would, read what it wrote."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = REPO / "pipeline" / "train.py"
+# Keys whose values are wall-clock measurements: everything else must repeat exactly.
+TIMING_KEYS = {"img_per_s", "data_wait_share", "epoch_seconds"}
+
+
+def small_run_args(shards: Path, out_dir: Path, *extra: str) -> list[str]:
+    """The demo config at reduced size: few steps, no bar."""
+    return [f"data.shards={shards}", "data.demo=false", f"run.out_dir={out_dir}", "run.progress=false",
+            "loader.num_threads=1", *extra]
+
+
+def train_command(args: list[str]) -> list[str]:
+    """``python pipeline/train.py ARGS``."""
+    return [sys.executable, str(TRAIN), *args]
+
+
+def run_train(args: list[str], *, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a training to its end; stdout and stderr captured as text."""
+    return subprocess.run(train_command(args), cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env=child_env())
+
+
+def child_env() -> dict:
+    """The environment of a test run: quiet, and no GPU even where one exists."""
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONWARNINGS="ignore")
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def without_timings(records: list[dict]) -> list[dict]:
+    """Metrics records without the wall-clock keys."""
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
