@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .checkpoint import TrainState, check_compatible, find_resume_checkpoint, read_state, save_checkpoint
-from .config import TrainConfig, write_config
+from .config import TrainConfig, config_to_dict, write_config
 from .data import create_loader
 from .evaluate import evaluate
 from .export import export_weights
@@ -71,6 +71,10 @@ def setup(config: TrainConfig, *, run_dir: Path) -> Session:
     from accelerate.utils import set_seed
 
     accelerator = create_accelerator(config, run_dir=run_dir)
+    if config.run.tensorboard:  # event files in RUN/tensorboard; hparams must be scalars
+        flat = {f"{section}.{key}": value if isinstance(value, (int, float, str, bool)) else str(value)
+                for section, values in config_to_dict(config).items() for key, value in values.items()}
+        accelerator.init_trackers("tensorboard", config=flat)
     shards = prepare_shards(config, accelerator=accelerator)
     num_classes = read_num_classes(shards)
     if config.run.deterministic:

@@ -22,7 +22,8 @@ def test_two_process_ddp(tmp_path):
     launch = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu",
               "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
               "--main_process_port", "0"]
-    args = small_run_args(shards, out, "schedule.epochs=2", "run.max_train_steps=5", "loader.batch_size=16")
+    args = small_run_args(shards, out, "schedule.epochs=2", "run.max_train_steps=5", "loader.batch_size=16",
+                          "run.tensorboard=true")
     done = subprocess.run([*launch, str(REPO / "tests" / "train_ddp_worker.py"), str(tmp_path / "rank"), *args],
                           cwd=REPO, env=dict(child_env(), ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1"),
                           capture_output=True, text=True, timeout=600)
@@ -36,3 +37,4 @@ def test_two_process_ddp(tmp_path):
     records = read_metrics(out)
     assert [(r["world_size"], r["global_batch"], r["val_samples"]) for r in records] == [(2, 32, 359)] * 2
     assert "val top-1 error" in done.stdout
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*")), "no TensorBoard events written"
