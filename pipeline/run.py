@@ -13,6 +13,7 @@ import torch
 
 from .checkpoint import TrainState, check_compatible, find_resume_checkpoint, read_state, save_checkpoint
 from .config import TrainConfig, config_to_dict, write_config
+from .errors import TrainError
 from .data import create_loader
 from .evaluate import evaluate
 from .export import export_weights
@@ -72,6 +73,10 @@ def setup(config: TrainConfig, *, run_dir: Path) -> Session:
 
     accelerator = create_accelerator(config, run_dir=run_dir)
     if config.run.tensorboard:  # event files in RUN/tensorboard; hparams must be scalars
+        from accelerate.utils import is_tensorboard_available
+
+        if not is_tensorboard_available():  # Accelerate would skip the tracker without a word
+            raise TrainError("run.tensorboard=true needs the tensorboard package: pip install tensorboard")
         flat = {f"{section}.{key}": value if isinstance(value, (int, float, str, bool)) else str(value)
                 for section, values in config_to_dict(config).items() for key, value in values.items()}
         accelerator.init_trackers("tensorboard", config=flat)
