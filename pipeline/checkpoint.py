@@ -16,6 +16,8 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from shards.tarwriter import fsync_directory
+
 from .errors import TrainError
 
 COMPLETE = "COMPLETE"
@@ -57,7 +59,7 @@ def save_checkpoint(accelerator, run_dir: Path, state: TrainState, *, keep: int)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_directory(root)
         prune_checkpoints(root, keep=keep)
     accelerator.wait_for_everyone()
     return final
@@ -118,7 +120,7 @@ def _fsync_tree(folder: Path) -> None:
         if path.is_file():
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
-    _fsync_dir(folder)
+    fsync_directory(folder)
 
 
 def _write_synced(path: Path, text: str) -> None:
@@ -127,10 +129,3 @@ def _write_synced(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
 
-
-def _fsync_dir(folder: Path) -> None:
-    handle = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
