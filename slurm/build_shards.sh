@@ -1,0 +1,52 @@
+#!/bin/bash
+# Build shards as a Slurm job array, then merge the part manifests: one command submits both.
+#
+#   slurm/build_shards.sh SRC OUT --split train [python -m shards build options ...]
+#   PARTS=16 CPUS_PER_TASK=32 slurm/build_shards.sh ILSVRC2012_img_train.tar /data/inet --split train
+#
+# Array task I runs `python -m shards build SRC OUT ... --num-parts $SLURM_ARRAY_TASK_COUNT
+# --part-id $SLURM_ARRAY_TASK_ID`; the merge job (`python -m shards merge OUT --split SPLIT`) starts
+# only when every task succeeded (--dependency=afterok). Resources come from the environment:
+# PARTS (array size, default 8), CPUS_PER_TASK (default 16, also the build's --workers), TIME
+# (default 12:00:00), LOG_DIR (default: the current folder), PYTHON (default python); partition,
+# account and anything else through sbatch's own variables (SBATCH_PARTITION, SBATCH_ACCOUNT, ...).
+set -euo pipefail
+
+python=${PYTHON:-python}
+
+if [[ "${1-}" == "--array-task" ]]; then   # inside the array: one part of the build
+    shift
+    exec "$python" -m shards build "$@" --quiet --workers "${SLURM_CPUS_PER_TASK:-1}" \
+        --num-parts "$SLURM_ARRAY_TASK_COUNT" --part-id "$SLURM_ARRAY_TASK_ID"
+fi
+if [[ "${1-}" == "--merge" ]]; then         # after the array: the combined manifest
+    shift
+    exec "$python" -m shards merge "$@"
+fi
+
+if (($# < 4)) || [[ " $* " != *" --split "* ]]; then
+    echo "usage: $0 SRC OUT --split train|val [python -m shards build options ...]" >&2
+    exit 2
+fi
+out=$2
+args=("$@")
+for ((i = 0; i < $# - 1; i++)); do
+    if [[ "${args[i]}" == --split ]]; then split=${args[i + 1]}; fi
+done
+parts=${PARTS:-8}
+log_dir=${LOG_DIR:-.}
+mkdir -p "$log_dir"
+# sbatch runs a spool copy of this script: the jobs start from this folder and call it by path.
+script=$(realpath "$0")
+common=(--parsable --chdir "$PWD" --time "${TIME:-12:00:00}" --ntasks 1)
+
+array_id=$(sbatch "${common[@]}" --job-name shards-build --array "0-$((parts - 1))" \
+    --cpus-per-task "${CPUS_PER_TASK:-16}" --output "$log_dir/%x-%A_%a.out" \
+    "$script" --array-task "$@")
+array_id=${array_id%%;*}
+merge_id=$(sbatch "${common[@]}" --job-name shards-merge --cpus-per-task 1 \
+    --dependency "afterok:$array_id" --kill-on-invalid-dep=yes --output "$log_dir/%x-%j.out" \
+    "$script" --merge "$out" --split "$split")
+merge_id=${merge_id%%;*}
+echo "submitted build array $array_id ($parts tasks) and merge job $merge_id (after all succeed); logs in $log_dir"
+echo "$array_id $merge_id"

@@ -1,0 +1,108 @@
+#!/bin/bash
+# Multi-node training: one `accelerate launch` per node through srun; hyperparameters come from
+# configs/, never from here. Every #SBATCH line can be overridden on the command line:
+#
+#   sbatch slurm/imagenet_cutmix.sh                                  # CONFIG's recipe, 2 nodes x 8 GPUs
+#   sbatch --nodes=4 slurm/imagenet_cutmix.sh --config configs/imagenet1k/resnet50_baseline.yaml \
+#       data.shards=/data/inet run.out_dir=runs/r50_baseline
+#   CONFIG=configs/demo.yaml sbatch --nodes=2 --gpus-per-node=0 --cpus-per-task=2 slurm/imagenet_cutmix.sh
+#
+# Arguments: [--config FILE] [section.key=value ...], passed to pipeline/train.py as they are;
+# without --config, $CONFIG (default configs/imagenet1k/resnet50_cutmix.yaml).
+# run.resume=auto comes first, so a requeued job continues from its newest checkpoint.
+# Before the time limit Slurm sends USR1 to this shell (--signal=B:USR1@...): the training
+# processes checkpoint and exit, then the job requeues itself. See slurm/README.md.
+#
+#SBATCH --job-name=cutmix
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=32
+#SBATCH --time=24:00:00
+#SBATCH --signal=B:USR1@300
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=%x-%j.out
+
+set -euo pipefail
+
+# Under sbatch the script runs from a spool copy: the repository is the submission folder.
+cd "${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}"
+
+config=${CONFIG:-configs/imagenet1k/resnet50_cutmix.yaml}
+overrides=()
+while (($#)); do
+    case "$1" in
+        --config) config=$2; shift 2 ;;
+        --config=*) config=${1#--config=}; shift ;;
+        *) overrides+=("$1"); shift ;;
+    esac
+done
+# run.resume=auto before the user's overrides: a requeued job continues from its last checkpoint.
+train_args=(--config "$config" run.resume=auto ${overrides[@]+"${overrides[@]}"})
+
+# The head node's address: its NodeAddr (the host name itself on most clusters).
+head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+head_addr=$(scontrol show node "$head_node" | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2)
+head_addr=${head_addr:-$head_node}
+# A port derived from the job id, so two jobs sharing a node do not collide.
+port=$((20000 + SLURM_JOB_ID % 20000))
+
+# GPUs per node as allocated; none (or --gpus-per-node=0): the same job on CPU with gloo.
+gpus_per_node=${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-0}}
+gpus_per_node=${gpus_per_node##*:}   # "a100:8" -> 8
+if ((gpus_per_node > 0)); then
+    procs_per_node=$gpus_per_node
+else
+    procs_per_node=1
+    export ACCELERATE_USE_CPU=true   # --multi_gpu + this = one gloo process per node
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
+fi
+export NUM_PROCESSES=$((SLURM_NNODES * procs_per_node))
+export HEAD_ADDR=$head_addr PORT=$port PROCS_PER_NODE=$procs_per_node
+echo "job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}): $SLURM_NNODES nodes x $procs_per_node" \
+     "processes, head $head_node ($head_addr:$port), pipeline/train.py ${train_args[*]}"
+
+# On USR1 (the time-limit warning, or `scancel --signal=USR1 --batch JOB`): pass it on to the
+# training processes, which checkpoint and exit 0; then requeue.
+requeue=0
+on_usr1() {
+    echo "USR1: asking the training processes to checkpoint; the job will requeue"
+    requeue=1
+    scancel --signal=USR1 "$SLURM_JOB_ID"   # every step's processes, not this shell
+}
+trap on_usr1 USR1
+
+# One task per node: a small bash that starts `accelerate launch` (the torchrun agent, whose
+# children are the training processes) and forwards USR1 to those children. The launcher ignores
+# USR1 (trap '' survives exec; train.py installs its own handler): where proctrack signals every
+# process of the step, the agent must not die of it; where it reaches only the task (seen under
+# gVisor), the forwarding does the job. $SLURM_NODEID is expanded inside each task: expanded here,
+# in the batch shell, every node would get machine rank 0. Only node 0 hosts the c10d store
+# (is_host), also where several "nodes" share one host (the tests' cluster).
+srun --kill-on-bad-exit=1 bash -c '
+    ( trap "" USR1
+      exec accelerate launch --multi_gpu --num_machines "$SLURM_NNODES" --machine_rank "$SLURM_NODEID" \
+        --num_processes "$NUM_PROCESSES" --main_process_ip "$HEAD_ADDR" --main_process_port "$PORT" \
+        --rdzv_backend c10d --rdzv_conf "is_host=$((SLURM_NODEID == 0))" --dynamo_backend no \
+        pipeline/train.py "$@" ) &
+    launcher=$!
+    trap "pkill -USR1 -P $launcher" USR1
+    status=0
+    wait $launcher || status=$?
+    while kill -0 $launcher 2>/dev/null; do status=0; wait $launcher || status=$?; done
+    exit $status' train "${train_args[@]}" &
+srun_pid=$!
+# wait returns early when a trapped signal arrives: wait again until srun itself has ended.
+status=0
+wait "$srun_pid" || status=$?
+while kill -0 "$srun_pid" 2>/dev/null; do
+    status=0
+    wait "$srun_pid" || status=$?
+done
+
+if ((requeue)) && ((status == 0)); then
+    echo "checkpoint written: requeueing job $SLURM_JOB_ID"
+    scontrol requeue "$SLURM_JOB_ID"
+fi
+exit "$status"
