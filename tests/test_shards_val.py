@@ -233,6 +233,11 @@ def test_image_without_label_row_is_rejected(tmp_path, kind):
     check_samples(samples, truth, files, sorted(set(truth.values())))
 
 
+def _devkit(tmp_path: Path) -> Path:
+    truth, _ = val_truth()
+    return write_devkit(tmp_path / "devkit", sorted(set(truth.values())), list(truth.values()))
+
+
 def _bad_label_file(kind: str, tmp_path: Path) -> Path:
     if kind == "csv-wrong-header":
         path = tmp_path / "LOC_val_solution.csv"
@@ -241,12 +246,10 @@ def _bad_label_file(kind: str, tmp_path: Path) -> Path:
         path = tmp_path / "labels.txt"
         path.write_text("the quick brown fox\njumps over the lazy dog\n")
     elif kind == "devkit-without-meta":
-        truth, _ = val_truth()
-        path = write_devkit(tmp_path / "devkit", sorted(set(truth.values())), list(truth.values()))
+        path = _devkit(tmp_path)
         (path / "data" / "meta.mat").unlink()
     elif kind == "devkit-garbage-meta":
-        truth, _ = val_truth()
-        path = write_devkit(tmp_path / "devkit", sorted(set(truth.values())), list(truth.values()))
+        path = _devkit(tmp_path)
         (path / "data" / "meta.mat").write_text("not a mat file")
     elif kind == "csv-bad-row":
         path = tmp_path / "LOC_val_solution.csv"
@@ -255,8 +258,7 @@ def _bad_label_file(kind: str, tmp_path: Path) -> Path:
         path = tmp_path / "ILSVRC2012_devkit_t12.tar.gz"
         path.write_text("hello")
     elif kind == "devkit-garbage-ground-truth":
-        truth, _ = val_truth()
-        path = write_devkit(tmp_path / "devkit", sorted(set(truth.values())), list(truth.values()))
+        path = _devkit(tmp_path)
         (path / "data" / "ILSVRC2012_validation_ground_truth.txt").write_text("n01440764\nn01443537\n")
     elif kind == "csv-binary":
         path = tmp_path / "LOC_val_solution.csv"

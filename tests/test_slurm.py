@@ -39,13 +39,6 @@ def cluster(tmp_path_factory):
     assert all(p.poll() is not None for p in running.processes.values()), "a Slurm daemon is still running"
 
 
-@pytest.fixture(scope="module")
-def demo_shards(tmp_path_factory):
-    from shards.demo import build_demo_shards
-
-    return build_demo_shards(tmp_path_factory.mktemp("demo") / "data", quiet=True)
-
-
 def job_env() -> dict:
     """What a user's shell would hold: this venv first on PATH, no GPU, quiet warnings."""
     bin_dir = str(Path(sys.executable).parent)

@@ -13,10 +13,8 @@ from pipeline.logs import read_metrics
 pytestmark = pytest.mark.slow
 
 
-def test_two_process_ddp(tmp_path):
-    from shards.demo import build_demo_shards
-
-    shards = build_demo_shards(tmp_path / "data", quiet=True)
+def test_two_process_ddp(demo_shards, tmp_path):
+    shards = demo_shards
     out = tmp_path / "run"
     # --cpu alone would silently start ONE process (DESIGN.md section 5): the world size is asserted.
     launch = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu",

@@ -1,7 +1,6 @@
 """End to end through pipeline/train.py: the demo at reduced size, timm-loadable weights, plots,
 and one clear message for each kind of bad input."""
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,13 +10,6 @@ from train_helpers import REPO, run_train, small_run_args
 from pipeline.logs import read_metrics
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def demo_shards(tmp_path_factory):
-    from shards.demo import build_demo_shards
-
-    return build_demo_shards(tmp_path_factory.mktemp("demo") / "data", quiet=True)
 
 
 @pytest.fixture(scope="module")

@@ -19,16 +19,9 @@ EXTRA = ("schedule.epochs=3", "run.max_train_steps=6", "loader.batch_size=32", "
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    from shards.demo import build_demo_shards
-
-    return build_demo_shards(tmp_path_factory.mktemp("demo") / "data", quiet=True)
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(shards, tmp_path_factory):
+def uninterrupted(demo_shards, tmp_path_factory):
     out = tmp_path_factory.mktemp("whole")
-    done = run_train(small_run_args(shards, out, *EXTRA))
+    done = run_train(small_run_args(demo_shards, out, *EXTRA))
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 
@@ -56,20 +49,20 @@ def _assert_same_run(out: Path, reference: Path) -> None:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGUSR1])
-def test_interrupted_then_resumed_equals_uninterrupted(shards, uninterrupted, tmp_path, signum):
-    code = _interrupt(shards, tmp_path, signum=signum, after="epoch-0001")
+def test_interrupted_then_resumed_equals_uninterrupted(demo_shards, uninterrupted, tmp_path, signum):
+    code = _interrupt(demo_shards, tmp_path, signum=signum, after="epoch-0001")
     if signum == signal.SIGKILL:
         assert code == -signal.SIGKILL
     else:  # a polite stop: checkpoint, then exit 0 before the end
         assert code == 0 and not (tmp_path / "model.safetensors").exists()
     assert len(read_metrics(tmp_path)) < 3
-    done = run_train(small_run_args(shards, tmp_path, *EXTRA))  # run.resume=auto is the default
+    done = run_train(small_run_args(demo_shards, tmp_path, *EXTRA))  # run.resume=auto is the default
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from" in done.stdout
     _assert_same_run(tmp_path, uninterrupted)
 
 
-def test_kill_during_save_leaves_no_valid_checkpoint(shards, uninterrupted, tmp_path):
+def test_kill_during_save_leaves_no_valid_checkpoint(demo_shards, uninterrupted, tmp_path):
     """A tmp- folder (a save cut short) and a folder without COMPLETE are never resumed from."""
     import shutil
 
