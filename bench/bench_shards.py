@@ -10,7 +10,6 @@ cache (each is warmed first) and writes to the same disk; times are medians of -
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import platform
 import shutil

@@ -68,7 +68,6 @@ def run_training(config: TrainConfig) -> dict:
 
 def setup(config: TrainConfig, *, run_dir: Path) -> Session:
     """Accelerator, data, model, optimizer and scheduler, prepared for DDP and mixed precision."""
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     accelerator = create_accelerator(config, run_dir=run_dir)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-import numpy as np
 import pytest
 import torch
 
@@ -61,6 +60,18 @@ def test_train_ranks_swap_parts_between_epochs(shards, backend):
     _, epochs = run_epochs(shards, "train", backend, epochs=2, rank=0)
     first, second = ({sid for _, _, ids in batches for sid in ids} for batches in epochs)
     assert not first & second  # rank 0 reads the other half of the data in epoch 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_epoch_left_early_does_not_change_the_next_one(shards, backend):
+    _, (_, reference) = run_epochs(shards, "train", backend, epochs=2, rank=0, seed=4)
+    loader, _ = create_loader(shards, "train", batch_size=BATCH, image_size=32, rank=0, world_size=WORLD,
+                              device="cpu", seed=4, backend=backend, with_sample_ids=True, num_threads=2)
+    for _ in zip(range(1), loader):  # leave the first epoch after one batch
+        pass
+    second = list(loader)
+    assert [ids for _, _, ids in second] == [ids for _, _, ids in reference]
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(second, reference))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

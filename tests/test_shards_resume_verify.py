@@ -1,6 +1,5 @@
 """Crash safety (SIGKILL then --resume gives the uninterrupted bytes) and `verify`."""
 
-import os
 import signal
 import subprocess
 import sys

@@ -11,17 +11,23 @@ import torch
 
 from .augment import IMAGENET_MEAN, IMAGENET_STD, Augmentation
 from .checks import SplitShards
+from .host_resize import finish_on_host
 from .labels import parse_ascii_labels
+from .normalize import to_normalized_nchw
 from .sharding import derive_seed, epoch_part, part_sizes, reader_batches
 
 
 def image_graph(jpegs, *, training: bool, augmentation: Augmentation, decoder_device: str,
                 normalize: bool, hw_decoder_load: float, preallocate_hint: tuple[int, int]):
     """Decode + crop + resize + flip (train) or decode + resize + centre crop (val) of a batch of
-    JPEG bytes; uint8 HWC, or normalized float CHW when ``normalize``."""
+    JPEG bytes; uint8 HWC, or normalized float CHW when ``normalize``. Returns ``(images, mirror)``.
+    With the CPU decoder the graph stops after decoding (``images`` are the decoded crops, or whole
+    images for val, ``mirror`` the drawn flips or None) and ``host_resize.finish_on_host`` does the
+    rest: DALI's CPU resize is the slowest step there (see that module)."""
     from nvidia.dali import fn, types
 
     size = augmentation.image_size
+    on_host = decoder_device == "cpu"
     mixed = {"hw_decoder_load": hw_decoder_load} if decoder_device == "mixed" else {}
     if decoder_device == "mixed" and preallocate_hint[0] > 0:
         mixed.update(preallocate_width_hint=preallocate_hint[0], preallocate_height_hint=preallocate_hint[1])
@@ -31,24 +37,39 @@ def image_graph(jpegs, *, training: bool, augmentation: Augmentation, decoder_de
             jpegs, device=decoder_device, output_type=types.RGB, num_attempts=100,
             random_area=list(augmentation.random_area), random_aspect_ratio=list(augmentation.random_aspect_ratio),
             **mixed)
-        images = fn.resize(images, resize_x=size, resize_y=size)
         mirror = fn.random.coin_flip(probability=augmentation.flip_probability)
+        if on_host:
+            return images, mirror
+        images = fn.resize(images, resize_x=size, resize_y=size)
     else:
         images = fn.decoders.image(jpegs, device=decoder_device, output_type=types.RGB, **mixed)
+        if on_host:
+            return images, None
         images = fn.resize(images, resize_shorter=augmentation.val_resize)
         mirror = 0
     if normalize:
-        return fn.crop_mirror_normalize(images, crop=(size, size), mirror=mirror, dtype=types.FLOAT,
-                                        output_layout="CHW", mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
-    # Without mean/std this is a centre crop + mirror that keeps uint8 HWC.
-    return fn.crop_mirror_normalize(images, crop=(size, size), mirror=mirror, dtype=types.UINT8, output_layout="HWC")
+        images = fn.crop_mirror_normalize(images, crop=(size, size), mirror=mirror, dtype=types.FLOAT,
+                                          output_layout="CHW", mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
+    else:  # without mean/std this is a centre crop + mirror that keeps uint8 HWC
+        images = fn.crop_mirror_normalize(images, crop=(size, size), mirror=mirror, dtype=types.UINT8,
+                                          output_layout="HWC")
+    return images, None
 
 
-def create_dali_pipeline(shards: SplitShards, *, training: bool, batch_size: int, rank: int, world_size: int,
+def create_dali_pipeline(shards: SplitShards, **options):
+    """``define_dali_pipeline(shards, **options)``, built (memory allocated, threads started)."""
+    pipeline = define_dali_pipeline(shards, **options)
+    pipeline.build()
+    return pipeline
+
+
+def define_dali_pipeline(shards: SplitShards, *, training: bool, batch_size: int, rank: int, world_size: int,
                          device_id: int | None, seed: int, num_threads: int, augmentation: Augmentation,
                          normalize: bool, shuffle_buffer: int, hw_decoder_load: float,
                          preallocate_hint: tuple[int, int], with_sample_ids: bool):
-    """A built DALI pipeline reading rank ``rank``'s part; outputs (images, padded .cls[, padded .json])."""
+    """The DALI pipeline reading rank ``rank``'s part, defined (every operator argument checked
+    against DALI's schema) but not built; outputs (images[, mirror], padded .cls[, padded .json]),
+    ``mirror`` only for training on the CPU (see ``image_graph``)."""
     from nvidia.dali import fn, pipeline_def
 
     extensions = ["jpg", "cls"] + (["json"] if with_sample_ids else [])
@@ -64,23 +85,25 @@ def create_dali_pipeline(shards: SplitShards, *, training: bool, batch_size: int
             pad_last_batch=True, stick_to_shard=not training, random_shuffle=training,
             initial_fill=shuffle_buffer, seed=derive_seed(seed=seed, rank=rank, stream=1))
         jpegs, others = members[0], members[1:]
-        images = image_graph(jpegs, training=training, augmentation=augmentation,
-                             decoder_device="cpu" if device_id is None else "mixed",
-                             normalize=normalize, hw_decoder_load=hw_decoder_load, preallocate_hint=preallocate_hint)
-        return (images, *(fn.pad(member, fill_value=0) for member in others))
+        images, mirror = image_graph(jpegs, training=training, augmentation=augmentation,
+                                     decoder_device="cpu" if device_id is None else "mixed", normalize=normalize,
+                                     hw_decoder_load=hw_decoder_load, preallocate_hint=preallocate_hint)
+        flips = () if mirror is None else (mirror,)
+        return (images, *flips, *(fn.pad(member, fill_value=0) for member in others))
 
-    built = pipeline()
-    built.build()
-    return built
+    return pipeline()
 
 
 class DaliLoader:
     """Iterates one epoch of ``steps`` batches ``(images, labels)`` (``(images, labels, ids)``
-    with sample ids). Train drops the rest of the reader's pass; val pads with label -1."""
+    with sample ids). Train drops the rest of the reader's pass; val pads with label -1.
+    ``host_augmentation`` (CPU decoder only) finishes the images in torch (``finish_on_host``)."""
 
     def __init__(self, pipeline, *, steps: int, training: bool, num_samples: int, rank: int, world_size: int,
-                 batch_size: int, device: torch.device, normalize: bool):
+                 batch_size: int, device: torch.device, normalize: bool,
+                 host_augmentation: Augmentation | None = None):
         self.pipeline, self.steps, self.training = pipeline, steps, training
+        self.host_augmentation, self.normalize = host_augmentation, normalize
         self.sizes = part_sizes(num_samples=num_samples, world_size=world_size)
         self.rank, self.world_size, self.batch_size, self.device = rank, world_size, batch_size, device
         self.dtype = torch.float32 if normalize else torch.uint8
@@ -117,14 +140,20 @@ class DaliLoader:
             self._unread -= 1
 
     def _to_torch(self, outputs, *, first: int, part_samples: int):
-        images = _images_to_torch(outputs[0], self.device, dtype=self.dtype)
-        labels = parse_ascii_labels(np.asarray(outputs[1].as_tensor()))
+        images, *members = outputs
+        if self.host_augmentation is None:
+            images = _images_to_torch(images, self.device, dtype=self.dtype)
+        else:
+            mirror = np.asarray(members.pop(0).as_tensor()) if self.training else None
+            images = finish_on_host(images, mirror, training=self.training, augmentation=self.host_augmentation)
+            images = to_normalized_nchw(images) if self.normalize else images
+        labels = parse_ascii_labels(np.asarray(members[0].as_tensor()))
         if not self.training:  # padding duplicates are marked so that metrics skip them
             labels = np.where(first + np.arange(len(labels)) < part_samples, labels, -1)
         labels = torch.from_numpy(labels).to(self.device, non_blocking=True)
-        if len(outputs) == 2:
+        if len(members) == 1:
             return images, labels
-        texts = [bytes(row).rstrip(b"\0").decode() for row in np.asarray(outputs[2].as_tensor())]
+        texts = [bytes(row).rstrip(b"\0").decode() for row in np.asarray(members[1].as_tensor())]
         return images, labels, [json.loads(t).get("source", t) for t in texts]
 
 

@@ -73,7 +73,8 @@ def _create_dali(shards_dir, *, split, batch_size, rank, world_size, device, see
         shuffle_buffer=shuffle_buffer, hw_decoder_load=hw_decoder_load, preallocate_hint=preallocate_hint,
         with_sample_ids=with_sample_ids)
     loader = DaliLoader(pipeline, steps=steps, training=training, num_samples=shards.num_samples, rank=rank,
-                        world_size=world_size, batch_size=batch_size, device=device, normalize=normalize)
+                        world_size=world_size, batch_size=batch_size, device=device, normalize=normalize,
+                        host_augmentation=augmentation if device_id is None else None)
     return loader, steps
 
 
