@@ -20,6 +20,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from .errors import ConfigError
+from .mix.sampler import PARTNER_CHOICES, PER_CHOICES, SAMPLER_MODES
 
 
 @dataclass
@@ -210,9 +211,9 @@ def coerce(value: Any, expected: Any, *, name: str) -> Any:
 
 CHOICES = {
     "schedule.name": ("step", "cosine"),
-    "mix.mode": ("cutmix", "mixup", "cutmix_or_mixup", "cutout", "none"),
-    "mix.per": ("batch", "elem"),
-    "mix.partner": ("permutation", "flip", "roll"),
+    "mix.mode": SAMPLER_MODES,
+    "mix.per": PER_CHOICES,
+    "mix.partner": PARTNER_CHOICES,
     "loader.backend": ("dali", "torch", "synthetic"),
     "run.mixed_precision": ("bf16", "no", "auto"),
 }

@@ -4,7 +4,7 @@
                       pretrained_cfg_overlay=dict(file=PATH, num_classes=K))
 
 ``num_classes`` must be inside the overlay too: without it timm takes the file for a 1000-class
-checkpoint and silently re-initializes the classifier (DESIGN.md section 5)."""
+checkpoint and silently re-initializes the classifier."""
 
 from __future__ import annotations
 
@@ -28,10 +28,3 @@ def export_weights(model: torch.nn.Module, path: Path, *, model_name: str, num_c
                                                     "load": how}, indent=1))
     return path
 
-
-def load_exported(path: Path, *, model_name: str, num_classes: int) -> torch.nn.Module:
-    """The exported model, created by timm from the file (as a user would)."""
-    import timm
-
-    return timm.create_model(model_name, pretrained=True, num_classes=num_classes,
-                             pretrained_cfg_overlay=dict(file=str(path), num_classes=num_classes))

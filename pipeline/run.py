@@ -14,7 +14,8 @@ import torch
 from .checkpoint import TrainState, check_compatible, find_resume_checkpoint, read_state, save_checkpoint
 from .config import TrainConfig, config_to_dict, write_config
 from .errors import TrainError
-from .data import create_loader
+from .data import create_loader, steps_per_epoch
+from .data.sharding import epoch_part
 from .evaluate import evaluate
 from .export import export_weights
 from .logs import Progress, append_metrics, format_epoch, read_metrics, truncate_metrics
@@ -153,7 +154,8 @@ def make_loader(config: TrainConfig, *, shards: Path, split: str, epoch: int, ac
     return create_loader(
         shards, split, batch_size=config.loader.batch_size if training else
         (config.loader.val_batch_size or config.loader.batch_size), image_size=config.data.image_size,
-        rank=(rank + epoch) % world if training else rank, world_size=world, device=accelerator.device,
+        rank=epoch_part(rank=rank, world_size=world, epoch=epoch, stick_to_shard=not training), world_size=world,
+        device=accelerator.device,
         seed=epoch_seed(config.run.seed, epoch), backend=config.loader.backend, num_classes=num_classes,
         num_threads=config.loader.num_threads, random_area=config.data.random_area,
         random_aspect_ratio=config.data.random_aspect_ratio, flip_probability=config.data.flip_probability,
@@ -161,10 +163,10 @@ def make_loader(config: TrainConfig, *, shards: Path, split: str, epoch: int, ac
 
 
 def train_steps_per_epoch(config: TrainConfig, *, shards: Path, accelerator, num_classes: int) -> int:
-    """Updates per epoch (from the loader's own count), capped by ``run.max_train_steps``."""
-    loader, steps = make_loader(config, shards=shards, split="train", epoch=0, accelerator=accelerator,
-                                num_classes=num_classes)
-    del loader
+    """Updates per epoch (the train loader's count), capped by ``run.max_train_steps``."""
+    steps = steps_per_epoch(shards, "train", batch_size=config.loader.batch_size,
+                            world_size=accelerator.num_processes, num_classes=num_classes,
+                            backend=config.loader.backend)
     cap = config.run.max_train_steps
     return steps if cap is None else min(steps, cap)
 

@@ -23,11 +23,12 @@ class StopRequest:
 
     def should_stop(self, accelerator) -> bool:
         """True on every rank when any rank received a stop signal. A collective: all ranks must
-        call it at the same step (a small all-reduce; on CUDA also a host sync)."""
+        call it at the same step (a small all-reduce and, on CUDA, a host sync; with one process
+        neither: this runs every step)."""
+        if accelerator.num_processes == 1:
+            return self.received is not None
         flag = torch.tensor([0 if self.received is None else 1], device=accelerator.device)
-        if accelerator.num_processes > 1:
-            flag = accelerator.reduce(flag, reduction="sum")
-        return bool(flag.item() > 0)
+        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
 
     def restore(self) -> None:
         """Put back the handlers that were there before."""

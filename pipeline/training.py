@@ -62,7 +62,7 @@ def train_one_epoch(*, model, optimizer, scheduler, loader, steps: int, sampler:
         result.step_seconds += now - tick
         tick = now
         if result.steps % log_every == 0 or step + 1 == steps:
-            _show(progress, result, steps=log_every if result.steps % log_every == 0 else result.steps % log_every,
+            _show(progress, result, steps=result.steps % log_every or log_every,
                   loss=loss, optimizer=optimizer, world_size=accelerator.num_processes)
         if stop.should_stop(accelerator):
             result.stopped = step + 1 < steps

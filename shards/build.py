@@ -120,7 +120,8 @@ def _resolved(path: Path | None) -> str | None:
     return str(Path(path).resolve()) if path else None
 
 
-# Per sample: three 512-byte headers, the .cls and .json blocks and half a block of padding.
+# Per sample: three 512-byte headers and the .cls and .json data blocks (the JPEG's own padding,
+# 256 bytes on average, is left out: a slight underestimate that rounds shards down in size).
 _TAR_OVERHEAD = 5 * 512 - 256
 
 
@@ -177,6 +178,7 @@ def _build_streamed(request, spec, layout, fixed_classes) -> dict | None:
     options = ImageOptions(request.resize_short, request.quality, request.check)
     readable = (data for item, data in TarStream(spec) if not item.rejected)
     estimate = _estimate_output_bytes(readable, options, total_bytes, None)
+    readable.close()  # closes the archive now, not when the build ends
     plan = _make_plan(request, spec, count_shards(estimate, request.shard_size))
     if not prepare_output(layout, plan, request.part_id, request.resume, request.overwrite):
         return None
@@ -194,11 +196,12 @@ def _build_streamed(request, spec, layout, fixed_classes) -> dict | None:
 def _spill(spec, plan, layout, mine, fixed_classes, request) -> None:
     """Pass 1 over a tar stream: every input of this part into its shard's spill file."""
     stream, writer = TarStream(spec), SpillWriter(layout.spill_dir, mine)
+    allowed = None if fixed_classes is None else set(fixed_classes)
     inputs = digest = in_mine = 0
     bar = tqdm(total=spec.path.stat().st_size, unit="B", unit_scale=True, desc=f"{plan.split}: reading SRC",
                disable=not request.progress)
     for item, data in stream:
-        if fixed_classes is not None and item.wnid is not None and item.wnid not in fixed_classes:
+        if allowed is not None and item.wnid is not None and item.wnid not in allowed:
             raise ShardsError(f"{item.source}: class {item.wnid} is not in {request.classes}")
         inputs += 1
         digest = (digest + input_digest(item.source)) % DIGEST_MODULUS

@@ -63,8 +63,9 @@ def _build_parser(sub) -> None:
     build.add_argument("--shard-size", type=parse_size, default="512MB", help="target shard size (default 512MB)")
     build.add_argument("--workers", type=int, default=default_workers(),
                        help="processes that read and check images (default: the cores available, %(default)s here)")
-    build.add_argument("--resize-short", type=int, metavar="PX", help="re-encode every image with its shorter "
-                       "side at most PX pixels (default: keep original bytes when they are an RGB JPEG)")
+    build.add_argument("--resize-short", type=int, metavar="PX", help="shrink images whose shorter side is over "
+                       "PX pixels to PX (re-encoded at --quality); others keep their bytes when they are an "
+                       "upright RGB JPEG (default: no resizing)")
     build.add_argument("--quality", type=int, default=90, metavar="Q", help="JPEG quality of re-encoded images (default 90)")
     build.add_argument("--check", choices=CHECKS, default="header", help="'header' (default): read the header "
                        "and end-of-image marker of each kept JPEG; 'decode': decode every image fully (slower)")

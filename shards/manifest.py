@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .errors import ShardsError
 from .outdir import OutputLayout
-from .plan import DIGEST_MODULUS
+from .plan import DIGEST_MODULUS, PLAN_FORMAT
 from .tarwriter import write_json_atomic
 
 SHARD_FIELDS = ("name", "index", "samples", "bytes", "sha256")
@@ -37,7 +37,7 @@ def compose_manifest(plan: dict, classes: list[str], records: list[dict], source
         "digest": sum(r["digest"] for r in records) % DIGEST_MODULUS,
     }
     return {
-        "format": "cutmix-shards/1",
+        "format": PLAN_FORMAT,
         "split": plan["split"],
         "num_classes": len(classes),
         "classes": classes,

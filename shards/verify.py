@@ -13,13 +13,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from .manifest import load_manifest
+from .tarwriter import INDEX_VERSION
 
 
 def read_index(path: Path) -> list[list[tuple[str, int, int, str]]]:
     """A DALI wds2idx v1.2 index: per sample, its (extension, offset, size, name) entries."""
     lines = Path(path).read_text().splitlines()
     version, count = lines[0].split()
-    if version != "v1.2" or int(count) != len(lines) - 1:
+    if version != INDEX_VERSION or int(count) != len(lines) - 1:
         raise ValueError(f"header {lines[0]!r} does not match {len(lines) - 1} entries")
     samples = []
     for line in lines[1:]:

@@ -155,7 +155,7 @@ def _map_chunk(function, batch: list) -> list:
     return [function(item) for item in batch]
 
 
-def _write_one(job, plan, layout, class_index, results, strict, on_image) -> dict:
+def _write_one(job, plan, layout, class_index, results, strict, on_image) -> None:
     name = plan.shard_name(job.shard)
     tally = _ShardTally()
     with ShardTarWriter(*layout.shard_files(name)) as writer:

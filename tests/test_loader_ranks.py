@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from loader_fixtures import NUM_CLASSES, PER_CLASS, make_labelled_shards
-from pipeline.data import create_loader
+from pipeline.data import LoaderError, create_loader, steps_per_epoch
 from shard_readers import manifest, read_with_webdataset
 
 BACKENDS = ["dali", "torch"]
@@ -126,6 +126,16 @@ def test_dali_and_torch_read_the_same_parts(shards):
             _, (batches,) = run_epochs(shards, "val", backend, rank=rank)
             parts.append({sid for _, labels, ids in batches for sid, l in zip(ids, labels.tolist()) if l >= 0})
         assert parts[0] == parts[1]
+
+
+@pytest.mark.parametrize("backend", ["dali", "torch", "synthetic"])
+@pytest.mark.parametrize("split, world_size, batch", [("train", 2, 8), ("train", 3, 5), ("val", 2, 8), ("val", 3, 7)])
+def test_steps_per_epoch_without_a_loader_equals_the_loaders_count(shards, backend, split, world_size, batch):
+    _, steps = create_loader(shards, split, batch_size=batch, image_size=32, rank=0, world_size=world_size,
+                             device="cpu", seed=0, backend=backend)
+    assert steps_per_epoch(shards, split, batch_size=batch, world_size=world_size, backend=backend) == steps
+    with pytest.raises(LoaderError, match="larger than a rank's share"):
+        steps_per_epoch(shards, split, batch_size=100, world_size=world_size, backend=backend)
 
 
 @pytest.mark.parametrize("backend", ["dali", "torch", "synthetic"])

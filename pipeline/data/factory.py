@@ -43,6 +43,16 @@ def create_loader(shards_dir: str | Path | None, split: str, *, batch_size: int,
     return BACKENDS[backend](shards_dir, **options)
 
 
+def steps_per_epoch(shards_dir: str | Path, split: str, *, batch_size: int, world_size: int,
+                    num_classes: int | None = None, training: bool | None = None, backend: str = "dali") -> int:
+    """The ``steps_per_epoch`` ``create_loader`` returns for these arguments, after the same shard
+    checks, without building a loader (a DALI pipeline allocates memory and starts threads)."""
+    _, steps = _checked_shards(shards_dir, split=split, batch_size=batch_size, world_size=world_size,
+                               num_classes=num_classes, training=split == "train" if training is None else training,
+                               check_indexes=backend != "synthetic")
+    return steps
+
+
 def _checked_shards(shards_dir, *, split: str, batch_size: int, world_size: int, num_classes: int | None,
                     training: bool, check_indexes: bool = True):
     """The split's shards after every start-up check, and the steps per epoch of each rank."""
