@@ -142,6 +142,16 @@ def _estimate_output_bytes(samples: Iterable[bytes], options: ImageOptions, tota
     return total_bytes * size_out / size_in + count * _TAR_OVERHEAD
 
 
+def _given_classes(request: BuildRequest, spec: SourceSpec, fixed_classes: list[str] | None):
+    """The class list known before SRC is read (``--classes``, else the ``--labels`` file's), and
+    the file it came from; ``(None, None)`` when SRC's own class folders or tars define it."""
+    if fixed_classes is not None:
+        return fixed_classes, str(request.classes)
+    if spec.labels is not None:
+        return spec.labels.classes, str(request.labels)
+    return None, None
+
+
 def _check_classes(wnids: Iterable[str | None], classes: list[str], origin: str) -> None:
     missing = sorted({w for w in wnids if w is not None} - set(classes))
     if missing:
@@ -152,8 +162,10 @@ def _build_folder(request, spec, layout, fixed_classes) -> dict | None:
     items, folder_classes, total_bytes = list_folder(spec)
     if not items:
         raise ShardsError(f"SRC {spec.path}: no files in it or its class folders")
-    classes = fixed_classes or (spec.labels.classes if spec.labels else folder_classes)
-    _check_classes((i.wnid for i in items), classes, request.classes or "the class list")
+    given, origin = _given_classes(request, spec, fixed_classes)
+    classes = given or folder_classes
+    if given is not None:
+        _check_classes((i.wnid for i in items), given, origin)
     readable = (read_locator(i.locator) for i in items if not i.rejected)
     options = ImageOptions(request.resize_short, request.quality, request.check)
     estimate = _estimate_output_bytes(readable, options, total_bytes, len(items))
@@ -196,13 +208,15 @@ def _build_streamed(request, spec, layout, fixed_classes) -> dict | None:
 def _spill(spec, plan, layout, mine, fixed_classes, request) -> None:
     """Pass 1 over a tar stream: every input of this part into its shard's spill file."""
     stream, writer = TarStream(spec), SpillWriter(layout.spill_dir, mine)
-    allowed = None if fixed_classes is None else set(fixed_classes)
+    given, origin = _given_classes(request, spec, fixed_classes)
+    allowed = None if given is None else set(given)  # tested once per image: a set, not a list
     inputs = digest = in_mine = 0
     bar = tqdm(total=spec.path.stat().st_size, unit="B", unit_scale=True, desc=f"{plan.split}: reading SRC",
                disable=not request.progress)
     for item, data in stream:
         if allowed is not None and item.wnid is not None and item.wnid not in allowed:
-            raise ShardsError(f"{item.source}: class {item.wnid} is not in {request.classes}")
+            # Checked while streaming: a 140 GB tar fails at its first stranger, not at its end.
+            raise ShardsError(f"{item.source}: class {item.wnid} of SRC is not in {origin}")
         inputs += 1
         digest = (digest + input_digest(item.source)) % DIGEST_MODULUS
         shard = shard_of(item.key, plan.seed, plan.num_shards)

@@ -1,0 +1,46 @@
+"""A class list given up front (``--labels`` or ``--classes``) that lacks a class of SRC is one
+clear error, for folder and streamed (tar) sources alike."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shard_fixtures import jpeg_bytes, make_imagefolder, make_tar_of_tars, wnid, write_loc_csv
+from shards.cli import main
+
+
+def folder_tar(path: Path, files: dict[str, bytes]) -> Path:
+    """A tar of ``wnid/`` folders (not of class tars): the streamed layout read folder by folder."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as archive:
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("layout", ["folder", "tar of folders", "tar of class tars"])
+def test_labels_without_a_class_of_src_is_an_error(tmp_path, capsys, layout):
+    files = {f"{wnid(c)}/img_{c}_{n}.JPEG": jpeg_bytes(c * 10 + n) for c in range(3) for n in range(2)}
+    if layout == "folder":
+        make_imagefolder(tmp_path / "src", num_classes=3, per_class=2)
+        src = tmp_path / "src"
+    elif layout == "tar of folders":
+        src = folder_tar(tmp_path / "src.tar", files)
+    else:
+        src = make_tar_of_tars(tmp_path / "src.tar", files)
+    # The label file's classes are two others: none of SRC's folders is among them.
+    labels = write_loc_csv(tmp_path / "LOC_val_solution.csv", {"x_1": wnid(900), "x_2": wnid(901)})
+    capsys.readouterr()
+    code = main(["build", str(src), str(tmp_path / "out"), "--split", "val", "--labels", str(labels), "--quiet",
+                 "--workers", "1", "--shard-size", "64kB"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert wnid(0) in err and "LOC_val_solution.csv" in err
+    assert not (tmp_path / "out" / "val.json").exists()
