@@ -9,7 +9,7 @@
 
     python bench/bench_augment.py [--images 256] [--repeats 5] | tee -a bench/results/augment_cpu.txt
 
-Images: bench_shards.make_photos (500x375 natural photos, JPEG q90). The methods run
+Images: bench_shards.make_photos (500x375 natural photos, JPEG q90) via bench_loader.build. The methods run
 round-robin; each reports its median. DALI runs synchronously on one thread (no prefetching), so
 its time is its CPU cost, comparable with the single-threaded Python rows.
 """
@@ -17,7 +17,6 @@ its time is its CPU cost, comparable with the single-threaded Python rows.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import os
 import platform
@@ -33,23 +32,20 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_shards import make_photos  # noqa: E402
+from bench_loader import build, pillow_transform  # noqa: E402
 from pipeline.data.augment import Augmentation  # noqa: E402
+from pipeline.data import torch_backend  # noqa: E402
+from pipeline.data.dali import image_graph  # noqa: E402
 from pipeline.data.host_resize import finish_on_host, resize_bilinear  # noqa: E402
-from shards.cli import main as shards_main  # noqa: E402
 
 SIZE = 224
 BATCH = 32
 
 
 def build_shards(root: Path, count: int) -> tuple[list[bytes], Path]:
-    """The JPEGs, and shards of them built by ``python -m shards build`` (for DALI's reader)."""
-    jpegs = [path.read_bytes() for path in make_photos(root / "src", count)]
-    with contextlib.redirect_stdout(io.StringIO()):
-        code = shards_main(["build", str(root / "src"), str(root / "shards"), "--split", "train", "--quiet"])
-    if code:
-        raise SystemExit(f"shard build failed ({code})")
-    return jpegs, root / "shards"
+    """The JPEGs, and shards of them (``bench_loader.build``) for DALI's reader."""
+    shards = build(root, count)
+    return [path.read_bytes() for path in sorted((root / "src").rglob("*.JPEG"))], shards
 
 
 def random_crops(jpegs: list[bytes]) -> list[np.ndarray]:
@@ -111,13 +107,11 @@ def dali_graph():
 
 
 def dali_decode_torch_resize_graph():
-    from nvidia.dali import fn, types
-
     augmentation = Augmentation(image_size=SIZE)
 
-    def outputs(jpegs):
-        crops = fn.decoders.image_random_crop(jpegs, device="cpu", output_type=types.RGB, num_attempts=100)
-        return crops, fn.random.coin_flip()
+    def outputs(jpegs):  # the shipped CPU graph: ROI decode + the coin flip
+        return image_graph(jpegs, training=True, augmentation=augmentation, decoder_device="cpu", normalize=False,
+                           hw_decoder_load=0.0, preallocate_hint=(0, 0))
 
     def finish(batch):
         finish_on_host(batch[0], np.asarray(batch[1].as_tensor()), training=True, augmentation=augmentation)
@@ -131,10 +125,7 @@ def dali_resize_graph():
 
 
 def pillow_augment(jpegs):
-    from torchvision import transforms
-
-    transform = transforms.Compose([transforms.RandomResizedCrop(SIZE), transforms.RandomHorizontalFlip(),
-                                    transforms.PILToTensor()])
+    transform = pillow_transform(Augmentation(image_size=SIZE), training=True)
 
     def run():
         for data in jpegs:
@@ -143,14 +134,13 @@ def pillow_augment(jpegs):
 
 
 def tensor_augment(jpegs):
-    from torchvision.io import ImageReadMode, decode_image
-    from torchvision.transforms import v2
-
-    transform = v2.Compose([v2.RandomResizedCrop(SIZE, antialias=True), v2.RandomHorizontalFlip()])
+    # The torch backend's own per-sample work (decode, transforms, HWC copy), as its workers run it.
+    transform = torch_backend._transform(Augmentation(image_size=SIZE), training=True)
+    samples = [{"jpg": data, "cls": b"0", "__key__": str(n)} for n, data in enumerate(jpegs)]
 
     def run():
-        for data in jpegs:
-            transform(decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB))
+        for sample in samples:
+            torch_backend._prepare(sample, transform)
     return run
 
 

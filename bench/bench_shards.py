@@ -1,6 +1,6 @@
 """Shard-build throughput on natural ImageNet-size JPEGs, against baselines in the same run.
 
-    python bench/bench_shards.py [--images 1500] [--repeats 3] | tee bench/results/shards_cpu.txt
+    python bench/bench_shards.py [--images 4000] [--repeats 3] | tee bench/results/shards_cpu.txt   (results: --images 10000)
 
 Images: random 4:3 crops (about 500x375, quality 90) of the two real photos scikit-learn ships,
 written as an ImageFolder of 20 classes. Everything below reads the same files from the page

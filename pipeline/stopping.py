@@ -1,4 +1,4 @@
-"""Preemption: SIGUSR1 (Slurm's warning before the time limit, ``--signal=USR1@120``) and SIGTERM
+"""Preemption: SIGUSR1 (Slurm's warning before the time limit: ``--signal=B:USR1@300`` in slurm/imagenet_cutmix.sh) and SIGTERM
 (preemption, ``scancel``) only set a flag; the training loop checks it between steps, saves a
 checkpoint and exits 0, so the process never dies in the middle of a step or a save."""
 

@@ -69,10 +69,11 @@ def test_each_rank_draws_different_randomness_and_a_seed_repeats(ramps, backend)
     assert not np.array_equal(rank0, train_images(ramps, backend, rank=0, seed=6, **options))
 
 
-def test_dali_epochs_draw_new_randomness_and_repeat_with_the_seed(ramps):
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+def test_epochs_draw_new_randomness_and_repeat_with_the_seed(ramps, backend):
     def two_epochs():
         loader, _ = create_loader(ramps, "train", batch_size=8, image_size=32, rank=0, world_size=1, device="cpu",
-                                  seed=3, backend="dali")
+                                  seed=3, backend=backend)
         return [torch.cat([images for images, _ in loader]) for _ in range(2)]
 
     first, second = two_epochs()

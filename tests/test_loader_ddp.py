@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 
 from loader_fixtures import make_labelled_shards
 from shard_readers import read_with_webdataset
+from train_helpers import LAUNCH_TWO_CPU_RANKS
 
 WORKER = Path(__file__).with_name("loader_ddp_worker.py")
 
@@ -23,12 +23,7 @@ def shards(tmp_path_factory):
 
 
 def launch(shards: Path, out: Path, backend: str) -> list[dict]:
-    # The `accelerate` CLI of this interpreter's environment (it may not be on PATH).
-    accelerate = [sys.executable, "-m", "accelerate.commands.accelerate_cli"]
-    # `--cpu --num_processes 2` silently runs ONE process; this form starts two gloo ranks.
-    command = [*accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-               str(WORKER), str(shards), str(out), backend]
+    command = [*LAUNCH_TWO_CPU_RANKS, str(WORKER), str(shards), str(out), backend]
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))

@@ -27,7 +27,7 @@ def jpeg_bytes(colour, size):
 
 @pytest.fixture
 def shards_dir(tmp_path):
-    """Two shards in the DESIGN.md format: <key>.jpg (RGB JPEG) and <key>.cls (ASCII decimal)."""
+    """Two shards in our format (shards/): <key>.jpg (RGB JPEG) and <key>.cls (ASCII decimal)."""
     for shard, samples in enumerate((SAMPLES[:4], SAMPLES[4:])):
         with webdataset.TarWriter(str(tmp_path / f"train-{shard:06d}.tar")) as writer:
             for index, (colour, label, size) in enumerate(samples):

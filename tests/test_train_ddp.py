@@ -3,10 +3,9 @@ different data on each rank, every val sample counted once, exit code 0."""
 
 import json
 import subprocess
-import sys
 
 import pytest
-from train_helpers import REPO, small_run_args, child_env
+from train_helpers import LAUNCH_TWO_CPU_RANKS, REPO, child_env, small_run_args
 
 from pipeline.logs import read_metrics
 
@@ -16,13 +15,10 @@ pytestmark = pytest.mark.slow
 def test_two_process_ddp(demo_shards, tmp_path):
     shards = demo_shards
     out = tmp_path / "run"
-    # --cpu alone would silently start ONE process (DESIGN.md section 5): the world size is asserted.
-    launch = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu",
-              "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", "0"]
+    # --cpu alone would silently start ONE process: the world size is asserted.
     args = small_run_args(shards, out, "schedule.epochs=2", "run.max_train_steps=5", "loader.batch_size=16",
                           "run.tensorboard=true")
-    done = subprocess.run([*launch, str(REPO / "tests" / "train_ddp_worker.py"), str(tmp_path / "rank"), *args],
+    done = subprocess.run([*LAUNCH_TWO_CPU_RANKS, str(REPO / "tests" / "train_ddp_worker.py"), str(tmp_path / "rank"), *args],
                           cwd=REPO, env=dict(child_env(), ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1"),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]

@@ -11,6 +11,11 @@ REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "pipeline" / "train.py"
 # Keys whose values are wall-clock measurements: everything else must repeat exactly.
 TIMING_KEYS = {"img_per_s", "data_wait_share", "epoch_seconds"}
+# `accelerate launch` of this interpreter's environment (the CLI may not be on PATH) for two gloo
+# ranks on CPU (with ACCELERATE_USE_CPU=true): `--cpu --num_processes 2` silently runs ONE process.
+LAUNCH_TWO_CPU_RANKS = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu",
+                        "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                        "--dynamo_backend", "no", "--main_process_port", "0"]
 
 
 def small_run_args(shards: Path, out_dir: Path, *extra: str) -> list[str]:

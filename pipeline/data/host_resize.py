@@ -1,7 +1,7 @@
 """The last geometric step of the DALI *CPU* backend, done in torch: resize each decoded crop to
 ``image_size`` (train, then the flip DALI drew) or the shorter side to ``val_resize`` and a centre
-crop (val). Why not DALI's ``fn.resize``: on the CPU it costs about 0.78 ms per crop against
-0.44 ms for Pillow and 0.16 ms for torch's uint8 antialiased bilinear kernel (one thread,
+crop (val). Why not DALI's ``fn.resize``: on the CPU it costs about 0.8 ms per crop against
+0.43 ms for Pillow and 0.15 ms for torch's uint8 antialiased bilinear kernel (one thread,
 ``python bench/bench_augment.py``); with it the all-DALI CPU graph was no faster than Pillow.
 Torch's filter is Pillow's (within one grey level), so both backends resample alike. The GPU
 path keeps DALI's resize, which is fast there."""

@@ -115,7 +115,7 @@ def _buffer_shuffle(samples, *, size: int, rng: np.random.Generator):
 
 def _transform(augmentation: Augmentation, *, training: bool):
     # torchvision's tensor transforms (v2) on uint8 tensors: the same RandomResizedCrop sampling
-    # and antialiased bilinear filter as its PIL transforms (within one grey level), 1.59x the
+    # and antialiased bilinear filter as its PIL transforms (within one grey level), 1.39x the
     # speed per image of Pillow decode + PIL transforms (bench/results/augment_cpu.txt).
     from torchvision.transforms import v2  # only this backend needs torchvision
 
