@@ -1,3 +1,4 @@
+import contextlib
 import pathlib
 import sys
 
@@ -6,6 +7,19 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 
 import pytest  # noqa: E402
+
+# No process a test starts may outlive it (tests/processes.py starts them, leak_check.py checks):
+# its hooks and autouse fixture, registered by being names of this conftest.
+from leak_check import no_process_outlives_its_test, pytest_configure, pytest_sessionfinish  # noqa: E402,F401
+from processes import started_process  # noqa: E402
+
+
+@pytest.fixture
+def start_process():
+    """``start_process(command, **popen_kwargs)``: a Popen as ``processes.started_process`` gives,
+    its whole tree killed when the test ends, pass or fail; for tests that start several."""
+    with contextlib.ExitStack() as stack:
+        yield lambda command, **popen_kwargs: stack.enter_context(started_process(command, **popen_kwargs))
 
 
 @pytest.fixture(scope="session")

@@ -8,10 +8,12 @@ config, state and log files under one folder, stopped by PID at the end.
 
 The daemons run as root (these machines' tests run as root); nothing outside the folder is
 written, except the cgroups proctrack/cgroup makes under /sys/fs/cgroup/*/slurm_<node>/.
+Daemons and client commands are started by tests/processes.py (own session, killed as a tree).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -19,6 +21,8 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+
+from processes import TAG_VARIABLE, describe, kill_processes, processes_with, run_process, started_process
 
 PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scontrol", "sinfo")
 NODES = ("n1", "n2")
@@ -46,7 +50,7 @@ def install_slurm() -> str | None:
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     for command in (["apt-get", "update"],
                     ["apt-get", "install", "-y", "--no-install-recommends", "slurm-wlm", "munge"]):
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+        done = run_process(command, env=env, capture_output=True, text=True, timeout=900)
         if done.returncode != 0:
             return f"could not install Slurm: {' '.join(command)} failed: {done.stderr.strip()[-300:]}"
     return missing_slurm()
@@ -77,13 +81,16 @@ class SlurmCluster:
         self.proctrack = proctrack
         self.conf = self.root / "etc" / "slurm.conf"
         self.processes: dict[str, subprocess.Popen] = {}
+        self._daemons = contextlib.ExitStack()  # kills each daemon's process tree when closed
         self.leftovers: list[str] = []  # processes the teardown had to kill (should stay empty)
 
     # ---- configuration -------------------------------------------------------------------
     @property
     def env(self) -> dict:
-        """The environment in which Slurm commands talk to this cluster."""
-        return dict(os.environ, SLURM_CONF=str(self.conf))
+        """The environment in which Slurm commands talk to this cluster. A job gets its submitter's
+        environment: without the override it would carry the tag of the `sbatch` process, and
+        run_process would kill the job as that sbatch's straggler."""
+        return dict(os.environ, SLURM_CONF=str(self.conf), SBATCH_EXPORT=f"ALL,{TAG_VARIABLE}=slurm-job")
 
     def _write_configs(self) -> None:
         for folder in ("etc", "munge", "state", "log", "spool/n1", "spool/n2"):
@@ -147,9 +154,9 @@ class SlurmCluster:
 
     # ---- daemons -------------------------------------------------------------------------
     def _start(self, name: str, command: list[str]) -> None:
-        log = open(self.root / "log" / f"{name}.out", "wb")
-        self.processes[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                                cwd=self.root, start_new_session=True)
+        with open(self.root / "log" / f"{name}.out", "wb") as log:
+            self.processes[name] = self._daemons.enter_context(
+                started_process(command, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.root))
 
     def start(self) -> "SlurmCluster":
         """Write the configs and start munged, slurmctld, slurmd n1 and n2; wait until both nodes are idle."""
@@ -162,14 +169,19 @@ class SlurmCluster:
         self._start("slurmctld", [_sbin("slurmctld"), "-D", "-i"])
         for node in NODES:
             self._start(f"slurmd-{node}", [_sbin("slurmd"), "-D", "-N", node])
-        self._wait_for(self._nodes_idle, "both nodes idle in sinfo", timeout=60)
+        self.wait_until_idle(timeout=60)
         return self
+
+    def wait_until_idle(self, *, timeout: float = 120) -> None:
+        """Wait until both nodes are idle: by Slurm's reckoning no job's processes are left on them."""
+        self._wait_for(self._nodes_idle, "both nodes idle in sinfo", timeout=timeout)
 
     def _nodes_idle(self) -> bool:
         for name, process in self.processes.items():
             if process.poll() is not None:
                 raise RuntimeError(f"{name} exited with {process.returncode}:\n{self.logs()}")
-        done = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], env=self.env, capture_output=True, text=True)
+        done = run_process(["sinfo", "-h", "-N", "-o", "%N %t"], env=self.env, capture_output=True, text=True,
+                           timeout=60)
         states = dict(line.split() for line in done.stdout.splitlines() if line.strip())
         return all(states.get(node) == "idle" for node in NODES)
 
@@ -191,8 +203,8 @@ class SlurmCluster:
     # ---- jobs ----------------------------------------------------------------------------
     def run(self, command: list[str], **kwargs) -> subprocess.CompletedProcess:
         """A Slurm client command against this cluster; raises with its output on failure."""
-        done = subprocess.run(command, env=kwargs.pop("env", self.env), capture_output=True, text=True,
-                              timeout=kwargs.pop("timeout", 60), **kwargs)
+        done = run_process(command, env=kwargs.pop("env", self.env), capture_output=True, text=True,
+                           timeout=kwargs.pop("timeout", 60), **kwargs)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
         return done
@@ -220,33 +232,29 @@ class SlurmCluster:
             time.sleep(1)
 
     # ---- teardown ------------------------------------------------------------------------
-    def _own_processes(self) -> list[int]:
-        """PIDs (not ours) whose environment names this cluster's SLURM_CONF: job and step processes."""
-        marker = f"SLURM_CONF={self.conf}".encode()
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            try:
-                if marker in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-        return found
+    def own_processes(self) -> list[int]:
+        """PIDs (not ours) whose environment names this cluster's SLURM_CONF: the daemons, job and
+        step processes, and whatever those started."""
+        return processes_with("SLURM_CONF", str(self.conf))
+
+    def job_processes(self, job_id: int) -> list[int]:
+        """What job ``job_id`` runs, or left behind: its batch shell, srun, tasks and all they started
+        (they carry SLURM_JOB_ID; the daemons, slurmstepd and slurmctld's slurmscriptd do not)."""
+        ours = set(self.own_processes())
+        return [pid for pid in processes_with("SLURM_JOB_ID", str(job_id)) if pid in ours]
 
     def stop(self) -> None:
         """Cancel every job, stop the daemons by PID, kill whatever a job left behind."""
         if "slurmctld" in self.processes and self.processes["slurmctld"].poll() is None:
-            subprocess.run(["scancel", "--full", "--user=root"], env=self.env, capture_output=True, timeout=30)
+            run_process(["scancel", "--full", "--user=root"], env=self.env, capture_output=True, timeout=30)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
-                done = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i %T"], env=self.env,
-                                      capture_output=True, text=True, timeout=30)
+                done = run_process(["squeue", "-h", "-t", "all", "-o", "%i %T"], env=self.env,
+                                   capture_output=True, text=True, timeout=30)
                 live = [ln for ln in done.stdout.splitlines() if ln.split()[-1] in {"RUNNING", "COMPLETING"}]
                 if not live:
                     break
                 time.sleep(0.5)
-        daemons = {p.pid for p in self.processes.values()}
         for name in ("slurmd-n1", "slurmd-n2", "slurmctld", "munged"):
             process = self.processes.get(name)
             if process is None or process.poll() is not None:
@@ -258,15 +266,11 @@ class SlurmCluster:
                 process.kill()
                 process.wait(timeout=10)
         time.sleep(0.5)
-        for pid in self._own_processes():
-            if pid in daemons:
-                continue
-            try:
-                self.leftovers.append((Path("/proc", str(pid), "cmdline").read_bytes().replace(b"\0", b" ")
-                                       .decode(errors="replace").strip()))
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        daemons = {p.pid for p in self.processes.values()}
+        left = [pid for pid in self.own_processes() if pid not in daemons]
+        self.leftovers += [describe(pid) for pid in left]
+        kill_processes(left)
+        self._daemons.close()  # a daemon that ignored SIGTERM, and anything it started
         self._remove_cgroups()
 
     @staticmethod

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from loader_fixtures import make_labelled_shards
+from processes import run_process
 from shard_readers import read_with_webdataset
 from train_helpers import LAUNCH_TWO_CPU_RANKS
 
@@ -27,7 +27,7 @@ def launch(shards: Path, out: Path, backend: str) -> list[dict]:
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    result = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True, timeout=240)
+    result = run_process(command, env=env, cwd=root, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 

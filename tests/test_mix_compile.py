@@ -7,11 +7,11 @@ TRITON_INTERPRET=1 for this process, and triton.jit picks the interpreter at imp
 """
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from processes import run_process
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,9 +48,9 @@ print(json.dumps({"vector_stores": ptx.count("st.global.v4"), "byte_loads": ptx.
 def test_kernel_compiles_for_sm90(out_type, source_type, layout):
     environment = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     environment["TRITON_DEFAULT_FP_FUSION"] = "1"
-    result = subprocess.run(
+    result = run_process(
         [sys.executable, "-c", COMPILE_SCRIPT, out_type, source_type, layout],
-        capture_output=True, text=True, env=environment, cwd=REPO_ROOT, check=False,
+        capture_output=True, text=True, env=environment, cwd=REPO_ROOT, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     if (out_type, layout) == ("bf16", "dense"):

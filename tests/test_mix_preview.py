@@ -1,7 +1,6 @@
 """`python -m pipeline.mix preview` on a tiny shard written here with webdataset's TarWriter."""
 
 import io
-import subprocess
 import sys
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 import torch
 import webdataset
 from PIL import Image
+from processes import run_process
 
 from pipeline.mix.__main__ import main
 from pipeline.mix.preview import caption, load_preview_batch
@@ -65,9 +65,9 @@ def test_preview_writes_a_grid(shards_dir, tmp_path, options):
 
 def test_module_entry_point(shards_dir, tmp_path):
     out = tmp_path / "grid.png"
-    result = subprocess.run(
+    result = run_process(
         [sys.executable, "-m", "pipeline.mix", "preview", str(shards_dir), "--out", str(out), "--batch-size", "4"],
-        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], check=False,
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert out.exists()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from processes import run_process
 from shard_fixtures import jpeg_bytes, make_imagefolder
 from shards.cli import main
 
@@ -18,8 +19,8 @@ SMALL = ["--quiet", "--workers", "1", "--shard-size", "64kB"]
 
 
 def cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shards", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    return run_process([sys.executable, "-m", "shards", *map(str, args)], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
 
 
 def run_main(capsys, *args) -> tuple[int, str, str]:

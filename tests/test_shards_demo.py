@@ -1,17 +1,17 @@
 """The README's main command: the digits demo data built, verified and inspected."""
 
-import subprocess
 import sys
 from pathlib import Path
 
+from processes import run_process
 from shard_readers import manifest, read_with_webdataset
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_demo_builds_verifies_and_inspects(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "shards.demo", str(tmp_path)], cwd=REPO,
-                            capture_output=True, text=True)
+    result = run_process([sys.executable, "-m", "shards.demo", str(tmp_path)], cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "train: OK" in result.stdout and "val: OK" in result.stdout
     shards = tmp_path / "shards"

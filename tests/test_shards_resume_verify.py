@@ -1,13 +1,13 @@
 """Crash safety (SIGKILL then --resume gives the uninterrupted bytes) and `verify`."""
 
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from processes import run_process
 from shard_fixtures import jpeg_bytes, make_imagefolder, make_tar_of_tars, wnid
 from shard_readers import manifest
 from shards.cli import main
@@ -37,26 +37,26 @@ def cli(*args) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["folder", "tar"])
-def test_resume_after_sigkill_is_byte_identical(tmp_path, layout):
+def test_resume_after_sigkill_is_byte_identical(tmp_path, layout, start_process):
     files = slow_tree(tmp_path / "tree")
     src = tmp_path / "tree" if layout == "folder" else make_tar_of_tars(tmp_path / "src.tar", files)
     flags = ["--split", "train", "--quiet", "--workers", "1", "--resize-short", "200", "--shard-size", "64kB"]
-    assert subprocess.run(cli("build", src, tmp_path / "whole", *flags), cwd=REPO).returncode == 0
+    assert run_process(cli("build", src, tmp_path / "whole", *flags), cwd=REPO, timeout=600).returncode == 0
 
     out = tmp_path / "killed"
     records = out / ".build" / "train" / "shards"
-    process = subprocess.Popen(cli("build", src, out, *flags), cwd=REPO)
+    process = start_process(cli("build", src, out, *flags), cwd=REPO)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(list(records.glob("*.json"))) < 2:
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
-    process.wait()
+    process.wait(timeout=60)
     assert not (out / "train.json").exists(), "the build finished before it could be killed"
     assert len(list(records.glob("*.json"))) >= 2
 
-    again = subprocess.run(cli("build", src, out, *flags), cwd=REPO, capture_output=True, text=True)
+    again = run_process(cli("build", src, out, *flags), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 2 and "--resume" in again.stderr
-    assert subprocess.run(cli("build", src, out, *flags, "--resume"), cwd=REPO).returncode == 0
+    assert run_process(cli("build", src, out, *flags, "--resume"), cwd=REPO, timeout=600).returncode == 0
     assert snapshot(out) == snapshot(tmp_path / "whole")
     assert not any(p.name.startswith(".tmp-") for p in out.iterdir())
 

@@ -101,7 +101,7 @@ def test_merge_refuses_a_missing_or_foreign_part(files, tmp_path, capsys):
     assert not (out / "train.json").exists()
 
 
-def test_parts_started_at_the_same_time_share_out_safely(files, tmp_path):
+def test_parts_started_at_the_same_time_share_out_safely(files, tmp_path, start_process):
     # A Slurm array starts every part at once on a shared OUT: plan.json is written by all.
     import subprocess
     import sys
@@ -111,11 +111,11 @@ def test_parts_started_at_the_same_time_share_out_safely(files, tmp_path):
     make_imagefolder(tree, num_classes=11, per_class=12)
     repo = Path(__file__).resolve().parents[1]
     common = ["--split", "train", "--quiet", "--shard-size", "64kB", "--num-parts", "4"]
-    parts = [subprocess.Popen([sys.executable, "-m", "shards", "build", str(tree), str(tmp_path / "out"),
-                               *common, "--part-id", str(i)], cwd=repo, stderr=subprocess.PIPE, text=True)
+    parts = [start_process([sys.executable, "-m", "shards", "build", str(tree), str(tmp_path / "out"),
+                            *common, "--part-id", str(i)], cwd=repo, stderr=subprocess.PIPE, text=True)
              for i in range(4)]
     for process in parts:
-        assert process.wait() == 0, process.stderr.read()
+        assert process.wait(timeout=600) == 0, process.stderr.read()
     assert main(["merge", str(tmp_path / "out")]) == 0
     whole = build(tree, tmp_path / "whole", "--shard-size", "64kB")
     assert manifest(tmp_path / "out")["shards"] == whole["shards"]

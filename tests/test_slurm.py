@@ -1,7 +1,8 @@
 """The Slurm launchers against a real two-node cluster on localhost (tests/slurm_cluster.py):
 `sbatch slurm/imagenet_cutmix.sh` trains with world size 2 across nodes n1 and n2 (gloo on CPU);
 USR1 makes it checkpoint and requeue, and the requeued job resumes and ends where an
-uninterrupted run ends; the shard-build array plus merge equals a single-process build."""
+uninterrupted run ends; `scancel` leaves no process of the job running; the shard-build array
+plus merge equals a single-process build."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import describe, kill_processes, processes_with
 from shard_fixtures import make_imagefolder
 from shard_readers import manifest, read_with_webdataset
 from slurm_cluster import SlurmCluster, install_slurm
@@ -47,10 +49,19 @@ def job_env() -> dict:
 
 
 def submit_training(cluster, log_dir: Path, args: list[str]) -> int:
-    """``sbatch slurm/imagenet_cutmix.sh`` on 2 CPU nodes (GPUs, CPUs and time overridden)."""
+    """``sbatch slurm/imagenet_cutmix.sh ARGS`` on 2 CPU nodes (GPUs, CPUs and time overridden);
+    ``small_run_args`` puts ``--config configs/demo.yaml`` first in ARGS."""
     return cluster.sbatch("--nodes=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=15",
                           f"--output={log_dir}/%x-%j.out", str(REPO / "slurm" / "imagenet_cutmix.sh"),
-                          "--config", str(REPO / "configs" / "demo.yaml"), *args, env=job_env(), cwd=REPO)
+                          *args, env=job_env(), cwd=REPO)
+
+
+def wait_for_log(cluster, path: Path, text: str, *, timeout: float = 300) -> None:
+    """Wait until the job's log holds ``text`` (the timeout a hang guard)."""
+    deadline = time.monotonic() + timeout
+    while text not in (path.read_text() if path.exists() else ""):
+        assert time.monotonic() < deadline, f"{text!r} never appeared in {path.name}:\n{cluster.logs()}"
+        time.sleep(0.2)
 
 
 def test_training_runs_with_world_size_two_across_two_nodes(cluster, demo_shards, tmp_path):
@@ -73,10 +84,7 @@ def test_usr1_checkpoints_requeues_and_the_requeued_job_resumes(cluster, demo_sh
     out = tmp_path / "run"
     job = submit_training(cluster, tmp_path, small_run_args(demo_shards, out, *TRAIN_OVERRIDES))
     log_path = tmp_path / f"cutmix-{job}.out"
-    deadline = time.monotonic() + 300
-    while "epoch 2/" not in (log_path.read_text() if log_path.exists() else ""):
-        assert time.monotonic() < deadline, f"training did not start:\n{cluster.logs()}"
-        time.sleep(0.2)
+    wait_for_log(cluster, log_path, "epoch 2/")
     # What Slurm does at --signal=B:USR1@SECONDS before the time limit: USR1 to the batch shell.
     cluster.run(["scancel", "--signal=USR1", "--batch", str(job)])
     record = cluster.wait(job, timeout=600)
@@ -91,6 +99,30 @@ def test_usr1_checkpoints_requeues_and_the_requeued_job_resumes(cluster, demo_sh
     uninterrupted = tmp_path.parent / "uninterrupted.json"
     if uninterrupted.exists():  # the first test ran in this session: same run, same end
         assert repr(without_timings(records)) == uninterrupted.read_text()
+
+
+def test_scancel_leaves_no_process_of_the_job(cluster, demo_shards, tmp_path):
+    # Far more epochs than it gets to: the job is cancelled while it trains.
+    out = tmp_path / "run"
+    job = submit_training(cluster, tmp_path, small_run_args(demo_shards, out, "schedule.epochs=1000",
+                                                            "run.max_train_steps=5", "loader.batch_size=16"))
+    log_path = tmp_path / f"cutmix-{job}.out"
+    wait_for_log(cluster, log_path, "epoch 1/")
+    # Batch shell, srun, each task's bash, `accelerate launch` and the ranks (SLURM_CONF, SLURM_JOB_ID).
+    running = cluster.job_processes(job)
+    ranks = set(running) & set(processes_with("LOCAL_RANK", "0"))  # one training process per node
+    assert len(ranks) == 2, "\n".join(map(describe, running))
+    cluster.run(["scancel", str(job)])
+    assert cluster.wait(job, timeout=120)["JobState"] == "CANCELLED"
+    cluster.wait_until_idle(timeout=120)
+    deadline = time.monotonic() + 60  # hang guard: a survivor would run on for good
+    while cluster.job_processes(job) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = cluster.job_processes(job)
+    described = [describe(pid) for pid in left]
+    kill_processes(left)
+    assert not left, "processes of the cancelled job still ran:\n" + "\n".join(described) + "\n" + \
+        log_path.read_text()[-3000:]
 
 
 def test_shard_array_and_merge_equal_a_single_process_build(cluster, tmp_path):

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import started_process
 from safetensors.torch import load_file
 from train_helpers import REPO, run_train, small_run_args, child_env, train_command, without_timings
 
@@ -28,16 +29,16 @@ def uninterrupted(demo_shards, tmp_path_factory):
 
 def _interrupt(shards: Path, out: Path, *, signum: int, after: str) -> int:
     """Start a run, send ``signum`` once checkpoint ``after`` is complete; returns the exit code."""
-    process = subprocess.Popen(train_command(small_run_args(shards, out, *EXTRA)), cwd=REPO, env=child_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    marker = out / "checkpoints" / after / "COMPLETE"
-    deadline = time.monotonic() + 300
-    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert marker.exists(), "the run ended or stalled before its first checkpoint"
-    process.send_signal(signum)
-    _, stderr = process.communicate(timeout=300)
-    assert process.returncode in (0, -signal.SIGKILL), stderr[-3000:]
+    with started_process(train_command(small_run_args(shards, out, *EXTRA)), cwd=REPO, env=child_env(),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as process:
+        marker = out / "checkpoints" / after / "COMPLETE"
+        deadline = time.monotonic() + 300
+        while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert marker.exists(), "the run ended or stalled before its first checkpoint"
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode in (0, -signal.SIGKILL), stderr[-3000:]
     return process.returncode
 
 
