@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from itertools import islice
@@ -13,15 +12,16 @@ from typing import Iterable
 
 from tqdm import tqdm
 
+from .detect import SourceSpec, detect_source
+from .durable import write_text_atomic
 from .errors import ShardsError
 from .images import CHECKS, ImageOptions, PreparedImage, prepare_image
 from .labels import load_val_labels
-from .manifest import SHARD_FIELDS, compose_manifest, write_manifest
-from .outdir import OutputLayout, prepare_output
+from .manifest import SHARD_FIELDS, check_samples_written, compose_manifest, read_manifest, write_manifest
+from .outdir import OutputLayout, discard_build, prepare_output, remove_build_folder
 from .plan import DIGEST_MODULUS, BuildPlan, count_shards, input_digest, part_shards, shard_of
-from .sources import InputItem, SourceSpec, TarStream, detect_source, list_folder
+from .sources import InputItem, TarStream, list_folder
 from .spill import SpillWriter, spill_path
-from .tarwriter import write_json_atomic
 from .writing import ShardJob, read_locator, write_shards
 
 SPLITS = ("train", "val")
@@ -60,7 +60,11 @@ class BuildResult:
 
 
 def build_shards(request: BuildRequest) -> BuildResult:
-    """Build (or resume) one split, or one part of it, and write its manifest last."""
+    """Build (or resume) one split, or one part of it, and write its manifest last.
+
+    A build that writes no sample is a ShardsError naming the commonest rejection reasons, and
+    leaves no manifest; for a split build, ``merge`` applies that rule to the whole.
+    """
     started = time.monotonic()
     _validate(request)
     labels = load_val_labels(request.labels) if request.labels else None
@@ -99,12 +103,9 @@ def _inside(path: Path, folder: Path) -> bool:
 
 def _classes_from_manifest(path: Path) -> list[str]:
     try:
-        classes = json.loads(Path(path).read_text())["classes"]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ShardsError(f"--classes {path}: not a shard manifest with a class list ({error})") from None
-    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes) or not classes:
-        raise ShardsError(f"--classes {path}: 'classes' is not a non-empty list of class names")
-    return classes
+        return read_manifest(path)["classes"]
+    except ShardsError as error:
+        raise ShardsError(f"--classes {error}") from None
 
 
 def _make_plan(request: BuildRequest, spec: SourceSpec, num_shards: int) -> BuildPlan:
@@ -229,7 +230,7 @@ def _spill(spec, plan, layout, mine, fixed_classes, request) -> None:
     classes = spec.labels.classes if spec.labels else sorted(stream.class_names)
     marker = {"inputs": inputs, "digest": digest, "bytes": spec.path.stat().st_size, "mine": in_mine,
               "classes": classes}
-    write_json_atomic(layout.spill_done(request.part_id), json.dumps(marker))
+    write_text_atomic(layout.spill_done(request.part_id), json.dumps(marker))
 
 
 def _shard_done(layout: OutputLayout, plan: BuildPlan, shard: int) -> bool:
@@ -252,21 +253,19 @@ def _write_and_finish(request, plan, layout, classes, jobs, source_totals, image
     if totals["inputs"] != totals["samples"] + totals["rejected"]:
         raise AssertionError(f"bug: inputs {totals['inputs']} != written + rejected in {totals}")
     if plan.num_parts == 1:
+        try:
+            check_samples_written(manifest)
+        except ShardsError:
+            discard_build(layout, plan)  # empty shards are worth nothing; a rerun starts afresh
+            raise
         write_manifest(layout.manifest, manifest)
-        shutil.rmtree(layout.build_dir, ignore_errors=True)
-        _remove_if_empty(layout.out / ".build")
+        remove_build_folder(layout)
         return manifest
+    # A part may write nothing (its shards' inputs may all be rejected): merge judges the whole.
     manifest["part"] = {"id": request.part_id, "of": plan.num_parts}
     manifest["shard_details"] = {r["name"]: {k: v for k, v in r.items() if k not in SHARD_FIELDS} for r in records}
     write_manifest(layout.part_manifest(request.part_id, plan.num_parts), manifest)
     return manifest
-
-
-def _remove_if_empty(folder: Path) -> None:
-    try:
-        folder.rmdir()
-    except OSError:
-        pass
 
 
 class _Progress:

@@ -1,20 +1,25 @@
 """The manifest ``OUT/<split>.json``: classes, shards with counts, bytes and sha256, totals,
 the build plan and the rejected inputs. Written last and atomically; ``merge`` combines the
-part manifests of a split build and checks that no input is missing or doubled."""
+part manifests of a split build and checks that no input is missing or doubled.
+
+This module is the only one that reads or writes manifests (pipeline/ included): readers get a
+dict whose fields ``_manifest_problem`` has checked, or one ShardsError naming the file.
+"""
 
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter
 from pathlib import Path
 
+from .durable import write_text_atomic
 from .errors import ShardsError
-from .outdir import OutputLayout
+from .outdir import OutputLayout, remove_build_folder
 from .plan import DIGEST_MODULUS, PLAN_FORMAT
-from .tarwriter import write_json_atomic
 
 SHARD_FIELDS = ("name", "index", "samples", "bytes", "sha256")
+_SHARD_TYPES = {"name": str, "index": str, "samples": int, "bytes": int, "sha256": str}
+_REBUILD = "build the shards again with `python -m shards build`"
 
 
 def compose_manifest(plan: dict, classes: list[str], records: list[dict], source_totals: dict) -> dict:
@@ -53,20 +58,86 @@ def compose_manifest(plan: dict, classes: list[str], records: list[dict], source
 
 def write_manifest(path: Path, manifest: dict) -> None:
     """Write a manifest atomically, in a stable byte form."""
-    write_json_atomic(path, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    write_text_atomic(path, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
 def load_manifest(out: Path, split: str) -> dict:
-    """Read ``OUT/<split>.json`` with a clear error when it is missing or broken."""
-    path = Path(out) / f"{split}.json"
+    """Read the manifest ``OUT/<split>.json``; a missing one is a ShardsError saying how to make it."""
+    layout = OutputLayout(Path(out), split)
+    path, out = layout.manifest, layout.out
     if not path.exists():
-        parts = OutputLayout(Path(out), split).part_manifests()
-        hint = " (part manifests found: run `python -m shards merge`)" if parts else ""
-        raise ShardsError(f"{path}: no manifest{hint}")
+        if layout.part_manifests():
+            raise ShardsError(f"{path}: no manifest for split {split!r} yet, but part manifests are there: "
+                              f"run `python -m shards merge {out}`")
+        raise ShardsError(f"{path}: no manifest for split {split!r}; build the shards with "
+                          f"`python -m shards build SRC {out} --split {split}`")
+    return read_manifest(path)
+
+
+def read_manifest(path: Path) -> dict:
+    """Read a manifest (or a part manifest) written by ``python -m shards build``; a missing,
+    unreadable or foreign file is a ShardsError naming it."""
+    path = Path(path)
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ShardsError(f"{path}: not a valid manifest ({error})") from None
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ShardsError(f"{path}: no such manifest") from None
+    except (OSError, ValueError) as error:  # ValueError: broken JSON or text that is not UTF-8
+        raise ShardsError(f"{path}: not a readable shard manifest ({error}); {_REBUILD}") from None
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise ShardsError(f"{path}: not a shard manifest that this version reads ({problem}); {_REBUILD}")
+    return manifest
+
+
+def _manifest_problem(manifest) -> str | None:
+    """What makes ``manifest`` unusable by the readers, or None."""
+    if not isinstance(manifest, dict):
+        return "not a JSON object"
+    if manifest.get("format") != PLAN_FORMAT:
+        return f"'format' is {manifest.get('format')!r}, not {PLAN_FORMAT!r}"
+    classes = manifest.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        return "'classes' is not a non-empty list of class names"
+    if manifest.get("num_classes") != len(classes):
+        return f"'num_classes' is {manifest.get('num_classes')!r} but 'classes' lists {len(classes)}"
+    shards = manifest.get("shards")
+    if not isinstance(shards, list) or not all(
+            isinstance(s, dict) and all(isinstance(s.get(k), t) for k, t in _SHARD_TYPES.items()) for s in shards):
+        return f"'shards' is not a list of entries with {', '.join(_SHARD_TYPES)}"
+    if not all(isinstance(manifest.get(k), t) for k, t in (("totals", dict), ("rejected", list), ("build", dict))):
+        return "'totals', 'rejected' or 'build' is missing"
+    return None
+
+
+def rejection_reasons(rejected: list[dict]) -> dict[str, int]:
+    """How many inputs were rejected for each kind of reason, commonest first."""
+    return dict(Counter(_reason_kind(entry["reason"]) for entry in rejected).most_common())
+
+
+def _reason_kind(reason: str) -> str:
+    # Reasons read "kind", "kind: details" or "kind (details)"; the details differ per input.
+    return reason.split(" (")[0].split(":")[0]
+
+
+def check_samples_written(manifest: dict) -> None:
+    """A build that wrote no sample failed: raise a ShardsError naming the source, its kind and
+    the commonest reasons its inputs were rejected, with an example of each.
+
+    Applied to what a whole build wrote (a single-part build, or ``merge``): one part of a split
+    build may well write nothing while the others write plenty.
+    """
+    totals, build = manifest["totals"], manifest["build"]
+    if totals["samples"]:
+        return
+    examples: dict[str, str] = {}
+    for entry in manifest["rejected"]:
+        examples.setdefault(_reason_kind(entry["reason"]), entry["source"])
+    reasons = list(rejection_reasons(manifest["rejected"]).items())
+    listed = ", ".join(f"{count} {kind} (e.g. {examples[kind]})" for kind, count in reasons[:3])
+    more = f", {sum(count for _, count in reasons[3:])} for other reasons" if reasons[3:] else ""
+    raise ShardsError(f"SRC {build['source']} ({build['source_kind']}): 0 of {totals['inputs']} inputs written; "
+                      f"rejected: {listed}{more}")
 
 
 def merge_parts(layout: OutputLayout) -> dict:
@@ -74,7 +145,7 @@ def merge_parts(layout: OutputLayout) -> dict:
     paths = layout.part_manifests()
     if not paths:
         raise ShardsError(f"{layout.out}: no {layout.split}.part-*.json manifests to merge")
-    parts = [json.loads(p.read_text()) for p in paths]
+    parts = [read_manifest(p) for p in paths]
     first = parts[0]
     plan = {k: v for k, v in first["build"].items()}
     for path, part in zip(paths, parts):
@@ -85,10 +156,11 @@ def merge_parts(layout: OutputLayout) -> dict:
     records = [dict(shard, **_part_detail(part, shard)) for part in parts for shard in part["shards"]]
     _check_shards(layout, records, plan, first["source_totals"])
     manifest = compose_manifest(plan, first["classes"], records, first["source_totals"])
+    check_samples_written(manifest)  # the part manifests stay: they say what each part rejected
     write_manifest(layout.manifest, manifest)
     for path in paths:
         path.unlink()
-    shutil.rmtree(layout.build_dir, ignore_errors=True)
+    remove_build_folder(layout)
     return manifest
 
 

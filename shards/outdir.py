@@ -13,9 +13,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .durable import write_text_atomic
 from .errors import ShardsError
 from .plan import BuildPlan, part_shards
-from .tarwriter import write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def prepare_output(layout: OutputLayout, plan: BuildPlan, part_id: int, resume: 
             "pass --overwrite to replace them"
         )
     (layout.build_dir / "shards").mkdir(parents=True, exist_ok=True)
-    write_json_atomic(plan_path, json.dumps(plan.to_json(), indent=1, sort_keys=True))
+    write_text_atomic(plan_path, json.dumps(plan.to_json(), indent=1, sort_keys=True))
     return True
 
 
@@ -124,3 +124,21 @@ def _remove_previous(layout: OutputLayout, plan: BuildPlan, part_id: int) -> Non
         name = plan.shard_name(shard)
         for path in (*layout.shard_files(name), layout.record(name)):
             path.unlink(missing_ok=True)
+
+
+def discard_build(layout: OutputLayout, plan: BuildPlan) -> None:
+    """Remove what a single-part build of ``plan`` wrote (its shards, indexes and build folder),
+    leaving OUT as a fresh build would find it."""
+    for shard in range(plan.num_shards):
+        for path in layout.shard_files(plan.shard_name(shard)):
+            path.unlink(missing_ok=True)
+    remove_build_folder(layout)
+
+
+def remove_build_folder(layout: OutputLayout) -> None:
+    """Remove ``OUT/.build/<split>``, and ``OUT/.build`` when no other split's build is in it."""
+    shutil.rmtree(layout.build_dir, ignore_errors=True)
+    try:
+        layout.build_dir.parent.rmdir()
+    except OSError:
+        pass

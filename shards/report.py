@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .manifest import load_manifest
-from .verify import read_index
+from .dali_index import read_index
+from .manifest import load_manifest, rejection_reasons
 
 
 def print_build_summary(result) -> None:
@@ -27,6 +27,8 @@ def print_build_summary(result) -> None:
         print(f"  rejected {rejected['source']}: {rejected['reason']}")
     if len(manifest["rejected"]) > 20:
         print(f"  ... {len(manifest['rejected']) - 20} more rejected inputs listed in the manifest")
+    if "part" in manifest and not totals["samples"]:
+        print("  note: this part wrote no sample; `merge` fails if the whole build wrote none")
     print(f"  manifest: {result.manifest_path}")
 
 
@@ -48,20 +50,12 @@ def inspect_shards(out: Path, split: str, max_shards: int = 32) -> None:
     print(f"  images per class: min {counts[smallest]} ({classes[smallest]}), median "
           f"{statistics.median(counts):.0f}, max {counts[largest]} ({classes[largest]}); "
           f"{sum(c == 0 for c in counts)} classes empty")
-    print(f"  rejected: {totals['rejected']} {_counts(_by_reason(manifest['rejected']))}; "
+    print(f"  rejected: {totals['rejected']} {_counts(rejection_reasons(manifest['rejected']))}; "
           f"re-encoded: {totals['reencoded']} {_counts(manifest['reencoded'])}")
     mixing = shuffle_quality(Path(out), shards[:: max(1, len(shards) // max_shards)], counts)
     print(f"  shuffle ({mixing['shards']} shards read): distinct classes per shard {mixing['distinct']:.1f} "
           f"(a uniformly random order gives {mixing['distinct_random']:.1f}); neighbours of different class "
           f"{mixing['changes']:.3f} (random: {mixing['changes_random']:.3f})")
-
-
-def _by_reason(rejected: list[dict]) -> dict:
-    reasons: dict = {}
-    for entry in rejected:
-        reason = entry["reason"].split(" (")[0].split(":")[0]
-        reasons[reason] = reasons.get(reason, 0) + 1
-    return reasons
 
 
 def shard_labels(out: Path, shard: dict) -> list[int]:

@@ -1,4 +1,4 @@
-"""What SRC is, and the inputs it holds.
+"""The inputs SRC holds (shards/detect.py tells what kind of source it is).
 
 Folders (an ImageFolder tree ``SRC/<wnid>/<file>``, or a flat folder plus ``--labels``) are
 listed up front and read by random access. Tars (the ILSVRC2012 train tar of class tars, the
@@ -12,10 +12,10 @@ import hashlib
 import os
 import re
 import tarfile
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator, NamedTuple
 
+from .detect import SourceSpec
 from .errors import ShardsError
 from .labels import ValLabels
 
@@ -31,62 +31,6 @@ class InputItem(NamedTuple):
     source: str  # relative to SRC; inside an archive for tars
     locator: tuple[str, int, int]
     rejected: str | None = None  # set when the input is refused before its bytes are read
-
-
-@dataclass(frozen=True)
-class SourceSpec:
-    """The detected kind of SRC."""
-
-    kind: str  # imagefolder | flat-folder | tar-of-tars | flat-tar | foldered-tar
-    path: Path
-    labels: ValLabels | None
-
-    @property
-    def streaming(self) -> bool:
-        return self.kind.endswith("tar") or self.kind == "tar-of-tars"
-
-
-def detect_source(path: Path, labels: ValLabels | None) -> SourceSpec:
-    """Name the kind of SRC, or explain why it is none of the supported ones."""
-    path = Path(path)
-    if not path.exists():
-        raise ShardsError(f"SRC {path}: no such file or folder")
-    if path.is_dir():
-        kind = _folder_kind(path)
-    elif tarfile.is_tarfile(path) or path.name.endswith((".tar.gz", ".tgz")):
-        kind = _tar_kind(path)
-    else:
-        raise ShardsError(f"SRC {path}: neither a folder nor a tar archive")
-    if kind.startswith("flat") and labels is None:
-        raise ShardsError(
-            f"SRC {path} holds images without class folders ({kind}): give --labels "
-            "LOC_val_solution.csv or the ILSVRC2012 devkit"
-        )
-    return SourceSpec(kind, path, labels)
-
-
-def _folder_kind(path: Path) -> str:
-    entries = list(os.scandir(path))
-    if any(entry.is_dir() for entry in entries):
-        return "imagefolder"
-    if any(entry.is_file() for entry in entries):
-        return "flat-folder"
-    raise ShardsError(f"SRC {path}: the folder is empty")
-
-
-def _tar_kind(path: Path) -> str:
-    try:
-        with tarfile.open(path, "r|*") as archive:
-            for member in archive:
-                if not member.isfile():
-                    continue
-                name = member.name.removeprefix("./")
-                if name.endswith(".tar"):
-                    return "tar-of-tars"
-                return "foldered-tar" if "/" in name else "flat-tar"
-    except (tarfile.TarError, OSError, EOFError) as error:
-        raise ShardsError(f"SRC {path}: not a readable tar archive ({error})") from None
-    raise ShardsError(f"SRC {path}: the archive holds no files")
 
 
 def sample_key(wnid: str | None, relative: str) -> str:
@@ -130,7 +74,7 @@ def _folder_item(spec: SourceSpec, relative_dir: PurePosixPath, name: str, path:
 def _labelled_item(labels: ValLabels, source: str, name: str, locator) -> InputItem:
     stem = name.split(".")[0]
     wnid = labels.wnid_by_stem.get(stem)
-    reason = None if wnid else f"no label for {stem} in {labels.source}"
+    reason = None if wnid else f"no label: {stem} is not in {labels.source}"
     return InputItem(sample_key(None, name), wnid, source, locator, reason)
 
 

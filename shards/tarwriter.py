@@ -18,9 +18,12 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from .dali_index import index_line, write_index
+# fsync_directory is re-exported for pipeline/checkpoint.py until it imports shards.durable.
+from .durable import fsync_directory
+
 BLOCK = 512
 RECORD = 20 * BLOCK  # GNU tar and Python's tarfile pad archives to whole 10 KiB records
-INDEX_VERSION = "v1.2"
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,6 @@ class ShardTarWriter:
     def __init__(self, tar_path: Path, index_path: Path):
         self.tar_path, self.index_path = Path(tar_path), Path(index_path)
         self._tmp_tar = self.tar_path.with_name(f".tmp-{self.tar_path.name}")
-        self._tmp_index = self.index_path.with_name(f".tmp-{self.index_path.name}")
         self._sink = _HashingSink(self._tmp_tar)
         self._offset = 0
         self._index_lines: list[str] = []
@@ -65,22 +67,17 @@ class ShardTarWriter:
         for extension, data in fields:
             name = f"{key}.{extension}"
             parts += (_header(name, len(data)), data, b"\0" * (-len(data) % BLOCK))
-            entries.append(f"{extension} {offset + BLOCK} {len(data)} {name}")
+            entries.append((extension, offset + BLOCK, len(data), name))
             offset += BLOCK + len(data) + (-len(data) % BLOCK)
         self._write(b"".join(parts))  # one hand-off to the hashing thread per sample
-        self._index_lines.append(" ".join(entries))
+        self._index_lines.append(index_line(entries))
 
     def close(self) -> WrittenShard:
         """Finish the archive, write the index, fsync both and rename them into place."""
         self._write(b"\0" * (2 * BLOCK))
         self._write(b"\0" * (-self._offset % RECORD))
         sha256 = self._sink.close()
-        lines = [f"{INDEX_VERSION} {len(self._index_lines)}", *self._index_lines]
-        with open(self._tmp_index, "w") as index_file:
-            index_file.write("\n".join(lines) + "\n")
-            index_file.flush()
-            os.fsync(index_file.fileno())
-        os.replace(self._tmp_index, self.index_path)
+        write_index(self.index_path, self._index_lines)  # the index first: a tar never lacks one
         os.replace(self._tmp_tar, self.tar_path)
         fsync_directory(self.tar_path.parent)
         self.written = WrittenShard(
@@ -90,10 +87,9 @@ class ShardTarWriter:
         return self.written
 
     def abort(self) -> None:
-        """Drop the partial files."""
+        """Drop the partial tar."""
         self._sink.close(ignore_errors=True)
-        for path in (self._tmp_tar, self._tmp_index):
-            path.unlink(missing_ok=True)
+        self._tmp_tar.unlink(missing_ok=True)
 
     def _write(self, data: bytes) -> None:
         self._sink.put(data)
@@ -153,26 +149,3 @@ def _header(name: str, size: int) -> bytes:
     checksum = sum(before) + sum(_AFTER_CHECKSUM) + 8 * ord(" ")
     return before + b"%06o\0 " % checksum + _AFTER_CHECKSUM
 
-
-def fsync_directory(path: Path) -> None:
-    """Make renames inside ``path`` durable."""
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def write_json_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the whole new one.
-
-    The temporary name is unique per process: parts of a split build started at the same time
-    (a Slurm array) all write the same plan.json.
-    """
-    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}.{threading.get_ident()}")
-    with open(tmp, "w") as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(tmp, path)
-    fsync_directory(path.parent)

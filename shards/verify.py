@@ -12,22 +12,8 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from .dali_index import read_index
 from .manifest import load_manifest
-from .tarwriter import INDEX_VERSION
-
-
-def read_index(path: Path) -> list[list[tuple[str, int, int, str]]]:
-    """A DALI wds2idx v1.2 index: per sample, its (extension, offset, size, name) entries."""
-    lines = Path(path).read_text().splitlines()
-    version, count = lines[0].split()
-    if version != INDEX_VERSION or int(count) != len(lines) - 1:
-        raise ValueError(f"header {lines[0]!r} does not match {len(lines) - 1} entries")
-    samples = []
-    for line in lines[1:]:
-        fields = line.split()
-        samples.append([(fields[i], int(fields[i + 1]), int(fields[i + 2]), fields[i + 3])
-                        for i in range(0, len(fields), 4)])
-    return samples
 
 
 def verify_shards(out: Path, split: str, *, decode: bool = False, progress: bool = True) -> int:

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .durable import write_text_atomic
 from .errors import ShardsError
 from .images import ImageOptions, PreparedImage, RejectedImage, prepare_image
 from .outdir import OutputLayout
 from .plan import DIGEST_MODULUS, BuildPlan, input_digest, shard_order
 from .sources import InputItem
 from .spill import read_spill
-from .tarwriter import ShardTarWriter, write_json_atomic
+from .tarwriter import ShardTarWriter
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,7 @@ def _write_one(job, plan, layout, class_index, results, strict, on_image) -> Non
                 ])
             on_image(len(result.jpeg) if isinstance(result, PreparedImage) else 0)
     record = {**vars(writer.written), **tally.as_record()}
-    write_json_atomic(layout.record(name), json.dumps(record, sort_keys=True))
+    write_text_atomic(layout.record(name), json.dumps(record, sort_keys=True))
     job.done()
 
 
@@ -195,7 +196,7 @@ class _ShardTally:
         self.digest = (self.digest + input_digest(item.source)) % DIGEST_MODULUS
         reason = result.reason if isinstance(result, RejectedImage) else None
         if reason is None and item.key in self._sources_by_key:
-            reason = f"duplicate sample key {item.key} (also {self._sources_by_key[item.key]})"
+            reason = f"duplicate sample key: {item.key} (also {self._sources_by_key[item.key]})"
         if reason:
             self.rejected.append([item.source, reason])
             return reason

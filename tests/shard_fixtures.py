@@ -144,3 +144,71 @@ def write_devkit(folder: Path, wnids: list[str], ground_truth_wnids: list[str]) 
     scipy.io.savemat(data / "meta.mat", {"synsets": synsets})
     (data / "ILSVRC2012_validation_ground_truth.txt").write_text("".join(f"{ids[w]}\n" for w in ground_truth_wnids))
     return data.parent
+
+
+# The official CIFAR archives (https://www.cs.toronto.edu/~kriz/cifar.html): member names as
+# published, contents a few records of each file's real format (not 10,000).
+_CIFAR_MEMBERS = {
+    "cifar-10-batches-bin": ["data_batch_1.bin", "batches.meta.txt", "data_batch_3.bin", "data_batch_4.bin",
+                             "test_batch.bin", "readme.html", "data_batch_5.bin", "data_batch_2.bin"],
+    "cifar-100-binary": ["coarse_label_names.txt", "fine_label_names.txt", "test.bin", "train.bin"],
+    "cifar-10-batches-py": ["data_batch_4", "readme.html", "test_batch", "data_batch_3", "batches.meta",
+                            "data_batch_2", "data_batch_5", "data_batch_1"],
+    "cifar-100-python": ["file.txt~", "train", "test", "meta"],
+}
+CIFAR_ARCHIVES = {  # official file name -> its top folder
+    "cifar-10-binary.tar.gz": "cifar-10-batches-bin",
+    "cifar-100-binary.tar.gz": "cifar-100-binary",
+    "cifar-10-python.tar.gz": "cifar-10-batches-py",
+    "cifar-100-python.tar.gz": "cifar-100-python",
+}
+
+
+def _cifar_file(top: str, name: str, records: int, rng: np.random.Generator) -> bytes:
+    """One file of a CIFAR archive: fixed-size records (label bytes + 3072 pixel bytes) for the
+    binary versions, pickled dicts (protocol 2, as the originals) for the python versions."""
+    import pickle
+
+    pixels = rng.integers(0, 256, size=(records, 3072), dtype=np.uint8)
+    if name.endswith((".txt", ".html", "~")):
+        return b"airplane\nautomobile\nbird\n" if name.endswith(".txt") else b"<html>CIFAR</html>\n"
+    if name.endswith(".bin"):
+        label_bytes = 1 if top == "cifar-10-batches-bin" else 2  # CIFAR-100: coarse then fine label
+        labels = rng.integers(0, 10, size=(records, label_bytes), dtype=np.uint8)
+        return np.concatenate([labels, pixels], axis=1).tobytes()
+    if "meta" in name:
+        entry = {b"label_names": [b"airplane", b"bird"], b"num_cases_per_batch": records, b"num_vis": 3072}
+        if top == "cifar-100-python":
+            entry = {b"fine_label_names": [b"apple", b"bed"], b"coarse_label_names": [b"fruit", b"furniture"]}
+    else:
+        labels = rng.integers(0, 10, size=records).tolist()
+        entry = {b"batch_label": f"{name} batch".encode(), b"data": pixels,
+                 b"filenames": [f"image_{i}.png".encode() for i in range(records)]}
+        entry.update({b"fine_labels": labels, b"coarse_labels": labels} if top == "cifar-100-python"
+                     else {b"labels": labels})
+    return pickle.dumps(entry, protocol=2)
+
+
+def cifar_files(top: str, *, records: int = 3) -> dict[str, bytes]:
+    """``<top folder>/<file>`` -> bytes of one official CIFAR archive, in its member order."""
+    rng = np.random.default_rng(len(top))
+    return {f"{top}/{name}": _cifar_file(top, name, records, rng) for name in _CIFAR_MEMBERS[top]}
+
+
+def make_cifar_archive(path: Path, top: str, *, records: int = 3) -> Path:
+    """A CIFAR ``.tar.gz`` laid out as the official one: the top folder, then its files."""
+    with tarfile.open(path, "w:gz") as archive:
+        folder = tarfile.TarInfo(top)
+        folder.type = tarfile.DIRTYPE
+        archive.addfile(folder)
+        for name, data in cifar_files(top, records=records).items():
+            _add(archive, name, data)
+    return Path(path)
+
+
+def make_foldered_tar(path: Path, files: dict[str, bytes], *, gzip: bool = False) -> Path:
+    """A tar of ``<folder>/<file>`` members, in the order given."""
+    with tarfile.open(path, "w:gz" if gzip else "w") as archive:
+        for name, data in files.items():
+            _add(archive, name, data)
+    return Path(path)

@@ -4,11 +4,12 @@ its DALI index (present, not stale), the class count and the batch size. Problem
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from shards.verify import read_index
+from shards.dali_index import read_index
+from shards.errors import ShardsError
+from shards.manifest import load_manifest
 
 
 class LoaderError(ValueError):
@@ -30,18 +31,13 @@ def load_split_shards(shards_dir: str | Path, split: str, *, check_indexes: bool
     """Read ``shards_dir/<split>.json`` and check that every listed tar and index exists and
     that each index matches its tar (entry count and extent) so that DALI never meets a stale one."""
     shards_dir = Path(shards_dir)
-    manifest_path = shards_dir / f"{split}.json"
-    if not manifest_path.exists():
-        raise LoaderError(f"{manifest_path}: no manifest for split {split!r}; build the shards with "
-                          f"`python -m shards build SRC {shards_dir} --split {split}`")
     try:
-        manifest = json.loads(manifest_path.read_text())
-        shards = manifest["shards"]
-        num_classes = int(manifest["num_classes"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-        raise LoaderError(f"{manifest_path}: not a valid shard manifest ({error})") from None
+        manifest = load_manifest(shards_dir, split)  # its message names the file and the fix
+    except ShardsError as error:
+        raise LoaderError(str(error)) from None
+    shards, num_classes = manifest["shards"], manifest["num_classes"]
     if not shards:
-        raise LoaderError(f"{manifest_path}: lists no shards")
+        raise LoaderError(f"{shards_dir / f'{split}.json'}: lists no shards")
     for shard in shards:
         _check_shard_files(shards_dir, shard, check_indexes=check_indexes)
     counts = [int(s["samples"]) for s in shards]

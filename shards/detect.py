@@ -1,0 +1,186 @@
+"""What SRC is: its layout, told from its first files before any work is done.
+
+Only the first files are looked at (a 140 GB tar is not read to its end, and a .tar.gz is read
+as a stream), but enough of them to tell whether SRC holds images at all: a source that holds
+none (the CIFAR archives, a folder of annotations) is an error that says what it does hold,
+not a build that rejects every input.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from collections import Counter
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterator
+
+from .errors import ShardsError
+from .labels import ValLabels
+
+# The extension is only a hint (ImageNet has a PNG named .JPEG): a file named otherwise still
+# counts as an image when its first bytes are those of a format Pillow reads.
+_IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".tif", ".tiff",
+                               ".webp", ".ppm", ".pgm", ".pbm", ".pnm"})
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\0", b"MM\0*")
+_SAMPLE_FILES = 32  # files looked at before deciding that SRC holds no images...
+_SAMPLE_BYTES = 64 << 20  # ...nor further into a tar than this (a .tar.gz is decompressed to get there)
+_CIFAR = {  # top folder of each official CIFAR archive -> what it is
+    "cifar-10-batches-bin": "CIFAR-10 (binary version)",
+    "cifar-100-binary": "CIFAR-100 (binary version)",
+    "cifar-10-batches-py": "CIFAR-10 (python version)",
+    "cifar-100-python": "CIFAR-100 (python version)",
+}
+_KNOWN_LAYOUTS = ("not a layout `shards build` knows (an ImageFolder tree SRC/<wnid>/<image>, a tar of class "
+                  "tars, a tar of <wnid>/<image>, a flat folder or tar of images with --labels)")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """The detected kind of SRC."""
+
+    kind: str  # imagefolder | flat-folder | tar-of-tars | flat-tar | foldered-tar
+    path: Path
+    labels: ValLabels | None
+
+    @property
+    def streaming(self) -> bool:
+        return self.kind.endswith("tar") or self.kind == "tar-of-tars"
+
+
+def detect_source(path: Path, labels: ValLabels | None) -> SourceSpec:
+    """Name the kind of SRC, or explain why it is none of the supported ones."""
+    path = Path(path)
+    if not path.exists():
+        raise ShardsError(f"SRC {path}: no such file or folder")
+    if path.is_dir():
+        kind = _folder_kind(path)
+    elif tarfile.is_tarfile(path) or path.name.endswith((".tar.gz", ".tgz")):
+        kind = _tar_kind(path)
+    else:
+        raise ShardsError(f"SRC {path}: neither a folder nor a tar archive")
+    if kind.startswith("flat") and labels is None:
+        raise ShardsError(
+            f"SRC {path} holds images without class folders ({kind}): give --labels "
+            "LOC_val_solution.csv or the ILSVRC2012 devkit"
+        )
+    return SourceSpec(kind, path, labels)
+
+
+def _looks_like_image(name: str, read_head: Callable[[], bytes]) -> bool:
+    """Whether a file is an image by its extension or, failing that, its first 16 bytes."""
+    if PurePosixPath(name).suffix.lower() in _IMAGE_EXTENSIONS:
+        return True
+    head = read_head()
+    return head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+
+
+def _folder_kind(path: Path) -> str:
+    with os.scandir(path) as entries:
+        has_folders = any(entry.is_dir() for entry in entries)
+    looked_at = []
+    files = _folder_files(path)
+    for relative, full in islice(files, _SAMPLE_FILES):
+        if _looks_like_image(relative, lambda: _head(full)):
+            return "imagefolder" if has_folders else "flat-folder"
+        looked_at.append(relative)
+    if not looked_at:
+        raise ShardsError(f"SRC {path}: no files in it or its class folders")
+    complete = next(files, None) is None
+    raise _holds_no_images(path, "folder", looked_at, complete, also_named=(path.resolve().name,))
+
+
+def _folder_files(folder: Path) -> Iterator[tuple[str, str]]:
+    """(path relative to ``folder``, full path) of its files, in the order the build lists them."""
+    for directory, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        for name in sorted(filenames):
+            full = os.path.join(directory, name)
+            yield os.path.relpath(full, folder), full
+
+
+def _head(path: str) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            return file.read(16)
+    except OSError:
+        return b""  # unreadable: no evidence of an image (the build rejects it with the reason)
+
+
+def _tar_kind(path: Path) -> str:
+    looked_at: list[str] = []
+    complete = False
+    try:
+        with tarfile.open(path, "r|*") as archive:
+            for name, in_class_tar, is_image, end in _tar_files(archive):
+                if is_image:
+                    return "tar-of-tars" if in_class_tar else "foldered-tar" if "/" in name else "flat-tar"
+                looked_at.append(name)
+                if len(looked_at) == _SAMPLE_FILES or end > _SAMPLE_BYTES:
+                    break
+            else:
+                complete = True
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise ShardsError(f"SRC {path}: not a readable tar archive ({error})") from None
+    if not looked_at:
+        raise ShardsError(f"SRC {path}: the archive holds no files")
+    raise _holds_no_images(path, "tar", looked_at, complete)
+
+
+def _tar_files(archive: tarfile.TarFile) -> Iterator[tuple[str, bool, bool, int]]:
+    """(name, inside a class tar, looks like an image, stream position after it) of each file of
+    a tar stream; the files of a class tar are named ``<class tar>/<file>``."""
+    for member in archive:
+        if not member.isfile():
+            continue
+        name = member.name.removeprefix("./")
+        if name.endswith(".tar"):
+            yield from _class_tar_files(archive, member, name)
+        else:
+            is_image = _looks_like_image(name, lambda: archive.extractfile(member).read(16))
+            yield name, False, is_image, member.offset_data + member.size
+
+
+def _class_tar_files(archive: tarfile.TarFile, member: tarfile.TarInfo, name: str):
+    start = member.offset_data
+    try:
+        with tarfile.open(fileobj=archive.extractfile(member), mode="r|") as inner:
+            for image in inner:
+                if image.isfile():
+                    inside = image.name.removeprefix("./")
+                    is_image = _looks_like_image(inside, lambda: inner.extractfile(image).read(16))
+                    yield f"{name}/{inside}", True, is_image, start + image.offset_data + image.size
+    except tarfile.TarError:
+        # A damaged class tar: looked at, no image found in it (the build rejects it, with why).
+        yield name, True, False, start + member.size
+
+
+def _holds_no_images(path: Path, container: str, names: list[str], complete: bool,
+                     also_named: tuple[str, ...] = ()) -> ShardsError:
+    """The error for a SRC whose files looked at are not images, saying what they are."""
+    folders = {*also_named, *(PurePosixPath(name).parts[0] for name in names)}
+    cifar = sorted(folders & _CIFAR.keys())
+    if cifar:
+        return ShardsError(
+            f"SRC {path}: {_CIFAR[cifar[0]]} data (`{cifar[0]}/`): the CIFAR archives hold pixel arrays, not "
+            "image files, and this version of `shards build` does not read them; write the images out as an "
+            "ImageFolder tree (SRC/<class>/<n>.png) and build from that"
+        )
+    which = f"{len(names)} files" if complete else f"first {len(names)} files"
+    return ShardsError(f"SRC {path}: a {container} whose {which} are {_describe(names)}, not images: "
+                       f"{_KNOWN_LAYOUTS}")
+
+
+def _describe(names: list[str]) -> str:
+    """The commonest name patterns among ``names``: '`data/*.bin` (5), `*.txt` (1)'."""
+    patterns = Counter(_pattern(name) for name in names).most_common()
+    shown = ", ".join(f"`{pattern}` ({count})" for pattern, count in patterns[:3])
+    rest = sum(count for _, count in patterns[3:])
+    return shown + (f" and {rest} more" if rest else "")
+
+
+def _pattern(name: str) -> str:
+    path = PurePosixPath(name)
+    wildcard = f"*{path.suffix}"
+    return wildcard if str(path.parent) == "." else f"{path.parent}/{wildcard}"

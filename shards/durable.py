@@ -1,0 +1,62 @@
+"""Durable file writes: what is written here is on disk, under its final name, before the call
+returns, so that a crash or a kill leaves the old file or the whole new one, never a torn one.
+
+A rename is only durable once the folder that holds it is fsynced too; every function here that
+creates or renames a name does that.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+
+def fsync_directory(folder: Path) -> None:
+    """Make the creations, renames and deletions inside ``folder`` durable."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a file that is already written (by this process or another) to the disk."""
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file and folder below ``folder``, then ``folder`` itself, so that the whole
+    tree survives a crash."""
+    folder = Path(folder)
+    # Deepest first: a folder is flushed after everything inside it.
+    for path in sorted(folder.rglob("*"), key=lambda p: (-len(p.parts), str(p))):
+        if path.is_symlink():
+            continue
+        if path.is_file():
+            fsync_file(path)
+        elif path.is_dir():
+            fsync_directory(path)
+    fsync_directory(folder)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the whole new one.
+
+    The temporary name is unique per process and thread: parts of a split build started at the
+    same time (a Slurm array) all write the same plan.json into the same folder.
+    """
+    path = Path(path)
+    temporary = path.with_name(f".tmp-{path.name}.{os.getpid()}.{threading.get_ident()}")
+    try:
+        with open(temporary, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
