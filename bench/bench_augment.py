@@ -110,7 +110,7 @@ def dali_decode_torch_resize_graph():
     augmentation = Augmentation(image_size=SIZE)
 
     def outputs(jpegs):  # the shipped CPU graph: ROI decode + the coin flip
-        return image_graph(jpegs, training=True, augmentation=augmentation, decoder_device="cpu", normalize=False,
+        return image_graph(jpegs, training=True, augmentation=augmentation, decoder="cpu",
                            hw_decoder_load=0.0, preallocate_hint=(0, 0))
 
     def finish(batch):

@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_shards import make_photos  # noqa: E402
-from pipeline.data import create_loader, torch_backend  # noqa: E402
+from pipeline.data import Augmentation, LoaderOptions, create_loader, torch_backend  # noqa: E402
 from shards.cli import main as shards_main  # noqa: E402
 
 
@@ -68,8 +68,9 @@ def started_loader(shards: Path, *, backend: str, device: str, batch_size: int, 
         with mock.patch.object(torch_backend, "_transform", pillow_transform), \
                 mock.patch.object(torch_backend, "_prepare", pillow_prepare):
             return started_loader(shards, backend="torch", device=device, batch_size=batch_size, threads=threads)
-    loader, steps = create_loader(shards, "train", batch_size=batch_size, image_size=224, rank=0, world_size=1,
-                                  device=device, seed=0, backend=backend, num_threads=threads)
+    loader, steps = create_loader(shards, "train", augmentation=Augmentation(image_size=224),
+                                  options=LoaderOptions(batch_size=batch_size, backend=backend, num_threads=threads),
+                                  rank=0, world_size=1, device=device, seed=0)
     time_epoch(loader, steps=steps, batch_size=batch_size, device=device)
     return loader, steps
 

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_loader import build  # noqa: E402
-from pipeline.data import create_loader  # noqa: E402
+from pipeline.data import Augmentation, LoaderOptions, create_loader  # noqa: E402
 from pipeline.mix import MixSampler  # noqa: E402
 from pipeline.models import create_model  # noqa: E402
 from pipeline.optim import create_optimizer  # noqa: E402
@@ -36,9 +36,10 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 def steps_per_second(shards: Path, *, backend: str, args, accelerator, model, optimizer) -> float:
     """Timed update rate of one backend (CutMix on, as in training)."""
-    loader, steps = create_loader(shards, "train", batch_size=args.batch_size, image_size=args.image_size, rank=0,
-                                  world_size=1, device=accelerator.device, seed=0, backend=backend,
-                                  num_threads=args.threads, num_classes=args.num_classes)
+    loader, steps = create_loader(shards, "train", augmentation=Augmentation(image_size=args.image_size),
+                                  options=LoaderOptions(batch_size=args.batch_size, backend=backend,
+                                                        num_threads=args.threads),
+                                  rank=0, world_size=1, device=accelerator.device, seed=0, num_classes=args.num_classes)
     sampler = MixSampler(mode="cutmix", seed=0, rank=0)
     mix = MixOptions(mean=MEAN, std=STD, num_classes=args.num_classes, label_smoothing=0.0,
                      out_dtype=torch.bfloat16 if args.precision == "bf16" else torch.float32,

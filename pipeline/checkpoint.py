@@ -16,12 +16,13 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from shards.tarwriter import fsync_directory
+from shards.durable import fsync_directory, fsync_tree, write_text_atomic
 
 from .errors import TrainError
 
 COMPLETE = "COMPLETE"
 STATE = "state.json"
+LOADER_STATE = "loader-rank{rank}.json"  # each rank's train loader position (DALI's own checkpoint inside)
 
 
 @dataclass
@@ -41,8 +42,10 @@ def checkpoint_name(state: TrainState) -> str:
     return name if state.step_in_epoch == 0 else f"{name}-step-{state.step_in_epoch:06d}"
 
 
-def save_checkpoint(accelerator, run_dir: Path, state: TrainState, *, keep: int) -> Path:
-    """Save model, optimizer, scheduler, RNG (Accelerate) and ``state``; called by every rank."""
+def save_checkpoint(accelerator, run_dir: Path, state: TrainState, *, keep: int,
+                    loader_state: dict | None = None) -> Path:
+    """Save model, optimizer, scheduler, RNG (Accelerate), ``state`` and each rank's
+    ``loader_state`` (the train loader's ``state_dict()``); called by every rank."""
     root = Path(run_dir) / "checkpoints"
     name = checkpoint_name(state)
     tmp, final = root / f"tmp-{name}", root / name
@@ -51,11 +54,13 @@ def save_checkpoint(accelerator, run_dir: Path, state: TrainState, *, keep: int)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()  # every rank's RNG file is in tmp
+    if loader_state is not None:
+        (tmp / LOADER_STATE.format(rank=accelerator.process_index)).write_text(json.dumps(loader_state))
+    accelerator.wait_for_everyone()  # every rank's RNG and loader files are in tmp
     if accelerator.is_main_process:
         (tmp / STATE).write_text(json.dumps(asdict(state), indent=1))
-        _fsync_tree(tmp)
-        _write_synced(tmp / COMPLETE, "ok\n")  # last: its presence means every file above is on disk
+        fsync_tree(tmp)
+        write_text_atomic(tmp / COMPLETE, "ok\n")  # last: its presence means every file above is on disk
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -70,8 +75,7 @@ def valid_checkpoints(run_dir: Path) -> list[Path]:
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith("tmp-")
-             and (p / COMPLETE).is_file() and (p / STATE).is_file()]
+    found = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith("tmp-") and is_complete_checkpoint(p)]
     return sorted(found, key=lambda p: read_state(p).global_step)
 
 
@@ -83,6 +87,23 @@ def read_state(checkpoint: Path) -> TrainState:
         raise TrainError(f"{checkpoint}: not a checkpoint of this pipeline ({error})") from None
 
 
+def read_loader_state(checkpoint: Path, *, rank: int) -> dict | None:
+    """Rank ``rank``'s train loader state in ``checkpoint``; None when it has none (another world
+    size, or a checkpoint of an older version): the loader then starts the epoch from its seed."""
+    path = Path(checkpoint) / LOADER_STATE.format(rank=rank)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        raise TrainError(f"{path}: unreadable loader state ({error}); resume from another checkpoint") from None
+
+
+def is_complete_checkpoint(folder: Path) -> bool:
+    """Whether ``folder`` is a checkpoint whose save finished (its marker and state are there)."""
+    return (Path(folder) / COMPLETE).is_file() and (Path(folder) / STATE).is_file()
+
+
 def find_resume_checkpoint(resume: str, run_dir: Path) -> Path | None:
     """``auto``: the newest complete checkpoint of the run (None if there is none); ``none``:
     None; otherwise the given folder, which must be a complete checkpoint."""
@@ -92,7 +113,7 @@ def find_resume_checkpoint(resume: str, run_dir: Path) -> Path | None:
         found = valid_checkpoints(run_dir)
         return found[-1] if found else None
     folder = Path(resume)
-    if not (folder / COMPLETE).is_file() or not (folder / STATE).is_file():
+    if not is_complete_checkpoint(folder):
         raise TrainError(f"run.resume: {folder} is not a complete checkpoint (no {COMPLETE} and {STATE} in it)")
     return folder
 
@@ -113,19 +134,3 @@ def prune_checkpoints(root: Path, *, keep: int) -> None:
         # The marker goes first, so a kill in the middle leaves a folder that is ignored.
         (old / COMPLETE).unlink()
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync_tree(folder: Path) -> None:
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-    fsync_directory(folder)
-
-
-def _write_synced(path: Path, text: str) -> None:
-    with open(path, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-

@@ -1,26 +1,29 @@
 """The training config: one typed dataclass per section, YAML recipes over the defaults, then
-``section.key=value`` overrides. Unknown keys and wrong types are errors that name the key.
+``section.key=value`` overrides. Unknown keys, wrong types and values outside a field's rules
+(``config_rules``) are errors that name the key, raised before anything is built.
 
     config = resolve_config(config_file="configs/imagenet1k/resnet50_cutmix.yaml",
                             overrides=["optim.base_lr=0.2", "run.out_dir=runs/x"])
 
 A YAML file may start with ``base: other.yaml`` (relative to itself): the recipes are a small base
 plus deltas. The defaults below are the paper's ImageNet ResNet-50 recipe without mixing.
+Values are read by each field's declared type (``config_values``): ``run.mixed_precision=no``
+is the text "no", not YAML 1.1's boolean.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import yaml
 
+from .config_rules import validate
+from .config_values import coerce, load_yaml
 from .errors import ConfigError
-from .mix.sampler import PARTNER_CHOICES, PER_CHOICES, SAMPLER_MODES
 
 
 @dataclass
@@ -92,7 +95,9 @@ class LoaderConfig:
 class RunConfig:
     out_dir: str = "runs/default"  # run folder: config, metrics, checkpoints, weights, plots
     seed: int = 0  # everything random derives from (seed, epoch, rank)
-    mixed_precision: str = "bf16"  # "bf16", "no" or "auto" (bf16 on CUDA, full precision elsewhere)
+    # "auto": bf16 on CUDA, full precision elsewhere (a CPU without native bf16 takes minutes per
+    # ResNet-50 step in bf16); "bf16" or "no" force one.
+    mixed_precision: str = "auto"
     deterministic: bool = False  # torch deterministic algorithms (exact resume on CPU; slower on GPU)
     eval_every: int = 1  # evaluate every N epochs (and always after the last)
     resume: str = "auto"  # "auto" (newest valid checkpoint in out_dir, if any), "none", or a checkpoint folder
@@ -101,6 +106,9 @@ class RunConfig:
     progress: bool = True  # tqdm bar on the main process
     log_every: int = 10  # steps between progress updates (each reads the loss: a device sync)
     max_train_steps: Optional[int] = None  # cap on steps per epoch (smoke tests, benchmarks); None = all
+    # After SIGTERM/SIGUSR1, how long a step may still take before the stop is given up on and the
+    # process ends without a checkpoint (a second SIGTERM ends it at once). Slurm warns 300 s ahead.
+    stop_grace_seconds: float = 120.0
 
 
 @dataclass
@@ -115,13 +123,14 @@ class TrainConfig:
 
 
 def resolve_config(*, config_file: str | Path | None, overrides: list[str]) -> TrainConfig:
-    """Defaults, then the YAML file (and its ``base`` chain), then ``section.key=value`` overrides."""
+    """Defaults, then the YAML file (and its ``base`` chain), then ``section.key=value`` overrides;
+    every value checked (``config_rules.validate``)."""
     values: dict[str, dict[str, Any]] = {}
     if config_file is not None:
         values = read_yaml_chain(Path(config_file))
     for override in overrides:
-        section, key, value = parse_override(override)
-        values.setdefault(section, {})[key] = value
+        section, key, text = parse_override(override)
+        values.setdefault(section, {})[key] = text
     return build_config(values)
 
 
@@ -133,9 +142,9 @@ def read_yaml_chain(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, dict[
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
     base = loaded.pop("base", None)
@@ -147,21 +156,18 @@ def read_yaml_chain(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, dict[
     return merged
 
 
-def parse_override(text: str) -> tuple[str, str, Any]:
-    """``"optim.base_lr=0.2"`` -> ("optim", "base_lr", 0.2); the value is parsed as YAML."""
+def parse_override(text: str) -> tuple[str, str, str]:
+    """``"optim.base_lr=0.2"`` -> ("optim", "base_lr", "0.2"); the text is read later by the
+    field's type (``config_values.coerce``)."""
     name, sep, raw = text.partition("=")
     section, dot, key = name.strip().partition(".")
     if not sep or not dot or not section or not key:
         raise ConfigError(f"override {text!r}: expected section.key=value (e.g. optim.base_lr=0.2)")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return section, key, value
+    return section, key, raw
 
 
 def build_config(values: dict[str, dict[str, Any]]) -> TrainConfig:
-    """A TrainConfig from nested plain values, checking every section, key and type."""
+    """A TrainConfig from nested plain values, checking every section, key, type and value."""
     sections = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
     hints = typing.get_type_hints(TrainConfig)
     built = {}
@@ -182,66 +188,11 @@ def build_config(values: dict[str, dict[str, Any]]) -> TrainConfig:
     return config
 
 
-def coerce(value: Any, expected: Any, *, name: str) -> Any:
-    """``value`` checked against the annotation ``expected`` (ints pass as floats, lists as tuples)."""
-    origin, args = typing.get_origin(expected), typing.get_args(expected)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return coerce(value, inner[0], name=name)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{name}: expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(coerce(item, args[0], name=name) for item in value)
-        if len(value) != len(args):
-            raise ConfigError(f"{name}: expected a list of {len(args)} values, got {value!r}")
-        return tuple(coerce(item, arg, name=name) for item, arg in zip(value, args))
-    if expected is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name}: expected true or false, got {value!r}")
-        return value
-    if expected is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if expected in (int, str) and isinstance(value, expected) and not isinstance(value, bool):
-        return value
-    raise ConfigError(f"{name}: expected {expected.__name__}, got {value!r} ({type(value).__name__})")
-
-
-CHOICES = {
-    "schedule.name": ("step", "cosine"),
-    "mix.mode": SAMPLER_MODES,
-    "mix.per": PER_CHOICES,
-    "mix.partner": PARTNER_CHOICES,
-    "loader.backend": ("dali", "torch", "synthetic"),
-    "run.mixed_precision": ("bf16", "no", "auto"),
-}
-POSITIVE = ("data.image_size", "loader.batch_size", "loader.num_threads", "schedule.epochs", "run.eval_every",
-            "run.keep_checkpoints", "run.log_every", "optim.reference_batch")
-
-
-def validate(config: TrainConfig) -> None:
-    """Value checks that types cannot express, each naming its key."""
-    for name, choices in CHOICES.items():
-        value = lookup(config, name)
-        if value not in choices:
-            raise ConfigError(f"{name}: must be one of {list(choices)}, got {value!r}")
-    for name in POSITIVE:
-        if lookup(config, name) < 1:
-            raise ConfigError(f"{name}: must be >= 1, got {lookup(config, name)}")
-    if config.optim.base_lr <= 0:
-        raise ConfigError(f"optim.base_lr: must be > 0, got {config.optim.base_lr}")
-    if config.mix.mode == "cutout" and config.mix.cutout_size is None:
-        raise ConfigError("mix.cutout_size: mix.mode=cutout needs a box side in pixels")
-    if list(config.schedule.milestones) != sorted(config.schedule.milestones):
-        raise ConfigError(f"schedule.milestones: must be increasing, got {list(config.schedule.milestones)}")
-
-
-def lookup(config: TrainConfig, name: str) -> Any:
-    """The value of ``section.key``."""
-    section, key = name.split(".")
-    return getattr(getattr(config, section), key)
+def field_names() -> list[str]:
+    """Every ``section.key`` of the config, in declaration order."""
+    hints = typing.get_type_hints(TrainConfig)
+    return [f"{section.name}.{entry.name}" for section in dataclasses.fields(TrainConfig)
+            for entry in dataclasses.fields(hints[section.name])]
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, dict[str, Any]]:

@@ -21,37 +21,42 @@ def normalize_batch(images: torch.Tensor, *, mean: Sequence[float], std: Sequenc
 
 def count_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """int64 [3]: (top-1 correct, top-5 correct, samples) over the rows whose label is >= 0
-    (the loader marks its padding duplicates with -1)."""
+    (the loader marks its padding duplicates with -1). Masks, not boolean indexing: indexing by
+    a mask is a device sync (its size is data)."""
     valid = labels >= 0
-    logits, labels = logits[valid].float(), labels[valid]
     k = min(5, logits.shape[1])
-    top = logits.topk(k, dim=1).indices
-    hits = top == labels[:, None]
+    top = logits.float().topk(k, dim=1).indices
+    hits = (top == labels[:, None]) & valid[:, None]
     return torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(), valid.sum()]).to(torch.int64)
+
+
+def loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """float64: the summed cross entropy of the rows whose label is >= 0 (masked, no sync)."""
+    valid = labels >= 0
+    losses = torch.nn.functional.cross_entropy(logits.float(), labels.clamp(min=0), reduction="none")
+    return torch.where(valid, losses, 0.0).sum().double()
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, *, accelerator, mean: Sequence[float], std: Sequence[float],
              dtype: torch.dtype, channels_last: bool) -> dict[str, float]:
     """Run ``loader`` (already split by rank, padding labelled -1) and all-reduce exact integer
-    counts; returns top1_err, top5_err (percent), val_loss and val_samples."""
+    counts; returns top1_err, top5_err (percent), val_loss and val_samples. The batches are
+    queued without waiting; the results are read once, at the end."""
     model.eval()
     counts = torch.zeros(3, dtype=torch.int64, device=accelerator.device)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    total_loss = torch.zeros((), dtype=torch.float64, device=accelerator.device)
     for batch in loader:
         images, labels = batch[0], batch[1]
         inputs = normalize_batch(images, mean=mean, std=std, dtype=dtype, channels_last=channels_last)
         with accelerator.autocast():
             logits = model(inputs)
         counts += count_correct(logits, labels)
-        valid = labels >= 0
-        if bool(valid.any()):
-            loss_sum += torch.nn.functional.cross_entropy(logits[valid].float(), labels[valid],
-                                                          reduction="sum").double()
+        total_loss += loss_sum(logits, labels)
     model.train()
     # Integer counts: the sum over ranks is exact, whatever the order of the reduction.
     counts = accelerator.reduce(counts, reduction="sum")
-    loss_sum = accelerator.reduce(loss_sum, reduction="sum")
+    total_loss = accelerator.reduce(total_loss, reduction="sum")
     top1, top5, samples = (int(v) for v in counts.tolist())
     return {"top1_err": 100.0 * (1 - top1 / samples), "top5_err": 100.0 * (1 - top5 / samples),
-            "val_loss": float(loss_sum) / samples, "val_samples": samples}
+            "val_loss": float(total_loss) / samples, "val_samples": samples}

@@ -3,34 +3,40 @@
 from __future__ import annotations
 
 import difflib
-import json
 from pathlib import Path
 
 import torch
+
+from shards.errors import ShardsError
+from shards.manifest import load_manifest
 
 from .errors import TrainError
 
 
 def read_num_classes(shards_dir: str | Path) -> int:
     """The class count in the train manifest that ``python -m shards build`` wrote."""
-    manifest = Path(shards_dir) / "train.json"
-    if not manifest.is_file():
-        raise TrainError(f"no shards at {shards_dir}: {manifest} is missing (build them with python -m shards build)")
     try:
-        return int(json.loads(manifest.read_text())["num_classes"])
-    except (ValueError, KeyError, TypeError) as error:
-        raise TrainError(f"{manifest}: not a shards manifest ({error!r})") from None
+        return load_manifest(Path(shards_dir), "train")["num_classes"]
+    except ShardsError as error:  # the message names the file and how to build or fix it
+        raise TrainError(f"no shards at {shards_dir}: {error}") from None
 
 
 def check_model_name(name: str) -> None:
     """Raise a TrainError naming close matches when timm does not know ``name``."""
+    problem = unknown_model_message(name)
+    if problem:
+        raise TrainError(f"model.name: {problem}")
+
+
+def unknown_model_message(name: str) -> str | None:
+    """None when timm has a model ``name``; otherwise what to say, with close matches."""
     import timm
 
     if timm.is_model(name):
-        return
+        return None
     close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
-    raise TrainError(f"model.name: timm has no model {name!r}{hint}")
+    return f"timm has no model {name!r}{hint}"
 
 
 def create_model(*, name: str, num_classes: int, pretrained: bool, channels_last: bool,

@@ -1,5 +1,6 @@
 """A whole training run from a resolved config: set up, resume, train and evaluate each epoch,
-checkpoint, export. ``run_training(config)`` is what ``pipeline/train.py`` calls."""
+checkpoint, export. ``run_training(config)`` is what ``pipeline/train.py`` calls. The train and
+val loaders are built once per run and read one epoch at a time."""
 
 from __future__ import annotations
 
@@ -8,20 +9,20 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .checkpoint import TrainState, check_compatible, find_resume_checkpoint, read_state, save_checkpoint
+from .checkpoint import (TrainState, check_compatible, find_resume_checkpoint, read_loader_state, read_state,
+                         save_checkpoint)
 from .config import TrainConfig, config_to_dict, write_config
+from .data import Augmentation, LoaderOptions, create_loader, steps_per_epoch
 from .errors import TrainError
-from .data import create_loader, steps_per_epoch
-from .data.sharding import epoch_part
 from .evaluate import evaluate
 from .export import export_weights
 from .logs import Progress, append_metrics, format_epoch, read_metrics, truncate_metrics
 from .mix import MixSampler
-from .models import check_model_name, create_model, read_num_classes
+from .models import create_model, read_num_classes
 from .optim import create_optimizer, create_scheduler, scaled_lr
+from .seeds import epoch_seed
 from .stopping import StopRequest
 from .training import MixOptions, train_one_epoch
 
@@ -37,25 +38,29 @@ class Session:
     optimizer: object  # prepared SGD
     scheduler: object  # prepared torch scheduler, stepped per update
     val_loader: object  # already split by rank; never passed to prepare()
+    shards: Path  # the shards folder (built first for the demo)
     steps_per_epoch: int  # train updates per epoch, the same on every rank
     num_classes: int  # from the shard manifest
     mix: MixOptions  # normalization, targets and dtype for apply_mix
+    stop_group: object  # a gloo group of all ranks for the stop flag; None with one process
 
 
 def run_training(config: TrainConfig) -> dict:
     """Train as ``config`` says; returns the last epoch's metrics record (with the best so far)."""
-    check_model_name(config.model.name)  # before anything slow
     run_dir = Path(config.run.out_dir)
     session = setup(config, run_dir=run_dir)
     accelerator = session.accelerator
-    state = resume(config, session=session, run_dir=run_dir)
+    state, loader_state = resume(config, session=session, run_dir=run_dir)
+    train_loader = make_loader(config, shards=session.shards, split="train", accelerator=accelerator,
+                               num_classes=session.num_classes, restore=loader_state)[0]
     if accelerator.is_main_process:
         write_config(config, run_dir / "config.yaml")
-    stop = StopRequest()
+    stop = StopRequest(grace_seconds=config.run.stop_grace_seconds, group=session.stop_group)
     try:
-        record = train_epochs(config, session=session, state=state, run_dir=run_dir, stop=stop)
+        record = train_epochs(config, session=session, loader=train_loader, state=state, run_dir=run_dir,
+                              stop=stop)
     finally:
-        stop.restore()
+        stop.close()
     finished = state.epoch == config.schedule.epochs
     if finished and accelerator.is_main_process:
         export_weights(accelerator.unwrap_model(session.model), run_dir / WEIGHTS_FILE,
@@ -98,14 +103,24 @@ def setup(config: TrainConfig, *, run_dir: Path) -> Session:
     if config.model.compile:
         model = torch.compile(model)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    val_loader = make_loader(config, shards=shards, split="val", epoch=0, accelerator=accelerator,
-                             num_classes=num_classes)[0]
+    val_loader = make_loader(config, shards=shards, split="val", accelerator=accelerator, num_classes=num_classes)[0]
     dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
     mix = MixOptions(mean=config.data.mean, std=config.data.std, num_classes=num_classes,
                      label_smoothing=config.mix.label_smoothing, out_dtype=dtype,
                      memory_format=torch.channels_last if config.model.channels_last else torch.contiguous_format)
     return Session(accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
-                   val_loader=val_loader, steps_per_epoch=steps, num_classes=num_classes, mix=mix)
+                   val_loader=val_loader, shards=shards, steps_per_epoch=steps, num_classes=num_classes, mix=mix,
+                   stop_group=stop_group(accelerator))
+
+
+def stop_group(accelerator):
+    """A gloo group of every rank for the stop flag (``StopRequest``): its all-reduces run on CPU
+    tensors, so they never wait for the GPU, whatever the main backend (NCCL). None with one process."""
+    if accelerator.num_processes == 1:
+        return None
+    import torch.distributed as dist
+
+    return dist.new_group(backend="gloo")
 
 
 def create_accelerator(config: TrainConfig, *, run_dir: Path):
@@ -140,26 +155,21 @@ def schedule_options(config: TrainConfig) -> dict:
     return asdict(config.schedule)
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A 31-bit seed per (run seed, epoch): each epoch's loader and mixing restart from it, so a
-    resumed run draws exactly what an uninterrupted one draws (ranks are mixed in downstream)."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0] & 0x7FFFFFFF)
-
-
-def make_loader(config: TrainConfig, *, shards: Path, split: str, epoch: int, accelerator, num_classes: int):
-    """``create_loader`` for this rank. A train loader is built per epoch from ``epoch_seed`` and
-    reads part ``(rank + epoch) % world_size``, as one long-lived loader would move through them."""
-    rank, world = accelerator.process_index, accelerator.num_processes
+def make_loader(config: TrainConfig, *, shards: Path, split: str, accelerator, num_classes: int,
+                restore: dict | None = None):
+    """``create_loader`` for this rank, built once per run: each epoch's seed and rank part
+    follow from the run's seed and the epoch number (``pipeline.seeds``, ``data.sharding``)."""
     training = split == "train"
-    return create_loader(
-        shards, split, batch_size=config.loader.batch_size if training else
-        (config.loader.val_batch_size or config.loader.batch_size), image_size=config.data.image_size,
-        rank=epoch_part(rank=rank, world_size=world, epoch=epoch, stick_to_shard=not training), world_size=world,
-        device=accelerator.device,
-        seed=epoch_seed(config.run.seed, epoch), backend=config.loader.backend, num_classes=num_classes,
-        num_threads=config.loader.num_threads, random_area=config.data.random_area,
-        random_aspect_ratio=config.data.random_aspect_ratio, flip_probability=config.data.flip_probability,
-        crop_pct=config.data.crop_pct, shuffle_buffer=config.loader.shuffle_buffer)
+    data = config.data
+    augmentation = Augmentation(image_size=data.image_size, random_area=data.random_area,
+                                random_aspect_ratio=data.random_aspect_ratio, flip_probability=data.flip_probability,
+                                crop_pct=data.crop_pct)
+    batch_size = config.loader.batch_size if training else (config.loader.val_batch_size or config.loader.batch_size)
+    options = LoaderOptions(batch_size=batch_size, backend=config.loader.backend, num_threads=config.loader.num_threads,
+                            shuffle_buffer=config.loader.shuffle_buffer)
+    return create_loader(shards, split, augmentation=augmentation, options=options, rank=accelerator.process_index,
+                         world_size=accelerator.num_processes, device=accelerator.device, seed=config.run.seed,
+                         num_classes=num_classes, restore=restore)
 
 
 def train_steps_per_epoch(config: TrainConfig, *, shards: Path, accelerator, num_classes: int) -> int:
@@ -171,49 +181,49 @@ def train_steps_per_epoch(config: TrainConfig, *, shards: Path, accelerator, num
     return steps if cap is None else min(steps, cap)
 
 
-def resume(config: TrainConfig, *, session: Session, run_dir: Path) -> TrainState:
-    """Load the checkpoint that ``run.resume`` names (if any) and return where training stands."""
+def resume(config: TrainConfig, *, session: Session, run_dir: Path) -> tuple[TrainState, dict | None]:
+    """Load the checkpoint that ``run.resume`` names (if any): where training stands, and this
+    rank's saved train loader state (None when there is none)."""
     checkpoint = find_resume_checkpoint(config.run.resume, run_dir)
     fresh = TrainState(model_name=config.model.name, num_classes=session.num_classes)
+    accelerator = session.accelerator
     if checkpoint is None:
-        if session.accelerator.is_main_process:
+        if accelerator.is_main_process:
             truncate_metrics(run_dir, last_epoch=0)
-        return fresh
+        return fresh, None
     state = read_state(checkpoint)
     check_compatible(state, checkpoint=checkpoint, model_name=config.model.name, num_classes=session.num_classes)
-    session.accelerator.load_state(str(checkpoint))
-    if session.accelerator.is_main_process:
+    accelerator.load_state(str(checkpoint))
+    if accelerator.is_main_process:
         truncate_metrics(run_dir, last_epoch=state.epoch)
         print(f"resumed from {checkpoint} (epoch {state.epoch}, step {state.step_in_epoch})", flush=True)
-    return state
+    return state, read_loader_state(checkpoint, rank=accelerator.process_index)
 
 
-def train_epochs(config: TrainConfig, *, session: Session, state: TrainState, run_dir: Path,
+def train_epochs(config: TrainConfig, *, session: Session, loader, state: TrainState, run_dir: Path,
                  stop: StopRequest) -> dict | None:
     """Epochs ``state.epoch .. epochs-1``: train, evaluate when due, log, checkpoint. A stop signal
     saves a checkpoint (mid-epoch if need be) and returns early; ``state`` is updated in place."""
     accelerator, record = session.accelerator, None
-    shards = Path(config.data.shards)
     for epoch in range(state.epoch, config.schedule.epochs):
-        loader, _ = make_loader(config, shards=shards, split="train", epoch=epoch, accelerator=accelerator,
-                                num_classes=session.num_classes)
         sampler = mix_sampler(config, seed=epoch_seed(config.run.seed, epoch), rank=accelerator.process_index)
         progress = Progress(enabled=config.run.progress and accelerator.is_local_main_process,
                             total=session.steps_per_epoch, epoch=epoch + 1, epochs=config.schedule.epochs,
                             initial=state.step_in_epoch)
         started = time.perf_counter()
         result = train_one_epoch(model=session.model, optimizer=session.optimizer, scheduler=session.scheduler,
-                                 loader=loader, steps=session.steps_per_epoch, sampler=sampler,
-                                 accelerator=accelerator, mix=session.mix, start_step=state.step_in_epoch,
+                                 batches=loader.iter_epoch(epoch, state.step_in_epoch),
+                                 steps=session.steps_per_epoch, sampler=sampler, accelerator=accelerator,
+                                 mix=session.mix, start_step=state.step_in_epoch,
                                  carried_loss=carried_loss(state, rank=accelerator.process_index), stop=stop,
                                  progress=progress, log_every=config.run.log_every)
         progress.close()
-        del loader  # frees the DALI pipeline / torch workers before the next epoch's
         state.global_step += result.steps
         if result.stopped:
             state.step_in_epoch = result.last_step
             state.partial_loss = accelerator.gather(result.loss_sum.reshape(1)).tolist()
-            save_checkpoint(accelerator, run_dir, state, keep=config.run.keep_checkpoints)
+            save_checkpoint(accelerator, run_dir, state, keep=config.run.keep_checkpoints,
+                            loader_state=loader.state_dict())
             return None
         state.epoch, state.step_in_epoch, state.partial_loss = epoch + 1, 0, []
         record = epoch_record(config, session=session, state=state, result=result,
@@ -222,8 +232,9 @@ def train_epochs(config: TrainConfig, *, session: Session, state: TrainState, ru
             append_metrics(run_dir, record)
             print(format_epoch(record), flush=True)
         accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=state.epoch)
-        save_checkpoint(accelerator, run_dir, state, keep=config.run.keep_checkpoints)
-        if state.epoch < config.schedule.epochs and stop.should_stop(accelerator):
+        save_checkpoint(accelerator, run_dir, state, keep=config.run.keep_checkpoints, loader_state=loader.state_dict())
+        if state.epoch < config.schedule.epochs and (result.stop_requested or stop.agree()):
+            stop.honour()
             return None
     return record
 

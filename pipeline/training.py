@@ -1,4 +1,8 @@
-"""One training epoch: loader -> MixSampler/apply_mix -> model -> soft-target CE -> backward -> step."""
+"""One training epoch: loader -> MixSampler/apply_mix -> model -> soft-target CE -> backward -> step.
+
+Nothing in the per-step path waits for the device: labels were range-checked by the loader on
+the host, the loss is summed on the device and shown from an asynchronous copy, and the stop
+flag is agreed over a CPU group (``stopping.StopRequest``), so the host can run ahead of the GPU."""
 
 from __future__ import annotations
 
@@ -33,25 +37,66 @@ class EpochResult:
     images: int = 0  # samples of this rank that went through the model
     step_seconds: float = 0.0  # wall time of the steps (data wait included)
     wait_seconds: float = 0.0  # wall time spent waiting for the loader
-    stopped: bool = False  # a stop signal ended the epoch early
+    stop_requested: bool = False  # every rank learnt of a stop signal during this epoch
+    stopped: bool = False  # ... and the epoch ended early because of it
 
 
-def train_one_epoch(*, model, optimizer, scheduler, loader, steps: int, sampler: MixSampler, accelerator,
+class LossReader:
+    """The loss for the progress bar without a device sync: each log point copies the device
+    scalar into pinned host memory behind a CUDA event; a later log point shows it once the copy
+    has landed (``query`` never waits). On the CPU the copy is immediate."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.host = torch.zeros((), dtype=torch.float32, pin_memory=self.cuda)
+        self.event = None
+        self.shown: float | None = None
+
+    def push(self, loss: torch.Tensor) -> None:
+        """Start copying ``loss`` (unless the previous copy is still in flight)."""
+        if self.event is not None and not self.event.query():
+            return
+        self.latest()
+        self.host.copy_(loss.detach(), non_blocking=True)
+        if self.cuda:
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.event = _Done()
+
+    def latest(self) -> float | None:
+        """The newest loss whose copy has finished (None before the first)."""
+        if self.event is not None and self.event.query():
+            self.shown, self.event = float(self.host), None
+        return self.shown
+
+
+class _Done:
+    """A completed event: CPU copies are synchronous."""
+
+    @staticmethod
+    def query() -> bool:
+        return True
+
+
+def train_one_epoch(*, model, optimizer, scheduler, batches, steps: int, sampler: MixSampler, accelerator,
                     mix: MixOptions, start_step: int, carried_loss: float, stop, progress: Progress,
                     log_every: int) -> EpochResult:
-    """Run steps ``start_step..steps-1`` of an epoch. The first ``start_step`` batches (done before a
-    resume) are read and their mix parameters drawn, but not trained on, so that every later batch
-    and draw is the one an uninterrupted run would see. ``carried_loss`` is this rank's loss sum over
-    those steps (saved with the checkpoint), so the epoch's mean loss is the uninterrupted one."""
+    """Run steps ``start_step..steps-1`` of an epoch on ``batches`` (the loader's batches from
+    ``start_step``). The mix parameters of the first ``start_step`` steps (done before a resume)
+    are drawn and dropped, so that every later draw is the one an uninterrupted run makes.
+    ``carried_loss`` is this rank's loss sum over those steps (saved with the checkpoint), so the
+    epoch's mean loss is the uninterrupted one."""
     result = EpochResult(loss_sum=torch.tensor(carried_loss, device=accelerator.device), last_step=start_step)
-    batches = iter(loader)
+    loss_reader = LossReader(accelerator.device)
     tick = time.perf_counter()
-    for step in range(steps):
+    for step in range(start_step, steps):
         images, labels = next(batches)[:2]
-        params = sampler.sample(batch_size=images.shape[0], height=images.shape[1], width=images.shape[2])
-        if step < start_step:
-            tick = time.perf_counter()
-            continue
+        shape = dict(batch_size=images.shape[0], height=images.shape[1], width=images.shape[2])
+        if step == start_step:
+            for _ in range(start_step):
+                sampler.sample(**shape)
+        params = sampler.sample(**shape)
         loaded = time.perf_counter()
         loss = train_step(model=model, optimizer=optimizer, scheduler=scheduler, images=images, labels=labels,
                           params=params, accelerator=accelerator, mix=mix)
@@ -62,19 +107,22 @@ def train_one_epoch(*, model, optimizer, scheduler, loader, steps: int, sampler:
         result.step_seconds += now - tick
         tick = now
         if result.steps % log_every == 0 or step + 1 == steps:
-            _show(progress, result, steps=result.steps % log_every or log_every,
-                  loss=loss, optimizer=optimizer, world_size=accelerator.num_processes)
-        if stop.should_stop(accelerator):
-            result.stopped = step + 1 < steps
+            loss_reader.push(loss)
+            _show(progress, result, steps=result.steps % log_every or log_every, loss=loss_reader.latest(),
+                  optimizer=optimizer, world_size=accelerator.num_processes)
+        if stop.poll():
+            stop.honour()
+            result.stop_requested, result.stopped = True, step + 1 < steps
             break
     return result
 
 
 def train_step(*, model, optimizer, scheduler, images, labels, params, accelerator, mix: MixOptions) -> torch.Tensor:
-    """One update on a uint8 NHWC batch; returns the (mean) loss."""
+    """One update on a uint8 NHWC batch; returns the (mean) loss, on the device."""
+    # check_labels=False: the loader checked the labels on the host (a check here is a device sync).
     inputs, targets = apply_mix(images, labels, params=params, mean=mix.mean, std=mix.std,
                                 num_classes=mix.num_classes, label_smoothing=mix.label_smoothing,
-                                out_dtype=mix.out_dtype, memory_format=mix.memory_format)
+                                out_dtype=mix.out_dtype, memory_format=mix.memory_format, check_labels=False)
     with accelerator.autocast():
         logits = model(inputs)
     loss = soft_target_cross_entropy(logits, targets)
@@ -85,9 +133,10 @@ def train_step(*, model, optimizer, scheduler, images, labels, params, accelerat
     return loss
 
 
-def _show(progress: Progress, result: EpochResult, *, steps: int, loss, optimizer, world_size: int) -> None:
-    # .item() is a device sync: done every log_every steps only.
+def _show(progress: Progress, result: EpochResult, *, steps: int, loss: float | None, optimizer,
+          world_size: int) -> None:
     seconds = max(result.step_seconds, 1e-9)
-    progress.update(steps, loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}",
+    progress.update(steps, loss="..." if loss is None else f"{loss:.3f}",
+                    lr=f"{optimizer.param_groups[0]['lr']:.3g}",
                     img_s=f"{result.images * world_size / seconds:.0f}",
                     wait=f"{100 * result.wait_seconds / seconds:.0f}%")

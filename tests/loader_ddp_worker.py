@@ -1,5 +1,5 @@
 """Run by every rank of ``accelerate launch`` in test_loader_ddp.py: two train epochs and one
-evaluation through create_loader, a DDP backward per step (unequal steps would hang), and a
+evaluation through the loaders, a DDP backward per step (unequal steps would hang), and a
 JSON file per rank with what it saw. ``python loader_ddp_worker.py SHARDS OUT_DIR BACKEND``."""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accelerate import Accelerator  # noqa: E402
 
-from pipeline.data import create_loader  # noqa: E402
+from loader_fixtures import open_loader  # noqa: E402
 
 
 def main() -> None:
@@ -21,11 +22,11 @@ def main() -> None:
     accelerator = Accelerator()
     assert torch.distributed.get_world_size() == 2, "accelerate started the wrong number of processes"
     rank, world = accelerator.process_index, accelerator.num_processes
-    common = dict(batch_size=8, image_size=32, rank=rank, world_size=world, device=accelerator.device,
-                  seed=0, backend=backend, with_sample_ids=True, num_threads=1)
+    common = dict(batch_size=8, rank=rank, world_size=world, device=accelerator.device, seed=0, backend=backend,
+                  sample_ids=True, num_threads=1)
     # The loaders are already rank-sharded: they are NOT passed to accelerator.prepare().
-    train, train_steps = create_loader(shards, "train", **common)
-    val, val_steps = create_loader(shards, "val", **common)
+    train, train_steps = open_loader(Path(shards), "train", **common)
+    val, val_steps = open_loader(Path(shards), "val", **common)
     model = accelerator.prepare(torch.nn.Linear(3, 13))
     record = {"rank": rank, "train_steps": train_steps, "val_steps": val_steps, "train": [], "val": []}
     for _ in range(2):

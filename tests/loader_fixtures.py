@@ -61,3 +61,17 @@ def crop_window(image: np.ndarray) -> tuple[float, float, bool]:
     width = abs(red[-1] - red[0]) / 255 * (RAMP_SIZE[0] - 1) * size_x / (size_x - 1)
     height = (green[-1] - green[0]) / 255 * (RAMP_SIZE[1] - 1) * size_y / (size_y - 1)
     return width, height, bool(red[-1] < red[0])
+
+
+def open_loader(shards: Path, split: str, *, backend: str, batch_size: int, rank: int = 0, world_size: int = 1,
+                seed: int = 0, num_threads: int = 2, training: bool | None = None, sample_ids: bool = False,
+                device: str = "cpu", image_size: int = 32, restore: dict | None = None, **augmentation):
+    """``create_loader`` with the tests' defaults (CPU, 32 px); ``sample_ids`` adds every sample's
+    source path to each batch (the loaders' internal option the tests use to check coverage)."""
+    from pipeline.data import Augmentation, LoaderOptions
+    from pipeline.data.factory import _create_loader
+
+    return _create_loader(shards, split, augmentation=Augmentation(image_size=image_size, **augmentation),
+                          options=LoaderOptions(batch_size=batch_size, backend=backend, num_threads=num_threads),
+                          rank=rank, world_size=world_size, device=device, seed=seed, training=training,
+                          restore=restore, sample_ids=sample_ids)

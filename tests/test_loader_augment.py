@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from loader_fixtures import RAMP_SIZE, crop_window, make_ramp_shards
-from pipeline.data import create_loader
+from loader_fixtures import RAMP_SIZE, crop_window, make_ramp_shards, open_loader
 
 SOURCE_AREA = RAMP_SIZE[0] * RAMP_SIZE[1]
 
@@ -19,8 +18,8 @@ def ramps(tmp_path_factory):
 
 
 def train_images(ramps, backend, *, rank=0, seed=0, world_size=1, **options):
-    loader, _ = create_loader(ramps, "train", batch_size=8, image_size=32, rank=rank, world_size=world_size,
-                              device="cpu", seed=seed, backend=backend, num_threads=2, **options)
+    loader, _ = open_loader(ramps, "train", batch_size=8, rank=rank, world_size=world_size, seed=seed,
+                            backend=backend, **options)
     return torch.cat([images for images, _ in loader]).numpy()
 
 
@@ -48,8 +47,7 @@ def test_flips_follow_the_configured_probability(ramps, backend):
 
 @pytest.mark.parametrize("backend", ["dali", "torch"])
 def test_val_is_an_unflipped_centre_crop_of_the_resized_image(ramps, backend):
-    loader, _ = create_loader(ramps, "train", batch_size=8, image_size=32, rank=0, world_size=1, device="cpu",
-                              seed=0, backend=backend, training=False, crop_pct=0.5)
+    loader, _ = open_loader(ramps, "train", batch_size=8, backend=backend, training=False, crop_pct=0.5)
     images = next(iter(loader))[0].numpy()
     for image in images:
         width, height, flipped = crop_window(image)
@@ -72,8 +70,7 @@ def test_each_rank_draws_different_randomness_and_a_seed_repeats(ramps, backend)
 @pytest.mark.parametrize("backend", ["dali", "torch"])
 def test_epochs_draw_new_randomness_and_repeat_with_the_seed(ramps, backend):
     def two_epochs():
-        loader, _ = create_loader(ramps, "train", batch_size=8, image_size=32, rank=0, world_size=1, device="cpu",
-                                  seed=3, backend=backend)
+        loader, _ = open_loader(ramps, "train", batch_size=8, seed=3, backend=backend)
         return [torch.cat([images for images, _ in loader]) for _ in range(2)]
 
     first, second = two_epochs()

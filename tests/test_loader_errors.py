@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 
 from loader_fixtures import make_labelled_shards
-from pipeline.data import LoaderError, create_loader
+from pipeline.data import Augmentation, LoaderError, LoaderOptions, create_loader
 
 
 @pytest.fixture(scope="module")
@@ -21,10 +22,12 @@ def shards(pristine, tmp_path):
     return Path(shutil.copytree(pristine, tmp_path / "shards"))
 
 
-def start(shards, backend="dali", **overrides):
-    options = dict(batch_size=8, image_size=32, rank=0, world_size=2, device="cpu", seed=0, backend=backend)
-    options.update(overrides)
-    return create_loader(shards, "train", **options)
+def start(shards, backend="dali", *, batch_size=8, image_size=32, random_area=(0.08, 1.0), **overrides):
+    """The public ``create_loader`` with every argument a test may want to get wrong."""
+    arguments = dict(rank=0, world_size=2, device="cpu", seed=0)
+    arguments.update(overrides)
+    return create_loader(shards, "train", augmentation=Augmentation(image_size=image_size, random_area=random_area),
+                         options=LoaderOptions(batch_size=batch_size, backend=backend), **arguments)
 
 
 @pytest.mark.parametrize("backend", ["dali", "torch"])
@@ -91,8 +94,20 @@ def test_batch_larger_than_a_rank_share(shards, backend):
     (dict(rank=2), "need 0 <= rank < world_size"),
     (dict(image_size=0), "image_size must be >= 1"),
     (dict(random_area=(0.5, 0.1)), "random_area must satisfy"),
-    (dict(batch_size=0), "batch_size must be >= 1"),
+    (dict(batch_size=0), "batch_size must be an integer >= 1"),
 ])
 def test_bad_arguments(shards, overrides, message):
     with pytest.raises(LoaderError, match=message):
         start(shards, **overrides)
+
+
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+def test_labels_outside_the_manifest_classes_stop_the_loader_on_the_host(shards, backend):
+    # The manifest claims 11 classes; the .cls members hold 0..12 (two-digit 10-12 included).
+    manifest = json.loads((shards / "train.json").read_text())
+    manifest["num_classes"], manifest["classes"] = 11, manifest["classes"][:11]
+    (shards / "train.json").write_text(json.dumps(manifest))
+    loader, _ = start(shards, backend, world_size=1)
+    with pytest.raises(LoaderError, match=r"labels \[(11|12)(, 12)?\] outside \[0, 11\)"):
+        for _ in loader:
+            pass

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from pipeline.data.labels import parse_ascii_labels
-from pipeline.data.sharding import (derive_seed, epoch_part, part_sizes, rank_range, reader_batches, train_steps,
-                                    val_steps, valid_in_batch)
+from pipeline.data.labels import check_label_range
+from pipeline.data.checks import LoaderError
+from pipeline.data.sharding import epoch_part, part_sizes, rank_range, reader_batches, train_steps, val_steps
+from pipeline.seeds import epoch_seed, generator_seed, stream_seed, torch_worker_seed
 from pipeline.data.torch_backend import worker_plan
 
 
@@ -33,15 +35,12 @@ def test_steps_are_equal_and_full_batches_for_every_part_and_epoch():
     assert steps == 58 // 8
 
 
-def test_val_padding_marks_exactly_the_extra_positions():
-    num_samples, world_size, batch = 117, 2, 8
-    steps = val_steps(num_samples=num_samples, world_size=world_size, batch_size=batch)
-    total_valid = 0
-    for rank in range(world_size):
-        size = part_sizes(num_samples=num_samples, world_size=world_size)[rank]
-        assert reader_batches(part_samples=size, batch_size=batch) <= steps
-        total_valid += sum(sum(valid_in_batch(step=s, batch_size=batch, part_samples=size)) for s in range(steps))
-    assert total_valid == num_samples
+def test_val_steps_cover_the_largest_part_and_the_reader_never_runs_past_them():
+    for num_samples, world_size, batch in ((117, 2, 8), (117, 3, 7), (1281167, 8, 250), (9, 3, 4)):
+        steps = val_steps(num_samples=num_samples, world_size=world_size, batch_size=batch)
+        sizes = part_sizes(num_samples=num_samples, world_size=world_size)
+        assert (steps - 1) * batch < max(sizes) <= steps * batch  # the fewest batches that hold every part
+        assert all(reader_batches(part_samples=size, batch_size=batch) <= steps for size in sizes)
 
 
 def test_epoch_part_rotates_through_all_parts():
@@ -50,10 +49,37 @@ def test_epoch_part_rotates_through_all_parts():
     assert {epoch_part(rank=1, world_size=4, epoch=e, stick_to_shard=True) for e in range(4)} == {1}
 
 
-def test_seeds_differ_per_rank_and_repeat():
-    seeds = [derive_seed(seed=0, rank=r) for r in range(8)]
-    assert len(set(seeds)) == 8 and seeds == [derive_seed(seed=0, rank=r) for r in range(8)]
-    assert derive_seed(seed=1, rank=0) != seeds[0]
+def test_seeds_differ_per_rank_stream_epoch_and_worker_and_repeat():
+    for derive in (lambda s, r: stream_seed(seed=s, rank=r), lambda s, r: stream_seed(seed=s, rank=0, stream=r),
+                   lambda s, r: generator_seed(seed=s, rank=r), epoch_seed,
+                   lambda s, r: torch_worker_seed(run_seed=s, rank=0, epoch=r, worker=0),
+                   lambda s, r: torch_worker_seed(run_seed=s, rank=0, epoch=0, worker=r)):
+        seeds = [derive(0, r) for r in range(8)]
+        assert len(set(seeds)) == 8 and seeds == [derive(0, r) for r in range(8)]
+        assert derive(1, 0) != seeds[0]
+    # DALI and torch.manual_seed take 31-bit seeds; the generator's is 64-bit.
+    assert all(0 <= stream_seed(seed=s, rank=r) < 2**31 for s in range(20) for r in range(4))
+    assert all(0 <= torch_worker_seed(run_seed=s, rank=1, epoch=2, worker=63) < 2**31 for s in range(20))
+
+
+def test_seed_formulas_are_unchanged():
+    # Runs repeat across versions only if these stay put: the values were computed by hand with
+    # numpy's SeedSequence (mask 0x7FFFFFFF for the 31-bit ones).
+    import numpy as np
+
+    assert epoch_seed(0, 3) == int(np.random.SeedSequence([0, 3]).generate_state(1)[0] & 0x7FFFFFFF)
+    assert stream_seed(seed=5, rank=2, stream=1) == int(
+        np.random.SeedSequence([5, 2, 1]).generate_state(1)[0] & 0x7FFFFFFF)
+    assert generator_seed(seed=5, rank=2) == int(
+        np.random.SeedSequence(entropy=5, spawn_key=(2,)).generate_state(1, dtype=np.uint64)[0])
+
+
+def test_label_range_is_checked_on_the_host():
+    check_label_range(np.array([0, 9, 3]), num_classes=10, allow_padding=False)
+    check_label_range(np.array([0, -1, -1]), num_classes=10, allow_padding=True)
+    for labels, padding in (([0, 10], False), ([-1, 2], False), ([-2, 1], True), ([12, -1], True)):
+        with pytest.raises(LoaderError, match=r"outside \[0, 10\)"):
+            check_label_range(np.array(labels), num_classes=10, allow_padding=padding)
 
 
 @pytest.mark.parametrize("training", [True, False])

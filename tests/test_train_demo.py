@@ -63,7 +63,7 @@ def test_plot_writes_curves(demo_run):
     (["data.shards=/nonexistent/shards"], "no shards at /nonexistent/shards"),
     (["model.name=resnet5O"], "timm has no model 'resnet5O'"),
     (["optim.lr=0.1"], "unknown config key optim.lr"),
-    (["loader.batch_size=big"], "loader.batch_size: expected int"),
+    (["loader.batch_size=big"], "loader.batch_size: expected a whole number"),
     (["--config", "configs/nothing.yaml"], "config file not found"),
     (["model.name=resnet14t"], "holds 'resnet10t' with 10 classes"),  # resume a run of another model
 ])

@@ -1,7 +1,8 @@
 """Run by every rank of ``accelerate launch`` in test_train_ddp.py: the real command line
-(``pipeline.cli.run_cli``, as pipeline/train.py) with two probes wrapped around ``pipeline.run``:
-a checksum of every training image this rank saw, and a checksum of its parameters at the end.
-``python train_ddp_worker.py OUT_JSON_PREFIX section.key=value ...``."""
+(``pipeline.cli.run_cli``, as pipeline/train.py) with probes wrapped around ``pipeline.run``:
+a checksum of every training image this rank saw, a checksum of its parameters at the end, the
+loaders built per split, and the torch.distributed collectives called during each epoch's steps
+(with their ``async_op``). ``python train_ddp_worker.py OUT_JSON_PREFIX section.key=value ...``."""
 
 from __future__ import annotations
 
@@ -19,7 +20,11 @@ from pipeline.cli import exit_cleanly, run_cli  # noqa: E402
 seen: list[str] = []
 sessions: list = []
 world_sizes: list[int] = []
-original_make_loader, original_setup = run.make_loader, run.setup
+loaders_built: dict[str, int] = {}
+epochs: list[dict] = []
+original_make_loader, original_setup, original_epoch = run.make_loader, run.setup, run.train_one_epoch
+COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter", "reduce_scatter_tensor",
+               "broadcast", "barrier", "reduce", "gather", "scatter", "all_to_all")
 
 
 class RecordingLoader:
@@ -28,15 +33,40 @@ class RecordingLoader:
     def __init__(self, loader):
         self.loader = loader
 
-    def __iter__(self):
-        for batch in self.loader:
+    def iter_epoch(self, epoch, start_step=0):
+        for batch in self.loader.iter_epoch(epoch, start_step):
             seen.extend(hashlib.sha1(image.numpy().tobytes()).hexdigest() for image in batch[0].cpu())
             yield batch
 
+    def state_dict(self):
+        return self.loader.state_dict()
+
 
 def make_loader(config, *, split, **kwargs):
+    loaders_built[split] = loaders_built.get(split, 0) + 1
     loader, steps = original_make_loader(config, split=split, **kwargs)
     return (RecordingLoader(loader) if split == "train" else loader), steps
+
+
+def train_one_epoch(**kwargs):
+    """The real epoch, with every torch.distributed collective it calls noted."""
+    calls, originals = [], {name: getattr(torch.distributed, name) for name in COLLECTIVES}
+
+    def noting(name, original):
+        def collective(*args, **options):
+            calls.append([name, bool(options.get("async_op", False))])
+            return original(*args, **options)
+        return collective
+
+    for name, original in originals.items():
+        setattr(torch.distributed, name, noting(name, original))
+    try:
+        result = original_epoch(**kwargs)
+    finally:
+        for name, original in originals.items():
+            setattr(torch.distributed, name, original)
+    epochs.append({"steps": result.steps, "collectives": calls})
+    return result
 
 
 def setup(config, **kwargs):
@@ -48,7 +78,7 @@ def setup(config, **kwargs):
 
 def main() -> None:
     prefix, argv = sys.argv[1], sys.argv[2:]
-    run.make_loader, run.setup = make_loader, setup
+    run.make_loader, run.setup, run.train_one_epoch = make_loader, setup, train_one_epoch
     code = run_cli(argv, default_config=None)
     session = sessions[0]
     model = session.accelerator.unwrap_model(session.model)
@@ -56,7 +86,8 @@ def main() -> None:
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
     record = {"rank": session.accelerator.process_index, "world_size": world_sizes[0],
-              "params": digest.hexdigest(), "seen": seen, "code": code}
+              "params": digest.hexdigest(), "seen": seen, "code": code, "loaders_built": loaders_built,
+              "epochs": epochs}
     Path(f"{prefix}{record['rank']}.json").write_text(json.dumps(record))
     exit_cleanly(code)
 

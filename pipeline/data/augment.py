@@ -7,11 +7,6 @@ from dataclasses import dataclass
 
 from .checks import LoaderError
 
-# ImageNet statistics on the 0-255 scale: the flag for normalized float output uses them.
-IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-
-
 @dataclass(frozen=True)
 class Augmentation:
     """Train: RandomResizedCrop(image_size, random_area, random_aspect_ratio) + horizontal flip

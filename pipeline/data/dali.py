@@ -1,169 +1,260 @@
 """The DALI backend: ``fn.readers.webdataset`` over the manifest's shards with their ``.idx``
 files, sharded by rank, then one processing graph (a plain function) shared by the train and
-val pipelines, and a thin iterator that runs exactly ``steps`` batches per epoch on every rank."""
+val pipelines, and a loader that is built once per run and reads one epoch after another.
+
+The pipeline is built at the loader's first read, for the epoch asked for: its seeds come from
+that epoch's seed and its reader starts at that epoch's rank part; the reader then moves one part
+on per epoch by itself (``stick_to_shard=False``). With ``enable_checkpointing`` DALI can save the
+reader position and every random generator's state (``Pipeline.checkpoint()``); ``state_dict()``
+carries it, so a run resumed from a checkpoint reads exactly the batches it would have read."""
 
 from __future__ import annotations
 
+import base64
 import json
+import sys
+from dataclasses import asdict
 
 import numpy as np
 import torch
 
-from .augment import IMAGENET_MEAN, IMAGENET_STD, Augmentation
-from .checks import SplitShards
+from ..seeds import DALI_PIPELINE_STREAM, DALI_READER_STREAM, epoch_seed, stream_seed
+from .augment import Augmentation
+from .checks import LoaderError, SplitShards
+from .epochs import EpochCursor, EpochLoader
 from .host_resize import finish_on_host
-from .labels import parse_ascii_labels
-from .normalize import to_normalized_nchw
-from .sharding import derive_seed, epoch_part, part_sizes, reader_batches
+from .labels import check_label_range, parse_ascii_labels
+from .sharding import epoch_part, part_sizes, reader_batches
+
+STATE_FORMAT = 1
 
 
-def image_graph(jpegs, *, training: bool, augmentation: Augmentation, decoder_device: str,
-                normalize: bool, hw_decoder_load: float, preallocate_hint: tuple[int, int]):
+def decoder_for(device: torch.device) -> str:
+    """The one place that decides where DALI decodes: "mixed" (nvJPEG, outputs on the GPU) for a
+    CUDA device, "cpu" otherwise (then the graph stops after decoding; see ``image_graph``)."""
+    return "mixed" if device.type == "cuda" else "cpu"
+
+
+def output_names(*, training: bool, sample_ids: bool) -> tuple[str, ...]:
+    """The pipeline's outputs, by name, whatever the decoder: ``mirror`` (the drawn flips) for
+    training only, ``ids`` (each sample's ``.json``) only when asked."""
+    return ("images",) + (("mirror",) if training else ()) + ("labels",) + (("ids",) if sample_ids else ())
+
+
+def image_graph(jpegs, *, training: bool, augmentation: Augmentation, decoder: str, hw_decoder_load: float,
+                preallocate_hint: tuple[int, int]):
     """Decode + crop + resize + flip (train) or decode + resize + centre crop (val) of a batch of
-    JPEG bytes; uint8 HWC, or normalized float CHW when ``normalize``. Returns ``(images, mirror)``.
-    With the CPU decoder the graph stops after decoding (``images`` are the decoded crops, or whole
-    images for val, ``mirror`` the drawn flips or None) and ``host_resize.finish_on_host`` does the
-    rest: DALI's CPU resize is the slowest step there (see that module)."""
+    JPEG bytes into uint8 HWC; returns ``(images, mirror)``, ``mirror`` the drawn flips (train)
+    or None (val). With the "cpu" decoder the graph stops after decoding (``images`` are the
+    decoded crops, or whole images for val) and ``host_resize.finish_on_host`` does the rest
+    with ``mirror``: DALI's CPU resize is the slowest step there (see that module)."""
     from nvidia.dali import fn, types
 
     size = augmentation.image_size
-    on_host = decoder_device == "cpu"
-    mixed = {"hw_decoder_load": hw_decoder_load} if decoder_device == "mixed" else {}
-    if decoder_device == "mixed" and preallocate_hint[0] > 0:
-        mixed.update(preallocate_width_hint=preallocate_hint[0], preallocate_height_hint=preallocate_hint[1])
+    gpu = {}
+    if decoder == "mixed":
+        gpu = {"hw_decoder_load": hw_decoder_load}
+        if preallocate_hint[0] > 0:
+            gpu.update(preallocate_width_hint=preallocate_hint[0], preallocate_height_hint=preallocate_hint[1])
+    mirror = None
     if training:
         # Decoding only the crop window (ROI decode) is what makes the crop cheap.
         images = fn.decoders.image_random_crop(
-            jpegs, device=decoder_device, output_type=types.RGB, num_attempts=100,
+            jpegs, device=decoder, output_type=types.RGB, num_attempts=100,
             random_area=list(augmentation.random_area), random_aspect_ratio=list(augmentation.random_aspect_ratio),
-            **mixed)
+            **gpu)
         mirror = fn.random.coin_flip(probability=augmentation.flip_probability)
-        if on_host:
+        if decoder == "cpu":
             return images, mirror
         images = fn.resize(images, resize_x=size, resize_y=size)
     else:
-        images = fn.decoders.image(jpegs, device=decoder_device, output_type=types.RGB, **mixed)
-        if on_host:
+        images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB, **gpu)
+        if decoder == "cpu":
             return images, None
         images = fn.resize(images, resize_shorter=augmentation.val_resize)
-        mirror = 0
-    if normalize:
-        images = fn.crop_mirror_normalize(images, crop=(size, size), mirror=mirror, dtype=types.FLOAT,
-                                          output_layout="CHW", mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
-    else:  # without mean/std this is a centre crop + mirror that keeps uint8 HWC
-        images = fn.crop_mirror_normalize(images, crop=(size, size), mirror=mirror, dtype=types.UINT8,
-                                          output_layout="HWC")
-    return images, None
-
-
-def create_dali_pipeline(shards: SplitShards, **options):
-    """``define_dali_pipeline(shards, **options)``, built (memory allocated, threads started)."""
-    pipeline = define_dali_pipeline(shards, **options)
-    pipeline.build()
-    return pipeline
+    # Without mean/std this is a centre crop + mirror that keeps uint8 HWC.
+    images = fn.crop_mirror_normalize(images, crop=(size, size), mirror=0 if mirror is None else mirror,
+                                      dtype=types.UINT8, output_layout="HWC")
+    return images, mirror
 
 
 def define_dali_pipeline(shards: SplitShards, *, training: bool, batch_size: int, rank: int, world_size: int,
-                         device_id: int | None, seed: int, num_threads: int, augmentation: Augmentation,
-                         normalize: bool, shuffle_buffer: int, hw_decoder_load: float,
-                         preallocate_hint: tuple[int, int], with_sample_ids: bool):
-    """The DALI pipeline reading rank ``rank``'s part, defined (every operator argument checked
-    against DALI's schema) but not built; outputs (images[, mirror], padded .cls[, padded .json]),
-    ``mirror`` only for training on the CPU (see ``image_graph``)."""
+                         decoder: str, device_id: int | None, seed: int, part: int, num_threads: int,
+                         augmentation: Augmentation, shuffle_buffer: int, hw_decoder_load: float,
+                         preallocate_hint: tuple[int, int], sample_ids: bool, checkpoint: bytes | None = None):
+    """The DALI pipeline of one rank, defined (every operator argument checked against DALI's
+    schema) but not built. Its reader starts at rank part ``part``; ``seed`` is the seed of the
+    epoch it is built for; ``checkpoint`` (from ``Pipeline.checkpoint()``) restores a position.
+    Outputs: ``output_names(training, sample_ids)``."""
     from nvidia.dali import fn, pipeline_def
 
-    extensions = ["jpg", "cls"] + (["json"] if with_sample_ids else [])
+    extensions = ["jpg", "cls"] + (["json"] if sample_ids else [])
 
-    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
-                  seed=derive_seed(seed=seed, rank=rank, stream=0))
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, enable_checkpointing=True,
+                  seed=stream_seed(seed=seed, rank=rank, stream=DALI_PIPELINE_STREAM))
     def pipeline():
         members = fn.readers.webdataset(
             paths=shards.tar_paths, index_paths=shards.index_paths, ext=extensions,
-            missing_component_behavior="error", name="reader", shard_id=rank, num_shards=world_size,
+            missing_component_behavior="error", name="reader", shard_id=part, num_shards=world_size,
             # pad_last_batch ends each pass over a part on a batch boundary, so an epoch never
             # borrows samples from the next one; val always reads the same part, unshuffled.
             pad_last_batch=True, stick_to_shard=not training, random_shuffle=training,
-            initial_fill=shuffle_buffer, seed=derive_seed(seed=seed, rank=rank, stream=1))
+            initial_fill=shuffle_buffer, seed=stream_seed(seed=seed, rank=rank, stream=DALI_READER_STREAM))
         jpegs, others = members[0], members[1:]
-        images, mirror = image_graph(jpegs, training=training, augmentation=augmentation,
-                                     decoder_device="cpu" if device_id is None else "mixed", normalize=normalize,
+        images, mirror = image_graph(jpegs, training=training, augmentation=augmentation, decoder=decoder,
                                      hw_decoder_load=hw_decoder_load, preallocate_hint=preallocate_hint)
         flips = () if mirror is None else (mirror,)
         return (images, *flips, *(fn.pad(member, fill_value=0) for member in others))
 
-    return pipeline()
+    return pipeline(checkpoint=checkpoint) if checkpoint is not None else pipeline()
 
 
-class DaliLoader:
-    """Iterates one epoch of ``steps`` batches ``(images, labels)`` (``(images, labels, ids)``
-    with sample ids). Train drops the rest of the reader's pass; val pads with label -1.
-    ``host_augmentation`` (CPU decoder only) finishes the images in torch (``finish_on_host``)."""
+class DaliLoader(EpochLoader):
+    """Epochs of ``steps`` batches ``(images, labels)`` (``(images, labels, ids)`` with sample
+    ids): uint8 NHWC images and int64 labels on ``device``. Train drops the rest of the reader's
+    pass (read, not used: the next epoch must start at the next pass); val pads with label -1.
+    ``restore`` is a ``state_dict()`` of the same loader in an earlier process."""
 
-    def __init__(self, pipeline, *, steps: int, training: bool, num_samples: int, rank: int, world_size: int,
-                 batch_size: int, device: torch.device, normalize: bool,
-                 host_augmentation: Augmentation | None = None):
-        self.pipeline, self.steps, self.training = pipeline, steps, training
-        self.host_augmentation, self.normalize = host_augmentation, normalize
-        self.sizes = part_sizes(num_samples=num_samples, world_size=world_size)
-        self.rank, self.world_size, self.batch_size, self.device = rank, world_size, batch_size, device
-        self.dtype = torch.float32 if normalize else torch.uint8
-        self.epoch = 0
-        self._unread = 0  # reader batches of the current pass not yet run (an epoch left early)
+    def __init__(self, shards: SplitShards, *, training: bool, batch_size: int, steps: int, rank: int,
+                 world_size: int, device: torch.device, seed: int, num_threads: int, shuffle_buffer: int,
+                 augmentation: Augmentation, hw_decoder_load: float, preallocate_hint: tuple[int, int],
+                 sample_ids: bool = False, restore: dict | None = None):
+        super().__init__(steps)
+        self.decoder = decoder_for(device)
+        if self.decoder == "mixed" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        self.shards, self.training, self.batch_size, self.device = shards, training, batch_size, device
+        self.rank, self.world_size, self.seed, self.augmentation = rank, world_size, seed, augmentation
+        self.names = output_names(training=training, sample_ids=sample_ids)
+        self._define = dict(
+            training=training, batch_size=batch_size, rank=rank, world_size=world_size, decoder=self.decoder,
+            device_id=device.index if self.decoder == "mixed" else None, num_threads=num_threads,
+            augmentation=augmentation, shuffle_buffer=shuffle_buffer, hw_decoder_load=hw_decoder_load,
+            preallocate_hint=preallocate_hint, sample_ids=sample_ids)
+        self.sizes = part_sizes(num_samples=shards.num_samples, world_size=world_size)
+        self.pipeline = None
+        self.built_for_epoch: int | None = None
+        self._unread = 0  # reader batches of the open pass not yet run
+        self._last = None  # the last outputs run (val pads with them)
+        self._saved = self._usable(restore)
+        if self._saved is not None:
+            self.cursor = EpochCursor(**self._saved["cursor"])
+            self._unread = self._saved["unread"]
 
-    def __len__(self) -> int:
-        return self.steps
+    def fingerprint(self) -> dict:
+        """What a saved state must have been made with to apply to this loader."""
+        shards = [[path.rsplit("/", 1)[-1], count]
+                  for path, count in zip(self.shards.tar_paths, self.shards.shard_samples)]
+        values = {"backend": "dali", "decoder": self.decoder, "training": self.training,
+                  "batch_size": self.batch_size, "steps": self.steps, "rank": self.rank, "world_size": self.world_size,
+                  "seed": self.seed, "shuffle_buffer": self._define["shuffle_buffer"],
+                  "augmentation": asdict(self.augmentation), "shards": shards}
+        return json.loads(json.dumps(values))  # as it reads back from a checkpoint (lists, not tuples)
 
-    def __iter__(self):
-        self._drain()
-        part = epoch_part(rank=self.rank, world_size=self.world_size, epoch=self.epoch, stick_to_shard=not self.training)
-        part_samples = self.sizes[part]
-        self._unread = reader_batches(part_samples=part_samples, batch_size=self.batch_size)
-        self.epoch += 1
-        last = None
-        for step in range(self.steps):
-            if self._unread:
-                last = self._run()
-                self._unread -= 1
-                batch = self._to_torch(last, first=step * self.batch_size, part_samples=part_samples)
-            else:  # val only: this rank's part is a batch shorter than the largest part
-                batch = self._to_torch(last, first=part_samples, part_samples=part_samples)
+    def state_dict(self) -> dict:
+        checkpoint = self.pipeline.checkpoint() if self.pipeline is not None else None
+        return {"format": STATE_FORMAT, "fingerprint": self.fingerprint(), "cursor": self.cursor.to_dict(),
+                "unread": self._unread, "built_for_epoch": self.built_for_epoch,
+                "dali": None if checkpoint is None else base64.b64encode(checkpoint).decode("ascii")}
+
+    def iter_epoch(self, epoch: int, start_step: int = 0):
+        if self._saved is not None and self.pipeline is None:
+            try:
+                self.cursor.check(epoch, start_step, steps=self.steps)
+            except ValueError as error:
+                _warn(f"the saved loader state does not fit ({error}); epoch {epoch} is read from its seed")
+                self._saved, self.cursor, self._unread = None, EpochCursor(), 0
+        return super().iter_epoch(epoch, start_step)
+
+    def _read(self, epoch: int, start_step: int):
+        if self.pipeline is None:
+            self._build(epoch)
+        if not self.cursor.continues(epoch, start_step):
+            self._drain()
+            self.cursor.begin(epoch)
+            self._unread = reader_batches(part_samples=self._part_samples(epoch), batch_size=self.batch_size)
+            for _ in range(start_step):  # a resume without a saved DALI state: read, not used
+                self._next_batch()
+        while self.cursor.consumed < self.steps:
+            batch = self._next_batch()
             yield batch
         self._drain()
+        self.cursor.close()
+
+    def _build(self, epoch: int) -> None:
+        saved, checkpoint = self._saved, None
+        if saved is not None and saved["dali"] is not None:
+            epoch, checkpoint = saved["built_for_epoch"], base64.b64decode(saved["dali"])
+        part = epoch_part(rank=self.rank, world_size=self.world_size, epoch=epoch, stick_to_shard=not self.training)
+        self.pipeline = define_dali_pipeline(self.shards, seed=epoch_seed(self.seed, epoch), part=part,
+                                             checkpoint=checkpoint, **self._define)
+        self.pipeline.build()
+        self.built_for_epoch, self._saved = epoch, None
+
+    def _part_samples(self, epoch: int) -> int:
+        return self.sizes[epoch_part(rank=self.rank, world_size=self.world_size, epoch=epoch,
+                                     stick_to_shard=not self.training)]
+
+    def _next_batch(self):
+        step, part_samples = self.cursor.consumed, self._part_samples(self.cursor.open_epoch)
+        if self._unread:
+            self._last = self._run()
+            first = step * self.batch_size
+        else:  # val only: this rank's part is a batch shorter than the largest part
+            first = part_samples
+        self.cursor.consumed += 1
+        return self._to_torch(self._last, first=first, part_samples=part_samples)
 
     def _run(self):
-        return self.pipeline.run()
+        self._unread -= 1
+        return dict(zip(self.names, self.pipeline.run()))
 
     def _drain(self) -> None:
         # Runs the rest of the reader's pass so that the next epoch starts at its beginning.
         while self._unread:
             self._run()
-            self._unread -= 1
 
-    def _to_torch(self, outputs, *, first: int, part_samples: int):
-        images, *members = outputs
-        if self.host_augmentation is None:
-            images = _images_to_torch(images, self.device, dtype=self.dtype)
+    def _to_torch(self, outputs: dict, *, first: int, part_samples: int):
+        if self.decoder == "cpu":
+            mirror = np.asarray(outputs["mirror"].as_tensor()) if self.training else None
+            images = finish_on_host(outputs["images"], mirror, training=self.training,
+                                    augmentation=self.augmentation)
         else:
-            mirror = np.asarray(members.pop(0).as_tensor()) if self.training else None
-            images = finish_on_host(images, mirror, training=self.training, augmentation=self.host_augmentation)
-            images = to_normalized_nchw(images) if self.normalize else images
-        labels = parse_ascii_labels(np.asarray(members[0].as_tensor()))
+            images = _gpu_images_to_torch(outputs["images"], self.device)
+        labels = parse_ascii_labels(np.asarray(outputs["labels"].as_tensor()))
         if not self.training:  # padding duplicates are marked so that metrics skip them
             labels = np.where(first + np.arange(len(labels)) < part_samples, labels, -1)
+        # Checked here, on the host, where it costs no device sync.
+        check_label_range(labels, num_classes=self.shards.num_classes, allow_padding=not self.training)
         labels = torch.from_numpy(labels).to(self.device, non_blocking=True)
-        if len(members) == 1:
+        if "ids" not in outputs:
             return images, labels
-        texts = [bytes(row).rstrip(b"\0").decode() for row in np.asarray(members[1].as_tensor())]
+        texts = [bytes(row).rstrip(b"\0").decode() for row in np.asarray(outputs["ids"].as_tensor())]
         return images, labels, [json.loads(t).get("source", t) for t in texts]
 
+    def _usable(self, restore: dict | None) -> dict | None:
+        if restore is None:
+            return None
+        if restore.get("format") != STATE_FORMAT or restore.get("fingerprint") != self.fingerprint():
+            theirs = restore.get("fingerprint") or {}
+            differ = sorted(k for k, v in self.fingerprint().items() if theirs.get(k) != v) or ["format"]
+            _warn(f"the saved loader state was made with other settings ({', '.join(differ)} differ); "
+                  "the data order restarts from the epoch's seed")
+            return None
+        return restore
 
-def _images_to_torch(images, device: torch.device, *, dtype: torch.dtype) -> torch.Tensor:
-    if device.type == "cuda":
-        from nvidia.dali.plugin.pytorch import feed_ndarray
 
-        dense = images.as_tensor()
-        out = torch.empty(dense.shape(), dtype=dtype, device=device)
-        feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device))
-        return out
-    # DALI reuses its output buffers: copy before the next run overwrites them.
-    return torch.from_numpy(np.array(images.as_tensor()))
+def _gpu_images_to_torch(images, device: torch.device) -> torch.Tensor:
+    from nvidia.dali.plugin.pytorch import feed_ndarray
+
+    dense = images.as_tensor()
+    out = torch.empty(dense.shape(), dtype=torch.uint8, device=device)
+    feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device))
+    return out
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+__all__ = ["DaliLoader", "LoaderError", "decoder_for", "define_dali_pipeline", "image_graph", "output_names"]

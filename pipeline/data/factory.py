@@ -1,6 +1,7 @@
 """``create_loader``: one factory for every data backend (DALI, torch, synthetic), returning
-``(loader, steps_per_epoch)`` with the same batches: uint8 NHWC images on ``device`` and int64
-labels (-1 marks validation padding), or normalized float NCHW with ``normalize=True``."""
+``(loader, steps_per_epoch)``. Every loader yields the same batches, uint8 NHWC images on
+``device`` and int64 labels (-1 marks validation padding), is built once per run and reads one
+epoch per ``iter()`` (or ``iter_epoch(epoch, start_step)``; see ``epochs.EpochLoader``)."""
 
 from __future__ import annotations
 
@@ -10,37 +11,21 @@ import torch
 
 from .augment import Augmentation
 from .checks import LoaderError, check_batch_fits, check_num_classes, load_split_shards
+from .options import LoaderOptions
 from .sharding import part_sizes, train_steps, val_steps
 
 
-def create_loader(shards_dir: str | Path | None, split: str, *, batch_size: int, image_size: int, rank: int,
-                  world_size: int, device: str | torch.device, seed: int, backend: str = "dali",
-                  training: bool | None = None, num_classes: int | None = None, normalize: bool = False,
-                  num_threads: int = 2, random_area: tuple[float, float] = (0.08, 1.0),
-                  random_aspect_ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_probability: float = 0.5,
-                  crop_pct: float = 0.875, shuffle_buffer: int = 4096, hw_decoder_load: float = 0.65,
-                  preallocate_hint: tuple[int, int] = (0, 0), with_sample_ids: bool = False,
-                  synthetic_steps: int | None = None):
-    """Build the loader of one rank. ``training`` defaults to ``split == "train"``; ``num_threads``
-    is DALI's thread count or the torch DataLoader's worker count; ``num_classes`` (the model's)
-    is checked against the manifest; ``with_sample_ids`` adds each sample's source path (tests)."""
-    if backend not in BACKENDS:
-        raise LoaderError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
-    if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
-        raise LoaderError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-    if num_threads < 1:
-        raise LoaderError(f"num_threads must be >= 1, got {num_threads}")
-    options = dict(
-        split=split, batch_size=batch_size, rank=rank, world_size=world_size, device=torch.device(device),
-        seed=seed, training=split == "train" if training is None else training, num_classes=num_classes,
-        normalize=normalize, num_threads=num_threads, shuffle_buffer=shuffle_buffer,
-        augmentation=Augmentation(image_size=image_size, random_area=tuple(random_area),
-                                  random_aspect_ratio=tuple(random_aspect_ratio),
-                                  flip_probability=flip_probability, crop_pct=crop_pct),
-        hw_decoder_load=hw_decoder_load, preallocate_hint=tuple(preallocate_hint),
-        with_sample_ids=with_sample_ids, synthetic_steps=synthetic_steps,
-    )
-    return BACKENDS[backend](shards_dir, **options)
+def create_loader(shards_dir: str | Path, split: str, *, augmentation: Augmentation, options: LoaderOptions,
+                  rank: int, world_size: int, device: str | torch.device, seed: int, num_classes: int | None = None,
+                  training: bool | None = None, restore: dict | None = None):
+    """The loader of one rank and its steps per epoch. ``seed`` is the run's seed (each epoch's
+    randomness derives from it and the epoch number, ``pipeline.seeds``); ``training`` defaults
+    to ``split == "train"`` (False: the validation resize and centre crop, in order, padded);
+    ``num_classes`` (the model's) is checked against the manifest; ``restore`` is the
+    ``state_dict()`` of this loader in an earlier process (a resumed run)."""
+    return _create_loader(shards_dir, split, augmentation=augmentation, options=options, rank=rank,
+                          world_size=world_size, device=device, seed=seed, num_classes=num_classes,
+                          training=training, restore=restore)
 
 
 def steps_per_epoch(shards_dir: str | Path, split: str, *, batch_size: int, world_size: int,
@@ -53,69 +38,45 @@ def steps_per_epoch(shards_dir: str | Path, split: str, *, batch_size: int, worl
     return steps
 
 
+def _create_loader(shards_dir, split: str, *, augmentation: Augmentation, options: LoaderOptions, rank: int,
+                   world_size: int, device, seed: int, num_classes: int | None = None, training: bool | None = None,
+                   restore: dict | None = None, sample_ids: bool = False):
+    """``create_loader`` plus ``sample_ids``: each batch also carries every sample's source path
+    (from its ``.json``), which the tests use to check coverage and order."""
+    if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
+        raise LoaderError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    training = split == "train" if training is None else training
+    device = torch.device(device)
+    shards, steps = _checked_shards(shards_dir, split=split, batch_size=options.batch_size, world_size=world_size,
+                                    num_classes=num_classes, training=training,
+                                    check_indexes=options.backend != "synthetic")
+    common = dict(steps=steps, training=training, batch_size=options.batch_size, rank=rank, world_size=world_size,
+                  device=device, seed=seed, augmentation=augmentation, shuffle_buffer=options.shuffle_buffer,
+                  sample_ids=sample_ids)
+    if options.backend == "dali":
+        from .dali import DaliLoader
+
+        loader = DaliLoader(shards, num_threads=options.num_threads, hw_decoder_load=options.hw_decoder_load,
+                            preallocate_hint=options.preallocate_hint, restore=restore, **common)
+    elif options.backend == "torch":
+        from .torch_backend import TorchLoader
+
+        loader = TorchLoader(shards, num_workers=options.num_threads, **common)
+    else:
+        from .synthetic import SyntheticLoader
+
+        loader = SyntheticLoader(steps=steps, batch_size=options.batch_size, image_size=augmentation.image_size,
+                                 num_classes=shards.num_classes, device=device, seed=seed, rank=rank)
+    return loader, steps
+
+
 def _checked_shards(shards_dir, *, split: str, batch_size: int, world_size: int, num_classes: int | None,
                     training: bool, check_indexes: bool = True):
-    """The split's shards after every start-up check, and the steps per epoch of each rank."""
-    if shards_dir is None:
-        raise LoaderError("shards_dir is required for this backend")
+    """The split's shards after every start-up check, and the steps per epoch of each rank. The
+    synthetic backend reads the manifest only (the same epoch length and classes, no tar)."""
     shards = load_split_shards(shards_dir, split, check_indexes=check_indexes)
     check_num_classes(shards, num_classes=num_classes, split=split)
     smallest = min(part_sizes(num_samples=shards.num_samples, world_size=world_size))
     check_batch_fits(smallest_rank_samples=smallest, batch_size=batch_size, world_size=world_size, split=split)
     count_steps = train_steps if training else val_steps
     return shards, count_steps(num_samples=shards.num_samples, world_size=world_size, batch_size=batch_size)
-
-
-def _create_dali(shards_dir, *, split, batch_size, rank, world_size, device, seed, training, num_classes,
-                 normalize, num_threads, shuffle_buffer, augmentation, hw_decoder_load, preallocate_hint,
-                 with_sample_ids, synthetic_steps):
-    from .dali import DaliLoader, create_dali_pipeline
-
-    shards, steps = _checked_shards(shards_dir, split=split, batch_size=batch_size, world_size=world_size,
-                                    num_classes=num_classes, training=training)
-    device_id = None
-    if device.type == "cuda":
-        device_id = device.index if device.index is not None else torch.cuda.current_device()
-        device = torch.device("cuda", device_id)
-    pipeline = create_dali_pipeline(
-        shards, training=training, batch_size=batch_size, rank=rank, world_size=world_size, device_id=device_id,
-        seed=seed, num_threads=num_threads, augmentation=augmentation, normalize=normalize,
-        shuffle_buffer=shuffle_buffer, hw_decoder_load=hw_decoder_load, preallocate_hint=preallocate_hint,
-        with_sample_ids=with_sample_ids)
-    loader = DaliLoader(pipeline, steps=steps, training=training, num_samples=shards.num_samples, rank=rank,
-                        world_size=world_size, batch_size=batch_size, device=device, normalize=normalize,
-                        host_augmentation=augmentation if device_id is None else None)
-    return loader, steps
-
-
-def _create_torch(shards_dir, *, split, batch_size, rank, world_size, device, seed, training, num_classes,
-                  normalize, num_threads, shuffle_buffer, augmentation, hw_decoder_load, preallocate_hint,
-                  with_sample_ids, synthetic_steps):
-    from .torch_backend import TorchLoader
-
-    shards, steps = _checked_shards(shards_dir, split=split, batch_size=batch_size, world_size=world_size,
-                                    num_classes=num_classes, training=training)
-    loader = TorchLoader(shards, steps=steps, training=training, batch_size=batch_size, rank=rank,
-                         world_size=world_size, device=device, seed=seed, num_workers=num_threads,
-                         augmentation=augmentation, normalize=normalize, shuffle_buffer=shuffle_buffer,
-                         with_sample_ids=with_sample_ids)
-    return loader, steps
-
-
-def _create_synthetic(shards_dir, *, split, batch_size, rank, world_size, device, seed, training, num_classes,
-                      normalize, num_threads, shuffle_buffer, augmentation, hw_decoder_load, preallocate_hint,
-                      with_sample_ids, synthetic_steps):
-    from .synthetic import SyntheticLoader
-
-    if synthetic_steps is None or num_classes is None:
-        # Same epoch length and classes as the real shards (manifest only: no tar is read).
-        shards, steps = _checked_shards(shards_dir, split=split, batch_size=batch_size, world_size=world_size,
-                                        num_classes=num_classes, training=training, check_indexes=False)
-        num_classes = shards.num_classes if num_classes is None else num_classes
-        synthetic_steps = steps if synthetic_steps is None else synthetic_steps
-    loader = SyntheticLoader(steps=synthetic_steps, batch_size=batch_size, image_size=augmentation.image_size,
-                             num_classes=num_classes, device=device, seed=seed, rank=rank, normalize=normalize)
-    return loader, synthetic_steps
-
-
-BACKENDS = {"dali": _create_dali, "torch": _create_torch, "synthetic": _create_synthetic}

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .checks import LoaderError
+
 
 def parse_ascii_labels(padded: np.ndarray) -> np.ndarray:
     """int64 labels from a ``[batch, width]`` uint8 array of ASCII digits right-padded with 0."""
@@ -22,3 +24,16 @@ def parse_ascii_labels(padded: np.ndarray) -> np.ndarray:
     exponents = lengths[:, None] - 1 - np.arange(padded.shape[1])[None, :]
     weights = np.where(present, 10 ** np.clip(exponents, 0, None), 0)
     return (np.where(present, digits, 0) * weights).sum(axis=1)
+
+
+def check_label_range(labels: np.ndarray, *, num_classes: int, allow_padding: bool) -> None:
+    """Every label in ``[0, num_classes)`` (and -1, the validation padding mark, when allowed).
+    Done on the host as the loader parses the labels: on the device it would be a sync per step."""
+    if labels.size == 0:
+        return
+    real = labels[labels != -1] if allow_padding else labels
+    if real.size and (real.min() < 0 or real.max() >= num_classes):
+        bad = sorted({int(v) for v in real if not 0 <= v < num_classes})[:5]
+        raise LoaderError(f"labels {bad} outside [0, {num_classes}) in the shards' .cls members: the manifest lists "
+                          f"{num_classes} classes; rebuild the shards (python -m shards build) or check them "
+                          "(python -m shards verify)")

@@ -37,16 +37,3 @@ def val_steps(*, num_samples: int, world_size: int, batch_size: int) -> int:
 def reader_batches(*, part_samples: int, batch_size: int) -> int:
     """Batches DALI's reader (with ``pad_last_batch``) returns for one pass over a part."""
     return -(-part_samples // batch_size)
-
-
-def valid_in_batch(*, step: int, batch_size: int, part_samples: int) -> list[bool]:
-    """Which positions of evaluation batch ``step`` are real samples (not padding)."""
-    first = step * batch_size
-    return [first + i < part_samples for i in range(batch_size)]
-
-
-def derive_seed(*, seed: int, rank: int, stream: int = 0) -> int:
-    """A 31-bit seed per (seed, rank, stream): different randomness on every rank, reproducible."""
-    import numpy as np
-
-    return int(np.random.SeedSequence([seed, rank, stream]).generate_state(1)[0] & 0x7FFFFFFF)

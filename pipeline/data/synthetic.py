@@ -5,26 +5,26 @@ from __future__ import annotations
 
 import torch
 
-from .normalize import to_normalized_nchw
-from .sharding import derive_seed
+from ..seeds import stream_seed
+from .epochs import EpochLoader
 
 
-class SyntheticLoader:
+class SyntheticLoader(EpochLoader):
     """``steps`` batches of the same random uint8 NHWC images and int64 labels per epoch."""
 
     def __init__(self, *, steps: int, batch_size: int, image_size: int, num_classes: int, device: torch.device,
-                 seed: int, rank: int, normalize: bool):
-        generator = torch.Generator().manual_seed(derive_seed(seed=seed, rank=rank))
+                 seed: int, rank: int):
+        super().__init__(steps)
+        generator = torch.Generator().manual_seed(stream_seed(seed=seed, rank=rank))
         images = torch.randint(0, 256, (batch_size, image_size, image_size, 3), dtype=torch.uint8, generator=generator)
         labels = torch.randint(0, num_classes, (batch_size,), dtype=torch.int64, generator=generator)
         self.images, self.labels = images.to(device), labels.to(device)
-        if normalize:
-            self.images = to_normalized_nchw(self.images)
-        self.steps = steps
 
-    def __len__(self) -> int:
-        return self.steps
-
-    def __iter__(self):
-        for _ in range(self.steps):
+    def _read(self, epoch: int, start_step: int):
+        if not self.cursor.continues(epoch, start_step):
+            self.cursor.begin(epoch)
+            self.cursor.consumed = start_step
+        while self.cursor.consumed < self.steps:
+            self.cursor.consumed += 1
             yield self.images, self.labels
+        self.cursor.close()

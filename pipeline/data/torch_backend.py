@@ -11,10 +11,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..seeds import torch_worker_seed
 from .augment import Augmentation
 from .checks import SplitShards
-from .normalize import to_normalized_nchw
-from .sharding import derive_seed, epoch_part, rank_range
+from .epochs import EpochLoader
+from .labels import check_label_range
+from .sharding import epoch_part, rank_range
 
 
 def worker_plan(*, begin: int, end: int, steps: int, batch_size: int, num_workers: int,
@@ -37,14 +39,15 @@ def worker_plan(*, begin: int, end: int, steps: int, batch_size: int, num_worker
 class _EpochSamples(IterableDataset):
     """The epochs of one rank: each ``iter()`` is the next epoch, in which every worker yields its
     batches (val batches padded with label -1). The epoch counter lives in each worker's copy, so
-    the workers can persist across epochs: each of them starts exactly one iteration per epoch."""
+    the workers can persist across epochs: each of them starts exactly one iteration per epoch.
+    ``epoch`` is set before the workers start: the epoch their first iteration reads."""
 
     def __init__(self, shards: SplitShards, *, steps: int, training: bool, batch_size: int, rank: int,
                  world_size: int, num_workers: int, augmentation: Augmentation, shuffle_buffer: int, seed: int,
-                 with_sample_ids: bool):
+                 sample_ids: bool):
         self.shards, self.steps, self.training, self.batch_size = shards, steps, training, batch_size
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
-        self.shuffle_buffer, self.seed, self.with_sample_ids = shuffle_buffer, seed, with_sample_ids
+        self.shuffle_buffer, self.seed, self.sample_ids = shuffle_buffer, seed, sample_ids
         # Built here so that torchvision is imported once, before the workers fork.
         self.transform = _transform(augmentation, training=training)
         self.epoch = 0
@@ -59,7 +62,7 @@ class _EpochSamples(IterableDataset):
                            num_workers=self.num_workers, training=self.training)
         first, stop, batches = plan[worker]
         # torchvision draws from torch's global RNG: seed it per (seed, rank, epoch, worker).
-        seed = derive_seed(seed=self.seed, rank=self.rank, stream=2 + epoch) * 64 % 2**31 + worker
+        seed = torch_worker_seed(run_seed=self.seed, rank=self.rank, epoch=epoch, worker=worker)
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
         samples = _read_range(self.shards, first=first, stop=stop)
@@ -83,7 +86,7 @@ class _EpochSamples(IterableDataset):
     def _collate(self, chunk, *, valid: int):
         images = torch.stack([c[0] for c in chunk])
         labels = torch.tensor([c[1] if i < valid else -1 for i, c in enumerate(chunk)], dtype=torch.int64)
-        return (images, labels, [c[2] for c in chunk]) if self.with_sample_ids else (images, labels)
+        return (images, labels, [c[2] for c in chunk]) if self.sample_ids else (images, labels)
 
 
 def _read_range(shards: SplitShards, *, first: int, stop: int):
@@ -141,27 +144,43 @@ def _prepare(sample: dict, transform) -> tuple[torch.Tensor, int, str]:
     return pixels, int(sample["cls"].decode("ascii")), source
 
 
-class TorchLoader:
-    """Iterates one epoch of ``steps`` batches per call; the same interface as the DALI loader.
-    The workers start with the first epoch and persist: restarting them every epoch cost about
-    a second each time (process start-up, shuffle buffer refill), which a short epoch notices."""
+class TorchLoader(EpochLoader):
+    """Epochs of ``steps`` batches; the same interface as the DALI loader. The workers start at the
+    first read, with the epoch it asks for, and persist: restarting them every epoch cost about a
+    second each time (process start-up, shuffle buffer refill), which a short epoch notices. Every
+    epoch's randomness is a function of (seed, rank, epoch, worker), so any position can be
+    reached again without a saved state: a resumed epoch re-reads (not re-trains) its first steps."""
 
     def __init__(self, shards: SplitShards, *, steps: int, training: bool, batch_size: int, rank: int,
                  world_size: int, device: torch.device, seed: int, num_workers: int, augmentation: Augmentation,
-                 normalize: bool, shuffle_buffer: int, with_sample_ids: bool):
-        self.steps, self.device, self.normalize = steps, device, normalize
-        dataset = _EpochSamples(
+                 shuffle_buffer: int, sample_ids: bool = False):
+        super().__init__(steps)
+        self.device, self.training, self.num_classes = device, training, shards.num_classes
+        self.dataset = _EpochSamples(
             shards, steps=steps, training=training, batch_size=batch_size, rank=rank, world_size=world_size,
             num_workers=max(1, num_workers), augmentation=augmentation, shuffle_buffer=shuffle_buffer, seed=seed,
-            with_sample_ids=with_sample_ids)
-        self.loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0,
-                                 pin_memory=device.type == "cuda", prefetch_factor=4 if num_workers else None)
+            sample_ids=sample_ids)
+        self.loader = DataLoader(self.dataset, batch_size=None, num_workers=num_workers,
+                                 persistent_workers=num_workers > 0, pin_memory=device.type == "cuda",
+                                 prefetch_factor=4 if num_workers else None)
+        self._batches = None  # the DataLoader iterator of the open epoch
 
-    def __len__(self) -> int:
-        return self.steps
+    def _read(self, epoch: int, start_step: int):
+        if not self.cursor.continues(epoch, start_step):
+            if not self.cursor.started:
+                self.dataset.epoch = epoch  # copied into the workers when they start, just below
+            self.cursor.begin(epoch)
+            self._batches = iter(self.loader)
+            for _ in range(start_step):
+                self._next_batch()
+        while self.cursor.consumed < self.steps:
+            yield self._next_batch()
+        self.cursor.close()
 
-    def __iter__(self):
-        for images, labels, *ids in self.loader:
-            images = images.to(self.device, non_blocking=True)
-            batch = (to_normalized_nchw(images) if self.normalize else images, labels.to(self.device, non_blocking=True))
-            yield batch + tuple(ids)
+    def _next_batch(self):
+        images, labels, *ids = next(self._batches)
+        self.cursor.consumed += 1
+        # Checked here, on the host, where it costs no device sync.
+        check_label_range(labels.numpy(), num_classes=self.num_classes, allow_padding=not self.training)
+        batch = (images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True))
+        return batch + tuple(ids)

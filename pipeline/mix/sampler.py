@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..seeds import generator_seed
 from .params import MixParams, box_lambda
 
 SAMPLER_MODES = ("cutmix", "mixup", "cutmix_or_mixup", "cutout", "none")
@@ -54,7 +55,7 @@ class MixSampler:
         self.switch_prob = switch_prob
         self.per = per
         self.partner = partner
-        self.generator = torch.Generator().manual_seed(rank_seed(seed=seed, rank=rank))
+        self.generator = torch.Generator().manual_seed(generator_seed(seed=seed, rank=rank))
 
     def sample(self, *, batch_size: int, height: int, width: int) -> MixParams:
         """Draw the parameters of one batch of `batch_size` images of `height` x `width`."""
@@ -114,11 +115,6 @@ class MixSampler:
             )  # fmt: skip
         # The official correction: the label weight is the area that was really kept.
         return box_lambda(boxes, height=height, width=width), boxes
-
-
-def rank_seed(*, seed: int, rank: int) -> int:
-    """A 64-bit generator seed that differs per rank (numpy's SeedSequence mixes the pair)."""
-    return int(np.random.SeedSequence(entropy=seed, spawn_key=(rank,)).generate_state(1, dtype=np.uint64)[0])
 
 
 def draw_beta(alpha: float, *, count: int, generator: torch.Generator) -> Tensor:

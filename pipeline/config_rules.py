@@ -1,0 +1,207 @@
+"""The value rules of the training config: one entry per field (``RULES``) and the rules that tie
+fields together (``CROSS_RULES``). ``validate`` runs them all before anything is built (no
+model, loader or process group), so a mistake costs one line, not a set-up and a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ConfigError
+from .mix.sampler import PARTNER_CHOICES, PER_CHOICES, SAMPLER_MODES
+
+Rule = Callable[[Any], "str | None"]  # the value -> what is wrong with it, or None
+
+
+def at_least(low: float) -> Rule:
+    return lambda value: None if value >= low else f"must be >= {low}, got {_shown(value)}"
+
+
+def above(low: float) -> Rule:
+    return lambda value: None if value > low else f"must be > {low}, got {_shown(value)}"
+
+
+def between(low: float, high: float, *, high_open: bool = False, low_open: bool = False) -> Rule:
+    def rule(value):
+        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        return None if ok else f"must be in {interval}, got {_shown(value)}"
+    return rule
+
+
+def one_of(choices) -> Rule:
+    return lambda value: None if value in choices else f"must be one of {list(choices)}, got {_shown(value)}"
+
+
+def ordered_pair(low: float, high: float | None = None) -> Rule:
+    """(a, b) with low < a <= b (<= high when given)."""
+    def rule(value):
+        a, b = value
+        ok = low < a <= b and (high is None or b <= high)
+        bound = f" <= {high}" if high is not None else ""
+        return None if ok else f"must be [a, b] with {low} < a <= b{bound}, got {_shown(value)}"
+    return rule
+
+
+def each(inner: Rule) -> Rule:
+    def rule(values):
+        for value in values:
+            problem = inner(value)
+            if problem:
+                return f"every value {problem} (in {_shown(values)})"
+        return None
+    return rule
+
+
+def optional(inner: Rule) -> Rule:
+    return lambda value: None if value is None else inner(value)
+
+
+def non_empty(value: str) -> str | None:
+    return None if value.strip() else f"must not be empty, got {value!r}"
+
+
+def known_model(name: str) -> str | None:
+    from .models import unknown_model_message
+
+    return unknown_model_message(name)
+
+
+def resume_choice(value: str) -> str | None:
+    from .checkpoint import is_complete_checkpoint
+
+    if value in ("auto", "none") or is_complete_checkpoint(Path(value)):
+        return None
+    return f"must be auto, none or a complete checkpoint folder (RUN/checkpoints/epoch-NNNN), got {value!r}"
+
+
+TYPE_ONLY = None  # booleans: their type is their only rule
+
+RULES: dict[str, Rule | None] = {
+    "data.shards": non_empty,
+    "data.demo": TYPE_ONLY,
+    "data.image_size": at_least(8),
+    "data.crop_pct": between(0, 1, low_open=True),
+    "data.random_area": ordered_pair(0, 1),
+    "data.random_aspect_ratio": ordered_pair(0),
+    "data.flip_probability": between(0, 1),
+    "data.mean": each(between(0, 1)),
+    "data.std": each(above(0)),
+    "model.name": known_model,
+    "model.pretrained": TYPE_ONLY,
+    "model.channels_last": TYPE_ONLY,
+    "model.compile": TYPE_ONLY,
+    "model.drop_path_rate": between(0, 1, high_open=True),
+    "optim.base_lr": above(0),
+    "optim.reference_batch": at_least(1),
+    "optim.momentum": between(0, 1, high_open=True),
+    "optim.nesterov": TYPE_ONLY,
+    "optim.weight_decay": at_least(0),
+    "optim.decay_norm_and_bias": TYPE_ONLY,
+    "schedule.epochs": at_least(1),
+    "schedule.name": one_of(("step", "cosine")),
+    "schedule.milestones": each(at_least(1)),
+    "schedule.decay_factor": between(0, 1, low_open=True),
+    "schedule.warmup_epochs": at_least(0),
+    "schedule.warmup_start_factor": between(0, 1, low_open=True),
+    "schedule.min_lr": at_least(0),
+    "mix.mode": one_of(SAMPLER_MODES),
+    "mix.cutmix_alpha": above(0),
+    "mix.mixup_alpha": above(0),
+    "mix.prob": between(0, 1),
+    "mix.switch_prob": between(0, 1),
+    "mix.per": one_of(PER_CHOICES),
+    "mix.partner": one_of(PARTNER_CHOICES),
+    "mix.cutout_size": optional(at_least(1)),
+    "mix.label_smoothing": between(0, 1, high_open=True),
+    "loader.backend": one_of(("dali", "torch", "synthetic")),
+    "loader.batch_size": at_least(1),
+    "loader.val_batch_size": optional(at_least(1)),
+    "loader.num_threads": at_least(1),
+    "loader.shuffle_buffer": at_least(1),
+    "run.out_dir": non_empty,
+    "run.seed": between(0, 2**63 - 1),
+    "run.mixed_precision": one_of(("auto", "bf16", "no")),
+    "run.deterministic": TYPE_ONLY,
+    "run.eval_every": at_least(1),
+    "run.resume": resume_choice,
+    "run.keep_checkpoints": at_least(1),
+    "run.tensorboard": TYPE_ONLY,
+    "run.progress": TYPE_ONLY,
+    "run.log_every": at_least(1),
+    "run.max_train_steps": optional(at_least(1)),
+    "run.stop_grace_seconds": above(0),
+}
+
+
+def _milestones(config) -> tuple[str, str] | None:
+    milestones, epochs = list(config.schedule.milestones), config.schedule.epochs
+    if milestones != sorted(set(milestones)):
+        return "schedule.milestones", f"must be strictly increasing, got {milestones}"
+    if config.schedule.name == "step" and milestones and milestones[-1] > epochs:
+        return "schedule.milestones", f"must lie within schedule.epochs={epochs}, got {milestones}"
+    return None
+
+
+def _warmup(config) -> tuple[str, str] | None:
+    if config.schedule.warmup_epochs > config.schedule.epochs:
+        return "schedule.warmup_epochs", (f"must be at most schedule.epochs={config.schedule.epochs}, "
+                                          f"got {config.schedule.warmup_epochs}")
+    return None
+
+
+def _min_lr(config) -> tuple[str, str] | None:
+    if config.schedule.name == "cosine" and config.schedule.min_lr >= config.optim.base_lr:
+        return "schedule.min_lr", f"must be below optim.base_lr={config.optim.base_lr}, got {config.schedule.min_lr}"
+    return None
+
+
+def _nesterov(config) -> tuple[str, str] | None:
+    if config.optim.nesterov and config.optim.momentum == 0:
+        return "optim.nesterov", "true needs optim.momentum > 0 (or set optim.nesterov=false)"
+    return None
+
+
+def _cutout(config) -> tuple[str, str] | None:
+    size, image = config.mix.cutout_size, config.data.image_size
+    if config.mix.mode == "cutout" and size is None:
+        return "mix.cutout_size", "mix.mode=cutout needs a box side in pixels"
+    if size is not None and size > image:
+        return "mix.cutout_size", f"must be at most data.image_size={image}, got {size}"
+    return None
+
+
+def _mix_batch(config) -> tuple[str, str] | None:
+    mode, batch = config.mix.mode, config.loader.batch_size
+    if mode in ("cutmix", "mixup", "cutmix_or_mixup") and batch < 2:
+        return "loader.batch_size", f"mix.mode={mode} mixes each sample with a partner: needs >= 2, got {batch}"
+    if config.mix.partner == "flip" and mode != "none" and batch % 2:
+        return "loader.batch_size", f"mix.partner=flip pairs sample i with B-1-i: needs an even batch, got {batch}"
+    return None
+
+
+CROSS_RULES = (_milestones, _warmup, _min_lr, _nesterov, _cutout, _mix_batch)
+
+
+def validate(config) -> None:
+    """Every rule of every field, then the cross-field rules; the first problem is a
+    ConfigError naming the key and the value."""
+    for name, rule in RULES.items():
+        value = lookup(config, name)
+        problem = rule(value) if rule is not None else None
+        if problem:
+            raise ConfigError(f"{name}: {problem}")
+    for cross in CROSS_RULES:
+        found = cross(config)
+        if found:
+            raise ConfigError(f"{found[0]}: {found[1]}")
+
+
+def _shown(value: Any) -> str:
+    return repr(list(value) if isinstance(value, tuple) else value)
+
+
+def lookup(config, name: str) -> Any:
+    """The value of ``section.key``."""
+    section, key = name.split(".")
+    return getattr(getattr(config, section), key)

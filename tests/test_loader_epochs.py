@@ -1,0 +1,110 @@
+"""One loader per run: epochs read in order, a position saved with ``state_dict()`` and restored
+in a new loader (a resumed run) gives exactly the batches the first loader goes on to give, and
+a loader started at a later epoch reads that epoch's part. The reference is always the same
+loader class read straight through (sample ids and pixels compared)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from loader_fixtures import make_labelled_shards, open_loader
+
+BACKENDS = ["dali", "torch"]
+BATCH = 8
+WORLD = 2
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return make_labelled_shards(tmp_path_factory.mktemp("epochs"))
+
+
+def loader_of(shards, backend, *, restore=None, seed=7):
+    return open_loader(shards, "train", batch_size=BATCH, rank=1, world_size=WORLD, seed=seed, backend=backend,
+                       sample_ids=True, restore=restore, random_area=(0.3, 1.0))[0]
+
+
+def same(a, b) -> bool:
+    """Two lists of batches hold the same samples in the same order with the same pixels."""
+    return len(a) == len(b) and all(x[2] == y[2] and torch.equal(x[0], y[0]) for x, y in zip(a, b))
+
+
+def through_json(state: dict) -> dict:
+    return json.loads(json.dumps(state))  # as a checkpoint stores it
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("stop_at", [3, 7])  # mid-epoch, and the last step of the epoch (7 = 58 // 8)
+def test_a_restored_loader_goes_on_exactly_where_the_first_one_was(shards, backend, stop_at):
+    first = loader_of(shards, backend)
+    steps = len(first)
+    epoch0 = first.iter_epoch(0)
+    head = [next(epoch0) for _ in range(stop_at)]
+    state = through_json(first.state_dict())
+    tail = list(epoch0)
+    epoch1 = list(first.iter_epoch(1))
+    assert len(head) + len(tail) == steps == 7
+
+    again = loader_of(shards, backend, restore=state)
+    assert same(list(again.iter_epoch(0, stop_at)), tail)
+    assert same(list(again.iter_epoch(1)), epoch1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_state_saved_after_a_capped_epoch_resumes_at_the_next_epoch(shards, backend):
+    # run.max_train_steps: training leaves each epoch after a few steps; the next epoch must be
+    # the one an uninterrupted loader reads (DALI runs the rest of the pass first).
+    first = loader_of(shards, backend)
+    for _ in zip(range(2), first.iter_epoch(0)):
+        pass
+    state = through_json(first.state_dict())
+    reference = list(first.iter_epoch(1))
+    assert same(list(loader_of(shards, backend, restore=state).iter_epoch(1)), reference)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_loader_started_at_a_later_epoch_reads_that_epochs_part(shards, backend):
+    straight = loader_of(shards, backend)
+    list(straight.iter_epoch(0))
+    reference = list(straight.iter_epoch(1))
+    late = list(loader_of(shards, backend).iter_epoch(1))
+    ids = [{sid for batch in batches for sid in batch[2]} for batches in (reference, late)]
+    # Rank 1 reads part 0 in epoch 1 (the parts rotate): the same samples, minus what each drops.
+    assert len(ids[0] & ids[1]) > 0.8 * len(ids[0])
+    if backend == "torch":  # every epoch's randomness is a function of (seed, rank, epoch, worker)
+        assert same(late, reference)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_fresh_loader_resumed_mid_epoch_skips_the_steps_already_trained(shards, backend):
+    reference = list(loader_of(shards, backend).iter_epoch(0))
+    assert same(list(loader_of(shards, backend).iter_epoch(0, 4)), reference[4:])
+
+
+def test_a_state_of_other_settings_is_not_used(shards, capfd):
+    first = loader_of(shards, "dali", seed=7)
+    next(first.iter_epoch(0))
+    state = through_json(first.state_dict())
+    reference = list(loader_of(shards, "dali", seed=8).iter_epoch(0))
+    capfd.readouterr()
+    other = loader_of(shards, "dali", seed=8, restore=state)
+    assert same(list(other.iter_epoch(0)), reference)  # read from its own seed, from the start
+    assert "other settings (seed differ)" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("backend", BACKENDS + ["synthetic"])
+def test_epochs_are_read_in_order(shards, backend):
+    loader = open_loader(shards, "train", batch_size=BATCH, world_size=WORLD, backend=backend)[0]
+    list(loader.iter_epoch(2))  # the first read may start anywhere (a resumed run)
+    with pytest.raises(ValueError, match="epochs are read in order"):
+        loader.iter_epoch(1)
+    with pytest.raises(ValueError, match="epochs are read in order"):
+        loader.iter_epoch(2)  # read already
+    with pytest.raises(ValueError, match="epochs are read in order"):
+        loader.iter_epoch(4)  # epoch 3 would be skipped
+    assert len(list(iter(loader))) == len(loader)  # a plain iter() reads epoch 3
+    with pytest.raises(ValueError, match="start_step must be in"):
+        loader.iter_epoch(4, len(loader) + 1)

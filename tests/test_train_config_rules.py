@@ -1,0 +1,148 @@
+"""Configs fail fast: every field of the config with at least one invalid value gives one
+ConfigError naming the key, before anything is built; overrides are read by the field's type
+(``no`` is text for a text field, YAML 1.1 would make it a boolean); the command line turns a
+violation into one ``error:`` line and exit 2 without creating the run folder."""
+
+from __future__ import annotations
+
+import pytest
+from train_helpers import REPO, run_train
+
+from pipeline.config import TrainConfig, field_names, resolve_config
+from pipeline.config_rules import RULES
+from pipeline.errors import ConfigError
+
+DEMO = REPO / "configs" / "demo.yaml"
+
+# For every field, values a user could write that must be refused (written by hand, from the
+# meaning of each field, not from the rules' code). Booleans: anything that is not a boolean.
+INVALID = {
+    "data.shards": ["", "  "],
+    "data.demo": ["maybe", "2"],
+    "data.image_size": ["0", "4", "32.5", "big"],
+    "data.crop_pct": ["0", "1.2", "-0.5"],
+    "data.random_area": ["[0, 1]", "[0.5, 0.2]", "[0.1, 1.5]", "[0.1]"],
+    "data.random_aspect_ratio": ["[0, 1]", "[2, 1]", "[-1, 1]"],
+    "data.flip_probability": ["-0.1", "1.5"],
+    "data.mean": ["[0.5, 0.5]", "[1.5, 0.4, 0.4]", "[-0.1, 0.4, 0.4]"],
+    "data.std": ["[0.2, 0, 0.2]", "[0.2, -0.1, 0.2]", "[0.2, 0.2]"],
+    "model.name": ["resnet5O", "not_a_model"],
+    "model.pretrained": ["maybe"],
+    "model.channels_last": ["1"],
+    "model.compile": ["perhaps"],
+    "model.drop_path_rate": ["-0.1", "1", "1.5"],
+    "optim.base_lr": ["0", "-0.1", "nan", "inf", "fast"],
+    "optim.reference_batch": ["0", "-256", "256.5"],
+    "optim.momentum": ["-0.1", "1", "1.5"],
+    "optim.nesterov": ["sometimes"],
+    "optim.weight_decay": ["-1e-4"],
+    "optim.decay_norm_and_bias": ["2"],
+    "schedule.epochs": ["0", "-3", "1.5"],
+    "schedule.name": ["linear", "Step"],
+    "schedule.milestones": ["[0, 10]", "[20, 10]", "[10, 10]", "[10, 400]", "[a]"],
+    "schedule.decay_factor": ["0", "-0.1", "1.5"],
+    "schedule.warmup_epochs": ["-1", "300.5", "500"],
+    "schedule.warmup_start_factor": ["0", "1.5"],
+    "schedule.min_lr": ["-0.1"],
+    "mix.mode": ["cut_mix", "CutMix"],
+    "mix.cutmix_alpha": ["0", "-1"],
+    "mix.mixup_alpha": ["0", "-0.5"],
+    "mix.prob": ["-0.1", "2"],
+    "mix.switch_prob": ["1.1", "-1"],
+    "mix.per": ["sample", "batches"],
+    "mix.partner": ["reverse", "shuffle"],
+    "mix.cutout_size": ["0", "-16", "500"],
+    "mix.label_smoothing": ["1", "-0.1", "1.5"],
+    "loader.backend": ["pillow", "DALI"],
+    "loader.batch_size": ["0", "-8", "big"],
+    "loader.val_batch_size": ["0", "-1"],
+    "loader.num_threads": ["0"],
+    "loader.shuffle_buffer": ["0", "-5"],
+    "run.out_dir": [""],
+    "run.seed": ["-1", "1.5"],
+    "run.mixed_precision": ["fp8", "yes", "bf32"],
+    "run.deterministic": ["maybe"],
+    "run.eval_every": ["0"],
+    "run.resume": ["latest", "/nonexistent/checkpoint"],
+    "run.keep_checkpoints": ["0"],
+    "run.tensorboard": ["2"],
+    "run.progress": ["bar"],
+    "run.log_every": ["0", "-10"],
+    "run.max_train_steps": ["0", "-1"],
+    "run.stop_grace_seconds": ["0", "-5"],
+}
+
+
+def test_every_field_has_a_rule_and_invalid_values_in_this_test():
+    assert set(RULES) == set(field_names()), "a config field without a rule (or a rule without a field)"
+    assert set(INVALID) == set(field_names()), "a config field this test does not try"
+
+
+@pytest.mark.parametrize("name, value", [(name, value) for name, values in INVALID.items() for value in values])
+def test_invalid_value_names_the_key(name, value):
+    with pytest.raises(ConfigError) as raised:
+        resolve_config(config_file=None, overrides=[f"{name}={value}"])
+    message = str(raised.value)
+    assert message.startswith(f"{name}:") or f" {name}" in message, message
+    assert "\n" not in message
+
+
+def test_cross_field_rules_name_the_key_that_must_change():
+    cases = [
+        (["mix.mode=cutout"], "mix.cutout_size: mix.mode=cutout needs"),
+        (["mix.mode=cutmix", "loader.batch_size=1"], "loader.batch_size: mix.mode=cutmix"),
+        (["mix.mode=cutmix", "mix.partner=flip", "loader.batch_size=7"], "loader.batch_size: mix.partner=flip"),
+        (["optim.momentum=0"], "optim.nesterov: true needs optim.momentum > 0"),
+        (["schedule.name=cosine", "schedule.min_lr=0.5"], "schedule.min_lr: must be below optim.base_lr"),
+        (["data.image_size=32", "mix.cutout_size=40"], "mix.cutout_size: must be at most data.image_size=32"),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+            resolve_config(config_file=None, overrides=overrides)
+    # The same values are fine together with what they need.
+    resolve_config(config_file=None, overrides=["mix.mode=cutout", "mix.cutout_size=112"])
+    resolve_config(config_file=None, overrides=["optim.momentum=0", "optim.nesterov=false"])
+
+
+@pytest.mark.parametrize("text", ["no", "yes", "on", "off", "No"])
+def test_a_text_field_takes_yaml_11_booleans_as_text(text, tmp_path):
+    # run.out_dir is text: "no" must stay "no", on the command line and in a YAML file.
+    assert resolve_config(config_file=None, overrides=[f"run.out_dir={text}"]).run.out_dir == text
+    (tmp_path / "c.yaml").write_text(f"run:\n  out_dir: {text}\n")
+    assert resolve_config(config_file=tmp_path / "c.yaml", overrides=[]).run.out_dir == text
+
+
+def test_documented_precision_values_parse_as_text(tmp_path):
+    for value in ("no", "bf16", "auto"):
+        assert resolve_config(config_file=None, overrides=[f"run.mixed_precision={value}"]).run.mixed_precision == value
+    (tmp_path / "c.yaml").write_text("run:\n  mixed_precision: no\n")
+    assert resolve_config(config_file=tmp_path / "c.yaml", overrides=[]).run.mixed_precision == "no"
+    assert TrainConfig().run.mixed_precision == "auto"  # bf16 on CUDA only: CPUs without bf16 crawl
+
+
+def test_values_are_read_by_the_declared_type(tmp_path):
+    config = resolve_config(config_file=None, overrides=[
+        "model.compile=yes", "run.progress=off", "optim.weight_decay=5e-5", "loader.val_batch_size=none",
+        "run.max_train_steps=null", "data.random_area=0.2,0.9", "data.mean=[0.5, 0.5, 0.5]", "run.seed=7"])
+    assert config.model.compile is True and config.run.progress is False
+    assert config.optim.weight_decay == 5e-5 and config.loader.val_batch_size is None
+    assert config.run.max_train_steps is None and config.data.random_area == (0.2, 0.9)
+    assert config.data.mean == (0.5, 0.5, 0.5) and config.run.seed == 7
+    # YAML 1.1 reads 1e-4 (no dot) as text; a number field takes it as the number it means.
+    (tmp_path / "c.yaml").write_text("optim:\n  weight_decay: 1e-4\nmodel:\n  compile: on\n")
+    config = resolve_config(config_file=tmp_path / "c.yaml", overrides=[])
+    assert config.optim.weight_decay == 1e-4 and config.model.compile is True
+
+
+@pytest.mark.parametrize("override, key", [
+    ("mix.prob=2", "mix.prob"), ("run.mixed_precision=fp8", "run.mixed_precision"),
+    ("schedule.milestones=[10,5]", "schedule.milestones"), ("data.crop_pct=0", "data.crop_pct"),
+])
+def test_the_command_line_prints_one_error_line_and_builds_nothing(tmp_path, override, key):
+    out = tmp_path / "run"
+    done = run_train(["--config", str(DEMO), f"run.out_dir={out}", f"data.shards={tmp_path / 'shards'}", override],
+                     timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {key}:"), done.stderr
+    assert not out.exists() and not (tmp_path / "shards").exists(), "work started before the config was checked"
