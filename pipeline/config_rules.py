@@ -120,7 +120,7 @@ RULES: dict[str, Rule | None] = {
     "loader.num_threads": at_least(1),
     "loader.shuffle_buffer": at_least(1),
     "run.out_dir": non_empty,
-    "run.seed": between(0, 2**63 - 1),
+    "run.seed": between(0, 2**32 - 1),  # Accelerate's set_seed (numpy's global RNG) takes 32 bits
     "run.mixed_precision": one_of(("auto", "bf16", "no")),
     "run.deterministic": TYPE_ONLY,
     "run.eval_every": at_least(1),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -39,10 +39,11 @@ def loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, *, accelerator, mean: Sequence[float], std: Sequence[float],
-             dtype: torch.dtype, channels_last: bool) -> dict[str, float]:
+             dtype: torch.dtype, channels_last: bool, progress: Callable[[], None] | None = None) -> dict[str, float]:
     """Run ``loader`` (already split by rank, padding labelled -1) and all-reduce exact integer
     counts; returns top1_err, top5_err (percent), val_loss and val_samples. The batches are
-    queued without waiting; the results are read once, at the end."""
+    queued without waiting; the results are read once, at the end. ``progress`` is called after
+    each batch (the stop watchdog's sign of life)."""
     model.eval()
     counts = torch.zeros(3, dtype=torch.int64, device=accelerator.device)
     total_loss = torch.zeros((), dtype=torch.float64, device=accelerator.device)
@@ -53,6 +54,8 @@ def evaluate(model: torch.nn.Module, loader, *, accelerator, mean: Sequence[floa
             logits = model(inputs)
         counts += count_correct(logits, labels)
         total_loss += loss_sum(logits, labels)
+        if progress is not None:
+            progress()
     model.train()
     # Integer counts: the sum over ranks is exact, whatever the order of the reduction.
     counts = accelerator.reduce(counts, reduction="sum")

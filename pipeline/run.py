@@ -48,19 +48,21 @@ class Session:
 def run_training(config: TrainConfig) -> dict:
     """Train as ``config`` says; returns the last epoch's metrics record (with the best so far)."""
     run_dir = Path(config.run.out_dir)
-    session = setup(config, run_dir=run_dir)
-    accelerator = session.accelerator
-    state, loader_state = resume(config, session=session, run_dir=run_dir)
-    train_loader = make_loader(config, shards=session.shards, split="train", accelerator=accelerator,
-                               num_classes=session.num_classes, restore=loader_state)[0]
-    if accelerator.is_main_process:
-        write_config(config, run_dir / "config.yaml")
-    stop = StopRequest(grace_seconds=config.run.stop_grace_seconds, group=session.stop_group)
+    # First of all: a stop signal during the set-up is then honoured at the first step.
+    stop = StopRequest(grace_seconds=config.run.stop_grace_seconds)
     try:
+        session = setup(config, run_dir=run_dir)
+        stop.group = session.stop_group
+        state, loader_state = resume(config, session=session, run_dir=run_dir)
+        train_loader = make_loader(config, shards=session.shards, split="train", accelerator=session.accelerator,
+                                   num_classes=session.num_classes, restore=loader_state)[0]
+        if session.accelerator.is_main_process:
+            write_config(config, run_dir / "config.yaml")
         record = train_epochs(config, session=session, loader=train_loader, state=state, run_dir=run_dir,
                               stop=stop)
     finally:
         stop.close()
+    accelerator = session.accelerator
     finished = state.epoch == config.schedule.epochs
     if finished and accelerator.is_main_process:
         export_weights(accelerator.unwrap_model(session.model), run_dir / WEIGHTS_FILE,
@@ -222,16 +224,18 @@ def train_epochs(config: TrainConfig, *, session: Session, loader, state: TrainS
         if result.stopped:
             state.step_in_epoch = result.last_step
             state.partial_loss = accelerator.gather(result.loss_sum.reshape(1)).tolist()
+            stop.progress()
             save_checkpoint(accelerator, run_dir, state, keep=config.run.keep_checkpoints,
                             loader_state=loader.state_dict())
             return None
         state.epoch, state.step_in_epoch, state.partial_loss = epoch + 1, 0, []
         record = epoch_record(config, session=session, state=state, result=result,
-                              seconds=time.perf_counter() - started)
+                              seconds=time.perf_counter() - started, progress=stop.progress)
         if accelerator.is_main_process:
             append_metrics(run_dir, record)
             print(format_epoch(record), flush=True)
         accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=state.epoch)
+        stop.progress()
         save_checkpoint(accelerator, run_dir, state, keep=config.run.keep_checkpoints, loader_state=loader.state_dict())
         if state.epoch < config.schedule.epochs and (result.stop_requested or stop.agree()):
             stop.honour()
@@ -252,7 +256,8 @@ def mix_sampler(config: TrainConfig, *, seed: int, rank: int) -> MixSampler:
                       partner=mix.partner, seed=seed, rank=rank)
 
 
-def epoch_record(config: TrainConfig, *, session: Session, state: TrainState, result, seconds: float) -> dict:
+def epoch_record(config: TrainConfig, *, session: Session, state: TrainState, result, seconds: float,
+                 progress=None) -> dict:
     """The epoch's metrics (train loss averaged over ranks; evaluation when due) and the best so far."""
     accelerator = session.accelerator
     loss = accelerator.reduce(result.loss_sum.double(), reduction="sum")
@@ -265,7 +270,7 @@ def epoch_record(config: TrainConfig, *, session: Session, state: TrainState, re
     if state.epoch % config.run.eval_every == 0 or state.epoch == config.schedule.epochs:
         record.update(evaluate(session.model, session.val_loader, accelerator=accelerator, mean=config.data.mean,
                                std=config.data.std, dtype=session.mix.out_dtype,
-                               channels_last=config.model.channels_last))
+                               channels_last=config.model.channels_last, progress=progress))
         if not state.best or record["top1_err"] < state.best["top1_err"]:
             state.best = {"top1_err": record["top1_err"], "top5_err": record["top5_err"], "epoch": state.epoch}
     if state.best:

@@ -1,35 +1,53 @@
-"""``python slow_step_worker.py MARKERS FROM SECONDS section.key=value ...``: the real command line
-of pipeline/train.py (``pipeline.cli.run_cli``, demo config) whose training steps from update
-FROM on take SECONDS longer (a sleep before the real step), as a slow step on a CPU without
-native bf16 would. Each step appends ``start N`` and ``end N`` to MARKERS (N counts updates of
-this process from 0; under DDP MARKERS gets the rank appended)."""
+"""``python slow_step_worker.py MARKERS FROM HOW section.key=value ...``: the real command line of
+pipeline/train.py (``pipeline.cli.run_cli``, demo config) whose training steps from update FROM on
+are slow, as on a CPU without native bf16: HOW is a number of seconds to sleep before the real
+step, or ``signal``: wait (in the step) until the stop watchdog has noted a signal, so that the
+step a signal lands in is known exactly. ``SLOW_RANKS=1`` (environment) makes only rank 1 slow.
+Each step appends ``start N`` and ``end N`` to MARKERS (N counts updates of this process from 0;
+under DDP MARKERS gets the rank appended; MARKERS.pid holds the process id)."""
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import pipeline.stopping as stopping  # noqa: E402
 import pipeline.training as training  # noqa: E402
 from pipeline.cli import exit_cleanly, run_cli  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+HANG_GUARD = 600  # seconds a "signal" step waits at most
 
 
 def main() -> None:
-    markers, slow_from, seconds, argv = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
-    markers = Path(f"{markers}{os.environ.get('RANK', '')}")
-    original, done = training.train_step, [0]
+    markers, slow_from, how, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+    rank = os.environ.get("RANK", "")
+    markers = Path(f"{markers}{rank}")
     markers.with_suffix(".pid").write_text(str(os.getpid()))
+    slow_here = rank in os.environ.get("SLOW_RANKS", rank).split(",")
+    noted = threading.Event()
+    on_signal = stopping.StopRequest._on_signal
+
+    def noting(self, signum):
+        on_signal(self, signum)
+        noted.set()
+
+    stopping.StopRequest._on_signal = noting
+    original, done = training.train_step, [0]
 
     def slow_step(**kwargs):
         step = done[0]
         with open(markers, "a") as log:
             log.write(f"start {step}\n")
-        if step >= slow_from:
-            time.sleep(seconds)
+        if slow_here and step >= slow_from:
+            if how == "signal":
+                noted.wait(HANG_GUARD)
+            else:
+                time.sleep(float(how))
         loss = original(**kwargs)
         with open(markers, "a") as log:
             log.write(f"end {step}\n")

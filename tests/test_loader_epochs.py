@@ -108,3 +108,19 @@ def test_epochs_are_read_in_order(shards, backend):
     assert len(list(iter(loader))) == len(loader)  # a plain iter() reads epoch 3
     with pytest.raises(ValueError, match="start_step must be in"):
         loader.iter_epoch(4, len(loader) + 1)
+
+
+def test_an_epoch_cut_short_is_not_decoded_to_its_end(shards, monkeypatch):
+    # run.max_train_steps: 2 of 7 steps used; the next epoch starts from a pipeline built for it
+    # (its seed, its part), not after running the 5 unused batches of the pass.
+    from pipeline.data.dali import DaliLoader
+
+    runs = []
+    original = DaliLoader._run
+    monkeypatch.setattr(DaliLoader, "_run", lambda self: runs.append(1) or original(self))
+    loader = loader_of(shards, "dali")
+    for _ in zip(range(2), loader.iter_epoch(0)):
+        pass
+    second = list(loader.iter_epoch(1))
+    assert len(runs) == 2 + 8  # epoch 1: 7 steps + the 1 padded batch of its pass, run to reach the next
+    assert same(second, list(loader_of(shards, "dali").iter_epoch(1)))  # = a loader started at epoch 1

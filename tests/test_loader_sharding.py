@@ -43,6 +43,19 @@ def test_val_steps_cover_the_largest_part_and_the_reader_never_runs_past_them():
         assert all(reader_batches(part_samples=size, batch_size=batch) <= steps for size in sizes)
 
 
+def test_a_whole_train_epoch_leaves_at_most_one_reader_batch_of_any_part():
+    from pipeline.data.dali import DRAIN_LIMIT
+
+    most = 0
+    for num_samples in range(1, 300):
+        for world_size in range(1, 9):
+            sizes = part_sizes(num_samples=num_samples, world_size=world_size)
+            for batch in range(1, min(sizes) + 1):
+                steps = train_steps(num_samples=num_samples, world_size=world_size, batch_size=batch)
+                most = max(most, *(-(-size // batch) - steps for size in sizes))  # ceil: DALI pads the part
+    assert most == DRAIN_LIMIT == 1
+
+
 def test_epoch_part_rotates_through_all_parts():
     seen = {epoch_part(rank=1, world_size=4, epoch=e, stick_to_shard=False) for e in range(4)}
     assert seen == {0, 1, 2, 3}

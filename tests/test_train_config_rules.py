@@ -59,7 +59,7 @@ INVALID = {
     "loader.num_threads": ["0"],
     "loader.shuffle_buffer": ["0", "-5"],
     "run.out_dir": [""],
-    "run.seed": ["-1", "1.5"],
+    "run.seed": ["-1", "1.5", "4294967296"],
     "run.mixed_precision": ["fp8", "yes", "bf32"],
     "run.deterministic": ["maybe"],
     "run.eval_every": ["0"],

@@ -3,6 +3,7 @@ with run.resume=auto ends with exactly the metrics and weights of an uninterrupt
 
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -75,3 +76,37 @@ def test_kill_during_save_leaves_no_valid_checkpoint(demo_shards, uninterrupted,
     shutil.copytree(newest, tmp_path / "checkpoints" / "tmp-epoch-0004")
     (newest / "COMPLETE").unlink()  # as if the kill came before the marker
     assert find_resume_checkpoint("auto", tmp_path).name == "epoch-0002"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_torch(demo_shards, tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole_torch")
+    done = run_train(small_run_args(demo_shards, out, *EXTRA, "loader.backend=torch"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+def test_a_stop_in_the_middle_of_an_epoch_then_resume_equals_uninterrupted(demo_shards, request, tmp_path, backend):
+    """SIGTERM during a slow step of epoch 2 (tests/slow_step_worker.py): the checkpoint is
+    mid-epoch by construction, so the resumed run must continue the epoch's loader and mixing
+    draws exactly (DALI from its saved state, torch by re-reading the epoch's first steps)."""
+    reference = request.getfixturevalue("uninterrupted" if backend == "dali" else "uninterrupted_torch")
+    extra = (*EXTRA, f"loader.backend={backend}")
+    worker = [sys.executable, str(REPO / "tests" / "slow_step_worker.py"), str(tmp_path / "markers"), "8", "2",
+              *small_run_args(demo_shards, tmp_path, *extra)[2:]]  # the worker adds the demo config itself
+    with started_process(worker, cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True) as process:
+        markers = tmp_path / "markers"
+        deadline = time.monotonic() + 300
+        while "start 8" not in (markers.read_text() if markers.exists() else ""):
+            assert process.poll() is None and time.monotonic() < deadline, "the run did not reach step 8"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)  # during update 8 = step 2 of epoch 2 (6 steps an epoch)
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr[-3000:]
+    assert (tmp_path / "checkpoints" / "epoch-0001-step-000003" / "COMPLETE").exists()
+    done = run_train(small_run_args(demo_shards, tmp_path, *extra))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from" in done.stdout and "epoch 1, step 3" in done.stdout
+    _assert_same_run(tmp_path, reference)

@@ -1,11 +1,15 @@
 """A stop request is honoured promptly even when a step is slow (tests/slow_step_worker.py makes
-steps slow on purpose): SIGTERM during a step checkpoints after that step and exits 0 (under
-DDP, every rank at the same step, one step later); a step that does not end within
-run.stop_grace_seconds, or a second SIGTERM, ends the process at once without a checkpoint."""
+steps slow on purpose, or holds a step until the signal has been noted, so that the step a signal
+lands in is known): SIGTERM during a step checkpoints after that step and exits 0 (under DDP,
+every rank at the same step, one step later), also when the launcher passes a copy of the
+SIGTERM on; no progress within run.stop_grace_seconds, or a second SIGTERM (5 s or more after the
+first), ends the process at once without a checkpoint."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -21,14 +25,21 @@ WORKER = REPO / "tests" / "slow_step_worker.py"
 COMMON = ("schedule.epochs=2", "run.max_train_steps=8", "loader.batch_size=32")
 
 
-def start(shards: Path, tmp_path: Path, *, slow_from: int, seconds: float, grace: float, ddp: bool = False):
-    """The worker (one process, or two ranks through accelerate launch), stderr into a file."""
-    args = [str(tmp_path / "markers"), str(slow_from), str(seconds),
-            *small_run_args(shards, tmp_path / "run", *COMMON, f"run.stop_grace_seconds={grace}")[2:]]
+@contextlib.contextmanager
+def start(shards: Path, tmp_path: Path, *, slow_from: int, how: str, grace: float, ddp: bool = False,
+          slow_ranks: str | None = None):
+    """The worker (one process, or two ranks through accelerate launch), its output into a file:
+    ``with start(...) as (process, output)``; killed with all it started at the end."""
+    run_args = small_run_args(shards, tmp_path / "run", *COMMON, f"run.stop_grace_seconds={grace}")
+    args = [str(tmp_path / "markers"), str(slow_from), how, *run_args[2:]]  # [2:]: the worker adds the demo config
     command = [*LAUNCH_TWO_CPU_RANKS, str(WORKER), *args] if ddp else [sys.executable, str(WORKER), *args]
     env = dict(child_env(), ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1") if ddp else child_env()
-    stderr = open(tmp_path / "stderr.txt", "w")
-    return started_process(command, cwd=REPO, env=env, stdout=stderr, stderr=stderr), tmp_path / "stderr.txt"
+    if slow_ranks is not None:
+        env["SLOW_RANKS"] = slow_ranks
+    output = tmp_path / "output.txt"
+    with open(output, "w") as stream, started_process(command, cwd=REPO, env=env, stdout=stream,
+                                                      stderr=stream) as process:
+        yield process, output
 
 
 def markers(tmp_path: Path, rank: str = "") -> list[str]:
@@ -50,58 +61,79 @@ def mid_epoch_checkpoints(run: Path) -> list[str]:
 
 
 def test_sigterm_during_a_slow_step_checkpoints_after_that_step(demo_shards, tmp_path):
-    launched, _ = start(demo_shards, tmp_path, slow_from=2, seconds=3, grace=120)
-    with launched as process:
+    with start(demo_shards, tmp_path, slow_from=2, how="signal", grace=120) as (process, output):
         wait_for(lambda: "start 2" in markers(tmp_path), process, "step 2")
+        # Twice at once, as under Slurm's proctrack/cgroup: to the process, and the copy a
+        # launcher passes on. One request: the run still checkpoints.
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=300) == 0, (tmp_path / "stderr.txt").read_text()[-3000:]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=300) == 0, output.read_text()[-3000:]
     # The step under way when the signal came ends; no other starts.
     assert markers(tmp_path)[-2:] == ["start 2", "end 2"]
     assert mid_epoch_checkpoints(tmp_path / "run") == ["epoch-0000-step-000003"]
     state = json.loads((tmp_path / "run" / "checkpoints" / "epoch-0000-step-000003" / "state.json").read_text())
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (0, 3, 3)
+    assert "second SIGTERM" not in output.read_text()
 
 
-def test_a_step_that_outlasts_the_grace_period_ends_the_process(demo_shards, tmp_path):
-    launched, stderr = start(demo_shards, tmp_path, slow_from=2, seconds=3600, grace=2)
-    with launched as process:
+def test_no_progress_within_the_grace_period_ends_the_process(demo_shards, tmp_path):
+    with start(demo_shards, tmp_path, slow_from=2, how="3600", grace=2) as (process, output):
         wait_for(lambda: "start 2" in markers(tmp_path), process, "step 2")
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGUSR1)
         code = process.wait(timeout=120)
-    assert code == 128 + signal.SIGTERM, stderr.read_text()[-3000:]
-    assert "error: no training step ended within run.stop_grace_seconds=2 s after SIGTERM" in stderr.read_text()
+    assert code == 128 + signal.SIGUSR1, output.read_text()[-3000:]
+    assert ("error: no progress (a step, an evaluation batch, a checkpoint save) within "
+            "run.stop_grace_seconds=2 s after SIGUSR1") in output.read_text()
     assert "end 2" not in markers(tmp_path)  # ended inside the step, by the watchdog
     assert mid_epoch_checkpoints(tmp_path / "run") == []
 
 
 def test_a_second_sigterm_ends_the_process_at_once(demo_shards, tmp_path):
-    launched, stderr = start(demo_shards, tmp_path, slow_from=2, seconds=3600, grace=3600)
-    with launched as process:
+    from pipeline.stopping import REPEAT_AFTER_SECONDS
+
+    with start(demo_shards, tmp_path, slow_from=2, how="3600", grace=3600) as (process, output):
         wait_for(lambda: "start 2" in markers(tmp_path), process, "step 2")
         process.send_signal(signal.SIGTERM)
-        wait_for(lambda: "SIGTERM received" in stderr.read_text(), process, "the first SIGTERM noted")
+        wait_for(lambda: "SIGTERM received" in output.read_text(), process, "the first SIGTERM noted")
+        process.send_signal(signal.SIGTERM)  # a copy within REPEAT_AFTER_SECONDS: the same request
         process.send_signal(signal.SIGUSR1)  # a USR1 after a stop request changes nothing
-        time.sleep(1)
-        assert process.poll() is None
+        time.sleep(REPEAT_AFTER_SECONDS + 1)  # counted from when the first was noted (printed)
+        assert process.poll() is None, output.read_text()[-3000:]
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=120)
-    assert code == 128 + signal.SIGTERM, stderr.read_text()[-3000:]
-    assert "error: a second SIGTERM: ending now, without a checkpoint" in stderr.read_text()
+    assert code == 128 + signal.SIGTERM, output.read_text()[-3000:]
+    assert "error: a second SIGTERM: ending now, without a checkpoint" in output.read_text()
     assert "end 2" not in markers(tmp_path) and mid_epoch_checkpoints(tmp_path / "run") == []
 
 
-def test_under_ddp_a_signal_to_one_rank_stops_every_rank_at_the_same_step(demo_shards, tmp_path):
-    launched, stderr = start(demo_shards, tmp_path, slow_from=2, seconds=2, grace=120, ddp=True)
-    with launched as process:
-        wait_for(lambda: "start 2" in markers(tmp_path, "1"), process, "step 2 on rank 1")
-        rank1 = int((tmp_path / "markers1.pid").read_text())
-        import os
-
-        os.kill(rank1, signal.SIGTERM)  # rank 0 gets nothing: it learns of the stop from rank 1
-        assert process.wait(timeout=300) == 0, stderr.read_text()[-3000:]
-    # Rank 1 posts its flag after step 2; every rank reads the sum after step 3 and stops there.
+def _assert_ddp_stopped_at_step_4(tmp_path: Path) -> None:
+    # The flag is posted after step 2 (the signalled step) and read after step 3: both stop there.
     for rank in ("0", "1"):
         assert markers(tmp_path, rank)[-2:] == ["start 3", "end 3"], (rank, markers(tmp_path, rank))
     checkpoint = tmp_path / "run" / "checkpoints" / "epoch-0000-step-000004"
     assert mid_epoch_checkpoints(tmp_path / "run") == [checkpoint.name]
     assert (checkpoint / "loader-rank0.json").exists() and (checkpoint / "loader-rank1.json").exists()
+
+
+def test_under_ddp_a_signal_to_one_rank_stops_every_rank_at_the_same_step(demo_shards, tmp_path):
+    with start(demo_shards, tmp_path, slow_from=2, how="signal", grace=120, ddp=True,
+               slow_ranks="1") as (process, output):
+        wait_for(lambda: "start 2" in markers(tmp_path, "1"), process, "step 2 on rank 1")
+        rank1 = int((tmp_path / "markers1.pid").read_text())
+        os.kill(rank1, signal.SIGTERM)  # rank 0 gets nothing: it learns of the stop from rank 1
+        assert process.wait(timeout=300) == 0, output.read_text()[-3000:]
+    _assert_ddp_stopped_at_step_4(tmp_path)
+
+
+def test_under_ddp_sigterm_to_the_launcher_and_the_ranks_still_checkpoints(demo_shards, tmp_path):
+    # What Slurm's proctrack/cgroup does on scancel or preemption: SIGTERM to every process of the
+    # step; the launcher (torchrun's agent) then sends each rank a SIGTERM of its own.
+    with start(demo_shards, tmp_path, slow_from=2, how="signal", grace=120, ddp=True) as (process, output):
+        for rank in ("0", "1"):
+            wait_for(lambda: "start 2" in markers(tmp_path, rank), process, f"step 2 on rank {rank}")
+        ranks = [int((tmp_path / f"markers{rank}.pid").read_text()) for rank in ("0", "1")]
+        for pid in (process.pid, *ranks):
+            os.kill(pid, signal.SIGTERM)
+        process.wait(timeout=300)  # the launcher's own code reports the signal it got
+    assert "second SIGTERM" not in output.read_text(), output.read_text()[-3000:]
+    _assert_ddp_stopped_at_step_4(tmp_path)

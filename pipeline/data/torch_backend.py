@@ -160,9 +160,12 @@ class TorchLoader(EpochLoader):
             shards, steps=steps, training=training, batch_size=batch_size, rank=rank, world_size=world_size,
             num_workers=max(1, num_workers), augmentation=augmentation, shuffle_buffer=shuffle_buffer, seed=seed,
             sample_ids=sample_ids)
+        # generator=: without one, every iter() draws the workers' base seed from torch's global RNG,
+        # which the model also draws from (drop path): a resumed run, whose first iter() comes at
+        # another point, would then diverge. The workers seed themselves (torch_worker_seed).
         self.loader = DataLoader(self.dataset, batch_size=None, num_workers=num_workers,
                                  persistent_workers=num_workers > 0, pin_memory=device.type == "cuda",
-                                 prefetch_factor=4 if num_workers else None)
+                                 prefetch_factor=4 if num_workers else None, generator=torch.Generator())
         self._batches = None  # the DataLoader iterator of the open epoch
 
     def _read(self, epoch: int, start_step: int):
