@@ -8,7 +8,7 @@ import torch
 
 from pipeline.checkpoint import COMPLETE, STATE, TrainState, checkpoint_name, find_resume_checkpoint, valid_checkpoints
 from pipeline.errors import TrainError
-from pipeline.evaluate import count_correct
+from pipeline.evaluate import count_correct, loss_sum
 from pipeline.optim import create_optimizer, create_scheduler, parameter_groups, scaled_lr
 
 
@@ -63,6 +63,17 @@ def test_count_correct_skips_padding():
         ranked = sorted(range(12), key=lambda k: -row[k])
         top1, top5, samples = top1 + (ranked[0] == label), top5 + (label in ranked[:5]), samples + 1
     assert count_correct(logits, labels).tolist() == [top1, top5, samples]
+
+
+def test_loss_sum_skips_padding():
+    torch.manual_seed(1)
+    logits, labels = torch.randn(30, 7) * 3, torch.randint(0, 7, (30,))
+    labels[::4] = -1
+    expected = 0.0
+    for row, label in zip(logits.double().tolist(), labels.tolist()):  # naive reference: -log softmax
+        if label >= 0:
+            expected += math.log(sum(math.exp(v) for v in row)) - row[label]
+    assert float(loss_sum(logits, labels)) == pytest.approx(expected, rel=1e-6)
 
 
 def _fake_checkpoint(root, state, *, complete=True):
