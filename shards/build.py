@@ -8,10 +8,13 @@ import time
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from tqdm import tqdm
 
+from .cifar import PIXELS as CIFAR_PIXELS
+from .cifar import SIDE as CIFAR_SIDE
+from .cifar import read_cifar_split
 from .detect import SourceSpec, detect_source
 from .durable import write_text_atomic
 from .errors import ShardsError
@@ -20,11 +23,12 @@ from .labels import load_val_labels
 from .manifest import SHARD_FIELDS, check_samples_written, compose_manifest, read_manifest, write_manifest
 from .outdir import OutputLayout, discard_build, prepare_output, remove_build_folder
 from .plan import DIGEST_MODULUS, BuildPlan, count_shards, input_digest, part_shards, shard_of
-from .sources import InputItem, TarStream, list_folder
+from .sources import InputItem, TarStream, cifar_inputs, list_folder
 from .spill import SpillWriter, spill_path
 from .writing import ShardJob, read_locator, write_shards
 
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")  # the CIFAR archives have train and test
+LABEL_FIELDS = ("fine", "coarse")  # CIFAR-100's two labels
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class BuildRequest:
     split: str
     labels: Path | None = None
     classes: Path | None = None  # a train manifest whose class map this build must use
+    label_field: str | None = None  # CIFAR-100: "fine" (when None) or "coarse"
     shard_size: int = 512 * 10**6
     workers: int = 1
     resize_short: int | None = None
@@ -70,8 +75,9 @@ def build_shards(request: BuildRequest) -> BuildResult:
     labels = load_val_labels(request.labels) if request.labels else None
     fixed_classes = _classes_from_manifest(request.classes) if request.classes else None
     spec = detect_source(request.src, labels)
+    _check_options_fit(request, spec)
     layout = OutputLayout(Path(request.out), request.split)
-    build = _build_streamed if spec.streaming else _build_folder
+    build = _build_cifar if spec.is_cifar else _build_streamed if spec.streaming else _build_folder
     manifest = build(request, spec, layout, fixed_classes)
     path = layout.manifest if request.num_parts == 1 else layout.part_manifest(request.part_id, request.num_parts)
     return BuildResult(path, manifest, time.monotonic() - started)
@@ -85,6 +91,7 @@ def _validate(request: BuildRequest) -> None:
         (request.resize_short is None or request.resize_short >= 16, "--resize-short must be at least 16"),
         (1 <= request.quality <= 100, "--quality must be between 1 and 100"),
         (request.check in CHECKS, f"--check must be one of {CHECKS}"),
+        (request.label_field in (None, *LABEL_FIELDS), f"--label-field must be one of {LABEL_FIELDS}"),
         (request.num_parts >= 1, "--num-parts must be at least 1"),
         (0 <= request.part_id < request.num_parts, "--part-id must be in [0, --num-parts)"),
         (not (request.resume and request.overwrite), "--resume and --overwrite exclude each other"),
@@ -94,6 +101,16 @@ def _validate(request: BuildRequest) -> None:
     for ok, message in checks:
         if not ok:
             raise ShardsError(message)
+
+
+def _check_options_fit(request: BuildRequest, spec: SourceSpec) -> None:
+    """Options that only some kinds of source take."""
+    if not spec.is_cifar and request.label_field:
+        raise ShardsError("--label-field is for the CIFAR archives (CIFAR-100's fine or coarse labels)")
+    if spec.is_cifar and request.labels:
+        raise ShardsError("--labels is for ImageNet validation images: a CIFAR archive holds its own labels")
+    if spec.is_cifar and request.resize_short:
+        raise ShardsError("--resize-short does not apply to CIFAR: its 32x32 images are stored as they are (PNG)")
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -108,12 +125,14 @@ def _classes_from_manifest(path: Path) -> list[str]:
         raise ShardsError(f"--classes {error}") from None
 
 
-def _make_plan(request: BuildRequest, spec: SourceSpec, num_shards: int) -> BuildPlan:
+def _make_plan(request: BuildRequest, spec: SourceSpec, num_shards: int, *, classes_from: str | None = None,
+               label_field: str | None = None) -> BuildPlan:
     return BuildPlan(
         split=request.split, source=str(Path(request.src).resolve()), source_kind=spec.kind,
         seed=request.seed, shard_size=request.shard_size, num_shards=num_shards,
         num_parts=request.num_parts, resize_short=request.resize_short, quality=request.quality,
-        check=request.check, labels=_resolved(request.labels), classes_from=_resolved(request.classes),
+        check=request.check, labels=_resolved(request.labels),
+        classes_from=classes_from or _resolved(request.classes), label_field=label_field,
     )
 
 
@@ -132,11 +151,11 @@ def _estimate_output_bytes(samples: Iterable[bytes], options: ImageOptions, tota
     that shards come out near --shard-size; ``count`` is estimated when a stream hides it."""
     size_in = size_out = seen = 0
     for data in islice(samples, 16):
-        result = prepare_image(data, options) if options.resize_short else None
+        result = prepare_image(data, options) if options.resize_short or options.raw_rgb_side else None
         if result is None or isinstance(result, PreparedImage):
             seen += 1
             size_in += len(data)
-            size_out += len(result.jpeg) if result else len(data)
+            size_out += len(result.data) if result else len(data)
     if not seen:
         return float(total_bytes)
     count = count if count is not None else total_bytes / (size_in / seen)
@@ -196,41 +215,82 @@ def _build_streamed(request, spec, layout, fixed_classes) -> dict | None:
     if not prepare_output(layout, plan, request.part_id, request.resume, request.overwrite):
         return None
     mine = part_shards(plan.num_shards, plan.num_parts, request.part_id)
-    done_marker = layout.spill_done(request.part_id)
-    if not done_marker.exists():
-        _spill(spec, plan, layout, mine, fixed_classes, request)
-    spilled = json.loads(done_marker.read_text())
+    if not layout.spill_done(request.part_id).exists():
+        _spill_tar(spec, plan, layout, mine, fixed_classes, request)
+    return _write_spilled(request, plan, layout, mine, fixed_classes)
+
+
+def _build_cifar(request, spec, layout, fixed_classes) -> dict | None:
+    """A CIFAR split, read and checked whole first, then spilled and written like a tar stream."""
+    split = read_cifar_split(spec.path, spec.kind, request.split, request.label_field)
+    if fixed_classes is not None and fixed_classes != split.classes:
+        raise ShardsError(f"--classes {request.classes}: its {len(fixed_classes)} classes are not the "
+                          f"{len(split.classes)} of {split.class_source}, in the same order")
+    pixels = (data for _, data in cifar_inputs(split))
+    estimate = _estimate_output_bytes(pixels, ImageOptions(raw_rgb_side=CIFAR_SIDE), split.count * CIFAR_PIXELS,
+                                      split.count)
+    several = len(split.class_names) > 1  # CIFAR-10's one label needs no name in the plan
+    plan = _make_plan(request, spec, count_shards(estimate, request.shard_size, split.count),
+                      classes_from=split.class_source, label_field=split.label_field if several else None)
+    if not prepare_output(layout, plan, request.part_id, request.resume, request.overwrite):
+        return None
+    mine = part_shards(plan.num_shards, plan.num_parts, request.part_id)
+    if not layout.spill_done(request.part_id).exists():
+        counts = _spill(cifar_inputs(split), plan, layout, mine)
+        _mark_spilled(layout, request.part_id, counts, split.classes, split.source_bytes)
+    return _write_spilled(request, plan, layout, mine, None)
+
+
+def _write_spilled(request, plan, layout, mine, fixed_classes) -> dict:
+    """Pass 2 of a streamed build: this part's unfinished shards from their spill files."""
+    spilled = json.loads(layout.spill_done(request.part_id).read_text())
     classes = fixed_classes or spilled["classes"]
     jobs = [ShardJob(s, spill=str(spill_path(layout.spill_dir, s))) for s in mine if not _shard_done(layout, plan, s)]
     totals = {k: spilled[k] for k in ("inputs", "digest", "bytes")}
     return _write_and_finish(request, plan, layout, classes, jobs, totals, spilled["mine"])
 
 
-def _spill(spec, plan, layout, mine, fixed_classes, request) -> None:
-    """Pass 1 over a tar stream: every input of this part into its shard's spill file."""
-    stream, writer = TarStream(spec), SpillWriter(layout.spill_dir, mine)
+def _spill_tar(spec, plan, layout, mine, fixed_classes, request) -> None:
+    """Pass 1 over a tar stream, checking each input's class as it goes."""
+    stream = TarStream(spec)
     given, origin = _given_classes(request, spec, fixed_classes)
     allowed = None if given is None else set(given)  # tested once per image: a set, not a list
-    inputs = digest = in_mine = 0
     bar = tqdm(total=spec.path.stat().st_size, unit="B", unit_scale=True, desc=f"{plan.split}: reading SRC",
                disable=not request.progress)
-    for item, data in stream:
-        if allowed is not None and item.wnid is not None and item.wnid not in allowed:
-            # Checked while streaming: a 140 GB tar fails at its first stranger, not at its end.
-            raise ShardsError(f"{item.source}: class {item.wnid} of SRC is not in {origin}")
-        inputs += 1
+
+    def checked() -> Iterator[tuple[InputItem, bytes]]:
+        for item, data in stream:
+            if allowed is not None and item.wnid is not None and item.wnid not in allowed:
+                # Checked while streaming: a 140 GB tar fails at its first stranger, not at its end.
+                raise ShardsError(f"{item.source}: class {item.wnid} of SRC is not in {origin}")
+            yield item, data
+            bar.update(stream.bytes_read - bar.n)
+
+    counts = _spill(checked(), plan, layout, mine)
+    bar.close()
+    classes = spec.labels.classes if spec.labels else sorted(stream.class_names)
+    _mark_spilled(layout, request.part_id, counts, classes, spec.path.stat().st_size)
+
+
+def _spill(inputs: Iterable[tuple[InputItem, bytes]], plan, layout, mine) -> dict:
+    """Pass 1 of a streamed build: every input of this part into its shard's spill file; returns
+    the inputs seen (all parts'), the digest of their paths and how many are this part's."""
+    writer = SpillWriter(layout.spill_dir, mine)
+    seen = digest = in_mine = 0
+    for item, data in inputs:
+        seen += 1
         digest = (digest + input_digest(item.source)) % DIGEST_MODULUS
         shard = shard_of(item.key, plan.seed, plan.num_shards)
         if shard in mine:
             writer.add(shard, item, data)
             in_mine += 1
-        bar.update(stream.bytes_read - bar.n)
     writer.close()
-    bar.close()
-    classes = spec.labels.classes if spec.labels else sorted(stream.class_names)
-    marker = {"inputs": inputs, "digest": digest, "bytes": spec.path.stat().st_size, "mine": in_mine,
-              "classes": classes}
-    write_text_atomic(layout.spill_done(request.part_id), json.dumps(marker))
+    return {"inputs": seen, "digest": digest, "mine": in_mine}
+
+
+def _mark_spilled(layout, part_id: int, counts: dict, classes: list[str], source_bytes: int) -> None:
+    """The record that pass 1 of this part is complete; pass 2 and a resumed build read it."""
+    write_text_atomic(layout.spill_done(part_id), json.dumps({**counts, "bytes": source_bytes, "classes": classes}))
 
 
 def _shard_done(layout: OutputLayout, plan: BuildPlan, shard: int) -> bool:

@@ -7,7 +7,7 @@ import re
 import sys
 from pathlib import Path
 
-from .build import BuildRequest, build_shards, default_workers
+from .build import LABEL_FIELDS, SPLITS, BuildRequest, build_shards, default_workers
 from .errors import ShardsError
 from .images import CHECKS
 from .manifest import merge_parts
@@ -23,6 +23,9 @@ _EXAMPLES = """examples:
       --labels ILSVRC2012_devkit_t12.tar.gz --classes /data/inet/train.json
   # an ImageFolder tree, pre-resized like FFCV (shorter side 256, quality 90):
   python -m shards build /data/imagenet/train /data/inet256 --split train --resize-short 256
+  # CIFAR-100 as downloaded (binary or python version), fine labels; then its test batch:
+  python -m shards build cifar-100-python.tar.gz /data/cifar100 --split train
+  python -m shards build cifar-100-python.tar.gz /data/cifar100 --split test
   # one of 8 Slurm array tasks, then the combined manifest:
   python -m shards build SRC OUT --split train --num-parts 8 --part-id $SLURM_ARRAY_TASK_ID
   python -m shards merge OUT
@@ -48,14 +51,18 @@ def _build_parser(sub) -> None:
     build = sub.add_parser(
         "build", help="build shards of one split from SRC into OUT",
         description="Build class-shuffled WebDataset shards (<split>-NNNNNN.tar), one DALI index per "
-        "tar (.idx) and the manifest <split>.json from raw ImageNet.",
+        "tar (.idx) and the manifest <split>.json from raw ImageNet or the CIFAR archives.",
         epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     build.add_argument("src", type=Path, metavar="SRC", help="an ImageFolder tree SRC/<wnid>/<file>; a flat "
                        "folder or tar of val images (with --labels); ILSVRC2012_img_train.tar (a tar of "
-                       "class tars); the ImageNet-21k tar or tar.gz of synset tars")
+                       "class tars); the ImageNet-21k tar or tar.gz of synset tars; an official CIFAR archive "
+                       "(cifar-10-binary.tar.gz, cifar-100-python.tar.gz, ...) or the folder it extracts to")
     build.add_argument("out", type=Path, metavar="OUT", help="output folder (created if missing)")
-    build.add_argument("--split", required=True, choices=("train", "val"), help="names the shards and manifest")
+    build.add_argument("--split", required=True, choices=SPLITS, help="names the shards and manifest; a CIFAR "
+                       "archive's training batches are 'train', its test batch 'test'")
+    build.add_argument("--label-field", choices=LABEL_FIELDS, help="CIFAR-100: the label that is the class, "
+                       "fine (100 classes, the default) or coarse (20); each sample's .json keeps both")
     build.add_argument("--labels", type=Path, help="val labels: LOC_val_solution.csv, the devkit folder or "
                        "ILSVRC2012_devkit_t12.tar.gz (ids mapped to wnids through meta.mat)")
     build.add_argument("--classes", type=Path, metavar="TRAIN_MANIFEST", help="use this manifest's class "
@@ -89,22 +96,22 @@ def make_parser() -> argparse.ArgumentParser:
     _build_parser(sub)
     merge = sub.add_parser("merge", help="combine the part manifests of a split build (--num-parts)")
     merge.add_argument("out", type=Path, metavar="OUT")
-    merge.add_argument("--split", choices=("train", "val"), help="default: every split with part manifests")
+    merge.add_argument("--split", choices=SPLITS, help="default: every split with part manifests")
     verify = sub.add_parser("verify", help="check sha256, tar structure and index files; exit 1 naming bad shards")
     verify.add_argument("out", type=Path, metavar="OUT")
-    verify.add_argument("--split", choices=("train", "val"), help="default: every split with a manifest")
+    verify.add_argument("--split", choices=SPLITS, help="default: every split with a manifest")
     verify.add_argument("--decode", action="store_true", help="also decode every image (slow)")
     verify.add_argument("--quiet", action="store_true", help="no progress bars")
     inspect = sub.add_parser("inspect", help="counts, class histogram, sizes and shuffle quality")
     inspect.add_argument("out", type=Path, metavar="OUT")
-    inspect.add_argument("--split", choices=("train", "val"))
+    inspect.add_argument("--split", choices=SPLITS)
     return parser
 
 
 def _splits(out: Path, split: str | None, pattern: str) -> list[str]:
     if split:
         return [split]
-    found = [s for s in ("train", "val") if list(out.glob(pattern.format(split=s)))]
+    found = [s for s in SPLITS if list(out.glob(pattern.format(split=s)))]
     if not found:
         raise ShardsError(f"{out}: no {pattern.format(split='<split>')} found")
     return found
@@ -114,6 +121,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "build":
         request = BuildRequest(
             src=args.src, out=args.out, split=args.split, labels=args.labels, classes=args.classes,
+            label_field=args.label_field,
             shard_size=args.shard_size, workers=args.workers, resize_short=args.resize_short,
             quality=args.quality, check=args.check, seed=args.seed, num_parts=args.num_parts,
             part_id=args.part_id, resume=args.resume, overwrite=args.overwrite, strict=args.strict,

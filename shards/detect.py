@@ -2,8 +2,9 @@
 
 Only the first files are looked at (a 140 GB tar is not read to its end, and a .tar.gz is read
 as a stream), but enough of them to tell whether SRC holds images at all: a source that holds
-none (the CIFAR archives, a folder of annotations) is an error that says what it does hold,
-not a build that rejects every input.
+none (a folder of annotations, a tar of feature files) is an error that says what it does hold,
+not a build that rejects every input. The official CIFAR archives, which hold pixel arrays
+rather than image files, are told by their top folder (shards/cifar.py reads them).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from itertools import islice
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
+from .cifar import KIND_BY_FOLDER, LAYOUTS
 from .errors import ShardsError
 from .labels import ValLabels
 
@@ -26,27 +28,26 @@ _IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif",
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\0", b"MM\0*")
 _SAMPLE_FILES = 32  # files looked at before deciding that SRC holds no images...
 _SAMPLE_BYTES = 64 << 20  # ...nor further into a tar than this (a .tar.gz is decompressed to get there)
-_CIFAR = {  # top folder of each official CIFAR archive -> what it is
-    "cifar-10-batches-bin": "CIFAR-10 (binary version)",
-    "cifar-100-binary": "CIFAR-100 (binary version)",
-    "cifar-10-batches-py": "CIFAR-10 (python version)",
-    "cifar-100-python": "CIFAR-100 (python version)",
-}
 _KNOWN_LAYOUTS = ("not a layout `shards build` knows (an ImageFolder tree SRC/<wnid>/<image>, a tar of class "
-                  "tars, a tar of <wnid>/<image>, a flat folder or tar of images with --labels)")
+                  "tars, a tar of <wnid>/<image>, a flat folder or tar of images with --labels, an official "
+                  "CIFAR archive or the folder it extracts to)")
 
 
 @dataclass(frozen=True)
 class SourceSpec:
     """The detected kind of SRC."""
 
-    kind: str  # imagefolder | flat-folder | tar-of-tars | flat-tar | foldered-tar
-    path: Path
+    kind: str  # imagefolder | flat-folder | tar-of-tars | flat-tar | foldered-tar | a key of cifar.LAYOUTS
+    path: Path  # for an extracted CIFAR archive, its top folder (SRC may be the folder above)
     labels: ValLabels | None
 
     @property
     def streaming(self) -> bool:
         return self.kind.endswith("tar") or self.kind == "tar-of-tars"
+
+    @property
+    def is_cifar(self) -> bool:
+        return self.kind in LAYOUTS
 
 
 def detect_source(path: Path, labels: ValLabels | None) -> SourceSpec:
@@ -55,6 +56,9 @@ def detect_source(path: Path, labels: ValLabels | None) -> SourceSpec:
     if not path.exists():
         raise ShardsError(f"SRC {path}: no such file or folder")
     if path.is_dir():
+        cifar = _cifar_folder(path)
+        if cifar:
+            return SourceSpec(KIND_BY_FOLDER[cifar.resolve().name], cifar, labels)
         kind = _folder_kind(path)
     elif tarfile.is_tarfile(path) or path.name.endswith((".tar.gz", ".tgz")):
         kind = _tar_kind(path)
@@ -66,6 +70,17 @@ def detect_source(path: Path, labels: ValLabels | None) -> SourceSpec:
             "LOC_val_solution.csv or the ILSVRC2012 devkit"
         )
     return SourceSpec(kind, path, labels)
+
+
+def _cifar_folder(path: Path) -> Path | None:
+    """The extracted CIFAR archive ``path`` is, or holds as a subfolder (the folder ``tar xzf`` ran in)."""
+    if path.resolve().name in KIND_BY_FOLDER:
+        return path
+    found = sorted(child.name for child in path.iterdir() if child.name in KIND_BY_FOLDER and child.is_dir())
+    if len(found) > 1:
+        raise ShardsError(f"SRC {path} holds {len(found)} extracted CIFAR archives ({', '.join(found)}): "
+                          "give the one to build as SRC")
+    return path / found[0] if found else None
 
 
 def _looks_like_image(name: str, read_head: Callable[[], bytes]) -> bool:
@@ -88,7 +103,7 @@ def _folder_kind(path: Path) -> str:
     if not looked_at:
         raise ShardsError(f"SRC {path}: no files in it or its class folders")
     complete = next(files, None) is None
-    raise _holds_no_images(path, "folder", looked_at, complete, also_named=(path.resolve().name,))
+    raise _holds_no_images(path, "folder", looked_at, complete)
 
 
 def _folder_files(folder: Path) -> Iterator[tuple[str, str]]:
@@ -114,6 +129,8 @@ def _tar_kind(path: Path) -> str:
     try:
         with tarfile.open(path, "r|*") as archive:
             for name, in_class_tar, is_image, end in _tar_files(archive):
+                if name.split("/")[0] in KIND_BY_FOLDER and not in_class_tar:
+                    return KIND_BY_FOLDER[name.split("/")[0]]
                 if is_image:
                     return "tar-of-tars" if in_class_tar else "foldered-tar" if "/" in name else "flat-tar"
                 looked_at.append(name)
@@ -156,17 +173,8 @@ def _class_tar_files(archive: tarfile.TarFile, member: tarfile.TarInfo, name: st
         yield name, True, False, start + member.size
 
 
-def _holds_no_images(path: Path, container: str, names: list[str], complete: bool,
-                     also_named: tuple[str, ...] = ()) -> ShardsError:
+def _holds_no_images(path: Path, container: str, names: list[str], complete: bool) -> ShardsError:
     """The error for a SRC whose files looked at are not images, saying what they are."""
-    folders = {*also_named, *(PurePosixPath(name).parts[0] for name in names)}
-    cifar = sorted(folders & _CIFAR.keys())
-    if cifar:
-        return ShardsError(
-            f"SRC {path}: {_CIFAR[cifar[0]]} data (`{cifar[0]}/`): the CIFAR archives hold pixel arrays, not "
-            "image files, and this version of `shards build` does not read them; write the images out as an "
-            "ImageFolder tree (SRC/<class>/<n>.png) and build from that"
-        )
     which = f"{len(names)} files" if complete else f"first {len(names)} files"
     return ShardsError(f"SRC {path}: a {container} whose {which} are {_describe(names)}, not images: "
                        f"{_KNOWN_LAYOUTS}")

@@ -1,12 +1,14 @@
 """One input image to one RGB JPEG: keep the original bytes when they already are one,
 re-encode only when needed (CMYK, greyscale, palette, PNG named .JPEG, EXIF rotation,
---resize-short), and reject what cannot be decoded, with the reason."""
+--resize-short), and reject what cannot be decoded, with the reason. Raw pixel records (the
+CIFAR archives) become lossless PNGs instead."""
 
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 CHECKS = ("header", "decode")
@@ -20,16 +22,20 @@ class ImageOptions:
     resize_short: int | None = None  # shorter side to this many pixels (never upscales)
     quality: int = 90  # JPEG quality when re-encoding
     check: str = "header"  # "header": header + end marker; "decode": full decode of every image
+    # Set when every input is raw pixels, the R, G and B planes of a square image of this side
+    # (a CIFAR record): stored as a PNG, so the pixels stay exactly the source's.
+    raw_rgb_side: int | None = None
 
 
 @dataclass(frozen=True)
 class PreparedImage:
-    """An RGB JPEG ready to be written, with the source's size and why it was re-encoded."""
+    """An RGB image ready to be written, with the source's size and why it was re-encoded."""
 
-    jpeg: bytes
+    data: bytes
     width: int
     height: int
     reencoded: str | None  # None when the original bytes were kept
+    extension: str = "jpg"  # of its tar member: "jpg" (RGB JPEG) or "png" (from raw pixels)
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,10 @@ class RejectedImage:
 
 
 def prepare_image(data: bytes, options: ImageOptions) -> PreparedImage | RejectedImage:
-    """Check one encoded image and return it as an RGB JPEG, or the reason it is rejected."""
+    """Check one encoded image and return it as an RGB JPEG (raw pixels: as a PNG), or the
+    reason it is rejected."""
+    if options.raw_rgb_side:
+        return encode_raw_rgb(data, options.raw_rgb_side)
     if not data:
         return RejectedImage("empty file")
     header = scan_jpeg_header(data)
@@ -68,6 +77,17 @@ def prepare_image(data: bytes, options: ImageOptions) -> PreparedImage | Rejecte
     except Exception as error:
         return RejectedImage(f"undecodable: {error}")
     return PreparedImage(jpeg, width, height, reason)
+
+
+def encode_raw_rgb(data: bytes, side: int) -> PreparedImage | RejectedImage:
+    """The R, G and B planes of a ``side`` x ``side`` image (rows in order) as a PNG holding
+    only its pixels (no metadata chunks; zlib's default level)."""
+    if len(data) != 3 * side * side:
+        return RejectedImage(f"{len(data)} pixel bytes, not 3 planes of {side}x{side}")
+    pixels = np.frombuffer(data, np.uint8).reshape(3, side, side).transpose(1, 2, 0)
+    out = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(out, format="PNG")
+    return PreparedImage(out.getvalue(), side, side, None, extension="png")
 
 
 _MODES = {1: "L", 3: "RGB", 4: "CMYK"}  # what Pillow reports for 8-bit JPEGs of 1, 3, 4 components

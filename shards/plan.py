@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .cifar import LAYOUTS as CIFAR_LAYOUTS
+from .cifar import SIDE as CIFAR_SIDE
 from .images import ImageOptions
 
 PLAN_FORMAT = "cutmix-shards/1"
@@ -35,11 +37,14 @@ class BuildPlan:
     quality: int
     check: str
     labels: str | None
-    classes_from: str | None
+    classes_from: str | None  # the --classes manifest, or the CIFAR meta file the classes come from
+    label_field: str | None = None  # CIFAR-100: which label is the class, "fine" or "coarse"
 
     @property
     def image_options(self) -> ImageOptions:
-        return ImageOptions(self.resize_short, self.quality, self.check)
+        # A CIFAR input is a record's pixel bytes, stored as a PNG; others are image files.
+        raw_side = CIFAR_SIDE if self.source_kind in CIFAR_LAYOUTS else None
+        return ImageOptions(self.resize_short, self.quality, self.check, raw_rgb_side=raw_side)
 
     def to_json(self) -> dict:
         return {"format": PLAN_FORMAT, **dataclasses.asdict(self)}

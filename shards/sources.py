@@ -3,7 +3,8 @@
 Folders (an ImageFolder tree ``SRC/<wnid>/<file>``, or a flat folder plus ``--labels``) are
 listed up front and read by random access. Tars (the ILSVRC2012 train tar of class tars, the
 flat val tar plus ``--labels``, the ImageNet-21k tar or tar.gz of synset tars, or a tar of
-``<wnid>/<file>``) are read once, as a stream, with one image in memory at a time.
+``<wnid>/<file>``) are read once, as a stream, with one image in memory at a time. A CIFAR
+split (read and checked by shards/cifar.py) gives one input per record: its pixel bytes.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import tarfile
 from pathlib import Path, PurePosixPath
 from typing import Iterator, NamedTuple
 
+from .cifar import CifarSplit
 from .detect import SourceSpec
 from .errors import ShardsError
 from .labels import ValLabels
@@ -31,6 +33,8 @@ class InputItem(NamedTuple):
     source: str  # relative to SRC; inside an archive for tars
     locator: tuple[str, int, int]
     rejected: str | None = None  # set when the input is refused before its bytes are read
+    # The fields of the sample's .json besides width, height and source; None: {"wnid": wnid}.
+    details: dict | None = None
 
 
 def sample_key(wnid: str | None, relative: str) -> str:
@@ -153,3 +157,24 @@ class TarStream:
         except tarfile.TarError as error:
             reason = f"damaged class tar, its remaining images are lost ({error})"
             yield InputItem(sample_key(wnid, name), wnid, name, ("", 0, 0), reason), b""
+
+
+def cifar_inputs(split: CifarSplit) -> Iterator[tuple[InputItem, bytes]]:
+    """The records of a CIFAR split in archive order, each an input whose bytes are its pixels.
+
+    Keys are ``<batch file>_<record>`` in both versions of an archive (``data_batch_1_00042``), so
+    the binary and python versions of the same data shuffle alike. The class name stands where
+    other sources have a wnid.
+    """
+    several = len(split.class_names) > 1  # CIFAR-100: both labels go into the .json
+    for batch in split.batches:
+        stem = PurePosixPath(batch.member).name.removesuffix(".bin")
+        for record, pixels in enumerate(batch.pixels):
+            name = split.classes[int(batch.labels[split.label_field][record])]
+            details = {"class": name, "member": batch.member, "record": record}
+            if batch.filenames is not None:
+                details["filename"] = batch.filenames[record]
+            if several:
+                details.update({f"{field}_label": int(labels[record]) for field, labels in batch.labels.items()})
+            item = InputItem(f"{stem}_{record:05d}", name, f"{batch.member}#{record}", ("", 0, 0), details=details)
+            yield item, pixels.tobytes()

@@ -1,6 +1,7 @@
 """``python -m shards verify``: every shard against the manifest (sha256, size, count), its tar
 structure (complete samples, valid labels) and its DALI index (every entry at the right offset);
-with ``--decode`` every image is decoded. Bad shards are named; the exit status says if any."""
+with ``--decode`` every image (an RGB JPEG; for CIFAR an RGB PNG) is decoded. Bad shards are
+named; the exit status says if any."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from tqdm import tqdm
 
 from .dali_index import read_index
 from .manifest import load_manifest
+
+_IMAGE_FORMATS = {"jpg": "JPEG", "png": "PNG"}  # image member extension -> its format
 
 
 def verify_shards(out: Path, split: str, *, decode: bool = False, progress: bool = True) -> int:
@@ -76,15 +79,17 @@ def _check_samples(tar_path, members, index, expected, num_classes, decode) -> s
     with open(tar_path, "rb") as file:
         for sample in index:
             entries = {extension: (offset, size, name) for extension, offset, size, name in sample}
-            if {"cls", "jpg"} - entries.keys():
-                return f"sample {sample[0][3]} lacks .cls or .jpg"
+            images = [extension for extension in _IMAGE_FORMATS if extension in entries]
+            if "cls" not in entries or len(images) != 1:
+                return f"sample {sample[0][3]} lacks .cls or one image (.jpg or .png)"
             label = _read(file, *entries["cls"][:2])
             if not label.isdigit() or int(label) >= num_classes:
                 return f"{entries['cls'][2]}: label {label!r} is not in [0, {num_classes})"
             if decode:
-                problem = _decode(_read(file, *entries["jpg"][:2]))
+                offset, size, name = entries[images[0]]
+                problem = _decode(_read(file, offset, size), _IMAGE_FORMATS[images[0]])
                 if problem:
-                    return f"{entries['jpg'][2]}: {problem}"
+                    return f"{name}: {problem}"
     return None
 
 
@@ -93,12 +98,12 @@ def _read(file, offset: int, size: int) -> bytes:
     return file.read(size)
 
 
-def _decode(data: bytes) -> str | None:
+def _decode(data: bytes, expected_format: str) -> str | None:
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
     except Exception as error:
         return f"does not decode ({error})"
-    if image.format != "JPEG" or image.mode != "RGB":
-        return f"{image.format} {image.mode}, not an RGB JPEG"
+    if image.format != expected_format or image.mode != "RGB":
+        return f"{image.format} {image.mode}, not an RGB {expected_format}"
     return None

@@ -169,15 +169,19 @@ def _write_one(job, plan, layout, class_index, results, strict, on_image) -> Non
             else:
                 index = class_index[item.wnid]
                 tally.class_counts[index] += 1
-                meta = {"wnid": item.wnid, "width": result.width, "height": result.height, "source": item.source}
                 writer.add_sample(item.key, [
-                    ("cls", str(index).encode()), ("jpg", result.jpeg),
-                    ("json", json.dumps(meta, sort_keys=True).encode()),
+                    ("cls", str(index).encode()), (result.extension, result.data), ("json", _sample_json(item, result)),
                 ])
-            on_image(len(result.jpeg) if isinstance(result, PreparedImage) else 0)
+            on_image(len(result.data) if isinstance(result, PreparedImage) else 0)
     record = {**vars(writer.written), **tally.as_record()}
     write_text_atomic(layout.record(name), json.dumps(record, sort_keys=True))
     job.done()
+
+
+def _sample_json(item: InputItem, result: PreparedImage) -> bytes:
+    details = item.details if item.details is not None else {"wnid": item.wnid}
+    meta = {"width": result.width, "height": result.height, "source": item.source, **details}
+    return json.dumps(meta, sort_keys=True).encode()
 
 
 class _ShardTally:

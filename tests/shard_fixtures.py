@@ -4,7 +4,10 @@ layout ImageNet comes in, and every kind of bad input seen in the wild."""
 from __future__ import annotations
 
 import io
+import pickle
+import struct
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -146,8 +149,9 @@ def write_devkit(folder: Path, wnids: list[str], ground_truth_wnids: list[str]) 
     return data.parent
 
 
-# The official CIFAR archives (https://www.cs.toronto.edu/~kriz/cifar.html): member names as
-# published, contents a few records of each file's real format (not 10,000).
+# The official CIFAR archives (https://www.cs.toronto.edu/~kriz/cifar.html): member names and
+# formats as published, a few records per batch file instead of 10,000, and class names in an
+# order that is not sorted (the official names happen to be), so that meta order can be told apart.
 _CIFAR_MEMBERS = {
     "cifar-10-batches-bin": ["data_batch_1.bin", "batches.meta.txt", "data_batch_3.bin", "data_batch_4.bin",
                              "test_batch.bin", "readme.html", "data_batch_5.bin", "data_batch_2.bin"],
@@ -164,46 +168,158 @@ CIFAR_ARCHIVES = {  # official file name -> its top folder
 }
 
 
-def _cifar_file(top: str, name: str, records: int, rng: np.random.Generator) -> bytes:
-    """One file of a CIFAR archive: fixed-size records (label bytes + 3072 pixel bytes) for the
-    binary versions, pickled dicts (protocol 2, as the originals) for the python versions."""
-    import pickle
+@dataclass(frozen=True)
+class CifarRecord:
+    """One image of a generated CIFAR archive: what the shards must hold for it."""
 
-    pixels = rng.integers(0, 256, size=(records, 3072), dtype=np.uint8)
-    if name.endswith((".txt", ".html", "~")):
-        return b"airplane\nautomobile\nbird\n" if name.endswith(".txt") else b"<html>CIFAR</html>\n"
-    if name.endswith(".bin"):
-        label_bytes = 1 if top == "cifar-10-batches-bin" else 2  # CIFAR-100: coarse then fine label
-        labels = rng.integers(0, 10, size=(records, label_bytes), dtype=np.uint8)
-        return np.concatenate([labels, pixels], axis=1).tobytes()
-    if "meta" in name:
-        entry = {b"label_names": [b"airplane", b"bird"], b"num_cases_per_batch": records, b"num_vis": 3072}
-        if top == "cifar-100-python":
-            entry = {b"fine_label_names": [b"apple", b"bed"], b"coarse_label_names": [b"fruit", b"furniture"]}
+    member: str  # "<top>/<batch file>"
+    index: int  # its position in that file
+    image: np.ndarray  # 32 x 32 x 3 uint8 RGB
+    fine: int  # CIFAR-10: its only label
+    coarse: int | None  # CIFAR-100 only
+    filename: str | None  # python versions only
+
+
+@dataclass(frozen=True)
+class CifarArchive:
+    """A generated archive: its files (member order as published) and the truth about them."""
+
+    top: str
+    files: dict[str, bytes]  # "<top>/<file>" -> bytes
+    classes: dict[str, list[str]]  # "fine" (CIFAR-10: its only label), "coarse" -> names in meta order
+    records: dict[str, list[CifarRecord]]  # "train" / "test" -> records in archive order
+
+    @property
+    def binary(self) -> bool:
+        return not self.top.endswith(("-py", "-python"))
+
+
+def cifar_class_names(count: int, word: str = "class") -> list[str]:
+    """``count`` (at most 100) distinct names in an order that is not sorted: steps of 37 mod 100."""
+    return [f"{word}_{(i * 37) % 100:02d}" for i in range(count)]
+
+
+def cifar_archive(top: str, *, records: int = 3) -> CifarArchive:
+    """An archive in the layout of ``top``. The pixels and labels depend on the data set only, so
+    the binary and python versions of one data set hold the same images under the same keys."""
+    hundred = "100" in top
+    classes = {"fine": cifar_class_names(100 if hundred else 10)}
+    if hundred:
+        classes["coarse"] = cifar_class_names(20, "super")
+    batches = {"train": [f"data_batch_{n}" for n in range(1, 6)], "test": ["test_batch"]}
+    if hundred:
+        batches = {"train": ["train"], "test": ["test"]}
+    rng = np.random.default_rng(100 if hundred else 10)
+    truth: dict[str, list[CifarRecord]] = {}
+    files: dict[str, bytes] = {}
+    for split, names in batches.items():
+        truth[split] = []
+        for name in names:
+            count = records * (5 if hundred and split == "train" else 1)
+            batch = _cifar_batch(top, name, count, len(classes["fine"]), rng)
+            files.update(_cifar_batch_file(top, name, batch, split))
+            truth[split] += batch
+    files.update(_cifar_meta_files(top, classes, records))
+    ordered = {f"{top}/{name}": files.get(f"{top}/{name}", b"<html>CIFAR</html>\n") for name in _CIFAR_MEMBERS[top]}
+    return CifarArchive(top, ordered, classes, truth)
+
+
+def _cifar_batch(top: str, name: str, count: int, num_classes: int, rng) -> list[CifarRecord]:
+    binary = not top.endswith(("-py", "-python"))
+    member = f"{top}/{name}.bin" if binary else f"{top}/{name}"
+    start = int(rng.integers(0, num_classes))
+    records = []
+    for index in range(count):
+        fine = (start + 37 * index) % num_classes  # two-digit labels among the first few for CIFAR-100
+        records.append(CifarRecord(
+            member, index, rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8), fine,
+            fine // 5 if num_classes == 100 else None, None if binary else f"{name}_s_{index:06d}.png",
+        ))
+    return records
+
+
+def _cifar_batch_file(top: str, name: str, records: list[CifarRecord], split: str) -> dict[str, bytes]:
+    # Pixels as published: the R plane, then G, then B, each 32 rows of 32.
+    planes = np.stack([r.image.transpose(2, 0, 1).reshape(-1) for r in records])
+    if records[0].filename is None:
+        labels = [[r.coarse, r.fine] if r.coarse is not None else [r.fine] for r in records]
+        data = np.concatenate([np.array(labels, dtype=np.uint8), planes], axis=1).tobytes()
+        return {f"{top}/{name}.bin": data}
+    entry = {b"batch_label": f"{split} batch {name}".encode(), b"data": planes,
+             b"filenames": [r.filename.encode() for r in records]}
+    if records[0].coarse is None:
+        entry[b"labels"] = [r.fine for r in records]
     else:
-        labels = rng.integers(0, 10, size=records).tolist()
-        entry = {b"batch_label": f"{name} batch".encode(), b"data": pixels,
-                 b"filenames": [f"image_{i}.png".encode() for i in range(records)]}
-        entry.update({b"fine_labels": labels, b"coarse_labels": labels} if top == "cifar-100-python"
-                     else {b"labels": labels})
-    return pickle.dumps(entry, protocol=2)
+        entry.update({b"fine_labels": [r.fine for r in records], b"coarse_labels": [r.coarse for r in records]})
+    return {f"{top}/{name}": python2_pickle(entry)}
 
 
-def cifar_files(top: str, *, records: int = 3) -> dict[str, bytes]:
-    """``<top folder>/<file>`` -> bytes of one official CIFAR archive, in its member order."""
-    rng = np.random.default_rng(len(top))
-    return {f"{top}/{name}": _cifar_file(top, name, records, rng) for name in _CIFAR_MEMBERS[top]}
+def _cifar_meta_files(top: str, classes: dict[str, list[str]], records: int) -> dict[str, bytes]:
+    def text(names):  # one name a line, and a blank line at the end like the published files
+        return ("\n".join(names) + "\n\n").encode()
+
+    if top == "cifar-10-batches-bin":
+        return {f"{top}/batches.meta.txt": text(classes["fine"])}
+    if top == "cifar-100-binary":
+        return {f"{top}/fine_label_names.txt": text(classes["fine"]),
+                f"{top}/coarse_label_names.txt": text(classes["coarse"])}
+    if top == "cifar-10-batches-py":
+        return {f"{top}/batches.meta": python2_pickle({
+            b"num_cases_per_batch": records, b"label_names": [n.encode() for n in classes["fine"]], b"num_vis": 3072})}
+    return {f"{top}/meta": python2_pickle({b"fine_label_names": [n.encode() for n in classes["fine"]],
+                                           b"coarse_label_names": [n.encode() for n in classes["coarse"]]})}
 
 
-def make_cifar_archive(path: Path, top: str, *, records: int = 3) -> Path:
-    """A CIFAR ``.tar.gz`` laid out as the official one: the top folder, then its files."""
-    with tarfile.open(path, "w:gz") as archive:
-        folder = tarfile.TarInfo(top)
+class _Python2Pickler(pickle._Pickler):
+    """Protocol 2 as Python 2's cPickle wrote the CIFAR files: byte strings (Python 2's str) as
+    BINSTRING, where Python 3 writes a call of ``_codecs.encode``, and numpy's array rebuilder
+    under its numpy 1 name. A file written by Python 2.7.18 + numpy 1.16.6 from the same dict
+    names the same three globals (numpy.core.multiarray._reconstruct, numpy.ndarray, numpy.dtype)."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_string(self, obj) -> None:
+        data = obj.encode("ascii") if isinstance(obj, str) else obj
+        short = len(data) < 256
+        self.write((pickle.SHORT_BINSTRING + bytes([len(data)])) if short
+                   else pickle.BINSTRING + struct.pack("<i", len(data)))
+        self.write(data)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_string
+    dispatch[str] = save_string
+
+    def save_global(self, obj, name=None) -> None:
+        module = {"numpy._core.multiarray": "numpy.core.multiarray"}.get(obj.__module__, obj.__module__)
+        self.write(pickle.GLOBAL + f"{module}\n{name or obj.__qualname__}\n".encode())
+        self.memoize(obj)
+
+
+def python2_pickle(obj) -> bytes:
+    """``obj`` pickled as Python 2's ``cPickle.dump(obj, f, protocol=2)`` did."""
+    out = io.BytesIO()
+    _Python2Pickler(out, protocol=2).dump(obj)
+    return out.getvalue()
+
+
+def write_cifar_tar(path: Path, archive: CifarArchive, files: dict[str, bytes] | None = None) -> Path:
+    """A ``.tar.gz`` laid out as the official one: the top folder, then its files (``files``
+    instead of the archive's own, to spoil them)."""
+    with tarfile.open(path, "w:gz") as tar:
+        folder = tarfile.TarInfo(archive.top)
         folder.type = tarfile.DIRTYPE
-        archive.addfile(folder)
-        for name, data in cifar_files(top, records=records).items():
-            _add(archive, name, data)
+        tar.addfile(folder)
+        for name, data in (archive.files if files is None else files).items():
+            _add(tar, name, data)
     return Path(path)
+
+
+def write_cifar_folder(root: Path, archive: CifarArchive, files: dict[str, bytes] | None = None) -> Path:
+    """The archive extracted into ``root``; returns the top folder."""
+    for name, data in (archive.files if files is None else files).items():
+        (Path(root) / name).parent.mkdir(parents=True, exist_ok=True)
+        (Path(root) / name).write_bytes(data)
+    return Path(root) / archive.top
 
 
 def make_foldered_tar(path: Path, files: dict[str, bytes], *, gzip: bool = False) -> Path:

@@ -20,8 +20,8 @@ def test_each_input_kind_is_kept_reencoded_or_rejected(name):
     assert isinstance(result, PreparedImage)
     assert (result.reencoded is None) == (expected == "keep")
     if expected == "keep":
-        assert result.jpeg == data  # pass-through keeps the original bytes
-    decoded = Image.open(io.BytesIO(result.jpeg))
+        assert result.data == data  # pass-through keeps the original bytes
+    decoded = Image.open(io.BytesIO(result.data))
     decoded.load()
     assert decoded.format == "JPEG" and decoded.mode == "RGB"
 
@@ -29,7 +29,7 @@ def test_each_input_kind_is_kept_reencoded_or_rejected(name):
 def test_exif_rotation_is_applied_to_the_pixels():
     # The source is 40x20, red left / blue right, tagged "rotate 90 clockwise to display".
     result = prepare_image(exif_rotated_jpeg(6), ImageOptions())
-    image = np.asarray(Image.open(io.BytesIO(result.jpeg)).convert("RGB")).astype(int)
+    image = np.asarray(Image.open(io.BytesIO(result.data)).convert("RGB")).astype(int)
     assert image.shape[:2] == (40, 20)  # now portrait
     top, bottom = image[5, 10], image[35, 10]
     assert top[0] > 200 and top[2] < 60  # red on top after a clockwise turn
@@ -41,22 +41,22 @@ def test_cmyk_colours_survive_conversion():
     out = io.BytesIO()
     source.convert("CMYK").save(out, format="JPEG", quality=95)
     result = prepare_image(out.getvalue(), ImageOptions())
-    pixel = np.asarray(Image.open(io.BytesIO(result.jpeg)))[16, 16].astype(int)
+    pixel = np.asarray(Image.open(io.BytesIO(result.data)))[16, 16].astype(int)
     assert np.abs(pixel - (200, 30, 30)).max() < 25
 
 
 def test_resize_short_side_and_never_upscale():
     big = jpeg_bytes(1, size=(300, 200))
     result = prepare_image(big, ImageOptions(resize_short=100, quality=85))
-    assert Image.open(io.BytesIO(result.jpeg)).size == (150, 100)
+    assert Image.open(io.BytesIO(result.data)).size == (150, 100)
     assert result.reencoded == "resize" and (result.width, result.height) == (300, 200)
     small = jpeg_bytes(2, size=(80, 60))
-    assert prepare_image(small, ImageOptions(resize_short=100)).jpeg == small
+    assert prepare_image(small, ImageOptions(resize_short=100)).data == small
 
 
 def test_reencoding_is_deterministic():
     data = bad_inputs()["cmyk.JPEG"][0]
-    assert prepare_image(data, ImageOptions()).jpeg == prepare_image(data, ImageOptions()).jpeg
+    assert prepare_image(data, ImageOptions()).data == prepare_image(data, ImageOptions()).data
 
 
 def test_full_decode_check_catches_what_the_header_check_cannot():

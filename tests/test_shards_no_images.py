@@ -1,7 +1,7 @@
 """A SRC without images is named as such before any work, and a build that writes nothing fails.
 
-Sources are written by the tests (CIFAR archives in their official layout, folders and tars of
-non-image files, images that are all broken); the expected counts come from how they were made.
+Sources are written by the tests (folders and tars of non-image files, images that are all
+broken); the expected counts come from how they were made.
 """
 
 import gzip
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from processes import run_process
-from shard_fixtures import (CIFAR_ARCHIVES, bad_inputs, cifar_files, jpeg_bytes, make_cifar_archive,
-                            make_foldered_tar, make_imagefolder, make_tar_of_tars, png_bytes, wnid)
+from shard_fixtures import (bad_inputs, jpeg_bytes, make_foldered_tar, make_imagefolder, make_tar_of_tars,
+                            png_bytes, wnid)
 from shard_readers import manifest, read_with_webdataset
 from shards.cli import main
 from shards.detect import detect_source
@@ -51,31 +51,6 @@ def assert_nothing_written(out: Path) -> None:
 
 
 # Sources that hold no images: refused at detection, before OUT is touched ------------------------
-
-@pytest.mark.parametrize("archive_name", sorted(CIFAR_ARCHIVES))
-def test_cifar_archive_is_named_before_any_work_subprocess(tmp_path, archive_name):
-    top = CIFAR_ARCHIVES[archive_name]
-    archive = make_cifar_archive(tmp_path / archive_name, top)
-    result = cli("build", archive, tmp_path / "out", "--split", "train", *SMALL)
-    assert result.returncode == 2, result.stderr
-    line = one_error_line(result.stderr)
-    dataset = "CIFAR-100" if "100" in archive_name else "CIFAR-10"
-    assert archive_name in line and f"{dataset} (" in line and f"`{top}/`" in line
-    assert "does not read" in line and "ImageFolder" in line
-    assert result.stdout == ""
-    assert not (tmp_path / "out").exists()
-
-
-def test_extracted_cifar_folder_is_named_too(tmp_path, capsys):
-    # `tar xzf cifar-10-binary.tar.gz` then SRC = the extracted folder, or the folder above it.
-    for relative, data in cifar_files("cifar-10-batches-bin").items():
-        (tmp_path / "src" / relative).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / "src" / relative).write_bytes(data)
-    for src in (tmp_path / "src", tmp_path / "src" / "cifar-10-batches-bin"):
-        code, _, err = build(capsys, src, tmp_path / "out")
-        assert code == 2 and "CIFAR-10 (binary version)" in one_error_line(err)
-    assert not (tmp_path / "out").exists()
-
 
 def test_tar_of_non_image_files_names_what_it_holds(tmp_path, capsys):
     files = {f"annotations/{wnid(i)}_{n}.xml": b"<annotation/>" for i in range(2) for n in range(3)}

@@ -1,0 +1,373 @@
+"""The official CIFAR archives (binary and python versions, .tar.gz or extracted) as shard sources.
+
+The archives are generated here with a few records per batch file (tests/shard_fixtures.py,
+pickles written as Python 2's cPickle wrote the originals); every check compares with what was
+written into them: the pixels and labels of each record, read back by the webdataset library
+and by DALI's reader and CPU decoder with our index files.
+"""
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from processes import run_process
+from shard_fixtures import (CIFAR_ARCHIVES, cifar_archive, make_imagefolder, python2_pickle, write_cifar_folder,
+                            write_cifar_tar)
+from shard_readers import manifest, read_images_with_dali, read_with_webdataset, reference_index
+from shards.cli import main
+from shards.errors import ShardsError
+from shards.unpickle import load_cifar_pickle
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["--quiet", "--workers", "1", "--shard-size", "64kB"]
+ARCHIVES = sorted(CIFAR_ARCHIVES)
+
+
+def build(capsys, src, out, *extra, split="train") -> tuple[int, str, str]:
+    """Exit status, stdout and stderr of an in-process build."""
+    capsys.readouterr()
+    code = main(["build", str(src), str(out), "--split", split, *SMALL, *map(str, extra)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def cli(*args) -> subprocess.CompletedProcess:
+    return run_process([sys.executable, "-m", "shards", *map(str, args)], cwd=REPO, capture_output=True,
+                       text=True, timeout=120)
+
+
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def make_source(tmp_path: Path, archive, form: str) -> Path:
+    """The archive as downloaded (``tar.gz``), extracted (``folder``: SRC is its top folder) or
+    ``above`` (SRC is the folder it was extracted in, next to the .tar.gz)."""
+    name = next(n for n, top in CIFAR_ARCHIVES.items() if top == archive.top)
+    if form == "tar.gz":
+        return write_cifar_tar(tmp_path / name, archive)
+    top = write_cifar_folder(tmp_path / "data", archive)
+    if form == "above":
+        write_cifar_tar(tmp_path / "data" / name, archive)
+        return top.parent
+    return top
+
+
+def png_chunks(data: bytes) -> list[str]:
+    """The chunk types of a PNG, read from its bytes."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    chunks, position = [], 8
+    while position < len(data):
+        length = int.from_bytes(data[position:position + 4], "big")
+        chunks.append(data[position + 4:position + 8].decode())
+        position += 12 + length
+    return chunks
+
+
+def record_by_source(archive, split: str) -> dict[str, object]:
+    return {f"{r.member}#{r.index}": r for r in archive.records[split]}
+
+
+# Every archive, as downloaded and extracted: exact pixels, labels, class order, totals ------------
+
+@pytest.mark.parametrize("form", ["tar.gz", "folder", "above"])
+@pytest.mark.parametrize("archive_name", ARCHIVES)
+def test_every_archive_builds_its_exact_pixels_and_labels(tmp_path, capsys, archive_name, form):
+    archive = cifar_archive(CIFAR_ARCHIVES[archive_name])
+    code, printed, err = build(capsys, make_source(tmp_path, archive, form), tmp_path / "out")
+    assert code == 0, err
+    truth = record_by_source(archive, "train")
+    assert f"train: {len(truth)} images in = {len(truth)} written + 0 rejected" in printed
+
+    samples = read_with_webdataset(tmp_path / "out")
+    assert sorted(s["json"]["source"] for s in samples) == sorted(truth)
+    for sample in samples:
+        record = truth[sample["json"]["source"]]
+        assert sample["jpg"] is None and png_chunks(sample["png"])[0] == "IHDR"
+        assert set(png_chunks(sample["png"])) == {"IHDR", "IDAT", "IEND"}  # pixels only, no metadata
+        decoded = Image.open(io.BytesIO(sample["png"]))
+        assert decoded.format == "PNG" and decoded.mode == "RGB"
+        np.testing.assert_array_equal(np.asarray(decoded), record.image)
+        assert sample["cls"] == record.fine
+        expected = {"class": archive.classes["fine"][record.fine], "member": record.member, "record": record.index,
+                    "source": f"{record.member}#{record.index}", "width": 32, "height": 32}
+        if record.filename:
+            expected["filename"] = record.filename
+        if record.coarse is not None:
+            expected.update(fine_label=record.fine, coarse_label=record.coarse)
+        assert sample["json"] == expected
+
+    built = manifest(tmp_path / "out")
+    assert built["classes"] == archive.classes["fine"] != sorted(archive.classes["fine"])  # meta order
+    meta_file = {"cifar-10-batches-bin": "batches.meta.txt", "cifar-100-binary": "fine_label_names.txt",
+                 "cifar-10-batches-py": "batches.meta (label_names)", "cifar-100-python": "meta (fine_label_names)"}
+    assert built["build"]["classes_from"] == f"{archive.top}/{meta_file[archive.top]}"
+    assert built["build"]["source_kind"] == archive_name.removesuffix(".tar.gz")
+    totals = built["totals"]
+    assert totals["inputs"] == totals["samples"] == len(truth) and totals["rejected"] == 0
+    assert totals["input_bytes"] == 3072 * len(truth)
+    histogram = Counter(r.fine for r in truth.values())
+    assert built["class_counts"] == [histogram[i] for i in range(len(archive.classes["fine"]))]
+
+
+def test_test_split_and_coarse_labels(tmp_path, capsys):
+    archive = cifar_archive("cifar-100-python")
+    src, out = make_source(tmp_path, archive, "tar.gz"), tmp_path / "out"
+    assert build(capsys, src, out, "--label-field", "coarse")[0] == 0
+    code, _, err = build(capsys, src, out, "--label-field", "coarse", "--classes", out / "train.json", split="test")
+    assert code == 0, err
+    for split in ("train", "test"):
+        truth = record_by_source(archive, split)
+        built = manifest(out, split)
+        assert built["classes"] == archive.classes["coarse"] and built["build"]["label_field"] == "coarse"
+        assert built["build"]["classes_from"] == "cifar-100-python/meta (coarse_label_names)"
+        samples = read_with_webdataset(out, split)
+        assert sorted(s["json"]["source"] for s in samples) == sorted(truth)
+        for sample in samples:
+            record = truth[sample["json"]["source"]]
+            assert sample["cls"] == record.coarse and sample["json"]["fine_label"] == record.fine
+            assert sample["json"]["class"] == archive.classes["coarse"][record.coarse]
+    assert {r.member for r in archive.records["test"]} == {"cifar-100-python/test"}
+    assert sorted(p.name for p in out.glob("*.json")) == ["test.json", "train.json"]
+    capsys.readouterr()
+    assert main(["verify", str(out), "--decode", "--quiet"]) == 0  # both splits, found by name
+    printed = capsys.readouterr().out
+    assert "train: OK: 1 shards, 15 samples checked and decoded" in printed
+    assert "test: OK: 1 shards, 3 samples checked and decoded" in printed
+    assert main(["inspect", str(out), "--split", "test"]) == 0
+
+
+# "jpg;png": the extensions a loader reading ImageNet and CIFAR shards alike asks DALI for.
+@pytest.mark.parametrize(("top", "extensions"), [("cifar-10-batches-bin", "png"), ("cifar-100-python", "jpg;png")])
+def test_dali_reads_the_exact_pixels_and_labels_through_our_index(tmp_path, capsys, top, extensions):
+    archive = cifar_archive(top, records=6)
+    out = tmp_path / "out"
+    assert build(capsys, make_source(tmp_path, archive, "tar.gz"), out)[0] == 0
+    truth = record_by_source(archive, "train")
+    samples = read_images_with_dali(out, image=extensions)
+    assert len(samples) == len(truth) and len(manifest(out)["shards"]) > 1
+    for pixels, label, meta in samples:
+        record = truth.pop(meta["source"])
+        np.testing.assert_array_equal(pixels, record.image)
+        assert label == record.fine
+    assert truth == {}  # each record exactly once
+    for shard in manifest(out)["shards"]:
+        assert (out / shard["index"]).read_text() == reference_index(out / shard["name"], tmp_path / "dali.idx")
+
+
+def test_binary_and_python_versions_give_the_same_images_under_the_same_keys(tmp_path, capsys):
+    built = {}
+    for top in ("cifar-10-batches-bin", "cifar-10-batches-py"):
+        out, src = tmp_path / top, tmp_path / f"src-{top}"
+        src.mkdir()
+        assert build(capsys, make_source(src, cifar_archive(top), "tar.gz"), out)[0] == 0
+        built[top] = [(s["key"], s["cls"], s["png"], s["shard"]) for s in read_with_webdataset(out)]
+    assert built["cifar-10-batches-bin"] == built["cifar-10-batches-py"]  # same order, shards and PNG bytes
+
+
+def test_split_build_and_workers_give_the_same_shards(tmp_path, capsys):
+    src = make_source(tmp_path, cifar_archive("cifar-100-binary", records=8), "tar.gz")
+    assert build(capsys, src, tmp_path / "one")[0] == 0
+    for part in range(2):
+        code, _, err = build(capsys, src, tmp_path / "parts", "--num-parts", 2, "--part-id", part, "--workers", 2)
+        assert code == 0, err
+    assert main(["merge", str(tmp_path / "parts")]) == 0
+    one, parts = manifest(tmp_path / "one"), manifest(tmp_path / "parts")
+    assert len(one["shards"]) >= 2 and one["shards"] == parts["shards"]
+    for shard in one["shards"]:
+        assert (tmp_path / "one" / shard["name"]).read_bytes() == (tmp_path / "parts" / shard["name"]).read_bytes()
+
+
+def test_verify_decode_finds_a_damaged_png(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert build(capsys, make_source(tmp_path, cifar_archive("cifar-10-batches-bin"), "tar.gz"), out)[0] == 0
+    built = manifest(out)
+    shard = built["shards"][0]
+    tar = bytearray((out / shard["name"]).read_bytes())
+    start = tar.index(b"IDAT") + 40  # inside the first image's compressed pixels
+    tar[start:start + 64] = bytes(64)
+    (out / shard["name"]).write_bytes(tar)
+    shard["sha256"] = hashlib.sha256(tar).hexdigest()  # damage that only a decode can see
+    (out / "train.json").write_text(json.dumps(built))
+    assert main(["verify", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(out), "--quiet", "--decode"]) == 1
+    assert f"BAD {shard['name']}: " in capsys.readouterr().out
+
+
+# Each problem is one error line, exit 2, and nothing written ----------------------------------------
+
+def cut_tar(tmp_path, archive):
+    whole = write_cifar_tar(tmp_path / "whole.tar.gz", archive).read_bytes()
+    (tmp_path / "cut.tar.gz").write_bytes(whole[: len(whole) * 2 // 3])
+    return tmp_path / "cut.tar.gz"
+
+
+def spoiled(name: str, change):
+    """A source builder: the archive with file ``name`` changed (None: removed)."""
+    def make(tmp_path, archive):
+        files = dict(archive.files)
+        member = f"{archive.top}/{name}"
+        if change is None:
+            del files[member]
+        else:
+            files[member] = change(files[member])
+        return write_cifar_tar(tmp_path / "spoiled.tar.gz", archive, files)
+    return make
+
+
+def set_byte(position: int, value: int):
+    return lambda data: data[:position] + bytes([value]) + data[position + 1:]
+
+
+def python_batch(change):
+    """A python-version batch file re-pickled (as Python 2 did) after ``change`` to its dict."""
+    def spoil(data):
+        batch = pickle.loads(data, encoding="bytes")
+        change(batch)
+        return python2_pickle(batch)
+    return spoil
+
+
+def two_archives(tmp_path, archive):
+    write_cifar_folder(tmp_path / "data", archive)
+    write_cifar_folder(tmp_path / "data", cifar_archive("cifar-100-binary"))
+    return tmp_path / "data"
+
+
+def source_as_is(tmp_path, archive):
+    return write_cifar_tar(tmp_path / "cifar.tar.gz", archive)
+
+
+RECORD = 3073  # CIFAR-10 binary: 1 label byte + 3072 pixel bytes
+ERRORS = {
+    "truncated archive": ("cifar-10-batches-bin", cut_tar, [], "the archive is damaged"),
+    "record of the wrong length": (
+        "cifar-10-batches-bin", spoiled("data_batch_2.bin", lambda data: data + b"12345"), [],
+        f"cifar-10-batches-bin/data_batch_2.bin: {3 * RECORD + 5} bytes is not a whole number of {RECORD}-byte "
+        "records (1 label byte + 3072 pixel bytes)"),
+    "label out of range": (
+        "cifar-10-batches-bin", spoiled("data_batch_4.bin", set_byte(RECORD, 10)), [],
+        "cifar-10-batches-bin/data_batch_4.bin: record 1 has label 10, but cifar-10-batches-bin/batches.meta.txt "
+        "names 10 classes (labels 0..9)"),
+    "coarse label out of range": (
+        "cifar-100-binary", spoiled("train.bin", set_byte(2 * 3074, 20)), [],
+        "cifar-100-binary/train.bin: record 2 has coarse label 20, but cifar-100-binary/coarse_label_names.txt "
+        "names 20 classes"),
+    "python label out of range": (
+        "cifar-100-python", spoiled("train", python_batch(lambda b: b[b"fine_labels"].__setitem__(4, 100))), [],
+        "cifar-100-python/train: record 4 has fine label 100, but cifar-100-python/meta names 100 classes"),
+    "python records of the wrong length": (
+        "cifar-10-batches-py", spoiled("data_batch_1", python_batch(lambda b: b.update({b"data": b[b"data"][:, 1:]}))),
+        [], "cifar-10-batches-py/data_batch_1: b'data' is an array uint8 (3, 3071), not records of 3072 uint8 pixel"),
+    "labels missing from a python batch": (
+        "cifar-10-batches-py", spoiled("data_batch_5", python_batch(lambda b: b.pop(b"labels"))), [],
+        "cifar-10-batches-py/data_batch_5: b'labels' is not a list of 3 integer labels, one per record"),
+    "missing meta file": (
+        "cifar-10-batches-bin", spoiled("batches.meta.txt", None), [],
+        "CIFAR-10 (binary version) without cifar-10-batches-bin/batches.meta.txt (its class names)"),
+    "missing python meta file": (
+        "cifar-100-python", spoiled("meta", None), [],
+        "CIFAR-100 (python version) without cifar-100-python/meta (its class names)"),
+    "missing batch": (
+        "cifar-10-batches-py", spoiled("data_batch_3", None), [],
+        "without cifar-10-batches-py/data_batch_3 (a batch of records)"),
+    "meta naming a class twice": (
+        "cifar-10-batches-bin", spoiled("batches.meta.txt", lambda data: data.replace(b"class_37", b"class_00")), [],
+        "cifar-10-batches-bin/batches.meta.txt: names class_00 more than once"),
+    "coarse labels of CIFAR-10": (
+        "cifar-10-batches-py", source_as_is, ["--label-field", "coarse"],
+        "--label-field coarse: CIFAR-10 (python version) has one label per image"),
+    "a val split": ("cifar-10-batches-bin", source_as_is, ["--split", "val"], "use --split test"),
+    "resizing": ("cifar-10-batches-bin", source_as_is, ["--resize-short", "24"], "--resize-short does not apply"),
+    "two extracted archives": ("cifar-10-batches-py", two_archives, [],
+                               "holds 2 extracted CIFAR archives (cifar-10-batches-py, cifar-100-binary)"),
+}
+
+
+@pytest.mark.parametrize("case", ERRORS)
+def test_each_problem_is_one_clear_error(tmp_path, capsys, case):
+    top, make, extra, expected = ERRORS[case]
+    src = make(tmp_path, cifar_archive(top))
+    code, printed, err = build(capsys, src, tmp_path / "out", *extra)  # a later --split wins
+    assert code == 2 and printed == ""
+    assert expected in one_error_line(err), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_classes_of_another_label_field_are_refused(tmp_path, capsys):
+    src, out = make_source(tmp_path, cifar_archive("cifar-100-binary"), "tar.gz"), tmp_path / "out"
+    assert build(capsys, src, out, "--label-field", "coarse")[0] == 0
+    code, _, err = build(capsys, src, out, "--classes", out / "train.json", split="test")
+    assert code == 2
+    assert "classes are not the 100 of cifar-100-binary/fine_label_names.txt" in one_error_line(err)
+    assert not (out / "test.json").exists()
+
+
+def test_label_field_is_for_cifar_only(tmp_path, capsys):
+    make_imagefolder(tmp_path / "src", num_classes=2, per_class=2)
+    code, _, err = build(capsys, tmp_path / "src", tmp_path / "out", "--label-field", "fine")
+    assert code == 2 and "--label-field is for the CIFAR archives" in one_error_line(err)
+
+
+# The python versions are unpickled by a loader that runs nothing --------------------------------
+
+class RunsCode:
+    """What a malicious pickle does: a global called while loading."""
+
+    def __init__(self, function, *args):
+        self.call = (function, args)
+
+    def __reduce__(self):
+        return self.call
+
+
+def test_a_pickle_that_would_run_code_is_refused_subprocess(tmp_path):
+    marker = tmp_path / "MARKER"
+    payload = pickle.dumps(RunsCode(os.system, f"touch {marker}"), protocol=2)
+    (tmp_path / "payload.pickle").write_bytes(payload)
+    archive = cifar_archive("cifar-10-batches-py")
+    files = {**archive.files, "cifar-10-batches-py/data_batch_2": payload}
+    src = write_cifar_tar(tmp_path / "cifar-10-python.tar.gz", archive, files)
+    result = cli("build", src, tmp_path / "out", "--split", "train", *SMALL)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    line = one_error_line(result.stderr)
+    assert "cifar-10-batches-py/data_batch_2: refused to unpickle: it calls for posix.system" in line
+    assert not marker.exists() and not (tmp_path / "out").exists()
+    # The payload is live: the standard unpickler runs it.
+    loader = "import pickle, sys; pickle.load(open(sys.argv[1], 'rb'))"
+    run_process([sys.executable, "-c", loader, str(tmp_path / "payload.pickle")], timeout=60)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("protocol", range(6))
+def test_the_unpickler_refuses_every_global_but_numpy_arrays(tmp_path, protocol):
+    made = tmp_path / "made"
+    with pytest.raises(ShardsError, match=r"^batch: refused to unpickle: it calls for posix\.mkdir, "):
+        load_cifar_pickle(pickle.dumps([RunsCode(os.mkdir, str(made))], protocol=protocol), "batch")
+    assert not made.exists()
+
+
+def test_the_unpickler_reads_what_python_2_wrote_and_refuses_python_3s_bytes():
+    batch = {b"data": np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072), b"labels": [3, 9],
+             b"filenames": [b"a.png", b"b.png"]}
+    loaded = load_cifar_pickle(python2_pickle(batch), "batch")
+    np.testing.assert_array_equal(loaded[b"data"], batch[b"data"])
+    assert loaded[b"labels"] == [3, 9] and loaded[b"filenames"] == [b"a.png", b"b.png"]
+    # Python 3 writes bytes at protocol 2 as calls of _codecs.encode: not what the official files hold.
+    with pytest.raises(ShardsError, match=r"calls for _codecs\.encode"):
+        load_cifar_pickle(pickle.dumps(batch, protocol=2), "batch")
+    with pytest.raises(ShardsError, match=r"^batch: not a readable pickle"):
+        load_cifar_pickle(python2_pickle(batch)[:-100], "batch")
