@@ -33,6 +33,7 @@ class TrainState:
     model_name: str = ""  # timm name: a resume with another model is refused
     num_classes: int = 0  # classifier width: a resume with other data is refused
     best: dict = field(default_factory=dict)  # best top-1 error so far and its epoch
+    shakedrop: bool = False  # the model's ShakeDrop buffers are part of its weights: a resume must match
     partial_loss: list = field(default_factory=list)  # mid-epoch save: each rank's loss sum so far
 
 
@@ -118,12 +119,16 @@ def find_resume_checkpoint(resume: str, run_dir: Path) -> Path | None:
     return folder
 
 
-def check_compatible(state: TrainState, *, checkpoint: Path, model_name: str, num_classes: int) -> None:
-    """Refuse a checkpoint of another model or class count, naming both."""
+def check_compatible(state: TrainState, *, checkpoint: Path, model_name: str, num_classes: int,
+                     shakedrop: bool = False) -> None:
+    """Refuse a checkpoint of another model, class count or model structure, naming both."""
     if state.model_name != model_name or state.num_classes != num_classes:
         raise TrainError(
             f"run.resume: {checkpoint} holds {state.model_name!r} with {state.num_classes} classes, but this run "
             f"trains {model_name!r} with {num_classes} classes; use another run.out_dir or run.resume=none")
+    if state.shakedrop != shakedrop:
+        raise TrainError(f"run.resume: {checkpoint} holds a model with model.shakedrop={str(state.shakedrop).lower()}, "
+                         f"this run has {str(shakedrop).lower()}; use the same, another run.out_dir or run.resume=none")
 
 
 def prune_checkpoints(root: Path, *, keep: int) -> None:

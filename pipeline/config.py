@@ -35,17 +35,26 @@ class DataConfig:
     random_area: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range (Inception crop)
     random_aspect_ratio: tuple[float, float] = (0.75, 1.3333333333333333)  # RandomResizedCrop aspect range
     flip_probability: float = 0.5  # horizontal flip of train images
+    # "imagenet" (RandomResizedCrop, val resize + centre crop) or "cifar" (zero padding of
+    # crop_padding pixels + random image_size crop, val as it is): pipeline.data.augment
+    augmentation: str = "imagenet"
+    crop_padding: int = 4  # cifar: pixels of zero padding on each side before the random crop
+    eval_split: str = "val"  # the split evaluated every run.eval_every epochs ("test" for CIFAR's test batch)
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # normalization, [0, 1] units (ImageNet)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # normalization, [0, 1] units (ImageNet)
 
 
 @dataclass
 class ModelConfig:
-    name: str = "resnet50"  # any timm model name (timm.list_models())
+    name: str = "resnet50"  # any timm model name (timm.list_models()), ours included (pipeline/models: pyramidnet*)
     pretrained: bool = False  # start from timm's pretrained weights (downloads; classifier re-initialized)
     channels_last: bool = True  # NHWC memory format: what tensor cores and the mix kernel want
     compile: bool = False  # torch.compile the model (slow start, faster steps on GPU)
     drop_path_rate: float = 0.0  # stochastic depth, for models that support it (0 = off, the paper's ResNet)
+    # DropBlock (Ghiasi et al. 2018) drop rate: our PyramidNets (last two stages, block 7) and timm's
+    # ResNet family (its own placement); an error for other models. 0 = off
+    drop_block_rate: float = 0.0
+    shakedrop: bool = False  # ShakeDrop on every residual branch (our PyramidNets only; final drop probability 0.5)
 
 
 @dataclass
@@ -71,7 +80,9 @@ class ScheduleConfig:
 
 @dataclass
 class MixConfig:
-    mode: str = "none"  # cutmix, mixup, cutmix_or_mixup, cutout or none (pipeline.mix)
+    # cutmix, mixup, cutmix_or_mixup, cutout, none, or the feature-level feature_cutmix and
+    # manifold_mixup (pipeline.mix.feature: a layer drawn per batch from feature_layers)
+    mode: str = "none"
     cutmix_alpha: float = 1.0  # lam ~ Beta(alpha, alpha) for CutMix
     mixup_alpha: float = 1.0  # lam ~ Beta(alpha, alpha) for Mixup
     prob: float = 1.0  # probability that a batch (sample) is mixed at all
@@ -80,6 +91,9 @@ class MixConfig:
     partner: str = "permutation"  # permutation (the paper), flip (timm) or roll (torchvision)
     cutout_size: Optional[int] = None  # cutout: box side in pixels
     label_smoothing: float = 0.0  # applied to each one-hot before mixing (timm's convention)
+    # feature_cutmix / manifold_mixup: where to mix, one drawn per batch; "input" is the image,
+    # the others modules of the model's feature_info (the CutMix paper: k in {0, 1, 2, 3})
+    feature_layers: tuple[str, ...] = ("input", "layer1", "layer2", "layer3")
 
 
 @dataclass

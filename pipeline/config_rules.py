@@ -61,6 +61,12 @@ def non_empty(value: str) -> str | None:
     return None if value.strip() else f"must not be empty, got {value!r}"
 
 
+def non_empty_names(names) -> str | None:
+    if names and all(name.strip() for name in names):
+        return None
+    return f"must be a non-empty list of layer names, got {list(names)!r}"
+
+
 def known_model(name: str) -> str | None:
     from .models import unknown_model_message
 
@@ -85,6 +91,9 @@ RULES: dict[str, Rule | None] = {
     "data.random_area": ordered_pair(0, 1),
     "data.random_aspect_ratio": ordered_pair(0),
     "data.flip_probability": between(0, 1),
+    "data.augmentation": one_of(("imagenet", "cifar")),
+    "data.crop_padding": at_least(0),
+    "data.eval_split": one_of(("val", "test")),
     "data.mean": each(between(0, 1)),
     "data.std": each(above(0)),
     "model.name": known_model,
@@ -92,6 +101,8 @@ RULES: dict[str, Rule | None] = {
     "model.channels_last": TYPE_ONLY,
     "model.compile": TYPE_ONLY,
     "model.drop_path_rate": between(0, 1, high_open=True),
+    "model.drop_block_rate": between(0, 1, high_open=True),
+    "model.shakedrop": TYPE_ONLY,
     "optim.base_lr": above(0),
     "optim.reference_batch": at_least(1),
     "optim.momentum": between(0, 1, high_open=True),
@@ -114,6 +125,7 @@ RULES: dict[str, Rule | None] = {
     "mix.partner": one_of(PARTNER_CHOICES),
     "mix.cutout_size": optional(at_least(1)),
     "mix.label_smoothing": between(0, 1, high_open=True),
+    "mix.feature_layers": non_empty_names,
     "loader.backend": one_of(("dali", "torch", "synthetic")),
     "loader.batch_size": at_least(1),
     "loader.val_batch_size": optional(at_least(1)),
@@ -168,6 +180,9 @@ def _cutout(config) -> tuple[str, str] | None:
         return "mix.cutout_size", "mix.mode=cutout needs a box side in pixels"
     if size is not None and size > image:
         return "mix.cutout_size", f"must be at most data.image_size={image}, got {size}"
+    if size is not None and config.mix.mode not in ("cutout", "mixup", "manifold_mixup"):
+        return "mix.cutout_size", (f"Cutout goes alone (mix.mode=cutout) or before mixup / manifold_mixup, "
+                                   f"not with mix.mode={config.mix.mode}; unset it (null)")
     return None
 
 
@@ -180,7 +195,33 @@ def _mix_batch(config) -> tuple[str, str] | None:
     return None
 
 
-CROSS_RULES = (_milestones, _warmup, _min_lr, _nesterov, _cutout, _mix_batch)
+def _feature_layers(config) -> tuple[str, str] | None:
+    from .mix.sampler import FEATURE_MODES
+
+    if config.mix.mode not in FEATURE_MODES:
+        return None
+    if config.mix.per != "batch":
+        return "mix.per", f"mix.mode={config.mix.mode} mixes one layer per batch: needs batch, got {config.mix.per!r}"
+    from .mix.feature import model_layer_names
+
+    known = model_layer_names(config.model.name)
+    unknown = [name for name in config.mix.feature_layers if name not in known]
+    if unknown:
+        return "mix.feature_layers", f"{config.model.name} has no layers {unknown}; it has {known}"
+    return None
+
+
+def _model_options(config) -> tuple[str, str] | None:
+    from .models import model_option_problem
+
+    model = config.model
+    found = model_option_problem(model.name, shakedrop=model.shakedrop, drop_block_rate=model.drop_block_rate)
+    if found is None and model.shakedrop and model.drop_path_rate > 0:
+        return "model.drop_path_rate", "ShakeDrop (model.shakedrop=true) already drops residual branches: use one of them"
+    return found
+
+
+CROSS_RULES = (_milestones, _warmup, _min_lr, _nesterov, _cutout, _mix_batch, _feature_layers, _model_options)
 
 
 def validate(config) -> None:

@@ -22,7 +22,7 @@ from .logs import Progress, append_metrics, format_epoch, read_metrics, truncate
 from .mix import MixSampler
 from .models import create_model, read_num_classes
 from .optim import create_optimizer, create_scheduler, scaled_lr
-from .seeds import epoch_seed
+from .seeds import MODEL_STREAM, epoch_seed, stream_seed
 from .stopping import StopRequest
 from .training import MixOptions, train_one_epoch
 
@@ -66,7 +66,8 @@ def run_training(config: TrainConfig) -> dict:
     finished = state.epoch == config.schedule.epochs
     if finished and accelerator.is_main_process:
         export_weights(accelerator.unwrap_model(session.model), run_dir / WEIGHTS_FILE,
-                       model_name=config.model.name, num_classes=session.num_classes)
+                       model_name=config.model.name, num_classes=session.num_classes,
+                       model_options={"shakedrop": True} if config.model.shakedrop else {})
     accelerator.wait_for_everyone()
     accelerator.end_training()
     if record is None and finished:  # resumed a run that had already finished
@@ -94,7 +95,11 @@ def setup(config: TrainConfig, *, run_dir: Path) -> Session:
         torch.backends.cudnn.benchmark = False
     set_seed(config.run.seed)  # the same initial weights on every rank
     model = create_model(name=config.model.name, num_classes=num_classes, pretrained=config.model.pretrained,
-                         channels_last=config.model.channels_last, drop_path_rate=config.model.drop_path_rate)
+                         channels_last=config.model.channels_last, drop_path_rate=config.model.drop_path_rate,
+                         drop_block_rate=config.model.drop_block_rate, shakedrop=config.model.shakedrop)
+    # The same weights on every rank (above), but each rank its own dropout / drop path / ShakeDrop
+    # draws from here on: identical masks on every rank would regularize like one small batch.
+    torch.manual_seed(stream_seed(seed=config.run.seed, rank=accelerator.process_index, stream=MODEL_STREAM))
     steps = train_steps_per_epoch(config, shards=shards, accelerator=accelerator, num_classes=num_classes)
     global_batch = config.loader.batch_size * accelerator.num_processes
     lr = scaled_lr(base_lr=config.optim.base_lr, global_batch=global_batch, reference_batch=config.optim.reference_batch)
@@ -102,17 +107,32 @@ def setup(config: TrainConfig, *, run_dir: Path) -> Session:
                                  weight_decay=config.optim.weight_decay,
                                  decay_norm_and_bias=config.optim.decay_norm_and_bias)
     scheduler = create_scheduler(optimizer, steps_per_epoch=steps, **schedule_options(config))
+    features, shapes = feature_mixing(config, model)  # hooks on the bare model, before compile and DDP
     if config.model.compile:
         model = torch.compile(model)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    val_loader = make_loader(config, shards=shards, split="val", accelerator=accelerator, num_classes=num_classes)[0]
+    val_loader = make_loader(config, shards=shards, split=config.data.eval_split, accelerator=accelerator,
+                             num_classes=num_classes)[0]
     dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
     mix = MixOptions(mean=config.data.mean, std=config.data.std, num_classes=num_classes,
                      label_smoothing=config.mix.label_smoothing, out_dtype=dtype,
-                     memory_format=torch.channels_last if config.model.channels_last else torch.contiguous_format)
+                     memory_format=torch.channels_last if config.model.channels_last else torch.contiguous_format,
+                     features=features, layer_shapes=shapes)
     return Session(accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
                    val_loader=val_loader, shards=shards, steps_per_epoch=steps, num_classes=num_classes, mix=mix,
                    stop_group=stop_group(accelerator))
+
+
+def feature_mixing(config: TrainConfig, model: torch.nn.Module):
+    """For the feature-level modes: the FeatureMixer with its hooks on ``mix.feature_layers`` and
+    each layer's output (height, width) at ``data.image_size``; (None, None) otherwise."""
+    from .mix.feature import FeatureMixer, layer_shapes
+    from .mix.sampler import FEATURE_MODES
+
+    if config.mix.mode not in FEATURE_MODES:
+        return None, None
+    layers = config.mix.feature_layers
+    return FeatureMixer(model, layers), layer_shapes(model, layers, image_size=config.data.image_size)
 
 
 def stop_group(accelerator):
@@ -165,7 +185,7 @@ def make_loader(config: TrainConfig, *, shards: Path, split: str, accelerator, n
     data = config.data
     augmentation = Augmentation(image_size=data.image_size, random_area=data.random_area,
                                 random_aspect_ratio=data.random_aspect_ratio, flip_probability=data.flip_probability,
-                                crop_pct=data.crop_pct)
+                                crop_pct=data.crop_pct, kind=data.augmentation, padding=data.crop_padding)
     batch_size = config.loader.batch_size if training else (config.loader.val_batch_size or config.loader.batch_size)
     options = LoaderOptions(batch_size=batch_size, backend=config.loader.backend, num_threads=config.loader.num_threads,
                             shuffle_buffer=config.loader.shuffle_buffer)
@@ -187,14 +207,15 @@ def resume(config: TrainConfig, *, session: Session, run_dir: Path) -> tuple[Tra
     """Load the checkpoint that ``run.resume`` names (if any): where training stands, and this
     rank's saved train loader state (None when there is none)."""
     checkpoint = find_resume_checkpoint(config.run.resume, run_dir)
-    fresh = TrainState(model_name=config.model.name, num_classes=session.num_classes)
+    fresh = TrainState(model_name=config.model.name, num_classes=session.num_classes, shakedrop=config.model.shakedrop)
     accelerator = session.accelerator
     if checkpoint is None:
         if accelerator.is_main_process:
             truncate_metrics(run_dir, last_epoch=0)
         return fresh, None
     state = read_state(checkpoint)
-    check_compatible(state, checkpoint=checkpoint, model_name=config.model.name, num_classes=session.num_classes)
+    check_compatible(state, checkpoint=checkpoint, model_name=config.model.name, num_classes=session.num_classes,
+                     shakedrop=config.model.shakedrop)
     accelerator.load_state(str(checkpoint))
     if accelerator.is_main_process:
         truncate_metrics(run_dir, last_epoch=state.epoch)
@@ -208,7 +229,8 @@ def train_epochs(config: TrainConfig, *, session: Session, loader, state: TrainS
     saves a checkpoint (mid-epoch if need be) and returns early; ``state`` is updated in place."""
     accelerator, record = session.accelerator, None
     for epoch in range(state.epoch, config.schedule.epochs):
-        sampler = mix_sampler(config, seed=epoch_seed(config.run.seed, epoch), rank=accelerator.process_index)
+        sampler = mix_sampler(config, seed=epoch_seed(config.run.seed, epoch), rank=accelerator.process_index,
+                              layer_shapes=session.mix.layer_shapes)
         progress = Progress(enabled=config.run.progress and accelerator.is_local_main_process,
                             total=session.steps_per_epoch, epoch=epoch + 1, epochs=config.schedule.epochs,
                             initial=state.step_in_epoch)
@@ -248,12 +270,14 @@ def carried_loss(state: TrainState, *, rank: int) -> float:
     return state.partial_loss[rank] if state.step_in_epoch and state.partial_loss else 0.0
 
 
-def mix_sampler(config: TrainConfig, *, seed: int, rank: int) -> MixSampler:
-    """The epoch's MixSampler from the mix section (randomness from (seed, rank))."""
+def mix_sampler(config: TrainConfig, *, seed: int, rank: int, layer_shapes: dict | None = None) -> MixSampler:
+    """The epoch's MixSampler from the mix section (randomness from (seed, rank)); the feature-level
+    modes draw their boxes on ``layer_shapes``."""
     mix = config.mix
     return MixSampler(mode=mix.mode, cutmix_alpha=mix.cutmix_alpha, mixup_alpha=mix.mixup_alpha,
                       cutout_size=mix.cutout_size, prob=mix.prob, switch_prob=mix.switch_prob, per=mix.per,
-                      partner=mix.partner, seed=seed, rank=rank)
+                      partner=mix.partner, seed=seed, rank=rank, layers=mix.feature_layers,
+                      layer_shapes=layer_shapes)
 
 
 def epoch_record(config: TrainConfig, *, session: Session, state: TrainState, result, seconds: float,

@@ -20,6 +20,7 @@ _SEED_MASK = 0x7FFFFFFF
 DALI_PIPELINE_STREAM = 0
 DALI_READER_STREAM = 1
 TORCH_WORKER_STREAM = 2
+MODEL_STREAM = 3  # torch's global RNG on each rank after the (shared) initial weights: dropout, drop path
 
 
 def epoch_seed(run_seed: int, epoch: int) -> int:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .logs import Progress
-from .mix import MixSampler, apply_mix, soft_target_cross_entropy
+from .mix import MixParams, MixSampler, apply_mix, resolve_mix, soft_target_cross_entropy, soft_targets
 
 
 @dataclass
@@ -25,6 +25,8 @@ class MixOptions:
     label_smoothing: float  # applied to each one-hot before mixing
     out_dtype: torch.dtype  # bf16 under bf16 mixed precision: half the bytes written
     memory_format: torch.memory_format  # channels_last to match the model
+    features: object = None  # a mix.feature.FeatureMixer for the feature-level modes, else None
+    layer_shapes: dict | None = None  # (height, width) of each layer the feature-level modes mix at
 
 
 @dataclass
@@ -118,13 +120,25 @@ def train_one_epoch(*, model, optimizer, scheduler, batches, steps: int, sampler
 
 
 def train_step(*, model, optimizer, scheduler, images, labels, params, accelerator, mix: MixOptions) -> torch.Tensor:
-    """One update on a uint8 NHWC batch; returns the (mean) loss, on the device."""
+    """One update on a uint8 NHWC batch; returns the (mean) loss, on the device. ``params.layer``
+    set: the batch is only normalized here and the layer's output is mixed in the forward pass."""
+    image_params = params
+    if params.layer is not None:  # the images get only their Cutout holes (Cutout + Manifold Mixup), if any
+        image_params = MixParams(mode="none" if params.cutout_boxes is None else "cutout", boxes=params.cutout_boxes)
     # check_labels=False: the loader checked the labels on the host (a check here is a device sync).
-    inputs, targets = apply_mix(images, labels, params=params, mean=mix.mean, std=mix.std,
+    inputs, targets = apply_mix(images, labels, params=image_params, mean=mix.mean, std=mix.std,
                                 num_classes=mix.num_classes, label_smoothing=mix.label_smoothing,
                                 out_dtype=mix.out_dtype, memory_format=mix.memory_format, check_labels=False)
-    with accelerator.autocast():
-        logits = model(inputs)
+    if params.layer is None:
+        with accelerator.autocast():
+            logits = model(inputs)
+    else:
+        height, width = mix.layer_shapes[params.layer]
+        resolved = resolve_mix(params, batch_size=images.shape[0], height=height, width=width)
+        targets = soft_targets(labels, partner=resolved.partner, lam=resolved.lam, num_classes=mix.num_classes,
+                               label_smoothing=mix.label_smoothing)
+        with mix.features.mixing(params.layer, resolved), accelerator.autocast():
+            logits = model(inputs)
     loss = soft_target_cross_entropy(logits, targets)
     optimizer.zero_grad(set_to_none=True)
     accelerator.backward(loss)

@@ -75,3 +75,15 @@ def open_loader(shards: Path, split: str, *, backend: str, batch_size: int, rank
                           options=LoaderOptions(batch_size=batch_size, backend=backend, num_threads=num_threads),
                           rank=rank, world_size=world_size, device=device, seed=seed, training=training,
                           restore=restore, sample_ids=sample_ids)
+
+
+def make_cifar_shards(root: Path, records: int = 12):
+    """Train and test shards of a generated CIFAR-10 binary archive (5 x ``records`` train and
+    ``records`` test images, PNG members), and the archive's records by sample source."""
+    from shard_fixtures import cifar_archive, write_cifar_tar
+
+    archive = cifar_archive("cifar-10-batches-bin", records=records)
+    tar = write_cifar_tar(root / "cifar-10-binary.tar.gz", archive)
+    for split in ("train", "test"):
+        build_shards(tar, root / "shards", split)
+    return root / "shards", {f"{r.member}#{r.index}": r for split in archive.records.values() for r in split}

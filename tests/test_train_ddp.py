@@ -30,6 +30,8 @@ def test_two_process_ddp(demo_shards, tmp_path):
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2] and [r["rank"] for r in ranks] == [0, 1]
     assert ranks[0]["params"] == ranks[1]["params"]
+    # The same initial weights, but each rank its own dropout / drop path draws after them.
+    assert ranks[0]["model_seed"] != ranks[1]["model_seed"]
     assert len(ranks[0]["seen"]) == len(ranks[1]["seen"]) == 2 * 5 * 16
     # CutMix boxes come later: these are the loader's own images, so a shared sample would match.
     assert len(set(ranks[0]["seen"][:80]) & set(ranks[1]["seen"][:80])) < 8, "ranks read the same data"

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from pipeline.checkpoint import COMPLETE, STATE, TrainState, checkpoint_name, find_resume_checkpoint, valid_checkpoints
+from pipeline.checkpoint import (COMPLETE, STATE, TrainState, check_compatible, checkpoint_name, find_resume_checkpoint,
+                                 valid_checkpoints)
 from pipeline.errors import TrainError
 from pipeline.evaluate import count_correct, loss_sum
 from pipeline.optim import create_optimizer, create_scheduler, parameter_groups, scaled_lr
@@ -96,3 +97,15 @@ def test_resume_picks_newest_complete(tmp_path):
     assert find_resume_checkpoint("auto", tmp_path / "empty") is None
     with pytest.raises(TrainError, match="not a complete checkpoint"):
         find_resume_checkpoint(str(tmp_path / "checkpoints" / "epoch-0003"), tmp_path)
+
+
+def test_a_resume_with_another_model_structure_is_refused(tmp_path):
+    state = TrainState(model_name="pyramidnet20_a48", num_classes=10, shakedrop=True)
+    check_compatible(state, checkpoint=tmp_path, model_name="pyramidnet20_a48", num_classes=10, shakedrop=True)
+    for other in (dict(model_name="resnet10t", num_classes=10, shakedrop=True),
+                  dict(model_name="pyramidnet20_a48", num_classes=100, shakedrop=True),
+                  dict(model_name="pyramidnet20_a48", num_classes=10, shakedrop=False)):
+        with pytest.raises(TrainError, match="run.resume"):
+            check_compatible(state, checkpoint=tmp_path, **other)
+    # A checkpoint of a version before the field: no ShakeDrop.
+    assert TrainState(**{"model_name": "resnet10t", "num_classes": 10}).shakedrop is False

@@ -21,6 +21,7 @@ seen: list[str] = []
 sessions: list = []
 world_sizes: list[int] = []
 loaders_built: dict[str, int] = {}
+model_seeds: list[int] = []
 epochs: list[dict] = []
 original_make_loader, original_setup, original_epoch = run.make_loader, run.setup, run.train_one_epoch
 COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter", "reduce_scatter_tensor",
@@ -71,6 +72,7 @@ def train_one_epoch(**kwargs):
 
 def setup(config, **kwargs):
     sessions.append(original_setup(config, **kwargs))
+    model_seeds.append(torch.initial_seed())  # the seed of torch's RNG the model draws from (drop path)
     # Asked of torch itself while the process group lives (end_training destroys it).
     world_sizes.append(torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1)
     return sessions[-1]
@@ -87,7 +89,7 @@ def main() -> None:
         digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
     record = {"rank": session.accelerator.process_index, "world_size": world_sizes[0],
               "params": digest.hexdigest(), "seen": seen, "code": code, "loaders_built": loaders_built,
-              "epochs": epochs}
+              "epochs": epochs, "model_seed": model_seeds[0]}
     Path(f"{prefix}{record['rank']}.json").write_text(json.dumps(record))
     exit_cleanly(code)
 

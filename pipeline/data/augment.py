@@ -1,5 +1,9 @@
 """The augmentation settings every backend shares, so that DALI and the torch baseline apply
-the same train crop/flip and the same validation resize/centre crop."""
+the same train crop/flip and the same validation resize/centre crop.
+
+Two kinds: ``imagenet`` (RandomResizedCrop + flip; val: resize + centre crop) and ``cifar``
+(the CIFAR recipe of the ResNet/PyramidNet papers: zero-pad ``padding`` pixels on each side, a
+random ``image_size`` crop, flip; val: the image as it is, centre-cropped to ``image_size``)."""
 
 from __future__ import annotations
 
@@ -7,18 +11,29 @@ from dataclasses import dataclass
 
 from .checks import LoaderError
 
+KINDS = ("imagenet", "cifar")
+
+
 @dataclass(frozen=True)
 class Augmentation:
-    """Train: RandomResizedCrop(image_size, random_area, random_aspect_ratio) + horizontal flip
-    with ``flip_probability``. Val: shorter side to ``image_size / crop_pct``, centre crop."""
+    """imagenet: train RandomResizedCrop(image_size, random_area, random_aspect_ratio) + horizontal
+    flip with ``flip_probability``; val shorter side to ``image_size / crop_pct``, centre crop.
+    cifar: train zero padding of ``padding`` pixels, a random ``image_size`` crop (each of the
+    (2 * padding + 1)^2 offsets equally likely, as torchvision's RandomCrop) + flip; val centre crop."""
 
     image_size: int
     random_area: tuple[float, float] = (0.08, 1.0)
     random_aspect_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip_probability: float = 0.5
     crop_pct: float = 0.875
+    kind: str = "imagenet"
+    padding: int = 4
 
     def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise LoaderError(f"augmentation kind must be one of {list(KINDS)}, got {self.kind!r}")
+        if self.padding < 0:
+            raise LoaderError(f"padding must be >= 0, got {self.padding}")
         if self.image_size < 1:
             raise LoaderError(f"image_size must be >= 1, got {self.image_size}")
         low, high = self.random_area

@@ -48,21 +48,32 @@ def output_names(*, training: bool, sample_ids: bool) -> tuple[str, ...]:
     return ("images",) + (("mirror",) if training else ()) + ("labels",) + (("ids",) if sample_ids else ())
 
 
-def image_graph(jpegs, *, training: bool, augmentation: Augmentation, decoder: str, hw_decoder_load: float,
-                preallocate_hint: tuple[int, int]):
-    """Decode + crop + resize + flip (train) or decode + resize + centre crop (val) of a batch of
-    JPEG bytes into uint8 HWC; returns ``(images, mirror)``, ``mirror`` the drawn flips (train)
-    or None (val). With the "cpu" decoder the graph stops after decoding (``images`` are the
-    decoded crops, or whole images for val) and ``host_resize.finish_on_host`` does the rest
-    with ``mirror``: DALI's CPU resize is the slowest step there (see that module)."""
-    from nvidia.dali import fn, types
+def finishes_on_host(decoder: str, augmentation: Augmentation) -> bool:
+    """Whether the graph stops after decoding and ``host_resize.finish_on_host`` does the rest:
+    ImageNet-style resizing with the CPU decoder (DALI's CPU resize is the slowest step there).
+    The CIFAR ops (pad, crop, flip) are cheap in DALI on either device."""
+    return decoder == "cpu" and augmentation.kind == "imagenet"
 
-    size = augmentation.image_size
+
+def image_graph(images_encoded, *, training: bool, augmentation: Augmentation, decoder: str,
+                hw_decoder_load: float, preallocate_hint: tuple[int, int]):
+    """Decode a batch of encoded images (JPEG or PNG) and augment them as ``augmentation.kind``
+    says, into uint8 HWC; returns ``(images, mirror)``, ``mirror`` the drawn flips (train) or
+    None (val). Where ``finishes_on_host``, ``images`` are the decoded crops (train) or whole
+    images (val) and the host resizes and applies ``mirror``."""
     gpu = {}
     if decoder == "mixed":
         gpu = {"hw_decoder_load": hw_decoder_load}
         if preallocate_hint[0] > 0:
             gpu.update(preallocate_width_hint=preallocate_hint[0], preallocate_height_hint=preallocate_hint[1])
+    graph = _cifar_graph if augmentation.kind == "cifar" else _imagenet_graph
+    return graph(images_encoded, training=training, augmentation=augmentation, decoder=decoder, gpu=gpu)
+
+
+def _imagenet_graph(jpegs, *, training: bool, augmentation: Augmentation, decoder: str, gpu: dict):
+    from nvidia.dali import fn, types
+
+    size = augmentation.image_size
     mirror = None
     if training:
         # Decoding only the crop window (ROI decode) is what makes the crop cheap.
@@ -71,18 +82,34 @@ def image_graph(jpegs, *, training: bool, augmentation: Augmentation, decoder: s
             random_area=list(augmentation.random_area), random_aspect_ratio=list(augmentation.random_aspect_ratio),
             **gpu)
         mirror = fn.random.coin_flip(probability=augmentation.flip_probability)
-        if decoder == "cpu":
+        if finishes_on_host(decoder, augmentation):
             return images, mirror
         images = fn.resize(images, resize_x=size, resize_y=size)
     else:
         images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB, **gpu)
-        if decoder == "cpu":
+        if finishes_on_host(decoder, augmentation):
             return images, None
         images = fn.resize(images, resize_shorter=augmentation.val_resize)
     # Without mean/std this is a centre crop + mirror that keeps uint8 HWC.
     images = fn.crop_mirror_normalize(images, crop=(size, size), mirror=0 if mirror is None else mirror,
                                       dtype=types.UINT8, output_layout="HWC")
     return images, mirror
+
+
+def _cifar_graph(encoded, *, training: bool, augmentation: Augmentation, decoder: str, gpu: dict):
+    from nvidia.dali import fn, types
+
+    size, pad = augmentation.image_size, augmentation.padding
+    images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB, **gpu)
+    if not training:
+        return fn.crop(images, crop=(size, size), out_of_bounds_policy="pad", fill_values=0), None
+    # Zero padding + a random crop in one slice: the window's corner is drawn uniformly from the
+    # (2 * pad + 1)^2 integer offsets in [-pad, pad] (torchvision's RandomCrop(size, padding)).
+    corner = fn.random.uniform(values=[float(v) for v in range(-pad, pad + 1)], shape=[2])
+    images = fn.slice(images, corner, [float(size), float(size)], axes=[0, 1], normalized_anchor=False,
+                      normalized_shape=False, out_of_bounds_policy="pad", fill_values=0)
+    mirror = fn.random.coin_flip(probability=augmentation.flip_probability)
+    return fn.flip(images, horizontal=mirror), mirror
 
 
 def define_dali_pipeline(shards: SplitShards, *, training: bool, batch_size: int, rank: int, world_size: int,
@@ -95,7 +122,8 @@ def define_dali_pipeline(shards: SplitShards, *, training: bool, batch_size: int
     Outputs: ``output_names(training, sample_ids)``."""
     from nvidia.dali import fn, pipeline_def
 
-    extensions = ["jpg", "cls"] + (["json"] if sample_ids else [])
+    # "jpg;png": a sample's image is its .jpg or its .png member (CIFAR is stored losslessly).
+    extensions = ["jpg;png", "cls"] + (["json"] if sample_ids else [])
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, enable_checkpointing=True,
                   seed=stream_seed(seed=seed, rank=rank, stream=DALI_PIPELINE_STREAM))
@@ -107,8 +135,8 @@ def define_dali_pipeline(shards: SplitShards, *, training: bool, batch_size: int
             # borrows samples from the next one; val always reads the same part, unshuffled.
             pad_last_batch=True, stick_to_shard=not training, random_shuffle=training,
             initial_fill=shuffle_buffer, seed=stream_seed(seed=seed, rank=rank, stream=DALI_READER_STREAM))
-        jpegs, others = members[0], members[1:]
-        images, mirror = image_graph(jpegs, training=training, augmentation=augmentation, decoder=decoder,
+        encoded, others = members[0], members[1:]
+        images, mirror = image_graph(encoded, training=training, augmentation=augmentation, decoder=decoder,
                                      hw_decoder_load=hw_decoder_load, preallocate_hint=preallocate_hint)
         flips = () if mirror is None else (mirror,)
         return (images, *flips, *(fn.pad(member, fill_value=0) for member in others))
@@ -229,10 +257,12 @@ class DaliLoader(EpochLoader):
             self._run()
 
     def _to_torch(self, outputs: dict, *, first: int, part_samples: int):
-        if self.decoder == "cpu":
+        if finishes_on_host(self.decoder, self.augmentation):
             mirror = np.asarray(outputs["mirror"].as_tensor()) if self.training else None
             images = finish_on_host(outputs["images"], mirror, training=self.training,
                                     augmentation=self.augmentation)
+        elif self.decoder == "cpu":  # DALI reuses its output buffers: copy before the next run
+            images = torch.from_numpy(np.array(outputs["images"].as_tensor()))
         else:
             images = _gpu_images_to_torch(outputs["images"], self.device)
         labels = parse_ascii_labels(np.asarray(outputs["labels"].as_tensor()))
@@ -271,4 +301,5 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-__all__ = ["DaliLoader", "LoaderError", "decoder_for", "define_dali_pipeline", "image_graph", "output_names"]
+__all__ = ["DaliLoader", "LoaderError", "decoder_for", "define_dali_pipeline", "finishes_on_host", "image_graph",
+           "output_names"]

@@ -123,6 +123,11 @@ def _transform(augmentation: Augmentation, *, training: bool):
     from torchvision.transforms import v2  # only this backend needs torchvision
 
     size = augmentation.image_size
+    if augmentation.kind == "cifar":
+        if not training:
+            return v2.CenterCrop(size)
+        return v2.Compose([v2.RandomCrop(size, padding=augmentation.padding, fill=0),
+                           v2.RandomHorizontalFlip(augmentation.flip_probability)])
     if training:
         return v2.Compose([
             v2.RandomResizedCrop(size, scale=augmentation.random_area, ratio=augmentation.random_aspect_ratio,
@@ -136,7 +141,8 @@ def _prepare(sample: dict, transform) -> tuple[torch.Tensor, int, str]:
     from torchvision.io import ImageReadMode, decode_image
 
     # bytearray: a writable buffer (torch warns on read-only ones); the copy is ~0.1 MB.
-    data = torch.frombuffer(bytearray(sample["jpg"]), dtype=torch.uint8)
+    # The image is the .jpg member, or the .png one (CIFAR is stored losslessly).
+    data = torch.frombuffer(bytearray(sample["jpg"] if "jpg" in sample else sample["png"]), dtype=torch.uint8)
     # EXIF orientation applied as DALI's decoders do (adjust_orientation defaults to True).
     image = decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
     pixels = transform(image).permute(1, 2, 0).contiguous()  # CHW -> HWC, as DALI returns

@@ -8,6 +8,7 @@ TRITON_INTERPRET=1).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import torch
@@ -15,6 +16,7 @@ from torch import Tensor
 
 from .params import MixParams, resolve_mix
 from .reference import mix_reference
+from .targets import soft_targets
 
 BACKENDS = ("auto", "triton", "reference")
 OUTPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -49,6 +51,13 @@ def apply_mix(
     check_labels: check labels lie in [0, num_classes); on CUDA this is a device sync, so a hot
         loop over trusted data may turn it off.
     """
+    if params.layer is not None:
+        raise ValueError(f"params: these mix layer {params.layer!r} of the model, not the images: "
+                         "use pipeline.mix.feature.FeatureMixer")
+    if params.cutout_boxes is not None:
+        return _cutout_then_mix(images, labels, params=params, mean=mean, std=std, num_classes=num_classes,
+                                label_smoothing=label_smoothing, out_dtype=out_dtype, memory_format=memory_format,
+                                backend=backend, check_labels=check_labels)
     source = _as_nchw(images, channels=len(mean))
     batch_size, channels, height, width = source.shape
     _check_labels(
@@ -71,6 +80,23 @@ def apply_mix(
         out_targets=out_targets,
     )
     return out_images, out_targets
+
+
+def _cutout_then_mix(images: Tensor, labels: Tensor, *, params: MixParams, num_classes: int, label_smoothing: float,
+                     **options) -> tuple[Tensor, Tensor]:
+    """Cutout + Mixup: a hole in every image (the cutout mode, in the kernel), then the batch
+    mixed as ``params`` says. Mixing after normalization is the same as before it (the affine map
+    keeps weights that sum to 1), and the holes are zeros after normalization, as Cutout's."""
+    from .feature import mix_features
+
+    holed, _ = apply_mix(images, labels, params=MixParams(mode="cutout", boxes=params.cutout_boxes),
+                         num_classes=num_classes, label_smoothing=label_smoothing, **options)
+    batch_size, height, width = holed.shape[0], holed.shape[2], holed.shape[3]
+    resolved = resolve_mix(dataclasses.replace(params, cutout_boxes=None), batch_size=batch_size, height=height,
+                           width=width)
+    targets = soft_targets(labels, partner=resolved.partner, lam=resolved.lam, num_classes=num_classes,
+                           label_smoothing=label_smoothing)
+    return mix_features(holed, resolved), targets
 
 
 def normalization_affine(*, mean: Sequence[float], std: Sequence[float], from_uint8: bool) -> tuple[Tensor, Tensor]:

@@ -41,6 +41,12 @@ class MixParams:
     boxes: Union[Box, Tensor, None] = None
     # Integer tensor [B]: sample i mixes with sample partner[i]. Needed by cutmix and mixup.
     partner: Union[Tensor, None] = None
+    # Where the mixing happens: None for the image (apply_mix), or the name of a model layer whose
+    # output is mixed (feature-level modes, pipeline.mix.feature); boxes are then on its grid.
+    layer: Union[str, None] = None
+    # Integer tensor [B, 4] or None: a Cutout hole cut in every image before the mode mixes them
+    # (Cutout + Mixup); zeros after normalization, like the cutout mode.
+    cutout_boxes: Union[Tensor, None] = None
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,15 @@ from torch import Tensor
 from ..seeds import generator_seed
 from .params import MixParams, box_lambda
 
-SAMPLER_MODES = ("cutmix", "mixup", "cutmix_or_mixup", "cutout", "none")
+SAMPLER_MODES = ("cutmix", "mixup", "cutmix_or_mixup", "cutout", "none", "feature_cutmix", "manifold_mixup")
+# Feature-level modes: the operation, done on the output of a layer drawn per batch from `layers`
+# ("input" = the image, as the image-level mode): Feature CutMix (the CutMix paper's Table 3) and
+# Manifold Mixup (Verma et al. 2019). The box is drawn on that layer's grid (`layer_shapes`).
+FEATURE_MODES = {"feature_cutmix": "cutmix", "manifold_mixup": "mixup"}
+INPUT_LAYER = "input"
+# With `cutout_size`, these modes first cut a hole in every image (Cutout + Mixup, Cutout +
+# Manifold Mixup: rows of the CutMix paper's CIFAR table), then mix.
+WITH_CUTOUT = ("mixup", "manifold_mixup")
 PER_CHOICES = ("batch", "elem")
 PARTNER_CHOICES = ("permutation", "flip", "roll")
 
@@ -41,11 +49,16 @@ class MixSampler:
         partner: str = "permutation",
         seed: int = 0,
         rank: int = 0,
+        layers: Sequence[str] = (INPUT_LAYER,),
+        layer_shapes: Optional[dict[str, tuple[int, int]]] = None,
     ) -> None:
         _check_sampler_options(
             mode=mode, cutmix_alpha=cutmix_alpha, mixup_alpha=mixup_alpha, cutmix_minmax=cutmix_minmax,
             cutout_size=cutout_size, prob=prob, switch_prob=switch_prob, per=per, partner=partner,
         )  # fmt: skip
+        _check_layers(mode=mode, per=per, layers=layers, layer_shapes=layer_shapes or {})
+        self.layers = tuple(layers)
+        self.layer_shapes = dict(layer_shapes or {})
         self.mode = mode
         self.cutmix_alpha = cutmix_alpha
         self.mixup_alpha = mixup_alpha
@@ -59,13 +72,20 @@ class MixSampler:
 
     def sample(self, *, batch_size: int, height: int, width: int) -> MixParams:
         """Draw the parameters of one batch of `batch_size` images of `height` x `width`."""
-        if self.mode in ("cutmix", "mixup", "cutmix_or_mixup") and batch_size < 2:
+        if self.mode not in ("cutout", "none") and batch_size < 2:
             raise ValueError(f"batch_size: {self.mode} needs a partner, so at least 2 samples; got {batch_size}")
         if self.partner == "flip" and self.mode != "none" and batch_size % 2:
             raise ValueError(
                 f"batch_size: partner='flip' needs an even batch (the middle sample would mix with itself); "
                 f"got {batch_size}"
             )
+        layer, image_height, image_width = None, height, width
+        if self.mode in FEATURE_MODES:  # the layer first: the box is drawn on its grid
+            layer = self.layers[int(torch.randint(len(self.layers), (1,), generator=self.generator))]
+            if layer == INPUT_LAYER:
+                layer = None
+            else:
+                height, width = self.layer_shapes[layer]
         draws = 1 if self.per == "batch" else batch_size
         modes = self._draw_modes(draws)
         lam = torch.ones(draws, dtype=torch.float64)
@@ -79,11 +99,18 @@ class MixSampler:
             lam, boxes = lam.expand(batch_size), boxes.expand(batch_size, 4)
         else:
             mode = tuple(str(name) for name in modes)
+        cutout_boxes = None
+        if self.cutout_size is not None and self.mode in WITH_CUTOUT:  # a hole in every image, mixed or not
+            side = torch.full((batch_size,), self.cutout_size, dtype=torch.int64)
+            cutout_boxes = draw_centred_boxes(side, side, height=image_height, width=image_width,
+                                              generator=self.generator)
         return MixParams(
             mode=mode,
             lam=lam.to(torch.float32).contiguous(),
             boxes=boxes.contiguous(),
             partner=draw_partner(self.partner, batch_size=batch_size, generator=self.generator),
+            layer=layer,
+            cutout_boxes=cutout_boxes,
         )
 
     def _draw_modes(self, count: int) -> np.ndarray:
@@ -91,7 +118,7 @@ class MixSampler:
             use_cutmix = _uniform(count, self.generator) < self.switch_prob
             modes = np.where(use_cutmix.numpy(), "cutmix", "mixup")
         else:
-            modes = np.full(count, self.mode)
+            modes = np.full(count, FEATURE_MODES.get(self.mode, self.mode))
         # The prob gate: an ungated batch (sample) passes through unchanged.
         gated = (_uniform(count, self.generator) < self.prob).numpy()
         return np.where(gated, modes, "none")
@@ -183,14 +210,31 @@ def _check_sampler_options(
         choices = choices_of[name]
         if value not in choices:
             raise ValueError(f"{name}: must be one of {choices}, got {value!r}")
-    if mode in ("cutmix", "cutmix_or_mixup") and cutmix_minmax is None and not cutmix_alpha > 0:
+    if mode in ("cutmix", "cutmix_or_mixup", "feature_cutmix") and cutmix_minmax is None and not cutmix_alpha > 0:
         raise ValueError(f"cutmix_alpha: must be > 0 with mode={mode!r}, got {cutmix_alpha}")
-    if mode in ("mixup", "cutmix_or_mixup") and not mixup_alpha > 0:
+    if mode in ("mixup", "cutmix_or_mixup", "manifold_mixup") and not mixup_alpha > 0:
         raise ValueError(f"mixup_alpha: must be > 0 with mode={mode!r}, got {mixup_alpha}")
     if cutmix_minmax is not None and not (len(cutmix_minmax) == 2 and 0 < cutmix_minmax[0] < cutmix_minmax[1] <= 1):
         raise ValueError(f"cutmix_minmax: need (min, max) with 0 < min < max <= 1, got {cutmix_minmax}")
     if mode == "cutout" and not (isinstance(cutout_size, int) and cutout_size > 0):
         raise ValueError(f"cutout_size: mode='cutout' needs a positive int box side in pixels, got {cutout_size!r}")
+    if cutout_size is not None and mode not in ("cutout", *WITH_CUTOUT):
+        raise ValueError(f"cutout_size: Cutout goes alone (mode='cutout') or before {list(WITH_CUTOUT)}, "
+                         f"not with mode={mode!r}")
+    if cutout_size is not None and mode in WITH_CUTOUT and per != "batch":
+        raise ValueError(f"per: Cutout + {mode} mixes whole batches, so per='batch'; got {per!r}")
     for name, value in (("prob", prob), ("switch_prob", switch_prob)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name}: must lie in [0, 1], got {value}")
+
+
+def _check_layers(*, mode: str, per: str, layers: Sequence[str], layer_shapes: dict) -> None:
+    if mode not in FEATURE_MODES:
+        return
+    if per != "batch":
+        raise ValueError(f"per: mode={mode!r} mixes one layer per batch, so per='batch'; got {per!r}")
+    if not layers:
+        raise ValueError(f"layers: mode={mode!r} needs at least one layer to mix at")
+    missing = [name for name in layers if name != INPUT_LAYER and name not in layer_shapes]
+    if missing:
+        raise ValueError(f"layer_shapes: no (height, width) for layers {missing}")

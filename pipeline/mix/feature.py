@@ -1,0 +1,131 @@
+"""Feature-level mixing: Feature CutMix (the CutMix paper's Table 3) and Manifold Mixup (Verma et
+al. 2019) cut or blend the output of a model layer instead of the image.
+
+Forward hooks on the candidate layers (registered once, no model copy) replace the chosen layer's
+output for the step under ``FeatureMixer.mixing(layer, resolved)``: the same partner permutation
+and soft targets as image CutMix, with the box on that layer's grid and lambda from the box's area
+there (``resolve_mix`` on the layer's height and width). Any timm model works: layers are named by
+the modules of its ``feature_info`` (for ResNets ``layer1`` .. ``layer4``).
+
+    mixer = FeatureMixer(model, layers=["layer1", "layer2"])
+    shapes = layer_shapes(model, ["layer1", "layer2"], image_size=224)     # {name: (h, w)}
+    resolved = resolve_mix(params, batch_size=B, height=h, width=w)
+    with mixer.mixing(params.layer, resolved):
+        logits = model(inputs)
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import Tensor
+
+from .params import MODE_CODES, ResolvedMix
+from .sampler import INPUT_LAYER
+
+
+def layer_names(model: torch.nn.Module) -> list[str]:
+    """The layers a feature-level mode can mix at: the modules of the model's ``feature_info``
+    (timm's description of its stages), plus "input" (the image)."""
+    info = getattr(model, "feature_info", None) or []
+    return [INPUT_LAYER] + [entry["module"] for entry in info if isinstance(entry, dict) and "module" in entry]
+
+
+def model_layer_names(model_name: str) -> list[str]:
+    """``layer_names`` of the timm model ``model_name``, built on the meta device (no memory, no
+    weights: a config can be checked before anything is built)."""
+    import timm
+
+    import pipeline.models  # noqa: F401 - registers our models with timm
+
+    with torch.device("meta"):
+        return layer_names(timm.create_model(model_name, pretrained=False))
+
+
+def check_layers(model: torch.nn.Module, layers, *, model_name: str) -> None:
+    """A ValueError naming the layers ``model`` does not have, and the ones it has."""
+    known = layer_names(model)
+    unknown = [name for name in layers if name not in known]
+    if unknown:
+        raise ValueError(f"{model_name} has no layers {unknown} to mix at; it has {known}")
+
+
+@torch.no_grad()
+def layer_shapes(model: torch.nn.Module, layers, *, image_size: int, channels: int = 3) -> dict[str, tuple[int, int]]:
+    """(height, width) of each layer's output for ``image_size`` images: one forward of a single
+    zero image in eval mode (BatchNorm statistics untouched), hooks recording the shapes."""
+    shapes, handles = {}, []
+    for name in layers:
+        if name == INPUT_LAYER:
+            shapes[name] = (image_size, image_size)
+            continue
+
+        def record(module, args, output, name=name):
+            shapes[name] = tuple(output.shape[-2:])
+
+        handles.append(model.get_submodule(name).register_forward_hook(record))
+    training = model.training
+    parameter = next(model.parameters())
+    try:
+        model.eval()
+        model(torch.zeros(1, channels, image_size, image_size, dtype=parameter.dtype, device=parameter.device))
+    finally:
+        model.train(training)
+        for handle in handles:
+            handle.remove()
+    return shapes
+
+
+def mix_features(features: Tensor, resolved: ResolvedMix) -> Tensor:
+    """A layer's output [B, C, H, W] mixed as ``resolved`` says (one mode for the batch): CutMix
+    pastes the partner's box, Mixup blends with the partner, none passes through. Differentiable
+    with respect to ``features`` (own and partner's)."""
+    codes = resolved.mode_codes
+    if not bool((codes == codes[0]).all()):
+        raise ValueError("feature-level mixing takes one mode per batch (per='batch')")
+    mode = int(codes[0])
+    if mode == MODE_CODES["none"]:
+        return features
+    partners = features.index_select(0, resolved.partner.to(features.device))
+    if mode == MODE_CODES["mixup"]:
+        lam = float(resolved.lam[0])  # a host tensor: no device sync
+        return features * lam + partners * (1.0 - lam)
+    if mode != MODE_CODES["cutmix"]:
+        raise ValueError(f"feature-level mixing does CutMix or Mixup, not mode code {mode}")
+    y1, y2, x1, x2 = resolved.uniform_box(torch.ones(len(codes), dtype=torch.bool))
+    mixed = features.clone()
+    mixed[:, :, y1:y2, x1:x2] = partners[:, :, y1:y2, x1:x2]
+    return mixed
+
+
+class FeatureMixer:
+    """Hooks on ``layers`` of ``model`` (registered once; "input" needs none) that mix the active
+    layer's output during ``mixing`` and leave every other forward untouched."""
+
+    def __init__(self, model: torch.nn.Module, layers) -> None:
+        self._active: tuple[str, ResolvedMix] | None = None
+        self._handles = [model.get_submodule(name).register_forward_hook(self._hook(name))
+                         for name in dict.fromkeys(layers) if name != INPUT_LAYER]
+
+    @contextlib.contextmanager
+    def mixing(self, layer: str, resolved: ResolvedMix):
+        """Mix the output of ``layer`` in the forward passes inside this block."""
+        self._active = (layer, resolved)
+        try:
+            yield
+        finally:
+            self._active = None
+
+    def remove(self) -> None:
+        """Take the hooks off the model."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _hook(self, name: str):
+        def hook(module, args, output):
+            if self._active is not None and self._active[0] == name:
+                return mix_features(output, self._active[1])
+            return None  # the output unchanged
+        return hook

@@ -1,0 +1,117 @@
+"""Model creation: any timm model by name (ours are registered into timm by ``pipeline.models``),
+with the class count of the shards and the regularization options of the model section. An
+option a model does not honour is an error naming it, never silently ignored."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import torch
+from timm.layers import DropBlock2d
+
+from shards.errors import ShardsError
+from shards.manifest import load_manifest
+
+from ..errors import TrainError
+from .dropblock import DropBlock
+from .shakedrop import ShakeDrop
+
+# Where each option is implemented, for the message when a model lacks it.
+SUPPORTED_BY = {
+    "drop_path_rate": "stochastic depth is in most timm models and our PyramidNets",
+    "drop_block_rate": "DropBlock is in our PyramidNets (timm.list_models('pyramidnet*')) and timm's ResNet family "
+                       "(resnet*, resnext*, seresnet*, resnest*, ...)",
+    "shakedrop": "ShakeDrop is in our PyramidNets (timm.list_models('pyramidnet*'))",
+}
+# The module an option puts into a model: a model that takes the keyword and ignores it is refused too.
+EVIDENCE = {"drop_block_rate": (DropBlock, DropBlock2d), "shakedrop": ShakeDrop}
+
+
+class UnsupportedOption(TrainError):
+    """A model that does not take, or ignores, a regularization option of the model section."""
+
+    def __init__(self, option: str, model_name: str):
+        self.key = f"model.{option}"
+        self.problem = f"{model_name} does not support it; {SUPPORTED_BY[option]}"
+        super().__init__(f"{self.key}: {self.problem}")
+
+
+def read_num_classes(shards_dir: str | Path) -> int:
+    """The class count in the train manifest that ``python -m shards build`` wrote."""
+    try:
+        return load_manifest(Path(shards_dir), "train")["num_classes"]
+    except ShardsError as error:  # the message names the file and how to build or fix it
+        raise TrainError(f"no shards at {shards_dir}: {error}") from None
+
+
+def check_model_name(name: str) -> None:
+    """Raise a TrainError naming close matches when timm does not know ``name``."""
+    problem = unknown_model_message(name)
+    if problem:
+        raise TrainError(f"model.name: {problem}")
+
+
+def unknown_model_message(name: str) -> str | None:
+    """None when timm has a model ``name``; otherwise what to say, with close matches."""
+    import timm
+
+    if timm.is_model(name):
+        return None
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+    return f"timm has no model {name!r}{hint}"
+
+
+def regularization_options(*, drop_path_rate: float, drop_block_rate: float, shakedrop: bool) -> dict:
+    """``timm.create_model`` keywords for the options that are on (only those: a model without an
+    option still builds when it is off)."""
+    options = {"drop_path_rate": drop_path_rate, "drop_block_rate": drop_block_rate, "shakedrop": shakedrop}
+    return {key: value for key, value in options.items() if value}
+
+
+def build_timm_model(name: str, *, options: dict, **kwargs) -> torch.nn.Module:
+    """``timm.create_model(name, **kwargs, **options)``; UnsupportedOption when the model refuses
+    an option (TypeError naming it) or builds without the module the option stands for."""
+    import timm
+
+    try:
+        model = timm.create_model(name, **kwargs, **options)
+    except TypeError as error:  # "__init__() got an unexpected keyword argument 'drop_block_rate'"
+        refused = [key for key in options if f"'{key}'" in str(error)]
+        if not refused:
+            raise
+        raise UnsupportedOption(refused[0], name) from None
+    for key, module_type in EVIDENCE.items():
+        if key in options and not any(isinstance(module, module_type) for module in model.modules()):
+            raise UnsupportedOption(key, name)
+    return model
+
+
+def model_option_problem(name: str, *, shakedrop: bool, drop_block_rate: float) -> tuple[str, str] | None:
+    """None when model ``name`` honours these options; otherwise (key, what is wrong). The model is
+    built on the meta device (no memory, no weights, milliseconds), only when an option is on."""
+    options = regularization_options(drop_path_rate=0.0, drop_block_rate=drop_block_rate, shakedrop=shakedrop)
+    if not options:
+        return None
+    try:
+        with torch.device("meta"):
+            build_timm_model(name, options=options, pretrained=False)
+    except UnsupportedOption as error:
+        return error.key, error.problem
+    except Exception:  # noqa: BLE001 - cannot be built on the meta device: create_model checks it for real
+        return None
+    return None
+
+
+def create_model(*, name: str, num_classes: int, pretrained: bool, channels_last: bool, drop_path_rate: float,
+                 drop_block_rate: float = 0.0, shakedrop: bool = False) -> torch.nn.Module:
+    """A timm model with ``num_classes`` outputs and the regularization options asked for (a
+    TrainError naming the option when the model lacks one), channels-last if asked."""
+    check_model_name(name)
+    options = regularization_options(drop_path_rate=drop_path_rate, drop_block_rate=drop_block_rate,
+                                     shakedrop=shakedrop)
+    model = build_timm_model(name, options=options, pretrained=pretrained, num_classes=num_classes)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model

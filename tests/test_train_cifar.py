@@ -1,0 +1,32 @@
+"""The CIFAR recipes train through the real command line (pipeline/train.py) on shards of a
+generated CIFAR-10 archive, with a small registered PyramidNet in place of PyramidNet-200: CutMix
++ ShakeDrop, and Cutout + Manifold Mixup on PyramidNet's stages; evaluation on the test split."""
+
+from __future__ import annotations
+
+import pytest
+from loader_fixtures import make_cifar_shards
+from train_helpers import REPO, run_train
+
+from pipeline.logs import read_metrics
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cifar_shards(tmp_path_factory):
+    return make_cifar_shards(tmp_path_factory.mktemp("cifar_train"), records=24)[0]  # 120 train, 24 test
+
+
+@pytest.mark.parametrize("recipe", ["cifar10/pyramidnet200_cutmix_shakedrop.yaml",
+                                    "cifar100/pyramidnet200_cutout_manifold_mixup.yaml"])
+def test_a_cifar_recipe_trains_a_small_pyramidnet(cifar_shards, tmp_path, recipe):
+    done = run_train(["--config", str(REPO / "configs" / recipe), f"data.shards={cifar_shards}",
+                      f"run.out_dir={tmp_path}", "model.name=pyramidnet20_a48", "schedule.epochs=2",
+                      "schedule.milestones=[1]", "loader.batch_size=16", "loader.num_threads=1",
+                      "run.max_train_steps=3", "run.progress=false"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = read_metrics(tmp_path)
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert {r["val_samples"] for r in records} == {24}  # the test split, every image once
+    assert (tmp_path / "model.safetensors").exists()
