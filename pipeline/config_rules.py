@@ -204,7 +204,7 @@ def _feature_layers(config) -> tuple[str, str] | None:
         return "mix.per", f"mix.mode={config.mix.mode} mixes one layer per batch: needs batch, got {config.mix.per!r}"
     from .mix.feature import model_layer_names
 
-    known = model_layer_names(config.model.name)
+    known = model_layer_names(config.model.name, image_size=config.data.image_size)
     unknown = [name for name in config.mix.feature_layers if name not in known]
     if unknown:
         return "mix.feature_layers", f"{config.model.name} has no layers {unknown}; it has {known}"
@@ -215,7 +215,8 @@ def _model_options(config) -> tuple[str, str] | None:
     from .models import model_option_problem
 
     model = config.model
-    found = model_option_problem(model.name, shakedrop=model.shakedrop, drop_block_rate=model.drop_block_rate)
+    found = model_option_problem(model.name, shakedrop=model.shakedrop, drop_block_rate=model.drop_block_rate,
+                                 drop_path_rate=model.drop_path_rate)
     if found is None and model.shakedrop and model.drop_path_rate > 0:
         return "model.drop_path_rate", "ShakeDrop (model.shakedrop=true) already drops residual branches: use one of them"
     return found

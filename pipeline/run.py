@@ -65,7 +65,8 @@ def run_training(config: TrainConfig) -> dict:
     accelerator = session.accelerator
     finished = state.epoch == config.schedule.epochs
     if finished and accelerator.is_main_process:
-        export_weights(accelerator.unwrap_model(session.model), run_dir / WEIGHTS_FILE,
+        # keep_torch_compile=False: the model itself (its keys without _orig_mod., its own type).
+        export_weights(accelerator.unwrap_model(session.model, keep_torch_compile=False), run_dir / WEIGHTS_FILE,
                        model_name=config.model.name, num_classes=session.num_classes,
                        model_options={"shakedrop": True} if config.model.shakedrop else {})
     accelerator.wait_for_everyone()

@@ -107,7 +107,7 @@ def test_a_hooked_forward_equals_the_forward_by_hand_with_naively_mixed_features
     captured = {}
     handle = model.get_submodule(layer).register_forward_hook(lambda m, a, out: captured.update(out=out))
     with torch.no_grad():
-        model(images)  # unmixed, to capture the layer's output
+        plain = model(images)  # unmixed, to capture the layer's output
     handle.remove()
     mixed = naive_mix(captured["out"], mode="cutmix", box=(1, height - 1, 0, width // 2), partner=partner, lam=None)
     rest = [model.layer3, model.layer4] if layer == "layer2" else [model.layer4]
@@ -123,11 +123,18 @@ def test_a_hooked_forward_equals_the_forward_by_hand_with_naively_mixed_features
         unhooked = model(images)  # outside `mixing` the hooks change nothing
     mixer.remove()
     assert torch.allclose(hooked, by_hand, atol=1e-5)
-    assert torch.allclose(unhooked, model(images)) and not torch.allclose(hooked, unhooked)
+    assert torch.equal(unhooked, plain) and not torch.allclose(hooked, unhooked)
 
 
-def test_layer_names_come_from_timm_feature_info():
-    assert layer_names(timm.create_model("resnet10t")) == ["input", "act1", "layer1", "layer2", "layer3", "layer4"]
+def test_layer_names_are_the_feature_maps_of_timm_feature_info():
+    assert layer_names(timm.create_model("resnet10t"), image_size=64) == [
+        "input", "act1", "layer1", "layer2", "layer3", "layer4"]
+    # A ViT's blocks put out tokens, a Swin's stages channels-last maps: no box to cut there.
+    from pipeline.mix.feature import model_layer_names
+
+    assert model_layer_names("vit_tiny_patch16_224", image_size=224) == ["input"]
+    assert model_layer_names("swin_tiny_patch4_window7_224", image_size=224) == ["input"]
+    assert model_layer_names("pyramidnet20_a48", image_size=32) == ["input", "bn1", "layer1", "layer2", "layer3"]
 
 
 @pytest.mark.slow
@@ -176,6 +183,36 @@ def test_cutout_with_a_mixing_mode_draws_a_hole_in_every_image_on_the_image_grid
     for params in (drawing.sample(batch_size=6, height=16, width=16) for _ in range(40)):
         y1, y2, x1, x2 = params.cutout_boxes.unbind(1)
         assert params.cutout_boxes.shape == (6, 4)
+        # Side 4 around a uniform centre, clipped at the border: 2 to 4 pixels each way.
         assert bool(((y2 - y1) <= 4).all() and ((x2 - x1) <= 4).all() and (y2 <= 16).all() and (x2 <= 16).all())
+        assert bool(((y2 - y1) >= 2).all() and ((x2 - x1) >= 2).all())
     with pytest.raises(ValueError, match="Cutout goes alone"):
         MixSampler(mode="cutmix", cutout_size=4)
+
+
+def test_a_feature_level_training_step_uses_the_layer_grids_lambda_for_its_targets(monkeypatch):
+    # train_step's feature branch: the images are only normalized, the layer's output is mixed, and
+    # the targets weigh the partner's label by the box's share of the layer's grid, not the image's.
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    import pipeline.training as training
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", num_classes=4)
+    shapes = layer_shapes(model, ["layer3"], image_size=32)  # 2 x 2 grid at 32 px
+    options = training.MixOptions(mean=(0.5,) * 3, std=(0.5,) * 3, num_classes=4, label_smoothing=0.0,
+                                  out_dtype=torch.float32, memory_format=torch.contiguous_format,
+                                  features=FeatureMixer(model, ["layer3"]), layer_shapes=shapes)
+    params = MixParams(mode="cutmix", boxes=(0, 1, 0, 2), partner=torch.tensor([1, 0]), layer="layer3")
+    seen = {}
+    monkeypatch.setattr(training, "soft_target_cross_entropy",
+                        lambda logits, targets: seen.update(targets=targets) or logits.sum() * 0)
+    accelerator = SimpleNamespace(autocast=nullcontext, backward=lambda loss: loss.backward())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    training.train_step(model=model, optimizer=optimizer, scheduler=SimpleNamespace(step=lambda: None),
+                        images=torch.zeros(2, 32, 32, 3, dtype=torch.uint8), labels=torch.tensor([0, 3]),
+                        params=params, accelerator=accelerator, mix=options)
+    # The box is half of the 2 x 2 grid: lambda 0.5 (it would be 1 - 2/1024 on the image).
+    assert shapes["layer3"] == (2, 2)
+    assert torch.allclose(seen["targets"], torch.tensor([[0.5, 0, 0, 0.5], [0.5, 0, 0, 0.5]]))

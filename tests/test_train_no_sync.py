@@ -103,7 +103,10 @@ def _apply_mix_checking_labels(apply_mix, *args, **kwargs):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU count above stands in)")
-def test_twenty_cuda_steps_under_sync_debug_mode_error(monkeypatch, demo_shards, tmp_path):
+@pytest.mark.parametrize("mix", [[], ["mix.mode=feature_cutmix", "mix.feature_layers=[layer1,layer2]"],
+                                 ["mix.mode=mixup", "mix.cutout_size=8"]], ids=["cutmix", "feature_cutmix",
+                                                                                "cutout_mixup"])
+def test_twenty_cuda_steps_under_sync_debug_mode_error(monkeypatch, demo_shards, tmp_path, mix):
     train_one_epoch = run.train_one_epoch
 
     def strict_epoch(**kwargs):
@@ -116,6 +119,6 @@ def test_twenty_cuda_steps_under_sync_debug_mode_error(monkeypatch, demo_shards,
     monkeypatch.setattr(run, "train_one_epoch", strict_epoch)
     config = resolve_config(config_file=DEMO_CONFIG, overrides=[
         f"data.shards={demo_shards}", "data.demo=false", f"run.out_dir={tmp_path}", "run.progress=true",
-        "schedule.epochs=1", "run.max_train_steps=20", "loader.batch_size=32", "run.log_every=1"])
+        "schedule.epochs=1", "run.max_train_steps=20", "loader.batch_size=32", "run.log_every=1", *mix])
     record = run.run_training(config)
     assert record["global_step"] == 20

@@ -95,7 +95,7 @@ def _cutout_then_mix(images: Tensor, labels: Tensor, *, params: MixParams, num_c
     resolved = resolve_mix(dataclasses.replace(params, cutout_boxes=None), batch_size=batch_size, height=height,
                            width=width)
     targets = soft_targets(labels, partner=resolved.partner, lam=resolved.lam, num_classes=num_classes,
-                           label_smoothing=label_smoothing)
+                           label_smoothing=label_smoothing)  # host tensors moved without a sync
     return mix_features(holed, resolved), targets
 
 

@@ -23,58 +23,60 @@ from torch import Tensor
 
 from .params import MODE_CODES, ResolvedMix
 from .sampler import INPUT_LAYER
+from .targets import to_device
 
 
-def layer_names(model: torch.nn.Module) -> list[str]:
-    """The layers a feature-level mode can mix at: the modules of the model's ``feature_info``
-    (timm's description of its stages), plus "input" (the image)."""
-    info = getattr(model, "feature_info", None) or []
-    return [INPUT_LAYER] + [entry["module"] for entry in info if isinstance(entry, dict) and "module" in entry]
+def layer_names(model: torch.nn.Module, *, image_size: int) -> list[str]:
+    """The layers a feature-level mode can mix at: "input" (the image) and the modules of the
+    model's ``feature_info`` (timm's description of its stages) whose output is a feature map
+    [B, C, H, W] with C its ``num_chs`` (a ViT's tokens or a Swin's channels-last maps are not)."""
+    info = [entry for entry in (getattr(model, "feature_info", None) or [])
+            if isinstance(entry, dict) and "module" in entry]
+    outputs = _layer_outputs(model, [entry["module"] for entry in info], image_size=image_size)
+    return [INPUT_LAYER] + [entry["module"] for entry in info
+                            if len(outputs[entry["module"]]) == 4 and outputs[entry["module"]][1] == entry["num_chs"]]
 
 
-def model_layer_names(model_name: str) -> list[str]:
-    """``layer_names`` of the timm model ``model_name``, built on the meta device (no memory, no
-    weights: a config can be checked before anything is built)."""
+def model_layer_names(model_name: str, *, image_size: int) -> list[str]:
+    """``layer_names`` of the timm model ``model_name``, built and run on the meta device (no
+    memory, no weights, no arithmetic: a config can be checked before anything is built)."""
     import timm
 
     import pipeline.models  # noqa: F401 - registers our models with timm
 
     with torch.device("meta"):
-        return layer_names(timm.create_model(model_name, pretrained=False))
+        return layer_names(timm.create_model(model_name, pretrained=False), image_size=image_size)
 
 
-def check_layers(model: torch.nn.Module, layers, *, model_name: str) -> None:
-    """A ValueError naming the layers ``model`` does not have, and the ones it has."""
-    known = layer_names(model)
-    unknown = [name for name in layers if name not in known]
-    if unknown:
-        raise ValueError(f"{model_name} has no layers {unknown} to mix at; it has {known}")
+def layer_shapes(model: torch.nn.Module, layers, *, image_size: int) -> dict[str, tuple[int, int]]:
+    """(height, width) of each layer's output for ``image_size`` images ("input": the image)."""
+    outputs = _layer_outputs(model, [name for name in layers if name != INPUT_LAYER], image_size=image_size)
+    for name, shape in outputs.items():
+        if len(shape) != 4:
+            raise ValueError(f"layer {name!r} puts out {list(shape)}, not a feature map [B, C, H, W]")
+    return {name: (image_size, image_size) if name == INPUT_LAYER else tuple(outputs[name][2:]) for name in layers}
 
 
 @torch.no_grad()
-def layer_shapes(model: torch.nn.Module, layers, *, image_size: int, channels: int = 3) -> dict[str, tuple[int, int]]:
-    """(height, width) of each layer's output for ``image_size`` images: one forward of a single
-    zero image in eval mode (BatchNorm statistics untouched), hooks recording the shapes."""
+def _layer_outputs(model: torch.nn.Module, names, *, image_size: int) -> dict[str, tuple[int, ...]]:
+    """The output shape of each named module for one zero image: a forward in eval mode (BatchNorm
+    statistics untouched), hooks recording the shapes."""
     shapes, handles = {}, []
-    for name in layers:
-        if name == INPUT_LAYER:
-            shapes[name] = (image_size, image_size)
-            continue
-
+    for name in names:
         def record(module, args, output, name=name):
-            shapes[name] = tuple(output.shape[-2:])
+            shapes[name] = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
 
         handles.append(model.get_submodule(name).register_forward_hook(record))
     training = model.training
     parameter = next(model.parameters())
     try:
         model.eval()
-        model(torch.zeros(1, channels, image_size, image_size, dtype=parameter.dtype, device=parameter.device))
+        model(torch.zeros(1, 3, image_size, image_size, dtype=parameter.dtype, device=parameter.device))
     finally:
         model.train(training)
         for handle in handles:
             handle.remove()
-    return shapes
+    return {name: shapes.get(name, ()) for name in names}
 
 
 def mix_features(features: Tensor, resolved: ResolvedMix) -> Tensor:
@@ -87,7 +89,7 @@ def mix_features(features: Tensor, resolved: ResolvedMix) -> Tensor:
     mode = int(codes[0])
     if mode == MODE_CODES["none"]:
         return features
-    partners = features.index_select(0, resolved.partner.to(features.device))
+    partners = features.index_select(0, to_device(resolved.partner, features.device))
     if mode == MODE_CODES["mixup"]:
         lam = float(resolved.lam[0])  # a host tensor: no device sync
         return features * lam + partners * (1.0 - lam)

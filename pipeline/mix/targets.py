@@ -12,6 +12,16 @@ def smoothing_values(*, num_classes: int, label_smoothing: float) -> tuple[float
     return off_value, 1.0 - label_smoothing + off_value
 
 
+def to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    """A small host tensor on ``device`` without the host waiting for the GPU: a copy from
+    pageable memory waits for the stream, one from pinned memory with non_blocking does not."""
+    if tensor.device == device:
+        return tensor
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def soft_targets(
     labels: Tensor, *, partner: Tensor, lam: Tensor, num_classes: int, label_smoothing: float
 ) -> Tensor:
@@ -20,5 +30,5 @@ def soft_targets(
     labels = labels.to(torch.int64)
     own = torch.full((len(labels), num_classes), off_value, dtype=torch.float32, device=labels.device)
     own.scatter_(1, labels[:, None], on_value)
-    lam = lam.to(device=labels.device, dtype=torch.float32)[:, None]
-    return own * lam + own[partner.to(labels.device)] * (1.0 - lam)
+    lam = to_device(lam.to(torch.float32), labels.device)[:, None]
+    return own * lam + own[to_device(partner, labels.device)] * (1.0 - lam)

@@ -88,10 +88,12 @@ def build_timm_model(name: str, *, options: dict, **kwargs) -> torch.nn.Module:
     return model
 
 
-def model_option_problem(name: str, *, shakedrop: bool, drop_block_rate: float) -> tuple[str, str] | None:
+def model_option_problem(name: str, *, shakedrop: bool, drop_block_rate: float,
+                         drop_path_rate: float = 0.0) -> tuple[str, str] | None:
     """None when model ``name`` honours these options; otherwise (key, what is wrong). The model is
     built on the meta device (no memory, no weights, milliseconds), only when an option is on."""
-    options = regularization_options(drop_path_rate=0.0, drop_block_rate=drop_block_rate, shakedrop=shakedrop)
+    options = regularization_options(drop_path_rate=drop_path_rate, drop_block_rate=drop_block_rate,
+                                     shakedrop=shakedrop)
     if not options:
         return None
     try:
