@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import ConfigError
-from .mix.sampler import PARTNER_CHOICES, PER_CHOICES, SAMPLER_MODES
+from .mix.feature import model_layer_names
+from .mix.sampler import FEATURE_MODES, PARTNER_CHOICES, PER_CHOICES, SAMPLER_MODES
 
 Rule = Callable[[Any], "str | None"]  # the value -> what is wrong with it, or None
 
@@ -196,14 +197,10 @@ def _mix_batch(config) -> tuple[str, str] | None:
 
 
 def _feature_layers(config) -> tuple[str, str] | None:
-    from .mix.sampler import FEATURE_MODES
-
     if config.mix.mode not in FEATURE_MODES:
         return None
     if config.mix.per != "batch":
         return "mix.per", f"mix.mode={config.mix.mode} mixes one layer per batch: needs batch, got {config.mix.per!r}"
-    from .mix.feature import model_layer_names
-
     known = model_layer_names(config.model.name, image_size=config.data.image_size)
     unknown = [name for name in config.mix.feature_layers if name not in known]
     if unknown:

@@ -20,6 +20,8 @@ from .evaluate import evaluate
 from .export import export_weights
 from .logs import Progress, append_metrics, format_epoch, read_metrics, truncate_metrics
 from .mix import MixSampler
+from .mix.feature import FeatureMixer, layer_shapes
+from .mix.sampler import FEATURE_MODES
 from .models import create_model, read_num_classes
 from .optim import create_optimizer, create_scheduler, scaled_lr
 from .seeds import MODEL_STREAM, epoch_seed, stream_seed
@@ -127,9 +129,6 @@ def setup(config: TrainConfig, *, run_dir: Path) -> Session:
 def feature_mixing(config: TrainConfig, model: torch.nn.Module):
     """For the feature-level modes: the FeatureMixer with its hooks on ``mix.feature_layers`` and
     each layer's output (height, width) at ``data.image_size``; (None, None) otherwise."""
-    from .mix.feature import FeatureMixer, layer_shapes
-    from .mix.sampler import FEATURE_MODES
-
     if config.mix.mode not in FEATURE_MODES:
         return None, None
     layers = config.mix.feature_layers

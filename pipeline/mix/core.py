@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from .feature import mix_features
 from .params import MixParams, resolve_mix
 from .reference import mix_reference
 from .targets import soft_targets
@@ -87,8 +88,6 @@ def _cutout_then_mix(images: Tensor, labels: Tensor, *, params: MixParams, num_c
     """Cutout + Mixup: a hole in every image (the cutout mode, in the kernel), then the batch
     mixed as ``params`` says. Mixing after normalization is the same as before it (the affine map
     keeps weights that sum to 1), and the holes are zeros after normalization, as Cutout's."""
-    from .feature import mix_features
-
     holed, _ = apply_mix(images, labels, params=MixParams(mode="cutout", boxes=params.cutout_boxes),
                          num_classes=num_classes, label_smoothing=label_smoothing, **options)
     batch_size, height, width = holed.shape[0], holed.shape[2], holed.shape[3]
