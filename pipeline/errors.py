@@ -7,3 +7,8 @@ class TrainError(Exception):
 
 class ConfigError(TrainError):
     """A config file, key, type or value that is wrong; the message names the key."""
+
+
+class EvalError(TrainError):
+    """Bad input to ``python -m pipeline.evaluate``: a run without weights, shards of another class
+    list, a task the data or the model cannot do. One ``error:`` line, exit 2."""

@@ -16,22 +16,28 @@ from safetensors.torch import save_file
 
 
 def export_weights(model: torch.nn.Module, path: Path, *, model_name: str, num_classes: int,
-                   model_options: dict | None = None) -> Path:
+                   model_options: dict | None = None, classes: list[str] | None = None,
+                   preprocessing: dict | None = None) -> Path:
     """Write the (unwrapped, uncompiled) model's state_dict to ``path`` with the timm name, class
     count and the options its structure depends on (``shakedrop``) in the safetensors metadata,
-    and a ``.json`` beside it saying how to load it."""
+    and a ``.json`` beside it saying how to load it. ``classes`` (the train manifest's class
+    list, index order) and ``preprocessing`` (image size, crop, mean/std: ``data`` section values)
+    go into both, so that ``python -m pipeline.evaluate MODEL.safetensors`` needs nothing else."""
     options = dict(model_options or {})
     state = {key: value.detach().to("cpu").contiguous() for key, value in model.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    described = {"classes": classes, "preprocessing": preprocessing}
     save_file(state, str(path), metadata={"model_name": model_name, "num_classes": str(num_classes),
-                                          "model_options": json.dumps(options)})
+                                          "model_options": json.dumps(options),
+                                          **{key: json.dumps(value) for key, value in described.items() if value}})
     extra = "".join(f"{key}={value!r}, " for key, value in options.items())
     # Our architectures (PyramidNet) are registered with timm when pipeline.models is imported.
     prefix = "import pipeline.models; " if type(model).__module__.startswith("pipeline.") else ""
     how = (f"{prefix}timm.create_model({model_name!r}, pretrained=True, num_classes={num_classes}, {extra}"
            f"pretrained_cfg_overlay=dict(file={str(path)!r}, num_classes={num_classes}))")
     path.with_suffix(".json").write_text(json.dumps({"model_name": model_name, "num_classes": num_classes,
-                                                    "model_options": options, "load": how}, indent=1))
+                                                    "model_options": options, "load": how,
+                                                    **{k: v for k, v in described.items() if v}}, indent=1))
     return path
 

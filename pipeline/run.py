@@ -22,7 +22,7 @@ from .logs import Progress, append_metrics, format_epoch, read_metrics, truncate
 from .mix import MixSampler
 from .mix.feature import FeatureMixer, layer_shapes
 from .mix.sampler import FEATURE_MODES
-from .models import create_model, read_num_classes
+from .models import create_model, read_classes, read_num_classes
 from .optim import create_optimizer, create_scheduler, scaled_lr
 from .seeds import MODEL_STREAM, epoch_seed, stream_seed
 from .stopping import StopRequest
@@ -70,7 +70,8 @@ def run_training(config: TrainConfig) -> dict:
         # keep_torch_compile=False: the model itself (its keys without _orig_mod., its own type).
         export_weights(accelerator.unwrap_model(session.model, keep_torch_compile=False), run_dir / WEIGHTS_FILE,
                        model_name=config.model.name, num_classes=session.num_classes,
-                       model_options={"shakedrop": True} if config.model.shakedrop else {})
+                       model_options={"shakedrop": True} if config.model.shakedrop else {},
+                       classes=read_classes(session.shards), preprocessing=preprocessing(config))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     if record is None and finished:  # resumed a run that had already finished
@@ -124,6 +125,14 @@ def setup(config: TrainConfig, *, run_dir: Path) -> Session:
     return Session(accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
                    val_loader=val_loader, shards=shards, steps_per_epoch=steps, num_classes=num_classes, mix=mix,
                    stop_group=stop_group(accelerator))
+
+
+def preprocessing(config: TrainConfig) -> dict:
+    """What evaluation must do to an image for this model (recorded with the exported weights)."""
+    data = config.data
+    return {"image_size": data.image_size, "crop_pct": data.crop_pct, "augmentation": data.augmentation,
+            "crop_padding": data.crop_padding, "mean": list(data.mean), "std": list(data.std),
+            "channels_last": config.model.channels_last}
 
 
 def feature_mixing(config: TrainConfig, model: torch.nn.Module):

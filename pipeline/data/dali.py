@@ -146,26 +146,27 @@ def define_dali_pipeline(shards: SplitShards, *, training: bool, batch_size: int
 
 class DaliLoader(EpochLoader):
     """Epochs of ``steps`` batches ``(images, labels)`` (``(images, labels, ids)`` with sample
-    ids): uint8 NHWC images and int64 labels on ``device``. Train drops the rest of the reader's
+    ids, ``(images, labels, records)`` with ``metadata``: each sample's ``.json`` as a dict): uint8 NHWC images and int64 labels on ``device``. Train drops the rest of the reader's
     pass (read, not used: the next epoch must start at the next pass); val pads with label -1.
     ``restore`` is a ``state_dict()`` of the same loader in an earlier process."""
 
     def __init__(self, shards: SplitShards, *, training: bool, batch_size: int, steps: int, rank: int,
                  world_size: int, device: torch.device, seed: int, num_threads: int, shuffle_buffer: int,
                  augmentation: Augmentation, hw_decoder_load: float, preallocate_hint: tuple[int, int],
-                 sample_ids: bool = False, restore: dict | None = None):
+                 sample_ids: bool = False, metadata: bool = False, restore: dict | None = None):
         super().__init__(steps)
+        self.metadata = metadata
         self.decoder = decoder_for(device)
         if self.decoder == "mixed" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
         self.shards, self.training, self.batch_size, self.device = shards, training, batch_size, device
         self.rank, self.world_size, self.seed, self.augmentation = rank, world_size, seed, augmentation
-        self.names = output_names(training=training, sample_ids=sample_ids)
+        self.names = output_names(training=training, sample_ids=sample_ids or metadata)
         self._define = dict(
             training=training, batch_size=batch_size, rank=rank, world_size=world_size, decoder=self.decoder,
             device_id=device.index if self.decoder == "mixed" else None, num_threads=num_threads,
             augmentation=augmentation, shuffle_buffer=shuffle_buffer, hw_decoder_load=hw_decoder_load,
-            preallocate_hint=preallocate_hint, sample_ids=sample_ids)
+            preallocate_hint=preallocate_hint, sample_ids=sample_ids or metadata)
         self.sizes = part_sizes(num_samples=shards.num_samples, world_size=world_size)
         self.pipeline = None
         self.built_for_epoch: int | None = None
@@ -273,8 +274,8 @@ class DaliLoader(EpochLoader):
         labels = torch.from_numpy(labels).to(self.device, non_blocking=True)
         if "ids" not in outputs:
             return images, labels
-        texts = [bytes(row).rstrip(b"\0").decode() for row in np.asarray(outputs["ids"].as_tensor())]
-        return images, labels, [json.loads(t).get("source", t) for t in texts]
+        records = [json.loads(bytes(row).rstrip(b"\0").decode()) for row in np.asarray(outputs["ids"].as_tensor())]
+        return images, labels, records if self.metadata else [r.get("source") for r in records]
 
     def _usable(self, restore: dict | None) -> dict | None:
         if restore is None:

@@ -17,15 +17,17 @@ from .sharding import part_sizes, train_steps, val_steps
 
 def create_loader(shards_dir: str | Path, split: str, *, augmentation: Augmentation, options: LoaderOptions,
                   rank: int, world_size: int, device: str | torch.device, seed: int, num_classes: int | None = None,
-                  training: bool | None = None, restore: dict | None = None):
+                  training: bool | None = None, restore: dict | None = None, metadata: bool = False):
     """The loader of one rank and its steps per epoch. ``seed`` is the run's seed (each epoch's
     randomness derives from it and the epoch number, ``pipeline.seeds``); ``training`` defaults
     to ``split == "train"`` (False: the validation resize and centre crop, in order, padded);
     ``num_classes`` (the model's) is checked against the manifest; ``restore`` is the
-    ``state_dict()`` of this loader in an earlier process (a resumed run)."""
+    ``state_dict()`` of this loader in an earlier process (a resumed run); ``metadata`` adds each
+    sample's ``.json`` (a dict: source, size, boxes, ...) as a third element of every batch, padding
+    rows included (the evaluation's boxes)."""
     return _create_loader(shards_dir, split, augmentation=augmentation, options=options, rank=rank,
                           world_size=world_size, device=device, seed=seed, num_classes=num_classes,
-                          training=training, restore=restore)
+                          training=training, restore=restore, metadata=metadata)
 
 
 def steps_per_epoch(shards_dir: str | Path, split: str, *, batch_size: int, world_size: int,
@@ -40,7 +42,7 @@ def steps_per_epoch(shards_dir: str | Path, split: str, *, batch_size: int, worl
 
 def _create_loader(shards_dir, split: str, *, augmentation: Augmentation, options: LoaderOptions, rank: int,
                    world_size: int, device, seed: int, num_classes: int | None = None, training: bool | None = None,
-                   restore: dict | None = None, sample_ids: bool = False):
+                   restore: dict | None = None, sample_ids: bool = False, metadata: bool = False):
     """``create_loader`` plus ``sample_ids``: each batch also carries every sample's source path
     (from its ``.json``), which the tests use to check coverage and order."""
     if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
@@ -52,7 +54,7 @@ def _create_loader(shards_dir, split: str, *, augmentation: Augmentation, option
                                     check_indexes=options.backend != "synthetic")
     common = dict(steps=steps, training=training, batch_size=options.batch_size, rank=rank, world_size=world_size,
                   device=device, seed=seed, augmentation=augmentation, shuffle_buffer=options.shuffle_buffer,
-                  sample_ids=sample_ids)
+                  sample_ids=sample_ids, metadata=metadata)
     if options.backend == "dali":
         from .dali import DaliLoader
 
@@ -63,6 +65,8 @@ def _create_loader(shards_dir, split: str, *, augmentation: Augmentation, option
 
         loader = TorchLoader(shards, num_workers=options.num_threads, **common)
     else:
+        if metadata:
+            raise LoaderError("the synthetic backend has no samples, so no metadata: use dali or torch")
         from .synthetic import SyntheticLoader
 
         loader = SyntheticLoader(steps=steps, batch_size=options.batch_size, image_size=augmentation.image_size,

@@ -44,10 +44,10 @@ class _EpochSamples(IterableDataset):
 
     def __init__(self, shards: SplitShards, *, steps: int, training: bool, batch_size: int, rank: int,
                  world_size: int, num_workers: int, augmentation: Augmentation, shuffle_buffer: int, seed: int,
-                 sample_ids: bool):
+                 sample_ids: bool, metadata: bool = False):
         self.shards, self.steps, self.training, self.batch_size = shards, steps, training, batch_size
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
-        self.shuffle_buffer, self.seed, self.sample_ids = shuffle_buffer, seed, sample_ids
+        self.shuffle_buffer, self.seed, self.sample_ids, self.metadata = shuffle_buffer, seed, sample_ids, metadata
         # Built here so that torchvision is imported once, before the workers fork.
         self.transform = _transform(augmentation, training=training)
         self.epoch = 0
@@ -86,7 +86,9 @@ class _EpochSamples(IterableDataset):
     def _collate(self, chunk, *, valid: int):
         images = torch.stack([c[0] for c in chunk])
         labels = torch.tensor([c[1] if i < valid else -1 for i, c in enumerate(chunk)], dtype=torch.int64)
-        return (images, labels, [c[2] for c in chunk]) if self.sample_ids else (images, labels)
+        if self.metadata:
+            return images, labels, [c[2] for c in chunk]
+        return (images, labels, [c[2].get("source") for c in chunk]) if self.sample_ids else (images, labels)
 
 
 def _read_range(shards: SplitShards, *, first: int, stop: int):
@@ -137,7 +139,7 @@ def _transform(augmentation: Augmentation, *, training: bool):
     return v2.Compose([v2.Resize(augmentation.val_resize, antialias=True), v2.CenterCrop(size)])
 
 
-def _prepare(sample: dict, transform) -> tuple[torch.Tensor, int, str]:
+def _prepare(sample: dict, transform) -> tuple[torch.Tensor, int, dict]:
     from torchvision.io import ImageReadMode, decode_image
 
     # bytearray: a writable buffer (torch warns on read-only ones); the copy is ~0.1 MB.
@@ -146,8 +148,9 @@ def _prepare(sample: dict, transform) -> tuple[torch.Tensor, int, str]:
     # EXIF orientation applied as DALI's decoders do (adjust_orientation defaults to True).
     image = decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
     pixels = transform(image).permute(1, 2, 0).contiguous()  # CHW -> HWC, as DALI returns
-    source = json.loads(sample["json"]).get("source", sample["__key__"]) if "json" in sample else sample["__key__"]
-    return pixels, int(sample["cls"].decode("ascii")), source
+    record = json.loads(sample["json"]) if "json" in sample else {}
+    record.setdefault("source", sample["__key__"])
+    return pixels, int(sample["cls"].decode("ascii")), record
 
 
 class TorchLoader(EpochLoader):
@@ -159,13 +162,13 @@ class TorchLoader(EpochLoader):
 
     def __init__(self, shards: SplitShards, *, steps: int, training: bool, batch_size: int, rank: int,
                  world_size: int, device: torch.device, seed: int, num_workers: int, augmentation: Augmentation,
-                 shuffle_buffer: int, sample_ids: bool = False):
+                 shuffle_buffer: int, sample_ids: bool = False, metadata: bool = False):
         super().__init__(steps)
         self.device, self.training, self.num_classes = device, training, shards.num_classes
         self.dataset = _EpochSamples(
             shards, steps=steps, training=training, batch_size=batch_size, rank=rank, world_size=world_size,
             num_workers=max(1, num_workers), augmentation=augmentation, shuffle_buffer=shuffle_buffer, seed=seed,
-            sample_ids=sample_ids)
+            sample_ids=sample_ids, metadata=metadata)
         # generator=: without one, every iter() draws the workers' base seed from torch's global RNG,
         # which the model also draws from (drop path): a resumed run, whose first iter() comes at
         # another point, would then diverge. The workers seed themselves (torch_worker_seed).

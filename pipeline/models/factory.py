@@ -45,6 +45,14 @@ def read_num_classes(shards_dir: str | Path) -> int:
         raise TrainError(f"no shards at {shards_dir}: {error}") from None
 
 
+def read_classes(shards_dir: str | Path) -> list[str]:
+    """The class list (index order) of the train manifest."""
+    try:
+        return list(load_manifest(Path(shards_dir), "train")["classes"])
+    except ShardsError as error:
+        raise TrainError(f"no shards at {shards_dir}: {error}") from None
+
+
 def check_model_name(name: str) -> None:
     """Raise a TrainError naming close matches when timm does not know ``name``."""
     problem = unknown_model_message(name)

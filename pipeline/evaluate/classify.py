@@ -6,7 +6,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .mix import normalization_affine
+from ..mix import normalization_affine
 
 
 def normalize_batch(images: torch.Tensor, *, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype,
