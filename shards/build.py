@@ -12,6 +12,7 @@ from typing import Iterable, Iterator
 
 from tqdm import tqdm
 
+from .annotations import box_origin, check_annotation_options, with_annotations
 from .cifar import PIXELS as CIFAR_PIXELS
 from .cifar import SIDE as CIFAR_SIDE
 from .cifar import read_cifar_split
@@ -39,6 +40,7 @@ class BuildRequest:
     out: Path
     split: str
     labels: Path | None = None
+    boxes: Path | None = None  # ImageNet val: the ILSVRC2012_bbox_val_v3 XML folder or .tgz
     classes: Path | None = None  # a train manifest whose class map this build must use
     label_field: str | None = None  # CIFAR-100: "fine" (when None) or "coarse"
     shard_size: int = 512 * 10**6
@@ -76,6 +78,9 @@ def build_shards(request: BuildRequest) -> BuildResult:
     fixed_classes = _classes_from_manifest(request.classes) if request.classes else None
     spec = detect_source(request.src, labels)
     _check_options_fit(request, spec)
+    spec = with_annotations(spec, split=request.split, boxes=request.boxes)
+    if spec.cub is not None and fixed_classes is not None:  # up front: a .tgz would meet a stranger mid-stream
+        _check_classes(spec.cub.classes, fixed_classes, str(request.classes))
     layout = OutputLayout(Path(request.out), request.split)
     build = _build_cifar if spec.is_cifar else _build_streamed if spec.streaming else _build_folder
     manifest = build(request, spec, layout, fixed_classes)
@@ -111,6 +116,7 @@ def _check_options_fit(request: BuildRequest, spec: SourceSpec) -> None:
         raise ShardsError("--labels is for ImageNet validation images: a CIFAR archive holds its own labels")
     if spec.is_cifar and request.resize_short:
         raise ShardsError("--resize-short does not apply to CIFAR: its 32x32 images are stored as they are (PNG)")
+    check_annotation_options(spec, split=request.split, labels=request.labels, boxes=request.boxes)
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -132,7 +138,9 @@ def _make_plan(request: BuildRequest, spec: SourceSpec, num_shards: int, *, clas
         seed=request.seed, shard_size=request.shard_size, num_shards=num_shards,
         num_parts=request.num_parts, resize_short=request.resize_short, quality=request.quality,
         check=request.check, labels=_resolved(request.labels),
-        classes_from=classes_from or _resolved(request.classes), label_field=label_field,
+        classes_from=classes_from or _resolved(request.classes) or (spec.cub.class_source if spec.cub else None),
+        label_field=label_field,
+        boxes=box_origin(spec),
     )
 
 
@@ -169,6 +177,8 @@ def _given_classes(request: BuildRequest, spec: SourceSpec, fixed_classes: list[
         return fixed_classes, str(request.classes)
     if spec.labels is not None:
         return spec.labels.classes, str(request.labels)
+    if spec.cub is not None:
+        return spec.cub.classes, spec.cub.class_source
     return None, None
 
 
@@ -207,6 +217,8 @@ def _build_folder(request, spec, layout, fixed_classes) -> dict | None:
 
 def _build_streamed(request, spec, layout, fixed_classes) -> dict | None:
     total_bytes = spec.path.stat().st_size
+    if spec.cub is not None:  # the archive holds both splits: this one's share, by image count
+        total_bytes = total_bytes * len(spec.cub.images) // max(1, len(spec.cub.images) + len(spec.cub.others))
     options = ImageOptions(request.resize_short, request.quality, request.check)
     readable = (data for item, data in TarStream(spec) if not item.rejected)
     estimate = _estimate_output_bytes(readable, options, total_bytes, None)
@@ -268,7 +280,8 @@ def _spill_tar(spec, plan, layout, mine, fixed_classes, request) -> None:
 
     counts = _spill(checked(), plan, layout, mine)
     bar.close()
-    classes = spec.labels.classes if spec.labels else sorted(stream.class_names)
+    given_by_source, _ = _given_classes(request, spec, None)
+    classes = given_by_source or sorted(stream.class_names)
     _mark_spilled(layout, request.part_id, counts, classes, spec.path.stat().st_size)
 
 

@@ -23,6 +23,12 @@ _EXAMPLES = """examples:
       --labels ILSVRC2012_devkit_t12.tar.gz --classes /data/inet/train.json
   # an ImageFolder tree, pre-resized like FFCV (shorter side 256, quality 90):
   python -m shards build /data/imagenet/train /data/inet256 --split train --resize-short 256
+  # val with every ground-truth box in each sample's .json (the LOC csv's boxes, or the XML files):
+  python -m shards build ILSVRC2012_img_val.tar /data/inet --split val --labels LOC_val_solution.csv \
+      --classes /data/inet/train.json [--boxes ILSVRC2012_bbox_val_v3.tgz]
+  # CUB-200-2011 as downloaded (images.txt, bounding_boxes.txt, train_test_split.txt inside):
+  python -m shards build CUB_200_2011.tgz /data/cub --split train
+  python -m shards build CUB_200_2011.tgz /data/cub --split test --classes /data/cub/train.json
   # CIFAR-100 as downloaded (binary or python version), fine labels; then its test batch:
   python -m shards build cifar-100-python.tar.gz /data/cifar100 --split train
   python -m shards build cifar-100-python.tar.gz /data/cifar100 --split test
@@ -57,14 +63,19 @@ def _build_parser(sub) -> None:
     build.add_argument("src", type=Path, metavar="SRC", help="an ImageFolder tree SRC/<wnid>/<file>; a flat "
                        "folder or tar of val images (with --labels); ILSVRC2012_img_train.tar (a tar of "
                        "class tars); the ImageNet-21k tar or tar.gz of synset tars; an official CIFAR archive "
-                       "(cifar-10-binary.tar.gz, cifar-100-python.tar.gz, ...) or the folder it extracts to")
+                       "(cifar-10-binary.tar.gz, cifar-100-python.tar.gz, ...), CUB_200_2011.tgz, or the folder either "
+                       "extracts to")
     build.add_argument("out", type=Path, metavar="OUT", help="output folder (created if missing)")
     build.add_argument("--split", required=True, choices=SPLITS, help="names the shards and manifest; a CIFAR "
-                       "archive's training batches are 'train', its test batch 'test'")
+                       "archive's training batches are 'train', its test batch 'test'; CUB-200-2011's images "
+                       "marked 1 in train_test_split.txt are 'train', the others 'test'")
     build.add_argument("--label-field", choices=LABEL_FIELDS, help="CIFAR-100: the label that is the class, "
                        "fine (100 classes, the default) or coarse (20); each sample's .json keeps both")
     build.add_argument("--labels", type=Path, help="val labels: LOC_val_solution.csv, the devkit folder or "
                        "ILSVRC2012_devkit_t12.tar.gz (ids mapped to wnids through meta.mat)")
+    build.add_argument("--boxes", type=Path, metavar="XML", help="ImageNet val boxes: the ILSVRC2012_bbox_val_v3 "
+                       "folder of PASCAL VOC XML files or its .tgz; each sample's .json gets all boxes of its "
+                       "image (default: a LOC_val_solution.csv given as --labels gives its boxes)")
     build.add_argument("--classes", type=Path, metavar="TRAIN_MANIFEST", help="use this manifest's class "
                        "map (e.g. OUT/train.json for val); a class of SRC missing from it is an error")
     build.add_argument("--shard-size", type=parse_size, default="512MB", help="target shard size (default 512MB)")
@@ -120,7 +131,7 @@ def _splits(out: Path, split: str | None, pattern: str) -> list[str]:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "build":
         request = BuildRequest(
-            src=args.src, out=args.out, split=args.split, labels=args.labels, classes=args.classes,
+            src=args.src, out=args.out, split=args.split, labels=args.labels, boxes=args.boxes, classes=args.classes,
             label_field=args.label_field,
             shard_size=args.shard_size, workers=args.workers, resize_short=args.resize_short,
             quality=args.quality, check=args.check, seed=args.seed, num_parts=args.num_parts,

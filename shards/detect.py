@@ -4,7 +4,8 @@ Only the first files are looked at (a 140 GB tar is not read to its end, and a .
 as a stream), but enough of them to tell whether SRC holds images at all: a source that holds
 none (a folder of annotations, a tar of feature files) is an error that says what it does hold,
 not a build that rejects every input. The official CIFAR archives, which hold pixel arrays
-rather than image files, are told by their top folder (shards/cifar.py reads them).
+rather than image files, are told by their top folder (shards/cifar.py reads them), and so is
+CUB-200-2011 (shards/cub.py), whose folder may also be told by its metadata files.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from itertools import islice
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
+from .boxes import BoxTable
 from .cifar import KIND_BY_FOLDER, LAYOUTS
+from .cub import CubSplit, find_cub_root, is_cub_member
 from .errors import ShardsError
 from .labels import ValLabels
 
@@ -30,16 +33,21 @@ _SAMPLE_FILES = 32  # files looked at before deciding that SRC holds no images..
 _SAMPLE_BYTES = 64 << 20  # ...nor further into a tar than this (a .tar.gz is decompressed to get there)
 _KNOWN_LAYOUTS = ("not a layout `shards build` knows (an ImageFolder tree SRC/<wnid>/<image>, a tar of class "
                   "tars, a tar of <wnid>/<image>, a flat folder or tar of images with --labels, an official "
-                  "CIFAR archive or the folder it extracts to)")
+                  "CIFAR archive, CUB_200_2011.tgz or the folder either extracts to)")
 
 
 @dataclass(frozen=True)
 class SourceSpec:
     """The detected kind of SRC."""
 
-    kind: str  # imagefolder | flat-folder | tar-of-tars | flat-tar | foldered-tar | a key of cifar.LAYOUTS
-    path: Path  # for an extracted CIFAR archive, its top folder (SRC may be the folder above)
+    # imagefolder | flat-folder | tar-of-tars | flat-tar | foldered-tar | cub-folder | cub-tar | a key of cifar.LAYOUTS
+    kind: str
+    path: Path  # for an extracted CIFAR archive or CUB-200-2011, its top folder (SRC may be the folder above)
     labels: ValLabels | None
+    # Set by the build once the split is known (shards/build.py): ImageNet boxes by file stem
+    # (--boxes, or the LOC csv's), and a CUB split's metadata.
+    boxes: BoxTable | None = None
+    cub: CubSplit | None = None
 
     @property
     def streaming(self) -> bool:
@@ -59,6 +67,9 @@ def detect_source(path: Path, labels: ValLabels | None) -> SourceSpec:
         cifar = _cifar_folder(path)
         if cifar:
             return SourceSpec(KIND_BY_FOLDER[cifar.resolve().name], cifar, labels)
+        cub = find_cub_root(path)
+        if cub:
+            return SourceSpec("cub-folder", cub, labels)
         kind = _folder_kind(path)
     elif tarfile.is_tarfile(path) or path.name.endswith((".tar.gz", ".tgz")):
         kind = _tar_kind(path)
@@ -131,6 +142,8 @@ def _tar_kind(path: Path) -> str:
             for name, in_class_tar, is_image, end in _tar_files(archive):
                 if name.split("/")[0] in KIND_BY_FOLDER and not in_class_tar:
                     return KIND_BY_FOLDER[name.split("/")[0]]
+                if is_cub_member(name) and not in_class_tar:
+                    return "cub-tar"
                 if is_image:
                     return "tar-of-tars" if in_class_tar else "foldered-tar" if "/" in name else "flat-tar"
                 looked_at.append(name)

@@ -36,6 +36,13 @@ class PreparedImage:
     height: int
     reencoded: str | None  # None when the original bytes were kept
     extension: str = "jpg"  # of its tar member: "jpg" (RGB JPEG) or "png" (from raw pixels)
+    stored: tuple[int, int] | None = None  # (width, height) of the stored pixels when not the source's
+    orientation: int = 1  # the EXIF orientation turned into the stored pixels (1: none)
+
+    @property
+    def stored_size(self) -> tuple[int, int]:
+        """(width, height) of the image as stored: the source's unless re-encoded rotated or resized."""
+        return self.stored or (self.width, self.height)
 
 
 @dataclass(frozen=True)
@@ -73,10 +80,10 @@ def prepare_image(data: bytes, options: ImageOptions) -> PreparedImage | Rejecte
         if reason is None:
             image.load()  # --check decode: a full decode proves the kept bytes are sound
             return PreparedImage(data, width, height, None)
-        jpeg = _reencode(image, options)
+        jpeg, orientation, stored = _reencode(image, options)
     except Exception as error:
         return RejectedImage(f"undecodable: {error}")
-    return PreparedImage(jpeg, width, height, reason)
+    return PreparedImage(jpeg, width, height, reason, stored=stored, orientation=orientation)
 
 
 def encode_raw_rgb(data: bytes, side: int) -> PreparedImage | RejectedImage:
@@ -174,12 +181,16 @@ def _has_end_marker(data: bytes) -> bool:
     return data.rstrip(b"\x00").endswith(b"\xff\xd9")
 
 
-def _reencode(image: Image.Image, options: ImageOptions) -> bytes:
+def _reencode(image: Image.Image, options: ImageOptions) -> tuple[bytes, int, tuple[int, int]]:
+    """The image as an upright RGB JPEG, the EXIF orientation applied, and its (width, height)."""
     if options.resize_short and image.format == "JPEG":
         # DCT-domain downscaling while decoding: several times faster than a full decode.
         scale = options.resize_short / min(image.size)
         image.draft("RGB", (int(image.width * scale) + 1, int(image.height * scale) + 1))
     image.load()
+    # What exif_transpose reads and acts on (2..8; other values leave the pixels as they are),
+    # so that ground-truth boxes can be turned the same way (shards/boxes.py).
+    orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
     image = ImageOps.exif_transpose(image)
     image = _to_rgb(image)
     if options.resize_short and min(image.size) > options.resize_short:
@@ -188,7 +199,7 @@ def _reencode(image: Image.Image, options: ImageOptions) -> bytes:
         image = image.resize(size, Image.Resampling.LANCZOS)
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=options.quality)
-    return out.getvalue()
+    return out.getvalue(), orientation if orientation in range(2, 9) else 1, image.size
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

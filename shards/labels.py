@@ -12,6 +12,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .boxes import Annotation, BoxTable, parse_loc_prediction
 from .errors import ShardsError
 
 _GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
@@ -24,6 +25,7 @@ class ValLabels:
     wnid_by_stem: dict[str, str]
     classes: list[str]
     source: str
+    boxes: BoxTable | None = None  # a LOC csv's boxes (the devkit has none)
 
 
 def load_val_labels(path: Path) -> ValLabels:
@@ -51,7 +53,7 @@ def _load_loc_csv(path: Path) -> ValLabels:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise ShardsError(f"--labels {path}: not a text file, so not a LOC_val_solution.csv") from None
-    wnid_by_stem = {}
+    wnid_by_stem, boxes = {}, {}
     rows = csv.reader(io.StringIO(text, newline=""))
     header = next(rows, None)
     if header is None or [c.strip() for c in header[:2]] != ["ImageId", "PredictionString"]:
@@ -59,8 +61,12 @@ def _load_loc_csv(path: Path) -> ValLabels:
     for line, row in enumerate(rows, start=2):
         if len(row) < 2 or not row[1].split():
             raise ShardsError(f"--labels {path}:{line}: expected 'ImageId,wnid ...', got {row}")
-        wnid_by_stem[row[0].strip()] = row[1].split()[0]
-    return ValLabels(wnid_by_stem, sorted(set(wnid_by_stem.values())), str(path))
+        stem = row[0].strip()
+        wnid_by_stem[stem], image_boxes = parse_loc_prediction(row[1], f"--labels {path}:{line}")
+        if image_boxes:
+            boxes[stem] = Annotation(image_boxes)
+    table = BoxTable(boxes, str(path)) if boxes else None
+    return ValLabels(wnid_by_stem, sorted(set(wnid_by_stem.values())), str(path), table)
 
 
 def _load_devkit_folder(folder: Path) -> ValLabels:

@@ -32,6 +32,7 @@ def compose_manifest(plan: dict, classes: list[str], records: list[dict], source
             class_counts[int(index)] += count
         reencoded.update(record["reencoded"])
     rejected = sorted(tuple(r) for record in records for r in record["rejected"])
+    boxes_refused = sorted(tuple(r) for record in records for r in record["boxes_refused"])
     totals = {
         "inputs": sum(r["inputs"] for r in records),
         "samples": sum(r["samples"] for r in records),
@@ -40,7 +41,11 @@ def compose_manifest(plan: dict, classes: list[str], records: list[dict], source
         "bytes": sum(r["bytes"] for r in records),
         "input_bytes": sum(r["input_bytes"] for r in records),
         "digest": sum(r["digest"] for r in records) % DIGEST_MODULUS,
+        # Samples whose .json has "boxes", and the others (of sources with boxes for some images only,
+        # or none; the refused ones are listed under "boxes_refused").
+        "with_boxes": sum(r["with_boxes"] for r in records),
     }
+    totals["without_boxes"] = totals["samples"] - totals["with_boxes"]
     return {
         "format": PLAN_FORMAT,
         "split": plan["split"],
@@ -52,6 +57,7 @@ def compose_manifest(plan: dict, classes: list[str], records: list[dict], source
         "class_counts": class_counts,
         "reencoded": dict(sorted(reencoded.items())),
         "rejected": [{"source": s, "reason": r} for s, r in rejected],
+        "boxes_refused": [{"source": s, "reason": r} for s, r in boxes_refused],  # written without their boxes
         "build": plan,
     }
 

@@ -96,8 +96,9 @@ def _check_same_plan(stored: dict, plan: BuildPlan, resume: bool, layout: Output
     current = plan.to_json()
     if stored == current:
         return
-    changed = sorted(k for k in current.keys() | stored.keys() if stored.get(k) != current.get(k))
-    details = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in changed)
+    # A field that one plan lacks (written by another version) counts as changed, and says so.
+    changed = sorted(k for k in current.keys() | stored.keys() if stored.get(k, "(absent)") != current.get(k, "(absent)"))
+    details = ", ".join(f"{k}: {stored.get(k, '(absent)')!r} -> {current.get(k, '(absent)')!r}" for k in changed)
     verb = "--resume needs the same arguments" if resume else "a different build is in progress"
     raise ShardsError(f"{layout.out}: {verb} ({details}); pass --overwrite to start again")
 

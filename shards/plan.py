@@ -39,6 +39,7 @@ class BuildPlan:
     labels: str | None
     classes_from: str | None  # the --classes manifest, or the CIFAR meta file the classes come from
     label_field: str | None = None  # CIFAR-100: which label is the class, "fine" or "coarse"
+    boxes: str | None = None  # the file the ground-truth boxes come from (--boxes, a LOC csv, bounding_boxes.txt)
 
     @property
     def image_options(self) -> ImageOptions:

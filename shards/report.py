@@ -23,6 +23,11 @@ def print_build_summary(result) -> None:
     seconds = max(result.seconds, 1e-9)
     print(f"  {len(manifest['shards'])} shards, {totals['bytes'] / 1e9:.2f} GB, {result.seconds:.1f} s, "
           f"{totals['inputs'] / seconds:.0f} images/s, {totals['input_bytes'] / 1e6 / seconds:.1f} MB/s read")
+    if manifest["build"].get("boxes"):
+        refused = manifest["boxes_refused"]
+        note = f", {len(refused)} of them refused {_counts(rejection_reasons(refused))}" if refused else ""
+        print(f"  boxes from {manifest['build']['boxes']}: {totals['with_boxes']} samples with boxes, "
+              f"{totals['without_boxes']} without{note}")
     for rejected in manifest["rejected"][:20]:
         print(f"  rejected {rejected['source']}: {rejected['reason']}")
     if len(manifest["rejected"]) > 20:

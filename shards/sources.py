@@ -1,10 +1,12 @@
 """The inputs SRC holds (shards/detect.py tells what kind of source it is).
 
-Folders (an ImageFolder tree ``SRC/<wnid>/<file>``, or a flat folder plus ``--labels``) are
-listed up front and read by random access. Tars (the ILSVRC2012 train tar of class tars, the
-flat val tar plus ``--labels``, the ImageNet-21k tar or tar.gz of synset tars, or a tar of
-``<wnid>/<file>``) are read once, as a stream, with one image in memory at a time. A CIFAR
-split (read and checked by shards/cifar.py) gives one input per record: its pixel bytes.
+Folders (an ImageFolder tree ``SRC/<wnid>/<file>``, or a flat folder plus ``--labels``, or an
+extracted CUB-200-2011) are listed up front and read by random access. Tars (the ILSVRC2012
+train tar of class tars, the flat val tar plus ``--labels``, the ImageNet-21k tar or tar.gz of
+synset tars, a tar of ``<wnid>/<file>``, CUB_200_2011.tgz) are read once, as a stream, with one
+image in memory at a time. A CIFAR split (read and checked by shards/cifar.py) gives one input
+per record: its pixel bytes. An input carries its ground-truth boxes when the source has them
+(shards/boxes.py): looked up by file stem for ImageNet, from bounding_boxes.txt for CUB.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import tarfile
 from pathlib import Path, PurePosixPath
 from typing import Iterator, NamedTuple
 
+from .boxes import Annotation
 from .cifar import CifarSplit
+from .cub import CubSplit
 from .detect import SourceSpec
 from .errors import ShardsError
 from .labels import ValLabels
@@ -35,6 +39,7 @@ class InputItem(NamedTuple):
     rejected: str | None = None  # set when the input is refused before its bytes are read
     # The fields of the sample's .json besides width, height and source; None: {"wnid": wnid}.
     details: dict | None = None
+    boxes: Annotation | None = None  # its ground-truth boxes, in the source image's pixels
 
 
 def sample_key(wnid: str | None, relative: str) -> str:
@@ -50,6 +55,8 @@ def sample_key(wnid: str | None, relative: str) -> str:
 
 def list_folder(spec: SourceSpec) -> tuple[list[InputItem], list[str], int]:
     """All inputs of a folder source in sorted order, its class folders, and its total bytes."""
+    if spec.cub is not None:
+        return _list_cub_folder(spec.path, spec.cub)
     items, total = [], 0
     classes: list[str] = []
     for directory, dirnames, filenames in os.walk(spec.path):
@@ -68,18 +75,59 @@ def _folder_item(spec: SourceSpec, relative_dir: PurePosixPath, name: str, path:
     source = str(relative_dir / name) if str(relative_dir) != "." else name
     locator = (path, 0, -1)
     if spec.kind == "flat-folder":
-        return _labelled_item(spec.labels, source, name, locator)
+        return _labelled_item(spec, source, name, locator)
     if str(relative_dir) == ".":
         return InputItem(sample_key(None, name), None, source, locator, "not inside a class folder")
     wnid, _, inside = source.partition("/")
-    return InputItem(sample_key(wnid, inside), wnid, source, locator)
+    return InputItem(sample_key(wnid, inside), wnid, source, locator, boxes=_boxes_of(spec, name))
 
 
-def _labelled_item(labels: ValLabels, source: str, name: str, locator) -> InputItem:
+def _labelled_item(spec: SourceSpec, source: str, name: str, locator) -> InputItem:
+    labels: ValLabels = spec.labels
     stem = name.split(".")[0]
     wnid = labels.wnid_by_stem.get(stem)
     reason = None if wnid else f"no label: {stem} is not in {labels.source}"
-    return InputItem(sample_key(None, name), wnid, source, locator, reason)
+    return InputItem(sample_key(None, name), wnid, source, locator, reason, boxes=_boxes_of(spec, name))
+
+
+def _boxes_of(spec: SourceSpec, name: str) -> Annotation | None:
+    """An ImageNet image's boxes, by the stem of its file name (as its labels are found)."""
+    return spec.boxes.by_stem.get(PurePosixPath(name).name.split(".")[0]) if spec.boxes else None
+
+
+def _list_cub_folder(root: Path, cub: CubSplit) -> tuple[list[InputItem], list[str], int]:
+    """The inputs of an extracted CUB-200-2011: its split's images, then what images.txt and
+    images/ disagree on."""
+    items, total, seen = [], 0, set()
+    images = root / "images"
+    for directory, dirnames, filenames in os.walk(images):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = os.path.join(directory, name)
+            relative = PurePosixPath(os.path.relpath(path, images)).as_posix()
+            item = cub_item(cub, relative, f"{cub.root}images/{relative}", (path, 0, -1))
+            if item is not None:
+                seen.add(relative)
+                items.append(item)
+                total += 0 if item.rejected else os.path.getsize(path)
+    return items + missing_cub_items(cub, seen), cub.classes, total
+
+
+def cub_item(cub: CubSplit, relative: str, source: str, locator) -> InputItem | None:
+    """The input of the file ``images/<relative>`` of CUB-200-2011, None when it is the other split's."""
+    image = cub.images.get(relative)
+    key = sample_key(None, relative)  # the same for the folder and the .tgz: they shuffle alike
+    if image is None:
+        return None if relative in cub.others else InputItem(key, None, source, locator, "not listed in images.txt")
+    details = {"class": image.class_name, "image_id": image.image_id}
+    return InputItem(key, image.class_name, source, locator, details=details, boxes=Annotation([image.box]))
+
+
+def missing_cub_items(cub: CubSplit, seen: set[str]) -> list[InputItem]:
+    """The images of the split that images.txt lists but SRC lacks, as rejected inputs."""
+    return [InputItem(sample_key(None, relative), image.class_name, f"{cub.root}images/{relative}", ("", 0, 0),
+                      "listed in images.txt, missing from SRC")
+            for relative, image in sorted(cub.images.items()) if relative not in seen]
 
 
 class _CountingReader:
@@ -109,6 +157,7 @@ class TarStream:
         self.spec = spec
         self.class_names: set[str] = set()
         self._reader = _CountingReader(spec.path)
+        self._cub_seen: set[str] = set()
 
     @property
     def bytes_read(self) -> int:
@@ -120,6 +169,8 @@ class TarStream:
                 for member in archive:
                     if member.isfile():
                         yield from self._member(archive, member)
+            if self.spec.cub is not None:
+                yield from ((item, b"") for item in missing_cub_items(self.spec.cub, self._cub_seen))
         except (tarfile.TarError, EOFError, OSError) as error:
             raise ShardsError(f"SRC {self.spec.path}: the archive is damaged ({error})") from None
         finally:
@@ -130,16 +181,33 @@ class TarStream:
         if self.spec.kind == "tar-of-tars":
             yield from self._class_tar(archive, member, name)
             return
+        if self.spec.cub is not None:
+            yield from self._cub_member(archive, member, name)
+            return
         data = archive.extractfile(member).read()
         if self.spec.kind == "flat-tar":
-            yield _labelled_item(self.spec.labels, name, PurePosixPath(name).name, ("", 0, 0)), data
+            yield _labelled_item(self.spec, name, PurePosixPath(name).name, ("", 0, 0)), data
             return
         wnid, _, inside = name.partition("/")
         if not inside:
             yield InputItem(sample_key(None, name), None, name, ("", 0, 0), "not inside a class folder"), b""
             return
         self.class_names.add(wnid)
-        yield InputItem(sample_key(wnid, inside), wnid, name, ("", 0, 0)), data
+        yield InputItem(sample_key(wnid, inside), wnid, name, ("", 0, 0), boxes=_boxes_of(self.spec, name)), data
+
+    def _cub_member(self, archive, member, name) -> Iterator[tuple[InputItem, bytes]]:
+        images = f"{self.spec.cub.root}images/"
+        if not name.startswith(images):
+            return  # the metadata (read before the stream), parts/, attributes/, README
+        relative = name[len(images):]
+        item = cub_item(self.spec.cub, relative, name, ("", 0, 0))
+        if item is None:  # the other split's image, skipped unread
+            return
+        if item.rejected:
+            yield item, b""
+            return
+        self._cub_seen.add(relative)
+        yield item, archive.extractfile(member).read()
 
     def _class_tar(self, archive, member, name) -> Iterator[tuple[InputItem, bytes]]:
         if not name.endswith(".tar"):

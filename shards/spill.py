@@ -13,6 +13,7 @@ import resource
 import struct
 from pathlib import Path
 
+from .boxes import annotation_from_json
 from .errors import ShardsError
 from .sources import InputItem
 
@@ -28,7 +29,7 @@ class SpillWriter:
         self._files = {shard: open(spill_path(folder, shard), "wb", buffering=1 << 16) for shard in shards}
 
     def add(self, shard: int, item: InputItem, data: bytes) -> None:
-        meta = json.dumps([item.key, item.wnid, item.source, item.rejected, item.details]).encode()
+        meta = json.dumps([item.key, item.wnid, item.source, item.rejected, item.details, item.boxes]).encode()
         file = self._files[shard]
         file.write(_HEADER.pack(len(meta), len(data)))
         file.write(meta)
@@ -50,9 +51,10 @@ def read_spill(path: Path) -> list[InputItem]:
     with open(path, "rb") as file:
         while header := file.read(_HEADER.size):
             meta_size, data_size = _HEADER.unpack(header)
-            key, wnid, source, rejected, details = json.loads(file.read(meta_size))
+            key, wnid, source, rejected, details, boxes = json.loads(file.read(meta_size))
             offset += _HEADER.size + meta_size
-            items.append(InputItem(key, wnid, source, (str(path), offset, data_size), rejected, details))
+            items.append(InputItem(key, wnid, source, (str(path), offset, data_size), rejected, details,
+                                   annotation_from_json(boxes)))
             offset += data_size
             file.seek(offset)
     return items

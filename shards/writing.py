@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .boxes import RefusedBoxes, stored_box_fields
 from .durable import write_text_atomic
 from .errors import ShardsError
 from .images import ImageOptions, PreparedImage, RejectedImage, prepare_image
@@ -169,18 +170,17 @@ def _write_one(job, plan, layout, class_index, results, strict, on_image) -> Non
             else:
                 index = class_index[item.wnid]
                 tally.class_counts[index] += 1
-                writer.add_sample(item.key, [
-                    ("cls", str(index).encode()), (result.extension, result.data), ("json", _sample_json(item, result)),
-                ])
+                meta = _sample_json(item, result, tally.box_fields(item, result))
+                writer.add_sample(item.key, [("cls", str(index).encode()), (result.extension, result.data), ("json", meta)])
             on_image(len(result.data) if isinstance(result, PreparedImage) else 0)
     record = {**vars(writer.written), **tally.as_record()}
     write_text_atomic(layout.record(name), json.dumps(record, sort_keys=True))
     job.done()
 
 
-def _sample_json(item: InputItem, result: PreparedImage) -> bytes:
+def _sample_json(item: InputItem, result: PreparedImage, box_fields: dict) -> bytes:
     details = item.details if item.details is not None else {"wnid": item.wnid}
-    meta = {"width": result.width, "height": result.height, "source": item.source, **details}
+    meta = {"width": result.width, "height": result.height, "source": item.source, **details, **box_fields}
     return json.dumps(meta, sort_keys=True).encode()
 
 
@@ -192,6 +192,8 @@ class _ShardTally:
         self.rejected: list[list[str]] = []
         self.reencoded: Counter = Counter()
         self.class_counts: Counter = Counter()
+        self.with_boxes = 0
+        self.boxes_refused: list[list[str]] = []
         self._sources_by_key: dict[str, str] = {}
 
     def add(self, item: InputItem, result, input_size: int) -> str | None:
@@ -209,9 +211,19 @@ class _ShardTally:
             self.reencoded[result.reencoded] += 1
         return None
 
+    def box_fields(self, item: InputItem, result: PreparedImage) -> dict:
+        """The .json fields of a written sample's boxes ({} without), counted."""
+        fields = stored_box_fields(item.boxes, result) if item.boxes else {}
+        if isinstance(fields, RefusedBoxes):
+            self.boxes_refused.append([item.source, fields.reason])
+            return {}
+        self.with_boxes += bool(fields)
+        return fields
+
     def as_record(self) -> dict:
         return {
             "inputs": self.inputs, "input_bytes": self.input_bytes, "digest": self.digest,
             "rejected": self.rejected, "reencoded": dict(self.reencoded),
             "class_counts": {str(k): v for k, v in self.class_counts.items()},
+            "with_boxes": self.with_boxes, "boxes_refused": self.boxes_refused,
         }

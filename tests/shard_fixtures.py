@@ -328,3 +328,120 @@ def make_foldered_tar(path: Path, files: dict[str, bytes], *, gzip: bool = False
         for name, data in files.items():
             _add(archive, name, data)
     return Path(path)
+
+
+# Ground-truth boxes (shards/boxes.py): ImageNet's PASCAL VOC XML files and CUB-200-2011 --------
+
+def voc_xml(stem: str, size: tuple[int, int], objects: list[tuple[str, list[float]]]) -> bytes:
+    """One ILSVRC2012_bbox_val_v3 file, laid out as the published ones (tabs, one tag a line):
+    the image's (width, height) and each object's wnid and ``[xmin, ymin, xmax, ymax]``."""
+    lines = ["<annotation>", "\t<folder>val</folder>", f"\t<filename>{stem}</filename>",
+             "\t<source>", "\t\t<database>ILSVRC_2012</database>", "\t</source>",
+             "\t<size>", f"\t\t<width>{size[0]}</width>", f"\t\t<height>{size[1]}</height>", "\t\t<depth>3</depth>",
+             "\t</size>", "\t<segmented>0</segmented>"]
+    for name, (x0, y0, x1, y1) in objects:
+        lines += ["\t<object>", f"\t\t<name>{name}</name>", "\t\t<pose>Unspecified</pose>",
+                  "\t\t<truncated>0</truncated>", "\t\t<difficult>0</difficult>", "\t\t<bndbox>",
+                  f"\t\t\t<xmin>{x0:g}</xmin>", f"\t\t\t<ymin>{y0:g}</ymin>", f"\t\t\t<xmax>{x1:g}</xmax>",
+                  f"\t\t\t<ymax>{y1:g}</ymax>", "\t\t</bndbox>", "\t</object>"]
+    return ("\n".join([*lines, "</annotation>"]) + "\n").encode()
+
+
+def boxed_jpeg(size: tuple[int, int], box: list[int], *, orientation: int = 1) -> bytes:
+    """A black ``size`` (width, height) JPEG whose pixels inside ``box`` (inclusive ends, in the
+    pixels as stored, i.e. before any EXIF orientation) are white: the box can be read back from
+    the pixels of whatever the builder makes of it. ``orientation`` != 1 adds that EXIF tag."""
+    pixels = np.zeros((size[1], size[0], 3), dtype=np.uint8)
+    x0, y0, x1, y1 = box
+    pixels[y0:y1 + 1, x0:x1 + 1] = 255
+    save = {}
+    if orientation != 1:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        save["exif"] = exif.tobytes()
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="JPEG", quality=95, **save)
+    return out.getvalue()
+
+
+def white_box(pixels: np.ndarray, threshold: int = 128) -> list[int]:
+    """[x0, y0, x1, y1] (inclusive) of the pixels brighter than ``threshold`` in an H x W (x C) array."""
+    grey = pixels.mean(axis=2) if pixels.ndim == 3 else pixels
+    rows, columns = np.nonzero(grey > threshold)
+    return [int(columns.min()), int(rows.min()), int(columns.max()), int(rows.max())]
+
+
+CUB_TOP = "CUB_200_2011"
+CUB_METADATA = ("images.txt", "image_class_labels.txt", "bounding_boxes.txt", "train_test_split.txt", "classes.txt")
+
+
+@dataclass(frozen=True)
+class CubSample:
+    """One image of a generated CUB-200-2011: what the shards must hold for it."""
+
+    image_id: int
+    path: str  # under images/
+    class_name: str
+    box: list[float]  # [x, y, x + w, y + h], computed here from the x y w h written
+    is_training: bool
+    data: bytes
+    size: tuple[int, int]  # (width, height)
+
+
+def cub_dataset(*, class_names: list[str] | None = None, per_class: int = 4,
+                extra_files: dict[str, bytes] | None = None) -> tuple[dict[str, bytes], list[CubSample]]:
+    """A small CUB-200-2011: its files (``CUB_200_2011/...``, metadata and images) and the truth.
+    Class names default to the official pattern (``001.Black_footed_Albatross``) but are listed in
+    ``classes.txt`` in the order given; images alternate train/test in a pattern that is not
+    simply the id's parity, and sizes and boxes (floats, some fractional) differ per image."""
+    names = class_names or [f"{i + 1:03d}.Bird_{word}" for i, word in enumerate(["Albatross", "Gull", "Wren"])]
+    images: list[CubSample] = []
+    for name in names:
+        for n in range(per_class):
+            image_id = len(images) + 1
+            size = (40 + 4 * (image_id % 3), 30 + 6 * (image_id % 2))
+            x, y, w, h = 2.5 + image_id % 5, 3.0 + image_id % 4, 10.0 + image_id % 7, 8.25 + image_id % 3
+            path = f"{name}/{name.split('.')[-1]}_{image_id:04d}_{n}.jpg"
+            images.append(CubSample(image_id, path, name, [x, y, x + w, y + h], image_id % 3 != 1,
+                                   jpeg_bytes(4000 + image_id, size=size), size))
+    boxes = {image.image_id: _cub_xywh(image) for image in images}
+    top = CUB_TOP
+    files = {
+        f"{top}/images.txt": "".join(f"{i.image_id} {i.path}\n" for i in images),
+        f"{top}/image_class_labels.txt": "".join(f"{i.image_id} {names.index(i.class_name) + 1}\n" for i in images),
+        f"{top}/classes.txt": "".join(f"{k} {name}\n" for k, name in enumerate(names, start=1)),
+        f"{top}/bounding_boxes.txt": "".join(f"{i.image_id} {boxes[i.image_id]}\n" for i in images),
+        f"{top}/train_test_split.txt": "".join(f"{i.image_id} {int(i.is_training)}\n" for i in images),
+    }
+    files = {name: text.encode() for name, text in files.items()}
+    files.update({f"{top}/images/{i.path}": i.data for i in images})
+    files.update({f"{top}/README": b"CUB-200-2011\n", f"{top}/parts/parts.txt": b"1 back\n"})
+    files.update(extra_files or {})
+    return files, images
+
+
+def _cub_xywh(image: CubSample) -> str:
+    x0, y0, x1, y1 = image.box
+    return f"{x0} {y0} {x1 - x0} {y1 - y0}"
+
+
+def write_cub_tar(path: Path, files: dict[str, bytes], *, metadata_first: bool = True) -> Path:
+    """CUB_200_2011.tgz: ``attributes.txt`` beside the top folder, then the metadata files before
+    (or after) the images."""
+    ordered = sorted(files, key=lambda name: (name.rsplit("/", 1)[-1] in CUB_METADATA) != metadata_first)
+    with tarfile.open(path, "w:gz") as archive:
+        _add(archive, "attributes.txt", b"1 has_bill_shape::curved\n")
+        folder = tarfile.TarInfo(CUB_TOP)
+        folder.type = tarfile.DIRTYPE
+        archive.addfile(folder)
+        for name in ordered:
+            _add(archive, name, files[name])
+    return Path(path)
+
+
+def write_files(root: Path, files: dict[str, bytes]) -> Path:
+    """``files`` (relative path -> bytes) written under ``root``; returns ``root``."""
+    for name, data in files.items():
+        (Path(root) / name).parent.mkdir(parents=True, exist_ok=True)
+        (Path(root) / name).write_bytes(data)
+    return Path(root)
