@@ -28,3 +28,16 @@ def demo_shards(tmp_path_factory):
     from shards.demo import build_demo_shards
 
     return build_demo_shards(tmp_path_factory.mktemp("demo") / "data", quiet=True)
+
+
+@pytest.fixture(scope="session")
+def trained_demo(demo_shards, tmp_path_factory):
+    """A finished 3-epoch demo run, trained once per session through pipeline/train.py: (run folder,
+    the CompletedProcess). Tests read it (the evaluation writes only into RUN/eval-* folders)."""
+    from train_helpers import run_train, small_run_args
+
+    out = tmp_path_factory.mktemp("run")
+    done = run_train(small_run_args(demo_shards, out, "schedule.epochs=3", "loader.batch_size=32",
+                                    "schedule.warmup_epochs=0", "optim.base_lr=0.8"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done

@@ -12,13 +12,9 @@ from pipeline.logs import read_metrics
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def demo_run(demo_shards, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    done = run_train(small_run_args(demo_shards, out, "schedule.epochs=3", "loader.batch_size=32",
-                                    "schedule.warmup_epochs=0", "optim.base_lr=0.8"))
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out, done
+@pytest.fixture
+def demo_run(trained_demo):
+    return trained_demo
 
 
 def test_demo_learns(demo_run):

@@ -1,0 +1,167 @@
+"""``python -m pipeline.evaluate``: evaluate a run or exported weights on the paper's tasks, or
+``compare`` several evaluations. Bad input is one ``error:`` line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+from ..errors import EvalError, TrainError
+
+_DESCRIPTION = """Evaluate a trained model on the CutMix paper's claims. MODEL is a run folder (its config.yaml
+and model.safetensors) or an exported model.safetensors (it records its classes and preprocessing).
+Writes OUT/eval.json (every number), OUT/eval.md (tables) and PNG plots. Several processes:
+accelerate launch -m pipeline.evaluate ... (each sample counted once, counts summed exactly)."""
+
+_EPILOG = """tasks (--tasks, comma-separated; default: all that the shards allow):
+{tasks}
+
+metrics:
+  top-1/top-5 error    % of samples whose true class is not the first / not among the five highest logits
+  Top-1 Loc            % of samples classified correctly AND whose CAM box (largest contour) has IoU >= 0.5 with a
+                       true box, at the CAM threshold that maximizes GT-known Loc
+  GT-known Loc         % of samples whose CAM box of the true class (largest contour) has IoU >= 0.5 with a true
+                       box, at the best CAM threshold (wsolevaluation's MaxBoxAcc)
+  MaxBoxAccV2          wsolevaluation's: mean over IoU 0.3/0.5/0.7 of the best box accuracy over CAM thresholds
+                       0, 0.01, ..., 0.99, every contour's box counted
+  TNR at TPR 95%       % of OOD samples rejected at the score threshold keeping 95% of in-distribution ones
+  AUROC                area under the ROC curve, in-distribution as positives (%)
+  detection accuracy   max over thresholds of (TPR + TNR) / 2 (%)
+
+compare:
+  python -m pipeline.evaluate compare EVAL_A EVAL_B ... [--labels a,b] [--out DIR]
+  one table in the paper's layout and shared plots from each evaluation's eval.json
+
+examples:
+  python -m pipeline.evaluate runs/demo --split test --image-size 64   # the demo run, every task
+  python -m pipeline.evaluate runs/r50_cutmix --shards /data/inet --tasks classify,localize
+  python -m pipeline.evaluate model.safetensors --shards /data/inet --tasks ood --ood-shards /data/places
+"""
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The evaluation's arguments."""
+    from .runner import TASKS
+
+    tasks = "\n".join(f"  {name:<11} {text}" for name, text in TASKS.items())
+    parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=_DESCRIPTION,
+                                     epilog=_EPILOG.format(tasks=tasks),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", type=Path, metavar="RUN_DIR|MODEL.safetensors")
+    parser.add_argument("--shards", type=Path, help="shards folder (default: the run's data.shards)")
+    parser.add_argument("--split", default="val", help="the split to evaluate (default val; CIFAR/CUB: test)")
+    parser.add_argument("--tasks", help=f"comma-separated, from: {', '.join(TASKS)} (default: all; localize only "
+                        "where the split has boxes)")
+    parser.add_argument("--image-size", type=int, help="evaluate at this input size instead of the training one "
+                        "(the val resize follows the run's crop_pct; for fully convolutional models, e.g. the demo's "
+                        "localization canvases at 64 px)")
+    parser.add_argument("--ood-shards", type=Path, nargs="*", default=[], metavar="DIR",
+                        help="out-of-distribution shards folders (read at --split, or their only split)")
+    parser.add_argument("--batch-size", type=int, default=64, help="per process (default 64)")
+    parser.add_argument("--backend", choices=("dali", "torch"), default="dali", help="loader (default dali)")
+    parser.add_argument("--num-threads", type=int, default=4, help="DALI threads / torch workers (default 4)")
+    parser.add_argument("--epsilon", type=float, default=8 / 255, help="FGSM step in pixel units (default 8/255)")
+    parser.add_argument("--occlusion-steps", type=int, default=9, help="square sides from 0 to the image size "
+                        "(default 9)")
+    parser.add_argument("--seed", type=int, default=0, help="in-between pairs and boxes, noise images (default 0)")
+    parser.add_argument("--out", type=Path, help="output folder (default RUN_DIR/eval, or eval-<name> beside "
+                        "the weights)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def make_compare_parser() -> argparse.ArgumentParser:
+    """The arguments of ``compare``."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate compare",
+                                     description="Several evaluations side by side: compare.md and plots.")
+    parser.add_argument("evaluations", type=Path, nargs="+", metavar="EVAL",
+                        help="an eval.json, the folder holding it, or a run folder with eval/eval.json")
+    parser.add_argument("--labels", help="comma-separated names (default: the folder names)")
+    parser.add_argument("--out", type=Path, default=Path("eval-compare"), help="default eval-compare")
+    return parser
+
+
+def build_request(args: argparse.Namespace):
+    """The checked EvalRequest of parsed arguments (EvalError naming the argument)."""
+    from .runner import TASKS, EvalRequest
+    from .source import resolve_source
+
+    source = resolve_source(args.model)
+    if args.image_size is not None:
+        if args.image_size < 1:
+            raise EvalError(f"--image-size must be >= 1, got {args.image_size}")
+        source = dataclasses.replace(source, image_size=args.image_size)
+    shards = args.shards or source.shards
+    if shards is None:
+        raise EvalError("--shards is needed with a .safetensors file (a run folder brings its own)")
+    if args.tasks:
+        tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    else:
+        tasks = tuple(t for t in TASKS if t != "localize" or _has_boxes(shards, args.split))
+    out = args.out or (source.run_dir / "eval" if source.run_dir else source.weights.parent / f"eval-{source.weights.stem}")
+    return EvalRequest(source=source, shards=Path(shards), split=args.split, tasks=tasks, out=out,
+                       ood_shards=tuple(args.ood_shards), batch_size=args.batch_size, backend=args.backend,
+                       num_threads=args.num_threads, seed=args.seed, epsilon=args.epsilon,
+                       occlusion_steps=args.occlusion_steps, progress=not args.quiet)
+
+
+def _has_boxes(shards: Path, split: str) -> bool:
+    from shards.errors import ShardsError
+    from shards.manifest import load_manifest
+
+    try:
+        return bool(load_manifest(Path(shards), split).get("totals", {}).get("with_boxes"))
+    except ShardsError:
+        return False  # the request check reports the missing manifest
+
+
+def compare(argv: list[str]) -> int:
+    """``compare``: compare.md and the shared plots."""
+    from .plots import write_compare_plots
+    from .report import compare_markdown
+    from .runner import read_results
+
+    args = make_compare_parser().parse_args(argv)
+    labels = [s.strip() for s in args.labels.split(",")] if args.labels else [_label(p) for p in args.evaluations]
+    if len(labels) != len(args.evaluations):
+        raise EvalError(f"--labels names {len(labels)} runs but {len(args.evaluations)} evaluations were given")
+    runs = {label: read_results(path) for label, path in zip(labels, args.evaluations)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "compare.md").write_text(compare_markdown(runs))
+    plots = write_compare_plots(runs, out=args.out)
+    print((args.out / "compare.md").read_text())
+    print("\n".join(str(p) for p in [args.out / "compare.md", *plots]))
+    return 0
+
+
+def _label(path: Path) -> str:
+    path = Path(path)
+    if path.name == "eval.json":
+        path = path.parent
+    return path.parent.name if path.name == "eval" else path.name
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; a user mistake prints one ``error:`` line and returns 2."""
+    from ..data import LoaderError
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv[:1] == ["compare"]:
+            return compare(argv[1:])
+        from .runner import run_evaluation
+
+        request = build_request(make_parser().parse_args(argv))
+        results = run_evaluation(request)
+    except (EvalError, TrainError, LoaderError) as error:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"error: {error}", file=sys.stderr, flush=True)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        print((request.out / "eval.md").read_text())
+        print(f"wrote {request.out / 'eval.json'}, {request.out / 'eval.md'} and {len(results.get('plots', []))} "
+              f"plot(s) in {results['settings']['seconds']:.0f} s")
+    return 0

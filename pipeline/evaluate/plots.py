@@ -1,0 +1,147 @@
+"""The evaluation's figures: occlusion and in-between curves, localization accuracy against the
+CAM threshold, a grid of CAM overlays with true and predicted boxes, OOD score histograms; and
+the same curves of several evaluations on one figure (``compare``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_plots(results: dict, examples: dict, *, out: Path, classes: list[str] | None) -> list[Path]:
+    """Every figure the results allow, as PNGs in ``out``; returns their paths."""
+    plt = _pyplot()
+    written = []
+    single = {"": results}
+    if "occlusion" in results:
+        written.append(_curves(plt, single, out / "occlusion.png"))
+    if "in-between" in results:
+        written.append(_in_between(plt, single, out / "in_between.png"))
+    if "localize" in results:
+        written.append(_localization_curves(plt, results["localize"], out / "localization.png"))
+        if examples.get("localize"):
+            written.append(_cam_grid(plt, examples["localize"], results["localize"], out / "cam_grid.png", classes))
+    if "ood" in results:
+        written.append(_ood_histograms(plt, results["ood"], out / "ood_scores.png"))
+    return written
+
+
+def write_compare_plots(runs: dict[str, dict], *, out: Path) -> list[Path]:
+    """Occlusion and in-between curves of several evaluations (label -> eval.json) on shared axes."""
+    plt = _pyplot()
+    written = []
+    if any("occlusion" in r for r in runs.values()):
+        written.append(_curves(plt, runs, out / "compare_occlusion.png"))
+    if any("in-between" in r for r in runs.values()):
+        written.append(_in_between(plt, runs, out / "compare_in_between.png"))
+    return written
+
+
+def _save(plt, figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def _curves(plt, runs: dict[str, dict], path: Path) -> Path:
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    titles = {"hole_top1_err": "Centre hole (mean colour)", "keep_top1_err": "Only the centre kept"}
+    for ax, (key, title) in zip(axes, titles.items()):
+        for label, r in runs.items():
+            if "occlusion" in r:
+                ax.plot(r["occlusion"]["sides"], r["occlusion"][key], marker="o", markersize=3, label=label or None)
+        ax.set(title=title, xlabel="square side (pixels)", ylabel="top-1 error (%)")
+        ax.grid(alpha=0.3)
+        if any(runs):
+            ax.legend()
+    return _save(plt, figure, path)
+
+
+def _in_between(plt, runs: dict[str, dict], path: Path) -> Path:
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for label, r in runs.items():
+        if "in-between" not in r:
+            continue
+        data = r["in-between"]
+        for mix, style in (("mixup", "-"), ("cutmix", "--")):
+            name = f"{label} {mix}".strip()
+            axes[0].plot(data["lambdas"], data[f"{mix}_top1_err"], style, marker="o", markersize=3, label=name)
+            axes[1].plot(data["lambdas"], data[f"{mix}_top2_both"], style, marker="o", markersize=3, label=name)
+    axes[0].set(title="Top-1 error vs the larger-weight label", xlabel="lambda (weight of image A)",
+                ylabel="error (%)")
+    axes[1].set(title="Top-2 predictions are exactly the two classes", xlabel="lambda (weight of image A)",
+                ylabel="share of pairs (%)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(plt, figure, path)
+
+
+def _localization_curves(plt, r: dict, path: Path) -> Path:
+    figure, ax = plt.subplots(figsize=(6, 4))
+    thresholds = r["curve_thresholds"]
+    for key, label in (("box_acc_iou30_curve", "all contours, IoU 0.3"), ("box_acc_iou50_curve", "all contours, IoU 0.5"),
+                       ("box_acc_iou70_curve", "all contours, IoU 0.7"),
+                       ("gt_known_loc_curve", "largest contour, IoU 0.5 (GT-known Loc)"),
+                       ("top1_loc_curve", "largest contour, IoU 0.5, correct class (Top-1 Loc)")):
+        ax.plot(thresholds, r[key], label=label)
+    ax.set(title="Box accuracy vs CAM threshold", xlabel="CAM threshold", ylabel="box accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(plt, figure, path)
+
+
+def _cam_grid(plt, examples: list[dict], r: dict, path: Path, classes: list[str] | None) -> Path:
+    from .wsol import best_boxes
+
+    columns = min(4, len(examples))
+    rows = -(-len(examples) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    threshold = r["gt_known_threshold"]
+    for ax, example in zip(axes.flat, examples):
+        ax.imshow(example["image"])
+        ax.imshow(example["scoremap"], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        for box in example["boxes"]:
+            _rectangle(ax, box, "lime")
+        for box in best_boxes(example["scoremap"], threshold):
+            _rectangle(ax, box, "red")
+        name = (lambda i: classes[i] if classes else str(i))
+        ax.set_title(f"true {name(example['label'])}\npred {name(example['predicted'])}", fontsize=8)
+    figure.suptitle(f"CAM (threshold {threshold:.2f}): true boxes green, CAM box red", fontsize=10)
+    return _save(plt, figure, path)
+
+
+def _rectangle(ax, box, colour: str) -> None:
+    from matplotlib.patches import Rectangle
+
+    x0, y0, x1, y1 = (float(v) for v in box)
+    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False, edgecolor=colour, linewidth=1.5))
+
+
+def _ood_histograms(plt, r: dict, path: Path) -> Path:
+    histograms = r["score_histograms"]
+    edges = np.asarray(histograms["edges"])
+    centres = (edges[:-1] + edges[1:]) / 2
+    figure, ax = plt.subplots(figsize=(6, 4))
+    for name, counts in histograms.items():
+        if name == "edges":
+            continue
+        counts = np.asarray(counts, dtype=float)
+        ax.plot(centres, counts / max(counts.sum(), 1), label=name.replace("_", "-"))
+    ax.set(title="Maximum softmax probability", xlabel="score", ylabel="share of the set", yscale="log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(plt, figure, path)

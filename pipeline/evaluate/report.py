@@ -1,0 +1,118 @@
+"""``eval.json`` (every number) and ``eval.md`` (the tables people read) of one evaluation, and the
+tables of ``compare`` (several evaluations side by side, in the paper's layout)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def write_reports(results: dict, *, out: Path) -> tuple[Path, Path]:
+    """Write ``out/eval.json`` and ``out/eval.md``; returns their paths."""
+    out = Path(out)
+    json_path, md_path = out / "eval.json", out / "eval.md"
+    json_path.write_text(json.dumps(results, indent=1))
+    md_path.write_text(markdown(results))
+    return json_path, md_path
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    def cell(value):
+        return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+
+
+def markdown(results: dict) -> str:
+    """The tables of one evaluation (percentages; errors are lower-is-better, the rest higher)."""
+    settings = results["settings"]
+    summary = (f"Weights `{settings['weights']}`, shards `{settings['shards']}` split `{settings['split']}`, "
+               f"{settings['world_size']} process(es) on {settings['device']}, precision {settings['precision']}, "
+               f"image size {settings['image_size']}.")
+    lines = [f"# Evaluation of {settings['model']}", "", summary, ""]
+    for task, section in (("classify", _classify), ("localize", _localize), ("occlusion", _occlusion),
+                          ("in-between", _in_between), ("fgsm", _fgsm), ("ood", _ood)):
+        if task in results:
+            lines += section(results[task]) + [""]
+    return "\n".join(lines)
+
+
+def _classify(r: dict) -> list[str]:
+    return ["## Classification", ""] + _table(["top-1 err", "top-5 err", "samples"],
+                                              [[r["top1_err"], r["top5_err"], r["samples"]]])
+
+
+def _localize(r: dict) -> list[str]:
+    header = ["Top-1 Loc", "GT-known Loc", "MaxBoxAccV2", "IoU 0.3", "IoU 0.5", "IoU 0.7", "CAM threshold",
+              "samples with a box"]
+    row = [r["top1_loc"], r["gt_known_loc"], r["max_box_acc_v2"], r["max_box_acc_v2_iou30"],
+           r["max_box_acc_v2_iou50"], r["max_box_acc_v2_iou70"], float(r["gt_known_threshold"]),
+           r["samples_with_box"]]
+    note = (f"{r['boxes_dropped_outside_crop']} box(es) fell outside the centre crop and were dropped; "
+            f"{r['samples'] - r['samples_with_box']} sample(s) had no box left.")
+    return ["## Localization (CAM, accuracies in %)", ""] + _table(header, [row]) + ["", note]
+
+
+def _occlusion(r: dict) -> list[str]:
+    rows = [[side, hole, keep] for side, hole, keep in zip(r["sides"], r["hole_top1_err"], r["keep_top1_err"])]
+    return (["## Occlusion (top-1 err %)", ""]
+            + _table(["side (px)", "centre hole (mean colour)", "only the centre kept"], rows))
+
+
+def _in_between(r: dict) -> list[str]:
+    rows = [[lam, a, b, c, d] for lam, a, b, c, d in zip(r["lambdas"], r["mixup_top1_err"], r["mixup_top2_both"],
+                                                         r["cutmix_top1_err"], r["cutmix_top2_both"])]
+    header = ["lambda", "Mixup top-1 err", "Mixup top-2 = both", "CutMix top-1 err", "CutMix top-2 = both"]
+    return [f"## In-between-class samples ({r['pairs']} pairs, %)", ""] + _table(header, rows)
+
+
+def _fgsm(r: dict) -> list[str]:
+    return ["## FGSM", ""] + _table(["epsilon", "clean top-1 err", "FGSM top-1 err", "samples"],
+                                    [[f"{r['epsilon_255']:.3g}/255", r["clean_top1_err"], r["fgsm_top1_err"],
+                                      r["samples"]]])
+
+
+def _ood(r: dict) -> list[str]:
+    rows = [[name, m["tnr_at_tpr95"], m["auroc"], m["detection_accuracy"], m["auin"], m["auout"], m["samples"]]
+            for name, m in r["sets"].items()]
+    header = ["OOD set", "TNR at TPR 95%", "AUROC", "detection acc", "AUPR in", "AUPR out", "samples"]
+    return [f"## Out-of-distribution detection ({r['score']}, {r['in_distribution_samples']} in-distribution)", ""] \
+        + _table(header, rows)
+
+
+def compare_markdown(runs: dict[str, dict]) -> str:
+    """One table per claim, a row per evaluation (``runs``: label -> eval.json contents)."""
+    lines = ["# Comparison", ""]
+    rows = []
+    for label, r in runs.items():
+        row = [label]
+        row += [r["classify"]["top1_err"], r["classify"]["top5_err"]] if "classify" in r else ["-", "-"]
+        row += ([r["localize"]["top1_loc"], r["localize"]["gt_known_loc"], r["localize"]["max_box_acc_v2"]]
+                if "localize" in r else ["-"] * 3)
+        row += [r["fgsm"]["fgsm_top1_err"]] if "fgsm" in r else ["-"]
+        if "ood" in r:
+            sets = r["ood"]["sets"].values()
+            row += [sum(m[k] for m in sets) / len(sets) for k in ("tnr_at_tpr95", "auroc", "detection_accuracy")]
+        else:
+            row += ["-"] * 3
+        rows.append(row)
+    header = ["run", "top-1 err", "top-5 err", "Top-1 Loc", "GT-known Loc", "MaxBoxAccV2", "FGSM top-1 err",
+              "OOD TNR@TPR95 (mean)", "OOD AUROC (mean)", "OOD detection acc (mean)"]
+    lines += _table(header, rows)
+    legend = ("Errors: lower is better; Loc, MaxBoxAccV2 and the OOD metrics: higher is better. OOD columns "
+              "average over the OOD sets of each run, as the paper's table averages over its seven.")
+    lines += ["", legend, ""]
+    ood_sets = sorted({name for r in runs.values() for name in r.get("ood", {}).get("sets", {})})
+    if ood_sets:
+        lines += ["## OOD detection per set (TNR at TPR 95% / AUROC / detection acc)", ""]
+        table = [[label] + [_ood_cell(r, name) for name in ood_sets] for label, r in runs.items()]
+        lines += _table(["run"] + ood_sets, table) + [""]
+    return "\n".join(lines)
+
+
+def _ood_cell(results: dict, name: str) -> str:
+    metrics = results.get("ood", {}).get("sets", {}).get(name)
+    if metrics is None:
+        return "-"
+    return f"{metrics['tnr_at_tpr95']:.1f} / {metrics['auroc']:.1f} / {metrics['detection_accuracy']:.1f}"

@@ -1,0 +1,246 @@
+"""One evaluation: check everything before any work (model, weights, shards and their classes,
+boxes for localization, a CAM head), then run each task as one pass over the split, every rank
+on its part, and write ``OUT/eval.json``, ``OUT/eval.md`` and the plots on the main process."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from shards.errors import ShardsError
+from shards.manifest import load_manifest
+
+from ..data import LoaderError, LoaderOptions, create_loader
+from ..data.sharding import part_sizes
+from ..errors import EvalError
+from . import tasks
+from .ood import noise_images, ood_metrics
+from .source import ModelSource, check_classes, load_model
+
+# name -> what it measures (the CLI's --help shows these lines)
+TASKS = {
+    "classify": "top-1 / top-5 error, and each class's top-1 error (in eval.json)",
+    "localize": "CAM weakly supervised localization (wsolevaluation): Top-1 Loc, GT-known Loc, MaxBoxAccV2 at "
+                "IoU 0.3/0.5/0.7; needs shards with boxes and a global-pool + linear head",
+    "occlusion": "top-1 error with a centred square hole set to the mean colour, and with only a centred square "
+                 "kept, hole sides swept from 0 to the image size",
+    "in-between": "pairs of images mixed by Mixup and by CutMix at lambda 0, 0.1, ..., 1: top-1 error against the "
+                  "larger-weight label, and how often the top-2 predictions are exactly the two classes",
+    "fgsm": "top-1 error under a one-step FGSM attack of --epsilon (pixel units) on the true label",
+    "ood": "maximum-softmax-probability detector, the split as in-distribution vs Uniform and Gaussian noise and "
+           "each --ood-shards set: TNR at TPR 95%, AUROC, detection accuracy (calculate_log.py's definitions)",
+}
+NOISE_SETS = ("uniform", "gaussian")
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """Everything one evaluation needs, checked by ``check_request`` before any work."""
+
+    source: ModelSource
+    shards: Path
+    split: str
+    tasks: tuple[str, ...]
+    out: Path
+    ood_shards: tuple[Path, ...] = ()
+    batch_size: int = 64
+    backend: str = "dali"
+    num_threads: int = 4
+    seed: int = 0
+    epsilon: float = 8 / 255
+    occlusion_steps: int = 9
+    cam_examples: int = 16
+    progress: bool = True
+
+
+def check_request(request: EvalRequest) -> dict:
+    """Every check that needs no model run; returns the split's manifest. EvalError on the first problem."""
+    unknown = [t for t in request.tasks if t not in TASKS]
+    if unknown or not request.tasks:
+        raise EvalError(f"--tasks: unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}" if unknown
+                        else f"--tasks: name at least one of {', '.join(TASKS)}")
+    if request.batch_size < 1:
+        raise EvalError(f"--batch-size must be >= 1, got {request.batch_size}")
+    if not 0 < request.epsilon <= 1:
+        raise EvalError(f"--epsilon must be in (0, 1] (pixel units: 8/255 = 0.0314), got {request.epsilon}")
+    if request.occlusion_steps < 2:
+        raise EvalError(f"--occlusion-steps must be >= 2 (0 and the image size), got {request.occlusion_steps}")
+    manifest = _manifest(request.shards, request.split, what="--shards")
+    check_classes(request.source, manifest["classes"], where=f"{request.shards / (request.split + '.json')}")
+    if "localize" in request.tasks and not manifest.get("totals", {}).get("with_boxes"):
+        raise EvalError(f"--tasks localize: {request.shards / (request.split + '.json')} has no sample with a box "
+                        "(build val with LOC_val_solution.csv or --boxes, or use CUB-200-2011), or drop localize")
+    for folder in request.ood_shards:
+        _manifest(folder, _ood_split(folder, request.split), what="--ood-shards")
+    return manifest
+
+
+def _manifest(folder: Path, split: str, *, what: str) -> dict:
+    try:
+        return load_manifest(Path(folder), split)
+    except ShardsError as error:
+        raise EvalError(f"{what} {folder}: {error}") from None
+
+
+def _ood_split(folder: Path, split: str) -> str:
+    """An OOD shards folder is read at ``split`` if it has it, else at its only split."""
+    if (Path(folder) / f"{split}.json").is_file():
+        return split
+    found = sorted(p.stem for p in Path(folder).glob("*.json") if p.stem in ("train", "val", "test"))
+    if len(found) == 1:
+        return found[0]
+    raise EvalError(f"--ood-shards {folder}: no {split}.json" + (f" and several splits ({', '.join(found)})" if found
+                                                                 else " (build it with python -m shards build)"))
+
+
+def run_evaluation(request: EvalRequest) -> dict:
+    """Run the requested tasks; returns the results (also written to ``request.out`` by the main process)."""
+    from accelerate import Accelerator
+
+    check_request(request)
+    source = request.source
+    model = load_model(source)
+    if "localize" in request.tasks:
+        from .cam import cam_classifier
+
+        cam_classifier(model)  # refuses a head without a CAM before any pass
+    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    model = model.to(accelerator.device)
+    dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
+    ctx = tasks.TaskContext(model=model, accelerator=accelerator, mean=source.mean, std=source.std, dtype=dtype,
+                            channels_last=source.channels_last, num_classes=source.num_classes,
+                            augmentation=source.val_augmentation(), seed=request.seed, epsilon=request.epsilon,
+                            occlusion_steps=request.occlusion_steps, cam_examples=request.cam_examples)
+    results: dict = {"settings": _settings(request, accelerator)}
+    started = time.perf_counter()
+    for task in request.tasks:
+        begun = time.perf_counter()
+        if task == "ood":
+            results[task] = _ood(ctx, request)
+        else:
+            run = {"classify": tasks.classify, "localize": tasks.localize, "occlusion": tasks.occlusion,
+                   "in-between": tasks.in_between, "fgsm": tasks.fgsm}[task]
+            with _pass(ctx, request, request.shards, request.split, task, metadata=task == "localize") as (batches,
+                                                                                                          tick):
+                results[task] = run(ctx, batches, tick)
+        results[task]["seconds"] = time.perf_counter() - begun
+    results["settings"]["seconds"] = time.perf_counter() - started
+    if accelerator.is_main_process:
+        from .plots import write_plots
+        from .report import write_reports
+
+        request.out.mkdir(parents=True, exist_ok=True)
+        results["plots"] = [str(p.name) for p in write_plots(results, ctx.examples, out=request.out,
+                                                              classes=source.classes)]
+        write_reports(results, out=request.out)
+    accelerator.wait_for_everyone()
+    return results
+
+
+class _pass:
+    """One pass over a split for one task: its loader (built now, released after) and a progress bar."""
+
+    def __init__(self, ctx: tasks.TaskContext, request: EvalRequest, shards: Path, split: str, task: str, *,
+                 metadata: bool = False, check: bool = True):
+        accelerator = ctx.accelerator
+        try:
+            num_samples = load_manifest(Path(shards), split)["totals"]["samples"]
+            batch = min(request.batch_size, min(part_sizes(num_samples=num_samples,
+                                                           world_size=accelerator.num_processes)))
+            options = LoaderOptions(batch_size=batch, backend=request.backend, num_threads=request.num_threads)
+            self.loader, steps = create_loader(shards, split, augmentation=ctx.augmentation, options=options,
+                                               rank=accelerator.process_index, world_size=accelerator.num_processes,
+                                               device=accelerator.device, seed=request.seed, training=False,
+                                               num_classes=ctx.num_classes if check else None, metadata=metadata)
+        except (LoaderError, ShardsError) as error:
+            raise EvalError(f"{shards} ({split}): {error}") from None
+        self.bar = tqdm(total=steps, desc=task, dynamic_ncols=True,
+                        disable=not (request.progress and accelerator.is_local_main_process))
+
+    def __enter__(self):
+        return iter(self.loader), lambda: self.bar.update(1)
+
+    def __exit__(self, *exc):
+        self.bar.close()
+        self.loader = None
+        return False
+
+
+def _ood(ctx: tasks.TaskContext, request: EvalRequest) -> dict:
+    """In-distribution scores from the split, then each OOD set's, and the detector's metrics for each."""
+    with _pass(ctx, request, request.shards, request.split, "ood: in-distribution") as (batches, tick):
+        inside = tasks.softmax_scores(ctx, batches, tick)
+    sets: dict[str, np.ndarray] = {}
+    for kind in NOISE_SETS:
+        sets[kind] = _noise_scores(ctx, request, kind, count=len(inside))
+    for folder in request.ood_shards:
+        name = _unique(Path(folder).name or str(folder), sets)
+        with _pass(ctx, request, folder, _ood_split(folder, request.split), f"ood: {name}", check=False) as (batches,
+                                                                                                             tick):
+            sets[name] = tasks.softmax_scores(ctx, batches, tick)
+    return {"in_distribution_samples": len(inside), "score": "maximum softmax probability",
+            "sets": {name: {"samples": len(scores), **ood_metrics(inside, scores)} for name, scores in sets.items()},
+            "score_histograms": _histograms(inside, sets)}
+
+
+def _noise_scores(ctx: tasks.TaskContext, request: EvalRequest, kind: str, *, count: int) -> np.ndarray:
+    """Scores of ``count`` noise images; image i is a function of (seed, kind, i), rank r takes i = r, r + W, ..."""
+    accelerator, size = ctx.accelerator, ctx.augmentation.image_size
+    rank, world = accelerator.process_index, accelerator.num_processes
+    mine = list(range(rank, count, world))
+    batch = request.batch_size
+    largest_share = -(-count // world)
+    steps = -(-largest_share // batch)  # the same on every rank
+
+    def batches():  # made as they are used: the set is as large as the split
+        for step in range(steps):
+            positions = mine[step * batch:(step + 1) * batch]
+            images = noise_images(kind, positions + [0] * (batch - len(positions)), size=size, seed=request.seed)
+            labels = torch.tensor([0] * len(positions) + [-1] * (batch - len(positions)))
+            yield images.to(accelerator.device), labels.to(accelerator.device)
+
+    bar = tqdm(total=steps, desc=f"ood: {kind} noise", dynamic_ncols=True,
+               disable=not (request.progress and accelerator.is_local_main_process))
+    try:
+        return tasks.softmax_scores(ctx, batches(), lambda: bar.update(1))
+    finally:
+        bar.close()
+
+
+def _unique(name: str, taken: dict) -> str:
+    candidate, n = name, 2
+    while candidate in taken:
+        candidate, n = f"{name}-{n}", n + 1
+    return candidate
+
+
+def _histograms(inside: np.ndarray, sets: dict[str, np.ndarray], bins: int = 50) -> dict:
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    return {"edges": edges.tolist(), "in_distribution": np.histogram(inside, edges)[0].tolist(),
+            **{name: np.histogram(scores, edges)[0].tolist() for name, scores in sets.items()}}
+
+
+def _settings(request: EvalRequest, accelerator) -> dict:
+    source = request.source
+    return {"model": source.model_name, "weights": str(source.weights),
+            "run_dir": None if source.run_dir is None else str(source.run_dir), "shards": str(request.shards),
+            "split": request.split, "tasks": list(request.tasks), "ood_shards": [str(p) for p in request.ood_shards],
+            "batch_size": request.batch_size, "backend": request.backend, "seed": request.seed,
+            "image_size": source.image_size, "crop_pct": source.crop_pct, "augmentation": source.augmentation,
+            "world_size": accelerator.num_processes, "device": str(accelerator.device),
+            "precision": accelerator.mixed_precision}
+
+
+def read_results(path: Path) -> dict:
+    """An ``eval.json`` (or a folder holding one, or a run folder with ``eval/eval.json``)."""
+    path = Path(path)
+    for candidate in (path, path / "eval.json", path / "eval" / "eval.json"):
+        if candidate.is_file():
+            return json.loads(candidate.read_text())
+    raise EvalError(f"{path}: no eval.json (run python -m pipeline.evaluate on it first)")

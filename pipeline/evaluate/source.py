@@ -1,0 +1,145 @@
+"""What is evaluated: a run folder (its ``config.yaml`` and exported ``model.safetensors``) or an
+exported ``MODEL.safetensors`` alone (its metadata: timm name, classes, preprocessing). Either
+way the result is one ``ModelSource``; ``load_model`` builds the timm model and loads the weights."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..data import Augmentation
+from ..errors import EvalError, TrainError
+
+WEIGHTS_FILE = "model.safetensors"  # what pipeline.run exports at the end of a run
+_DEFAULT_PREPROCESSING = {"crop_pct": 0.875, "augmentation": "imagenet", "crop_padding": 4, "channels_last": True}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model to evaluate and how its inputs are made."""
+
+    weights: Path
+    model_name: str
+    num_classes: int
+    model_options: dict  # structure-changing options (shakedrop)
+    classes: list[str] | None  # the training class list in index order (None: not recorded)
+    image_size: int
+    crop_pct: float
+    augmentation: str  # "imagenet" or "cifar": which validation transform
+    crop_padding: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    channels_last: bool
+    run_dir: Path | None  # the run folder, when one was given
+    shards: Path | None  # the run's shards folder (the default --shards)
+
+    def val_augmentation(self) -> Augmentation:
+        """The validation transform the model was evaluated with during training."""
+        return Augmentation(image_size=self.image_size, crop_pct=self.crop_pct, kind=self.augmentation,
+                            padding=self.crop_padding)
+
+
+def resolve_source(path: str | Path) -> ModelSource:
+    """The ModelSource of a run folder or a ``.safetensors`` file; EvalError naming what is missing."""
+    path = Path(path)
+    if not path.exists():
+        raise EvalError(f"{path}: no such run folder or weights file")
+    if path.is_dir():
+        return _from_run(path)
+    if path.suffix != ".safetensors":
+        raise EvalError(f"{path}: expected a run folder or an exported .safetensors file")
+    metadata = _read_metadata(path)
+    if "preprocessing" not in metadata:
+        raise EvalError(f"{path}: these weights do not record their preprocessing (exported before it was "
+                        "recorded); evaluate the run folder instead")
+    return _source(path, metadata, json.loads(metadata["preprocessing"]), run_dir=None, shards=None)
+
+
+def _from_run(run_dir: Path) -> ModelSource:
+    from ..config import resolve_config
+
+    weights, config_file = run_dir / WEIGHTS_FILE, run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise EvalError(f"{run_dir}: not a run folder (no config.yaml)")
+    if not weights.is_file():
+        raise EvalError(f"{run_dir}: no {WEIGHTS_FILE} (weights are exported when the last epoch ends; "
+                        "finish the run with the same command, it resumes)")
+    try:
+        config = resolve_config(config_file=config_file, overrides=[])
+    except TrainError as error:
+        raise EvalError(f"{config_file}: {error}") from None
+    metadata = _read_metadata(weights)
+    data = config.data
+    recorded = json.loads(metadata.get("preprocessing", "{}"))
+    preprocessing = {"image_size": data.image_size, "crop_pct": data.crop_pct, "augmentation": data.augmentation,
+                     "crop_padding": data.crop_padding, "mean": data.mean, "std": data.std,
+                     "channels_last": config.model.channels_last, **recorded}
+    if "classes" not in metadata:  # exported before the class list was recorded: the run's train manifest
+        from ..models import read_classes
+
+        try:
+            metadata = {**metadata, "classes": json.dumps(read_classes(data.shards))}
+        except TrainError:
+            pass
+    return _source(weights, metadata, preprocessing, run_dir=run_dir, shards=Path(data.shards))
+
+
+def _read_metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as error:  # noqa: BLE001 - safetensors raises several types for a damaged file
+        raise EvalError(f"{path}: not readable safetensors ({error})") from None
+    for key in ("model_name", "num_classes"):
+        if key not in metadata:
+            raise EvalError(f"{path}: no {key!r} in its metadata; not weights exported by pipeline/train.py")
+    return metadata
+
+
+def _source(weights: Path, metadata: dict, preprocessing: dict, *, run_dir, shards) -> ModelSource:
+    values = {**_DEFAULT_PREPROCESSING, **preprocessing}
+    classes = json.loads(metadata["classes"]) if "classes" in metadata else None
+    return ModelSource(weights=weights, model_name=metadata["model_name"], num_classes=int(metadata["num_classes"]),
+                       model_options=json.loads(metadata.get("model_options", "{}")), classes=classes,
+                       image_size=int(values["image_size"]), crop_pct=float(values["crop_pct"]),
+                       augmentation=values["augmentation"], crop_padding=int(values["crop_padding"]),
+                       mean=tuple(values["mean"]), std=tuple(values["std"]),
+                       channels_last=bool(values["channels_last"]), run_dir=run_dir, shards=shards)
+
+
+def load_model(source: ModelSource) -> torch.nn.Module:
+    """The timm model with the exported weights (strict: every key must match), in eval mode, on CPU."""
+    from safetensors.torch import load_file
+
+    from ..models import create_model
+
+    model = create_model(name=source.model_name, num_classes=source.num_classes, pretrained=False,
+                         channels_last=source.channels_last, drop_path_rate=0.0,
+                         shakedrop=bool(source.model_options.get("shakedrop", False)))
+    try:
+        model.load_state_dict(load_file(str(source.weights)), strict=True)
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise EvalError(f"{source.weights}: the weights do not fit {source.model_name} ({first})") from None
+    return model.eval()
+
+
+def check_classes(source: ModelSource, shard_classes: list[str], *, where: str) -> None:
+    """The shards must have the model's classes in the model's order; EvalError naming the first difference."""
+    if source.classes is None:
+        if len(shard_classes) != source.num_classes:
+            raise EvalError(f"{where}: {len(shard_classes)} classes, but the model has {source.num_classes}")
+        return
+    if list(shard_classes) == list(source.classes):
+        return
+    if len(shard_classes) != len(source.classes):
+        raise EvalError(f"{where}: {len(shard_classes)} classes, but the model was trained on {len(source.classes)} "
+                        f"({source.classes[0]} ... {source.classes[-1]})")
+    index = next(i for i, (a, b) in enumerate(zip(shard_classes, source.classes)) if a != b)
+    raise EvalError(f"{where}: class {index} is {shard_classes[index]!r} there but {source.classes[index]!r} for the "
+                    f"model; build the shards with --classes TRAIN_SHARDS/train.json")

@@ -1,0 +1,211 @@
+"""``python -m pipeline.evaluate`` end to end on a short demo run: every task, the reports and the
+plots; classification against an independent pass (webdataset + PIL + torchvision, the model
+loaded by timm); the same numbers from two CPU ranks; ``compare``; and one ``error:`` line with
+exit 2 for each kind of bad input."""
+
+import io
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from processes import run_process
+from train_helpers import LAUNCH_TWO_CPU_RANKS, REPO, child_env
+
+from pipeline.evaluate.cli import main
+
+pytestmark = pytest.mark.slow
+ALL_TASKS = ["classify", "localize", "occlusion", "in-between", "fgsm", "ood"]
+# The demo's documented size for its 40 px test canvases: resnet10t (stride 32) gets a 2x2 feature
+# map, so the CAM has more than one cell.
+SIZE = 64
+
+
+@pytest.fixture
+def demo_run(trained_demo):
+    return trained_demo[0]
+
+
+def evaluate_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline.evaluate", *args]
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained_demo):
+    run = trained_demo[0]
+    out = run / "eval-all"
+    done = run_process(evaluate_command(str(run), "--split", "test", "--quiet", "--batch-size", "60",
+                                        "--num-threads", "1", "--occlusion-steps", "3", "--image-size", str(SIZE),
+                                        "--out", str(out)),
+                       cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return out, json.loads((out / "eval.json").read_text()), done.stdout
+
+
+def test_every_task_reports_and_plots(evaluated, demo_shards):
+    out, results, stdout = evaluated
+    samples = json.loads((demo_shards / "test.json").read_text())["totals"]["samples"]
+    assert [t for t in ALL_TASKS if t in results] == ALL_TASKS
+    assert results["classify"]["samples"] == samples == sum(results["classify"]["per_class_samples"])
+    assert results["fgsm"]["samples"] == results["occlusion"]["samples"] == samples
+    assert results["fgsm"]["clean_top1_err"] == pytest.approx(results["classify"]["top1_err"])
+    localize = results["localize"]
+    assert localize["samples"] == samples and localize["samples_with_box"] > 0.9 * samples
+    for key in ("top1_loc", "gt_known_loc", "max_box_acc_v2"):
+        assert 0 <= localize[key] <= 100
+    assert localize["top1_loc"] <= localize["gt_known_loc"]
+    occlusion = results["occlusion"]
+    assert occlusion["sides"] == [0, SIZE // 2, SIZE]
+    # A hole of side 0 and a kept square of the whole image are the clean images.
+    assert occlusion["hole_top1_err"][0] == pytest.approx(results["classify"]["top1_err"])
+    assert occlusion["keep_top1_err"][-1] == pytest.approx(results["classify"]["top1_err"])
+    between = results["in-between"]
+    assert len(between["lambdas"]) == 11 and between["pairs"] > 0
+    ood = results["ood"]
+    assert ood["in_distribution_samples"] == samples
+    assert set(ood["sets"]) == {"uniform", "gaussian"}
+    assert all(m["samples"] == samples for m in ood["sets"].values())
+    for name in ("occlusion.png", "in_between.png", "localization.png", "cam_grid.png", "ood_scores.png"):
+        assert (out / name).stat().st_size > 1000, name
+    markdown = (out / "eval.md").read_text()
+    for heading in ("## Classification", "## Localization", "## Occlusion", "## In-between", "## FGSM",
+                    "## Out-of-distribution"):
+        assert heading in markdown and heading in stdout
+
+
+def test_classification_matches_an_independent_pass(evaluated, demo_run, demo_shards):
+    """The model loaded by timm from the exported file, the test split read by webdataset, decoded
+    by PIL and cropped by torchvision: the same top-1 error (the loaders' resize may move a pixel
+    value by one grey level, so one sample may flip)."""
+    import timm
+    import webdataset as wds
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    _, results, _ = evaluated
+    weights = demo_run / "model.safetensors"
+    model = timm.create_model("resnet10t", pretrained=True, num_classes=10,
+                              pretrained_cfg_overlay=dict(file=str(weights), num_classes=10)).eval()
+    manifest = json.loads((demo_shards / "test.json").read_text())
+    crop_pct = yaml.safe_load((demo_run / "config.yaml").read_text())["data"]["crop_pct"]
+    transform = v2.Compose([v2.PILToTensor(), v2.Resize(round(SIZE / crop_pct), antialias=True), v2.CenterCrop(SIZE)])
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    wrong = total = 0
+    for shard in manifest["shards"]:
+        for sample in wds.WebDataset(str(demo_shards / shard["name"]), shardshuffle=False, empty_check=False):
+            image = Image.open(io.BytesIO(sample["jpg"])).convert("RGB")
+            x = (transform(image).float() / 255 - mean) / std
+            with torch.no_grad():
+                predicted = int(model(x[None]).argmax())
+            wrong += predicted != int(sample["cls"])
+            total += 1
+    assert total == results["classify"]["samples"]
+    assert abs(100 * wrong / total - results["classify"]["top1_err"]) <= 100 / total + 1e-9
+
+
+def test_two_cpu_ranks_give_the_same_numbers(evaluated, demo_run, tmp_path):
+    _, single, _ = evaluated
+    out = tmp_path / "two"
+    tasks = "classify,localize,fgsm,ood"  # in-between pairs rows of a batch: they depend on the ranks
+    done = run_process([*LAUNCH_TWO_CPU_RANKS, "-m", "pipeline.evaluate", str(demo_run), "--split", "test",
+                        "--quiet", "--batch-size", "60", "--num-threads", "1", "--image-size", str(SIZE), "--tasks",
+                        tasks, "--out", str(out)],
+                       cwd=REPO, env=dict(child_env(), ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1"),
+                       capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    double = json.loads((out / "eval.json").read_text())
+    assert double["settings"]["world_size"] == 2
+    for task in tasks.split(","):
+        ours = {k: v for k, v in double[task].items() if k != "seconds"}
+        theirs = {k: v for k, v in single[task].items() if k != "seconds"}
+        assert_same(ours, theirs, where=task)
+
+
+def assert_same(ours, theirs, *, where: str) -> None:
+    """Equal structures; floats equal to 1e-9 (the counts are integers summed exactly, but a rank's
+    batch holds other samples, which may move a logit in its last bits)."""
+    if isinstance(theirs, dict):
+        assert sorted(ours) == sorted(theirs), where
+        for key in theirs:
+            assert_same(ours[key], theirs[key], where=f"{where}.{key}")
+    elif isinstance(theirs, list):
+        assert len(ours) == len(theirs), where
+        for index, (a, b) in enumerate(zip(ours, theirs)):
+            assert_same(a, b, where=f"{where}[{index}]")
+    elif isinstance(theirs, float):
+        assert ours == pytest.approx(theirs, rel=1e-9, abs=1e-9), where
+    else:
+        assert ours == theirs, where
+
+
+def test_compare_writes_one_table_and_plots(evaluated, tmp_path, capsys):
+    out, _, _ = evaluated
+    code = main(["compare", str(out), str(out / "eval.json"), "--labels", "baseline,cutmix", "--out",
+                 str(tmp_path / "cmp")])
+    assert code == 0
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| baseline |" in table and "| cutmix |" in table and "MaxBoxAccV2" in table
+    assert (tmp_path / "cmp" / "compare_occlusion.png").is_file()
+    assert (tmp_path / "cmp" / "compare_in_between.png").is_file()
+
+
+def one_error_line(capsys, argv: list[str]) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_a_run_folder_without_weights(demo_run, tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text((demo_run / "config.yaml").read_text())
+    assert "no model.safetensors" in one_error_line(capsys, [str(tmp_path), "--split", "test"])
+
+
+def test_an_unknown_task(demo_run, capsys):
+    assert "unknown task 'segment'" in one_error_line(capsys, [str(demo_run), "--tasks", "classify,segment"])
+
+
+def test_localize_on_shards_without_boxes(demo_run, capsys):
+    line = one_error_line(capsys, [str(demo_run), "--split", "val", "--tasks", "localize"])
+    assert "no sample with a box" in line
+
+
+def test_shards_of_another_class_list(demo_run, tmp_path, capsys):
+    from loader_fixtures import build_shards
+    from shard_fixtures import make_imagefolder
+
+    make_imagefolder(tmp_path / "src", num_classes=10, per_class=2)
+    shards = build_shards(tmp_path / "src", tmp_path / "shards", "val")
+    line = one_error_line(capsys, [str(demo_run), "--shards", str(shards), "--tasks", "classify"])
+    assert "class 0 is" in line and "digit_0" in line
+
+
+def test_a_head_without_a_cam(demo_shards, tmp_path, capsys):
+    import timm
+
+    from pipeline.export import export_weights
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=32, patch_size=8)
+    classes = json.loads((demo_shards / "train.json").read_text())["classes"]
+    weights = export_weights(model, tmp_path / "vit.safetensors", model_name="vit_tiny_patch16_224", num_classes=10,
+                             classes=classes, preprocessing={"image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3,
+                                                            "channels_last": False})
+    line = one_error_line(capsys, [str(weights), "--shards", str(demo_shards), "--split", "test",
+                                   "--tasks", "localize"])
+    assert "vit_tiny_patch16_224" in line
+
+
+def test_weights_file_without_shards(demo_run, capsys):
+    assert "--shards is needed" in one_error_line(capsys, [str(demo_run / "model.safetensors")])
+
+
+def test_help_explains_each_task_and_metric(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for word in ALL_TASKS + ["MaxBoxAccV2", "GT-known Loc", "TNR at TPR 95%", "AUROC", "detection accuracy"]:
+        assert word in text, word
+    assert np.isfinite(len(text))
