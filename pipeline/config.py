@@ -49,7 +49,9 @@ class ModelConfig:
     name: str = "resnet50"  # any timm model name (timm.list_models()), ours included (pipeline/models: pyramidnet*)
     pretrained: bool = False  # start from timm's pretrained weights (downloads; classifier re-initialized)
     channels_last: bool = True  # NHWC memory format: what tensor cores and the mix kernel want
-    compile: bool = False  # torch.compile the model (slow start, faster steps on GPU)
+    # torch.compile the model (inductor) after DDP wrapping: about a minute of compiling first on a
+    # CPU, faster steps on GPU; not with the feature-level mix modes (their hooks change the graph)
+    compile: bool = False
     drop_path_rate: float = 0.0  # stochastic depth, for models that support it (0 = off, the paper's ResNet)
     # DropBlock (Ghiasi et al. 2018) drop rate: our PyramidNets (last two stages, block 7) and timm's
     # ResNet family (its own placement); an error for other models. 0 = off
@@ -65,6 +67,9 @@ class OptimConfig:
     nesterov: bool = True  # Nesterov momentum (the paper's code)
     weight_decay: float = 1e-4  # L2 via SGD's weight_decay
     decay_norm_and_bias: bool = True  # False: no weight decay on norm weights and biases (1-d params)
+    # torch.optim.SGD(fused=True): the whole update in one kernel per device and dtype, where torch
+    # has one for the run's device (CPU and CUDA do); elsewhere, and with false, torch's default
+    fused: bool = True
 
 
 @dataclass

@@ -23,11 +23,30 @@ def parameter_groups(model: torch.nn.Module, *, weight_decay: float, decay_norm_
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def fused_sgd_available(device: torch.device | str) -> bool:
+    """Whether torch has a fused SGD kernel for ``device`` (CPU and CUDA have, since torch 2.4);
+    torch's own list, the one ``SGD(fused=True)`` checks its parameters against at the first step."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    return torch.device(device).type in _get_fused_kernels_supported_devices()
+
+
 def create_optimizer(model: torch.nn.Module, *, lr: float, momentum: float, nesterov: bool, weight_decay: float,
-                     decay_norm_and_bias: bool) -> torch.optim.SGD:
-    """SGD over ``model``'s parameters at the already scaled ``lr``."""
+                     decay_norm_and_bias: bool, fused: bool = False) -> torch.optim.SGD:
+    """SGD over ``model``'s parameters at the already scaled ``lr``; ``fused``: one kernel for the
+    whole update (the parameters must then be, by the first step, on a device of ``fused_sgd_available``)."""
     groups = parameter_groups(model, weight_decay=weight_decay, decay_norm_and_bias=decay_norm_and_bias)
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
+    # fused=None, not False, otherwise: torch then picks its default (foreach on CUDA).
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
+                           fused=True if fused else None)
+
+
+def keep_kernel_choice(optimizer: torch.optim.Optimizer) -> None:
+    """After ``load_state_dict``: torch takes every group setting from the checkpoint, ``fused``
+    included, so a checkpoint of another device or ``optim.fused`` would decide the kernel; the
+    run's own choice (its ``defaults``, which loading leaves alone) is put back."""
+    for group in optimizer.param_groups:
+        group["fused"] = optimizer.defaults["fused"]
 
 
 def create_scheduler(optimizer: torch.optim.Optimizer, *, name: str, epochs: int, steps_per_epoch: int,

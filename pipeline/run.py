@@ -23,7 +23,7 @@ from .mix import MixSampler
 from .mix.feature import FeatureMixer, layer_shapes
 from .mix.sampler import FEATURE_MODES
 from .models import create_model, read_classes, read_num_classes
-from .optim import create_optimizer, create_scheduler, scaled_lr
+from .optim import create_optimizer, create_scheduler, fused_sgd_available, keep_kernel_choice, scaled_lr
 from .seeds import MODEL_STREAM, epoch_seed, stream_seed
 from .stopping import StopRequest
 from .training import MixOptions, train_one_epoch
@@ -36,7 +36,7 @@ class Session:
     """The live objects of a run, built once by ``setup``."""
 
     accelerator: object  # accelerate.Accelerator
-    model: torch.nn.Module  # prepared (DDP-wrapped when distributed)
+    model: torch.nn.Module  # prepared (DDP-wrapped when distributed), then compiled with model.compile
     optimizer: object  # prepared SGD
     scheduler: object  # prepared torch scheduler, stepped per update
     val_loader: object  # already split by rank; never passed to prepare()
@@ -81,7 +81,7 @@ def run_training(config: TrainConfig) -> dict:
 
 def setup(config: TrainConfig, *, run_dir: Path) -> Session:
     """Accelerator, data, model, optimizer and scheduler, prepared for DDP and mixed precision."""
-    from accelerate.utils import set_seed
+    from accelerate.utils import is_compiled_module, set_seed
 
     accelerator = create_accelerator(config, run_dir=run_dir)
     if config.run.tensorboard:  # event files in RUN/tensorboard; hparams must be scalars
@@ -109,12 +109,19 @@ def setup(config: TrainConfig, *, run_dir: Path) -> Session:
     lr = scaled_lr(base_lr=config.optim.base_lr, global_batch=global_batch, reference_batch=config.optim.reference_batch)
     optimizer = create_optimizer(model, lr=lr, momentum=config.optim.momentum, nesterov=config.optim.nesterov,
                                  weight_decay=config.optim.weight_decay,
-                                 decay_norm_and_bias=config.optim.decay_norm_and_bias)
+                                 decay_norm_and_bias=config.optim.decay_norm_and_bias,
+                                 fused=config.optim.fused and fused_sgd_available(accelerator.device))
     scheduler = create_scheduler(optimizer, steps_per_epoch=steps, **schedule_options(config))
     features, shapes = feature_mixing(config, model)  # hooks on the bare model, before compile and DDP
-    if config.model.compile:
-        model = torch.compile(model)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # After prepare, as Accelerate's own dynamo_backend does (and not twice when that is set): DDP
+    # is compiled with the model (its DDPOptimizer overlaps the gradient all-reduce with the
+    # backward), and save_state keeps saving the uncompiled module, so checkpoints have the model's
+    # own keys (no `_orig_mod.`) and load into a compiled or an eager run alike. dynamic=False:
+    # every batch of a split has the same shape (train batches are whole, val batches padded), so
+    # one static graph per mode (train, eval), and a shape change is a recompile a test would see.
+    if config.model.compile and not is_compiled_module(model):
+        model = torch.compile(model, dynamic=False)
     val_loader = make_loader(config, shards=shards, split=config.data.eval_split, accelerator=accelerator,
                              num_classes=num_classes)[0]
     dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
@@ -169,7 +176,8 @@ def create_accelerator(config: TrainConfig, *, run_dir: Path):
 def prepare_shards(config: TrainConfig, *, accelerator) -> Path:
     """The shards folder; the demo builds the digits there first (main process, once)."""
     shards = Path(config.data.shards)
-    if config.data.demo and not (shards / "val.json").is_file():
+    # test.json: the localization split added after the first demos (an older demo folder gets it).
+    if config.data.demo and not all((shards / f"{split}.json").is_file() for split in ("val", "test")):
         if accelerator.is_main_process:
             from shards.demo import build_demo_shards
 
@@ -226,6 +234,7 @@ def resume(config: TrainConfig, *, session: Session, run_dir: Path) -> tuple[Tra
     check_compatible(state, checkpoint=checkpoint, model_name=config.model.name, num_classes=session.num_classes,
                      shakedrop=config.model.shakedrop)
     accelerator.load_state(str(checkpoint))
+    keep_kernel_choice(session.optimizer)
     if accelerator.is_main_process:
         truncate_metrics(run_dir, last_epoch=state.epoch)
         print(f"resumed from {checkpoint} (epoch {state.epoch}, step {state.step_in_epoch})", flush=True)

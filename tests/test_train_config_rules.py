@@ -42,6 +42,7 @@ INVALID = {
     "optim.nesterov": ["sometimes"],
     "optim.weight_decay": ["-1e-4"],
     "optim.decay_norm_and_bias": ["2"],
+    "optim.fused": ["auto", "1"],
     "schedule.epochs": ["0", "-3", "1.5"],
     "schedule.name": ["linear", "Step"],
     "schedule.milestones": ["[0, 10]", "[20, 10]", "[10, 10]", "[10, 400]", "[a]"],

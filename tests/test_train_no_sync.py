@@ -87,7 +87,7 @@ def test_training_steps_and_evaluations_do_not_wait_for_the_device(monkeypatch, 
     assert all(syncs == [] for _, syncs in epochs), epochs
     # 359 val samples in 9 batches: the results are read once (the counts, the loss sum).
     assert [len(syncs) for syncs in evaluations] == [2, 2], evaluations
-    assert all(place.startswith("pipeline/evaluate.py") for syncs in evaluations for _, place in syncs)
+    assert all(place.startswith("pipeline/evaluate/classify.py") for syncs in evaluations for _, place in syncs)
 
     # The control: with apply_mix's label check on (labels.min()/max(), two reads a step) the
     # counter finds them; and a 2-batch evaluation reads as often as the 9-batch one.
