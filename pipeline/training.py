@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .logs import Progress
-from .mix import MixParams, MixSampler, apply_mix, resolve_mix, soft_target_cross_entropy, soft_targets
+from .mix import MixParams, MixSampler, apply_mix, mix_targets, resolve_mix, soft_target_cross_entropy
 
 
 @dataclass
@@ -135,8 +135,7 @@ def train_step(*, model, optimizer, scheduler, images, labels, params, accelerat
     else:
         height, width = mix.layer_shapes[params.layer]
         resolved = resolve_mix(params, batch_size=images.shape[0], height=height, width=width)
-        targets = soft_targets(labels, partner=resolved.partner, lam=resolved.lam, num_classes=mix.num_classes,
-                               label_smoothing=mix.label_smoothing)
+        targets = mix_targets(labels, resolved, num_classes=mix.num_classes, label_smoothing=mix.label_smoothing)
         with mix.features.mixing(params.layer, resolved), accelerator.autocast():
             logits = model(inputs)
     loss = soft_target_cross_entropy(logits, targets)

@@ -9,13 +9,15 @@
 On CUDA `apply_mix` is one Triton kernel (read uint8 once, paste/blend/zero, normalize, cast,
 store channels-last, write soft targets); elsewhere it runs the plain PyTorch reference. Both
 compute the same function. `MixParams` can be written by hand to inject a box, lambda or partner.
+The host side of a step (draw, pack, one copy, launch) reads no device value and allocates no
+pinned memory (rows.py, staging.py).
 """
 
 from .core import apply_mix, normalization_affine
 from .loss import soft_target_cross_entropy
 from .params import MODES, MixParams, box_lambda, resolve_mix
 from .sampler import MixSampler
-from .targets import soft_targets
+from .targets import mix_targets, soft_targets
 
 __all__ = [
     "MODES",
@@ -25,6 +27,7 @@ __all__ = [
     "box_lambda",
     "normalization_affine",
     "resolve_mix",
+    "mix_targets",
     "soft_target_cross_entropy",
     "soft_targets",
 ]

@@ -4,25 +4,34 @@ It checks its arguments, resolves the mix parameters against the batch, allocate
 and hands them to a backend: the fused Triton kernel on CUDA, the plain PyTorch reference on the
 CPU. Both compute the same function; `backend=` forces one (tests run the kernel on the CPU under
 TRITON_INTERPRET=1).
+
+The host side of a CUDA step reads no device value and allocates no pinned memory: a sampler's
+draw arrives packed (`rows.ResolvedMix`), its rows reach the GPU in one asynchronous copy through
+reused pinned memory (`staging`), the normalization constants are copied once per (device, mean,
+std), and the kernel writes the soft targets from the copied rows.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
+import importlib
+import sys
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from .feature import mix_features
-from .params import MixParams, resolve_mix
+from .params import MixParams, resolve_holes, resolve_mix
 from .reference import mix_reference
-from .targets import soft_targets
+from .rows import LAM_COLUMN, PARTNER_COLUMN, ResolvedMix, device_partner
+from .staging import to_device
 
 BACKENDS = ("auto", "triton", "reference")
 OUTPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 FLOAT_INPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MEMORY_FORMATS = (torch.channels_last, torch.contiguous_format)
+_TRITON_MODULE = f"{__package__}.triton_kernel"
 
 
 def apply_mix(
@@ -55,10 +64,6 @@ def apply_mix(
     if params.layer is not None:
         raise ValueError(f"params: these mix layer {params.layer!r} of the model, not the images: "
                          "use pipeline.mix.feature.FeatureMixer")
-    if params.cutout_boxes is not None:
-        return _cutout_then_mix(images, labels, params=params, mean=mean, std=std, num_classes=num_classes,
-                                label_smoothing=label_smoothing, out_dtype=out_dtype, memory_format=memory_format,
-                                backend=backend, check_labels=check_labels)
     source = _as_nchw(images, channels=len(mean))
     batch_size, channels, height, width = source.shape
     _check_labels(
@@ -66,10 +71,22 @@ def apply_mix(
     )
     _check_options(out_dtype=out_dtype, memory_format=memory_format, label_smoothing=label_smoothing, backend=backend)
     resolved = resolve_mix(params, batch_size=batch_size, height=height, width=width)
-    scale, shift = normalization_affine(mean=mean, std=std, from_uint8=images.dtype == torch.uint8)
-    out_images = torch.empty(source.shape, dtype=out_dtype, device=images.device, memory_format=memory_format)
-    out_targets = torch.empty(batch_size, num_classes, dtype=torch.float32, device=images.device)
-    run_backend = _choose_backend(backend, device=images.device)
+    options = dict(mean=mean, std=std, num_classes=num_classes, label_smoothing=label_smoothing, out_dtype=out_dtype,
+                   memory_format=memory_format, backend=backend)
+    if params.cutout_boxes is not None:
+        return _cutout_then_mix(source, labels, params=params, resolved=resolved, **options)
+    return _run_backend(source, labels, resolved=resolved, **options)
+
+
+def _run_backend(source: Tensor, labels: Tensor, *, resolved: ResolvedMix, mean: Sequence[float],
+                 std: Sequence[float], num_classes: int, label_smoothing: float, out_dtype: torch.dtype,
+                 memory_format: torch.memory_format, backend: str) -> tuple[Tensor, Tensor]:
+    """Allocate the outputs and hand the checked, packed batch to the backend."""
+    scale, shift = _normalization_on(source.device, tuple(map(float, mean)), tuple(map(float, std)),
+                                     from_uint8=source.dtype == torch.uint8)
+    out_images = torch.empty(source.shape, dtype=out_dtype, device=source.device, memory_format=memory_format)
+    out_targets = torch.empty(source.shape[0], num_classes, dtype=torch.float32, device=source.device)
+    run_backend = _choose_backend(backend, device=source.device)
     run_backend(
         source,
         labels,
@@ -83,19 +100,35 @@ def apply_mix(
     return out_images, out_targets
 
 
-def _cutout_then_mix(images: Tensor, labels: Tensor, *, params: MixParams, num_classes: int, label_smoothing: float,
+def _cutout_then_mix(source: Tensor, labels: Tensor, *, params: MixParams, resolved: ResolvedMix,
                      **options) -> tuple[Tensor, Tensor]:
     """Cutout + Mixup: a hole in every image (the cutout mode, in the kernel), then the batch
-    mixed as ``params`` says. Mixing after normalization is the same as before it (the affine map
-    keeps weights that sum to 1), and the holes are zeros after normalization, as Cutout's."""
-    holed, _ = apply_mix(images, labels, params=MixParams(mode="cutout", boxes=params.cutout_boxes),
-                         num_classes=num_classes, label_smoothing=label_smoothing, **options)
-    batch_size, height, width = holed.shape[0], holed.shape[2], holed.shape[3]
-    resolved = resolve_mix(dataclasses.replace(params, cutout_boxes=None), batch_size=batch_size, height=height,
-                           width=width)
-    targets = soft_targets(labels, partner=resolved.partner, lam=resolved.lam, num_classes=num_classes,
-                           label_smoothing=label_smoothing)  # host tensors moved without a sync
-    return mix_features(holed, resolved), targets
+    mixed as ``resolved`` says. Mixing after normalization is the same as before it (the affine map
+    keeps weights that sum to 1), and the holes are zeros after normalization, as Cutout's.
+
+    One backend pass cuts the holes and writes the final targets: the holes' rows carry the
+    mixing's partner and lambda, which a cutout row uses for its targets only (its partner pixel
+    weights are 0, so no partner pixel is read). The mixing then reuses that copy's partners."""
+    batch_size, _, height, width = source.shape
+    holes = resolve_holes(params, batch_size=batch_size, height=height, width=width)
+    rows = holes.rows.copy()
+    rows[:, PARTNER_COLUMN] = resolved.rows[:, PARTNER_COLUMN]
+    rows[:, LAM_COLUMN] = resolved.rows[:, LAM_COLUMN]
+    holes_and_targets = ResolvedMix(codes=holes.codes, rows=rows, height=height, width=width)
+    holed, targets = _run_backend(source, labels, resolved=holes_and_targets, **options)
+    partner = device_partner(holes_and_targets.on_device(source.device))
+    return mix_features(holed, resolved, partner=partner), targets
+
+
+@functools.lru_cache(maxsize=16)
+def _normalization_on(device: torch.device, mean: tuple[float, ...], std: tuple[float, ...], *,
+                      from_uint8: bool) -> tuple[Tensor, Tensor]:
+    """`normalization_affine` on ``device``, computed and copied once per (device, mean, std)."""
+    scale, shift = normalization_affine(mean=mean, std=std, from_uint8=from_uint8)
+    if device.type == "cpu":
+        return scale, shift
+    both = to_device(torch.cat([scale, shift]).numpy(), device)
+    return both[: len(scale)], both[len(scale) :]
 
 
 def normalization_affine(*, mean: Sequence[float], std: Sequence[float], from_uint8: bool) -> tuple[Tensor, Tensor]:
@@ -169,7 +202,7 @@ def _check_options(*, out_dtype, memory_format, label_smoothing: float, backend:
 def _choose_backend(backend: str, *, device: torch.device):
     if backend == "reference" or (backend == "auto" and device.type != "cuda"):
         return mix_reference
-    # Imported here: triton is optional off Linux, and the interpreter choice is made at import.
-    from .triton_kernel import mix_triton
-
-    return mix_triton
+    # Imported on first use: triton is optional off Linux, and the interpreter choice is made at
+    # import (tests import the module afresh under TRITON_INTERPRET=1, so look it up each time).
+    module = sys.modules.get(_TRITON_MODULE) or importlib.import_module(_TRITON_MODULE)
+    return module.mix_triton

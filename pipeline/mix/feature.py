@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from .params import MODE_CODES, ResolvedMix
+from .rows import MODE_CODES, ResolvedMix, device_partner
 from .sampler import INPUT_LAYER
-from .targets import to_device
 
 
 def layer_names(model: torch.nn.Module, *, image_size: int) -> list[str]:
@@ -79,23 +79,26 @@ def _layer_outputs(model: torch.nn.Module, names, *, image_size: int) -> dict[st
     return {name: shapes.get(name, ()) for name in names}
 
 
-def mix_features(features: Tensor, resolved: ResolvedMix) -> Tensor:
+def mix_features(features: Tensor, resolved: ResolvedMix, *, partner: Tensor | None = None) -> Tensor:
     """A layer's output [B, C, H, W] mixed as ``resolved`` says (one mode for the batch): CutMix
     pastes the partner's box, Mixup blends with the partner, none passes through. Differentiable
-    with respect to ``features`` (own and partner's)."""
-    codes = resolved.mode_codes
-    if not bool((codes == codes[0]).all()):
+    with respect to ``features`` (own and partner's). ``partner``: the partner indices already on
+    the features' device, if a caller has them (default: ``resolved``'s rows, copied there once)."""
+    codes = resolved.codes
+    if not (codes == codes[0]).all():
         raise ValueError("feature-level mixing takes one mode per batch (per='batch')")
     mode = int(codes[0])
     if mode == MODE_CODES["none"]:
         return features
-    partners = features.index_select(0, to_device(resolved.partner, features.device))
+    if partner is None:
+        partner = device_partner(resolved.on_device(features.device))
+    partners = features.index_select(0, partner)
     if mode == MODE_CODES["mixup"]:
         lam = float(resolved.lam[0])  # a host tensor: no device sync
         return features * lam + partners * (1.0 - lam)
     if mode != MODE_CODES["cutmix"]:
         raise ValueError(f"feature-level mixing does CutMix or Mixup, not mode code {mode}")
-    y1, y2, x1, x2 = resolved.uniform_box(torch.ones(len(codes), dtype=torch.bool))
+    y1, y2, x1, x2 = resolved.uniform_box(np.ones(len(codes), dtype=bool))
     mixed = features.clone()
     mixed[:, :, y1:y2, x1:x2] = partners[:, :, y1:y2, x1:x2]
     return mixed

@@ -1,29 +1,27 @@
 """The random choices of one mixed batch, and their check against the batch they are applied to.
 
 `MixParams` is what the sampler draws and what a test writes by hand; `resolve_mix` checks it
-against one batch and expands it to one row per sample, the form both backends consume.
+against one batch and packs it into one row per sample (`rows.ResolvedMix`), the form both
+backends consume. The checks run in numpy: a few vectorized operations per field.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence, Union
+import functools
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
-# Position in this tuple is the code the Triton kernel and the reference switch on.
-MODES = ("none", "cutmix", "mixup", "cutout")
-MODE_CODES = {name: code for code, name in enumerate(MODES)}
-
-# Modes whose pixels come (partly) from a partner sample, and modes that use a box.
-PARTNER_MODES = ("cutmix", "mixup")
-BOX_MODES = ("cutmix", "cutout")
+from .rows import BOX_MODES, MODE_CODES, MODES, PARTNER_MODES, USES_BOX, USES_PARTNER, Box, ResolvedMix
 
 # How far a given cutmix lambda may sit from the box area before it is called inconsistent.
 LAMBDA_TOLERANCE = 1e-5
 
-Box = tuple[int, int, int, int]
+__all__ = ["MODES", "MODE_CODES", "MixParams", "ResolvedMix", "box_lambda", "drawn_params", "resolve_holes",
+           "resolve_mix"]
 
 
 @dataclass(frozen=True)
@@ -47,136 +45,185 @@ class MixParams:
     # Integer tensor [B, 4] or None: a Cutout hole cut in every image before the mode mixes them
     # (Cutout + Mixup); zeros after normalization, like the cutout mode.
     cutout_boxes: Union[Tensor, None] = None
+    # A MixSampler draw carries its packed rows, and those of its Cutout holes (valid by
+    # construction), which resolve_mix and resolve_holes return unchecked for the grid they were
+    # drawn on. Not arguments: hand-written params, and a draw changed with dataclasses.replace,
+    # are checked. A draw's tensors are read-only.
+    _drawn: Optional[ResolvedMix] = field(default=None, init=False, repr=False, compare=False)
+    _drawn_holes: Optional[ResolvedMix] = field(default=None, init=False, repr=False, compare=False)
 
 
-@dataclass(frozen=True)
-class ResolvedMix:
-    """MixParams checked against one batch, one row per sample, on the CPU."""
-
-    mode_codes: Tensor  # int64 [B], indices into MODES
-    lam: Tensor  # float32 [B], weight of the own label (and own pixels in mixup)
-    boxes: Tensor  # int64 [B, 4] (y1, y2, x1, x2); zeros where the mode has no box
-    partner: Tensor  # int64 [B]; the sample itself where the mode has no partner
-
-    def uniform_box(self, rows: Tensor) -> Union[Box, None]:
-        """The box shared by all `rows` (per-batch mode), or None when they differ."""
-        selected = self.boxes[rows]
-        if len(selected) == 0 or not bool((selected == selected[0]).all()):
-            return None
-        return tuple(int(v) for v in selected[0])
+def drawn_params(resolved: ResolvedMix, *, holes: Optional[ResolvedMix] = None, **fields) -> MixParams:
+    """MixParams(**fields) for a draw whose packed forms (`resolved`; `holes` of its
+    cutout_boxes, if any) the sampler built itself."""
+    params = MixParams(**fields)
+    object.__setattr__(params, "_drawn", resolved)
+    object.__setattr__(params, "_drawn_holes", holes)
+    return params
 
 
 def resolve_mix(params: MixParams, *, batch_size: int, height: int, width: int) -> ResolvedMix:
-    """Check `params` against a batch of `batch_size` images of `height` x `width`.
+    """Check `params` against a batch of `batch_size` images of `height` x `width`; pack it.
 
-    Raises ValueError naming the offending field (mode, lam, boxes, partner).
+    Raises ValueError naming the offending field (mode, lam, boxes, partner). `layer` and
+    `cutout_boxes` are not part of it (the callers that mix layers or cut holes handle them).
     """
-    mode_codes = _resolve_modes(params.mode, batch_size=batch_size)
-    uses_box = _rows_with(mode_codes, BOX_MODES)
-    uses_partner = _rows_with(mode_codes, PARTNER_MODES)
-    boxes = _resolve_boxes(params.boxes, needed=uses_box, batch_size=batch_size, height=height, width=width)
-    partner = _resolve_partner(params.partner, needed=uses_partner, batch_size=batch_size)
-    lam = _resolve_lam(params.lam, mode_codes=mode_codes, boxes=boxes, height=height, width=width)
-    return ResolvedMix(mode_codes=mode_codes, lam=lam, boxes=boxes, partner=partner)
+    drawn = params._drawn
+    if drawn is not None and (len(drawn.rows), drawn.height, drawn.width) == (batch_size, height, width):
+        return drawn
+    if isinstance(params.mode, str) and np.ndim(params.lam) == 0 and (params.boxes is None
+                                                                      or np.shape(params.boxes) == (4,)):
+        if params.partner is None:  # nothing per sample: one packing per (mode, lam, box, batch shape)
+            lam = None if params.lam is None else float(host_array(params.lam))
+            box = None if params.boxes is None else tuple(host_array(params.boxes).tolist())
+            return _resolve_constant(params.mode, lam, box, batch_size=batch_size, height=height, width=width)
+        return _resolve_batch_wide(params, batch_size=batch_size, height=height, width=width)
+    codes = _resolve_modes(params.mode, batch_size=batch_size)
+    boxes = _resolve_boxes(params.boxes, needed=USES_BOX.take(codes), batch_size=batch_size, height=height, width=width)
+    partner = _resolve_partner(params.partner, needed=USES_PARTNER.take(codes), batch_size=batch_size)
+    lam = _resolve_lam(params.lam, codes=codes, boxes=boxes, height=height, width=width)
+    return ResolvedMix.pack(codes=codes, boxes=boxes, partner=partner, lam=lam, height=height, width=width)
 
 
-def box_lambda(boxes: Tensor, *, height: int, width: int) -> Tensor:
+def resolve_holes(params: MixParams, *, batch_size: int, height: int, width: int) -> ResolvedMix:
+    """`params.cutout_boxes` checked and packed as the rows of the cutout mode (on the image grid)."""
+    drawn = params._drawn_holes
+    if drawn is not None and (len(drawn.rows), drawn.height, drawn.width) == (batch_size, height, width):
+        return drawn
+    return resolve_mix(MixParams(mode="cutout", boxes=params.cutout_boxes), batch_size=batch_size, height=height,
+                       width=width)
+
+
+@functools.lru_cache(maxsize=64)
+def _resolve_constant(mode: str, lam: Optional[float], box: Optional[tuple], *, batch_size: int, height: int,
+                      width: int) -> ResolvedMix:
+    """`_resolve_batch_wide` of params without a partner (training's image part of the feature-level
+    modes: mode "none" every step), kept with its copies on the devices."""
+    return _resolve_batch_wide(MixParams(mode=mode, lam=lam, boxes=box), batch_size=batch_size, height=height,
+                               width=width)
+
+
+def _resolve_batch_wide(params: MixParams, *, batch_size: int, height: int, width: int) -> ResolvedMix:
+    """resolve_mix for one mode, lambda and box for the whole batch: the checks run on that one
+    row (a value out of range is reported once, not once per sample), which is then packed for all."""
+    codes = _resolve_modes(params.mode, batch_size=1)
+    box = _resolve_boxes(params.boxes, needed=USES_BOX.take(codes), batch_size=1, height=height, width=width)
+    partner = _resolve_partner(params.partner, needed=USES_PARTNER.take(codes), batch_size=batch_size)
+    lam = _resolve_lam(params.lam, codes=codes, boxes=box, height=height, width=width)
+    return ResolvedMix.pack_uniform(code=int(codes[0]), box=tuple(box[0].tolist()), lam=float(lam[0]), partner=partner,
+                                    height=height, width=width)
+
+
+def box_lambda(boxes: Union[Tensor, np.ndarray], *, height: int, width: int) -> Tensor:
     """1 - box area / image area for integer boxes [N, 4] (y1, y2, x1, x2): the official lambda."""
-    boxes = boxes.to(torch.float64)
+    return torch.from_numpy(area_lambda(host_array(boxes), height=height, width=width))
+
+
+def area_lambda(boxes: np.ndarray, *, height: int, width: int) -> np.ndarray:
+    """`box_lambda` on numpy boxes: float64 [N]."""
     area = (boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2])
     return 1.0 - area / float(height * width)
 
 
-def _rows_with(mode_codes: Tensor, names: Sequence[str]) -> Tensor:
-    wanted = torch.tensor([MODE_CODES[name] for name in names])
-    return torch.isin(mode_codes, wanted)
+def host_array(value, dtype=None) -> np.ndarray:
+    """A tensor (any device; a CUDA one is waited for), sequence or number as a numpy array."""
+    if isinstance(value, Tensor):
+        value = value.detach().cpu()
+        value = (value.float() if value.dtype == torch.bfloat16 else value).numpy()  # numpy has no bfloat16
+    return np.asarray(value, dtype=dtype)
 
 
-def _resolve_modes(mode, *, batch_size: int) -> Tensor:
-    names = [mode] * batch_size if isinstance(mode, str) else list(mode)
+def _resolve_modes(mode, *, batch_size: int) -> np.ndarray:
+    if isinstance(mode, str):
+        if mode not in MODE_CODES:
+            raise ValueError(f"mode: unknown {[mode]}; expected one of {list(MODES)}")
+        return np.full(batch_size, MODE_CODES[mode], dtype=np.int64)
+    names = list(mode)
     if len(names) != batch_size:
         raise ValueError(f"mode: got {len(names)} per-sample modes for a batch of {batch_size}")
     unknown = sorted({str(name) for name in names if name not in MODE_CODES})
     if unknown:
         raise ValueError(f"mode: unknown {unknown}; expected one of {list(MODES)}")
-    return torch.tensor([MODE_CODES[name] for name in names], dtype=torch.int64)
+    return np.array([MODE_CODES[name] for name in names], dtype=np.int64)
 
 
-def _resolve_boxes(boxes, *, needed: Tensor, batch_size: int, height: int, width: int) -> Tensor:
+def _resolve_boxes(boxes, *, needed: np.ndarray, batch_size: int, height: int, width: int) -> np.ndarray:
     if boxes is None:
-        if bool(needed.any()):
+        if needed.any():
             raise ValueError("boxes: required by the cutmix and cutout modes, got None")
-        return torch.zeros(batch_size, 4, dtype=torch.int64)
-    boxes = torch.as_tensor(boxes).cpu()
-    if boxes.dtype.is_floating_point or boxes.dtype == torch.bool:
+        return np.zeros((batch_size, 4), dtype=np.int64)
+    boxes = host_array(boxes)
+    if boxes.dtype.kind not in "iu":
         raise ValueError(f"boxes: must be integers (y1, y2, x1, x2), got dtype {boxes.dtype}")
     if boxes.shape == (4,):
-        boxes = boxes.expand(batch_size, 4)
-    if boxes.shape != (batch_size, 4):
+        boxes = boxes[None, :]  # broadcast by np.where below
+    elif boxes.shape != (batch_size, 4):
         raise ValueError(f"boxes: expected shape (4,) or ({batch_size}, 4), got {tuple(boxes.shape)}")
-    boxes = torch.where(needed[:, None], boxes.to(torch.int64), 0)
-    y1, y2, x1, x2 = boxes.unbind(1)
+    boxes = np.where(needed[:, None], boxes.astype(np.int64), 0)
+    y1, y2, x1, x2 = boxes.T
     bad = ~((0 <= y1) & (y1 <= y2) & (y2 <= height) & (0 <= x1) & (x1 <= x2) & (x2 <= width))
-    if bool(bad.any()):
-        row = int(bad.nonzero()[0])
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
         raise ValueError(
             f"boxes: row {row} (y1, y2, x1, x2) = {tuple(boxes[row].tolist())} is outside the "
             f"{height}x{width} image; need 0 <= y1 <= y2 <= {height} and 0 <= x1 <= x2 <= {width}"
         )
-    return boxes.contiguous()
+    return boxes
 
 
-def _resolve_partner(partner, *, needed: Tensor, batch_size: int) -> Tensor:
-    own = torch.arange(batch_size, dtype=torch.int64)
+def _resolve_partner(partner, *, needed: np.ndarray, batch_size: int) -> np.ndarray:
     if partner is None:
-        if bool(needed.any()):
+        if needed.any():
             raise ValueError("partner: required by the cutmix and mixup modes, got None")
-        return own
-    partner = torch.as_tensor(partner).cpu()
-    if partner.dtype.is_floating_point or partner.dtype == torch.bool:
+        return np.arange(batch_size)
+    partner = host_array(partner)
+    if partner.dtype.kind not in "iu":
         raise ValueError(f"partner: must be an integer tensor, got dtype {partner.dtype}")
     if partner.shape != (batch_size,):
         raise ValueError(f"partner: expected shape ({batch_size},), got {tuple(partner.shape)}")
-    partner = partner.to(torch.int64)
-    if bool(((partner < 0) | (partner >= batch_size)).any()):
+    if batch_size and (partner.min() < 0 or partner.max() >= batch_size):
         raise ValueError(f"partner: indices must lie in [0, {batch_size}), got {partner.tolist()}")
-    # Rows that take nothing from a partner read only themselves (keeps the kernel's reads exact).
-    return torch.where(needed, partner, own).contiguous()
+    return partner  # ResolvedMix.pack points the rows that need no partner at themselves
 
 
-def _resolve_lam(lam, *, mode_codes: Tensor, boxes: Tensor, height: int, width: int) -> Tensor:
-    batch_size = len(mode_codes)
-    area_lam = box_lambda(boxes, height=height, width=width)
-    given = None if lam is None else _lam_tensor(lam, batch_size=batch_size)
-    resolved = torch.ones(batch_size, dtype=torch.float64)
-    is_cutmix = mode_codes == MODE_CODES["cutmix"]
-    is_mixup = mode_codes == MODE_CODES["mixup"]
-    if bool(is_mixup.any()):
+def _resolve_lam(lam, *, codes: np.ndarray, boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    batch_size = len(codes)
+    area_lam = area_lambda(boxes, height=height, width=width)
+    given = None if lam is None else _lam_array(lam, batch_size=batch_size)
+    resolved = np.ones(batch_size)
+    is_cutmix = codes == MODE_CODES["cutmix"]
+    is_mixup = codes == MODE_CODES["mixup"]
+    if is_mixup.any():
         if given is None:
             raise ValueError("lam: required by the mixup mode, got None")
-        resolved = torch.where(is_mixup, given, resolved)
+        resolved = np.where(is_mixup, given, resolved)
     if given is not None:
-        mismatch = is_cutmix & ((given - area_lam).abs() > LAMBDA_TOLERANCE)
-        if bool(mismatch.any()):
-            row = int(mismatch.nonzero()[0])
-            raise ValueError(
-                f"lam: row {row} is {float(given[row]):.6f} but its cutmix box leaves "
-                f"{float(area_lam[row]):.6f} of the image; pass lam=None to use the box area"
-            )
-        fixed = ~(is_cutmix | is_mixup) & ((given - 1.0).abs() > LAMBDA_TOLERANCE)
-        if bool(fixed.any()):
-            row = int(fixed.nonzero()[0])
-            raise ValueError(f"lam: row {row} is {float(given[row]):.6f}; cutout and none keep the label (lam=1)")
-    resolved = torch.where(is_cutmix, area_lam, resolved)
-    return resolved.to(torch.float32).contiguous()
+        mismatch = is_cutmix & (np.abs(given - area_lam) > LAMBDA_TOLERANCE)
+        if mismatch.any():
+            row = int(np.flatnonzero(mismatch)[0])
+            raise _lam_mismatch(row, float(given[row]), float(area_lam[row]))
+        fixed = ~(is_cutmix | is_mixup) & (np.abs(given - 1.0) > LAMBDA_TOLERANCE)
+        if fixed.any():
+            row = int(np.flatnonzero(fixed)[0])
+            raise _lam_not_one(row, float(given[row]))
+    return np.where(is_cutmix, area_lam, resolved).astype(np.float32)
 
 
-def _lam_tensor(lam, *, batch_size: int) -> Tensor:
-    lam = torch.as_tensor(lam, dtype=torch.float64).cpu()
+def _lam_mismatch(row: int, given: float, area_lam: float) -> ValueError:
+    return ValueError(f"lam: row {row} is {given:.6f} but its cutmix box leaves {area_lam:.6f} of the image; "
+                      "pass lam=None to use the box area")
+
+
+def _lam_not_one(row: int, given: float) -> ValueError:
+    return ValueError(f"lam: row {row} is {given:.6f}; cutout and none keep the label (lam=1)")
+
+
+def _lam_array(lam, *, batch_size: int) -> np.ndarray:
+    lam = host_array(lam, dtype=np.float64)
     if lam.ndim == 0:
-        lam = lam.expand(batch_size)
+        lam = np.broadcast_to(lam, (batch_size,))
     if lam.shape != (batch_size,):
         raise ValueError(f"lam: expected a float or shape ({batch_size},), got {tuple(lam.shape)}")
-    if not bool(((lam >= 0) & (lam <= 1)).all()):
+    if not ((lam >= 0) & (lam <= 1)).all():
         raise ValueError(f"lam: values must lie in [0, 1], got {lam.tolist()}")
     return lam

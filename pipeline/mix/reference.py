@@ -7,11 +7,13 @@ cast. No full-batch float32 temporary is allocated for bf16/fp16 outputs.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from .params import MODE_CODES, ResolvedMix
-from .targets import soft_targets
+from .rows import BOX_COLUMNS, MODE_CODES, PARTNER_COLUMN, ResolvedMix, device_lam, device_partner
+from .staging import to_device
+from .targets import mix_targets
 
 # float32 bytes per chunk of samples. Big enough that a batch is a few large tensor ops (each op
 # is an OpenMP parallel region, and many small ones stall whenever a core is busy elsewhere);
@@ -37,6 +39,7 @@ def mix_reference(
     any device) are the per-channel normalization `value * scale + shift` in the source's units.
     """
     batch_size, channels, height, width = source.shape
+    rows = resolved.on_device(source.device)  # the host rows themselves on the CPU
     per_chunk = max(1, CHUNK_BYTES // (channels * height * width * 4))
     # Float32 output is its own workspace; bf16/fp16 go through one reused float32 chunk.
     scratch = None
@@ -46,62 +49,59 @@ def mix_reference(
         stop = min(start + per_chunk, batch_size)
         work = out_images[start:stop] if scratch is None else scratch[: stop - start]
         work.copy_(source[start:stop])
-        _paste_cutmix(work, source, resolved, start=start)
-        _blend_mixup(work, source, resolved, start=start)
+        _paste_cutmix(work, source, resolved, rows, start=start)
+        _blend_mixup(work, source, resolved, rows, start=start)
         _normalize_in_place(work, scale=scale, shift=shift)
         _zero_cutout(work, resolved, start=start)
         if scratch is not None:
             out_images[start:stop].copy_(work)
     out_targets.copy_(
-        soft_targets(
-            labels,
-            partner=resolved.partner,
-            lam=resolved.lam,
-            num_classes=out_targets.shape[1],
-            label_smoothing=label_smoothing,
-        )
+        mix_targets(labels, resolved, num_classes=out_targets.shape[1], label_smoothing=label_smoothing)
     )
 
 
-def _rows_of(resolved: ResolvedMix, mode: str, *, start: int, stop: int) -> Tensor:
+def _rows_of(resolved: ResolvedMix, mode: str, *, start: int, stop: int) -> np.ndarray:
     """Indices (into the batch) of the samples in [start, stop) that use `mode`."""
-    chunk_codes = resolved.mode_codes[start:stop]
-    return (chunk_codes == MODE_CODES[mode]).nonzero().flatten() + start
+    return np.flatnonzero(resolved.codes[start:stop] == MODE_CODES[mode]) + start
 
 
-def _paste_cutmix(work: Tensor, source: Tensor, resolved: ResolvedMix, *, start: int) -> None:
+def _paste_cutmix(work: Tensor, source: Tensor, resolved: ResolvedMix, rows: Tensor, *, start: int) -> None:
     """Overwrite each CutMix sample's box in `work` (samples from `start` on) with its partner's pixels."""
-    rows = _rows_of(resolved, "cutmix", start=start, stop=start + len(work))
-    if len(rows) == 0:
+    cutmix = _rows_of(resolved, "cutmix", start=start, stop=start + len(work))
+    if len(cutmix) == 0:
         return
     # Indexed as NHWC: on the loader's channels-last bytes, copies through the NCHW view take
     # strided slow paths (index_select 9x, box assignment 9x slower here).
     work_nhwc, source_nhwc = work.permute(0, 2, 3, 1), source.permute(0, 2, 3, 1)
-    box = resolved.uniform_box(rows)
-    if box is not None and len(rows) == len(work):
+    box = resolved.uniform_box(cutmix)
+    if box is not None and len(cutmix) == len(work):
         # Per-batch CutMix: one box for every sample, one gather of the partners' box pixels.
         y1, y2, x1, x2 = box
-        partner = resolved.partner[start : start + len(work)].to(source.device)
+        partner = device_partner(rows)[start : start + len(work)]
         work_nhwc[:, y1:y2, x1:x2] = source_nhwc[:, y1:y2, x1:x2].index_select(0, partner)
         return
-    for row in rows.tolist():
-        y1, y2, x1, x2 = resolved.boxes[row].tolist()
-        work_nhwc[row - start, y1:y2, x1:x2] = source_nhwc[int(resolved.partner[row]), y1:y2, x1:x2]
+    for row in cutmix.tolist():
+        y1, y2, x1, x2, partner = resolved.rows[row, : PARTNER_COLUMN + 1].tolist()
+        work_nhwc[row - start, y1:y2, x1:x2] = source_nhwc[partner, y1:y2, x1:x2]
 
 
-def _blend_mixup(work: Tensor, source: Tensor, resolved: ResolvedMix, *, start: int) -> None:
-    rows = _rows_of(resolved, "mixup", start=start, stop=start + len(work))
-    if len(rows) == 0:
+def _blend_mixup(work: Tensor, source: Tensor, resolved: ResolvedMix, rows: Tensor, *, start: int) -> None:
+    mixup = _rows_of(resolved, "mixup", start=start, stop=start + len(work))
+    if len(mixup) == 0:
         return
-    lam = resolved.lam[rows].to(device=work.device).view(-1, 1, 1, 1)
+    if len(mixup) == len(work):
+        chunk = slice(start, start + len(work))
+    else:
+        chunk = to_device(mixup, rows.device)
+    lam = device_lam(rows)[chunk].view(-1, 1, 1, 1)
     # Partners come from the untouched source (a partner may itself be a CutMix sample),
     # gathered through the NHWC view for the same reason as in _paste_cutmix.
-    partner_rows = resolved.partner[rows].to(source.device)
+    partner_rows = device_partner(rows)[chunk]
     partners = source.permute(0, 2, 3, 1).index_select(0, partner_rows).permute(0, 3, 1, 2).to(torch.float32)
-    if len(rows) == len(work):
+    if len(mixup) == len(work):
         work.mul_(lam).add_(partners.mul_(1.0 - lam))
         return
-    local = (rows - start).to(work.device)
+    local = to_device(mixup - start, work.device)
     work[local] = work[local] * lam + partners * (1.0 - lam)
 
 
@@ -120,5 +120,5 @@ def _normalize_in_place(work: Tensor, *, scale: Tensor, shift: Tensor) -> None:
 
 def _zero_cutout(work: Tensor, resolved: ResolvedMix, *, start: int) -> None:
     for row in _rows_of(resolved, "cutout", start=start, stop=start + len(work)).tolist():
-        y1, y2, x1, x2 = resolved.boxes[row].tolist()
+        y1, y2, x1, x2 = resolved.rows[row, BOX_COLUMNS].tolist()
         work[row - start, :, y1:y2, x1:x2] = 0.0

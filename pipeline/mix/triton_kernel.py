@@ -19,13 +19,14 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .params import MODE_CODES, ResolvedMix
+from .rows import ROW_COLUMNS, ResolvedMix
+from .staging import to_device
 from .targets import smoothing_values
 
-# Per-sample row handed to the kernel as int32: box (y1, y2, x1, x2), partner, then the float32
-# bits of the weights (own inside box, partner inside box, own outside, partner outside) and of
-# the target lambda. One small host-to-device copy per batch instead of five.
-PACKED_COLUMNS = tl.constexpr(10)
+# Per-sample row handed to the kernel as int32 (rows.py): box (y1, y2, x1, x2), partner, then the
+# float32 bits of the weights (own inside box, partner inside box, own outside, partner outside)
+# and of the target lambda. One small host-to-device copy per batch instead of five.
+PACKED_COLUMNS = tl.constexpr(ROW_COLUMNS)
 
 # Elements per program. 1024 keeps the interpreter fast in tests and is a sane GPU default.
 DEFAULT_BLOCK = 1024
@@ -123,7 +124,7 @@ def mix_triton(
     out_images: Tensor,
     out_targets: Tensor,
 ) -> None:
-    """Pack the per-sample parameters, copy them to the device, launch the fused kernel.
+    """Copy the packed per-sample rows to the device (once per `resolved`), launch the fused kernel.
 
     Same contract as `reference.mix_reference`, in one kernel launch.
     """
@@ -132,27 +133,13 @@ def mix_triton(
             "backend='triton' got CPU tensors: set TRITON_INTERPRET=1 before importing "
             "pipeline.mix.triton_kernel, or use backend='reference'"
         )
-    packed, scale, shift = _parameters_on_device(pack_rows(resolved), scale, shift, device=source.device)
+    device = source.device
+    if scale.device != device:  # apply_mix passes them on the device already
+        scale, shift = (to_device(constants.numpy(), device) for constants in (scale, shift))
     launch_mix_kernel(
-        source, labels.contiguous(), packed=packed, scale=scale, shift=shift,
+        source, labels.contiguous(), packed=resolved.on_device(device), scale=scale, shift=shift,
         label_smoothing=label_smoothing, out_images=out_images, out_targets=out_targets,
     )  # fmt: skip
-
-
-def _parameters_on_device(
-    packed: Tensor, scale: Tensor, shift: Tensor, *, device: torch.device
-) -> tuple[Tensor, Tensor, Tensor]:
-    """One pinned, asynchronous host-to-device copy of the rows and the normalization constants.
-
-    A copy from pageable memory can make the host wait for the GPU's stream; this one does not.
-    """
-    if device.type != "cuda":
-        return packed, scale, shift
-    constants = torch.cat([scale.cpu(), shift.cpu()]).to(torch.float32).view(torch.int32)
-    staged = torch.cat([packed.flatten(), constants]).pin_memory().to(device, non_blocking=True)
-    rows, channels = packed.numel(), len(scale)
-    as_floats = staged[rows:].view(torch.float32)
-    return staged[:rows].view(packed.shape), as_floats[:channels], as_floats[channels:]
 
 
 def launch_mix_kernel(
@@ -182,20 +169,8 @@ def launch_mix_kernel(
 
 
 def pack_rows(resolved: ResolvedMix) -> Tensor:
-    """int32 [B, PACKED_COLUMNS]: each sample's box, partner, mode weights and target lambda."""
-    code, lam = resolved.mode_codes, resolved.lam
-    is_cutmix, is_mixup = code == MODE_CODES["cutmix"], code == MODE_CODES["mixup"]
-    is_none = code == MODE_CODES["none"]
-    one, zero = torch.ones_like(lam), torch.zeros_like(lam)
-    # Inside the box: cutmix takes the partner, cutout takes nothing, mixup blends (its box is
-    # empty, so only the outside weights matter). Outside: the own pixel, or the mixup blend.
-    own_inside = torch.where(is_mixup, lam, torch.where(is_none, one, zero))
-    partner_inside = torch.where(is_cutmix, one, torch.where(is_mixup, 1.0 - lam, zero))
-    own_outside = torch.where(is_mixup, lam, one)
-    partner_outside = torch.where(is_mixup, 1.0 - lam, zero)
-    floats = torch.stack([own_inside, partner_inside, own_outside, partner_outside, lam], dim=1)
-    integers = torch.cat([resolved.boxes, resolved.partner[:, None]], dim=1).to(torch.int32)
-    return torch.cat([integers, floats.to(torch.float32).contiguous().view(torch.int32)], dim=1).contiguous()
+    """int32 [B, PACKED_COLUMNS] on the CPU: each sample's box, partner, mode weights and target lambda."""
+    return torch.from_numpy(resolved.rows)
 
 
 def _is_dense_nhwc(tensor: Tensor) -> bool:
