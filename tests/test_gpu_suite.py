@@ -1,0 +1,181 @@
+"""bench/gpu_suite.py, the one command for every GPU check: its CPU smoke run end to end (every
+section and row in the table printed last and in the results file), the rows it gives where no GPU
+is, and its kernel check, whose float64 reference is held against the naive per-pixel loop of
+test_mix_kernel and which must catch kernels broken on purpose."""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from processes import run_process
+from test_mix_kernel import naive_mix
+
+from pipeline.mix.reference import mix_reference
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+import gpu_suite  # noqa: E402
+
+# Every row the smoke run must show, by section (the same names as on a GPU).
+SMOKE_ROWS = {
+    "kernel": ["max error vs float64, float32 out", "max error vs float64, bfloat16 out",
+               "max error vs float64, soft targets", "output elements left NaN", "cases checked",
+               "kernel bandwidth, CutMix per batch", "kernel time, CutMix per batch",
+               "kernel bandwidth, CutMix per sample", "kernel time, CutMix per sample",
+               "copy of the same bytes (baseline)", "bytes moved per launch"],
+    "host": ["kernel alone, back to back", "host side of a step, CutMix per batch",
+             "whole apply_mix step, CutMix per batch", "host side of a step, CutMix per sample",
+             "whole apply_mix step, CutMix per sample"],
+    "loader": ["DALI CPU, whole epochs", "DALI CPU, second half of epochs", "torch loader, whole epochs (baseline)"],
+    "train": ["bare eager", "ours eager, synthetic", "ours eager, dali", "compile (first compiled step)",
+              "bare compiled", "ours compiled, synthetic", "ours compiled, dali", "compiled graphs (bare and ours)",
+              "ours compiled, dali: absolute", "ours compiled, dali, 1 threads", "ours compiled, dali, 2 threads",
+              "peak memory, bare compiled", "peak memory, ours compiled, dali"],
+    "tests": ["CUDA-gated tests"],
+}
+
+
+def parse_table(text: str) -> list[dict]:
+    """The rows of the table that ends `text`, as dicts keyed by column name (columns found from the header)."""
+    lines = text.rstrip("\n").splitlines()
+    start = max(i for i, line in enumerate(lines) if line.startswith("section  name"))
+    header = lines[start]
+    names = header.split()
+    starts = [header.index(name) for name in names] + [None]
+    return [{name: line[starts[i]:starts[i + 1]].strip() for i, name in enumerate(names)}
+            for line in lines[start + 2:]]
+
+
+@pytest.mark.slow
+def test_cpu_smoke_run_shows_every_section_and_row(tmp_path):
+    out = tmp_path / "gpu.txt"
+    command = [sys.executable, "bench/gpu_suite.py", "--cpu-smoke", "--dali-threads", "1,2", "--out", str(out)]
+    done = run_process(command, timeout=600, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    written = out.read_text()
+    table = written[written.index("section  name"):]
+    assert done.stdout.endswith(table)  # the table is printed last, as written
+    rows = parse_table(written)
+    assert {section: [row["name"] for row in rows if row["section"] == section] for section in SMOKE_ROWS} == SMOKE_ROWS
+    # Correctness is judged on the CPU too (the Triton interpreter); timings are plumbing only.
+    assert {row["result"] for row in rows} <= {"pass", "smoke", "-"}, [row for row in rows if row["result"] == "fail"]
+    judged = [row["name"] for row in rows if row["result"] == "pass"]
+    assert judged[:4] == SMOKE_ROWS["kernel"][:4] and "compiled graphs (bare and ours)" in judged
+    # Every node id it selected is CUDA-gated: on this CPU all of them skip, none passes or fails.
+    (tests,) = [row for row in rows if row["section"] == "tests"]
+    assert re.fullmatch(r"\d+ skipped in [\d.]+ s", tests["value"]), tests
+    assert tests["unit"] == f"{len(gpu_suite.cuda_test_ids(REPO / 'tests'))} ids"
+    header = written[: written.index("section  name")]
+    assert f"# python bench/gpu_suite.py --cpu-smoke --dali-threads 1,2 --out {out}" in header
+    assert re.search(r"# \d{4}-\d\d-\d\d \d\d:\d\d:\d\d  device: cpu smoke", header)
+    assert re.search(r"torch \S+ .*triton \S+, DALI \d", header) and "CPU SMOKE RUN" in header
+    covered = re.search(r"# kernel, cases by kind: (.*)", header).group(1)
+    for kind in ("cutmix", "mixup", "cutout", "none", "per batch", "per sample", "uint8 in", "float in",
+                 "float32 out", "bfloat16 out", "channels_last", "contiguous"):
+        assert re.search(rf"(^|, ){kind} [1-9]", covered), (kind, covered)
+
+
+def test_without_a_gpu_every_section_says_why_it_is_skipped(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the sections run")
+    out = tmp_path / "gpu.txt"
+    done = run_process([sys.executable, "bench/gpu_suite.py", "--out", str(out)], timeout=300, cwd=REPO,
+                       capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = parse_table(out.read_text())
+    assert [row["section"] for row in rows] == list(gpu_suite.SECTIONS)
+    assert all(row["value"].startswith("skipped: no CUDA device") and row["result"] == "skipped" for row in rows)
+
+
+def suite_case(seed: str, **overrides) -> gpu_suite.MixCase:
+    options = dict(device="cpu", batch=5, height=9, width=13, mode="mixed", per="elem", source="uint8",
+                   out_dtype=torch.float32, memory_format=torch.channels_last, num_classes=7, label_smoothing=0.1)
+    return gpu_suite.make_case(random.Random(seed), **{**options, **overrides})
+
+
+@pytest.mark.parametrize("source", ["uint8", "float32", "bfloat16"])
+@pytest.mark.parametrize("mode,per", [("mixed", "elem"), ("cutmix", "batch"), ("mixup", "batch"),
+                                      ("cutout", "elem"), ("none", "batch")])
+def test_float64_reference_equals_the_naive_loop(source, mode, per):
+    case = suite_case(f"{source}-{mode}-{per}", source=source, mode=mode, per=per)
+    images = case.images.permute(0, 3, 1, 2) if source == "uint8" else case.images
+    expected = naive_mix(images, case.labels, modes=case.modes, lam=case.lam, boxes=case.boxes, partner=case.partner,
+                         from_uint8=source == "uint8")
+    for got, want in zip(gpu_suite.reference_mix(case), expected):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def cases() -> list[gpu_suite.MixCase]:
+    return gpu_suite.random_cases(random.Random(11), 12, device="cpu")
+
+
+def verdicts(rows: list[gpu_suite.Row]) -> dict[str, str]:
+    return {row.name: row.status for row in rows if row.status in ("pass", "fail")}
+
+
+def test_the_reference_backend_passes_the_kernel_check():
+    rows = gpu_suite.check_correctness(mix_reference, cases())
+    assert set(verdicts(rows).values()) == {"pass"} and len(verdicts(rows)) == 4
+    assert [row.value for row in rows if row.name == "cases checked"] == [12]
+
+
+def forgets_the_last_pixel(source, labels, *, out_images, **kwargs):
+    mix_reference(source, labels, out_images=out_images, **kwargs)
+    out_images[-1, :, -1, -1] = math.nan
+
+
+def pastes_one_row_too_low(source, labels, *, resolved, **kwargs):
+    rows = resolved.rows.copy()
+    rows[:, :2] = (rows[:, :2] + 1).clip(max=resolved.height)
+    mix_reference(source, labels, resolved=type(resolved)(codes=resolved.codes, rows=rows, height=resolved.height,
+                                                          width=resolved.width), **kwargs)
+
+
+def ignores_label_smoothing(source, labels, *, label_smoothing, **kwargs):
+    mix_reference(source, labels, label_smoothing=0.0, **kwargs)
+
+
+def truncates_to_bfloat16(source, labels, *, out_images, **kwargs):
+    """Rounds toward zero (as Triton's interpreter does), not to nearest."""
+    full = torch.empty_like(out_images, dtype=torch.float32)
+    mix_reference(source, labels, out_images=full, **kwargs)
+    if out_images.dtype == torch.bfloat16:
+        full = (full.view(torch.int32) & ~0xFFFF).view(torch.float32)
+    out_images.copy_(full)
+
+
+@pytest.mark.parametrize("broken,caught", [
+    (forgets_the_last_pixel, "output elements left NaN"),
+    (pastes_one_row_too_low, "max error vs float64, float32 out"),
+    (ignores_label_smoothing, "max error vs float64, soft targets"),
+    (truncates_to_bfloat16, "max error vs float64, bfloat16 out"),
+])
+def test_the_kernel_check_catches_a_broken_kernel(broken, caught):
+    # The control for the test above: each bug fails its own row (and the row names the dtype's limit).
+    assert verdicts(gpu_suite.check_correctness(broken, cases()))[caught] == "fail"
+
+
+def test_cuda_gated_tests_are_found_by_their_markers():
+    ids = gpu_suite.cuda_test_ids(REPO / "tests")
+    assert {"tests/test_train_compile.py::test_compiled_run_on_cuda",
+            "tests/test_loader_gpu_graph.py::test_mixed_decode_runs_on_the_gpu",
+            "tests/test_train_no_sync.py::test_twenty_cuda_steps_under_sync_debug_mode_error",
+            "tests/test_mix_host.py::test_cuda_mix_steps_under_sync_debug_mode_error"} <= set(ids)
+    assert "tests/test_train_no_sync.py::test_the_counter_sees_the_syncs_it_is_meant_to_see" not in ids
+
+
+@pytest.mark.parametrize("value,baseline,goal,status", [
+    (9.0, 10.0, ("ratio", ">=", 0.85), "pass"),
+    (8.0, 10.0, ("ratio", ">=", 0.85), "fail"),
+    (60.0, None, ("value", "<=", 50), "fail"),
+    (math.nan, None, ("value", "<=", 50), "fail"),
+])
+def test_goals_are_judged_on_the_value_or_the_ratio(value, baseline, goal, status):
+    assert gpu_suite.measured("host", "x", value, baseline=baseline, goal=goal).status == status
+    assert gpu_suite.measured("host", "x", value, baseline=baseline, goal=goal, judge=False).status == "smoke"
