@@ -7,7 +7,6 @@ import io
 import json
 import sys
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -148,6 +147,13 @@ def test_compare_writes_one_table_and_plots(evaluated, tmp_path, capsys):
     assert code == 0
     table = (tmp_path / "cmp" / "compare.md").read_text()
     assert "| baseline |" in table and "| cutmix |" in table and "MaxBoxAccV2" in table
+    results = json.loads((out / "eval.json").read_text())
+    row = next(line for line in table.splitlines() if line.startswith("| baseline |")).split(" | ")
+    # run, top-1 err, top-5 err, Top-1 Loc, GT-known Loc, MaxBoxAccV2, FGSM err: the eval.json's numbers
+    assert [float(v) for v in row[1:7]] == pytest.approx([
+        results["classify"]["top1_err"], results["classify"]["top5_err"], results["localize"]["top1_loc"],
+        results["localize"]["gt_known_loc"], results["localize"]["max_box_acc_v2"], results["fgsm"]["fgsm_top1_err"]],
+        abs=0.005)
     assert (tmp_path / "cmp" / "compare_occlusion.png").is_file()
     assert (tmp_path / "cmp" / "compare_in_between.png").is_file()
 
@@ -208,4 +214,31 @@ def test_help_explains_each_task_and_metric(capsys):
     text = capsys.readouterr().out
     for word in ALL_TASKS + ["MaxBoxAccV2", "GT-known Loc", "TNR at TPR 95%", "AUROC", "detection accuracy"]:
         assert word in text, word
-    assert np.isfinite(len(text))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--tasks", ""], "name at least one"),
+    (["--tasks", "classify", "--occlusion-steps", "40"], "--occlusion-steps must be in [2, 33]"),
+    (["--tasks", "classify", "--seed", "-1"], "--seed must be >= 0"),
+    (["--tasks", "classify", "--epsilon", "8"], "--epsilon must be in (0, 1]"),
+    (["--tasks", "classify", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--tasks", "classify", "--split", "nosuch"], "no manifest for split 'nosuch'"),
+    (["--tasks", "ood", "--ood-shards", "/nonexistent/ood"], "--ood-shards /nonexistent/ood"),
+])
+def test_bad_arguments_before_any_work(demo_run, extra, message, capsys):
+    assert message in one_error_line(capsys, [str(demo_run), *extra])
+
+
+def test_out_that_is_a_file(demo_run, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    line = one_error_line(capsys, [str(demo_run), "--tasks", "classify", "--out", str(tmp_path / "file")])
+    assert "is not a folder" in line
+
+
+def test_compare_refuses_clashing_labels_and_foreign_files(evaluated, tmp_path, capsys):
+    out, _, _ = evaluated
+    assert "both be labelled 'a'" in one_error_line(capsys, ["compare", str(out), str(out), "--labels", "a,a",
+                                                              "--out", str(tmp_path / "c")])
+    (tmp_path / "broken.json").write_text("{not json")
+    assert "not an eval.json" in one_error_line(capsys, ["compare", str(out), str(tmp_path / "broken.json"),
+                                                          "--out", str(tmp_path / "c")])

@@ -6,15 +6,15 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..mix import normalization_affine
+from ..mix.core import normalization_on
 
 
 def normalize_batch(images: torch.Tensor, *, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype,
                     channels_last: bool) -> torch.Tensor:
     """uint8 NHWC -> normalized float NCHW (channels-last strides if asked), as training sees it."""
-    scale, shift = normalization_affine(mean=mean, std=std, from_uint8=True)
+    scale, shift = normalization_on(images.device, mean=mean, std=std, from_uint8=True)
     nchw = images.permute(0, 3, 1, 2).float()
-    out = nchw * scale.to(images.device).view(1, -1, 1, 1) + shift.to(images.device).view(1, -1, 1, 1)
+    out = nchw * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return out.to(dtype=dtype).contiguous(memory_format=fmt)
 

@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 from ..errors import EvalError, TrainError
@@ -46,13 +47,16 @@ def make_parser() -> argparse.ArgumentParser:
     """The evaluation's arguments."""
     from .runner import TASKS
 
-    tasks = "\n".join(f"  {name:<11} {text}" for name, text in TASKS.items())
+    tasks = "\n".join(textwrap.fill(text, width=100, initial_indent=f"  {name:<11}  ", subsequent_indent=" " * 15)
+                      for name, text in TASKS.items())
     parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=_DESCRIPTION,
                                      epilog=_EPILOG.format(tasks=tasks),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", type=Path, metavar="RUN_DIR|MODEL.safetensors")
+    parser.add_argument("model", type=Path, metavar="RUN_DIR|MODEL.safetensors",
+                        help="a run folder (config.yaml + model.safetensors) or exported weights")
     parser.add_argument("--shards", type=Path, help="shards folder (default: the run's data.shards)")
-    parser.add_argument("--split", default="val", help="the split to evaluate (default val; CIFAR/CUB: test)")
+    parser.add_argument("--split", default="val", help="the split to evaluate (default val; CIFAR and CUB shards "
+                        "have test)")
     parser.add_argument("--tasks", help=f"comma-separated, from: {', '.join(TASKS)} (default: all; localize only "
                         "where the split has boxes)")
     parser.add_argument("--image-size", type=int, help="evaluate at this input size instead of the training one "
@@ -97,8 +101,8 @@ def build_request(args: argparse.Namespace):
     shards = args.shards or source.shards
     if shards is None:
         raise EvalError("--shards is needed with a .safetensors file (a run folder brings its own)")
-    if args.tasks:
-        tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    if args.tasks is not None:  # an empty list is refused by the request check
+        tasks = tuple(dict.fromkeys(t.strip() for t in args.tasks.split(",") if t.strip()))
     else:
         tasks = tuple(t for t in TASKS if t != "localize" or _has_boxes(shards, args.split))
     out = args.out or (source.run_dir / "eval" if source.run_dir else source.weights.parent / f"eval-{source.weights.stem}")
@@ -128,9 +132,16 @@ def compare(argv: list[str]) -> int:
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else [_label(p) for p in args.evaluations]
     if len(labels) != len(args.evaluations):
         raise EvalError(f"--labels names {len(labels)} runs but {len(args.evaluations)} evaluations were given")
+    if len(set(labels)) != len(labels):
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        raise EvalError(f"two evaluations would both be labelled {repeated[0]!r}: name them with --labels a,b,...")
     runs = {label: read_results(path) for label, path in zip(labels, args.evaluations)}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "compare.md").write_text(compare_markdown(runs))
+    try:
+        table = compare_markdown(runs)
+    except KeyError as error:
+        raise EvalError(f"an eval.json lacks {error} (written by another version?): re-run the evaluation") from None
+    (args.out / "compare.md").write_text(table)
     plots = write_compare_plots(runs, out=args.out)
     print((args.out / "compare.md").read_text())
     print("\n".join(str(p) for p in [args.out / "compare.md", *plots]))
@@ -157,8 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         request = build_request(make_parser().parse_args(argv))
         results = run_evaluation(request)
     except (EvalError, TrainError, LoaderError) as error:
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"error: {error}", file=sys.stderr, flush=True)
+        rank = int(os.environ.get("RANK", "0"))
+        # Checks before the passes are the same on every rank (rank 0 says it); an error during a
+        # pass may be one rank's alone (a damaged shard in its part), so that rank says it.
+        if rank == 0 or getattr(error, "during_pass", False):
+            print(f"error: {'' if rank == 0 else f'(rank {rank}) '}{error}", file=sys.stderr, flush=True)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:
         print((request.out / "eval.md").read_text())

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..mix import normalization_affine
+from ..mix.core import normalization_on
 
 # The step in pixel units ([0, 1] images): 8 of 255 grey levels.
 DEFAULT_EPSILON = 8 / 255
@@ -28,10 +28,9 @@ def fgsm_pixels(model: torch.nn.Module, pixels: torch.Tensor, labels: torch.Tens
         raise ValueError("model: must be in eval mode for FGSM (call model.eval() first)")
     if pixels.ndim != 4 or not pixels.dtype.is_floating_point:
         raise ValueError(f"pixels: expected float [B, C, H, W] in [0, 1], got {pixels.dtype} {tuple(pixels.shape)}")
-    scale, shift = normalization_affine(mean=mean, std=std, from_uint8=False)
-    # non_blocking: a blocking host-to-device copy would make the host wait for the device.
-    scale = scale.to(pixels.device, non_blocking=True).view(1, -1, 1, 1)
-    shift = shift.to(pixels.device, non_blocking=True).view(1, -1, 1, 1)
+    # Made on the device once per (device, mean, std): a copy per batch would make the host wait.
+    scale, shift = normalization_on(pixels.device, mean=mean, std=std, from_uint8=False)
+    scale, shift = scale.view(1, -1, 1, 1), shift.view(1, -1, 1, 1)
     valid = labels >= 0
     with torch.enable_grad():
         leaf = pixels.detach().requires_grad_(True)

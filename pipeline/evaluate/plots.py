@@ -136,11 +136,10 @@ def _ood_histograms(plt, r: dict, path: Path) -> Path:
     edges = np.asarray(histograms["edges"])
     centres = (edges[:-1] + edges[1:]) / 2
     figure, ax = plt.subplots(figsize=(6, 4))
-    for name, counts in histograms.items():
-        if name == "edges":
-            continue
+    curves = {"in-distribution": histograms["in_distribution"], **histograms["sets"]}
+    for name, counts in curves.items():
         counts = np.asarray(counts, dtype=float)
-        ax.plot(centres, counts / max(counts.sum(), 1), label=name.replace("_", "-"))
+        ax.plot(centres, counts / max(counts.sum(), 1), label=name)
     ax.set(title="Maximum softmax probability", xlabel="score", ylabel="share of the set", yscale="log")
     ax.grid(alpha=0.3)
     ax.legend()

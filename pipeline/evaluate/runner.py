@@ -30,7 +30,8 @@ TASKS = {
                 "IoU 0.3/0.5/0.7; needs shards with boxes and a global-pool + linear head",
     "occlusion": "top-1 error with a centred square hole set to the mean colour, and with only a centred square "
                  "kept, hole sides swept from 0 to the image size",
-    "in-between": "pairs of images mixed by Mixup and by CutMix at lambda 0, 0.1, ..., 1: top-1 error against the "
+    "in-between": "pairs of images (inside each batch, a seeded cycle: the pairs depend on --batch-size and the "
+                  "ranks) mixed by Mixup and by CutMix at lambda 0, 0.1, ..., 1: top-1 error against the "
                   "larger-weight label, and how often the top-2 predictions are exactly the two classes",
     "fgsm": "top-1 error under a one-step FGSM attack of --epsilon (pixel units) on the true label",
     "ood": "maximum-softmax-probability detector, the split as in-distribution vs Uniform and Gaussian noise and "
@@ -69,8 +70,14 @@ def check_request(request: EvalRequest) -> dict:
         raise EvalError(f"--batch-size must be >= 1, got {request.batch_size}")
     if not 0 < request.epsilon <= 1:
         raise EvalError(f"--epsilon must be in (0, 1] (pixel units: 8/255 = 0.0314), got {request.epsilon}")
-    if request.occlusion_steps < 2:
-        raise EvalError(f"--occlusion-steps must be >= 2 (0 and the image size), got {request.occlusion_steps}")
+    size = request.source.image_size
+    if not 2 <= request.occlusion_steps <= size + 1:
+        raise EvalError(f"--occlusion-steps must be in [2, {size + 1}] (sides 0 .. {size} px), got "
+                        f"{request.occlusion_steps}")
+    if request.seed < 0:
+        raise EvalError(f"--seed must be >= 0, got {request.seed}")
+    if request.out.exists() and not request.out.is_dir():
+        raise EvalError(f"--out {request.out}: exists and is not a folder")
     manifest = _manifest(request.shards, request.split, what="--shards")
     check_classes(request.source, manifest["classes"], where=f"{request.shards / (request.split + '.json')}")
     if "localize" in request.tasks and not manifest.get("totals", {}).get("with_boxes"):
@@ -78,6 +85,10 @@ def check_request(request: EvalRequest) -> dict:
                         "(build val with LOC_val_solution.csv or --boxes, or use CUB-200-2011), or drop localize")
     for folder in request.ood_shards:
         _manifest(folder, _ood_split(folder, request.split), what="--ood-shards")
+    try:  # last: a refused request leaves nothing behind
+        request.out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise EvalError(f"--out {request.out}: cannot create it ({error.strerror})") from None
     return manifest
 
 
@@ -107,9 +118,7 @@ def run_evaluation(request: EvalRequest) -> dict:
     source = request.source
     model = load_model(source)
     if "localize" in request.tasks:
-        from .cam import cam_classifier
-
-        cam_classifier(model)  # refuses a head without a CAM before any pass
+        check_cam_head(model, image_size=source.image_size, channels_last=source.channels_last)
     accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
     model = model.to(accelerator.device)
     dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
@@ -117,30 +126,50 @@ def run_evaluation(request: EvalRequest) -> dict:
                             channels_last=source.channels_last, num_classes=source.num_classes,
                             augmentation=source.val_augmentation(), seed=request.seed, epsilon=request.epsilon,
                             occlusion_steps=request.occlusion_steps, cam_examples=request.cam_examples)
+    from .plots import write_plots
+    from .report import write_reports
+
     results: dict = {"settings": _settings(request, accelerator)}
     started = time.perf_counter()
     for task in request.tasks:
         begun = time.perf_counter()
-        if task == "ood":
-            results[task] = _ood(ctx, request)
-        else:
-            run = {"classify": tasks.classify, "localize": tasks.localize, "occlusion": tasks.occlusion,
-                   "in-between": tasks.in_between, "fgsm": tasks.fgsm}[task]
-            with _pass(ctx, request, request.shards, request.split, task, metadata=task == "localize") as (batches,
-                                                                                                          tick):
-                results[task] = run(ctx, batches, tick)
+        try:
+            results[task] = _run_task(ctx, request, task)
+        except (EvalError, LoaderError) as error:
+            error.during_pass = True  # may have happened on this rank only: the CLI prints it on any rank
+            raise
         results[task]["seconds"] = time.perf_counter() - begun
+        if accelerator.is_main_process:  # what is done is kept, should a later task fail
+            write_reports(results, out=request.out)
     results["settings"]["seconds"] = time.perf_counter() - started
     if accelerator.is_main_process:
-        from .plots import write_plots
-        from .report import write_reports
-
-        request.out.mkdir(parents=True, exist_ok=True)
         results["plots"] = [str(p.name) for p in write_plots(results, ctx.examples, out=request.out,
                                                               classes=source.classes)]
         write_reports(results, out=request.out)
     accelerator.wait_for_everyone()
     return results
+
+
+def _run_task(ctx: tasks.TaskContext, request: EvalRequest, task: str) -> dict:
+    if task == "ood":
+        return _ood(ctx, request)
+    run = {"classify": tasks.classify, "localize": tasks.localize, "occlusion": tasks.occlusion,
+           "in-between": tasks.in_between, "fgsm": tasks.fgsm}[task]
+    with _pass(ctx, request, request.shards, request.split, task, metadata=task == "localize") as (batches, tick):
+        return run(ctx, batches, tick)
+
+
+def check_cam_head(model: torch.nn.Module, *, image_size: int, channels_last: bool) -> None:
+    """Before any pass: the head must be global average pooling + one linear layer, checked on its
+    structure and on the logits of a seeded random batch (every rank checks the same numbers)."""
+    from .cam import cam_and_logits, cam_classifier, check_head
+
+    cam_classifier(model)
+    probe = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    if channels_last:
+        probe = probe.contiguous(memory_format=torch.channels_last)
+    logits, features = cam_and_logits(model, probe)
+    check_head(model, features.float(), logits.float())
 
 
 class _pass:
@@ -223,7 +252,7 @@ def _unique(name: str, taken: dict) -> str:
 def _histograms(inside: np.ndarray, sets: dict[str, np.ndarray], bins: int = 50) -> dict:
     edges = np.linspace(0.0, 1.0, bins + 1)
     return {"edges": edges.tolist(), "in_distribution": np.histogram(inside, edges)[0].tolist(),
-            **{name: np.histogram(scores, edges)[0].tolist() for name, scores in sets.items()}}
+            "sets": {name: np.histogram(scores, edges)[0].tolist() for name, scores in sets.items()}}
 
 
 def _settings(request: EvalRequest, accelerator) -> dict:
@@ -242,5 +271,11 @@ def read_results(path: Path) -> dict:
     path = Path(path)
     for candidate in (path, path / "eval.json", path / "eval" / "eval.json"):
         if candidate.is_file():
-            return json.loads(candidate.read_text())
+            try:
+                results = json.loads(candidate.read_text())
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise EvalError(f"{candidate}: not an eval.json ({error})") from None
+            if not isinstance(results, dict) or "settings" not in results:
+                raise EvalError(f"{candidate}: not an eval.json written by python -m pipeline.evaluate")
+            return results
     raise EvalError(f"{path}: no eval.json (run python -m pipeline.evaluate on it first)")

@@ -12,9 +12,11 @@ import numpy as np
 import torch
 
 from ..data import Augmentation
+from ..mix.core import normalization_on
 from ..seeds import generator_seed
+from ..errors import EvalError
 from .boxes import transform_boxes
-from .cam import cam_and_logits, cam_classifier, check_head, class_activation_maps
+from .cam import cam_and_logits, cam_classifier, class_activation_maps
 from .classify import count_correct, normalize_batch
 from .fgsm import fgsm_pixels
 from .inbetween import LAMBDAS, box_lambda, cutmix_box, cutmix_pair, inbetween_counts, mixup_pair, partner_order
@@ -92,15 +94,11 @@ def localize(ctx: TaskContext, batches: Iterable, tick: Tick) -> dict:
     accuracy = BoxAccuracy()
     size = ctx.augmentation.image_size
     tally = np.zeros(4, dtype=np.int64)  # samples, with a box, boxes kept, boxes dropped (outside the crop)
-    checked = False
     for images, labels, records in batches:
         inputs = ctx.inputs(images)
         with ctx.accelerator.autocast():
             logits, features = cam_and_logits(ctx.model, inputs)
         logits, features = logits.float(), features.float()
-        if not checked:  # the head must really be average pooling + the linear layer the CAM uses
-            check_head(ctx.model, features, logits)
-            checked = True
         cams = class_activation_maps(features, weight.float(), labels.clamp(min=0))
         maps = scoremaps(cams, (size, size))
         labels_host, correct = labels.cpu().numpy(), (logits.argmax(1) == labels).cpu().numpy()
@@ -182,12 +180,15 @@ def in_between(ctx: TaskContext, batches: Iterable, tick: Tick) -> dict:
         tick()
     counts = ctx.reduce(counts)
     lam_sums = ctx.reduce(lam_sums)
-    pairs = counts[..., 2].double()
-    result = {"lambdas": list(LAMBDAS), "pairs": int(counts[0, 0, 2]),
+    pairs = int(counts[0, 0, 2])
+    if pairs == 0:
+        raise EvalError("in-between: no pair of two different classes in any batch (pairs are formed inside "
+                        "each batch: use a larger --batch-size, or drop in-between)")
+    result = {"lambdas": list(LAMBDAS), "pairs": pairs,
               "cutmix_mean_lambda": (lam_sums[:-1] / lam_sums[-1].clamp(min=1)).tolist()}
     for m, mix in enumerate(MIXES):
-        result[f"{mix}_top1_err"] = (100.0 * counts[m, :, 0].double() / pairs[m]).tolist()
-        result[f"{mix}_top2_both"] = (100.0 * counts[m, :, 1].double() / pairs[m]).tolist()
+        result[f"{mix}_top1_err"] = (100.0 * counts[m, :, 0].double() / pairs).tolist()
+        result[f"{mix}_top2_both"] = (100.0 * counts[m, :, 1].double() / pairs).tolist()
     return result
 
 
@@ -212,10 +213,10 @@ def fgsm(ctx: TaskContext, batches: Iterable, tick: Tick) -> dict:
 
 
 def _normalized(ctx: TaskContext, pixels: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(ctx.mean, device=pixels.device).view(1, -1, 1, 1)
-    std = torch.tensor(ctx.std, device=pixels.device).view(1, -1, 1, 1)
+    scale, shift = normalization_on(pixels.device, mean=ctx.mean, std=ctx.std, from_uint8=False)
     fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
-    return ((pixels - mean) / std).to(ctx.dtype).contiguous(memory_format=fmt)
+    out = pixels * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+    return out.to(ctx.dtype).contiguous(memory_format=fmt)
 
 
 @torch.no_grad()

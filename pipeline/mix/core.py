@@ -120,6 +120,14 @@ def _cutout_then_mix(source: Tensor, labels: Tensor, *, params: MixParams, resol
     return mix_features(holed, resolved, partner=partner), targets
 
 
+def normalization_on(device: torch.device, *, mean: Sequence[float], std: Sequence[float],
+                     from_uint8: bool) -> tuple[Tensor, Tensor]:
+    """``normalization_affine`` as tensors on ``device``, made and copied once per (device, mean,
+    std): a copy per batch from pageable memory would make the host wait for the GPU."""
+    return _normalization_on(torch.device(device), tuple(float(v) for v in mean), tuple(float(v) for v in std),
+                             from_uint8=from_uint8)
+
+
 @functools.lru_cache(maxsize=16)
 def _normalization_on(device: torch.device, mean: tuple[float, ...], std: tuple[float, ...], *,
                       from_uint8: bool) -> tuple[Tensor, Tensor]:
