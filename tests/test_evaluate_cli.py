@@ -242,3 +242,16 @@ def test_compare_refuses_clashing_labels_and_foreign_files(evaluated, tmp_path, 
     (tmp_path / "broken.json").write_text("{not json")
     assert "not an eval.json" in one_error_line(capsys, ["compare", str(out), str(tmp_path / "broken.json"),
                                                           "--out", str(tmp_path / "c")])
+
+
+def test_compare_warns_when_runs_have_other_ood_sets():
+    from pipeline.evaluate.report import compare_markdown
+
+    def metrics(value):
+        return {"tnr_at_tpr95": value, "auroc": value, "detection_accuracy": value}
+
+    table = compare_markdown({"a": {"ood": {"sets": {"uniform": metrics(10.0)}}},
+                              "b": {"ood": {"sets": {"uniform": metrics(10.0), "places": metrics(30.0)}}}})
+    assert "**Warning**: a lack some of the OOD sets" in table
+    # b's means are over its two sets: (10 + 30) / 2 for each of the three columns.
+    assert "| b | - | - | - | - | - | - | 20.00 | 20.00 | 20.00 |" in table

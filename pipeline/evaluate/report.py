@@ -104,6 +104,10 @@ def compare_markdown(runs: dict[str, dict]) -> str:
               "average over the OOD sets of each run, as the paper's table averages over its seven.")
     lines += ["", legend, ""]
     ood_sets = sorted({name for r in runs.values() for name in r.get("ood", {}).get("sets", {})})
+    differ = [label for label, r in runs.items() if "ood" in r and sorted(r["ood"]["sets"]) != ood_sets]
+    if differ:
+        lines += [f"**Warning**: {', '.join(differ)} lack some of the OOD sets ({', '.join(ood_sets)}): their "
+                  "OOD means average other sets than the other runs'.", ""]
     if ood_sets:
         lines += ["## OOD detection per set (TNR at TPR 95% / AUROC / detection acc)", ""]
         table = [[label] + [_ood_cell(r, name) for name in ood_sets] for label, r in runs.items()]
