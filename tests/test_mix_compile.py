@@ -37,7 +37,8 @@ attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in aligned}
 source = ASTSource(_mix_kernel, signature, {(names.index(k),): v for k, v in constants.items()}, attrs)
 kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
 ptx = kernel.asm["ptx"]
-print(json.dumps({"vector_stores": ptx.count("st.global.v4"), "byte_loads": ptx.count("ld.global.b8")}))
+print(json.dumps({"vector_stores": ptx.count("st.global.v4"), "byte_loads": ptx.count("ld.global.b8"),
+                  "local_memory": ptx.count(".local")}))
 """
 
 
@@ -53,6 +54,8 @@ def test_kernel_compiles_for_sm90(out_type, source_type, layout):
         capture_output=True, text=True, env=environment, cwd=REPO_ROOT, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    # No register spills: a spill shows as local-memory traffic (.local) in the PTX.
+    assert '"local_memory": 0' in result.stdout, result.stdout
     if (out_type, layout) == ("bf16", "dense"):
         # The channels-last bf16 store is 16-byte vectorized: 8 values per thread in one instruction.
         assert '"vector_stores": 1' in result.stdout, result.stdout
