@@ -4,6 +4,7 @@ where ``transform_boxes`` puts the box. A box in the cropped-away margin is drop
 rectangle is indeed absent from the output."""
 
 import numpy as np
+import torch
 import pytest
 from loader_fixtures import build_shards, open_loader
 from PIL import Image
@@ -84,3 +85,23 @@ def test_cifar_kind_centre_crop_without_resize():
     boxes, _ = transform_boxes({"boxes": [[3, 4, 20, 30]], "stored_size": [40, 36]}, augmentation=augmentation)
     # corner (round((36 - 32) / 2), round((40 - 32) / 2)) = (2, 4); x0 = 3 - 4 clipped to 0
     np.testing.assert_allclose(boxes, [[0, 2, 16, 28]])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (DALI's mixed decoder and "
+                    "GPU resize; the CPU test above covers the host path)")
+def test_boxes_land_where_the_gpu_loader_puts_the_pixels(rectangle_shards):
+    """DALI's GPU path resizes and crops with its own operators (not the host's): the boxes must
+    still land on the pixels, to within the one pixel the resize blurs."""
+    loader, _ = open_loader(rectangle_shards, "val", backend="dali", batch_size=len(IMAGES), training=False,
+                            image_size=IMAGE_SIZE, sample_ids=True, num_threads=1, device="cuda")
+    images, _, sources = next(iter(loader))
+    augmentation = Augmentation(image_size=IMAGE_SIZE)
+    for image, source in zip(images.cpu().numpy(), sources):
+        width, height, rectangle = IMAGES[source.rsplit("/", 1)[-1]]
+        boxes, dropped = transform_boxes({"boxes": [rectangle], "stored_size": [width, height]},
+                                         augmentation=augmentation)
+        seen = found_rectangle(image)
+        if source.endswith("margin.png"):
+            assert (len(boxes), dropped, seen) == (0, 1, None)
+            continue
+        np.testing.assert_allclose(boxes[0], seen, atol=1.0, err_msg=source)
