@@ -4,8 +4,8 @@ where ``transform_boxes`` puts the box. A box in the cropped-away margin is drop
 rectangle is indeed absent from the output."""
 
 import numpy as np
-import torch
 import pytest
+import torch
 from loader_fixtures import build_shards, open_loader
 from PIL import Image
 
