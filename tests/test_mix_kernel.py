@@ -234,3 +234,57 @@ def test_reference_in_chunks(monkeypatch, mode, per, out_dtype):
     out, targets = run_poisoned("reference", images, labels, params, out_dtype=out_dtype)
     expected = naive_mix(images.permute(0, 3, 1, 2), labels, from_uint8=True, **truth)
     assert_matches(out, targets, *expected)
+
+
+# Images of several kernel tiles (1024 values each), so that the dense path's whole-tile decisions
+# (read the partner / the own image at all?) meet tiles wholly outside, wholly inside and across a
+# box: full-width boxes cover whole tiles, narrow ones cross them.
+TILED_BOXES = {
+    "full_width_rows": lambda h, w: (10, 40, 0, w),
+    "narrow_column": lambda h, w: (0, h, 20, 23),
+    "middle": lambda h, w: (13, 37, 9, 52),
+    "one_row": lambda h, w: (31, 32, 0, w),
+    "empty": lambda h, w: (5, 5, 0, w),
+}
+
+
+@pytest.mark.parametrize("edge", list(TILED_BOXES))
+@pytest.mark.parametrize("mode", ["cutmix", "cutout", "mixup"])
+def test_images_of_many_tiles(mode, edge):
+    batch, height, width = 3, 50, 64  # 9,600 values a sample: 10 tiles, the last one partial
+    generator = torch.Generator().manual_seed(11)
+    images = torch.randint(0, 256, (batch, height, width, 3), dtype=torch.uint8, generator=generator)
+    labels = torch.tensor([1, 4, 2])
+    box, partner = TILED_BOXES[edge](height, width), [1, 2, 0]
+    lam = {"cutmix": 1 - (box[1] - box[0]) * (box[3] - box[2]) / (height * width), "mixup": 0.3}.get(mode, 1.0)
+    params = MixParams(mode=mode, lam=lam, boxes=box, partner=torch.tensor(partner))
+    out, targets = run_poisoned("triton", images, labels, params, out_dtype=torch.bfloat16)
+    expected = naive_mix(images.permute(0, 3, 1, 2), labels, modes=[mode] * batch, lam=[lam] * batch,
+                         boxes=[box] * batch, partner=partner, from_uint8=True)
+    assert_matches(out, targets, *expected)
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_nan_in_pixels_the_mix_does_not_use_stays_out(backend):
+    """Float channels-last input (the dense path) with NaN wherever the result takes nothing from:
+    whole tiles are read, so an unused value must be dropped, not multiplied by a zero weight
+    (0 * NaN is NaN). Sample 0 takes box B from sample 2, sample 2 takes everything from sample 1
+    (a full box), sample 1 is unmixed: nobody uses sample 0 inside B nor sample 2 outside B."""
+    batch, height, width = 3, 40, 48
+    generator = torch.Generator().manual_seed(5)
+    clean = torch.rand(batch, 3, height, width, generator=generator).contiguous(memory_format=torch.channels_last)
+    box, full, partner = (8, 30, 10, 41), (0, height, 0, width), [2, 0, 1]
+    inside = torch.zeros(height, width, dtype=torch.bool)
+    inside[box[0]:box[1], box[2]:box[3]] = True
+    poisoned = clean.clone()
+    poisoned[0][:, inside] = math.nan
+    poisoned[2][:, ~inside] = math.nan
+    modes, boxes = ["cutmix", "none", "cutmix"], [box, box, full]
+    lam = [1 - (box[1] - box[0]) * (box[3] - box[2]) / (height * width), 1.0, 0.0]
+    params = MixParams(mode=modes, lam=torch.tensor(lam), boxes=torch.tensor(boxes, dtype=torch.int32),
+                       partner=torch.tensor(partner))
+    out, targets = run_poisoned(backend, poisoned, torch.tensor([0, 3, 5]), params, out_dtype=torch.float32)
+    expected = naive_mix(clean, torch.tensor([0, 3, 5]), modes=modes, lam=lam, boxes=boxes, partner=partner,
+                         from_uint8=False)
+    assert not out.isnan().any()
+    assert_matches(out, targets, *expected)

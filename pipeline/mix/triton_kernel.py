@@ -28,8 +28,11 @@ from .targets import smoothing_values
 # and of the target lambda. One small host-to-device copy per batch instead of five.
 PACKED_COLUMNS = tl.constexpr(ROW_COLUMNS)
 
-# Elements per program. 1024 keeps the interpreter fast in tests and is a sane GPU default.
-DEFAULT_BLOCK = 1024
+# Elements per program: with 4 warps (128 threads) each thread holds 16 values, so the dense path
+# reads 16 uint8 values in one 128-bit load and stores 2 x 8 bf16 in two 128-bit stores (checked in
+# the sm_90 PTX by tests/test_mix_compile.py; 1024 gave 64-bit loads). Its speed on a GPU against
+# a copy is bench/gpu_suite.py's to measure (issue 11).
+DEFAULT_BLOCK = 2048
 
 
 @triton.jit
@@ -89,17 +92,35 @@ def _mix_kernel(
     partner_weight = tl.where(inside, partner_in, partner_out)
 
     if DENSE_NHWC:
-        source_offset = index
+        # Whole-tile decisions: a mask that is the same for every value of the tile lets the
+        # compiler issue wide (vector) loads; a per-value mask (the box edge falls every few
+        # values) forces one load per byte. A tile reads the partner only if it has a partner
+        # weight somewhere (outside the box, or inside and the tile's rows meet the box's), and
+        # its own image likewise; the values it reads but weights 0 are discarded by tl.where
+        # (never multiplied: a NaN in an unused float pixel stays out of the result).
+        first_row = (tile * BLOCK) // (WIDTH * CHANNELS)
+        last_row = (tile * BLOCK + BLOCK - 1) // (WIDTH * CHANNELS)
+        meets_box = (first_row < y2) & (last_row >= y1) & (x1 < x2)  # some value of the tile is inside
+        leaves_box = (first_row < y1) | (last_row >= y2) | (x1 > 0) | (x2 < WIDTH)  # some value is outside
+        need_own = ((own_out != 0.0) & leaves_box) | ((own_in != 0.0) & meets_box)
+        need_partner = ((partner_out != 0.0) & leaves_box) | ((partner_in != 0.0) & meets_box)
+        # As blocks (the interpreter does not broadcast a scalar into a boolean block).
+        own_mask = valid & ((index * 0 + need_own.to(tl.int32)) != 0)
+        partner_mask = valid & ((index * 0 + need_partner.to(tl.int32)) != 0)
+        own_raw = tl.load(source_ptr + sample * source_stride_n + index, mask=own_mask, other=0)
+        partner_raw = tl.load(source_ptr + partner * source_stride_n + index, mask=partner_mask, other=0)
+        own_value = tl.where(own_weight != 0.0, own_raw.to(tl.float32), 0.0)
+        partner_value = tl.where(partner_weight != 0.0, partner_raw.to(tl.float32), 0.0)
         out_offset = index
     else:
         source_offset = channel * source_stride_c + h * source_stride_h + w * source_stride_w
         out_offset = channel * out_stride_c + h * out_stride_h + w * out_stride_w
-    own_value = tl.load(
-        source_ptr + sample * source_stride_n + source_offset, mask=valid & (own_weight != 0.0), other=0
-    ).to(tl.float32)
-    partner_value = tl.load(
-        source_ptr + partner * source_stride_n + source_offset, mask=valid & (partner_weight != 0.0), other=0
-    ).to(tl.float32)
+        own_value = tl.load(
+            source_ptr + sample * source_stride_n + source_offset, mask=valid & (own_weight != 0.0), other=0
+        ).to(tl.float32)
+        partner_value = tl.load(
+            source_ptr + partner * source_stride_n + source_offset, mask=valid & (partner_weight != 0.0), other=0
+        ).to(tl.float32)
     scale, shift = _channel_affine(scale_ptr, shift_ptr, channel, CHANNELS, BLOCK)
     # Normalizing each term is affine, so the weights multiply the shift too: cutout's zero
     # weights give exactly 0 (the mean colour), mixup's lam + (1 - lam) gives the plain shift.
