@@ -28,7 +28,7 @@ pointers = dict(source_ptr="*" + source_type, out_ptr="*" + out_type, targets_pt
                 packed_ptr="*i32", scale_ptr="*fp32", shift_ptr="*fp32")
 integers = dict.fromkeys(["source_stride_n", "source_stride_c", "source_stride_h", "source_stride_w",
                           "out_stride_n", "out_stride_c", "out_stride_h", "out_stride_w", "num_classes"], "i32")
-constants = dict(HEIGHT=224, WIDTH=224, CHANNELS=3, DENSE_NHWC=dense, BLOCK=DEFAULT_BLOCK)
+constants = dict(HEIGHT=224, WIDTH=224, CHANNELS=3, DENSE_NHWC=dense, BLOCK=DEFAULT_BLOCK, TILE_LOADS=True)
 floats = {"off_value": "fp32", "on_minus_off": "fp32"}
 signature = {**pointers, **integers, **floats, **dict.fromkeys(constants, "constexpr")}
 names = _mix_kernel.arg_names

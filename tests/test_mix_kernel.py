@@ -288,3 +288,26 @@ def test_nan_in_pixels_the_mix_does_not_use_stays_out(backend):
                          from_uint8=False)
     assert not out.isnan().any()
     assert_matches(out, targets, *expected)
+
+
+@pytest.mark.parametrize("mode", ["cutmix", "cutout", "mixup"])
+def test_the_per_value_masked_variant_kept_for_benchmarks(mode):
+    """launch_mix_kernel(tile_loads=False, block=1024), the earlier dense path that gpu_suite times
+    beside the current one, still computes the same function."""
+    batch, height, width = 3, 50, 64
+    generator = torch.Generator().manual_seed(12)
+    images = torch.randint(0, 256, (batch, height, width, 3), dtype=torch.uint8, generator=generator)
+    labels = torch.tensor([1, 4, 2])
+    box, partner = TILED_BOXES["middle"](height, width), [1, 2, 0]
+    lam = {"cutmix": 1 - (box[1] - box[0]) * (box[3] - box[2]) / (height * width), "mixup": 0.3}.get(mode, 1.0)
+    params = MixParams(mode=mode, lam=lam, boxes=box, partner=torch.tensor(partner))
+    resolved = resolve_mix(params, batch_size=batch, height=height, width=width)
+    scale, shift = normalization_affine(mean=MEAN, std=STD, from_uint8=True)
+    out = torch.full((batch, 3, height, width), math.nan).contiguous(memory_format=torch.channels_last)
+    targets = torch.full((batch, NUM_CLASSES), math.nan)
+    triton_kernel.launch_mix_kernel(images.permute(0, 3, 1, 2), labels, packed=triton_kernel.pack_rows(resolved),
+                                    scale=scale, shift=shift, label_smoothing=SMOOTHING, out_images=out,
+                                    out_targets=targets, block=1024, tile_loads=False)
+    expected = naive_mix(images.permute(0, 3, 1, 2), labels, modes=[mode] * batch, lam=[lam] * batch,
+                         boxes=[box] * batch, partner=partner, from_uint8=True)
+    assert_matches(out, targets, *expected)

@@ -66,7 +66,7 @@ def _mix_kernel(
     out_stride_n, out_stride_c, out_stride_h, out_stride_w,
     num_classes, off_value, on_minus_off,
     HEIGHT: tl.constexpr, WIDTH: tl.constexpr, CHANNELS: tl.constexpr,
-    DENSE_NHWC: tl.constexpr, BLOCK: tl.constexpr,
+    DENSE_NHWC: tl.constexpr, BLOCK: tl.constexpr, TILE_LOADS: tl.constexpr,
 ):  # fmt: skip
     tile = tl.program_id(0)
     sample = tl.program_id(1).to(tl.int64)
@@ -91,7 +91,7 @@ def _mix_kernel(
     own_weight = tl.where(inside, own_in, own_out)
     partner_weight = tl.where(inside, partner_in, partner_out)
 
-    if DENSE_NHWC:
+    if DENSE_NHWC and TILE_LOADS:
         # Whole-tile decisions: a mask that is the same for every value of the tile lets the
         # compiler issue wide (vector) loads; a per-value mask (the box edge falls every few
         # values) forces one load per byte. A tile reads the partner only if it has a partner
@@ -112,9 +112,13 @@ def _mix_kernel(
         own_value = tl.where(own_weight != 0.0, own_raw.to(tl.float32), 0.0)
         partner_value = tl.where(partner_weight != 0.0, partner_raw.to(tl.float32), 0.0)
         out_offset = index
-    else:
-        source_offset = channel * source_stride_c + h * source_stride_h + w * source_stride_w
-        out_offset = channel * out_stride_c + h * out_stride_h + w * out_stride_w
+    else:  # per-value masks (strided tensors; TILE_LOADS=False: the earlier dense path, for comparison)
+        if DENSE_NHWC:
+            source_offset = index
+            out_offset = index
+        else:
+            source_offset = channel * source_stride_c + h * source_stride_h + w * source_stride_w
+            out_offset = channel * out_stride_c + h * out_stride_h + w * out_stride_w
         own_value = tl.load(
             source_ptr + sample * source_stride_n + source_offset, mask=valid & (own_weight != 0.0), other=0
         ).to(tl.float32)
@@ -174,8 +178,11 @@ def launch_mix_kernel(
     out_images: Tensor,
     out_targets: Tensor,
     block: int = DEFAULT_BLOCK,
+    tile_loads: bool = True,
 ) -> None:
-    """The bare launch, every tensor already on the device (what the benchmark times)."""
+    """The bare launch, every tensor already on the device (what the benchmark times).
+    ``tile_loads=False`` (with ``block=1024``) is the earlier per-value masked dense path, kept so
+    that a GPU benchmark can time both in one run."""
     batch_size, channels, height, width = source.shape
     num_classes = out_targets.shape[1]
     off_value, on_value = smoothing_values(num_classes=num_classes, label_smoothing=label_smoothing)
@@ -185,7 +192,7 @@ def launch_mix_kernel(
         source, out_images, out_targets, labels, packed, scale, shift,
         *source.stride(), *out_images.stride(),
         num_classes, off_value, on_value - off_value,
-        HEIGHT=height, WIDTH=width, CHANNELS=channels, DENSE_NHWC=dense, BLOCK=block,
+        HEIGHT=height, WIDTH=width, CHANNELS=channels, DENSE_NHWC=dense, BLOCK=block, TILE_LOADS=tile_loads,
     )  # fmt: skip
 
 
