@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from bench_mix import cpu_name  # bench/ is on the path when run as a script
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -290,16 +290,6 @@ def run_cuda(args: argparse.Namespace, *, device: str = "cuda", sync: Callable[[
         lines.append(f"pinned host blocks handed out in this run: {stats.get('active_requests.allocated', '?')}"
                      f" (the old code pins once per step, the new one once per ring slot)")
     return lines
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo, where there is one."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "cpu"
 
 
 def main() -> None:

@@ -445,3 +445,17 @@ def write_files(root: Path, files: dict[str, bytes]) -> Path:
         (Path(root) / name).parent.mkdir(parents=True, exist_ok=True)
         (Path(root) / name).write_bytes(data)
     return Path(root)
+
+
+def run_shards_main(capsys, *args) -> tuple[int, str, str]:
+    """``python -m shards`` in-process: (exit status, stdout, stderr); argparse's SystemExit counts
+    as the exit status."""
+    from shards.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

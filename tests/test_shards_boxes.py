@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from shard_fixtures import (boxed_jpeg, cifar_archive, jpeg_bytes, make_flat_tar, make_imagefolder, make_tar_of_tars,
-                            voc_xml, white_box, write_cifar_tar, write_files)
+                            run_shards_main, voc_xml, white_box, write_cifar_tar, write_files)
 from shard_readers import manifest, read_with_webdataset
 from shards.cli import main
 
@@ -215,14 +215,9 @@ def test_a_val_imagefolder_takes_boxes_by_file_stem(tmp_path):
 # Mistakes: one error line, exit status 2 ---------------------------------------------------------
 
 def run_main(capsys, *args) -> tuple[int, str]:
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.out + captured.err
-    return code, captured.err
+    code, out, err = run_shards_main(capsys, *args)
+    assert "Traceback" not in out + err
+    return code, err
 
 
 def assert_one_error_line(code, err, *needles):

@@ -1,6 +1,6 @@
 """User mistakes give exit status 2 and one clear message naming the problem, never a traceback.
 
-A few cases run the real CLI (``python -m shards``) in a subprocess; the rest call ``main``.
+A few cases run the real CLI (``python -m shards``) in a subprocess; the rest call ``main`` in-process.
 """
 
 import json
@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from processes import run_process
-from shard_fixtures import jpeg_bytes, make_imagefolder
-from shards.cli import main
+from shard_fixtures import jpeg_bytes, make_imagefolder, run_shards_main
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--quiet", "--workers", "1", "--shard-size", "64kB"]
@@ -23,15 +22,7 @@ def cli(*args) -> subprocess.CompletedProcess:
                        capture_output=True, text=True, timeout=120)
 
 
-def run_main(capsys, *args) -> tuple[int, str, str]:
-    """``main`` in-process; argparse errors (SystemExit) count as the exit status."""
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+run_main = run_shards_main  # ``main`` in-process: (exit status, stdout, stderr)
 
 
 def assert_user_error(code, out, err, *needles):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from shard_fixtures import CUB_TOP, cub_dataset, write_cub_tar, write_files
+from shard_fixtures import CUB_TOP, cub_dataset, run_shards_main, write_cub_tar, write_files
 from shard_readers import manifest, read_with_webdataset
 from shards.cli import main
 
@@ -118,12 +118,8 @@ def test_images_missing_or_unlisted_are_rejected_with_the_reason(tmp_path):
 
 
 def run_main(capsys, *args) -> tuple[int, str]:
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exit_:
-        code = exit_.code
-    return code, capsys.readouterr().err
+    code, _, err = run_shards_main(capsys, *args)
+    return code, err
 
 
 def assert_one_error_line(code, err, *needles):

@@ -116,8 +116,10 @@ def _has_boxes(shards: Path, split: str) -> bool:
     from shards.errors import ShardsError
     from shards.manifest import load_manifest
 
+    from .runner import has_boxes
+
     try:
-        return bool(load_manifest(Path(shards), split).get("totals", {}).get("with_boxes"))
+        return has_boxes(load_manifest(Path(shards), split))
     except ShardsError:
         return False  # the request check reports the missing manifest
 

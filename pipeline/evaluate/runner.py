@@ -80,7 +80,7 @@ def check_request(request: EvalRequest) -> dict:
         raise EvalError(f"--out {request.out}: exists and is not a folder")
     manifest = _manifest(request.shards, request.split, what="--shards")
     check_classes(request.source, manifest["classes"], where=f"{request.shards / (request.split + '.json')}")
-    if "localize" in request.tasks and not manifest.get("totals", {}).get("with_boxes"):
+    if "localize" in request.tasks and not has_boxes(manifest):
         raise EvalError(f"--tasks localize: {request.shards / (request.split + '.json')} has no sample with a box "
                         "(build val with LOC_val_solution.csv or --boxes, or use CUB-200-2011), or drop localize")
     for folder in request.ood_shards:
@@ -90,6 +90,11 @@ def check_request(request: EvalRequest) -> dict:
     except OSError as error:
         raise EvalError(f"--out {request.out}: cannot create it ({error.strerror})") from None
     return manifest
+
+
+def has_boxes(manifest: dict) -> bool:
+    """Whether a split's manifest counts any sample with a ground-truth box."""
+    return bool(manifest.get("totals", {}).get("with_boxes"))
 
 
 def _manifest(folder: Path, split: str, *, what: str) -> dict:
