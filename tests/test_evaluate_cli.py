@@ -255,3 +255,17 @@ def test_compare_warns_when_runs_have_other_ood_sets():
     assert "**Warning**: a lack some of the OOD sets" in table
     # b's means are over its two sets: (10 + 30) / 2 for each of the three columns.
     assert "| b | - | - | - | - | - | - | 20.00 | 20.00 | 20.00 |" in table
+
+
+def test_a_task_that_fails_mid_run_keeps_the_finished_ones(demo_run, tmp_path):
+    """Batches of one sample hold no pair of two classes: in-between fails during its pass, after
+    classify has finished; eval.json keeps classify, and the error is one line."""
+    out = tmp_path / "partial"
+    done = run_process(evaluate_command(str(demo_run), "--tasks", "classify,in-between", "--batch-size", "1",
+                                        "--num-threads", "1", "--quiet", "--out", str(out)),
+                       cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines == [lines[0]] and lines[0].startswith("error: in-between: no pair"), done.stderr[-3000:]
+    results = json.loads((out / "eval.json").read_text())
+    assert results["classify"]["samples"] == 359 and "in-between" not in results

@@ -109,3 +109,21 @@ def test_a_resume_with_another_model_structure_is_refused(tmp_path):
             check_compatible(state, checkpoint=tmp_path, **other)
     # A checkpoint of a version before the field: no ShakeDrop.
     assert TrainState(**{"model_name": "resnet10t", "num_classes": 10}).shakedrop is False
+
+
+def test_an_older_demo_folder_gets_the_test_split(tmp_path):
+    """A demo shards folder made before the localization split existed (no test.json) is completed."""
+    from types import SimpleNamespace
+
+    from shards.demo import build_demo_shards
+
+    from pipeline.config import resolve_config
+    from pipeline.run import prepare_shards
+
+    shards = build_demo_shards(tmp_path / "data", quiet=True)
+    for path in shards.glob("test*"):
+        path.unlink()
+    config = resolve_config(config_file=None, overrides=["data.demo=true", f"data.shards={shards}"])
+    accelerator = SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None)
+    assert prepare_shards(config, accelerator=accelerator) == shards
+    assert (shards / "test.json").is_file() and (shards / "val.json").is_file()
