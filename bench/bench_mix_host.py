@@ -74,7 +74,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--rounds", type=int, default=25, help="rounds of the round-robin (median reported)")
-    parser.add_argument("--calls", type=int, default=None, help="steps per method per round (CPU 40, CUDA 200)")
+    parser.add_argument("--calls", type=int, default=None,
+                        help="steps per method per round (CPU 64, CUDA 192: multiples of the sampler's LOOKAHEAD, "
+                             "so that every round holds as many of its block draws)")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
     parser.add_argument("--baseline", default=BASELINE_COMMIT, help="commit of the old code ('none': new only)")
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results/mix_host_<device>.txt")
@@ -150,6 +152,21 @@ def feature_step(package, sampler, images, labels, options) -> Callable[[], obje
     return step
 
 
+def worst_step_micros(step: Callable[[], object], *, windows: int, window: int) -> float:
+    """CPU microseconds of this thread of the dearest step in each of `windows` runs of `window`
+    consecutive steps, median over the runs. With `window` the sampler's LOOKAHEAD, each run holds
+    exactly one step that draws a block: what that step costs, the others being cheaper."""
+    worst = []
+    for _ in range(windows):
+        times = []
+        for _ in range(window):
+            start = time.thread_time()
+            step()
+            times.append(time.thread_time() - start)
+        worst.append(max(times) * 1e6)
+    return statistics.median(worst)
+
+
 def time_round_robin(steps: dict[str, Callable[[], object]], *, rounds: int, calls: int) -> dict[str, list[float]]:
     """CPU microseconds of this thread per call of each step, one figure per round; steps take
     turns within a round. Thread time, not wall time: the host work of a step, without the time
@@ -203,15 +220,18 @@ def run_cpu(args: argparse.Namespace) -> list[str]:
     for package in found.values():
         host_only(package)
     images, labels = make_batch(batch_size=args.batch_size, size=args.size, device="cpu")
+    lookahead = found["new"].sampler.LOOKAHEAD
     lines = [f"{'mode':<22} " + "  ".join(f"{name + ' median':>12} {name + ' min':>9}" for name in found)
-             + ("   old/new (medians)" if len(found) == 2 else "")]
+             + f" {'new worst':>10}" + ("   old/new (medians)" if len(found) == 2 else "")]
     news = {}
     for mode in args.modes.split(","):
         steps = {name: training_step(package, mode, images, labels) for name, package in found.items()}
         with CachedLargeOutputs():
             micros = time_round_robin(steps, rounds=args.rounds, calls=args.calls)
+            worst = worst_step_micros(steps["new"], windows=args.rounds, window=lookahead)
         medians = {name: statistics.median(values) for name, values in micros.items()}
         line = f"{mode:<22} " + "  ".join(f"{medians[name]:9.1f} us {min(micros[name]):6.1f} us" for name in found)
+        line += f" {worst:7.1f} us"
         if len(found) == 2:
             line += f"   {medians['old'] / medians['new']:6.1f}x"
         lines.append(line)
@@ -219,6 +239,8 @@ def run_cpu(args: argparse.Namespace) -> list[str]:
     met = [mode for mode, median in news.items() if median <= GOAL_US]
     lines.append(f"new: {len(met)} of {len(news)} modes within the goal of <= {GOAL_US} us per step"
                  f" ({', '.join(met) or 'none'}); slowest {max(news.values()):.1f} us")
+    lines.append(f"new worst: the dearest of {lookahead} consecutive steps (median of {args.rounds}): the step in which "
+                 f"the sampler draws the next {lookahead} steps at once; the medians above average over those blocks")
     allocation = time_round_robin({"outputs": lambda: output_tensors(images)}, rounds=args.rounds, calls=args.calls)
     lines.append(f"not in the figures above: allocating the two outputs on the CPU, "
                  f"{statistics.median(allocation['outputs']):.1f} us (an mmap; cached on CUDA)")
@@ -294,7 +316,7 @@ def run_cuda(args: argparse.Namespace, *, device: str = "cuda", sync: Callable[[
 
 def main() -> None:
     args = parse_args()
-    args.calls = args.calls or (40 if args.device == "cpu" else 200)
+    args.calls = args.calls or (64 if args.device == "cpu" else 192)
     if args.device == "cpu":
         # Before triton_kernel is imported (old or new): triton.jit picks the interpreter then.
         os.environ["TRITON_INTERPRET"] = "1"

@@ -580,7 +580,9 @@ def host_section(suite: Suite) -> list[Row]:
         kernel.launch_mix_kernel(images.permute(0, 3, 1, 2), labels, packed=packed, scale=scale, shift=shift,
                                  label_smoothing=SMOOTHING, out_images=out, out_targets=targets)
 
-    calls = plan.launches * 2  # steps per round: ~3 queue entries each, well inside CUDA's launch queue
+    # Steps per round: ~3 queue entries each, well inside CUDA's launch queue; 80 in a full run, a
+    # multiple of the sampler's LOOKAHEAD, so every round holds as many block draws.
+    calls = plan.launches * 2
     _, kernel_s = back_to_back(kernel_alone, calls=calls, rounds=plan.rounds, device=device)
     rows = [Row("host", "kernel alone, back to back", kernel_s * 1e6, "us"),
             note("host", "host batch", f"{batch}x{size}x{size}x3 uint8 -> bf16 channels_last, sampler.sample + "

@@ -6,7 +6,7 @@ below is a pure function, so a resumed run derives exactly the seeds an uninterr
     epoch_seed(run, epoch)              the seed of one epoch (loaders built at that epoch, mixing)
     stream_seed(seed, rank, stream)     31-bit, for DALI (pipeline: 0, reader: 1) and the synthetic data
     torch_worker_seed(run, rank, epoch, worker)   torch backend: torch's and numpy's RNG in a worker
-    generator_seed(seed, rank)          64-bit, for the MixSampler's torch.Generator
+    generator_seed(seed, rank)          64-bit, for the MixSampler's numpy Generator and evaluation draws
 """
 
 from __future__ import annotations
@@ -41,5 +41,5 @@ def torch_worker_seed(*, run_seed: int, rank: int, epoch: int, worker: int) -> i
 
 
 def generator_seed(*, seed: int, rank: int) -> int:
-    """A 64-bit torch.Generator seed that differs per rank."""
+    """A 64-bit generator seed (numpy or torch) that differs per rank."""
     return int(np.random.SeedSequence(entropy=seed, spawn_key=(rank,)).generate_state(1, dtype=np.uint64)[0])

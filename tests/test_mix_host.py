@@ -19,6 +19,7 @@ from sync_counter import SyncCounter
 import pipeline.mix.staging as staging
 import pipeline.mix.triton_kernel as triton_kernel
 from pipeline.mix import MixParams, MixSampler, apply_mix, resolve_mix
+from pipeline.mix.sampler import LOOKAHEAD
 
 MEAN = (0.5, 0.4, 0.3)
 STD = (0.2, 0.25, 0.3)
@@ -93,7 +94,7 @@ def mix_step(sampler, images, labels, **options):
 def test_the_kernel_gets_the_rows_the_draw_describes(name, launches):
     sampler = MixSampler(seed=3, **SAMPLERS[name])
     images, labels = make_batch()
-    for _ in range(12):
+    for _ in range(LOOKAHEAD + 4):  # across a boundary of the blocks the sampler draws at once
         params = mix_step(sampler, images, labels, backend="triton")
         packed = launches[-1]["packed"].numpy()
         if params.layer is not None:  # the image is only normalized; the layer's rows go to its hooks

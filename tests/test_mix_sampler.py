@@ -5,8 +5,10 @@ import pytest
 import torch
 from scipy import stats
 
-from pipeline.mix import MixSampler, apply_mix
-from pipeline.mix.sampler import draw_beta, draw_cutmix_boxes
+import dataclasses
+
+from pipeline.mix import MixParams, MixSampler, apply_mix, resolve_mix
+from pipeline.mix.sampler import LOOKAHEAD, PARTNER_CHOICES, draw_beta, draw_cutmix_boxes
 
 # p-value below which a distribution test fails; every draw is seeded, so a pass is deterministic.
 P_FLOOR = 1e-3
@@ -28,10 +30,50 @@ def official_cutmix_lambdas(*, alpha, height, width, count, seed):
     return np.array(lambdas, dtype=np.float32).astype(np.float64)
 
 
-@pytest.mark.parametrize("alpha", [1.0, 0.5, 2.0])
+@pytest.mark.parametrize("alpha", [1.0, 0.5, 2.0, 0.2])
 def test_beta_draws_follow_beta(alpha):
-    draws = draw_beta(alpha, count=20000, generator=torch.Generator().manual_seed(0)).numpy()
+    draws = draw_beta(alpha, count=20000, generator=np.random.default_rng(0))
     assert stats.kstest(draws, "beta", args=(alpha, alpha)).pvalue > P_FLOOR
+
+
+def test_beta_draws_with_a_tiny_alpha_are_finite_and_symmetric():
+    """At alpha 0.001 about a fifth of the Gamma pairs underflow to 0 / 0: those rows are drawn
+    again, so no NaN, and the draws still match numpy's own Beta sampler as the float32 lambdas
+    the mixing uses (a single underflow gives exactly 0 or 1 where numpy's log-space Johnk gives
+    values like 1e-58, equal in float32)."""
+    alpha, count = 0.001, 20000
+    draws = draw_beta(alpha, count=count, generator=np.random.default_rng(1))
+    assert np.isfinite(draws).all() and ((draws >= 0) & (draws <= 1)).all()
+    below = np.count_nonzero(draws < 0.5) / count
+    assert abs(below - 0.5) < 4 * (0.25 / count) ** 0.5
+    reference = np.random.default_rng(2).beta(alpha, alpha, count)
+    assert stats.ks_2samp(draws.astype(np.float32), reference.astype(np.float32)).pvalue > P_FLOOR
+
+
+@pytest.mark.parametrize("per", ["batch", "elem"])
+def test_mixup_lambda_follows_beta(per):
+    sampler = MixSampler(mode="mixup", mixup_alpha=0.4, per=per, seed=14)
+    if per == "elem":
+        lam = sampler.sample(batch_size=5000, height=8, width=8).lam.double().numpy()
+    else:
+        lam = np.array([float(sampler.sample(batch_size=2, height=8, width=8).lam[0]) for _ in range(3000)])
+    assert stats.kstest(lam, "beta", args=(0.4, 0.4)).pvalue > P_FLOOR
+
+
+def test_cutmix_or_mixup_per_sample_draws_each_mode_from_its_own_alpha():
+    """Mixup rows: lambda ~ Beta(mixup_alpha); CutMix rows: the official corrected lambda of
+    Beta(cutmix_alpha) boxes; each row's box only where it is CutMix."""
+    sampler = MixSampler(mode="cutmix_or_mixup", cutmix_alpha=1.0, mixup_alpha=0.3, per="elem", seed=15)
+    params = sampler.sample(batch_size=12000, height=32, width=24)
+    modes = np.array(params.mode)
+    lam = params.lam.double().numpy()
+    boxes = params.boxes.numpy()
+    mixup, cutmix = modes == "mixup", modes == "cutmix"
+    assert mixup.sum() > 5000 and cutmix.sum() > 5000
+    assert not boxes[mixup].any()
+    assert stats.kstest(lam[mixup], "beta", args=(0.3, 0.3)).pvalue > P_FLOOR
+    official = official_cutmix_lambdas(alpha=1.0, height=32, width=24, count=10000, seed=16)
+    assert stats.ks_2samp(lam[cutmix].astype(np.float32).astype(np.float64), official).pvalue > P_FLOOR
 
 
 def test_mixup_lambda_mean_for_alpha_one():
@@ -58,23 +100,23 @@ def test_cutmix_lambda_matches_official_distribution(per):
 def test_box_centres_are_uniform():
     height, width, count = 13, 6, 13000
     # lam = 1 gives empty boxes (cut side 0) sitting exactly on their centre.
-    boxes = draw_cutmix_boxes(torch.ones(count), height=height, width=width, generator=torch.Generator().manual_seed(4))
-    assert torch.equal(boxes[:, 0], boxes[:, 1]) and torch.equal(boxes[:, 2], boxes[:, 3])
+    boxes = draw_cutmix_boxes(np.ones(count), height=height, width=width, generator=np.random.default_rng(4))
+    assert np.array_equal(boxes[:, 0], boxes[:, 1]) and np.array_equal(boxes[:, 2], boxes[:, 3])
     for column, side in ((0, height), (2, width)):
-        counts = torch.bincount(boxes[:, column], minlength=side).numpy()
+        counts = np.bincount(boxes[:, column], minlength=side)
         assert len(counts) == side
         assert stats.chisquare(counts).pvalue > P_FLOOR
 
 
 def test_boxes_are_clipped_with_official_sides():
-    lam = torch.rand(5000, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    boxes = draw_cutmix_boxes(lam, height=20, width=14, generator=torch.Generator().manual_seed(6))
-    cut_h = (20 * torch.sqrt(1 - lam)).long()
-    assert bool((boxes[:, 0] >= 0).all() and (boxes[:, 1] <= 20).all() and (boxes[:, 3] <= 14).all())
-    assert bool((boxes[:, 1] - boxes[:, 0] <= 2 * (cut_h // 2)).all())
+    lam = np.random.default_rng(5).random(5000)
+    boxes = draw_cutmix_boxes(lam, height=20, width=14, generator=np.random.default_rng(6))
+    cut_h = np.array([int(20 * np.sqrt(1 - value)) for value in lam])  # the official int(H * sqrt(1 - lam))
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] <= 20).all() and (boxes[:, 3] <= 14).all()
+    assert (boxes[:, 1] - boxes[:, 0] <= 2 * (cut_h // 2)).all()
     # Boxes away from the borders keep the full official side 2 * (cut // 2).
     inner = (boxes[:, 0] > 0) & (boxes[:, 1] < 20)
-    assert bool(inner.any()) and torch.equal((boxes[:, 1] - boxes[:, 0])[inner], 2 * (cut_h // 2)[inner])
+    assert inner.any() and np.array_equal((boxes[:, 1] - boxes[:, 0])[inner], 2 * (cut_h // 2)[inner])
 
 
 @pytest.mark.parametrize("per", ["batch", "elem"])
@@ -155,6 +197,15 @@ def test_cutmix_minmax_boxes():
     torch.testing.assert_close(params.lam.double(), 1 - (sides_h * sides_w).double() / 320, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("per", ["batch", "elem"])
+def test_an_empty_batch_draws_empty_params(per):
+    params = MixSampler(mode="cutout", cutout_size=3, per=per, seed=21).sample(batch_size=0, height=8, width=8)
+    assert params.boxes.shape == (0, 4) and params.partner.shape == (0,) and params.lam.shape == (0,)
+    images, targets = apply_mix(torch.zeros(0, 8, 8, 3, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64),
+                                params=params, mean=(0, 0, 0), std=(1, 1, 1), num_classes=3)
+    assert images.shape == (0, 3, 8, 8) and targets.shape == (0, 3)
+
+
 def test_cutout_fixed_box_and_unchanged_labels():
     sampler = MixSampler(mode="cutout", cutout_size=6, per="elem", seed=13)
     params = sampler.sample(batch_size=3000, height=10, width=10)
@@ -165,3 +216,56 @@ def test_cutout_fixed_box_and_unchanged_labels():
     _, targets = apply_mix(torch.zeros(3000, 10, 10, 3, dtype=torch.uint8), labels, params=params,
                            mean=(0, 0, 0), std=(1, 1, 1), num_classes=10)  # fmt: skip
     assert torch.equal(targets, torch.nn.functional.one_hot(labels, 10).float())
+
+
+def draw_key(params):
+    return (tuple(params.boxes.flatten().tolist()), tuple(params.partner.tolist()), tuple(params.lam.tolist()))
+
+
+@pytest.mark.parametrize("partner", PARTNER_CHOICES)
+def test_a_per_batch_draw_gives_every_sample_one_lambda_and_box_across_blocks(partner):
+    sampler = MixSampler(mode="cutmix_or_mixup", partner=partner, prob=0.8, seed=17)
+    modes = set()
+    for _ in range(2 * LOOKAHEAD + 3):  # across the boundaries of the blocks drawn at once
+        params = sampler.sample(batch_size=6, height=12, width=10)
+        modes.add(params.mode)
+        assert isinstance(params.mode, str)
+        assert bool((params.lam == params.lam[0]).all()) and bool((params.boxes == params.boxes[0]).all())
+        assert sorted(params.partner.tolist()) == list(range(6))
+    assert modes == {"cutmix", "mixup", "none"}
+
+
+def test_another_batch_shape_draws_anew_and_the_same_shapes_draw_the_same():
+    """Draws come LOOKAHEAD steps at a time; a call with another shape drops the rest of the block.
+    Each draw fits its own shape (its rows pass resolve_mix's checks, which recompute lambda from
+    the box), no two draws repeat, and the same sequence of shapes draws the same again."""
+    shapes = [(8, 16, 16)] * 3 + [(6, 16, 16)] * 2 + [(8, 16, 16)] * (LOOKAHEAD + 2) + [(8, 12, 20)] * 2
+
+    def draws():
+        sampler = MixSampler(mode="cutmix_or_mixup", per="elem", seed=18)
+        return [sampler.sample(batch_size=b, height=h, width=w) for b, h, w in shapes]
+
+    first, again = draws(), draws()
+    for params, (batch_size, height, width) in zip(first, shapes):
+        assert params.partner.shape == (batch_size,) and params.boxes.shape == (batch_size, 4)
+        checked = resolve_mix(dataclasses.replace(params), batch_size=batch_size, height=height, width=width)
+        drawn = resolve_mix(params, batch_size=batch_size, height=height, width=width)
+        assert checked is not drawn and np.array_equal(checked.rows, drawn.rows)
+    assert [draw_key(p) for p in first] == [draw_key(p) for p in again]
+    assert len({draw_key(p) for p in first}) == len(shapes)
+
+
+def test_a_drawn_cutout_then_mixup_mixes_as_its_fields_say():
+    """The draw's holes come packed with the mixing's partner and lambda; the same fields written
+    by hand (checked and packed by apply_mix) give the same images and targets."""
+    sampler = MixSampler(mode="mixup", cutout_size=5, prob=0.7, seed=19)
+    images = torch.randint(0, 256, (6, 12, 10, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(20))
+    labels = torch.tensor([0, 1, 2, 3, 4, 0])
+    options = dict(mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3), num_classes=5)
+    for _ in range(LOOKAHEAD + 2):
+        params = sampler.sample(batch_size=6, height=12, width=10)
+        by_hand = MixParams(mode=params.mode, lam=float(params.lam[0]), partner=params.partner.clone(),
+                            cutout_boxes=params.cutout_boxes.clone())
+        for got, expected in zip(apply_mix(images, labels, params=params, **options),
+                                 apply_mix(images, labels, params=by_hand, **options)):
+            assert torch.equal(got, expected)

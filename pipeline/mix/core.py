@@ -24,7 +24,7 @@ from torch import Tensor
 from .feature import mix_features
 from .params import MixParams, resolve_holes, resolve_mix
 from .reference import mix_reference
-from .rows import LAM_COLUMN, PARTNER_COLUMN, ResolvedMix, device_partner
+from .rows import ResolvedMix, device_partner
 from .staging import to_device
 
 BACKENDS = ("auto", "triton", "reference")
@@ -110,13 +110,9 @@ def _cutout_then_mix(source: Tensor, labels: Tensor, *, params: MixParams, resol
     mixing's partner and lambda, which a cutout row uses for its targets only (its partner pixel
     weights are 0, so no partner pixel is read). The mixing then reuses that copy's partners."""
     batch_size, _, height, width = source.shape
-    holes = resolve_holes(params, batch_size=batch_size, height=height, width=width)
-    rows = holes.rows.copy()
-    rows[:, PARTNER_COLUMN] = resolved.rows[:, PARTNER_COLUMN]
-    rows[:, LAM_COLUMN] = resolved.rows[:, LAM_COLUMN]
-    holes_and_targets = ResolvedMix(codes=holes.codes, rows=rows, height=height, width=width)
-    holed, targets = _run_backend(source, labels, resolved=holes_and_targets, **options)
-    partner = device_partner(holes_and_targets.on_device(source.device))
+    holes = resolve_holes(params, resolved, batch_size=batch_size, height=height, width=width)
+    holed, targets = _run_backend(source, labels, resolved=holes, **options)
+    partner = device_partner(holes.on_device(source.device))
     return mix_features(holed, resolved, partner=partner), targets
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .rows import BOX_MODES, MODE_CODES, MODES, PARTNER_MODES, USES_BOX, USES_PARTNER, Box, ResolvedMix
+from .rows import LAM_COLUMN, MODE_CODES, MODES, PARTNER_COLUMN, USES_BOX, USES_PARTNER, Box, ResolvedMix
 
 # How far a given cutmix lambda may sit from the box area before it is called inconsistent.
 LAMBDA_TOLERANCE = 1e-5
@@ -46,9 +46,9 @@ class MixParams:
     # (Cutout + Mixup); zeros after normalization, like the cutout mode.
     cutout_boxes: Union[Tensor, None] = None
     # A MixSampler draw carries its packed rows, and those of its Cutout holes (valid by
-    # construction), which resolve_mix and resolve_holes return unchecked for the grid they were
-    # drawn on. Not arguments: hand-written params, and a draw changed with dataclasses.replace,
-    # are checked. A draw's tensors are read-only.
+    # construction), which resolve_mix returns unchecked for the grid they were drawn on, and
+    # resolve_holes with that draw's rows. Not arguments: hand-written params, and a draw changed
+    # with dataclasses.replace, are checked. A draw's tensors are read-only.
     _drawn: Optional[ResolvedMix] = field(default=None, init=False, repr=False, compare=False)
     _drawn_holes: Optional[ResolvedMix] = field(default=None, init=False, repr=False, compare=False)
 
@@ -85,13 +85,21 @@ def resolve_mix(params: MixParams, *, batch_size: int, height: int, width: int) 
     return ResolvedMix.pack(codes=codes, boxes=boxes, partner=partner, lam=lam, height=height, width=width)
 
 
-def resolve_holes(params: MixParams, *, batch_size: int, height: int, width: int) -> ResolvedMix:
-    """`params.cutout_boxes` checked and packed as the rows of the cutout mode (on the image grid)."""
+def resolve_holes(params: MixParams, resolved: ResolvedMix, *, batch_size: int, height: int,
+                  width: int) -> ResolvedMix:
+    """`params.cutout_boxes` checked and packed as rows of the cutout mode (on the image grid) that
+    carry the partner and lambda of `resolved`, the mixing after the holes (`resolve_mix(params)`):
+    so one kernel pass cuts the holes and writes the final targets (a cutout row reads no partner
+    pixel; its partner and lambda serve the targets only)."""
     drawn = params._drawn_holes
-    if drawn is not None and (len(drawn.rows), drawn.height, drawn.width) == (batch_size, height, width):
+    if drawn is not None and resolved is params._drawn:
         return drawn
-    return resolve_mix(MixParams(mode="cutout", boxes=params.cutout_boxes), batch_size=batch_size, height=height,
-                       width=width)
+    holes = resolve_mix(MixParams(mode="cutout", boxes=params.cutout_boxes), batch_size=batch_size, height=height,
+                        width=width)
+    rows = holes.rows.copy()
+    rows[:, PARTNER_COLUMN] = resolved.rows[:, PARTNER_COLUMN]
+    rows[:, LAM_COLUMN] = resolved.rows[:, LAM_COLUMN]
+    return ResolvedMix(codes=holes.codes, rows=rows, height=height, width=width)
 
 
 @functools.lru_cache(maxsize=64)

@@ -52,6 +52,8 @@ _WEIGHTS_BASE_AND_PER_LAM = np.array([
     [0, 0, 1, 0, 0, 0, 0, 0],  # cutout
 ], dtype=np.float32)
 
+# The same, one column per row of a batch's weights (`pack` takes columns by mode code).
+_WEIGHT_COLUMNS = np.ascontiguousarray(_WEIGHTS_BASE_AND_PER_LAM.T)
 # The same as numpy float32 scalars, for one row at a time.
 _WEIGHT_SCALARS = [tuple(row) for row in _WEIGHTS_BASE_AND_PER_LAM]
 
@@ -78,15 +80,7 @@ class ResolvedMix:
              width: int) -> "ResolvedMix":
         """Rows from checked per-sample values: `codes` [B], `boxes` [B, 4] (zeros where the mode
         has none), `partner` [B], `lam` [B] as the label weights of the modes."""
-        batch_size = len(codes)
-        rows = np.empty((batch_size, ROW_COLUMNS), dtype=np.int32)
-        rows[:, BOX_COLUMNS] = boxes
-        rows[:, PARTNER_COLUMN] = _own_partner(partner, USES_PARTNER.take(codes))
-        table = _WEIGHTS_BASE_AND_PER_LAM.take(codes, axis=0)
-        lam = np.asarray(lam, dtype=np.float32)[:, None]
-        floats = rows[:, WEIGHT_COLUMNS.start :].view(np.float32)  # weights and lambda, as float32 bits
-        floats[:, :4] = table[:, :4] + table[:, 4:] * lam  # float32: 1 + (-1) * lam rounds as 1 - lam does
-        floats[:, 4:] = lam
+        rows = pack_rows(codes=codes, boxes=boxes, partner=_own_partner(partner, USES_PARTNER.take(codes)), lam=lam)
         return cls(codes=codes, rows=rows, height=height, width=width)
 
     @classmethod
@@ -142,6 +136,23 @@ class ResolvedMix:
         if device not in self._on_device:
             self._on_device[device] = to_device(self.rows, device)
         return self._on_device[device]
+
+
+def pack_rows(*, codes: np.ndarray, boxes: np.ndarray, partner: np.ndarray, lam: np.ndarray) -> np.ndarray:
+    """int32 [N, ROW_COLUMNS], the layout above, from `codes` [N], `boxes` [N, 4], `partner` [N]
+    (already the row itself where the mode takes no partner) and `lam` [N]."""
+    # Built column by column in a [ROW_COLUMNS, N] array, then transposed once: numpy's cost on
+    # [N, 4] slices is per row (4-value inner loops), on [4, N] per call.
+    columns = np.empty((ROW_COLUMNS, len(codes)), dtype=np.int32)
+    columns[BOX_COLUMNS] = np.asarray(boxes).T
+    columns[PARTNER_COLUMN] = partner
+    table = _WEIGHT_COLUMNS.take(codes, axis=1)
+    lam = np.asarray(lam, dtype=np.float32)
+    floats = columns[WEIGHT_COLUMNS.start :].view(np.float32)  # weights and lambda, as float32 bits
+    np.multiply(table[4:], lam, out=floats[:4])
+    floats[:4] += table[:4]  # float32: 1 + (-1) * lam rounds as 1 - lam does
+    floats[4] = lam
+    return np.ascontiguousarray(columns.T)
 
 
 @functools.lru_cache(maxsize=32)

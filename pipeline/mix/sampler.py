@@ -4,27 +4,33 @@ Per batch (`per="batch"`, the paper) or per sample (`per="elem"`, timm): with pr
 the batch (sample) is mixed; when both CutMix and Mixup are on, CutMix is chosen with
 probability `switch_prob`; lam ~ Beta(alpha, alpha); the CutMix box has sides int(H * sqrt(1 - lam))
 and int(W * sqrt(1 - lam)) around a uniform centre, clipped to the image, and lam is recomputed
-from the clipped area. All randomness comes from one torch.Generator seeded from (seed, rank), so
-every rank draws differently and every run repeats.
+from the clipped area. All randomness comes from one numpy Generator (PCG64) seeded from
+(seed, rank), so every rank draws differently and every run repeats.
 
-The generator draws, the arithmetic runs in numpy (a batch is a few hundred values: torch's
-per-call cost would dominate), and each draw carries its packed rows (`rows.ResolvedMix`), so
-`apply_mix` does not check again what the sampler made valid.
+Speed (issue 11: the host side of a training step must cost microseconds). A step needs ~40
+small array operations, and numpy's cost per call (~1 us) is most of it, whatever the length.
+So the sampler draws LOOKAHEAD steps of one batch shape at once (the same ~40 calls on arrays
+LOOKAHEAD times longer) and hands them out one by one; a call with another shape drops what is
+left and draws anew. Draws are therefore a function of (seed, rank, the sequence of shapes asked
+for), as before; LOOKAHEAD is part of that function, so it is a constant. numpy rather than a
+torch.Generator: torch's per-call cost is 2-3x numpy's and its Gamma sampler 7x slower at alpha 1.
+Each draw carries its packed rows (`rows.ResolvedMix`), so `apply_mix` does not check again what
+the sampler made valid.
 """
 
 from __future__ import annotations
 
 import functools
-import math
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from ..seeds import generator_seed
-from .params import MixParams, area_lambda, drawn_params, host_array
-from .rows import MODE_CODES, MODES, NO_BOX, Box, ResolvedMix, own_rows
+from .params import MixParams, drawn_params
+from .rows import (LAM_COLUMN, MODE_CODES, MODES, PARTNER_COLUMN, ROW_COLUMNS, USES_PARTNER, ResolvedMix, pack_rows,
+                   same_codes)
 
 SAMPLER_MODES = ("cutmix", "mixup", "cutmix_or_mixup", "cutout", "none", "feature_cutmix", "manifold_mixup")
 # Feature-level modes: the operation, done on the output of a layer drawn per batch from `layers`
@@ -37,6 +43,9 @@ INPUT_LAYER = "input"
 WITH_CUTOUT = ("mixup", "manifold_mixup")
 PER_CHOICES = ("batch", "elem")
 PARTNER_CHOICES = ("permutation", "flip", "roll")
+# Steps drawn at once (see the module docstring). 16: numpy's per-call cost is then ~1/16 of a
+# step's, and a block of per-sample draws at batch 256 stays a few hundred microseconds.
+LOOKAHEAD = 16
 _MODE_NAMES = np.array(MODES, dtype=object)
 
 
@@ -68,21 +77,29 @@ class MixSampler:
         self.layers = tuple(layers)
         self.layer_shapes = dict(layer_shapes or {})
         self.mode = mode
-        self.cutmix_alpha = cutmix_alpha
-        self.mixup_alpha = mixup_alpha
+        self.cutmix_alpha = float(cutmix_alpha)
+        self.mixup_alpha = float(mixup_alpha)
         self.cutmix_minmax = None if cutmix_minmax is None else (float(cutmix_minmax[0]), float(cutmix_minmax[1]))
         self.cutout_size = cutout_size
         self.prob = prob
         self.switch_prob = switch_prob
         self.per = per
         self.partner = partner
-        self.generator = torch.Generator().manual_seed(generator_seed(seed=seed, rank=rank))
-        # One-value buffers for the per-batch draws: drawing in place skips an allocation each.
-        self._one_float = torch.empty(1, dtype=torch.float64)
-        self._one_int = torch.empty(1, dtype=torch.int64)
+        self.generator = np.random.default_rng(generator_seed(seed=seed, rank=rank))
+        self._block: Optional[_Block] = None
+        self._next = 0  # the block's next step
 
     def sample(self, *, batch_size: int, height: int, width: int) -> MixParams:
         """Draw the parameters of one batch of `batch_size` images of `height` x `width`."""
+        block = self._block
+        if block is None or self._next == LOOKAHEAD or block.shape != (batch_size, height, width):
+            self._check_batch(batch_size)
+            block = self._block = self._draw_block(batch_size, height=height, width=width)
+            self._next = 0
+        step, self._next = self._next, self._next + 1
+        return block.params(step)
+
+    def _check_batch(self, batch_size: int) -> None:
         if self.mode not in ("cutout", "none") and batch_size < 2:
             raise ValueError(f"batch_size: {self.mode} needs a partner, so at least 2 samples; got {batch_size}")
         if self.partner == "flip" and self.mode != "none" and batch_size % 2:
@@ -90,198 +107,206 @@ class MixSampler:
                 f"batch_size: partner='flip' needs an even batch (the middle sample would mix with itself); "
                 f"got {batch_size}"
             )
-        layer, image_height, image_width = None, height, width
+
+    def _draw_block(self, batch_size: int, *, height: int, width: int) -> _Block:
+        """LOOKAHEAD steps of batches of `batch_size` images of `height` x `width`, packed."""
+        steps, generator = LOOKAHEAD, self.generator
+        layers, grids = [None] * steps, [(height, width)] * steps
         if self.mode in FEATURE_MODES:  # the layer first: the box is drawn on its grid
-            layer = self.layers[self._integer_value(len(self.layers))]
-            if layer == INPUT_LAYER:
-                layer = None
-            else:
-                height, width = self.layer_shapes[layer]
-        if self.per == "batch":
-            drawn = self._draw_batch(height=height, width=width)
+            names = [self.layers[index] for index in generator.integers(len(self.layers), size=steps).tolist()]
+            layers = [None if name == INPUT_LAYER else name for name in names]
+            grids = [(height, width) if name is None else self.layer_shapes[name] for name in layers]
+        rows_shape = (steps, batch_size)
+        if self.per == "batch":  # one draw per step, then the same for each of its rows
+            codes, lam, boxes = self._draw(steps, grid=np.array(grids, dtype=np.int64).T)
+            mode_names = _MODE_NAMES[codes].tolist()
+            codes, lam, boxes = (np.repeat(values, batch_size, axis=0) for values in (codes, lam, boxes))
         else:
-            drawn = self._draw_rows(batch_size, height=height, width=width)
-        cutout_boxes = holes = None
+            codes, lam, boxes = self._draw(steps * batch_size, grid=_column(height, width))
+            mode_names = _MODE_NAMES[codes.reshape(rows_shape)].tolist()
+        own = np.broadcast_to(np.arange(batch_size), rows_shape).reshape(-1)
+        partner = draw_partners(self.partner, steps=steps, batch_size=batch_size, generator=generator)
+        # Rows that take nothing from a partner read only themselves (keeps the kernel's reads exact).
+        rows = pack_rows(codes=codes, boxes=boxes, partner=np.where(USES_PARTNER.take(codes), partner.reshape(-1), own),
+                         lam=lam)
+        holes = cutout_boxes = None
         if self.cutout_size is not None and self.mode in WITH_CUTOUT:  # a hole in every image, mixed or not
-            side = np.full(batch_size, self.cutout_size)
-            cutout_boxes = draw_centred_boxes(side, side, height=image_height, width=image_width,
-                                              generator=self.generator)
-            holes = ResolvedMix.pack_uniform(code=MODE_CODES["cutout"], box=cutout_boxes.numpy(), lam=1.0,
-                                             partner=own_rows(batch_size), height=image_height, width=image_width)
-        partner = draw_partner(self.partner, batch_size=batch_size, generator=self.generator)
-        return self._packed(drawn, partner, height=height, width=width, layer=layer, cutout_boxes=cutout_boxes,
-                            holes=holes)
+            count = steps * batch_size
+            cutout_boxes = draw_centred_boxes(np.full((2, count), self.cutout_size), grid=_column(height, width),
+                                              generator=generator)
+            # With the mixing's partner and lambda: see params.resolve_holes.
+            holes = pack_rows(codes=same_codes(MODE_CODES["cutout"], count), boxes=cutout_boxes,
+                              partner=rows[:, PARTNER_COLUMN], lam=rows[:, LAM_COLUMN].view(np.float32))
+            holes = holes.reshape(*rows_shape, ROW_COLUMNS)
+            cutout_boxes = np.ascontiguousarray(cutout_boxes).reshape(*rows_shape, 4)
+        return _Block(
+            shape=(batch_size, height, width), per=self.per, layers=layers, grids=grids,
+            codes=codes.reshape(rows_shape), rows=rows.reshape(*rows_shape, ROW_COLUMNS), lam=lam.reshape(rows_shape),
+            boxes=np.ascontiguousarray(boxes).reshape(*rows_shape, 4), partner=partner, holes=holes,
+            cutout_boxes=cutout_boxes, mode_names=mode_names,
+        )  # fmt: skip
 
-    def _packed(self, drawn: tuple, partner: Tensor, *, height: int, width: int, layer, cutout_boxes,
-                holes) -> MixParams:
-        """The draw as MixParams carrying its packed rows: what resolve_mix makes of it, without
-        its checks. `drawn` is `_draw_batch`'s scalars or `_draw_rows`' arrays."""
-        batch_size = len(partner)
-        if self.per == "batch":
-            code, batch_lam, box = drawn
-            resolved = ResolvedMix.pack_uniform(code=code, box=box, lam=batch_lam, partner=partner.numpy(),
-                                                height=height, width=width)
-            mode, lam = MODES[code], torch.full((batch_size,), batch_lam, dtype=torch.float32)
-            boxes = np.empty((batch_size, 4), dtype=np.int64)
-            boxes[:] = box
+    def _draw(self, count: int, *, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Mode codes int64 [count], lambda float32 [count], boxes int64 [count, 4] (zeros without
+        a box) of `count` draws on `grid` (int64 [2, 1] for all, or [2, count]: height, width each).
+
+        Every draw gets a lambda and a box, kept where its mode uses them: spare draws cost less
+        than picking each mode's draws first."""
+        generator, mode = self.generator, FEATURE_MODES.get(self.mode, self.mode)
+        units = generator.random((2 if mode == "cutmix_or_mixup" else 1, count))
+        mixed = units[0] < self.prob  # the prob gate: an unmixed batch (sample) passes through unchanged
+        if mode == "cutmix_or_mixup":
+            codes = mixed * np.where(units[1] < self.switch_prob, MODE_CODES["cutmix"], MODE_CODES["mixup"])
         else:
-            codes, lam, boxes = drawn
-            resolved = ResolvedMix.pack(codes=codes, boxes=boxes, partner=partner.numpy(), lam=lam, height=height,
-                                        width=width)
-            mode, lam = tuple(_MODE_NAMES[codes]), torch.from_numpy(lam)
-        return drawn_params(resolved, holes=holes, mode=mode, lam=lam, boxes=torch.from_numpy(boxes), partner=partner,
-                            layer=layer, cutout_boxes=cutout_boxes)
-
-    def _draw_batch(self, *, height: int, width: int) -> tuple[int, float, Box]:
-        """The whole batch's mode code, lambda and box in Python scalars: the generator calls and
-        float64 arithmetic of `_draw_rows` for one row, without numpy's per-call cost on one value."""
-        code = MODE_CODES[FEATURE_MODES.get(self.mode, self.mode)] if self.mode != "cutmix_or_mixup" else None
-        if code is None:
-            code = MODE_CODES["cutmix" if self._uniform_value() < self.switch_prob else "mixup"]
-        if not self._uniform_value() < self.prob:  # the prob gate, as in _draw_modes
-            return MODE_CODES["none"], 1.0, NO_BOX
-        if code == MODE_CODES["mixup"]:
-            return code, self._beta(self.mixup_alpha), NO_BOX
-        if code == MODE_CODES["cutout"]:
-            return code, 1.0, self._centred_box(self.cutout_size, self.cutout_size, height=height, width=width)
-        if code != MODE_CODES["cutmix"]:
-            return code, 1.0, NO_BOX
-        if self.cutmix_minmax is not None:
-            box = tuple(draw_minmax_boxes(self.cutmix_minmax, count=1, height=height, width=width,
-                                          generator=self.generator)[0].tolist())
-        else:
-            ratio = math.sqrt(1.0 - self._beta(self.cutmix_alpha))
-            box = self._centred_box(int(height * ratio), int(width * ratio), height=height, width=width)
-        y1, y2, x1, x2 = box
-        return code, 1.0 - (y2 - y1) * (x2 - x1) / float(height * width), box  # area_lambda of one box
-
-    def _uniform_value(self) -> float:
-        """`_uniform(1)` as a Python float (the same generator call, in place)."""
-        return self._one_float.uniform_(generator=self.generator).item()
-
-    def _integer_value(self, high: int) -> int:
-        """`torch.randint(high, (1,))` as a Python int (the same generator call, in place)."""
-        return self._one_int.random_(0, high, generator=self.generator).item()
-
-    def _beta(self, alpha: float) -> float:
-        """`draw_beta` for one value, as a Python float (the same generator call and arithmetic)."""
-        first, second = torch._standard_gamma(_gamma_concentration(float(alpha)), generator=self.generator).tolist()
-        return first / (first + second)
-
-    def _centred_box(self, cut_h: int, cut_w: int, *, height: int, width: int) -> Box:
-        """`draw_centred_boxes` for one box, in Python ints (the same generator calls and arithmetic)."""
-        centre_y, centre_x = self._integer_value(height), self._integer_value(width)
-        return (max(centre_y - cut_h // 2, 0), min(centre_y + cut_h // 2, height),
-                max(centre_x - cut_w // 2, 0), min(centre_x + cut_w // 2, width))
-
-    def _draw_rows(self, count: int, *, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Mode codes int64 [count], lambda float32 [count], boxes int64 [count, 4] (zeros without a box)."""
-        codes = self._draw_modes(count)
-        lam = np.ones(count)
-        boxes = np.zeros((count, 4), dtype=np.int64)
-        for name in ("cutmix", "mixup", "cutout"):
-            rows = codes == MODE_CODES[name]
-            drawn = int(np.count_nonzero(rows))
-            if drawn == count:  # every row: no masked writes
-                lam, boxes = self._draw_mode(name, count=drawn, height=height, width=width)
-            elif drawn:
-                lam[rows], boxes[rows] = self._draw_mode(name, count=drawn, height=height, width=width)
+            codes = mixed * MODE_CODES[mode]  # int64: 0 is "none"
+        if mode == "none":
+            return codes, np.ones(count, dtype=np.float32), np.zeros((count, 4), dtype=np.int64)
+        if mode == "cutout":
+            boxes = draw_centred_boxes(np.full((2, count), self.cutout_size), grid=grid, generator=generator)
+            boxes *= mixed[:, None]
+            return codes, np.ones(count, dtype=np.float32), boxes
+        mixup_lam = None
+        if mode != "cutmix":  # mixup's lambda, for every draw
+            mixup_lam = draw_beta(self.mixup_alpha, count=count, generator=generator)
+            if mode == "mixup":
+                return codes, np.where(mixed, mixup_lam, 1.0).astype(np.float32), np.zeros((count, 4), dtype=np.int64)
+        boxes = self._cutmix_boxes(count, mixup_lam=mixup_lam, grid=grid)
+        boxes *= (mixed if mode == "cutmix" else codes == MODE_CODES["cutmix"])[:, None]
+        # The official correction: the label weight is the area that was really kept.
+        lam = 1.0 - (boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2]) / (grid[0] * grid[1])
+        if mixup_lam is not None:
+            lam = np.where(codes == MODE_CODES["mixup"], mixup_lam, lam)
         return codes, lam.astype(np.float32), boxes
 
-    def _draw_modes(self, count: int) -> np.ndarray:
-        if self.mode == "cutmix_or_mixup":
-            use_cutmix = _uniform(count, self.generator) < self.switch_prob
-            codes = np.where(use_cutmix, MODE_CODES["cutmix"], MODE_CODES["mixup"])
-        else:
-            codes = np.full(count, MODE_CODES[FEATURE_MODES.get(self.mode, self.mode)])
-        # The prob gate: an ungated batch (sample) passes through unchanged.
-        gated = _uniform(count, self.generator) < self.prob
-        return np.where(gated, codes, MODE_CODES["none"])
-
-    def _draw_mode(self, name: str, *, count: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-        if name == "mixup":
-            lam = draw_beta(self.mixup_alpha, count=count, generator=self.generator).numpy()
-            return lam, np.zeros((count, 4), dtype=np.int64)
-        if name == "cutout":
-            side = np.full(count, self.cutout_size)
-            boxes = draw_centred_boxes(side, side, height=height, width=width, generator=self.generator)
-            return np.ones(count), boxes.numpy()
+    def _cutmix_boxes(self, count: int, *, mixup_lam: Optional[np.ndarray], grid: np.ndarray) -> np.ndarray:
+        """int64 [count, 4] CutMix boxes for every draw: timm's minmax boxes, or the official ones of
+        a Beta lambda (mixup's draws reused when both modes use the same Beta: a draw is one or the
+        other, never both)."""
         if self.cutmix_minmax is not None:
-            boxes = draw_minmax_boxes(
-                self.cutmix_minmax, count=count, height=height, width=width, generator=self.generator
-            )
-        else:
-            boxes = draw_cutmix_boxes(
-                draw_beta(self.cutmix_alpha, count=count, generator=self.generator),
-                height=height, width=width, generator=self.generator,
-            )  # fmt: skip
-        # The official correction: the label weight is the area that was really kept.
-        return area_lambda(boxes.numpy(), height=height, width=width), boxes.numpy()
+            return draw_minmax_boxes(self.cutmix_minmax, count=count, grid=grid, generator=self.generator)
+        lam = mixup_lam
+        if lam is None or self.mixup_alpha != self.cutmix_alpha:
+            lam = draw_beta(self.cutmix_alpha, count=count, generator=self.generator)
+        return draw_centred_boxes(cutmix_sides(lam, grid=grid), grid=grid, generator=self.generator)
 
 
-def draw_beta(alpha: float, *, count: int, generator: torch.Generator) -> Tensor:
-    """float64 [count] ~ Beta(alpha, alpha), drawn as G1 / (G1 + G2) from two Gamma(alpha) draws."""
-    # torch.distributions.Beta cannot take a generator; torch._standard_gamma can.
-    concentration = torch.from_numpy(np.full((2, count), float(alpha)))
-    gamma = torch._standard_gamma(concentration, generator=generator).numpy()
-    return torch.from_numpy(gamma[0] / (gamma[0] + gamma[1]))
+@dataclass(frozen=True)
+class _Block:
+    """LOOKAHEAD steps of draws for batches of one shape: arrays [steps, B, ...] and per-step lists."""
+
+    shape: tuple[int, int, int]  # (batch_size, height, width) asked for
+    per: str
+    layers: list  # per step: the model layer to mix at, None for the images
+    grids: list  # per step: (height, width) the boxes lie on
+    codes: np.ndarray  # int64 [steps, B]
+    rows: np.ndarray  # int32 [steps, B, ROW_COLUMNS]
+    lam: np.ndarray  # float32 [steps, B]
+    boxes: np.ndarray  # int64 [steps, B, 4]
+    partner: np.ndarray  # int64 [steps, B]
+    holes: Optional[np.ndarray]  # int32 [steps, B, ROW_COLUMNS]: Cutout's holes before Mixup (resolve_holes)
+    cutout_boxes: Optional[np.ndarray]  # int64 [steps, B, 4]
+    mode_names: list  # per step: the mode's name (per="batch"), or each sample's (per="elem")
+
+    def params(self, step: int) -> MixParams:
+        """Step `step` as MixParams (views of the block's arrays) carrying its packed rows."""
+        batch_size, height, width = self.shape
+        codes = self.codes[step]
+        grid_height, grid_width = self.grids[step]
+        resolved = ResolvedMix(codes=codes, rows=self.rows[step], height=grid_height, width=grid_width)
+        mode = self.mode_names[step] if self.per == "batch" else tuple(self.mode_names[step])
+        holes = cutout_boxes = None
+        if self.holes is not None:
+            holes = ResolvedMix(codes=same_codes(MODE_CODES["cutout"], batch_size), rows=self.holes[step],
+                                height=height, width=width)
+            cutout_boxes = torch.from_numpy(self.cutout_boxes[step])
+        return drawn_params(resolved, holes=holes, mode=mode, lam=torch.from_numpy(self.lam[step]),
+                            boxes=torch.from_numpy(self.boxes[step]), partner=torch.from_numpy(self.partner[step]),
+                            layer=self.layers[step], cutout_boxes=cutout_boxes)
 
 
-def draw_cutmix_boxes(lam, *, height: int, width: int, generator: torch.Generator) -> Tensor:
-    """int64 [N, 4] official CutMix boxes: sides int(H * sqrt(1 - lam)), uniform centre, clipped."""
-    ratio = np.sqrt(1.0 - host_array(lam, dtype=np.float64))
-    cut_h = (height * ratio).astype(np.int64)  # int() truncation, as the official code
-    cut_w = (width * ratio).astype(np.int64)
-    return draw_centred_boxes(cut_h, cut_w, height=height, width=width, generator=generator)
+def draw_beta(alpha: float, *, count: int, generator: np.random.Generator) -> np.ndarray:
+    """float64 [count] ~ Beta(alpha, alpha), drawn as G1 / (G1 + G2) from two Gamma(alpha) draws.
+
+    numpy's Beta uses Johnk's rejection algorithm for alpha <= 1 (7x slower at alpha 1, where a
+    Gamma draw is an exponential one). Draws whose two Gamma values both underflow to 0 (only
+    for alpha far below 1) are drawn again by numpy's Beta."""
+    gamma = generator.standard_gamma(alpha, (2, count))
+    total = gamma[0] + gamma[1]
+    if np.count_nonzero(total) < count:
+        empty = total == 0
+        gamma[0][empty] = generator.beta(alpha, alpha, int(np.count_nonzero(empty)))
+        total[empty] = 1.0
+    return gamma[0] / total
 
 
-def draw_centred_boxes(cut_h, cut_w, *, height: int, width: int, generator: torch.Generator) -> Tensor:
-    """int64 [N, 4]: centre uniform in [0, H) x [0, W); [c - cut // 2, c + cut // 2) clipped."""
-    half_h, half_w = host_array(cut_h) // 2, host_array(cut_w) // 2
-    centre_y = torch.randint(height, (len(half_h),), generator=generator).numpy()
-    centre_x = torch.randint(width, (len(half_w),), generator=generator).numpy()
-    boxes = np.empty((len(half_h), 4), dtype=np.int64)
-    np.subtract(centre_y, half_h, out=boxes[:, 0])
-    np.add(centre_y, half_h, out=boxes[:, 1])
-    np.subtract(centre_x, half_w, out=boxes[:, 2])
-    np.add(centre_x, half_w, out=boxes[:, 3])
-    np.maximum(boxes, 0, out=boxes)
-    np.minimum(boxes, (height, height, width, width), out=boxes)
-    return torch.from_numpy(boxes)
+def draw_cutmix_boxes(lam: np.ndarray, *, height: int, width: int, generator: np.random.Generator) -> np.ndarray:
+    """int64 [N, 4] official CutMix boxes on a `height` x `width` image: sides int(H * sqrt(1 - lam))
+    and int(W * sqrt(1 - lam)), uniform centre, clipped."""
+    grid = _column(height, width)
+    return draw_centred_boxes(cutmix_sides(lam, grid=grid), grid=grid, generator=generator)
+
+
+def cutmix_sides(lam: np.ndarray, *, grid: np.ndarray) -> np.ndarray:
+    """int64 [2, N]: the official box sides int(H * sqrt(1 - lam)) and int(W * sqrt(1 - lam)) on
+    `grid` ([2, 1] or [2, N]: height, width)."""
+    ratio = np.sqrt(1.0 - np.asarray(lam, dtype=np.float64))
+    return (ratio * grid).astype(np.int64)  # int() truncation, as the official code
+
+
+def draw_centred_boxes(sides: np.ndarray, *, grid: np.ndarray, generator: np.random.Generator) -> np.ndarray:
+    """int64 [N, 4] (a transposed view) from `sides` [2, N] (height, width): centre uniform in
+    [0, H) x [0, W) of `grid` ([2, 1] or [2, N]); [c - side // 2, c + side // 2) clipped to it."""
+    count = sides.shape[1]
+    half = sides // 2
+    centre = uniform_integers(grid, count=count, generator=generator)
+    corners = np.empty((2, 2, count), dtype=np.int64)  # (y, x) x (low, high): y1, y2, x1, x2 once flattened
+    np.subtract(centre, half, out=corners[:, 0])
+    np.add(centre, half, out=corners[:, 1])
+    np.maximum(corners, 0, out=corners)
+    np.minimum(corners, grid[:, None], out=corners)
+    return corners.reshape(4, count).T
 
 
 def draw_minmax_boxes(
-    minmax: tuple[float, float], *, count: int, height: int, width: int, generator: torch.Generator
-) -> Tensor:
-    """int64 [N, 4] timm's `cutmix_minmax` boxes: sides uniform in [min, max) of the image, never clipped."""
+    minmax: tuple[float, float], *, count: int, grid: np.ndarray, generator: np.random.Generator
+) -> np.ndarray:
+    """int64 [N, 4] (a transposed view) timm's `cutmix_minmax` boxes on `grid` ([2, 1] or [2, N]):
+    sides uniform in [int(H * min), int(H * max)) and [int(W * min), int(W * max)), never clipped."""
     low, high = minmax
-    if int(height * low) >= int(height * high) or int(width * low) >= int(width * high):
-        raise ValueError(f"cutmix_minmax: {minmax} leaves no box sizes to draw from on a {height}x{width} image")
-    cut_h = torch.randint(int(height * low), int(height * high), (count,), generator=generator).numpy()
-    cut_w = torch.randint(int(width * low), int(width * high), (count,), generator=generator).numpy()
-    y1 = (_uniform(count, generator) * (height - cut_h + 1)).astype(np.int64)
-    x1 = (_uniform(count, generator) * (width - cut_w + 1)).astype(np.int64)
-    return torch.from_numpy(np.stack([y1, y1 + cut_h, x1, x1 + cut_w], axis=1))
+    lows, highs = (grid * low).astype(np.int64), (grid * high).astype(np.int64)  # int(), as timm
+    if (lows >= highs).any():
+        height, width = grid[:, np.flatnonzero((lows >= highs).any(axis=0))[0]].tolist()
+        raise ValueError(f"cutmix_minmax: {minmax} leaves no box sizes to draw from on a {height}x{width} grid")
+    sides = uniform_integers(highs - lows, count=count, generator=generator) + lows
+    # A uniform top-left corner that keeps the box inside the grid (timm's rand_bbox_minmax).
+    corner = uniform_integers(grid - sides + 1, count=count, generator=generator)
+    return np.stack((corner, corner + sides), axis=1).reshape(4, count).T
 
 
-def draw_partner(kind: str, *, batch_size: int, generator: torch.Generator) -> Tensor:
-    """int64 [B]: a random permutation (the paper's code), flip (timm) or roll by one (torchvision)."""
+def uniform_integers(highs: np.ndarray, *, count: int, generator: np.random.Generator) -> np.ndarray:
+    """int64 [rows, count]: uniform on 0..highs - 1, with `highs` int [rows, 1] or [rows, count],
+    as floor(u * high) of one uniform double u each. Off exact uniformity by at most high / 2**53
+    (u takes 2**53 values), and 2-3x faster than `generator.integers` (no rejection loop)."""
+    return (generator.random((len(highs), count)) * highs).astype(np.int64)
+
+
+def draw_partners(kind: str, *, steps: int, batch_size: int, generator: np.random.Generator) -> np.ndarray:
+    """int64 [steps, B]: per step a random permutation (the paper's code), flip (timm) or roll by
+    one (torchvision)."""
     if kind == "permutation":
-        return torch.randperm(batch_size, generator=generator)
+        return generator.permuted(np.broadcast_to(np.arange(batch_size), (steps, batch_size)), axis=1)
     if kind == "flip":
-        return torch.arange(batch_size - 1, -1, -1)
+        return np.tile(np.arange(batch_size - 1, -1, -1), (steps, 1))
     # x.roll(1, 0)[i] == x[i - 1]
-    return (torch.arange(batch_size) - 1) % max(batch_size, 1)
+    return np.tile((np.arange(batch_size) - 1) % max(batch_size, 1), (steps, 1))
 
 
-@functools.lru_cache(maxsize=8)
-def _gamma_concentration(alpha: float) -> Tensor:
-    """The (alpha, alpha) pair `MixSampler._beta` draws two Gamma variates from (never written to)."""
-    return torch.full((2,), alpha, dtype=torch.float64)
-
-
-def _uniform(count: int, generator: torch.Generator) -> np.ndarray:
-    return torch.rand(count, generator=generator, dtype=torch.float64).numpy()
+@functools.lru_cache(maxsize=64)
+def _column(*values: int) -> np.ndarray:
+    """int64 [len(values), 1] (read-only, shared): per-row constants that broadcast over draws."""
+    column = np.array(values, dtype=np.int64)[:, None]
+    column.flags.writeable = False
+    return column
 
 
 def _check_sampler_options(

@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.runtime.interpreter import InterpretedFunction
 
 from .rows import ROW_COLUMNS, ResolvedMix
 from .staging import to_device
@@ -209,6 +210,8 @@ def _is_dense_nhwc(tensor: Tensor) -> bool:
 
 
 def _is_interpreted() -> bool:
-    from triton.runtime.interpreter import InterpretedFunction
+    return _INTERPRETED
 
-    return isinstance(_mix_kernel, InterpretedFunction)
+
+# Decided when the kernel was decorated (see the module docstring); read once, not per call.
+_INTERPRETED = isinstance(_mix_kernel, InterpretedFunction)
