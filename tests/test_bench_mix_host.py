@@ -1,0 +1,31 @@
+"""bench/bench_mix_host.py runs end to end on the CPU (a small batch, the new code only) and writes
+the table it prints: one row per mode with its median, minimum and worst step, the goal line, and
+the header naming the command. No timing is judged here (the figures are the bench's to report)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from processes import run_process
+
+REPO = Path(__file__).resolve().parents[1]
+MODES = ["cutmix", "cutmix_elem", "cutout+mixup", "feature_cutmix"]
+
+
+def test_the_host_bench_prints_and_appends_one_row_per_mode(tmp_path):
+    out = tmp_path / "host.txt"
+    out.write_text("an earlier run\n")
+    command = [sys.executable, "bench/bench_mix_host.py", "--batch-size", "8", "--size", "32", "--rounds", "2",
+               "--calls", "16", "--modes", ",".join(MODES), "--baseline", "none", "--out", str(out)]
+    done = run_process(command, timeout=300, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = out.read_text()
+    assert text.startswith("an earlier run\n") and text.endswith(done.stdout + "\n")  # appended, as printed
+    assert "# python bench/bench_mix_host.py --device cpu --batch-size 8 --size 32 --rounds 2 --calls 16" in text
+    number = r"\d+\.\d us"
+    for mode in MODES:
+        assert re.search(rf"^{re.escape(mode)} +{number} +{number} +{number}$", done.stdout, re.MULTILINE), mode
+    assert re.search(r"^new: \d+ of 4 modes within the goal of <= 50 us per step", done.stdout, re.MULTILINE)
+    assert "the step in which the sampler draws the next 16 steps at once" in done.stdout
