@@ -193,7 +193,10 @@ def test_cutmix_minmax_boxes():
     sides_w = params.boxes[:, 3] - params.boxes[:, 2]
     assert int(sides_h.min()) == 5 and int(sides_h.max()) == 14
     assert int(sides_w.min()) == 4 and int(sides_w.max()) == 11
-    assert bool((params.boxes[:, 1] <= 20).all() and (params.boxes[:, 3] <= 16).all())
+    # timm's rand_bbox_minmax: top-left corner in [0, H - side), so the box never reaches the last
+    # row or column, and reaches every row before it.
+    assert int(params.boxes[:, 0].min()) == 0 and int(params.boxes[:, 2].min()) == 0
+    assert int(params.boxes[:, 1].max()) == 19 and int(params.boxes[:, 3].max()) == 15
     torch.testing.assert_close(params.lam.double(), 1 - (sides_h * sides_w).double() / 320, atol=1e-6, rtol=0)
 
 
@@ -225,14 +228,29 @@ def draw_key(params):
 @pytest.mark.parametrize("partner", PARTNER_CHOICES)
 def test_a_per_batch_draw_gives_every_sample_one_lambda_and_box_across_blocks(partner):
     sampler = MixSampler(mode="cutmix_or_mixup", partner=partner, prob=0.8, seed=17)
-    modes = set()
+    modes, partners = set(), []
     for _ in range(2 * LOOKAHEAD + 3):  # across the boundaries of the blocks drawn at once
         params = sampler.sample(batch_size=6, height=12, width=10)
         modes.add(params.mode)
         assert isinstance(params.mode, str)
         assert bool((params.lam == params.lam[0]).all()) and bool((params.boxes == params.boxes[0]).all())
-        assert sorted(params.partner.tolist()) == list(range(6))
+        assert sorted(params.partner.tolist()) == list(range(6)) and params.partner.is_contiguous()
+        partners.append(tuple(params.partner.tolist()))
     assert modes == {"cutmix", "mixup", "none"}
+    if partner == "permutation":  # a fresh permutation each step: 35 draws of 720 hardly ever repeat
+        assert len(set(partners)) >= len(partners) - 3
+    else:
+        assert len(set(partners)) == 1
+
+
+def test_per_batch_permutations_are_uniform_over_the_steps_of_blocks():
+    sampler = MixSampler(mode="cutmix", seed=22)
+    firsts = [int(sampler.sample(batch_size=4, height=8, width=8).partner[0]) for _ in range(4000)]
+    # Sample 0's partner is uniform on 0..3 across steps (a block repeating one permutation fails this).
+    assert stats.chisquare(np.bincount(firsts, minlength=4)).pvalue > P_FLOOR
+    pairs = [(int(a), int(b)) for a, b in zip(firsts[:-1], firsts[1:])]
+    # Consecutive steps independent: each (previous, next) pair of values 1/16 of the time.
+    assert stats.chisquare(np.bincount([4 * a + b for a, b in pairs], minlength=16)).pvalue > P_FLOOR
 
 
 def test_another_batch_shape_draws_anew_and_the_same_shapes_draw_the_same():

@@ -278,8 +278,9 @@ def draw_minmax_boxes(
         height, width = grid[:, np.flatnonzero((lows >= highs).any(axis=0))[0]].tolist()
         raise ValueError(f"cutmix_minmax: {minmax} leaves no box sizes to draw from on a {height}x{width} grid")
     sides = uniform_integers(highs - lows, count=count, generator=generator) + lows
-    # A uniform top-left corner that keeps the box inside the grid (timm's rand_bbox_minmax).
-    corner = uniform_integers(grid - sides + 1, count=count, generator=generator)
+    # The top-left corner uniform in [0, H - side) as timm's rand_bbox_minmax (`randint(0, img_h -
+    # cut_h)`): the box never reaches the last row or column. side < int(H * max) <= H, so H - side >= 1.
+    corner = uniform_integers(grid - sides, count=count, generator=generator)
     return np.stack((corner, corner + sides), axis=1).reshape(4, count).T
 
 
@@ -293,8 +294,8 @@ def uniform_integers(highs: np.ndarray, *, count: int, generator: np.random.Gene
 def draw_partners(kind: str, *, steps: int, batch_size: int, generator: np.random.Generator) -> np.ndarray:
     """int64 [steps, B]: per step a random permutation (the paper's code), flip (timm) or roll by
     one (torchvision)."""
-    if kind == "permutation":
-        return generator.permuted(np.broadcast_to(np.arange(batch_size), (steps, batch_size)), axis=1)
+    if kind == "permutation":  # shuffles a C-contiguous copy: each step's row is a contiguous [B]
+        return generator.permuted(np.tile(np.arange(batch_size), (steps, 1)), axis=1)
     if kind == "flip":
         return np.tile(np.arange(batch_size - 1, -1, -1), (steps, 1))
     # x.roll(1, 0)[i] == x[i - 1]
