@@ -30,6 +30,13 @@ def official_cutmix_lambdas(*, alpha, height, width, count, seed):
     return np.array(lambdas, dtype=np.float32).astype(np.float64)
 
 
+def sampled_lambdas(sampler, *, per, samples, batches, height, width) -> np.ndarray:
+    """float64 lambdas: of one batch of `samples` (per sample), or of `batches` batches of 2 (per batch)."""
+    if per == "elem":
+        return sampler.sample(batch_size=samples, height=height, width=width).lam.double().numpy()
+    return np.array([float(sampler.sample(batch_size=2, height=height, width=width).lam[0]) for _ in range(batches)])
+
+
 @pytest.mark.parametrize("alpha", [1.0, 0.5, 2.0, 0.2])
 def test_beta_draws_follow_beta(alpha):
     draws = draw_beta(alpha, count=20000, generator=np.random.default_rng(0))
@@ -53,10 +60,7 @@ def test_beta_draws_with_a_tiny_alpha_are_finite_and_symmetric():
 @pytest.mark.parametrize("per", ["batch", "elem"])
 def test_mixup_lambda_follows_beta(per):
     sampler = MixSampler(mode="mixup", mixup_alpha=0.4, per=per, seed=14)
-    if per == "elem":
-        lam = sampler.sample(batch_size=5000, height=8, width=8).lam.double().numpy()
-    else:
-        lam = np.array([float(sampler.sample(batch_size=2, height=8, width=8).lam[0]) for _ in range(3000)])
+    lam = sampled_lambdas(sampler, per=per, samples=5000, batches=3000, height=8, width=8)
     assert stats.kstest(lam, "beta", args=(0.4, 0.4)).pvalue > P_FLOOR
 
 
@@ -86,10 +90,7 @@ def test_mixup_lambda_mean_for_alpha_one():
 @pytest.mark.parametrize("per", ["batch", "elem"])
 def test_cutmix_lambda_matches_official_distribution(per):
     sampler = MixSampler(mode="cutmix", cutmix_alpha=1.0, per=per, seed=2)
-    if per == "elem":
-        ours = sampler.sample(batch_size=10000, height=32, width=24).lam.double().numpy()
-    else:
-        ours = np.array([float(sampler.sample(batch_size=2, height=32, width=24).lam[0]) for _ in range(4000)])
+    ours = sampled_lambdas(sampler, per=per, samples=10000, batches=4000, height=32, width=24)
     ours = ours.astype(np.float32).astype(np.float64)
     official = official_cutmix_lambdas(alpha=1.0, height=32, width=24, count=10000, seed=3)
     assert stats.ks_2samp(ours, official).pvalue > P_FLOOR
