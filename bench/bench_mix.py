@@ -204,9 +204,13 @@ def main() -> None:
         f"# batch: {args.batch_size}x3x{args.size}x{args.size} uint8 -> cutmix (alpha 1, batch mode), "
         f"smoothing {SMOOTHING}, {NUM_CLASSES} classes",
     ]
-    text = "\n".join(header + lines) + "\n"
+    publish(header + lines, args.out or RESULTS / f"mix_{args.device}.txt")
+
+
+def publish(lines: list[str], out: Path) -> None:
+    """Print a run's header and table, and append them to the results file `out` (a blank line after)."""
+    text = "\n".join(lines) + "\n"
     print(text, end="")
-    out = args.out or RESULTS / f"mix_{args.device}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a") as results:
         results.write(text + "\n")

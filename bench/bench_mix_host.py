@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from bench_mix import cpu_name  # bench/ is on the path when run as a script
+from bench_mix import cpu_name, publish  # bench/ is on the path when run as a script
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -239,8 +239,9 @@ def run_cpu(args: argparse.Namespace) -> list[str]:
     met = [mode for mode, median in news.items() if median <= GOAL_US]
     lines.append(f"new: {len(met)} of {len(news)} modes within the goal of <= {GOAL_US} us per step"
                  f" ({', '.join(met) or 'none'}); slowest {max(news.values()):.1f} us")
-    lines.append(f"new worst: the dearest of {lookahead} consecutive steps (median of {args.rounds}): the step in which "
-                 f"the sampler draws the next {lookahead} steps at once; the medians above average over those blocks")
+    lines.append(f"new worst: the dearest of {lookahead} consecutive steps (median of {args.rounds}): the step in "
+                 f"which the sampler draws the next {lookahead} steps at once; the medians above average over those "
+                 "blocks")
     allocation = time_round_robin({"outputs": lambda: output_tensors(images)}, rounds=args.rounds, calls=args.calls)
     lines.append(f"not in the figures above: allocating the two outputs on the CPU, "
                  f"{statistics.median(allocation['outputs']):.1f} us (an mmap; cached on CUDA)")
@@ -277,8 +278,10 @@ def kernel_alone(package, images: torch.Tensor, labels: torch.Tensor) -> Callabl
 
 def time_back_to_back(step: Callable[[], object], *, calls: int, rounds: int, sync: Callable[[], None]
                       ) -> tuple[float, float]:
-    """(host microseconds to enqueue a call, microseconds per call through to the device's end), medians."""
-    for _ in range(10):
+    """(host seconds to enqueue a step, seconds per step through to the device's end), medians over
+    rounds of `calls` steps followed by one `sync`; one round first as a warm-up (kernel compiles,
+    the pinned ring reaching its working size). gpu_suite's host section times with it too."""
+    for _ in range(calls):
         step()
     sync()
     enqueue, whole = [], []
@@ -289,8 +292,8 @@ def time_back_to_back(step: Callable[[], object], *, calls: int, rounds: int, sy
         enqueued = time.perf_counter()
         sync()
         done = time.perf_counter()
-        enqueue.append((enqueued - start) / calls * 1e6)
-        whole.append((done - start) / calls * 1e6)
+        enqueue.append((enqueued - start) / calls)
+        whole.append((done - start) / calls)
     return statistics.median(enqueue), statistics.median(whole)
 
 
@@ -298,14 +301,16 @@ def run_cuda(args: argparse.Namespace, *, device: str = "cuda", sync: Callable[[
              ) -> list[str]:
     found = versions(args)
     images, labels = make_batch(batch_size=args.batch_size, size=args.size, device=device)
-    _, kernel_us = time_back_to_back(kernel_alone(found["new"], images, labels), calls=args.calls,
-                                     rounds=args.rounds, sync=sync)
+    _, kernel_s = time_back_to_back(kernel_alone(found["new"], images, labels), calls=args.calls,
+                                    rounds=args.rounds, sync=sync)
+    kernel_us = kernel_s * 1e6
     lines = [f"kernel alone ({args.calls} launches back to back): {kernel_us:.1f} us per launch",
              f"{'mode':<22} {'version':<7} {'host enqueue':>12} {'whole call':>12} {'whole / kernel':>15}"]
     for mode in args.modes.split(","):
         for name, package in found.items():
-            enqueue_us, whole_us = time_back_to_back(training_step(package, mode, images, labels),
-                                                     calls=args.calls, rounds=args.rounds, sync=sync)
+            enqueue_s, whole_s = time_back_to_back(training_step(package, mode, images, labels),
+                                                   calls=args.calls, rounds=args.rounds, sync=sync)
+            enqueue_us, whole_us = enqueue_s * 1e6, whole_s * 1e6
             lines.append(f"{mode:<22} {name:<7} {enqueue_us:9.1f} us {whole_us:9.1f} us {whole_us / kernel_us:14.2f}x")
     if device == "cuda":
         stats = torch.cuda.host_memory_stats()
@@ -333,12 +338,7 @@ def main() -> None:
         f"# a step: sampler.sample + apply_mix(check_labels=False), {args.batch_size}x{args.size}x{args.size}x3 uint8 "
         f"-> bf16 channels-last, {NUM_CLASSES} classes; microseconds per step",
     ]
-    text = "\n".join(header + lines) + "\n"
-    print(text, end="")
-    out = args.out or RESULTS / f"mix_host_{args.device}.txt"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("a") as results:
-        results.write(text + "\n")
+    publish(header + lines, args.out or RESULTS / f"mix_host_{args.device}.txt")
 
 
 if __name__ == "__main__":

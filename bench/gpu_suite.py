@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import ast
 import collections
+import functools
 import gc
 import importlib
 import importlib.util
@@ -64,6 +65,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
 from bench_loader import started_loader, time_epoch  # noqa: E402
+from bench_mix_host import time_back_to_back  # noqa: E402
 from bench_shards import make_photos  # noqa: E402
 from pipeline.data import Augmentation, LoaderOptions, create_loader  # noqa: E402
 from pipeline.mix import (MixParams, MixSampler, apply_mix, normalization_affine, resolve_mix,  # noqa: E402
@@ -262,27 +264,6 @@ def _sleep_cycles(*, seconds: float) -> int:
         end.synchronize()
         _CYCLES_PER_SECOND.append(10**7 / (start.elapsed_time(end) / 1e3))
     return int(_CYCLES_PER_SECOND[0] * seconds)
-
-
-def back_to_back(step: Callable[[], object], *, calls: int, rounds: int, device: torch.device
-                 ) -> tuple[float, float]:
-    """(host seconds to enqueue a step, seconds per step through to the device's end), medians over
-    rounds of `calls` steps followed by one synchronize; one round first as a warm-up (kernel
-    compiles, the pinned ring reaching its working size)."""
-    for _ in range(calls):
-        step()
-    synchronize(device)
-    enqueue, whole = [], []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(calls):
-            step()
-        enqueued = time.perf_counter()
-        synchronize(device)
-        done = time.perf_counter()
-        enqueue.append((enqueued - start) / calls)
-        whole.append((done - start) / calls)
-    return statistics.median(enqueue), statistics.median(whole)
 
 
 def triton_kernel():
@@ -519,7 +500,8 @@ def bandwidth_rows(suite: Suite) -> list[Row]:
     scale, shift = (t.to(device) for t in normalization_affine(mean=MEAN, std=STD, from_uint8=True))
     rows = []
     # The kernel as it is (whole-tile 128-bit loads), then the earlier per-value masked loads for comparison.
-    variants = (("", dict(tile_loads=True)), (" (per-value masked loads, block 1024)", dict(tile_loads=False, block=1024)))
+    variants = (("", dict(tile_loads=True)),
+                (" (per-value masked loads, block 1024)", dict(tile_loads=False, block=1024)))
     for per, label in (("batch", "per batch"), ("elem", "per sample")):
         params = MixSampler(mode="cutmix", per=per, seed=0).sample(batch_size=batch, height=size, width=size)
         packed = kernel.pack_rows(resolve_mix(params, batch_size=batch, height=size, width=size)).to(device)
@@ -583,7 +565,8 @@ def host_section(suite: Suite) -> list[Row]:
     # Steps per round: ~3 queue entries each, well inside CUDA's launch queue; 80 in a full run, a
     # multiple of the sampler's LOOKAHEAD, so every round holds as many block draws.
     calls = plan.launches * 2
-    _, kernel_s = back_to_back(kernel_alone, calls=calls, rounds=plan.rounds, device=device)
+    sync = functools.partial(synchronize, device)
+    _, kernel_s = time_back_to_back(kernel_alone, calls=calls, rounds=plan.rounds, sync=sync)
     rows = [Row("host", "kernel alone, back to back", kernel_s * 1e6, "us"),
             note("host", "host batch", f"{batch}x{size}x{size}x3 uint8 -> bf16 channels_last, sampler.sample + "
                  f"apply_mix(check_labels=False); {calls} steps back to back, median of {plan.rounds} rounds")]
@@ -598,7 +581,7 @@ def host_section(suite: Suite) -> list[Row]:
                              label_smoothing=SMOOTHING, out_dtype=torch.bfloat16, check_labels=False,
                              backend="triton")
 
-        enqueue_s, whole_s = back_to_back(step, calls=calls, rounds=plan.rounds, device=device)
+        enqueue_s, whole_s = time_back_to_back(step, calls=calls, rounds=plan.rounds, sync=sync)
         rows.append(measured("host", f"host side of a step, {label}", enqueue_s * 1e6, "us",
                              goal=("value", "<=", 50), judge=not plan.smoke))
         rows.append(measured("host", f"whole apply_mix step, {label}", whole_s * 1e6, "us", baseline=kernel_s * 1e6))

@@ -127,10 +127,11 @@ def box_lambda(boxes: Union[Tensor, np.ndarray], *, height: int, width: int) -> 
     return torch.from_numpy(area_lambda(host_array(boxes), height=height, width=width))
 
 
-def area_lambda(boxes: np.ndarray, *, height: int, width: int) -> np.ndarray:
-    """`box_lambda` on numpy boxes: float64 [N]."""
+def area_lambda(boxes: np.ndarray, *, height, width) -> np.ndarray:
+    """`box_lambda` on numpy boxes: float64 [N]. `height` and `width` are ints, or int arrays [N]
+    (one grid per box: the sampler's feature-level draws)."""
     area = (boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2])
-    return 1.0 - area / float(height * width)
+    return 1.0 - area / (np.asarray(height, dtype=np.int64) * width)  # true division: the exact float64 quotient
 
 
 def host_array(value, dtype=None) -> np.ndarray:

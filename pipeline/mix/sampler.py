@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..seeds import generator_seed
-from .params import MixParams, drawn_params
+from .params import MixParams, area_lambda, drawn_params
 from .rows import (LAM_COLUMN, MODE_CODES, MODES, PARTNER_COLUMN, ROW_COLUMNS, USES_PARTNER, ResolvedMix, pack_rows,
                    same_codes)
 
@@ -173,7 +173,7 @@ class MixSampler:
         boxes = self._cutmix_boxes(count, mixup_lam=mixup_lam, grid=grid)
         boxes *= (mixed if mode == "cutmix" else codes == MODE_CODES["cutmix"])[:, None]
         # The official correction: the label weight is the area that was really kept.
-        lam = 1.0 - (boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2]) / (grid[0] * grid[1])
+        lam = area_lambda(boxes, height=grid[0], width=grid[1])
         if mixup_lam is not None:
             lam = np.where(codes == MODE_CODES["mixup"], mixup_lam, lam)
         return codes, lam.astype(np.float32), boxes
