@@ -90,6 +90,22 @@ def test_sampler_names_the_bad_argument(options, name):
         MixSampler(**options)
 
 
+def test_minmax_too_small_for_a_layer_fails_at_construction():
+    # Sides lie in [int(H * 0.3), int(H * 0.4)): empty on a 2x2 layer ([0, 0)) and on a 7x7 one
+    # ([2, 2)), known before any draw; [3, 4) on a 10x10 one.
+    options = dict(mode="feature_cutmix", cutmix_minmax=(0.3, 0.4), layers=("input", "layer2", "layer3"))
+    for small in (2, 7):
+        with pytest.raises(ValueError, match=rf"^cutmix_minmax: .* on a {small}x{small} grid"):
+            MixSampler(**options, layer_shapes={"layer2": (28, 28), "layer3": (small, small)})
+    sampler = MixSampler(**options, layer_shapes={"layer2": (28, 28), "layer3": (10, 10)}, seed=3)
+    sides = {}
+    for _ in range(40):
+        params = sampler.sample(batch_size=2, height=50, width=50)
+        boxes = params.boxes
+        sides.setdefault(params.layer, set()).update((boxes[:, 1] - boxes[:, 0]).tolist())
+    assert sides["layer3"] == {3} and sides["layer2"] <= set(range(8, 11)) and sides[None] <= set(range(15, 20))
+
+
 def test_minmax_alpha_is_not_needed():
     # timm's convention: with cutmix_minmax the box ignores alpha.
     MixSampler(mode="cutmix", cutmix_alpha=0.0, cutmix_minmax=(0.2, 0.8))

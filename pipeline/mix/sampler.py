@@ -73,7 +73,8 @@ class MixSampler:
             mode=mode, cutmix_alpha=cutmix_alpha, mixup_alpha=mixup_alpha, cutmix_minmax=cutmix_minmax,
             cutout_size=cutout_size, prob=prob, switch_prob=switch_prob, per=per, partner=partner,
         )  # fmt: skip
-        _check_layers(mode=mode, per=per, layers=layers, layer_shapes=layer_shapes or {})
+        _check_layers(mode=mode, per=per, layers=layers, layer_shapes=layer_shapes or {},
+                      cutmix_minmax=cutmix_minmax)
         self.layers = tuple(layers)
         self.layer_shapes = dict(layer_shapes or {})
         self.mode = mode
@@ -272,16 +273,24 @@ def draw_minmax_boxes(
 ) -> np.ndarray:
     """int64 [N, 4] (a transposed view) timm's `cutmix_minmax` boxes on `grid` ([2, 1] or [2, N]):
     sides uniform in [int(H * min), int(H * max)) and [int(W * min), int(W * max)), never clipped."""
-    low, high = minmax
-    lows, highs = (grid * low).astype(np.int64), (grid * high).astype(np.int64)  # int(), as timm
-    if (lows >= highs).any():
-        height, width = grid[:, np.flatnonzero((lows >= highs).any(axis=0))[0]].tolist()
-        raise ValueError(f"cutmix_minmax: {minmax} leaves no box sizes to draw from on a {height}x{width} grid")
+    lows, highs = minmax_side_ranges(minmax, grid=grid)
     sides = uniform_integers(highs - lows, count=count, generator=generator) + lows
     # The top-left corner uniform in [0, H - side) as timm's rand_bbox_minmax (`randint(0, img_h -
     # cut_h)`): the box never reaches the last row or column. side < int(H * max) <= H, so H - side >= 1.
     corner = uniform_integers(grid - sides, count=count, generator=generator)
     return np.stack((corner, corner + sides), axis=1).reshape(4, count).T
+
+
+def minmax_side_ranges(minmax: tuple[float, float], *, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int64 (lows, highs), each shaped like `grid` ([2, N]: height, width): the box sides
+    `cutmix_minmax` allows on each grid, [int(H * min), int(H * max)) as timm. Raises ValueError
+    naming the first grid on which that range is empty."""
+    low, high = minmax
+    lows, highs = (grid * low).astype(np.int64), (grid * high).astype(np.int64)  # int(), as timm
+    if (lows >= highs).any():
+        height, width = grid[:, np.flatnonzero((lows >= highs).any(axis=0))[0]].tolist()
+        raise ValueError(f"cutmix_minmax: {minmax} leaves no box sizes to draw from on a {height}x{width} grid")
+    return lows, highs
 
 
 def uniform_integers(highs: np.ndarray, *, count: int, generator: np.random.Generator) -> np.ndarray:
@@ -336,7 +345,7 @@ def _check_sampler_options(
             raise ValueError(f"{name}: must lie in [0, 1], got {value}")
 
 
-def _check_layers(*, mode: str, per: str, layers: Sequence[str], layer_shapes: dict) -> None:
+def _check_layers(*, mode: str, per: str, layers: Sequence[str], layer_shapes: dict, cutmix_minmax) -> None:
     if mode not in FEATURE_MODES:
         return
     if per != "batch":
@@ -346,3 +355,7 @@ def _check_layers(*, mode: str, per: str, layers: Sequence[str], layer_shapes: d
     missing = [name for name in layers if name != INPUT_LAYER and name not in layer_shapes]
     if missing:
         raise ValueError(f"layer_shapes: no (height, width) for layers {missing}")
+    grids = [layer_shapes[name] for name in layers if name != INPUT_LAYER]
+    if cutmix_minmax is not None and mode == "feature_cutmix" and grids:
+        # Known now, so checked now: not at the first draw that happens to pick a small layer.
+        minmax_side_ranges(cutmix_minmax, grid=np.array(grids, dtype=np.int64).T)
