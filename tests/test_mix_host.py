@@ -16,9 +16,11 @@ import pytest
 import torch
 from sync_counter import SyncCounter
 
+import pipeline.mix.rows as rows_module
 import pipeline.mix.staging as staging
 import pipeline.mix.triton_kernel as triton_kernel
 from pipeline.mix import MixParams, MixSampler, apply_mix, resolve_mix
+from pipeline.mix.params import resolve_holes
 from pipeline.mix.sampler import LOOKAHEAD
 
 MEAN = (0.5, 0.4, 0.3)
@@ -111,6 +113,38 @@ def test_the_kernel_gets_the_rows_the_draw_describes(name, launches):
         else:
             expected = naive_rows(params, height=height, width=width)
         assert np.array_equal(packed, expected), (name, packed, expected)
+
+
+@pytest.mark.parametrize("name", ["cutmix_or_mixup_elem", "cutout_then_mixup", "feature_cutmix"])
+def test_a_samplers_rows_go_to_a_device_once_per_block(name, monkeypatch):
+    copies = []
+
+    def stand_in_copy(array, device):  # the copy to a GPU, recorded (a CPU tensor stands in)
+        copies.append((array.shape, device.type))
+        return torch.from_numpy(array.copy())
+
+    monkeypatch.setattr(rows_module, "to_device", stand_in_copy)
+    device = torch.device("meta")  # not the CPU: so the rows take the copy path
+    sampler = MixSampler(seed=8, **SAMPLERS[name])
+    for step in range(LOOKAHEAD + 4):  # a block, then 4 steps of the next
+        params = sampler.sample(batch_size=BATCH, height=HEIGHT, width=WIDTH)
+        height, width = LAYER_SHAPES.get(params.layer, (HEIGHT, WIDTH))
+        resolved = resolve_mix(params, batch_size=BATCH, height=height, width=width)
+        on_device = resolved.on_device(device)
+        assert np.array_equal(on_device.numpy(), naive_rows(params, height=height, width=width)), step
+        assert resolved.on_device(device) is on_device  # a second use of the step copies nothing
+        if params.cutout_boxes is not None:
+            holes = resolve_holes(params, resolved, batch_size=BATCH, height=HEIGHT, width=WIDTH)
+            expected = naive_rows(MixParams(mode="cutout", boxes=params.cutout_boxes), height=HEIGHT, width=WIDTH)
+            expected[:, [4, 9]] = on_device[:, [4, 9]].numpy()
+            assert np.array_equal(holes.on_device(device).numpy(), expected), step
+    blocks = 2 if params.cutout_boxes is None else 4  # the holes' rows are a block of their own
+    assert copies == [((LOOKAHEAD, BATCH, 10), "meta")] * blocks
+    # Another batch shape drops the rest of the block: the new draw's block is copied anew.
+    params = sampler.sample(batch_size=BATCH - 2, height=HEIGHT, width=WIDTH)
+    height, width = LAYER_SHAPES.get(params.layer, (HEIGHT, WIDTH))
+    resolve_mix(params, batch_size=BATCH - 2, height=height, width=width).on_device(device)
+    assert copies[-1] == ((LOOKAHEAD, BATCH - 2, 10), "meta") and len(copies) == blocks + 1
 
 
 @pytest.mark.parametrize("backend", ["triton", "reference"])

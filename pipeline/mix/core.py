@@ -6,8 +6,9 @@ CPU. Both compute the same function; `backend=` forces one (tests run the kernel
 TRITON_INTERPRET=1).
 
 The host side of a CUDA step reads no device value and allocates no pinned memory: a sampler's
-draw arrives packed (`rows.ResolvedMix`), its rows reach the GPU in one asynchronous copy through
-reused pinned memory (`staging`), the normalization constants are copied once per (device, mean,
+draw arrives packed (`rows.ResolvedMix`), its rows reach the GPU with those of the sampler's other
+steps of its block (`rows.RowBlock`: one asynchronous copy per LOOKAHEAD steps) through reused
+pinned memory (`staging`), the normalization constants are copied once per (device, mean,
 std), and the kernel writes the soft targets from the copied rows.
 """
 

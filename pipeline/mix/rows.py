@@ -1,7 +1,8 @@
 """`ResolvedMix`: one batch's mix as one packed int32 row per sample, on the host.
 
 The row is what the Triton kernel reads, so packing is done once, where the parameters are
-checked (`params.resolve_mix`) or drawn (`MixSampler`), and the step hands the GPU one small copy:
+checked (`params.resolve_mix`) or drawn (`MixSampler`), and the step hands the GPU one small copy
+(a sampler's draws: one copy per block of steps, `RowBlock`):
 
     columns 0-3  box (y1, y2, x1, x2), half-open; zeros where the mode has no box
     column  4    partner: the sample whose pixels and label mix in (the sample itself if none)
@@ -18,7 +19,7 @@ from __future__ import annotations
 import functools
 import struct
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -66,7 +67,8 @@ class ResolvedMix:
     """MixParams checked against one batch: mode codes and packed rows, host numpy arrays.
 
     `boxes`, `partner`, `lam` and `mode_codes` read the rows back as CPU tensors; `on_device`
-    is the rows on a device, copied at most once per device.
+    is the rows on a device, copied at most once per device (once per `RowBlock` for a draw of
+    a MixSampler, whose rows are a step of one).
     """
 
     codes: np.ndarray  # int64 [B], indices into MODES
@@ -74,6 +76,8 @@ class ResolvedMix:
     height: int  # the grid the boxes lie on (image, or a model layer's output)
     width: int
     _on_device: dict = field(default_factory=dict, repr=False)
+    # (block, step): `rows` is block.rows[step], and goes to a device with the whole block.
+    _block: Optional[tuple["RowBlock", int]] = field(default=None, repr=False)
 
     @classmethod
     def pack(cls, *, codes: np.ndarray, boxes: np.ndarray, partner: np.ndarray, lam: np.ndarray, height: int,
@@ -133,9 +137,36 @@ class ResolvedMix:
         asynchronous copy through reused pinned memory (`staging`), made once per device."""
         if device.type == "cpu":
             return torch.from_numpy(self.rows)
+        if self._block is not None:
+            block, step = self._block
+            return block.on_device(device)[step]
         if device not in self._on_device:
             self._on_device[device] = to_device(self.rows, device)
         return self._on_device[device]
+
+
+class RowBlock:
+    """The packed rows of several steps, int32 [steps, B, ROW_COLUMNS], that go to a device in one
+    copy: the first step asked for on a device copies the block, the later steps take their slice.
+
+    A MixSampler draws LOOKAHEAD steps at once; without this, each step's rows were a copy of their
+    own (a memcpy into pinned memory, an allocation, a copy launch and an event per step: issue 11,
+    the host side of a step). The block's device copy lives as long as one of its steps does."""
+
+    def __init__(self, rows: np.ndarray) -> None:
+        self.rows = rows
+        self._on_device: dict = {}
+
+    def step(self, step: int, *, codes: np.ndarray, height: int, width: int) -> ResolvedMix:
+        """Step `step` of the block as a ResolvedMix on a `height` x `width` grid."""
+        return ResolvedMix(codes=codes, rows=self.rows[step], height=height, width=width, _block=(self, step))
+
+    def on_device(self, device: torch.device) -> tuple[Tensor, ...]:
+        """Each step's rows on `device` (int32 [B, ROW_COLUMNS] views of one copy), copied once per device."""
+        steps = self._on_device.get(device)
+        if steps is None:
+            steps = self._on_device[device] = to_device(self.rows, device).unbind(0)
+        return steps
 
 
 def pack_rows(*, codes: np.ndarray, boxes: np.ndarray, partner: np.ndarray, lam: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ import torch
 
 from ..seeds import generator_seed
 from .params import MixParams, area_lambda, drawn_params
-from .rows import (LAM_COLUMN, MODE_CODES, MODES, PARTNER_COLUMN, ROW_COLUMNS, USES_PARTNER, ResolvedMix, pack_rows,
+from .rows import (LAM_COLUMN, MODE_CODES, MODES, PARTNER_COLUMN, ROW_COLUMNS, USES_PARTNER, RowBlock, pack_rows,
                    same_codes)
 
 SAMPLER_MODES = ("cutmix", "mixup", "cutmix_or_mixup", "cutout", "none", "feature_cutmix", "manifold_mixup")
@@ -138,12 +138,12 @@ class MixSampler:
             # With the mixing's partner and lambda: see params.resolve_holes.
             holes = pack_rows(codes=same_codes(MODE_CODES["cutout"], count), boxes=cutout_boxes,
                               partner=rows[:, PARTNER_COLUMN], lam=rows[:, LAM_COLUMN].view(np.float32))
-            holes = holes.reshape(*rows_shape, ROW_COLUMNS)
+            holes = RowBlock(holes.reshape(*rows_shape, ROW_COLUMNS))
             cutout_boxes = np.ascontiguousarray(cutout_boxes).reshape(*rows_shape, 4)
         return _Block(
             shape=(batch_size, height, width), per=self.per, layers=layers, grids=grids,
-            codes=codes.reshape(rows_shape), rows=rows.reshape(*rows_shape, ROW_COLUMNS), lam=lam.reshape(rows_shape),
-            boxes=np.ascontiguousarray(boxes).reshape(*rows_shape, 4), partner=partner, holes=holes,
+            codes=codes.reshape(rows_shape), rows=RowBlock(rows.reshape(*rows_shape, ROW_COLUMNS)),
+            lam=lam.reshape(rows_shape), boxes=np.ascontiguousarray(boxes).reshape(*rows_shape, 4), partner=partner, holes=holes,
             cutout_boxes=cutout_boxes, mode_names=mode_names,
         )  # fmt: skip
 
@@ -200,11 +200,11 @@ class _Block:
     layers: list  # per step: the model layer to mix at, None for the images
     grids: list  # per step: (height, width) the boxes lie on
     codes: np.ndarray  # int64 [steps, B]
-    rows: np.ndarray  # int32 [steps, B, ROW_COLUMNS]
+    rows: RowBlock  # int32 [steps, B, ROW_COLUMNS], sent to a device in one copy
     lam: np.ndarray  # float32 [steps, B]
     boxes: np.ndarray  # int64 [steps, B, 4]
     partner: np.ndarray  # int64 [steps, B]
-    holes: Optional[np.ndarray]  # int32 [steps, B, ROW_COLUMNS]: Cutout's holes before Mixup (resolve_holes)
+    holes: Optional[RowBlock]  # int32 [steps, B, ROW_COLUMNS]: Cutout's holes before Mixup (resolve_holes)
     cutout_boxes: Optional[np.ndarray]  # int64 [steps, B, 4]
     mode_names: list  # per step: the mode's name (per="batch"), or each sample's (per="elem")
 
@@ -213,12 +213,12 @@ class _Block:
         batch_size, height, width = self.shape
         codes = self.codes[step]
         grid_height, grid_width = self.grids[step]
-        resolved = ResolvedMix(codes=codes, rows=self.rows[step], height=grid_height, width=grid_width)
+        resolved = self.rows.step(step, codes=codes, height=grid_height, width=grid_width)
         mode = self.mode_names[step] if self.per == "batch" else tuple(self.mode_names[step])
         holes = cutout_boxes = None
         if self.holes is not None:
-            holes = ResolvedMix(codes=same_codes(MODE_CODES["cutout"], batch_size), rows=self.holes[step],
-                                height=height, width=width)
+            holes = self.holes.step(step, codes=same_codes(MODE_CODES["cutout"], batch_size), height=height,
+                                    width=width)
             cutout_boxes = torch.from_numpy(self.cutout_boxes[step])
         return drawn_params(resolved, holes=holes, mode=mode, lam=torch.from_numpy(self.lam[step]),
                             boxes=torch.from_numpy(self.boxes[step]), partner=torch.from_numpy(self.partner[step]),

@@ -23,9 +23,9 @@ from torch import Tensor
 # Ring size beyond which a busy slot is waited for instead of adding one (a host that many steps
 # ahead of the GPU: the launch queue fills long before).
 MAX_SLOTS = 64
-# Pinned bytes per slot to start with (batch 256 x 10 int32 rows = 10 KiB); a slot grows to the
-# largest payload it has carried.
-INITIAL_SLOT_BYTES = 16 * 1024
+# Pinned bytes per slot to start with (a sampler's block of rows: 16 steps x batch 256 x 10 int32 =
+# 160 KiB); a slot grows to the largest payload it has carried.
+INITIAL_SLOT_BYTES = 256 * 1024
 _TORCH_DTYPES = {np.dtype(name): getattr(torch, name)
                  for name in ("bool", "uint8", "int32", "int64", "float32", "float64")}
 
