@@ -143,8 +143,8 @@ class MixSampler:
         return _Block(
             shape=(batch_size, height, width), per=self.per, layers=layers, grids=grids,
             codes=codes.reshape(rows_shape), rows=RowBlock(rows.reshape(*rows_shape, ROW_COLUMNS)),
-            lam=lam.reshape(rows_shape), boxes=np.ascontiguousarray(boxes).reshape(*rows_shape, 4), partner=partner, holes=holes,
-            cutout_boxes=cutout_boxes, mode_names=mode_names,
+            lam=lam.reshape(rows_shape), boxes=np.ascontiguousarray(boxes).reshape(*rows_shape, 4), partner=partner,
+            holes=holes, cutout_boxes=cutout_boxes, mode_names=mode_names,
         )  # fmt: skip
 
     def _draw(self, count: int, *, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
