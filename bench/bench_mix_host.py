@@ -109,7 +109,12 @@ def versions(args: argparse.Namespace) -> dict:
 
     found = {"new": pipeline.mix}
     if args.baseline != "none":
-        found = {"old": load_baseline(args.baseline), **found}
+        try:
+            found = {"old": load_baseline(args.baseline), **found}
+        except (OSError, subprocess.CalledProcessError) as error:
+            # A copy of the tree without its git history (the GPU machine gets one): the new code alone.
+            print(f"note: the old code ({args.baseline[:12]}) cannot be read from git here ({error}); "
+                  "timing the new code alone, as --baseline none does", file=sys.stderr)
     return found
 
 

@@ -89,7 +89,10 @@ def train_one_epoch(*, model, optimizer, scheduler, batches, steps: int, sampler
     are drawn and dropped, so that every later draw is the one an uninterrupted run makes.
     ``carried_loss`` is this rank's loss sum over those steps (saved with the checkpoint), so the
     epoch's mean loss is the uninterrupted one."""
-    result = EpochResult(loss_sum=torch.tensor(carried_loss, device=accelerator.device), last_step=start_step)
+    # torch.full, not torch.tensor(value, device=...): that one copies a host scalar to the GPU
+    # synchronously (a host sync, refused by set_sync_debug_mode("error")); a fill is a launch.
+    result = EpochResult(loss_sum=torch.full((), float(carried_loss), dtype=torch.float32, device=accelerator.device),
+                         last_step=start_step)
     loss_reader = LossReader(accelerator.device)
     tick = time.perf_counter()
     for step in range(start_step, steps):

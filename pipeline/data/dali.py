@@ -18,6 +18,7 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
+from ..mix.staging import to_device
 from ..seeds import DALI_PIPELINE_STREAM, DALI_READER_STREAM, epoch_seed, stream_seed
 from .augment import Augmentation
 from .checks import LoaderError, SplitShards
@@ -271,7 +272,9 @@ class DaliLoader(EpochLoader):
             labels = np.where(first + np.arange(len(labels)) < part_samples, labels, -1)
         # Checked here, on the host, where it costs no device sync.
         check_label_range(labels, num_classes=self.shards.num_classes, allow_padding=not self.training)
-        labels = torch.from_numpy(labels).to(self.device, non_blocking=True)
+        # Through reused pinned memory: a non_blocking copy from pageable memory may still wait
+        # for the GPU's stream (CUDA stages it), and the host must keep ahead of the GPU.
+        labels = to_device(np.ascontiguousarray(labels, dtype=np.int64), self.device)
         if "ids" not in outputs:
             return images, labels
         records = [json.loads(bytes(row).rstrip(b"\0").decode()) for row in np.asarray(outputs["ids"].as_tensor())]
