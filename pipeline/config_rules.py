@@ -209,16 +209,6 @@ def _feature_layers(config) -> tuple[str, str] | None:
     return None
 
 
-def _compile(config) -> tuple[str, str] | None:
-    mode = config.mix.mode
-    if config.model.compile and mode in FEATURE_MODES:
-        # Measured (resnet10t, 12 batches of feature_cutmix): 22 graphs, graph breaks at the hooks' host reads.
-        return "model.compile", (f"true does not go with mix.mode={mode}: its forward hooks mix a layer, box and "
-                                 "lambda drawn per batch, which torch.compile turns into graph breaks and a "
-                                 "recompile per batch; set model.compile=false (or an image-level mix.mode)")
-    return None
-
-
 def _model_options(config) -> tuple[str, str] | None:
     from .models import model_option_problem
 
@@ -226,12 +216,12 @@ def _model_options(config) -> tuple[str, str] | None:
     found = model_option_problem(model.name, shakedrop=model.shakedrop, drop_block_rate=model.drop_block_rate,
                                  drop_path_rate=model.drop_path_rate)
     if found is None and model.shakedrop and model.drop_path_rate > 0:
-        return "model.drop_path_rate", "ShakeDrop (model.shakedrop=true) already drops residual branches: use one of them"
+        return "model.drop_path_rate", ("ShakeDrop (model.shakedrop=true) already drops residual branches: "
+                                        "use one of them")
     return found
 
 
-CROSS_RULES = (_milestones, _warmup, _min_lr, _nesterov, _cutout, _mix_batch, _feature_layers, _compile,
-               _model_options)
+CROSS_RULES = (_milestones, _warmup, _min_lr, _nesterov, _cutout, _mix_batch, _feature_layers, _model_options)
 
 
 def validate(config) -> None:

@@ -121,6 +121,12 @@ def setup(config: TrainConfig, *, run_dir: Path) -> Session:
     # every batch of a split has the same shape (train batches are whole, val batches padded), so
     # one static graph per mode (train, eval), and a shape change is a recompile a test would see.
     if config.model.compile and not is_compiled_module(model):
+        if features is not None:
+            # The feature-level modes compile a train graph per mixed layer (FeatureMixer: the
+            # layer and the mode are compiled in, box, lambda and partner are inputs), one unmixed
+            # and the eval graph; dynamo's default limit (8 per frame) would send the rest to eager.
+            limit = len(config.mix.feature_layers) + 2
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
         model = torch.compile(model, dynamic=False)
     val_loader = make_loader(config, shards=shards, split=config.data.eval_split, accelerator=accelerator,
                              num_classes=num_classes)[0]

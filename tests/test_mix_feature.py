@@ -92,6 +92,56 @@ def test_mixed_features_equal_a_per_sample_loop_and_gradients_reach_both_samples
     assert torch.allclose(features.grad, expected.expand_as(features.grad))
 
 
+class TwoStages(torch.nn.Module):
+    """A model small enough to compile in seconds, with two feature maps to mix at."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.body = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, images):
+        return self.head(self.body(torch.relu(self.stem(images))).mean((2, 3)))
+
+
+@pytest.mark.slow
+def test_compiled_hooks_mix_as_eager_ones_with_a_graph_per_layer_and_mode_not_per_batch():
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = TwoStages()
+    mixer = FeatureMixer(model, ["input", "stem", "body"])
+    compiled = torch.compile(model, dynamic=False)
+    images = torch.randn(6, 3, 8, 8)
+    draws = [("stem", "cutmix", (1, 5, 0, 3)), ("stem", "cutmix", (0, 8, 2, 7)), ("body", "mixup", 0.3),
+             ("stem", "cutmix", (4, 6, 4, 6)), ("body", "cutmix", (2, 3, 1, 8)), ("body", "mixup", 0.81),
+             ("stem", "mixup", 0.55), ("body", "cutmix", (0, 0, 0, 0)), ("stem", "none", None),
+             ("stem", "mixup", 0.05), ("body", "cutmix", (3, 8, 0, 8))]
+    seen, graphs = set(), []
+    for layer, mode, value in draws:
+        params = MixParams(mode=mode, partner=torch.randperm(6), layer=layer, boxes=value if mode == "cutmix" else None,
+                           lam=value if mode == "mixup" else None)
+        resolved = resolve_mix(params, batch_size=6, height=8, width=8)
+        results = []
+        for forward in (model, compiled):
+            model.zero_grad()
+            with mixer.mixing(layer, resolved):
+                logits = forward(images)
+            logits.square().sum().backward()
+            results.append([logits.detach()] + [parameter.grad.clone() for parameter in model.parameters()])
+        for eager, traced in zip(*results):
+            torch.testing.assert_close(traced, eager, rtol=1e-5, atol=1e-5)
+        # A new graph only for a (layer, mode) not seen before; "none" is the unhooked forward.
+        seen.add("plain" if mode == "none" else (layer, mode))
+        graphs.append(counters["stats"]["unique_graphs"])
+        assert graphs[-1] == len(seen), (layer, mode, graphs)
+    assert sum(counters["graph_break"].values()) == 0
+    mixer.remove()
+
+
 @pytest.mark.parametrize("layer", ["layer2", "layer3"])
 def test_a_hooked_forward_equals_the_forward_by_hand_with_naively_mixed_features(layer):
     torch.manual_seed(0)

@@ -22,8 +22,6 @@ from processes import run_process
 from safetensors.torch import load_file
 from train_helpers import LAUNCH_TWO_CPU_RANKS, REPO, child_env, small_run_args, without_timings
 
-from pipeline.config import resolve_config
-from pipeline.errors import ConfigError
 from pipeline.logs import read_metrics
 from pipeline.optim import create_optimizer, fused_sgd_available, keep_kernel_choice
 
@@ -88,14 +86,6 @@ with open(f"{prefix}{record['rank']}.json", "w") as file:
     json.dump(record, file)
 exit_cleanly(code)
 '''
-
-
-def test_feature_level_mixing_is_refused_with_compile_before_anything_is_built():
-    for mode in ("feature_cutmix", "manifold_mixup"):
-        with pytest.raises(ConfigError, match=f"^model\\.compile: true does not go with mix\\.mode={mode}"):
-            resolve_config(config_file=DEMO, overrides=["model.compile=true", f"mix.mode={mode}"])
-        assert not resolve_config(config_file=DEMO, overrides=[f"mix.mode={mode}"]).model.compile
-    assert resolve_config(config_file=DEMO, overrides=["model.compile=true"]).mix.mode == "cutmix"
 
 
 def test_fused_sgd_follows_the_update_rule_written_out():
@@ -180,6 +170,22 @@ def test_compiled_run_trains_evaluates_and_compiles_once_per_mode(compiled):
     records = read_metrics(run_dir)
     assert [(r["epoch"], r["global_step"], r["val_samples"]) for r in records] == [(1, 4, 359), (2, 8, 359)]
     assert all(r["train_loss"] > 0 and 0 <= r["top1_err"] <= 100 for r in records)
+
+
+def test_a_compiled_feature_level_run_compiles_a_graph_per_layer_not_per_batch(demo_shards, worker, tmp_path):
+    # Feature CutMix draws a layer per batch: "input" (the images, mixed by apply_mix before the
+    # model: the unhooked train graph), layer2 or layer3 (a graph each: the hooks' box, lambda and
+    # partner are tensors, so only the layer and the mode are compiled in), and the eval graph.
+    args = small_run_args(demo_shards, tmp_path / "run", *EXTRA, "schedule.epochs=3", "mix.mode=feature_cutmix",
+                          "mix.feature_layers=[input,layer2,layer3]")
+    done, records = run_worker(worker, tmp_path / "rank", args)
+    record = records[0]
+    assert record["code"] == 0 and record["graph_breaks"] == 0, record["graph_break_reasons"]
+    graphs = [count for _, count in record["phases"]]
+    # 12 batches over 3 epochs: all four graphs by the end of epoch 2, none after (the third
+    # epoch's 4 batches draw layers whose graphs exist).
+    assert graphs[-1] == 4 and graphs[3:] == [4, 4, 4], record["phases"]
+    assert [r["epoch"] for r in read_metrics(tmp_path / "run")] == [1, 2, 3]
 
 
 def test_checkpoint_and_export_have_the_model_keys_and_the_compiled_logits(compiled):

@@ -25,7 +25,7 @@ from torch import Tensor
 from .feature import mix_features
 from .params import MixParams, resolve_holes, resolve_mix
 from .reference import mix_reference
-from .rows import ResolvedMix, device_partner
+from .rows import ResolvedMix
 from .staging import to_device
 
 BACKENDS = ("auto", "triton", "reference")
@@ -109,12 +109,12 @@ def _cutout_then_mix(source: Tensor, labels: Tensor, *, params: MixParams, resol
 
     One backend pass cuts the holes and writes the final targets: the holes' rows carry the
     mixing's partner and lambda, which a cutout row uses for its targets only (its partner pixel
-    weights are 0, so no partner pixel is read). The mixing then reuses that copy's partners."""
+    weights are 0, so no partner pixel is read). The mixing reads its own rows (for a sampler's
+    draw, a slice of its block's one copy)."""
     batch_size, _, height, width = source.shape
     holes = resolve_holes(params, resolved, batch_size=batch_size, height=height, width=width)
     holed, targets = _run_backend(source, labels, resolved=holes, **options)
-    partner = device_partner(holes.on_device(source.device))
-    return mix_features(holed, resolved, partner=partner), targets
+    return mix_features(holed, resolved), targets
 
 
 def normalization_on(device: torch.device, *, mean: Sequence[float], std: Sequence[float],

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import contextlib
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from .rows import MODE_CODES, ResolvedMix, device_partner
+from .rows import BOX_COLUMNS, MODE_CODES, ResolvedMix, device_lam, device_partner
 from .sampler import INPUT_LAYER
 
 
@@ -79,44 +78,71 @@ def _layer_outputs(model: torch.nn.Module, names, *, image_size: int) -> dict[st
     return {name: shapes.get(name, ()) for name in names}
 
 
-def mix_features(features: Tensor, resolved: ResolvedMix, *, partner: Tensor | None = None) -> Tensor:
+def mix_features(features: Tensor, resolved: ResolvedMix) -> Tensor:
     """A layer's output [B, C, H, W] mixed as ``resolved`` says (one mode for the batch): CutMix
     pastes the partner's box, Mixup blends with the partner, none passes through. Differentiable
-    with respect to ``features`` (own and partner's). ``partner``: the partner indices already on
-    the features' device, if a caller has them (default: ``resolved``'s rows, copied there once)."""
+    with respect to ``features`` (own and partner's). The rows go to the features' device once
+    (a sampler's draw: once per block of steps)."""
+    return mix_rows(features, mode=batch_mode(resolved), rows=resolved.on_device(features.device))
+
+
+def batch_mode(resolved: ResolvedMix) -> int:
+    """The one mode code of a feature-level batch (none, cutmix or mixup); ValueError otherwise."""
     codes = resolved.codes
     if not (codes == codes[0]).all():
         raise ValueError("feature-level mixing takes one mode per batch (per='batch')")
     mode = int(codes[0])
+    if mode not in (MODE_CODES["none"], MODE_CODES["cutmix"], MODE_CODES["mixup"]):
+        raise ValueError(f"feature-level mixing does CutMix or Mixup, not mode code {mode}")
+    return mode
+
+
+def mix_rows(features: Tensor, *, mode: int, rows: Tensor) -> Tensor:
+    """`mix_features` from the packed rows (int32 [B, ROW_COLUMNS], already on the features'
+    device) and the batch's mode code. Tensor operations only, reading no value on the host: under
+    torch.compile the box, lambda and partner of each batch are graph inputs, so a compiled model
+    with these hooks keeps one graph per (layer, mode) instead of one per batch.
+
+    CutMix selects (no arithmetic: the pasted values are the partner's exactly). Mixup computes in
+    float32 (float64 for float64 features) and rounds once to the features' dtype; its weights are
+    lambda and 1 - lambda in that precision."""
     if mode == MODE_CODES["none"]:
         return features
-    if partner is None:
-        partner = device_partner(resolved.on_device(features.device))
-    partners = features.index_select(0, partner)
+    partners = features.index_select(0, device_partner(rows))
     if mode == MODE_CODES["mixup"]:
-        lam = float(resolved.lam[0])  # a host tensor: no device sync
-        return features * lam + partners * (1.0 - lam)
-    if mode != MODE_CODES["cutmix"]:
-        raise ValueError(f"feature-level mixing does CutMix or Mixup, not mode code {mode}")
-    y1, y2, x1, x2 = resolved.uniform_box(np.ones(len(codes), dtype=bool))
-    mixed = features.clone()
-    mixed[:, :, y1:y2, x1:x2] = partners[:, :, y1:y2, x1:x2]
-    return mixed
+        compute = torch.promote_types(features.dtype, torch.float32)
+        lam = device_lam(rows)[0].to(compute)  # one lambda for the batch, a 0-d device tensor
+        return (features.to(compute) * lam + partners.to(compute) * (1 - lam)).to(features.dtype)
+    box = rows[0, BOX_COLUMNS]  # one box for the batch: y1, y2, x1, x2 as 0-d device tensors
+    height, width = features.shape[-2:]
+    ys = torch.arange(height, device=features.device)[:, None]
+    xs = torch.arange(width, device=features.device)
+    inside = (ys >= box[0]) & (ys < box[1]) & (xs >= box[2]) & (xs < box[3])  # [H, W]
+    return torch.where(inside, partners, features)
 
 
 class FeatureMixer:
     """Hooks on ``layers`` of ``model`` (registered once; "input" needs none) that mix the active
-    layer's output during ``mixing`` and leave every other forward untouched."""
+    layer's output during ``mixing`` and leave every other forward untouched.
+
+    What a hook reads is a tuple (layer, mode code, rows on the device), set before the forward:
+    torch.compile guards on the layer's name and the mode and takes the rows as an input, so a
+    compiled model compiles once per (layer, mode) drawn (a sampler's mode is fixed: a graph per
+    layer, plus the unmixed one), not once per batch."""
 
     def __init__(self, model: torch.nn.Module, layers) -> None:
-        self._active: tuple[str, ResolvedMix] | None = None
+        self._model = model
+        self._active: tuple[str, int, Tensor] | None = None
         self._handles = [model.get_submodule(name).register_forward_hook(self._hook(name))
                          for name in dict.fromkeys(layers) if name != INPUT_LAYER]
 
     @contextlib.contextmanager
     def mixing(self, layer: str, resolved: ResolvedMix):
         """Mix the output of ``layer`` in the forward passes inside this block."""
-        self._active = (layer, resolved)
+        mode = batch_mode(resolved)
+        if mode != MODE_CODES["none"]:  # an unmixed batch (the prob gate) runs the unhooked forward
+            device = next(self._model.parameters()).device
+            self._active = (layer, mode, resolved.on_device(device))
         try:
             yield
         finally:
@@ -130,7 +156,8 @@ class FeatureMixer:
 
     def _hook(self, name: str):
         def hook(module, args, output):
-            if self._active is not None and self._active[0] == name:
-                return mix_features(output, self._active[1])
+            active = self._active
+            if active is not None and active[0] == name:
+                return mix_rows(output, mode=active[1], rows=active[2])
             return None  # the output unchanged
         return hook
