@@ -9,8 +9,8 @@
 On CUDA `apply_mix` is one Triton kernel (read uint8 once, paste/blend/zero, normalize, cast,
 store channels-last, write soft targets); elsewhere it runs the plain PyTorch reference. Both
 compute the same function. `MixParams` can be written by hand to inject a box, lambda or partner.
-The host side of a step (draw, pack, a copy per 16 steps, launch) reads no device value and allocates no
-pinned memory (rows.py, staging.py).
+The host side of a step (draw, pack, a copy per 16 steps, launch) reads no device value and
+allocates no pinned memory (rows.py, staging.py).
 """
 
 from .core import apply_mix, normalization_affine
