@@ -58,6 +58,12 @@ else
     export ACCELERATE_USE_CPU=true   # --multi_gpu + this = one gloo process per node
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
 fi
+# Since Slurm 22.05 srun does not take --cpus-per-task from sbatch: where the cluster binds tasks
+# to CPUs (task/affinity, task/cgroup), each node's task (its training processes and their DALI
+# threads) would be bound to one CPU. Each task prints the CPUs it got.
+if [[ -n ${SLURM_CPUS_PER_TASK:-} ]]; then
+    export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK
+fi
 export NUM_PROCESSES=$((SLURM_NNODES * procs_per_node))
 export HEAD_ADDR=$head_addr PORT=$port PROCS_PER_NODE=$procs_per_node
 echo "job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}): $SLURM_NNODES nodes x $procs_per_node" \
@@ -81,6 +87,8 @@ trap on_usr1 USR1
 # in the batch shell, every node would get machine rank 0. Only node 0 hosts the c10d store
 # (is_host), also where several "nodes" share one host (the tests' cluster).
 srun --kill-on-bad-exit=1 bash -c '
+    cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)   # nproc alone would echo OMP_NUM_THREADS
+    echo "node $SLURM_NODEID ($(hostname)): $cpus CPUs for its processes"
     ( trap "" USR1
       exec accelerate launch --multi_gpu --num_machines "$SLURM_NNODES" --machine_rank "$SLURM_NODEID" \
         --num_processes "$NUM_PROCESSES" --main_process_ip "$HEAD_ADDR" --main_process_port "$PORT" \

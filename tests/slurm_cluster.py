@@ -75,10 +75,13 @@ class SlurmCluster:
     """Context manager: writes the configs, starts the daemons, waits for idle nodes; on exit
     cancels every job, stops the daemons and kills any process left with this cluster's SLURM_CONF."""
 
-    def __init__(self, root: Path, *, cpus_per_node: int = 1, proctrack: str = "proctrack/cgroup") -> None:
+    def __init__(self, root: Path, *, cpus_per_node: int = 1, proctrack: str = "proctrack/cgroup",
+                 bind_tasks: bool = False) -> None:
         self.root = Path(root)
         self.cpus_per_node = cpus_per_node
         self.proctrack = proctrack
+        # True: task/affinity binding each task to its CPUs (autobind), as many clusters do.
+        self.bind_tasks = bind_tasks
         self.conf = self.root / "etc" / "slurm.conf"
         self.processes: dict[str, subprocess.Popen] = {}
         self._daemons = contextlib.ExitStack()  # kills each daemon's process tree when closed
@@ -118,7 +121,8 @@ class SlurmCluster:
             "SlurmctldDebug=info",
             "SlurmdDebug=info",
             f"ProctrackType={self.proctrack}",
-            "TaskPlugin=task/none",
+            *(["TaskPlugin=task/affinity", "TaskPluginParam=autobind=threads"] if self.bind_tasks
+              else ["TaskPlugin=task/none"]),
             "JobRequeue=1",
             "ReturnToService=2",
             "MpiDefault=none",
