@@ -24,6 +24,7 @@ from .mix.feature import FeatureMixer, layer_shapes
 from .mix.sampler import FEATURE_MODES
 from .models import create_model, read_classes, read_num_classes
 from .optim import create_optimizer, create_scheduler, fused_sgd_available, keep_kernel_choice, scaled_lr
+from .precision import resolve_precision
 from .seeds import MODEL_STREAM, epoch_seed, stream_seed
 from .stopping import StopRequest
 from .training import MixOptions, train_one_epoch
@@ -95,6 +96,9 @@ def setup(config: TrainConfig, *, run_dir: Path) -> Session:
     shards = prepare_shards(config, accelerator=accelerator)
     num_classes = read_num_classes(shards)
     if config.run.deterministic:
+        # cuBLAS is deterministic only with a fixed workspace (older torch refuses the first GPU
+        # matmul without one); cuBLAS reads it when it starts, which is later than this.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
     set_seed(config.run.seed)  # the same initial weights on every rank
@@ -172,10 +176,8 @@ def create_accelerator(config: TrainConfig, *, run_dir: Path):
     update (Accelerate would otherwise step it once per process)."""
     from accelerate import Accelerator
 
-    precision = config.run.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() else "no"
-    return Accelerator(mixed_precision=precision, step_scheduler_with_optimizer=False,
+    return Accelerator(mixed_precision=resolve_precision(config.run.mixed_precision),
+                       step_scheduler_with_optimizer=False,
                        log_with="tensorboard" if config.run.tensorboard else None, project_dir=str(run_dir))
 
 

@@ -1,6 +1,7 @@
 """A run killed mid-training (SIGKILL) or stopped by Slurm's signals (SIGTERM, SIGUSR1) and resumed
 with run.resume=auto ends with exactly the metrics and weights of an uninterrupted run."""
 
+import math
 import signal
 import subprocess
 import sys
@@ -8,7 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-from processes import started_process
+import torch
+from processes import run_process, started_process
 from safetensors.torch import load_file
 from train_helpers import REPO, run_train, small_run_args, child_env, train_command, without_timings
 
@@ -110,3 +112,17 @@ def test_a_stop_in_the_middle_of_an_epoch_then_resume_equals_uninterrupted(demo_
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from" in done.stdout and "epoch 1, step 3" in done.stdout
     _assert_same_run(tmp_path, reference)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU runs above stand in)")
+def test_a_deterministic_run_trains_on_cuda(demo_shards, tmp_path):
+    # run.deterministic=true on the GPU: torch's deterministic algorithms there, and cuBLAS with
+    # the fixed workspace the run sets (older torch refuses the first GPU matmul without one).
+    env = {key: value for key, value in child_env().items() if key not in ("CUDA_VISIBLE_DEVICES",
+                                                                           "CUBLAS_WORKSPACE_CONFIG")}
+    args = small_run_args(demo_shards, tmp_path / "run", "schedule.epochs=1", "run.max_train_steps=4",
+                          "loader.batch_size=32", "run.deterministic=true")
+    done = run_process(train_command(args), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (record,) = read_metrics(tmp_path / "run")
+    assert record["global_step"] == 4 and math.isfinite(record["train_loss"])

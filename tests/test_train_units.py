@@ -127,3 +127,25 @@ def test_an_older_demo_folder_gets_the_test_split(tmp_path):
     accelerator = SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None)
     assert prepare_shards(config, accelerator=accelerator) == shards
     assert (shards / "test.json").is_file() and (shards / "val.json").is_file()
+
+
+@pytest.mark.parametrize("gpu_visible, use_cpu, expected", [
+    (True, None, "bf16"),
+    (True, "true", "no"),  # accelerate launch --cpu, or the Slurm script without GPUs, on a GPU node
+    (True, "0", "bf16"),
+    (False, None, "no"),
+])
+def test_auto_precision_follows_the_device_accelerate_will_use(monkeypatch, gpu_visible, use_cpu, expected):
+    from accelerate.utils import parse_flag_from_env
+
+    from pipeline.precision import resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu_visible)
+    if use_cpu is None:
+        monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    else:
+        monkeypatch.setenv("ACCELERATE_USE_CPU", use_cpu)
+    # The same reading of the variable as Accelerate's own (accelerate.state.PartialState).
+    assert parse_flag_from_env("ACCELERATE_USE_CPU") is (use_cpu == "true")
+    assert resolve_precision("auto") == expected
+    assert (resolve_precision("bf16"), resolve_precision("no")) == ("bf16", "no")  # explicit settings stand

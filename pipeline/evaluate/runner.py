@@ -19,6 +19,7 @@ from shards.manifest import load_manifest
 from ..data import LoaderError, LoaderOptions, create_loader
 from ..data.sharding import part_sizes
 from ..errors import EvalError
+from ..precision import resolve_precision
 from . import tasks
 from .ood import noise_images, ood_metrics
 from .source import ModelSource, check_classes, load_model
@@ -124,7 +125,7 @@ def run_evaluation(request: EvalRequest) -> dict:
     model = load_model(source)
     if "localize" in request.tasks:
         check_cam_head(model, image_size=source.image_size, channels_last=source.channels_last)
-    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    accelerator = Accelerator(mixed_precision=resolve_precision("auto"))
     model = model.to(accelerator.device)
     dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
     ctx = tasks.TaskContext(model=model, accelerator=accelerator, mean=source.mean, std=source.std, dtype=dtype,
@@ -237,7 +238,7 @@ def _noise_scores(ctx: tasks.TaskContext, request: EvalRequest, kind: str, *, co
             positions = mine[step * batch:(step + 1) * batch]
             images = noise_images(kind, positions + [0] * (batch - len(positions)), size=size, seed=request.seed)
             labels = torch.tensor([0] * len(positions) + [-1] * (batch - len(positions)))
-            yield images.to(accelerator.device), labels.to(accelerator.device)
+            yield _to_device(images, accelerator.device), _to_device(labels, accelerator.device)
 
     bar = tqdm(total=steps, desc=f"ood: {kind} noise", dynamic_ncols=True,
                disable=not (request.progress and accelerator.is_local_main_process))
@@ -284,3 +285,12 @@ def read_results(path: Path) -> dict:
                 raise EvalError(f"{candidate}: not an eval.json written by python -m pipeline.evaluate")
             return results
     raise EvalError(f"{path}: no eval.json (run python -m pipeline.evaluate on it first)")
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host batch on ``device`` without the host waiting for the GPU's queued work, as a copy from
+    pageable memory would (so the next noise batch is drawn while the GPU runs this one); torch's
+    caching host allocator hands the pinned buffers out again once their copies have run."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
