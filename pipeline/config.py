@@ -114,8 +114,8 @@ class LoaderConfig:
 class RunConfig:
     out_dir: str = "runs/default"  # run folder: config, metrics, checkpoints, weights, plots
     seed: int = 0  # everything random derives from (seed, epoch, rank)
-    # "auto": bf16 on CUDA, full precision elsewhere (a CPU without native bf16 takes minutes per
-    # ResNet-50 step in bf16); "bf16" or "no" force one.
+    # "auto": bf16 where the process runs on a GPU, full precision elsewhere (pipeline/precision.py:
+    # a CPU without native bf16 takes minutes per ResNet-50 step in bf16); "bf16" or "no" force one.
     mixed_precision: str = "auto"
     deterministic: bool = False  # torch deterministic algorithms (exact resume on CPU; slower on GPU)
     eval_every: int = 1  # evaluate every N epochs (and always after the last)
