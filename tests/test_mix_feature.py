@@ -12,7 +12,7 @@ import torch
 from train_helpers import run_train, small_run_args
 
 from pipeline.mix import MixParams, resolve_mix
-from pipeline.mix.feature import FeatureMixer, layer_names, layer_shapes, mix_features
+from pipeline.mix.feature import FeatureMixer, batch_mode, layer_names, layer_shapes, mix_features, mix_rows
 from pipeline.mix.sampler import MixSampler
 
 SHAPES = {"layer1": (8, 8), "layer2": (4, 4)}
@@ -71,15 +71,21 @@ def naive_mix(features, *, mode, box, partner, lam):
     return out
 
 
+def rows_mix(features, resolved):
+    """`mix_rows`, what the compiled hooks run: from the rows as a device tensor."""
+    return mix_rows(features, mode=batch_mode(resolved), rows=resolved.on_device(features.device))
+
+
+@pytest.mark.parametrize("mix", [mix_features, rows_mix], ids=["eager", "tensors_only"])
 @pytest.mark.parametrize("mode", ["cutmix", "mixup"])
-def test_mixed_features_equal_a_per_sample_loop_and_gradients_reach_both_samples(mode):
+def test_mixed_features_equal_a_per_sample_loop_and_gradients_reach_both_samples(mode, mix):
     features = torch.randn(5, 3, 6, 7, dtype=torch.float64, requires_grad=True)
     partner = torch.tensor([2, 0, 4, 1, 3])
     box, lam = (1, 4, 2, 6), 0.3
     params = MixParams(mode=mode, boxes=box if mode == "cutmix" else None, partner=partner,
                        lam=None if mode == "cutmix" else lam)
     resolved = resolve_mix(params, batch_size=5, height=6, width=7)
-    mixed = mix_features(features, resolved)
+    mixed = mix(features, resolved)
     reference = naive_mix(features.detach(), mode=mode, box=box, partner=partner, lam=float(resolved.lam[0]))
     assert torch.equal(mixed.detach(), reference)
     if mode == "cutmix":

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -81,9 +82,22 @@ def _layer_outputs(model: torch.nn.Module, names, *, image_size: int) -> dict[st
 def mix_features(features: Tensor, resolved: ResolvedMix) -> Tensor:
     """A layer's output [B, C, H, W] mixed as ``resolved`` says (one mode for the batch): CutMix
     pastes the partner's box, Mixup blends with the partner, none passes through. Differentiable
-    with respect to ``features`` (own and partner's). The rows go to the features' device once
-    (a sampler's draw: once per block of steps)."""
-    return mix_rows(features, mode=batch_mode(resolved), rows=resolved.on_device(features.device))
+    with respect to ``features`` (own and partner's).
+
+    Eager: lambda and the box are read from the host rows (no device read), which takes the fewest
+    launches (Cutout + Mixup runs this on every image batch; issue 11 counts the host's time per
+    step). Under torch.compile the hooks use ``mix_rows`` instead, which reads nothing on the host."""
+    mode = batch_mode(resolved)
+    if mode == MODE_CODES["none"]:
+        return features
+    partners = features.index_select(0, device_partner(resolved.on_device(features.device)))
+    if mode == MODE_CODES["mixup"]:
+        lam = float(resolved.lam[0])  # a host tensor: no device sync
+        return features * lam + partners * (1.0 - lam)
+    y1, y2, x1, x2 = resolved.uniform_box(np.ones(len(resolved.codes), dtype=bool))
+    mixed = features.clone()
+    mixed[:, :, y1:y2, x1:x2] = partners[:, :, y1:y2, x1:x2]
+    return mixed
 
 
 def batch_mode(resolved: ResolvedMix) -> int:
@@ -99,13 +113,14 @@ def batch_mode(resolved: ResolvedMix) -> int:
 
 def mix_rows(features: Tensor, *, mode: int, rows: Tensor) -> Tensor:
     """`mix_features` from the packed rows (int32 [B, ROW_COLUMNS], already on the features'
-    device) and the batch's mode code. Tensor operations only, reading no value on the host: under
-    torch.compile the box, lambda and partner of each batch are graph inputs, so a compiled model
-    with these hooks keeps one graph per (layer, mode) instead of one per batch.
+    device) and the batch's mode code, in tensor operations only: under torch.compile the box,
+    lambda and partner of each batch are graph inputs, so a compiled model with the hooks keeps one
+    graph per (layer, mode) instead of one per batch (eager, this would be ~10 launches where
+    `mix_features` makes 3-4).
 
     CutMix selects (no arithmetic: the pasted values are the partner's exactly). Mixup computes in
     float32 (float64 for float64 features) and rounds once to the features' dtype; its weights are
-    lambda and 1 - lambda in that precision."""
+    lambda and 1 - lambda in that precision (for float32 features, `mix_features`' result)."""
     if mode == MODE_CODES["none"]:
         return features
     partners = features.index_select(0, device_partner(rows))
@@ -125,14 +140,15 @@ class FeatureMixer:
     """Hooks on ``layers`` of ``model`` (registered once; "input" needs none) that mix the active
     layer's output during ``mixing`` and leave every other forward untouched.
 
-    What a hook reads is a tuple (layer, mode code, rows on the device), set before the forward:
-    torch.compile guards on the layer's name and the mode and takes the rows as an input, so a
-    compiled model compiles once per (layer, mode) drawn (a sampler's mode is fixed: a graph per
-    layer, plus the unmixed one), not once per batch."""
+    What a hook reads is a tuple (layer, mode code, rows on the device, the ResolvedMix), set before
+    the forward. Traced by torch.compile, it mixes with `mix_rows`: dynamo guards on the layer's name
+    and the mode and takes the rows as an input, so a compiled model compiles once per (layer, mode)
+    drawn (a sampler's mode is fixed: a graph per layer, plus the unmixed one), not once per batch.
+    Eager, it mixes with `mix_features` (fewer launches)."""
 
     def __init__(self, model: torch.nn.Module, layers) -> None:
         self._model = model
-        self._active: tuple[str, int, Tensor] | None = None
+        self._active: tuple[str, int, Tensor, ResolvedMix] | None = None
         self._handles = [model.get_submodule(name).register_forward_hook(self._hook(name))
                          for name in dict.fromkeys(layers) if name != INPUT_LAYER]
 
@@ -142,7 +158,7 @@ class FeatureMixer:
         mode = batch_mode(resolved)
         if mode != MODE_CODES["none"]:  # an unmixed batch (the prob gate) runs the unhooked forward
             device = next(self._model.parameters()).device
-            self._active = (layer, mode, resolved.on_device(device))
+            self._active = (layer, mode, resolved.on_device(device), resolved)
         try:
             yield
         finally:
@@ -157,7 +173,9 @@ class FeatureMixer:
     def _hook(self, name: str):
         def hook(module, args, output):
             active = self._active
-            if active is not None and active[0] == name:
+            if active is None or active[0] != name:
+                return None  # the output unchanged
+            if torch.compiler.is_compiling():
                 return mix_rows(output, mode=active[1], rows=active[2])
-            return None  # the output unchanged
+            return mix_features(output, active[3])
         return hook
