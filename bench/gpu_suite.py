@@ -867,18 +867,34 @@ def tests_section(suite: Suite) -> list[Row]:
     if timeout < 20:
         return rows + [skipped("tests", "CUDA-gated tests", f"time budget ({timeout:.0f} s left)")]
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *ids]
+    # -v: a line per test as it ends, so a run the time budget cuts short still tells what it did.
+    command = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", *ids]
     try:
         done = run_process(command, timeout=timeout, cwd=REPO, env=env, capture_output=True, text=True)
-        output, code = done.stdout + done.stderr, done.returncode
-    except subprocess.TimeoutExpired:  # run_process killed the whole tree
-        output, code = f"timed out after {timeout:.0f} s (time budget)", -1
+        output, timed_out, code = done.stdout + done.stderr, False, done.returncode
+    except subprocess.TimeoutExpired as expired:  # run_process killed the whole tree
+        output, timed_out, code = _text(expired.stdout) + _text(expired.stderr), True, -1
     suite.test_output = output
-    found = re.findall(r"^[= ]*((?:\d+ \w+(?:, )?)+) in ([\d.]+)s", output, flags=re.MULTILINE)
-    summary = f"{found[-1][0]} in {found[-1][1]} s" if found else output.strip().splitlines()[-1][:120]
+    summary = pytest_summary(output, timed_out=timed_out, timeout=timeout)
     status = "pass" if code == 0 and not re.search(r"\d+ (failed|errors?)", summary) else "fail"
     return rows + [Row("tests", "CUDA-gated tests", summary, f"{len(ids)} ids", goal="exit 0, none failed",
                        status=status)]
+
+
+def pytest_summary(output: str, *, timed_out: bool, timeout: float) -> str:
+    """pytest's own last line ("3 passed, 1 skipped in 12.3s"); for a run the time budget ended, the
+    outcomes of the tests that finished (pytest -v's lines) and the test it was in."""
+    if not timed_out:
+        found = re.findall(r"^[= ]*((?:\d+ \w+(?:, )?)+) in ([\d.]+)s", output, flags=re.MULTILINE)
+        return f"{found[-1][0]} in {found[-1][1]} s" if found else (output.strip().splitlines() or [""])[-1][:120]
+    kinds = re.findall(r"^\S+::\S+ (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)\b", output, flags=re.MULTILINE)
+    counts = ", ".join(f"{kinds.count(kind)} {kind.lower()}" for kind in dict.fromkeys(kinds)) or "none finished"
+    started = re.findall(r"^(\S+::\S+) *$", output, flags=re.MULTILINE)  # begun, no outcome yet
+    return f"timed out after {timeout:.0f} s (time budget): {counts}" + (f"; cut in {started[-1]}" if started else "")
+
+
+def _text(data) -> str:
+    return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
 
 
 # ---------------------------------------------------------------- table and main

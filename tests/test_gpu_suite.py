@@ -183,3 +183,24 @@ def test_cuda_gated_tests_are_found_by_their_markers():
 def test_goals_are_judged_on_the_value_or_the_ratio(value, baseline, goal, status):
     assert gpu_suite.measured("host", "x", value, baseline=baseline, goal=goal).status == status
     assert gpu_suite.measured("host", "x", value, baseline=baseline, goal=goal, judge=False).status == "smoke"
+
+
+# The end of `pytest -v` killed by a timeout while in its last test (captured from pytest 9.2).
+CUT_SHORT = """collecting ... collected 6 items
+
+test_cut.py::test_passes PASSED                                          [ 16%]
+test_cut.py::test_fails FAILED                                           [ 33%]
+test_cut.py::test_skipped SKIPPED (x)                                    [ 50%]
+test_cut.py::test_param[1] PASSED                                        [ 66%]
+test_cut.py::test_param[2] PASSED                                        [ 83%]
+test_cut.py::test_waits """
+
+
+def test_a_test_run_cut_by_the_time_budget_still_says_what_ran():
+    summary = gpu_suite.pytest_summary(CUT_SHORT, timed_out=True, timeout=12)
+    assert summary == ("timed out after 12 s (time budget): 3 passed, 1 failed, 1 skipped; "
+                       "cut in test_cut.py::test_waits")
+    assert gpu_suite.pytest_summary(CUT_SHORT.rsplit("\n", 1)[0], timed_out=True, timeout=5).endswith(
+        "3 passed, 1 failed, 1 skipped")  # cut between two tests
+    finished = CUT_SHORT + "PASSED  [100%]\n\n===== 1 failed, 4 passed, 1 skipped in 3.21s =====\n"
+    assert gpu_suite.pytest_summary(finished, timed_out=False, timeout=12) == "1 failed, 4 passed, 1 skipped in 3.21 s"
