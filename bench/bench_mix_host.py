@@ -83,6 +83,14 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def has_git_history() -> bool:
+    """Whether this tree is a git work tree (``git rev-parse`` finds its repository)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--git-dir"], cwd=REPO, capture_output=True).returncode == 0
+    except OSError:  # no git at all
+        return False
+
+
 def load_baseline(commit: str):
     """pipeline/mix at `commit` as the package `mix_baseline.mix` (its `..seeds` import included)."""
     root = Path(tempfile.mkdtemp(prefix="mix_baseline_"))
@@ -109,11 +117,14 @@ def versions(args: argparse.Namespace) -> dict:
 
     found = {"new": pipeline.mix}
     if args.baseline != "none":
-        try:
-            found = {"old": load_baseline(args.baseline), **found}
-        except (OSError, subprocess.CalledProcessError) as error:
-            # A copy of the tree without its git history (the GPU machine gets one): the new code alone.
-            print(f"note: the old code ({args.baseline[:12]}) cannot be read from git here ({error}); "
+        if has_git_history():
+            try:
+                found = {"old": load_baseline(args.baseline), **found}
+            except subprocess.CalledProcessError as error:  # a mistyped --baseline
+                why = (error.stderr or "").strip().splitlines()
+                raise SystemExit(f"error: --baseline {args.baseline}: {why[-1] if why else error}") from None
+        else:  # a copy of the tree without its .git (the GPU machine gets one): the new code alone
+            print(f"note: no git history here to read the old code ({args.baseline[:12]}) from; "
                   "timing the new code alone, as --baseline none does", file=sys.stderr)
     return found
 

@@ -21,7 +21,7 @@ from .export import export_weights
 from .logs import Progress, append_metrics, format_epoch, read_metrics, truncate_metrics
 from .mix import MixSampler
 from .mix.feature import FeatureMixer, layer_shapes
-from .mix.sampler import FEATURE_MODES
+from .mix.sampler import FEATURE_MODES, INPUT_LAYER
 from .models import create_model, read_classes, read_num_classes
 from .optim import create_optimizer, create_scheduler, fused_sgd_available, keep_kernel_choice, scaled_lr
 from .precision import resolve_precision
@@ -110,7 +110,8 @@ def setup(config: TrainConfig, *, run_dir: Path) -> Session:
     torch.manual_seed(stream_seed(seed=config.run.seed, rank=accelerator.process_index, stream=MODEL_STREAM))
     steps = train_steps_per_epoch(config, shards=shards, accelerator=accelerator, num_classes=num_classes)
     global_batch = config.loader.batch_size * accelerator.num_processes
-    lr = scaled_lr(base_lr=config.optim.base_lr, global_batch=global_batch, reference_batch=config.optim.reference_batch)
+    lr = scaled_lr(base_lr=config.optim.base_lr, global_batch=global_batch,
+                   reference_batch=config.optim.reference_batch)
     optimizer = create_optimizer(model, lr=lr, momentum=config.optim.momentum, nesterov=config.optim.nesterov,
                                  weight_decay=config.optim.weight_decay,
                                  decay_norm_and_bias=config.optim.decay_norm_and_bias,
@@ -129,7 +130,8 @@ def setup(config: TrainConfig, *, run_dir: Path) -> Session:
             # The feature-level modes compile a train graph per mixed layer (FeatureMixer: the
             # layer and the mode are compiled in, box, lambda and partner are inputs), one unmixed
             # and the eval graph; dynamo's default limit (8 per frame) would send the rest to eager.
-            limit = len(config.mix.feature_layers) + 2
+            mixed_layers = set(config.mix.feature_layers) - {INPUT_LAYER}  # the input is the unmixed graph
+            limit = len(mixed_layers) + 2
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
         model = torch.compile(model, dynamic=False)
     val_loader = make_loader(config, shards=shards, split=config.data.eval_split, accelerator=accelerator,

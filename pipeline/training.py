@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from .logs import Progress
-from .mix import MixParams, MixSampler, apply_mix, mix_targets, resolve_mix, soft_target_cross_entropy
+from .mix import MixSampler, apply_mix, mix_targets, resolve_mix, soft_target_cross_entropy
+from .mix.params import image_holes
 
 
 @dataclass
@@ -125,9 +126,8 @@ def train_one_epoch(*, model, optimizer, scheduler, batches, steps: int, sampler
 def train_step(*, model, optimizer, scheduler, images, labels, params, accelerator, mix: MixOptions) -> torch.Tensor:
     """One update on a uint8 NHWC batch; returns the (mean) loss, on the device. ``params.layer``
     set: the batch is only normalized here and the layer's output is mixed in the forward pass."""
-    image_params = params
-    if params.layer is not None:  # the images get only their Cutout holes (Cutout + Manifold Mixup), if any
-        image_params = MixParams(mode="none" if params.cutout_boxes is None else "cutout", boxes=params.cutout_boxes)
+    # A layer's draw: the images get only their Cutout holes (Cutout + Manifold Mixup), if any.
+    image_params = params if params.layer is None else image_holes(params)
     # check_labels=False: the loader checked the labels on the host (a check here is a device sync).
     inputs, targets = apply_mix(images, labels, params=image_params, mean=mix.mean, std=mix.std,
                                 num_classes=mix.num_classes, label_smoothing=mix.label_smoothing,

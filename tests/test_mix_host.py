@@ -11,6 +11,8 @@ pinned allocator's hand-outs counted.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -20,7 +22,7 @@ import pipeline.mix.rows as rows_module
 import pipeline.mix.staging as staging
 import pipeline.mix.triton_kernel as triton_kernel
 from pipeline.mix import MixParams, MixSampler, apply_mix, resolve_mix
-from pipeline.mix.params import resolve_holes
+from pipeline.mix.params import image_holes, resolve_holes
 from pipeline.mix.sampler import LOOKAHEAD
 
 MEAN = (0.5, 0.4, 0.3)
@@ -115,7 +117,13 @@ def test_the_kernel_gets_the_rows_the_draw_describes(name, launches):
         assert np.array_equal(packed, expected), (name, packed, expected)
 
 
-@pytest.mark.parametrize("name", ["cutmix_or_mixup_elem", "cutout_then_mixup", "feature_cutmix"])
+# Cutout + Manifold Mixup: on a layer's steps the images get the draw's holes (training.train_step).
+BLOCK_SAMPLERS = {name: SAMPLERS[name] for name in ("cutmix_or_mixup_elem", "cutout_then_mixup", "feature_cutmix")}
+BLOCK_SAMPLERS["cutout_then_manifold_mixup"] = dict(mode="manifold_mixup", cutout_size=4, layers=("input", "layer1"),
+                                                    layer_shapes=LAYER_SHAPES)
+
+
+@pytest.mark.parametrize("name", list(BLOCK_SAMPLERS))
 def test_a_samplers_rows_go_to_a_device_once_per_block(name, monkeypatch):
     copies = []
 
@@ -125,7 +133,8 @@ def test_a_samplers_rows_go_to_a_device_once_per_block(name, monkeypatch):
 
     monkeypatch.setattr(rows_module, "to_device", stand_in_copy)
     device = torch.device("meta")  # not the CPU: so the rows take the copy path
-    sampler = MixSampler(seed=8, **SAMPLERS[name])
+    sampler = MixSampler(seed=8, **BLOCK_SAMPLERS[name])
+    layers = set()
     for step in range(LOOKAHEAD + 4):  # a block, then 4 steps of the next
         params = sampler.sample(batch_size=BATCH, height=HEIGHT, width=WIDTH)
         height, width = LAYER_SHAPES.get(params.layer, (HEIGHT, WIDTH))
@@ -133,11 +142,16 @@ def test_a_samplers_rows_go_to_a_device_once_per_block(name, monkeypatch):
         on_device = resolved.on_device(device)
         assert np.array_equal(on_device.numpy(), naive_rows(params, height=height, width=width)), step
         assert resolved.on_device(device) is on_device  # a second use of the step copies nothing
-        if params.cutout_boxes is not None:
-            holes = resolve_holes(params, resolved, batch_size=BATCH, height=HEIGHT, width=WIDTH)
+        layers.add(params.layer)
+        if params.cutout_boxes is not None:  # the holes as apply_mix (image steps) or train_step (layer steps) get them
+            if params.layer is None:
+                holes = resolve_holes(params, resolved, batch_size=BATCH, height=HEIGHT, width=WIDTH)
+            else:
+                holes = resolve_mix(image_holes(params), batch_size=BATCH, height=HEIGHT, width=WIDTH)
             expected = naive_rows(MixParams(mode="cutout", boxes=params.cutout_boxes), height=HEIGHT, width=WIDTH)
             expected[:, [4, 9]] = on_device[:, [4, 9]].numpy()
             assert np.array_equal(holes.on_device(device).numpy(), expected), step
+    assert len(layers) == (2 if "layers" in BLOCK_SAMPLERS[name] else 1)  # both kinds of step were drawn
     blocks = 2 if params.cutout_boxes is None else 4  # the holes' rows are a block of their own
     assert copies == [((LOOKAHEAD, BATCH, 10), "meta")] * blocks
     # Another batch shape drops the rest of the block: the new draw's block is copied anew.
@@ -145,6 +159,16 @@ def test_a_samplers_rows_go_to_a_device_once_per_block(name, monkeypatch):
     height, width = LAYER_SHAPES.get(params.layer, (HEIGHT, WIDTH))
     resolve_mix(params, batch_size=BATCH - 2, height=height, width=width).on_device(device)
     assert copies[-1] == ((LOOKAHEAD, BATCH - 2, 10), "meta") and len(copies) == blocks + 1
+
+
+def test_a_changed_copy_of_a_drawn_step_goes_to_the_device_with_its_own_rows(monkeypatch):
+    monkeypatch.setattr(rows_module, "to_device", lambda array, device: torch.from_numpy(array.copy()))
+    device = torch.device("meta")  # not the CPU: so the rows take the copy path
+    params = MixSampler(seed=9, mode="cutmix").sample(batch_size=BATCH, height=HEIGHT, width=WIDTH)
+    resolved = resolve_mix(params, batch_size=BATCH, height=HEIGHT, width=WIDTH)
+    assert resolved.on_device(device).any()  # the block is on the "device" now
+    changed = dataclasses.replace(resolved, rows=np.zeros_like(resolved.rows))
+    assert not changed.on_device(device).any()  # its own rows, not the block's
 
 
 @pytest.mark.parametrize("backend", ["triton", "reference"])

@@ -116,8 +116,10 @@ def test_a_stop_in_the_middle_of_an_epoch_then_resume_equals_uninterrupted(demo_
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU runs above stand in)")
 def test_a_deterministic_run_trains_on_cuda(demo_shards, tmp_path):
-    # run.deterministic=true on the GPU: torch's deterministic algorithms there, and cuBLAS with
-    # the fixed workspace the run sets (older torch refuses the first GPU matmul without one).
+    # run.deterministic=true on the GPU: every op of a training step must have a deterministic CUDA
+    # implementation (torch raises otherwise), and the run sets cuBLAS's fixed workspace, without
+    # which older torch refuses the first GPU matmul (torch 2.14 no longer checks: there this run
+    # tests the ops).
     env = {key: value for key, value in child_env().items() if key not in ("CUDA_VISIBLE_DEVICES",
                                                                            "CUBLAS_WORKSPACE_CONFIG")}
     args = small_run_args(demo_shards, tmp_path / "run", "schedule.epochs=1", "run.max_train_steps=4",

@@ -20,8 +20,8 @@ from .rows import LAM_COLUMN, MODE_CODES, MODES, PARTNER_COLUMN, USES_BOX, USES_
 # How far a given cutmix lambda may sit from the box area before it is called inconsistent.
 LAMBDA_TOLERANCE = 1e-5
 
-__all__ = ["MODES", "MODE_CODES", "MixParams", "ResolvedMix", "box_lambda", "drawn_params", "resolve_holes",
-           "resolve_mix"]
+__all__ = ["MODES", "MODE_CODES", "MixParams", "ResolvedMix", "box_lambda", "drawn_params", "image_holes",
+           "resolve_holes", "resolve_mix"]
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,18 @@ def resolve_holes(params: MixParams, resolved: ResolvedMix, *, batch_size: int, 
     rows[:, PARTNER_COLUMN] = resolved.rows[:, PARTNER_COLUMN]
     rows[:, LAM_COLUMN] = resolved.rows[:, LAM_COLUMN]
     return ResolvedMix(codes=holes.codes, rows=rows, height=height, width=width)
+
+
+def image_holes(params: MixParams) -> MixParams:
+    """The Cutout holes of a feature-level draw (Cutout + Manifold Mixup) as params of the cutout
+    mode, for the images while the layer is mixed; mode none without holes. A sampler's draw keeps
+    its packed hole rows (they carry the mixing's partner and lambda, for targets the caller
+    replaces; a cutout row reads no partner pixel), so they are neither checked nor copied again."""
+    if params.cutout_boxes is None:
+        return MixParams(mode="none")
+    if params._drawn_holes is None:
+        return MixParams(mode="cutout", boxes=params.cutout_boxes)
+    return drawn_params(params._drawn_holes, mode="cutout", boxes=params.cutout_boxes)
 
 
 @functools.lru_cache(maxsize=64)

@@ -75,9 +75,10 @@ class ResolvedMix:
     rows: np.ndarray  # int32 [B, ROW_COLUMNS], the layout above
     height: int  # the grid the boxes lie on (image, or a model layer's output)
     width: int
-    _on_device: dict = field(default_factory=dict, repr=False)
+    # Not arguments (init=False), so dataclasses.replace starts a copy without them: its rows may differ.
+    _on_device: dict = field(default_factory=dict, init=False, repr=False)
     # (block, step): `rows` is block.rows[step], and goes to a device with the whole block.
-    _block: Optional[tuple["RowBlock", int]] = field(default=None, repr=False)
+    _block: Optional[tuple["RowBlock", int]] = field(default=None, init=False, repr=False)
 
     @classmethod
     def pack(cls, *, codes: np.ndarray, boxes: np.ndarray, partner: np.ndarray, lam: np.ndarray, height: int,
@@ -159,7 +160,9 @@ class RowBlock:
 
     def step(self, step: int, *, codes: np.ndarray, height: int, width: int) -> ResolvedMix:
         """Step `step` of the block as a ResolvedMix on a `height` x `width` grid."""
-        return ResolvedMix(codes=codes, rows=self.rows[step], height=height, width=width, _block=(self, step))
+        resolved = ResolvedMix(codes=codes, rows=self.rows[step], height=height, width=width)
+        object.__setattr__(resolved, "_block", (self, step))
+        return resolved
 
     def on_device(self, device: torch.device) -> tuple[Tensor, ...]:
         """Each step's rows on `device` (int32 [B, ROW_COLUMNS] views of one copy), copied once per device."""
