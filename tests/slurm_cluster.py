@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -69,6 +70,13 @@ def _free_ports(count: int) -> list[int]:
 
 def _sbin(name: str) -> str:
     return shutil.which(name) or str(Path("/usr/sbin", name))
+
+
+def job_env() -> dict:
+    """What a user's shell would hold: this venv first on PATH, no GPU, quiet warnings."""
+    bin_dir = str(Path(sys.executable).parent)
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "CUDA_VISIBLE_DEVICES": "",
+            "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
 
 
 class SlurmCluster:

@@ -7,8 +7,6 @@ plus merge equals a single-process build."""
 from __future__ import annotations
 
 import collections
-import os
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import pytest
 from processes import describe, kill_processes, processes_with
 from shard_fixtures import make_imagefolder
 from shard_readers import manifest, read_with_webdataset
-from slurm_cluster import SlurmCluster, install_slurm
+from slurm_cluster import SlurmCluster, install_slurm, job_env
 from train_helpers import REPO, small_run_args, without_timings
 
 from pipeline.logs import read_metrics
@@ -39,13 +37,6 @@ def cluster(tmp_path_factory):
         yield running
     assert not running.leftovers, f"processes left after the jobs: {running.leftovers}"
     assert all(p.poll() is not None for p in running.processes.values()), "a Slurm daemon is still running"
-
-
-def job_env() -> dict:
-    """What a user's shell would hold: this venv first on PATH, no GPU, quiet warnings."""
-    bin_dir = str(Path(sys.executable).parent)
-    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "CUDA_VISIBLE_DEVICES": "",
-            "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
 
 
 def submit_training(cluster, log_dir: Path, args: list[str]) -> int:

@@ -8,13 +8,10 @@ module's cluster before this one starts, so the two never share the nodes' cgrou
 
 from __future__ import annotations
 
-import os
 import re
-import sys
-from pathlib import Path
 
 import pytest
-from slurm_cluster import SlurmCluster, install_slurm
+from slurm_cluster import SlurmCluster, install_slurm, job_env
 from train_helpers import REPO
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -30,13 +27,11 @@ def binding_cluster(tmp_path_factory):
 
 
 def test_each_nodes_task_gets_the_cpus_asked_for(binding_cluster, tmp_path):
-    bin_dir = str(Path(sys.executable).parent)
-    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "CUDA_VISIBLE_DEVICES": ""}
     # The training itself is not the point (tests/test_slurm.py runs it): a config that does not
     # exist ends it at once, after each task has printed the CPUs it was bound to.
     job = binding_cluster.sbatch("--nodes=2", "--gpus-per-node=0", "--cpus-per-task=2", "--time=5",
                                  f"--output={tmp_path}/%x-%j.out", str(REPO / "slurm" / "imagenet_cutmix.sh"),
-                                 "--config", str(tmp_path / "missing.yaml"), env=env, cwd=REPO)
+                                 "--config", str(tmp_path / "missing.yaml"), env=job_env(), cwd=REPO)
     record = binding_cluster.wait(job, timeout=300)
     log = (tmp_path / f"cutmix-{job}.out").read_text()
     # (node id, CPUs its task may run on), as each task printed them
