@@ -5,6 +5,8 @@ val loaders are built once per run and read one epoch at a time."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -188,12 +190,19 @@ def prepare_shards(config: TrainConfig, *, accelerator) -> Path:
     shards = Path(config.data.shards)
     # test.json: the localization split added after the first demos (an older demo folder gets it).
     if config.data.demo and not all((shards / f"{split}.json").is_file() for split in ("val", "test")):
-        if accelerator.is_main_process:
-            from shards.demo import build_demo_shards
+        from shards.demo import build_demo_shards, not_a_demo_folder
 
-            # build_demo_shards writes OUT/raw and OUT/shards: OUT is the shards folder's parent.
-            built = build_demo_shards(shards.parent, quiet=True)
-            if built.resolve() != shards.resolve():
+        why = not_a_demo_folder(shards)  # the build replaces the folder: never a user's own data
+        if why:
+            raise TrainError(f"data.shards={shards}: {why}; data.demo=true builds the demo digits only into a "
+                             "missing or empty folder or an earlier demo build: set data.demo=false to train on it")
+        if accelerator.is_main_process:
+            shards.parent.mkdir(parents=True, exist_ok=True)
+            # Built aside (raw digits and shards), then moved in: nothing next to the folder is touched.
+            with tempfile.TemporaryDirectory(prefix=".demo-build-", dir=shards.parent) as scratch:
+                built = build_demo_shards(Path(scratch), quiet=True)
+                if shards.exists():
+                    shutil.rmtree(shards)  # empty, or an earlier demo build without test.json
                 os.replace(built, shards)
         accelerator.wait_for_everyone()
     return shards

@@ -15,6 +15,8 @@ import numpy as np
 from PIL import Image
 
 from .cli import main as shards_main
+from .errors import ShardsError
+from .manifest import load_manifest
 
 IMAGE_SIZE = 32  # the 8x8 scans are upscaled so that crops and CutMix boxes have room
 # The test split's localization images: a digit of DIGIT_SIDES px (square) at a random place on a
@@ -90,6 +92,26 @@ def write_digits_cub(folder: Path, *, val_fraction: float = 0.2, seed: int = 0) 
         (partial / name).write_text("\n".join(content) + "\n")
     os.replace(partial, folder)
     return num_val
+
+
+def not_a_demo_folder(folder: Path) -> str | None:
+    """Why the demo must not be built into ``folder`` (training with data.demo=true replaces it):
+    it holds something other than an earlier demo build. None when it is missing, empty or a
+    demo build (whose train manifest lists the ten digit classes)."""
+    folder = Path(folder)
+    if not folder.exists():
+        return None
+    if not folder.is_dir():
+        return "it is a file"
+    if not any(folder.iterdir()):
+        return None
+    try:
+        classes = list(load_manifest(folder, "train")["classes"])
+    except ShardsError:
+        return "it holds files but no train manifest of a demo build"
+    if classes != [f"digit_{digit}" for digit in range(10)]:
+        return f"it holds another build ({len(classes)} classes: {', '.join(classes[:3])}, ...)"
+    return None
 
 
 def build_demo_shards(out: Path, *, quiet: bool = False) -> Path:

@@ -1,6 +1,7 @@
 """End to end through pipeline/train.py: the demo at reduced size, timm-loadable weights, plots,
 and one clear message for each kind of bad input."""
 
+import json
 
 import pytest
 import torch
@@ -80,3 +81,33 @@ def test_no_arguments_means_demo():
     assert args.config is None and args.overrides == []
     config = resolve_config(config_file=REPO / "configs" / "demo.yaml", overrides=[])
     assert config.data.demo and config.mix.mode == "cutmix" and config.data.image_size == 32
+
+
+def test_the_demo_is_never_built_over_other_shards(tmp_path):
+    """data.demo=true (the demo config's default) builds the digits into data.shards when its val or
+    test split is missing: never over another build, and never beside it."""
+    from shard_fixtures import make_imagefolder, wnid
+
+    from shards.cli import main as shards_main
+
+    make_imagefolder(tmp_path / "images", num_classes=2, per_class=3)
+    for name in ("mine", "shards"):  # train splits only: the demo would want val and test
+        assert shards_main(["build", str(tmp_path / "images"), str(tmp_path / name), "--split", "train",
+                            "--quiet"]) == 0
+    before = {name: (tmp_path / name / "train.json").read_bytes() for name in ("mine", "shards")}
+    run = ["--config", str(REPO / "configs" / "demo.yaml"), "run.progress=false", "schedule.epochs=1",
+           "run.max_train_steps=1", "loader.num_threads=1"]
+    done = run_train([*run, f"data.shards={tmp_path / 'mine'}", f"run.out_dir={tmp_path / 'run'}"])
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines() == [
+        f"error: data.shards={tmp_path / 'mine'}: it holds another build (2 classes: {wnid(0)}, {wnid(1)}, ...); "
+        "data.demo=true builds the demo digits only into a missing or empty folder or an earlier demo build: "
+        "set data.demo=false to train on it"]
+    # A new folder beside a build named shards: the digits go into the new folder only (they used to be
+    # built into PARENT/shards, over that build, and then moved).
+    done = run_train([*run, f"data.shards={tmp_path / 'digits'}", f"run.out_dir={tmp_path / 'run2'}"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert {name: (tmp_path / name / "train.json").read_bytes() for name in ("mine", "shards")} == before
+    assert json.loads((tmp_path / "digits" / "train.json").read_text())["classes"][:2] == ["digit_0", "digit_1"]
+    # Nothing else beside them (the refused run wrote no run folder; no raw digits, no scratch folder).
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["digits", "images", "mine", "run2", "shards"]
