@@ -146,6 +146,27 @@ class _CountingReader:
         self._file.close()
 
 
+class _EndCheckedTarInfo(tarfile.TarInfo):
+    """A TarInfo that notes on its archive whether the member list ended at tar's end-of-archive
+    marker (a zero block). tarfile stops quietly both there and at a plain end of file, which is
+    where a tar cut short ends (a partial download or copy, cut at or inside a header): only the
+    marker means every member was read."""
+
+    @classmethod
+    def fromtarfile(cls, archive):
+        try:
+            return super().fromtarfile(archive)
+        except tarfile.EOFHeaderError:  # a zero block: the end-of-archive marker
+            archive.ended_at_marker = True
+            raise
+
+
+def _check_ended_at_marker(archive: tarfile.TarFile, what: str, *, images: int) -> None:
+    if not getattr(archive, "ended_at_marker", False):
+        raise ShardsError(f"{what} ends without tar's end-of-archive marker: it was cut short (a partial download or "
+                          f"copy?) after {images} images; get the whole archive")
+
+
 class TarStream:
     """Iterates a tar source as ``(InputItem, bytes)`` with one image in memory at a time.
 
@@ -165,10 +186,14 @@ class TarStream:
 
     def __iter__(self) -> Iterator[tuple[InputItem, bytes]]:
         try:
-            with tarfile.open(fileobj=self._reader, mode="r|*") as archive:
+            images = 0
+            with tarfile.open(fileobj=self._reader, mode="r|*", tarinfo=_EndCheckedTarInfo) as archive:
                 for member in archive:
                     if member.isfile():
-                        yield from self._member(archive, member)
+                        for item in self._member(archive, member):
+                            images += 1
+                            yield item
+                _check_ended_at_marker(archive, f"SRC {self.spec.path}", images=images)
             if self.spec.cub is not None:
                 yield from ((item, b"") for item in missing_cub_items(self.spec.cub, self._cub_seen))
         except (tarfile.TarError, EOFError, OSError) as error:
@@ -216,13 +241,16 @@ class TarStream:
         wnid = PurePosixPath(name).name[: -len(".tar")]
         self.class_names.add(wnid)
         try:
-            with tarfile.open(fileobj=archive.extractfile(member), mode="r|") as inner:
+            with tarfile.open(fileobj=archive.extractfile(member), mode="r|", tarinfo=_EndCheckedTarInfo) as inner:
+                images = 0
                 for image in inner:
                     if image.isfile():
                         inside = image.name.removeprefix("./")
                         item = InputItem(sample_key(wnid, inside), wnid, f"{name}/{inside}", ("", 0, 0))
+                        images += 1
                         yield item, inner.extractfile(image).read()
-        except tarfile.TarError as error:
+                _check_ended_at_marker(inner, f"class tar {name}", images=images)
+        except (tarfile.TarError, ShardsError) as error:
             reason = f"damaged class tar, its remaining images are lost ({error})"
             yield InputItem(sample_key(wnid, name), wnid, name, ("", 0, 0), reason), b""
 

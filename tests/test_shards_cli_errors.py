@@ -3,15 +3,17 @@
 A few cases run the real CLI (``python -m shards``) in a subprocess; the rest call ``main`` in-process.
 """
 
+import io
 import json
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 
 from processes import run_process
-from shard_fixtures import jpeg_bytes, make_imagefolder, run_shards_main
+from shard_fixtures import jpeg_bytes, make_imagefolder, make_tar_of_tars, run_shards_main
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--quiet", "--workers", "1", "--shard-size", "64kB"]
@@ -234,3 +236,49 @@ def test_imagefolder_whose_class_folders_are_all_empty(tmp_path, capsys):
         (tmp_path / "src" / name).mkdir(parents=True)
     code, out, err = run_main(capsys, "build", tmp_path / "src", tmp_path / "out", "--split", "train", "--quiet")
     assert_user_error(code, out, err, "no files")
+
+
+def write_tar(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w") as archive:
+        for name, data in sorted(members.items()):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("into_header", [0, 100], ids=["at_a_member", "inside_a_header"])
+def test_a_tar_cut_short_is_refused_not_built_in_part(tmp_path, capsys, into_header):
+    # tarfile ends quietly at a plain end of file: without the end-of-archive check, 6 of the 10
+    # images were built and the build said it was complete.
+    whole = write_tar(tmp_path / "whole.tar", make_imagefolder(tmp_path / "images", num_classes=2, per_class=5))
+    with tarfile.open(whole) as archive:
+        seventh = archive.getmembers()[6].offset
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(whole.read_bytes()[: seventh + into_header])
+    code, out, err = run_main(capsys, "build", cut, tmp_path / "out", "--split", "train", *SMALL)
+    assert_user_error(code, out, err, f"SRC {cut} ends without tar's end-of-archive marker", "after 6 images")
+    assert not (tmp_path / "out" / "train.json").exists()
+    # The whole archive builds all 10.
+    assert run_main(capsys, "build", whole, tmp_path / "out", "--split", "train", *SMALL)[0] == 0
+    assert json.loads((tmp_path / "out" / "train.json").read_text())["class_counts"] == [5, 5]
+
+
+def test_a_class_tar_cut_short_is_rejected_with_its_lost_images_named(tmp_path, capsys):
+    files = make_imagefolder(tmp_path / "images", num_classes=2, per_class=4)
+    outer = make_tar_of_tars(tmp_path / "whole.tar", files)
+    # The same outer tar with the second class tar cut after its first image (no end marker).
+    with tarfile.open(outer) as archive:
+        members = {member.name: archive.extractfile(member).read() for member in archive}
+    name = sorted(members)[1]
+    with tarfile.open(fileobj=io.BytesIO(members[name])) as inner:
+        second = inner.getmembers()[1].offset
+    members[name] = members[name][:second]
+    write_tar(tmp_path / "cut.tar", members)
+    code, out, err = run_main(capsys, "build", tmp_path / "cut.tar", tmp_path / "out", "--split", "train", *SMALL)
+    assert code == 0, err  # other inputs build; the damaged one is listed, as any rejected input
+    manifest = json.loads((tmp_path / "out" / "train.json").read_text())
+    assert manifest["class_counts"] == [4, 1] and manifest["totals"]["rejected"] == 1
+    (rejected,) = manifest["rejected"]
+    assert rejected["source"] == name
+    assert f"class tar {name} ends without tar's end-of-archive marker" in rejected["reason"]
