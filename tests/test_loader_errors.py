@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -110,4 +111,26 @@ def test_labels_outside_the_manifest_classes_stop_the_loader_on_the_host(shards,
     loader, _ = start(shards, backend, world_size=1)
     with pytest.raises(LoaderError, match=r"labels \[(11|12)(, 12)?\] outside \[0, 11\)"):
         for _ in loader:
+            pass
+
+
+@pytest.mark.parametrize("backend, damage", [("torch", "header"), ("dali", "image"), ("torch", "image")])
+def test_a_shard_damaged_inside_is_an_error_naming_it_not_fewer_samples(shards, backend, damage):
+    # Same size (the start-up check passes). A member header overwritten: Python's tarfile (under
+    # webdataset) ended the shard there without a word, so the torch backend read fewer samples (an
+    # evaluation counted fewer images); DALI reads by the index, past headers. An image's bytes
+    # overwritten: both decoders failed with a traceback.
+    shard = shards / "train-000000.tar"
+    with tarfile.open(shard) as archive:
+        member = [m for m in archive.getmembers() if m.name.endswith(".jpg")][3]
+    with open(shard, "r+b") as file:
+        file.seek(member.offset if damage == "header" else member.offset_data)
+        file.write(b"\xff" * 512)
+    loader, steps = start(shards, backend, world_size=1)
+    expected = {("torch", "header"): r"train-000000\.tar: ended after \d+ of the 18 samples the manifest lists: "
+                                     r"the shard is damaged",
+                ("torch", "image"): r"train-000000\.tar: sample \S+ does not decode .*: the shard is damaged",
+                ("dali", "image"): r"DALI could not read the shards in \S+: .*; a shard may be damaged"}
+    with pytest.raises(LoaderError, match=expected[backend, damage]):
+        for _ in loader.iter_epoch(0):
             pass

@@ -14,6 +14,7 @@ import base64
 import json
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -251,7 +252,12 @@ class DaliLoader(EpochLoader):
 
     def _run(self):
         self._unread -= 1
-        return dict(zip(self.names, self.pipeline.run()))
+        try:
+            return dict(zip(self.names, self.pipeline.run()))
+        except RuntimeError as error:  # DALI stops at what it cannot read or decode, naming its operator
+            folder = Path(self.shards.tar_paths[0]).parent
+            raise LoaderError(f"DALI could not read the shards in {folder}: {_dali_cause(error)}; a shard may be "
+                              f"damaged (python -m shards verify {folder} --decode finds it)") from None
 
     def _drain(self) -> None:
         # Runs the rest of the reader's pass so that the next epoch starts at its beginning.
@@ -290,6 +296,15 @@ class DaliLoader(EpochLoader):
                   "the data order restarts from the epoch's seed")
             return None
         return restore
+
+
+def _dali_cause(error: RuntimeError) -> str:
+    """The line of a DALI pipeline error that says what went wrong (after "encountered:"; the rest
+    is the pipeline definition's traceback)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if "encountered:" in lines and lines.index("encountered:") + 1 < len(lines):
+        return lines[lines.index("encountered:") + 1]
+    return lines[0] if lines else type(error).__name__
 
 
 def _gpu_images_to_torch(images, device: torch.device) -> torch.Tensor:

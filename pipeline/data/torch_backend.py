@@ -6,6 +6,7 @@ yields whole batches; the DataLoader takes them round-robin, so an epoch has exa
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,7 +14,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..seeds import torch_worker_seed
 from .augment import Augmentation
-from .checks import SplitShards
+from .checks import LoaderError, SplitShards
 from .epochs import EpochLoader
 from .labels import check_label_range
 from .sharding import epoch_part, rank_range
@@ -99,11 +100,18 @@ def _read_range(shards: SplitShards, *, first: int, stop: int):
     for path, count in zip(shards.tar_paths, shards.shard_samples):
         if offset + count > first and offset < stop:
             dataset = wds.WebDataset(path, shardshuffle=False, empty_check=False, nodesplitter=None, workersplitter=None)
+            position = offset - 1
             for position, sample in enumerate(dataset, start=offset):
                 if position >= stop:
                     break
                 if position >= first:
                     yield sample
+            else:
+                # tarfile ends quietly at a damaged header: the samples after it would be lost unseen.
+                if position + 1 < min(stop, offset + count):
+                    raise LoaderError(f"{path}: ended after {position + 1 - offset} of the {count} samples the "
+                                      f"manifest lists: the shard is damaged (python -m shards verify "
+                                      f"{Path(path).parent} finds every such shard)")
         offset += count
 
 
@@ -146,11 +154,26 @@ def _prepare(sample: dict, transform) -> tuple[torch.Tensor, int, dict]:
     # The image is the .jpg member, or the .png one (CIFAR is stored losslessly).
     data = torch.frombuffer(bytearray(sample["jpg"] if "jpg" in sample else sample["png"]), dtype=torch.uint8)
     # EXIF orientation applied as DALI's decoders do (adjust_orientation defaults to True).
-    image = decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+    try:
+        image = decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+    except RuntimeError as error:  # the build checked every image: a shard damaged since
+        shard = sample.get("__url__", "a shard")
+        raise LoaderError(f"{shard}: sample {sample['__key__']} does not decode ({error}): the shard is damaged "
+                          f"(python -m shards verify {Path(shard).parent} --decode finds every such shard)") from None
     pixels = transform(image).permute(1, 2, 0).contiguous()  # CHW -> HWC, as DALI returns
     record = json.loads(sample["json"]) if "json" in sample else {}
     record.setdefault("source", sample["__key__"])
     return pixels, int(sample["cls"].decode("ascii")), record
+
+
+def _own_message(error: LoaderError) -> LoaderError:
+    """A LoaderError raised in a DataLoader worker reaches this process with the worker's
+    traceback in its message ("Caught LoaderError in DataLoader worker process 0. Original
+    Traceback ..."): its own message is the last line, after the class name."""
+    text = str(error)
+    if not text.startswith("Caught "):
+        return error
+    return LoaderError(text.rstrip().splitlines()[-1].split("LoaderError: ", 1)[-1])
 
 
 class TorchLoader(EpochLoader):
@@ -190,7 +213,10 @@ class TorchLoader(EpochLoader):
         self.cursor.close()
 
     def _next_batch(self):
-        images, labels, *ids = next(self._batches)
+        try:
+            images, labels, *ids = next(self._batches)
+        except LoaderError as error:
+            raise _own_message(error) from None
         self.cursor.consumed += 1
         # Checked here, on the host, where it costs no device sync.
         check_label_range(labels.numpy(), num_classes=self.num_classes, allow_padding=not self.training)
