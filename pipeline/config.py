@@ -161,9 +161,11 @@ def read_yaml_chain(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, dict[
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        loaded = load_yaml(path.read_text()) or {}
+        loaded = load_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file (a YAML config is expected)") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
     base = loaded.pop("base", None)

@@ -53,6 +53,8 @@ class Session:
 def run_training(config: TrainConfig) -> dict:
     """Train as ``config`` says; returns the last epoch's metrics record (with the best so far)."""
     run_dir = Path(config.run.out_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TrainError(f"run.out_dir={run_dir}: a file, not a folder")
     # First of all: a stop signal during the set-up is then honoured at the first step.
     stop = StopRequest(grace_seconds=config.run.stop_grace_seconds)
     try:

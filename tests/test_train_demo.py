@@ -2,6 +2,7 @@
 and one clear message for each kind of bad input."""
 
 import json
+import sys
 
 import pytest
 import torch
@@ -63,6 +64,8 @@ def test_plot_writes_curves(demo_run):
     (["loader.batch_size=big"], "loader.batch_size: expected a whole number"),
     (["--config", "configs/nothing.yaml"], "config file not found"),
     (["model.name=resnet14t"], "holds 'resnet10t' with 10 classes"),  # resume a run of another model
+    (["--config", sys.executable], "not a UTF-8 text file (a YAML config is expected)"),  # a binary
+    (["run.out_dir=README.md"], "run.out_dir=README.md: a file, not a folder"),
 ])
 def test_bad_input_gives_one_message(demo_run, demo_shards, extra, message):
     out, _ = demo_run
