@@ -116,6 +116,14 @@ def make_tar_of_tars(path: Path, files: dict[str, bytes], *, gzip: bool = False)
     return Path(path)
 
 
+def make_folder_tar(path: Path, files: dict[str, bytes]) -> Path:
+    """A tar of ``wnid/`` folders (not of class tars): the streamed layout read folder by folder."""
+    with tarfile.open(path, "w") as archive:
+        for name, data in sorted(files.items()):
+            _add(archive, name, data)
+    return Path(path)
+
+
 def make_flat_tar(path: Path, files: dict[str, bytes]) -> Path:
     """The ILSVRC2012_img_val.tar layout: images without folders."""
     with tarfile.open(path, "w") as archive:

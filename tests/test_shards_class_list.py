@@ -3,25 +3,10 @@ clear error, for folder and streamed (tar) sources alike."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from shard_fixtures import jpeg_bytes, make_imagefolder, make_tar_of_tars, wnid, write_loc_csv
+from shard_fixtures import jpeg_bytes, make_folder_tar, make_imagefolder, make_tar_of_tars, wnid, write_loc_csv
 from shards.cli import main
-
-
-def folder_tar(path: Path, files: dict[str, bytes]) -> Path:
-    """A tar of ``wnid/`` folders (not of class tars): the streamed layout read folder by folder."""
-    import io
-    import tarfile
-
-    with tarfile.open(path, "w") as archive:
-        for name, data in sorted(files.items()):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return path
 
 
 @pytest.mark.parametrize("layout", ["folder", "tar of folders", "tar of class tars"])
@@ -31,7 +16,7 @@ def test_labels_without_a_class_of_src_is_an_error(tmp_path, capsys, layout):
         make_imagefolder(tmp_path / "src", num_classes=3, per_class=2)
         src = tmp_path / "src"
     elif layout == "tar of folders":
-        src = folder_tar(tmp_path / "src.tar", files)
+        src = make_folder_tar(tmp_path / "src.tar", files)
     else:
         src = make_tar_of_tars(tmp_path / "src.tar", files)
     # The label file's classes are two others: none of SRC's folders is among them.

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from processes import run_process
-from shard_fixtures import jpeg_bytes, make_imagefolder, make_tar_of_tars, run_shards_main
+from shard_fixtures import jpeg_bytes, make_folder_tar, make_imagefolder, make_tar_of_tars, run_shards_main
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--quiet", "--workers", "1", "--shard-size", "64kB"]
@@ -238,20 +238,11 @@ def test_imagefolder_whose_class_folders_are_all_empty(tmp_path, capsys):
     assert_user_error(code, out, err, "no files")
 
 
-def write_tar(path: Path, members: dict[str, bytes]) -> Path:
-    with tarfile.open(path, "w") as archive:
-        for name, data in sorted(members.items()):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return path
-
-
 @pytest.mark.parametrize("into_header", [0, 100], ids=["at_a_member", "inside_a_header"])
 def test_a_tar_cut_short_is_refused_not_built_in_part(tmp_path, capsys, into_header):
     # tarfile ends quietly at a plain end of file: without the end-of-archive check, 6 of the 10
     # images were built and the build said it was complete.
-    whole = write_tar(tmp_path / "whole.tar", make_imagefolder(tmp_path / "images", num_classes=2, per_class=5))
+    whole = make_folder_tar(tmp_path / "whole.tar", make_imagefolder(tmp_path / "images", num_classes=2, per_class=5))
     with tarfile.open(whole) as archive:
         seventh = archive.getmembers()[6].offset
     cut = tmp_path / "cut.tar"
@@ -274,7 +265,7 @@ def test_a_class_tar_cut_short_is_rejected_with_its_lost_images_named(tmp_path, 
     with tarfile.open(fileobj=io.BytesIO(members[name])) as inner:
         second = inner.getmembers()[1].offset
     members[name] = members[name][:second]
-    write_tar(tmp_path / "cut.tar", members)
+    make_folder_tar(tmp_path / "cut.tar", members)
     code, out, err = run_main(capsys, "build", tmp_path / "cut.tar", tmp_path / "out", "--split", "train", *SMALL)
     assert code == 0, err  # other inputs build; the damaged one is listed, as any rejected input
     manifest = json.loads((tmp_path / "out" / "train.json").read_text())
