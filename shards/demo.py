@@ -27,6 +27,9 @@ IMAGE_SIZE = 32  # the 8x8 scans are upscaled so that crops and CutMix boxes hav
 CANVAS = 40
 DIGIT_SIDES = (28, 32)
 MARGIN = 0
+# The demo's class names, index order: the ImageFolder and CUB trees are written with them, and
+# training recognizes an earlier demo build by them (not_a_demo_folder).
+DEMO_CLASSES = tuple(f"digit_{digit}" for digit in range(10))
 INK_THRESHOLD = 64  # a pixel is ink above this (of 255): the scans' faint edges and resize ringing are not
 
 
@@ -49,7 +52,7 @@ def write_digits_imagefolder(root: Path, *, val_fraction: float = 0.2, seed: int
     counts = {"train": 0, "val": 0}
     for rank, index in enumerate(order):
         split = "val" if rank < num_val else "train"
-        folder = Path(root) / split / f"digit_{digits.target[index]}"
+        folder = Path(root) / split / DEMO_CLASSES[digits.target[index]]
         folder.mkdir(parents=True, exist_ok=True)
         image = _scan_image(digits.images[index], IMAGE_SIZE)
         image.convert("RGB").save(folder / f"{index:04d}.jpg", quality=95)
@@ -79,15 +82,15 @@ def write_digits_cub(folder: Path, *, val_fraction: float = 0.2, seed: int = 0) 
         canvas = np.zeros((CANVAS, CANVAS), np.uint8)
         canvas[y:y + side, x:x + side] = np.asarray(_scan_image(digits.images[index], side))
         rows, columns = np.nonzero(canvas > INK_THRESHOLD)
-        relative = f"digit_{label}/{index:04d}.jpg"
-        (partial / "images" / f"digit_{label}").mkdir(parents=True, exist_ok=True)
+        relative = f"{DEMO_CLASSES[label]}/{index:04d}.jpg"
+        (partial / "images" / DEMO_CLASSES[label]).mkdir(parents=True, exist_ok=True)
         Image.fromarray(canvas, "L").convert("RGB").save(partial / "images" / relative, quality=95)
         x0, y0 = columns.min(), rows.min()
         # CUB's "x y w h" reads as [x, y, x + w, y + h] (inclusive ends): w is x1 - x0.
         box = f"{x0:.1f} {y0:.1f} {columns.max() - x0:.1f} {rows.max() - y0:.1f}"
         for name, value in zip(lines, (relative, label + 1, box, 0), strict=True):
             lines[name].append(f"{image_id} {value}")
-    lines["classes.txt"] = [f"{label + 1} digit_{label}" for label in range(10)]
+    lines["classes.txt"] = [f"{label + 1} {name}" for label, name in enumerate(DEMO_CLASSES)]
     for name, content in lines.items():
         (partial / name).write_text("\n".join(content) + "\n")
     os.replace(partial, folder)
@@ -109,7 +112,7 @@ def not_a_demo_folder(folder: Path) -> str | None:
         classes = list(load_manifest(folder, "train")["classes"])
     except ShardsError:
         return "it holds files but no train manifest of a demo build"
-    if classes != [f"digit_{digit}" for digit in range(10)]:
+    if classes != list(DEMO_CLASSES):
         return f"it holds another build ({len(classes)} classes: {', '.join(classes[:3])}, ...)"
     return None
 
