@@ -60,3 +60,47 @@ def write_text_atomic(path: Path, text: str) -> None:
         temporary.unlink(missing_ok=True)
         raise
     fsync_directory(path.parent)
+
+
+def write_text_exclusive(path: Path, text: str) -> bool:
+    """Write ``text`` to ``path`` unless ``path`` exists; returns whether this call wrote it.
+
+    Of processes that race to create ``path``, exactly one wins, and readers see no file or the
+    whole one: the text goes to a temporary name that is hard-linked to ``path``, and a link never
+    replaces an existing name (``os.replace`` would, so the last writer would win).
+    """
+    path = Path(path)
+    temporary = path.with_name(f".tmp-{path.name}.{os.getpid()}.{threading.get_ident()}")
+    try:
+        with open(temporary, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return False
+        except OSError:  # a file system without hard links (some FUSE mounts)
+            return _create_exclusive(path, text)
+    finally:
+        temporary.unlink(missing_ok=True)
+    fsync_directory(path.parent)
+    return True
+
+
+def _create_exclusive(path: Path, text: str) -> bool:
+    # Still one winner (O_EXCL), but a reader may see the file before its text is in it.
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        return False
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)  # a torn file would stand in the way of every later writer
+        raise
+    fsync_directory(path.parent)
+    return True

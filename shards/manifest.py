@@ -15,7 +15,7 @@ from pathlib import Path
 from .durable import write_text_atomic
 from .errors import ShardsError
 from .outdir import OutputLayout, remove_build_folder
-from .plan import DIGEST_MODULUS, PLAN_FORMAT
+from .plan import DIGEST_MODULUS, PLAN_FORMAT, plan_changes
 
 SHARD_FIELDS = ("name", "index", "samples", "bytes", "sha256")
 _SHARD_TYPES = {"name": str, "index": str, "samples": int, "bytes": int, "sha256": str}
@@ -157,7 +157,10 @@ def merge_parts(layout: OutputLayout) -> dict:
     for path, part in zip(paths, parts):
         for field in ("build", "classes", "source_totals"):
             if part[field] != first[field]:
-                raise ShardsError(f"{path.name}: its {field} differ from {paths[0].name}'s: parts of different builds")
+                # Name the differing settings: the part to rebuild is the one whose arguments were wrong.
+                details = f" ({plan_changes(first[field], part[field])})" if field == "build" else ""
+                raise ShardsError(f"{path.name}: its {field} differ from {paths[0].name}'s{details}: "
+                                  "parts of different builds")
     _check_all_parts(paths, parts, plan["num_parts"])
     records = [dict(shard, **_part_detail(part, shard)) for part in parts for shard in part["shards"]]
     _check_shards(layout, records, plan, first["source_totals"])

@@ -13,9 +13,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .durable import write_text_atomic
+from .durable import write_text_exclusive
 from .errors import ShardsError
-from .plan import BuildPlan, part_shards
+from .plan import BuildPlan, part_shards, plan_changes
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,16 @@ class OutputLayout:
 
 
 def prepare_output(layout: OutputLayout, plan: BuildPlan, part_id: int, resume: bool, overwrite: bool) -> bool:
-    """Make OUT ready for this part of ``plan``; returns False when the split is already complete."""
+    """Make OUT ready for this part of ``plan``; returns False when the split is already complete.
+
+    Every part of a split build must have the same plan: one with another shard size (or seed,
+    number of parts, ...) numbers its shards differently, so its block of shards overlaps the
+    others' and it would write over their files. Such a part is refused before anything is
+    removed or written, --overwrite or not: that flag replaces this part's files, never others'.
+    """
+    if plan.num_parts > 1:
+        for path, stored in _recorded_plans(layout):
+            _check_part_fits(stored, path, plan, resume, layout)
     layout.out.mkdir(parents=True, exist_ok=True)
     plan_path = layout.build_dir / "plan.json"
     if overwrite:
@@ -80,15 +89,33 @@ def prepare_output(layout: OutputLayout, plan: BuildPlan, part_id: int, resume: 
             "pass --overwrite to replace them"
         )
     (layout.build_dir / "shards").mkdir(parents=True, exist_ok=True)
-    write_text_atomic(plan_path, json.dumps(plan.to_json(), indent=1, sort_keys=True))
+    _record_plan(plan_path, plan, resume, layout)
     return True
 
 
-def _stored_plan(path: Path, field: str | None = None) -> dict | None:
+def _record_plan(plan_path: Path, plan: BuildPlan, resume: bool, layout: OutputLayout) -> None:
+    """Write plan.json, unless a plan is there already: then it must be this one.
+
+    Created exclusively, not replaced: of parts started at once with different arguments (a
+    Slurm array, one task edited), one records its plan and the others are refused here, before
+    they write a shard, instead of each numbering shards its own way.
+    """
+    if write_text_exclusive(plan_path, json.dumps(plan.to_json(), indent=1, sort_keys=True)):
+        return
+    stored = _stored_plan(plan_path)
+    if plan.num_parts > 1:
+        _check_part_fits(stored, plan_path, plan, resume, layout)
+    else:
+        _check_same_plan(stored, plan, resume, layout)
+
+
+def _stored_plan(path: Path, field: str | None = None, advice: str = "pass --overwrite to start again") -> dict | None:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise ShardsError(f"{path}: unreadable ({error}); pass --overwrite to start again") from None
+        raise ShardsError(f"{path}: unreadable ({error}); {advice}") from None
+    if not isinstance(data, dict):
+        raise ShardsError(f"{path}: not a JSON object; {advice}")
     return data.get(field) if field else data
 
 
@@ -96,11 +123,35 @@ def _check_same_plan(stored: dict, plan: BuildPlan, resume: bool, layout: Output
     current = plan.to_json()
     if stored == current:
         return
-    # A field that one plan lacks (written by another version) counts as changed, and says so.
-    changed = sorted(k for k in current.keys() | stored.keys() if stored.get(k, "(absent)") != current.get(k, "(absent)"))
-    details = ", ".join(f"{k}: {stored.get(k, '(absent)')!r} -> {current.get(k, '(absent)')!r}" for k in changed)
     verb = "--resume needs the same arguments" if resume else "a different build is in progress"
-    raise ShardsError(f"{layout.out}: {verb} ({details}); pass --overwrite to start again")
+    raise ShardsError(f"{layout.out}: {verb} ({plan_changes(stored, current)}); pass --overwrite to start again")
+
+
+def _recorded_plans(layout: OutputLayout) -> list[tuple[Path, dict]]:
+    """The plans of the builds whose shards are in OUT: the complete manifest's, the unfinished
+    build's plan.json and each part manifest's (their shards stay until merge)."""
+    advice = f"remove it, or the {layout.split} build it belongs to, to start again"
+    found = []
+    for path, field in [(layout.manifest, "build"), (layout.build_dir / "plan.json", None),
+                        *((p, "build") for p in layout.part_manifests())]:
+        if path.exists():
+            found.append((path, _stored_plan(path, field, advice) or {}))
+    return found
+
+
+def _check_part_fits(stored: dict, path: Path, plan: BuildPlan, resume: bool, layout: OutputLayout) -> None:
+    """Refuse a part whose plan is not the one recorded in ``path``: the build it would join."""
+    current = plan.to_json()
+    if stored == current:
+        return
+    split = plan.split
+    recorded = f"the {split} build recorded in {path.relative_to(layout.out)} has other arguments than this part"
+    verb = f"--resume needs the same arguments, but {recorded}" if resume else recorded
+    raise ShardsError(
+        f"{layout.out}: {verb} ({plan_changes(stored, current)}); all parts of a build need the same ones: "
+        f"rerun this part with that build's, or delete that build ({split}-*.tar, {split}-*.idx, {split}.json, "
+        f"{split}.part-*.json, .build/{split}) to start a new one; --overwrite replaces only this part's shards"
+    )
 
 
 def _part_started(layout: OutputLayout, plan: BuildPlan, part_id: int) -> bool:

@@ -54,6 +54,14 @@ class BuildPlan:
         return f"{self.split}-{shard:06d}"
 
 
+def plan_changes(stored: dict, current: dict) -> str:
+    """What differs between two plans (as ``to_json`` gives them), e.g. "num_shards: 2 -> 6,
+    shard_size: 200000 -> 64000"; a field one plan lacks (another version wrote it) counts as changed."""
+    absent = "(absent)"
+    changed = sorted(k for k in current.keys() | stored.keys() if stored.get(k, absent) != current.get(k, absent))
+    return ", ".join(f"{k}: {stored.get(k, absent)!r} -> {current.get(k, absent)!r}" for k in changed)
+
+
 def count_shards(total_bytes: float, shard_size: int, max_shards: int | None = None) -> int:
     """Shards of about ``shard_size`` bytes each, at least one, at most one per input."""
     shards = max(1, round(total_bytes / shard_size))

@@ -11,7 +11,7 @@ from shard_fixtures import make_imagefolder
 from shard_readers import reference_index
 from shards.cli import main
 from shards.dali_index import read_index
-from shards.durable import fsync_tree, write_text_atomic
+from shards.durable import fsync_tree, write_text_atomic, write_text_exclusive
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +86,19 @@ def test_write_text_atomic_replaces_whole_or_not_at_all(tmp_path):
     with pytest.raises(UnicodeEncodeError):  # fails while writing the temporary file
         write_text_atomic(path, "half \udcff")
     assert path.read_text() == "new\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json"]
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard-links", "no-hard-links"])
+def test_write_text_exclusive_never_replaces_a_file(tmp_path, monkeypatch, links):
+    if not links:  # a file system without hard links (some FUSE mounts)
+        def refuse(*_):
+            raise PermissionError(1, "Operation not permitted")
+        monkeypatch.setattr("os.link", refuse)
+    path = tmp_path / "plan.json"
+    assert write_text_exclusive(path, "first\n") is True
+    assert write_text_exclusive(path, "second\n") is False
+    assert path.read_text() == "first\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json"]
 
 

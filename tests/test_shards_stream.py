@@ -3,7 +3,7 @@ give the same samples as the folder they were made from; split builds cover ever
 
 import pytest
 
-from shard_fixtures import make_imagefolder, make_tar_of_tars
+from shard_fixtures import make_imagefolder, make_tar_of_tars, run_shards_main
 from shard_readers import manifest, read_labels_with_dali, read_with_webdataset
 from shards.cli import main
 
@@ -119,3 +119,121 @@ def test_parts_started_at_the_same_time_share_out_safely(files, tmp_path, start_
     assert main(["merge", str(tmp_path / "out")]) == 0
     whole = build(tree, tmp_path / "whole", "--shard-size", "64kB")
     assert manifest(tmp_path / "out")["shards"] == whole["shards"]
+
+
+# A part run again with other arguments -----------------------------------------------------------
+# 132 small images in 2 shards at TWO_SHARDS (part 1 of 2 owns train-000001), in 6 (folder) or 14
+# (tar: its size estimate differs) at 64kB, where part 0 of 2's block would take train-000001 too.
+# A part with other arguments numbers shards its own way and would write over the others' shards:
+# it must be refused before it writes anything.
+TWO_SHARDS = {"folder": "200kB", "tar": "400kB"}
+
+
+def every_file(out):
+    """Relative path -> bytes of every file in OUT: shards, indexes, manifests and build state."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def one_error_line(err):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def part_args(src, out, *extra):
+    return ["build", src, out, "--split", "train", "--quiet", "--workers", "1", "--num-parts", "2", *extra]
+
+
+@pytest.mark.parametrize("layout", ["folder", "tar"])
+@pytest.mark.parametrize("again, named", [
+    (["--shard-size", "64kB", "--part-id", "0"], "shard_size"),
+    (["--num-parts", "4", "--part-id", "1"], "num_parts"),  # its block: shard 0, part 0's
+])
+def test_a_part_with_other_arguments_is_refused_and_writes_nothing(files, tmp_path, capsys, layout, again, named):
+    tree = tmp_path / "tree"
+    make_imagefolder(tree, num_classes=11, per_class=12)
+    src = tree if layout == "folder" else make_tar_of_tars(tmp_path / "src.tar", files)
+    size = TWO_SHARDS[layout]
+    whole = build(src, tmp_path / "whole", "--shard-size", size)
+    assert [s["name"] for s in whole["shards"]] == ["train-000000.tar", "train-000001.tar"]
+    assert len(build(src, tmp_path / "small", "--shard-size", "64kB")["shards"]) >= 4
+    out = tmp_path / "out"
+    for part in range(2):
+        assert run_shards_main(capsys, *part_args(src, out, "--shard-size", size, "--part-id", part))[0] == 0
+    before = every_file(out)
+
+    for flag in (["--overwrite"], [], ["--resume"]):
+        code, _, err = run_shards_main(capsys, *part_args(src, out, "--shard-size", size, *again, *flag))
+        assert every_file(out) == before, flag  # part 1's shards above all, byte for byte
+        line = one_error_line(err)
+        assert code == 2 and named in line and "plan.json" in line, line
+
+    assert main(["merge", str(out)]) == 0
+    assert manifest(out)["shards"] == whole["shards"]
+    for shard in whole["shards"]:
+        assert (out / shard["name"]).read_bytes() == (tmp_path / "whole" / shard["name"]).read_bytes()
+
+
+def test_a_part_with_other_arguments_may_not_join_a_complete_build(files, tmp_path, capsys):
+    tree = tmp_path / "tree"
+    make_imagefolder(tree, num_classes=11, per_class=12)
+    out = tmp_path / "out"
+    for part in range(2):
+        assert run_shards_main(capsys, *part_args(tree, out, "--shard-size", "200kB", "--part-id", part))[0] == 0
+    assert main(["merge", str(out)]) == 0
+    before = every_file(out)
+    code, _, err = run_shards_main(capsys, *part_args(tree, out, "--shard-size", "64kB", "--part-id", "0",
+                                                      "--overwrite"))
+    assert every_file(out) == before
+    line = one_error_line(err)
+    assert code == 2 and "shard_size" in line and "train.json" in line, line
+    # The same arguments replace this part's own shards, as before, with the same bytes.
+    assert run_shards_main(capsys, *part_args(tree, out, "--shard-size", "200kB", "--part-id", "0",
+                                              "--overwrite"))[0] == 0
+    assert (out / "train-000001.tar").read_bytes() == before["train-000001.tar"]
+
+
+def test_of_parts_started_at_once_with_other_arguments_only_the_first_writes(files, tmp_path, capsys, monkeypatch):
+    # Both parts found no plan.json and passed the checks; the other one recorded its plan first.
+    # This one must then be refused when it comes to record its own, not replace it.
+    import shards.outdir
+
+    tree = tmp_path / "tree"
+    make_imagefolder(tree, num_classes=11, per_class=12)
+    assert run_shards_main(capsys, *part_args(tree, tmp_path / "other", "--shard-size", "200kB",
+                                              "--part-id", "0"))[0] == 0
+    other_plan = (tmp_path / "other" / ".build" / "train" / "plan.json").read_text()
+    exclusive = shards.outdir.write_text_exclusive
+
+    def other_part_first(path, text):
+        assert exclusive(path, other_plan)
+        return exclusive(path, text)
+
+    monkeypatch.setattr(shards.outdir, "write_text_exclusive", other_part_first)
+    out = tmp_path / "out"
+    code, _, err = run_shards_main(capsys, *part_args(tree, out, "--shard-size", "64kB", "--part-id", "1"))
+    line = one_error_line(err)
+    assert code == 2 and "shard_size" in line, line
+    assert sorted(every_file(out)) == [".build/train/plan.json"]  # no shard, record or manifest
+    assert (out / ".build" / "train" / "plan.json").read_text() == other_plan
+    monkeypatch.undo()
+    # The winner's arguments join that build.
+    assert run_shards_main(capsys, *part_args(tree, out, "--shard-size", "200kB", "--part-id", "1"))[0] == 0
+
+
+def test_merge_names_the_setting_a_foreign_part_differs_in(files, tmp_path, capsys):
+    import shutil
+
+    tree = tmp_path / "tree"
+    make_imagefolder(tree, num_classes=11, per_class=12)
+    out = tmp_path / "out"
+    for part in range(2):
+        assert run_shards_main(capsys, *part_args(tree, out, "--shard-size", "200kB", "--part-id", part))[0] == 0
+    assert run_shards_main(capsys, *part_args(tree, tmp_path / "other", "--shard-size", "64kB",
+                                              "--part-id", "1"))[0] == 0
+    shutil.copy(tmp_path / "other" / "train.part-0001-of-0002.json", out)
+    capsys.readouterr()
+    assert main(["merge", str(out)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "different builds" in line and "shard_size: 200000 -> 64000" in line, line
+    assert not (out / "train.json").exists()
