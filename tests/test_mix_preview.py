@@ -1,7 +1,10 @@
-"""`python -m pipeline.mix preview` on a tiny shard written here with webdataset's TarWriter."""
+"""`python -m pipeline.mix preview` on tiny shards built here with the project's builder (`python -m
+shards build`), intact and damaged in the ways a copy or a disk damages them."""
 
 import io
+import shutil
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -13,35 +16,80 @@ from processes import run_process
 
 from pipeline.mix.__main__ import main
 from pipeline.mix.preview import caption, load_preview_batch
+from shards.cli import main as shards_main
 
-# Flat colours survive JPEG and resizing, so the loaded pixels can be checked against them.
-SAMPLES = [((200, 30, 30), 3, (40, 30)), ((30, 200, 30), 123, (25, 50)), ((30, 30, 200), 7, (32, 32)),
-           ((220, 220, 40), 0, (60, 20)), ((40, 220, 220), 45, (33, 21)), ((128, 128, 128), 3, (20, 20))]  # fmt: skip
+REPO = Path(__file__).resolve().parents[1]
+# One colour per class; the classes are numbered in sorted name order (timm/torchvision), so
+# a_red is 0 ... d_yellow is 3. Noise of +-20 around the colour makes each JPEG a few kB (two
+# shards of the builder's smallest size, 64 kB) and averages out in the loaded pixels.
+COLOURS = {"a_red": (200, 30, 30), "b_green": (30, 200, 30), "c_blue": (30, 30, 200), "d_yellow": (220, 220, 40)}
+SIZES = [(120, 90), (75, 150), (99, 63)]  # (width, height): landscape, portrait, other
+NUM_SAMPLES = len(COLOURS) * len(SIZES)
 
 
-def jpeg_bytes(colour, size):
-    buffer = io.BytesIO()
-    Image.new("RGB", size, colour).save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue()
+def noisy_image(colour, size, seed):
+    pixels = np.asarray(colour) + np.random.default_rng(seed).integers(-20, 21, size=(size[1], size[0], 3))
+    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    """Shards of the 12 images, built once (in this process: one worker, no pool)."""
+    root = tmp_path_factory.mktemp("preview")
+    for name, colour in COLOURS.items():
+        (root / "src" / name).mkdir(parents=True)
+        for seed, size in enumerate(SIZES):
+            noisy_image(colour, size, seed).save(root / "src" / name / f"{name}_{seed}.JPEG", quality=95)
+    code = shards_main(["build", str(root / "src"), str(root / "shards"), "--split", "train", "--quiet",
+                        "--shard-size", "64kB", "--workers", "1"])  # fmt: skip
+    assert code == 0
+    assert (root / "shards" / "train-000001.tar").exists(), "the damage tests need a second shard"
+    return root / "shards"
 
 
 @pytest.fixture
-def shards_dir(tmp_path):
-    """Two shards in our format (shards/): <key>.jpg (RGB JPEG) and <key>.cls (ASCII decimal)."""
-    for shard, samples in enumerate((SAMPLES[:4], SAMPLES[4:])):
-        with webdataset.TarWriter(str(tmp_path / f"train-{shard:06d}.tar")) as writer:
-            for index, (colour, label, size) in enumerate(samples):
-                writer.write({"__key__": f"{shard}_{index:04d}", "jpg": jpeg_bytes(colour, size),
-                              "cls": str(label).encode("ascii")})  # fmt: skip
-    return tmp_path
+def shards_dir(pristine, tmp_path):
+    """A copy of the shards that a test may damage."""
+    return Path(shutil.copytree(pristine, tmp_path / "shards"))
+
+
+def first_shard_samples(shards_dir):
+    """The first shard's samples in stored order, read with tarfile: [(key, {extension: member})]."""
+    with tarfile.open(shards_dir / "train-000000.tar") as archive:
+        members = archive.getmembers()
+    samples = {}
+    for member in members:
+        key, extension = member.name.split(".", 1)
+        samples.setdefault(key, {})[extension] = member
+    return list(samples.items())
+
+
+def overwrite(path, offset, data):
+    with open(path, "r+b") as file:
+        file.seek(offset)
+        file.write(data)
+
+
+def run_main(args, capsys):
+    """main(argv) in this process: (exit code, stdout, stderr)."""
+    code = main(["preview", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_error_line(code, err, start):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(start), err
 
 
 def test_loader_reads_labels_and_pixels(shards_dir):
-    images, labels = load_preview_batch(shards_dir, split="train", batch_size=6, size=16)
-    assert images.dtype == torch.uint8 and images.shape == (6, 16, 16, 3)
-    assert labels.tolist() == [label for _, label, _ in SAMPLES]
-    for image, (colour, _, _) in zip(images, SAMPLES):
-        assert np.allclose(image.float().mean(dim=(0, 1)).numpy(), colour, atol=6)
+    images, labels = load_preview_batch(shards_dir, split="train", batch_size=NUM_SAMPLES, size=16)
+    assert images.dtype == torch.uint8 and images.shape == (NUM_SAMPLES, 16, 16, 3)
+    assert sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    colours = list(COLOURS.values())
+    for image, label in zip(images, labels):
+        assert np.allclose(image.float().mean(dim=(0, 1)).numpy(), colours[label], atol=6)
 
 
 @pytest.mark.parametrize(
@@ -67,7 +115,7 @@ def test_module_entry_point(shards_dir, tmp_path):
     out = tmp_path / "grid.png"
     result = run_process(
         [sys.executable, "-m", "pipeline.mix", "preview", str(shards_dir), "--out", str(out), "--batch-size", "4"],
-        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=600,
+        capture_output=True, text=True, cwd=REPO, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert out.exists()
@@ -89,10 +137,115 @@ def test_caption_shows_label_weights():
         (["--batch-size", "40"], "batch_size"),
         (["--split", "val"], "shards_dir"),
         (["--partner", "flip", "--batch-size", "5"], "batch_size"),
+        # Counts and sizes that make no picture (--columns 0 and -3 drew a grid anyway).
+        (["--columns", "0"], "columns"),
+        (["--columns", "-3"], "columns"),
+        (["--batch-size", "0"], "batch_size"),
+        (["--batch-size", "-2"], "batch_size"),
+        (["--size", "0"], "size"),
+        (["--size", "-5"], "size"),
+        # Over the documented bound of 1024 (--size 100000 ran out of memory).
+        (["--size", "1025"], "size"),
+        (["--out", "grid.v1"], "out"),
     ],
 )
 def test_preview_errors_name_the_argument(shards_dir, tmp_path, capsys, options, name):
+    code, out, err = run_main([shards_dir, "--out", tmp_path / "x.png", *options], capsys)
+    assert_one_error_line(code, err, f"error: {name}:")
+    assert not out and not (tmp_path / "x.png").exists()
+
+
+def test_size_bound_is_inclusive_and_in_the_help(shards_dir, tmp_path, capsys):
+    out = tmp_path / "big.png"
+    assert run_main([shards_dir, "--out", out, "--size", "1024", "--batch-size", "2"], capsys)[0] == 0
+    assert out.exists()
     with pytest.raises(SystemExit) as exit_info:
-        main(["preview", str(shards_dir), "--out", str(tmp_path / "x.png"), *options])
-    assert exit_info.value.code == 2
-    assert f"error: {name}:" in capsys.readouterr().err
+        main(["preview", "--help"])
+    assert exit_info.value.code == 0
+    assert "1 to 1024 pixels" in " ".join(capsys.readouterr().out.split())
+
+
+def test_output_folder_gets_the_default_name(shards_dir, tmp_path, capsys):
+    folder = tmp_path / "previews"
+    folder.mkdir()
+    code, out, _ = run_main([shards_dir, "--out", folder, "--batch-size", "2", "--size", "16"], capsys)
+    assert code == 0
+    assert out == f"wrote {folder / 'mix_preview.png'}\n"
+    assert (folder / "mix_preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["previews", "shards"]  # no previews.png beside it
+
+
+def test_output_name_without_suffix_is_reported_with_it(shards_dir, tmp_path, capsys):
+    code, out, _ = run_main([shards_dir, "--out", tmp_path / "grid", "--batch-size", "2", "--size", "16"], capsys)
+    assert code == 0
+    assert out == f"wrote {tmp_path / 'grid.png'}\n"
+    assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "grid").exists()
+
+
+def test_output_under_a_file_is_one_error_line(shards_dir, tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file, not a folder")
+    code, _, err = run_main([shards_dir, "--out", tmp_path / "taken" / "grid.png", "--batch-size", "2"], capsys)
+    assert_one_error_line(code, err, f"error: out: cannot write {tmp_path / 'taken' / 'grid.png'}")
+
+
+def test_folder_without_a_manifest_is_refused(tmp_path, capsys):
+    # Without <split>.json a shard that ends early cannot be told from a short one.
+    with webdataset.TarWriter(str(tmp_path / "train-000000.tar")) as writer:
+        for index in range(4):
+            buffer = io.BytesIO()
+            noisy_image((200, 30, 30), (40, 30), index).save(buffer, format="JPEG")
+            writer.write({"__key__": f"{index:04d}", "jpg": buffer.getvalue(), "cls": b"0"})
+    code, _, err = run_main([tmp_path, "--out", tmp_path / "x.png", "--batch-size", "2"], capsys)
+    assert_one_error_line(code, err, f"error: shards_dir: {tmp_path / 'train.json'}: no manifest")
+
+
+def test_truncated_shard_is_named(shards_dir, tmp_path, capsys):
+    # Cut at the header of the first shard's third sample: tarfile ends there without a word, and
+    # the preview showed the second shard's samples instead.
+    tar = shards_dir / "train-000000.tar"
+    (_, third), data = first_shard_samples(shards_dir)[2], tar.read_bytes()
+    tar.write_bytes(data[: min(member.offset for member in third.values())])
+    code, _, err = run_main([shards_dir, "--out", tmp_path / "x.png", "--batch-size", "6"], capsys)
+    assert_one_error_line(code, err, f"error: shards_dir: {tar}: ")
+    assert "the manifest says" in err and not (tmp_path / "x.png").exists()
+
+
+def test_damaged_header_is_named_not_replaced_by_the_next_shard(shards_dir, tmp_path, capsys):
+    # The same size (the manifest check passes): garbage over the third sample's first header.
+    tar = shards_dir / "train-000000.tar"
+    _, third = first_shard_samples(shards_dir)[2]
+    overwrite(tar, min(member.offset for member in third.values()), b"\x17" * 512)
+    code, _, err = run_main([shards_dir, "--out", tmp_path / "x.png", "--batch-size", "6"], capsys)
+    assert_one_error_line(code, err, f"error: {tar}: ended after 2 of the ")
+    assert "damaged" in err and not (tmp_path / "x.png").exists()
+
+
+def test_garbage_jpeg_is_named(shards_dir, tmp_path, capsys):
+    tar = shards_dir / "train-000000.tar"
+    key, members = first_shard_samples(shards_dir)[1]
+    overwrite(tar, members["jpg"].offset_data, b"x" * members["jpg"].size)
+    code, _, err = run_main([shards_dir, "--out", tmp_path / "x.png", "--batch-size", "4"], capsys)
+    assert_one_error_line(code, err, f"error: {tar}: sample {key} ")
+    assert "--decode" in err and not (tmp_path / "x.png").exists()
+
+
+def test_garbage_label_is_named(shards_dir, tmp_path, capsys):
+    tar = shards_dir / "train-000000.tar"
+    key, members = first_shard_samples(shards_dir)[1]
+    overwrite(tar, members["cls"].offset_data, b"x" * members["cls"].size)
+    code, _, err = run_main([shards_dir, "--out", tmp_path / "x.png", "--batch-size", "4"], capsys)
+    assert_one_error_line(code, err, f"error: {tar}: sample {key}: label b'x' is not in [0, 4)")
+
+
+def test_damaged_shard_exits_2_with_one_line_from_the_shell(shards_dir, tmp_path):
+    tar = shards_dir / "train-000000.tar"
+    key, members = first_shard_samples(shards_dir)[0]
+    overwrite(tar, members["jpg"].offset_data, b"x" * members["jpg"].size)
+    result = run_process(
+        [sys.executable, "-m", "pipeline.mix", "preview", str(shards_dir), "--out", str(tmp_path / "x.png")],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [result.stderr.strip()] and result.stderr.startswith(f"error: {tar}: ")
+    assert key in result.stderr

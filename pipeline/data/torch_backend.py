@@ -66,7 +66,7 @@ class _EpochSamples(IterableDataset):
         seed = torch_worker_seed(run_seed=self.seed, rank=self.rank, epoch=epoch, worker=worker)
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
-        samples = _read_range(self.shards, first=first, stop=stop)
+        samples = read_range(self.shards, first=first, stop=stop)
         if self.training:
             samples = _buffer_shuffle(samples, size=self.shuffle_buffer, rng=rng)
         chunk = []
@@ -78,7 +78,7 @@ class _EpochSamples(IterableDataset):
                 if batches == 0:
                     return
         for _ in range(batches):  # val only: pad with copies marked invalid
-            filler = chunk[-1] if chunk else _prepare(next(_read_range(self.shards, first=stop - 1, stop=stop)),
+            filler = chunk[-1] if chunk else _prepare(next(read_range(self.shards, first=stop - 1, stop=stop)),
                                                       self.transform)
             valid = len(chunk)
             yield self._collate(chunk + [filler] * (self.batch_size - valid), valid=valid)
@@ -92,7 +92,7 @@ class _EpochSamples(IterableDataset):
         return (images, labels, [c[2].get("source") for c in chunk]) if self.sample_ids else (images, labels)
 
 
-def _read_range(shards: SplitShards, *, first: int, stop: int):
+def read_range(shards: SplitShards, *, first: int, stop: int):
     """Samples at global positions ``[first, stop)``, streamed from the tars that hold them."""
     import webdataset as wds
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .core import apply_mix
-from .preview import IMAGENET_MEAN, IMAGENET_STD, draw_preview_grid, load_preview_batch
+from .preview import DEFAULT_NAME, IMAGENET_MEAN, IMAGENET_STD, MAX_SIZE, draw_preview_grid, load_preview_batch
+from .preview import output_file
 from .sampler import PARTNER_CHOICES, PER_CHOICES, SAMPLER_MODES, MixSampler
 
 
@@ -17,12 +18,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline.mix", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     preview = commands.add_parser("preview", help="draw a grid of one mixed batch with its label weights")
-    preview.add_argument("shards_dir", type=Path, help="folder with <split>-NNNNNN.tar WebDataset shards")
-    preview.add_argument("--out", type=Path, default=Path("mix_preview.png"), help="PNG to write")
+    preview.add_argument("shards_dir", type=Path,
+                         help="folder built by `python -m shards build`: <split>.json and its <split>-NNNNNN.tar")
+    preview.add_argument("--out", type=Path, default=Path(DEFAULT_NAME),
+                         help=f"picture to write, in the format its suffix names (none: .png is added; a folder: "
+                              f"{DEFAULT_NAME} in it)")
     preview.add_argument("--split", default="train")
     preview.add_argument("--mode", choices=SAMPLER_MODES, default="cutmix")
-    preview.add_argument("--batch-size", type=int, default=8)
-    preview.add_argument("--size", type=int, default=160, help="side of the centre-cropped square images")
+    preview.add_argument("--batch-size", type=int, default=8, help="images in the grid (>= 1)")
+    preview.add_argument("--size", type=int, default=160,
+                         help=f"side of the centre-cropped square images, 1 to {MAX_SIZE} pixels (default 160)")
     preview.add_argument("--cutmix-alpha", type=float, default=1.0)
     preview.add_argument("--mixup-alpha", type=float, default=1.0)
     preview.add_argument("--cutout-size", type=int, default=None, help="cutout box side in pixels")
@@ -32,19 +37,29 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--partner", choices=PARTNER_CHOICES, default="permutation")
     preview.add_argument("--label-smoothing", type=float, default=0.0)
     preview.add_argument("--seed", type=int, default=0)
-    preview.add_argument("--columns", type=int, default=4)
+    preview.add_argument("--columns", type=int, default=4, help="images per row of the grid (>= 1)")
     return parser
 
 
+def check_sizes(args: argparse.Namespace) -> None:
+    """Counts and sizes that make a picture, checked before any reading: a ValueError names the argument."""
+    for name in ("batch_size", "size", "columns"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"{name}: must be >= 1, got {getattr(args, name)}")
+    if args.size > MAX_SIZE:
+        # Memory grows with the square of the side: --size 100000 ran out of memory instead of drawing.
+        raise ValueError(f"size: at most {MAX_SIZE} pixels (a grid tile is drawn 240 px wide), got {args.size}")
+
+
 def run_preview(args: argparse.Namespace) -> Path:
-    """Read a batch, mix it with the reference backend, draw the grid; return the PNG path."""
+    """Read a batch, mix it with the reference backend, draw the grid; return the file written."""
+    check_sizes(args)
+    out_path = output_file(args.out)  # before the reading: a suffix matplotlib cannot write is refused now
     sampler = MixSampler(
         mode=args.mode, cutmix_alpha=args.cutmix_alpha, mixup_alpha=args.mixup_alpha,
         cutout_size=args.cutout_size, prob=args.prob, switch_prob=args.switch_prob,
         per=args.per, partner=args.partner, seed=args.seed,
     )  # fmt: skip
-    if args.batch_size < 1 or args.size < 1:
-        raise ValueError(f"batch_size, size: must be >= 1, got {args.batch_size} and {args.size}")
     images, labels = load_preview_batch(args.shards_dir, split=args.split, batch_size=args.batch_size, size=args.size)
     params = sampler.sample(batch_size=args.batch_size, height=args.size, width=args.size)
     mixed, targets = apply_mix(
@@ -55,19 +70,20 @@ def run_preview(args: argparse.Namespace) -> Path:
     modes = [params.mode] * len(labels) if isinstance(params.mode, str) else list(params.mode)
     return draw_preview_grid(
         mixed, targets, modes=modes, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-        out_path=args.out, columns=args.columns,
+        out_path=out_path, columns=args.columns,
     )  # fmt: skip
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point; bad arguments exit with status 2 and a message naming the argument."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Entry point; a bad argument or a damaged shard prints one `error:` line on stderr and returns 2
+    (a LoaderError is a ValueError). Argparse's own refusals (not an int) exit 2 with its usage."""
+    args = build_parser().parse_args(argv)
     try:
         out_path = run_preview(args)
     except ValueError as error:
-        parser.error(str(error))
-    print(f"wrote {out_path}")
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {out_path}")  # the exact file: output_file decided it
     return 0
 
 

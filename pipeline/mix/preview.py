@@ -1,50 +1,113 @@
 """A picture of what the mixing does: a grid of one mixed batch with each image's label weights.
 
-For people, not for speed: samples are read with the `webdataset` library from our shards
-(`<split>-NNNNNN.tar` with `<key>.jpg` and `<key>.cls`), centre-cropped and resized with PIL, and
-stacked into the uint8 NHWC batch that the loader would deliver.
+For people, not for speed: the first samples of a split are read from our shards as the torch
+backend reads them (`<split>.json` lists the `<split>-NNNNNN.tar` files, each sample a `<key>.jpg`
+or `.png` and a `<key>.cls`), decoded, centre-cropped and resized with PIL, and stacked into the
+uint8 NHWC batch that the loader would deliver. A damaged shard is a `LoaderError` naming it and
+the sample, never a traceback and never a batch quietly made of other samples.
 """
 
 from __future__ import annotations
 
+import io
+import itertools
 import math
+import tarfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-import webdataset
+from matplotlib.backend_bases import FigureCanvasBase
 from matplotlib.figure import Figure
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
+
+from ..data.checks import LoaderError, SplitShards, load_split_shards
+from ..data.torch_backend import read_range
 
 # timm's IMAGENET_DEFAULT_MEAN / _STD, written out: importing timm pulls in torchvision.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The largest image side: the models train at 224 (ImageNet) or 32 (CIFAR, the demo), and a grid
+# tile is drawn 240 px wide (2.4 in at 100 dpi), so more pixels add nothing to see; the memory
+# grows with the square (--size 100000 asked for 30 GB per image and never finished).
+MAX_SIZE = 1024
+DEFAULT_NAME = "mix_preview.png"  # the file written when the output path is a folder
 
 
-def find_shards(shards_dir: Path, *, split: str) -> list[Path]:
-    """The `<split>-*.tar` files of a shard folder, sorted; ValueError naming the folder if none."""
-    shards = sorted(Path(shards_dir).glob(f"{split}-*.tar"))
-    if not shards:
-        raise ValueError(f"shards_dir: no {split}-*.tar files in {shards_dir}")
-    return shards
+def find_shards(shards_dir: Path, *, split: str) -> SplitShards:
+    """The split's shards as its manifest lists them, each present with the manifest's size (a
+    truncated tar is caught here); a LoaderError starting with 'shards_dir:' otherwise."""
+    try:
+        # Only the tars are read: the DALI indexes need not be checked.
+        return load_split_shards(shards_dir, split, check_indexes=False)
+    except LoaderError as error:
+        raise LoaderError(f"shards_dir: {error}") from None
 
 
 def load_preview_batch(shards_dir: Path, *, split: str, batch_size: int, size: int) -> tuple[Tensor, Tensor]:
     """The first `batch_size` samples as (uint8 [B, size, size, 3], int64 labels [B])."""
-    urls = [str(path) for path in find_shards(shards_dir, split=split)]
-    dataset = webdataset.WebDataset(urls, shardshuffle=False, empty_check=False).decode("pil").to_tuple("jpg", "cls")
+    shards = find_shards(shards_dir, split=split)
+    if batch_size > shards.num_samples:
+        raise ValueError(f"batch_size: asked for {batch_size} samples, {shards_dir} holds only {shards.num_samples}")
     images, labels = [], []
-    for image, label in dataset:
-        fitted = ImageOps.fit(image.convert("RGB"), (size, size), method=Image.Resampling.BILINEAR)
-        images.append(torch.from_numpy(np.asarray(fitted).copy()))
-        labels.append(int(label))
-        if len(labels) == batch_size:
-            break
-    if len(labels) < batch_size:
-        raise ValueError(f"batch_size: asked for {batch_size} samples, {shards_dir} holds only {len(labels)}")
+    try:
+        # The torch backend's reader: a shard that ends before the samples its manifest lists (tarfile
+        # stops quietly at a damaged header) is a LoaderError naming it, not the next shard's samples.
+        for sample in read_range(shards, first=0, stop=batch_size):
+            images.append(fitted_image(sample, size=size))
+            labels.append(sample_label(sample, num_classes=shards.num_classes))
+    except LoaderError:
+        raise
+    except (tarfile.TarError, OSError, ValueError) as error:  # raised by webdataset's tar reading
+        # The samples are read in order, so the one that failed is the next one: its shard is known.
+        raise damaged(shard_at(shards, len(labels)), f"unreadable ({one_line(error)})") from None
+    if len(labels) != batch_size:  # cannot happen with the checks above; never show fewer images
+        raise LoaderError(f"shards_dir: read {len(labels)} of {batch_size} samples from {shards_dir}")
     return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+
+
+def fitted_image(sample: dict, *, size: int) -> Tensor:
+    """A sample's image (its .jpg, or .png for CIFAR) as uint8 [size, size, 3], centre-cropped."""
+    key, data = sample["__key__"], sample["jpg"] if "jpg" in sample else sample.get("png")
+    if data is None:
+        raise damaged(sample["__url__"], f"sample {key} has no .jpg or .png image")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            fitted = ImageOps.fit(image.convert("RGB"), (size, size), method=Image.Resampling.BILINEAR)
+    except UnidentifiedImageError:  # its own message names only a BytesIO object
+        problem = f"sample {key} is not an image Pillow knows"
+    except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError... for bad bytes (as shards.verify)
+        problem = f"sample {key} does not decode ({one_line(error)})"
+    else:
+        return torch.from_numpy(np.asarray(fitted).copy())
+    raise damaged(sample["__url__"], problem, decode=True)
+
+
+def sample_label(sample: dict, *, num_classes: int) -> int:
+    """A sample's .cls (ASCII decimal), checked to be a class of the manifest."""
+    text = sample.get("cls", b"")
+    if not text.isdigit() or int(text) >= num_classes:
+        raise damaged(sample["__url__"], f"sample {sample['__key__']}: label {text!r} is not in [0, {num_classes})")
+    return int(text)
+
+
+def shard_at(shards: SplitShards, position: int) -> str:
+    """The tar that holds the sample at global `position` (manifest order)."""
+    ends = itertools.accumulate(shards.shard_samples)
+    return next(path for path, end in zip(shards.tar_paths, ends) if position < end)
+
+
+def damaged(shard: str, problem: str, *, decode: bool = False) -> LoaderError:
+    """The error for a shard damaged after its build, worded as the torch backend's."""
+    check = f"python -m shards verify {Path(shard).parent}{' --decode' if decode else ''}"
+    return LoaderError(f"{shard}: {problem}: the shard is damaged ({check} finds every such shard)")
+
+
+def one_line(error: BaseException) -> str:
+    """A library's message on one line: the CLI prints one `error:` line."""
+    return " ".join(str(error).split())
 
 
 def caption(targets_row: Tensor, *, mode: str, top: int = 2) -> str:
@@ -53,6 +116,21 @@ def caption(targets_row: Tensor, *, mode: str, top: int = 2) -> str:
     # Below the smoothing floor a class is not part of the mix: show only the mixed labels.
     shown = [f"{int(k)}: {float(w):.2f}" for w, k in zip(weights, classes) if w > targets_row.min() + 1e-6]
     return f"{mode}\n" + " | ".join(shown or [f"{int(classes[0])}: {float(weights[0]):.2f}"])
+
+
+def output_file(out_path: Path) -> Path:
+    """The file the grid is written to, exactly: `DEFAULT_NAME` in a folder that exists, `.png`
+    added to a name without a suffix (matplotlib would add it unsaid), else the path as given, in
+    the format its suffix names; a ValueError naming `out` for a suffix matplotlib cannot write."""
+    out_path = Path(out_path)
+    if out_path.is_dir():
+        return out_path / DEFAULT_NAME
+    if not out_path.suffix:
+        return out_path.with_name(out_path.name + ".png")
+    if out_path.suffix[1:].lower() not in FigureCanvasBase.get_supported_filetypes():
+        formats = ", ".join(sorted(FigureCanvasBase.get_supported_filetypes()))
+        raise ValueError(f"out: {out_path}: {out_path.suffix} is not a picture format matplotlib writes ({formats})")
+    return out_path
 
 
 def draw_preview_grid(
@@ -65,7 +143,8 @@ def draw_preview_grid(
     out_path: Path,
     columns: int = 4,
 ) -> Path:
-    """Save a grid of normalized images [B, C, H, W] (undone to [0, 1] for display) with captions."""
+    """Save a grid of normalized images [B, C, H, W] (undone to [0, 1] for display) with captions;
+    returns the file written (`output_file(out_path)`)."""
     count = len(images)
     columns = max(1, min(columns, count))
     rows = math.ceil(count / columns)
@@ -80,7 +159,11 @@ def draw_preview_grid(
         if index < count:
             axis.imshow(pictures[index])
             axis.set_title(caption(targets[index].cpu(), mode=modes[index]), fontsize=8)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out_path, dpi=100)
+    out_path = output_file(out_path)
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        # The format named outright: matplotlib then writes exactly this path.
+        figure.savefig(out_path, dpi=100, format=out_path.suffix[1:].lower())
+    except OSError as error:  # a parent that is a file, no permission, a full disk
+        raise ValueError(f"out: cannot write {out_path} ({one_line(error)})") from None
     return out_path
