@@ -4,8 +4,11 @@ Every rank writes into ``RUN/checkpoints/tmp-<name>``; after a barrier the main 
 every file, writes ``state.json`` (epoch, step, model name, class count, best metrics) and then
 the ``COMPLETE`` marker, and atomically renames the folder to ``<name>``. A kill at any point
 leaves either a ``tmp-`` folder (ignored and removed later) or a complete checkpoint: nothing that
-looks valid but is not. Loading uses Accelerate's ``load_state``, which reads the optimizer and
-RNG files with ``weights_only=True`` and the model from safetensors; our own state is JSON.
+looks valid but is not. ``state.json`` also records the size of every file the save wrote: a
+checkpoint damaged later (a file truncated or deleted by a full disk, a copy cut short, a user) is
+skipped by ``run.resume=auto`` and refused when named, instead of failing deep inside the load.
+Loading uses Accelerate's ``load_state``, which reads the optimizer and RNG files with
+``weights_only=True`` and the model from safetensors; our own state is JSON.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from shards.durable import fsync_directory, fsync_tree, write_text_atomic
@@ -35,6 +38,7 @@ class TrainState:
     best: dict = field(default_factory=dict)  # best top-1 error so far and its epoch
     shakedrop: bool = False  # the model's ShakeDrop buffers are part of its weights: a resume must match
     partial_loss: list = field(default_factory=list)  # mid-epoch save: each rank's loss sum so far
+    files: dict = field(default_factory=dict)  # every file the save wrote (relative path) -> its size in bytes
 
 
 def checkpoint_name(state: TrainState) -> str:
@@ -59,7 +63,8 @@ def save_checkpoint(accelerator, run_dir: Path, state: TrainState, *, keep: int,
         (tmp / LOADER_STATE.format(rank=accelerator.process_index)).write_text(json.dumps(loader_state))
     accelerator.wait_for_everyone()  # every rank's RNG and loader files are in tmp
     if accelerator.is_main_process:
-        (tmp / STATE).write_text(json.dumps(asdict(state), indent=1))
+        files = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+        (tmp / STATE).write_text(json.dumps(asdict(replace(state, files=files)), indent=1))
         fsync_tree(tmp)
         write_text_atomic(tmp / COMPLETE, "ok\n")  # last: its presence means every file above is on disk
         if final.exists():
@@ -72,12 +77,40 @@ def save_checkpoint(accelerator, run_dir: Path, state: TrainState, *, keep: int,
 
 
 def valid_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints in ``RUN/checkpoints``, oldest first (by global step)."""
+    """Complete, undamaged checkpoints in ``RUN/checkpoints``, oldest first (by global step)."""
+    found = [p for p in _complete_checkpoints(run_dir) if checkpoint_damage(p) is None]
+    return sorted(found, key=lambda p: read_state(p).global_step)
+
+
+def damaged_checkpoints(run_dir: Path) -> list[tuple[Path, str]]:
+    """Complete checkpoints in ``RUN/checkpoints`` whose files no longer match their save, each
+    with what is wrong (``checkpoint_damage``), by name."""
+    found = [(p, checkpoint_damage(p)) for p in _complete_checkpoints(run_dir)]
+    return sorted(((p, problem) for p, problem in found if problem is not None), key=lambda item: item[0].name)
+
+
+def _complete_checkpoints(run_dir: Path) -> list[Path]:
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith("tmp-") and is_complete_checkpoint(p)]
-    return sorted(found, key=lambda p: read_state(p).global_step)
+    return [p for p in root.iterdir() if p.is_dir() and not p.name.startswith("tmp-") and is_complete_checkpoint(p)]
+
+
+def checkpoint_damage(checkpoint: Path) -> str | None:
+    """What is wrong with a complete checkpoint's files (None when nothing is): an unreadable
+    ``state.json``, or a file the save wrote that is now missing or of another size. Checkpoints
+    of versions that did not record their files are taken as they are."""
+    try:
+        state = read_state(checkpoint)
+    except TrainError:
+        return f"{STATE} is unreadable"
+    for name, size in state.files.items():
+        path = Path(checkpoint) / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, the save wrote {size}"
+    return None
 
 
 def read_state(checkpoint: Path) -> TrainState:
@@ -106,16 +139,25 @@ def is_complete_checkpoint(folder: Path) -> bool:
 
 
 def find_resume_checkpoint(resume: str, run_dir: Path) -> Path | None:
-    """``auto``: the newest complete checkpoint of the run (None if there is none); ``none``:
-    None; otherwise the given folder, which must be a complete checkpoint."""
+    """``auto``: the newest complete, undamaged checkpoint of the run (None if there is none);
+    ``none``: None; otherwise the given folder, which must be a complete, undamaged checkpoint."""
     if resume == "none":
         return None
     if resume == "auto":
         found = valid_checkpoints(run_dir)
+        damaged = damaged_checkpoints(run_dir)
+        if not found and damaged:  # starting over would silently throw the run away
+            path, problem = damaged[-1]
+            raise TrainError(f"run.resume=auto: every checkpoint of {run_dir} is damaged ({path.name}: {problem}); "
+                             "start over with run.resume=none")
         return found[-1] if found else None
     folder = Path(resume)
     if not is_complete_checkpoint(folder):
         raise TrainError(f"run.resume: {folder} is not a complete checkpoint (no {COMPLETE} and {STATE} in it)")
+    damage = checkpoint_damage(folder)
+    if damage is not None:
+        raise TrainError(f"run.resume: {folder} is damaged ({damage}); name an older checkpoint, or run.resume=none "
+                         "to start over")
     return folder
 
 

@@ -120,6 +120,9 @@ class RunConfig:
     deterministic: bool = False  # torch deterministic algorithms (exact resume on CPU; slower on GPU)
     eval_every: int = 1  # evaluate every N epochs (and always after the last)
     resume: str = "auto"  # "auto" (newest valid checkpoint in out_dir, if any), "none", or a checkpoint folder
+    # Resume although training settings (not threads, paths, progress: pipeline/resume_config.py)
+    # differ from the run's config.yaml; false refuses, naming them. The old config is kept.
+    resume_with_changes: bool = False
     keep_checkpoints: int = 2  # newest checkpoints kept in out_dir/checkpoints
     tensorboard: bool = False  # log through Accelerate's TensorBoard tracker into out_dir/tensorboard
     progress: bool = True  # tqdm bar on the main process

@@ -5,6 +5,7 @@ val loaders are built once per run and read one epoch at a time."""
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import tempfile
 import time
@@ -12,10 +13,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
-from .checkpoint import (TrainState, check_compatible, find_resume_checkpoint, read_loader_state, read_state,
-                         save_checkpoint)
+from .checkpoint import (TrainState, check_compatible, damaged_checkpoints, find_resume_checkpoint, read_loader_state,
+                         read_state, save_checkpoint)
 from .config import TrainConfig, config_to_dict, write_config
+from .resume_config import CONFIG_FILE, check_resume_config, describe, keep_previous_config
 from .data import Augmentation, LoaderOptions, create_loader, steps_per_epoch
 from .errors import TrainError
 from .evaluate import evaluate
@@ -56,15 +59,22 @@ def run_training(config: TrainConfig) -> dict:
     if run_dir.exists() and not run_dir.is_dir():
         raise TrainError(f"run.out_dir={run_dir}: a file, not a folder")
     # First of all: a stop signal during the set-up is then honoured at the first step.
+    # Before any work: which checkpoint a resume continues, and whether this config may continue it.
+    checkpoint = find_resume_checkpoint(config.run.resume, run_dir)
+    changes = check_resume_config(config, checkpoint)
     stop = StopRequest(grace_seconds=config.run.stop_grace_seconds)
     try:
         session = setup(config, run_dir=run_dir)
         stop.group = session.stop_group
-        state, loader_state = resume(config, session=session, run_dir=run_dir)
+        state, loader_state = resume(config, checkpoint, session=session, run_dir=run_dir)
         train_loader = make_loader(config, shards=session.shards, split="train", accelerator=session.accelerator,
                                    num_classes=session.num_classes, restore=loader_state)[0]
         if session.accelerator.is_main_process:
-            write_config(config, run_dir / "config.yaml")
+            if changes:
+                kept = keep_previous_config(checkpoint, run_dir)
+                print(f"resuming with changed settings: {describe(changes)} (the run's config until now is kept "
+                      f"as {kept})", flush=True)
+            write_config(config, run_dir / CONFIG_FILE)
         record = train_epochs(config, session=session, loader=train_loader, state=state, run_dir=run_dir,
                               stop=stop)
     finally:
@@ -241,10 +251,10 @@ def train_steps_per_epoch(config: TrainConfig, *, shards: Path, accelerator, num
     return steps if cap is None else min(steps, cap)
 
 
-def resume(config: TrainConfig, *, session: Session, run_dir: Path) -> tuple[TrainState, dict | None]:
-    """Load the checkpoint that ``run.resume`` names (if any): where training stands, and this
-    rank's saved train loader state (None when there is none)."""
-    checkpoint = find_resume_checkpoint(config.run.resume, run_dir)
+def resume(config: TrainConfig, checkpoint: Path | None, *, session: Session,
+           run_dir: Path) -> tuple[TrainState, dict | None]:
+    """Load ``checkpoint`` (``find_resume_checkpoint``'s; None: a fresh start): where training
+    stands, and this rank's saved train loader state (None when there is none)."""
     fresh = TrainState(model_name=config.model.name, num_classes=session.num_classes, shakedrop=config.model.shakedrop)
     accelerator = session.accelerator
     if checkpoint is None:
@@ -254,12 +264,26 @@ def resume(config: TrainConfig, *, session: Session, run_dir: Path) -> tuple[Tra
     state = read_state(checkpoint)
     check_compatible(state, checkpoint=checkpoint, model_name=config.model.name, num_classes=session.num_classes,
                      shakedrop=config.model.shakedrop)
-    accelerator.load_state(str(checkpoint))
+    try:
+        accelerator.load_state(str(checkpoint))
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError) as error:
+        # Files of the right size that do not load (bits flipped on disk, a foreign file put there).
+        raise TrainError(f"run.resume: {checkpoint} does not load ({type(error).__name__}: "
+                         f"{_first_sentence(error)}); name an older checkpoint with run.resume=PATH, "
+                         "or start over with run.resume=none") from None
     keep_kernel_choice(session.optimizer)
     if accelerator.is_main_process:
+        for damaged, problem in damaged_checkpoints(checkpoint.parent.parent):
+            print(f"skipped damaged checkpoint {damaged}: {problem}", flush=True)
         truncate_metrics(run_dir, last_epoch=state.epoch)
         print(f"resumed from {checkpoint} (epoch {state.epoch}, step {state.step_in_epoch})", flush=True)
     return state, read_loader_state(checkpoint, rank=accelerator.process_index)
+
+
+def _first_sentence(error: Exception, limit: int = 200) -> str:
+    """A library error's first sentence on one line (torch's go on with advice that does not apply)."""
+    text = " ".join(str(error).split())
+    return text.split(". ")[0][:limit]
 
 
 def train_epochs(config: TrainConfig, *, session: Session, loader, state: TrainState, run_dir: Path,

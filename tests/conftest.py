@@ -34,10 +34,9 @@ def demo_shards(tmp_path_factory):
 def trained_demo(demo_shards, tmp_path_factory):
     """A finished 3-epoch demo run, trained once per session through pipeline/train.py: (run folder,
     the CompletedProcess). Tests read it (the evaluation writes only into RUN/eval-* folders)."""
-    from train_helpers import run_train, small_run_args
+    from train_helpers import TRAINED_DEMO_SETTINGS, run_train, small_run_args
 
     out = tmp_path_factory.mktemp("run")
-    done = run_train(small_run_args(demo_shards, out, "schedule.epochs=3", "loader.batch_size=32",
-                                    "schedule.warmup_epochs=0", "optim.base_lr=0.8"))
+    done = run_train(small_run_args(demo_shards, out, *TRAINED_DEMO_SETTINGS))
     assert done.returncode == 0, done.stderr[-3000:]
     return out, done

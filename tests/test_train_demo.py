@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_helpers import REPO, run_train, small_run_args
+from train_helpers import REPO, TRAINED_DEMO_SETTINGS, run_train, small_run_args
 
 from pipeline.logs import read_metrics
 
@@ -63,13 +63,16 @@ def test_plot_writes_curves(demo_run):
     (["optim.lr=0.1"], "unknown config key optim.lr"),
     (["loader.batch_size=big"], "loader.batch_size: expected a whole number"),
     (["--config", "configs/nothing.yaml"], "config file not found"),
-    (["model.name=resnet14t"], "holds 'resnet10t' with 10 classes"),  # resume a run of another model
+    # resume a run with other training settings; with them allowed, still never another model
+    (["model.name=resnet14t"], "was trained with other settings (model.name=resnet10t (now resnet14t))"),
+    (["model.name=resnet14t", "run.resume_with_changes=true"], "holds 'resnet10t' with 10 classes"),
     (["--config", sys.executable], "not a UTF-8 text file (a YAML config is expected)"),  # a binary
     (["run.out_dir=README.md"], "run.out_dir=README.md: a file, not a folder"),
 ])
 def test_bad_input_gives_one_message(demo_run, demo_shards, extra, message):
     out, _ = demo_run
-    args = [a for a in small_run_args(demo_shards, out) if not a.startswith(extra[0].split("=")[0] + "=")]
+    args = [a for a in small_run_args(demo_shards, out, *TRAINED_DEMO_SETTINGS)
+            if not a.startswith(extra[0].split("=")[0] + "=")]
     done = run_train([*args, *extra])
     assert done.returncode == 2, done.stderr[-3000:]
     assert message in done.stderr

@@ -80,6 +80,60 @@ def test_kill_during_save_leaves_no_valid_checkpoint(demo_shards, uninterrupted,
     assert find_resume_checkpoint("auto", tmp_path).name == "epoch-0002"
 
 
+def _copy_of_finished(run: Path, to: Path) -> Path:
+    """A finished run's folder without its exported weights: a run stopped after its last checkpoint."""
+    import shutil
+
+    shutil.copytree(run, to)
+    (to / "model.safetensors").unlink()
+    return to
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_and_the_run_ends_the_same(demo_shards, uninterrupted, tmp_path):
+    """model.safetensors of the newest checkpoint cut short after its save (a full disk, a copy cut
+    short): run.resume=auto names it, resumes from the one before, and ends as if nothing happened."""
+    out = _copy_of_finished(uninterrupted, tmp_path / "run")
+    weights = out / "checkpoints" / "epoch-0003" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    done = run_train(small_run_args(demo_shards, out, *EXTRA))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"skipped damaged checkpoint {out / 'checkpoints' / 'epoch-0003'}: model.safetensors has 1000 bytes" \
+        in done.stdout
+    assert "resumed from" in done.stdout and "epoch 2, step 0" in done.stdout
+    _assert_same_run(out, uninterrupted)
+
+
+def test_a_checkpoint_that_does_not_load_is_one_error(demo_shards, uninterrupted, tmp_path):
+    """A file of the recorded size but other bytes (bit rot, a foreign file) cannot be caught by
+    its size: the load fails, and says so in one line naming the checkpoint."""
+    out = _copy_of_finished(uninterrupted, tmp_path / "run")
+    optimizer = out / "checkpoints" / "epoch-0003" / "optimizer.bin"
+    optimizer.write_bytes(bytes(optimizer.stat().st_size))
+    done = run_train(small_run_args(demo_shards, out, *EXTRA))
+    assert done.returncode == 2
+    assert f"error: run.resume: {out / 'checkpoints' / 'epoch-0003'} does not load (" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_a_resume_with_other_training_settings_is_refused_or_kept_on_record(demo_shards, uninterrupted, tmp_path):
+    """Another schedule on resume is refused, naming it, and nothing is written; with
+    run.resume_with_changes=true the run goes on and its old config is kept beside the new one."""
+    out = _copy_of_finished(uninterrupted, tmp_path / "run")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    longer = small_run_args(demo_shards, out, *EXTRA, "schedule.epochs=4")
+    refused = run_train(longer)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "was trained with other settings (schedule.epochs=3 (now 4)); " in refused.stderr
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    old_config = (out / "config.yaml").read_text()
+    done = run_train([*longer, "run.resume_with_changes=true"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming with changed settings: schedule.epochs=3 (now 4)" in done.stdout
+    assert (out / "config.before-epoch-0003.yaml").read_text() == old_config
+    assert "epochs: 4" in (out / "config.yaml").read_text() and "epochs: 3" in old_config
+    assert [r["epoch"] for r in read_metrics(out)] == [1, 2, 3, 4]
+
+
 @pytest.fixture(scope="module")
 def uninterrupted_torch(demo_shards, tmp_path_factory):
     out = tmp_path_factory.mktemp("whole_torch")

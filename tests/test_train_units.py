@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from pipeline.checkpoint import (COMPLETE, STATE, TrainState, check_compatible, checkpoint_name, find_resume_checkpoint,
-                                 valid_checkpoints)
+from pipeline.checkpoint import (COMPLETE, STATE, TrainState, check_compatible, checkpoint_damage, checkpoint_name,
+                                 damaged_checkpoints, find_resume_checkpoint, valid_checkpoints)
 from pipeline.errors import TrainError
 from pipeline.evaluate import count_correct, loss_sum
 from pipeline.optim import create_optimizer, create_scheduler, parameter_groups, scaled_lr
@@ -97,6 +97,58 @@ def test_resume_picks_newest_complete(tmp_path):
     assert find_resume_checkpoint("auto", tmp_path / "empty") is None
     with pytest.raises(TrainError, match="not a complete checkpoint"):
         find_resume_checkpoint(str(tmp_path / "checkpoints" / "epoch-0003"), tmp_path)
+
+
+def _fake_files(folder, sizes: dict) -> None:
+    """Files of the given sizes in a fake checkpoint, recorded in its state.json as a save does."""
+    for name, size in sizes.items():
+        (folder / name).write_bytes(b"x" * size)
+    state = json.loads((folder / STATE).read_text())
+    (folder / STATE).write_text(json.dumps({**state, "files": sizes}))
+
+
+def test_a_damaged_checkpoint_is_skipped_and_refused_by_name(tmp_path):
+    older = _fake_checkpoint(tmp_path, TrainState(epoch=1, global_step=10))
+    newer = _fake_checkpoint(tmp_path, TrainState(epoch=2, global_step=20))
+    for folder in (older, newer):
+        _fake_files(folder, {"model.safetensors": 100, "optimizer.bin": 40})
+    assert find_resume_checkpoint("auto", tmp_path) == newer and damaged_checkpoints(tmp_path) == []
+    (newer / "model.safetensors").write_bytes(b"x" * 64)  # cut short
+    assert find_resume_checkpoint("auto", tmp_path) == older
+    assert damaged_checkpoints(tmp_path) == [(newer, "model.safetensors has 64 bytes, the save wrote 100")]
+    with pytest.raises(TrainError, match="is damaged .model.safetensors has 64 bytes"):
+        find_resume_checkpoint(str(newer), tmp_path)
+    (older / "optimizer.bin").unlink()
+    assert checkpoint_damage(older) == "optimizer.bin is missing"
+    # Nothing left to resume from: starting over would silently discard the run.
+    with pytest.raises(TrainError, match="every checkpoint of .* is damaged .*run.resume=none"):
+        find_resume_checkpoint("auto", tmp_path)
+    assert find_resume_checkpoint("none", tmp_path) is None
+    (older / STATE).write_text("{not json")
+    assert checkpoint_damage(older) == "state.json is unreadable"
+    # A checkpoint of a version that recorded no files is taken as it is.
+    assert checkpoint_damage(_fake_checkpoint(tmp_path, TrainState(epoch=3, global_step=30))) is None
+
+
+def test_a_resume_may_change_how_a_run_executes_but_not_what_it_trains(tmp_path):
+    from pipeline.config import resolve_config, write_config
+    from pipeline.resume_config import check_resume_config
+
+    checkpoint = _fake_checkpoint(tmp_path, TrainState(epoch=1, global_step=10))
+    write_config(resolve_config(config_file=None, overrides=["mix.mode=cutmix", "optim.base_lr=0.1"]),
+                 tmp_path / "config.yaml")
+    same_training = ["mix.mode=cutmix", "optim.base_lr=0.1", "data.shards=/elsewhere", "loader.num_threads=9",
+                     "model.compile=true", "run.progress=false", "run.out_dir=/moved", "run.eval_every=5"]
+    assert check_resume_config(resolve_config(config_file=None, overrides=same_training), checkpoint) == []
+    other = ["mix.mode=mixup", "optim.base_lr=0.2", "schedule.milestones=1,2"]
+    with pytest.raises(TrainError, match=r"optim.base_lr=0.1 \(now 0.2\), schedule.milestones=75,150,225 "
+                                         r"\(now 1,2\), mix.mode=cutmix \(now mixup\)\); .*resume_with_changes=true"):
+        check_resume_config(resolve_config(config_file=None, overrides=other), checkpoint)
+    allowed = resolve_config(config_file=None, overrides=[*other, "run.resume_with_changes=true"])
+    assert check_resume_config(allowed, checkpoint) == [("optim.base_lr", 0.1, 0.2),
+                                                        ("schedule.milestones", [75, 150, 225], [1, 2]),
+                                                        ("mix.mode", "cutmix", "mixup")]
+    assert check_resume_config(allowed, None) == []  # a fresh start compares with nothing
 
 
 def test_a_resume_with_another_model_structure_is_refused(tmp_path):

@@ -14,6 +14,8 @@ TRAIN = REPO / "pipeline" / "train.py"
 # Every test trains the demo (resnet10t at 32 px), never the defaults (the paper's ResNet-50 at
 # 224 px): on a CPU without native bf16 one step of that takes minutes.
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
+# The settings of conftest's trained_demo run (a command resuming it must repeat them).
+TRAINED_DEMO_SETTINGS = ("schedule.epochs=3", "loader.batch_size=32", "schedule.warmup_epochs=0", "optim.base_lr=0.8")
 # Keys whose values are wall-clock measurements: everything else must repeat exactly.
 TIMING_KEYS = {"img_per_s", "data_wait_share", "epoch_seconds"}
 # `accelerate launch` of this interpreter's environment (the CLI may not be on PATH) for two gloo
