@@ -28,6 +28,7 @@ def run_cli(argv: list[str], *, default_config: Path | None) -> int:
 
     args = parse_args(argv)
     started = time.perf_counter()
+    config = None
     try:
         from .config import resolve_config
         from .run import run_training
@@ -38,6 +39,12 @@ def run_cli(argv: list[str], *, default_config: Path | None) -> int:
         if _global_rank() == 0:
             print(f"error: {error}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: checkpoints are saved whole or not at all (pipeline/checkpoint.py)
+        if _global_rank() == 0:
+            where = f" of {config.run.out_dir}" if config is not None else ""
+            print(f"interrupted: the same command resumes from the newest checkpoint{where}", file=sys.stderr,
+                  flush=True)
+        return 130
     if _global_rank() == 0 and "best_top1_err" in record:
         print(f"done in {time.perf_counter() - started:.0f} s: val top-1 error {record['top1_err']:.2f}% "
               f"top-5 error {record['top5_err']:.2f}% (best top-1 {record['best_top1_err']:.2f}% at epoch "

@@ -88,6 +88,26 @@ def test_no_progress_within_the_grace_period_ends_the_process(demo_shards, tmp_p
     assert mid_epoch_checkpoints(tmp_path / "run") == []
 
 
+def test_ctrl_c_ends_the_run_in_one_line_and_the_same_command_resumes_it(demo_shards, tmp_path):
+    """SIGINT (Ctrl-C) inside a step of the second epoch: exit 130 with one line and no traceback;
+    the epoch-1 checkpoint is whole, and the same command goes on from it to the end."""
+    from train_helpers import run_train
+
+    with start(demo_shards, tmp_path, slow_from=10, how="3600", grace=3600) as (process, output):
+        wait_for(lambda: "start 10" in markers(tmp_path), process, "step 10")  # 8 steps an epoch
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=120)
+    text = output.read_text()
+    assert code == 130, text[-3000:]
+    assert f"interrupted: the same command resumes from the newest checkpoint of {tmp_path / 'run'}\n" in text
+    assert "Traceback" not in text
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["epoch-0001"]
+    done = run_train(small_run_args(demo_shards, tmp_path / "run", *COMMON, "run.stop_grace_seconds=3600"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from" in done.stdout and "(epoch 1, step 0)" in done.stdout
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
 def test_a_second_sigterm_ends_the_process_at_once(demo_shards, tmp_path):
     from pipeline.stopping import REPEAT_AFTER_SECONDS
 
