@@ -229,6 +229,18 @@ def test_bad_arguments_before_any_work(demo_run, extra, message, capsys):
     assert message in one_error_line(capsys, [str(demo_run), *extra])
 
 
+def test_a_misspelt_compare_is_named(capsys):
+    assert "compre: no such run folder or weights file (did you mean compare?)" in one_error_line(
+        capsys, ["compre", "a", "b"])
+
+
+def test_a_small_image_size_gets_fewer_occlusion_steps(demo_run, tmp_path, capsys):
+    """--image-size 2 without --occlusion-steps: sides 0, 1, 2 (the default 9 would not fit)."""
+    assert main([str(demo_run), "--tasks", "occlusion", "--image-size", "2", "--quiet", "--num-threads", "1",
+                 "--out", str(tmp_path / "tiny")]) == 0
+    assert json.loads((tmp_path / "tiny" / "eval.json").read_text())["occlusion"]["sides"] == [0, 1, 2]
+
+
 def test_out_that_is_a_file(demo_run, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     line = one_error_line(capsys, [str(demo_run), "--tasks", "classify", "--out", str(tmp_path / "file")])
@@ -269,3 +281,27 @@ def test_a_task_that_fails_mid_run_keeps_the_finished_ones(demo_run, tmp_path):
     assert lines == [lines[0]] and lines[0].startswith("error: in-between: no pair"), done.stderr[-3000:]
     results = json.loads((out / "eval.json").read_text())
     assert results["classify"]["samples"] == 359 and "in-between" not in results
+    # Marked as what it is: not a finished evaluation, which compare will not take for one.
+    assert results["settings"]["finished"] is False
+    assert "**Unfinished**: the evaluation stopped before its end (done: classify; not run: in-between)" in \
+        (out / "eval.md").read_text()
+    assert main(["compare", str(out), "--out", str(tmp_path / "cmp")]) == 2
+    assert not (tmp_path / "cmp" / "compare.md").exists()
+
+
+def test_a_new_evaluation_replaces_the_old_one_in_its_folder(evaluated, tmp_path, capsys):
+    """Evaluating again into a folder of an earlier evaluation: its plots of tasks not run this
+    time are removed (they would pass for this model's), anything else in the folder is kept."""
+    import shutil
+
+    out = tmp_path / "again"
+    shutil.copytree(evaluated[0], out)
+    (out / "notes.txt").write_text("mine")
+    before = sorted(p.name for p in out.iterdir())
+    assert {"occlusion.png", "in_between.png", "localization.png", "cam_grid.png", "ood_scores.png"} <= set(before)
+    assert main([str(evaluated[0].parent), "--tasks", "classify", "--quiet", "--num-threads", "1",
+                 "--out", str(out)]) == 0
+    assert f"replacing the earlier evaluation in {out} (7 file(s))" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["eval.json", "eval.md", "notes.txt"]
+    results = json.loads((out / "eval.json").read_text())
+    assert results["settings"]["finished"] is True and "occlusion" not in results and "classify" in results

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
 import sys
 import textwrap
@@ -68,8 +69,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=("dali", "torch"), default="dali", help="loader (default dali)")
     parser.add_argument("--num-threads", type=int, default=4, help="DALI threads / torch workers (default 4)")
     parser.add_argument("--epsilon", type=float, default=8 / 255, help="FGSM step in pixel units (default 8/255)")
-    parser.add_argument("--occlusion-steps", type=int, default=9, help="square sides from 0 to the image size "
-                        "(default 9)")
+    parser.add_argument("--occlusion-steps", type=int, help="square sides from 0 to the image size (default 9, "
+                        "fewer for images under 8 px)")
     parser.add_argument("--seed", type=int, default=0, help="in-between pairs and boxes, noise images (default 0)")
     parser.add_argument("--out", type=Path, help="output folder (default RUN_DIR/eval, or eval-<name> beside "
                         "the weights)")
@@ -109,7 +110,8 @@ def build_request(args: argparse.Namespace):
     return EvalRequest(source=source, shards=Path(shards), split=args.split, tasks=tasks, out=out,
                        ood_shards=tuple(args.ood_shards), batch_size=args.batch_size, backend=args.backend,
                        num_threads=args.num_threads, seed=args.seed, epsilon=args.epsilon,
-                       occlusion_steps=args.occlusion_steps, progress=not args.quiet)
+                       occlusion_steps=min(9, source.image_size + 1) if args.occlusion_steps is None
+                       else args.occlusion_steps, progress=not args.quiet)
 
 
 def _has_boxes(shards: Path, split: str) -> bool:
@@ -162,9 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     from ..data import LoaderError
 
     argv = sys.argv[1:] if argv is None else argv
+    request = None
     try:
         if argv[:1] == ["compare"]:
             return compare(argv[1:])
+        if argv and not Path(argv[0]).exists() and difflib.get_close_matches(argv[0], ["compare"], cutoff=0.7):
+            raise EvalError(f"{argv[0]}: no such run folder or weights file (did you mean compare?)")
         from .runner import run_evaluation
 
         request = build_request(make_parser().parse_args(argv))
@@ -176,6 +181,13 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0 or getattr(error, "during_pass", False):
             print(f"error: {'' if rank == 0 else f'(rank {rank}) '}{error}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:
+        if int(os.environ.get("RANK", "0")) == 0:
+            report = None if request is None else request.out / "eval.json"
+            kept = (f": {report} holds the tasks finished so far, marked unfinished"
+                    if report is not None and report.is_file() else "")
+            print(f"interrupted{kept}", file=sys.stderr, flush=True)
+        return 130
     if int(os.environ.get("RANK", "0")) == 0:
         print((request.out / "eval.md").read_text())
         print(f"wrote {request.out / 'eval.json'}, {request.out / 'eval.md'} and {len(results.get('plots', []))} "

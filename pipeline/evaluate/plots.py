@@ -18,21 +18,26 @@ def _pyplot():
     return plt
 
 
+# The figures of one evaluation (a new evaluation into the same folder removes them first).
+PLOT_FILES = ("occlusion.png", "in_between.png", "localization.png", "cam_grid.png", "ood_scores.png")
+
+
 def write_plots(results: dict, examples: dict, *, out: Path, classes: list[str] | None) -> list[Path]:
-    """Every figure the results allow, as PNGs in ``out``; returns their paths."""
+    """Every figure the results allow, as PNGs in ``out`` (names from ``PLOT_FILES``); returns their paths."""
+    occlusion, in_between, localization, cam_grid, ood_scores = (out / name for name in PLOT_FILES)
     plt = _pyplot()
     written = []
     single = {"": results}
     if "occlusion" in results:
-        written.append(_curves(plt, single, out / "occlusion.png"))
+        written.append(_curves(plt, single, occlusion))
     if "in-between" in results:
-        written.append(_in_between(plt, single, out / "in_between.png"))
+        written.append(_in_between(plt, single, in_between))
     if "localize" in results:
-        written.append(_localization_curves(plt, results["localize"], out / "localization.png"))
+        written.append(_localization_curves(plt, results["localize"], localization))
         if examples.get("localize"):
-            written.append(_cam_grid(plt, examples["localize"], results["localize"], out / "cam_grid.png", classes))
+            written.append(_cam_grid(plt, examples["localize"], results["localize"], cam_grid, classes))
     if "ood" in results:
-        written.append(_ood_histograms(plt, results["ood"], out / "ood_scores.png"))
+        written.append(_ood_histograms(plt, results["ood"], ood_scores))
     return written
 
 

@@ -6,14 +6,29 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from shards.durable import write_text_atomic
+
+REPORT_FILES = ("eval.json", "eval.md")
+
 
 def write_reports(results: dict, *, out: Path) -> tuple[Path, Path]:
-    """Write ``out/eval.json`` and ``out/eval.md``; returns their paths."""
-    out = Path(out)
-    json_path, md_path = out / "eval.json", out / "eval.md"
-    json_path.write_text(json.dumps(results, indent=1))
-    md_path.write_text(markdown(results))
+    """Write ``out/eval.json`` and ``out/eval.md``, each atomically (a kill leaves the previous
+    version whole); returns their paths. ``settings.finished`` says whether every task is in."""
+    json_path, md_path = (Path(out) / name for name in REPORT_FILES)
+    write_text_atomic(json_path, json.dumps(results, indent=1))
+    write_text_atomic(md_path, markdown(results))
     return json_path, md_path
+
+
+def unfinished(results: dict) -> str | None:
+    """``"done: classify; not run: fgsm, ood"`` for an evaluation that stopped before its end
+    (None when finished, and for eval.json files of versions that did not say)."""
+    settings = results["settings"]
+    if settings.get("finished", True):
+        return None
+    done = [task for task in settings["tasks"] if task in results]
+    missing = [task for task in settings["tasks"] if task not in results]
+    return f"done: {', '.join(done) or 'none'}; not run: {', '.join(missing)}"
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
@@ -31,6 +46,8 @@ def markdown(results: dict) -> str:
                f"{settings['world_size']} process(es) on {settings['device']}, precision {settings['precision']}, "
                f"image size {settings['image_size']}.")
     lines = [f"# Evaluation of {settings['model']}", "", summary, ""]
+    if unfinished(results):
+        lines += [f"**Unfinished**: the evaluation stopped before its end ({unfinished(results)}).", ""]
     for task, section in (("classify", _classify), ("localize", _localize), ("occlusion", _occlusion),
                           ("in-between", _in_between), ("fgsm", _fgsm), ("ood", _ood)):
         if task in results:

@@ -22,6 +22,7 @@ from ..errors import EvalError
 from ..precision import resolve_precision
 from . import tasks
 from .ood import noise_images, ood_metrics
+from .report import unfinished
 from .source import ModelSource, check_classes, load_model
 
 # name -> what it measures (the CLI's --help shows these lines)
@@ -135,7 +136,9 @@ def run_evaluation(request: EvalRequest) -> dict:
     from .plots import write_plots
     from .report import write_reports
 
-    results: dict = {"settings": _settings(request, accelerator)}
+    results: dict = {"settings": {**_settings(request, accelerator), "finished": False}}
+    if accelerator.is_main_process:
+        clear_previous(request.out)
     started = time.perf_counter()
     for task in request.tasks:
         begun = time.perf_counter()
@@ -148,12 +151,26 @@ def run_evaluation(request: EvalRequest) -> dict:
         if accelerator.is_main_process:  # what is done is kept, should a later task fail
             write_reports(results, out=request.out)
     results["settings"]["seconds"] = time.perf_counter() - started
+    results["settings"]["finished"] = True
     if accelerator.is_main_process:
         results["plots"] = [str(p.name) for p in write_plots(results, ctx.examples, out=request.out,
                                                               classes=source.classes)]
         write_reports(results, out=request.out)
     accelerator.wait_for_everyone()
     return results
+
+
+def clear_previous(out: Path) -> None:
+    """Remove what an earlier evaluation wrote into ``out`` (its reports and plots, nothing else):
+    its plots of tasks this one does not run would otherwise sit beside the new results."""
+    from .plots import PLOT_FILES
+    from .report import REPORT_FILES
+
+    old = [Path(out) / name for name in (*REPORT_FILES, *PLOT_FILES) if (Path(out) / name).is_file()]
+    if old:
+        print(f"replacing the earlier evaluation in {out} ({len(old)} file(s))", flush=True)
+    for path in old:
+        path.unlink()
 
 
 def _run_task(ctx: tasks.TaskContext, request: EvalRequest, task: str) -> dict:
@@ -283,6 +300,8 @@ def read_results(path: Path) -> dict:
                 raise EvalError(f"{candidate}: not an eval.json ({error})") from None
             if not isinstance(results, dict) or "settings" not in results:
                 raise EvalError(f"{candidate}: not an eval.json written by python -m pipeline.evaluate")
+            if unfinished(results):
+                raise EvalError(f"{candidate}: that evaluation did not finish ({unfinished(results)}); run it again")
             return results
     raise EvalError(f"{path}: no eval.json (run python -m pipeline.evaluate on it first)")
 
