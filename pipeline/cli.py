@@ -9,12 +9,14 @@ import sys
 import time
 from pathlib import Path
 
+from shards.arguments import CommandParser
+
 from .errors import TrainError
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """``[--config FILE] [section.key=value ...]``."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="pipeline/train.py", description="Train a timm model on shards with CutMix (see configs/).",
         epilog="With no arguments: the embedded demo (configs/demo.yaml), on CPU in a few minutes.")
     parser.add_argument("--config", type=Path, default=None, help="YAML recipe (default: configs/demo.yaml)")

@@ -3,9 +3,10 @@ val top-1/top-5 error, lr, img/s) from ``RUN_DIR/metrics.jsonl``."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
+
+from shards.arguments import CommandParser
 
 from .logs import read_metrics
 
@@ -49,7 +50,7 @@ def plot_run(run_dir: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry: plot a run folder."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.plot", description=__doc__)
+    parser = CommandParser(prog="python -m pipeline.plot", description=__doc__)
     parser.add_argument("run_dir", type=Path)
     args = parser.parse_args(argv)
     try:

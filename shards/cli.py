@@ -7,6 +7,7 @@ import re
 import sys
 from pathlib import Path
 
+from .arguments import CommandParser
 from .build import LABEL_FIELDS, SPLITS, BuildRequest, build_shards, default_workers
 from .errors import ShardsError
 from .images import CHECKS
@@ -99,7 +100,7 @@ def _build_parser(sub) -> None:
 
 def make_parser() -> argparse.ArgumentParser:
     """The argument parser of all subcommands."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m shards", description=__doc__, epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

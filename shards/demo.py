@@ -5,7 +5,6 @@ verified and inspected with the real CLI. ``python -m shards.demo OUT``."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .arguments import CommandParser
 from .cli import main as shards_main
 from .errors import ShardsError
 from .manifest import load_manifest
@@ -136,7 +136,7 @@ def build_demo_shards(out: Path, *, quiet: bool = False) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """Write the demo data, build, verify and inspect its shards."""
-    parser = argparse.ArgumentParser(prog="python -m shards.demo", description=__doc__)
+    parser = CommandParser(prog="python -m shards.demo", description=__doc__)
     parser.add_argument("out", type=Path, nargs="?", default=Path("runs/demo"), help="default runs/demo")
     args = parser.parse_args(argv)
     shards = build_demo_shards(args.out)

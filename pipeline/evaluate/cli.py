@@ -11,6 +11,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from shards.arguments import CommandParser
+
 from ..errors import EvalError, TrainError
 
 _DESCRIPTION = """Evaluate a trained model on the CutMix paper's claims. MODEL is a run folder (its config.yaml
@@ -50,7 +52,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     tasks = "\n".join(textwrap.fill(text, width=100, initial_indent=f"  {name:<11}  ", subsequent_indent=" " * 15)
                       for name, text in TASKS.items())
-    parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=_DESCRIPTION,
+    parser = CommandParser(prog="python -m pipeline.evaluate", description=_DESCRIPTION,
                                      epilog=_EPILOG.format(tasks=tasks),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path, metavar="RUN_DIR|MODEL.safetensors",
@@ -80,7 +82,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def make_compare_parser() -> argparse.ArgumentParser:
     """The arguments of ``compare``."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate compare",
+    parser = CommandParser(prog="python -m pipeline.evaluate compare",
                                      description="Several evaluations side by side: compare.md and plots.")
     parser.add_argument("evaluations", type=Path, nargs="+", metavar="EVAL",
                         help="an eval.json, the folder holding it, or a run folder with eval/eval.json")

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from shards.arguments import CommandParser
+
 from .core import apply_mix
 from .preview import DEFAULT_NAME, IMAGENET_MEAN, IMAGENET_STD, MAX_SIZE, draw_preview_grid, load_preview_batch
 from .preview import output_file
@@ -15,7 +17,7 @@ from .sampler import PARTNER_CHOICES, PER_CHOICES, SAMPLER_MODES, MixSampler
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `python -m pipeline.mix`."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.mix", description=__doc__)
+    parser = CommandParser(prog="python -m pipeline.mix", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     preview = commands.add_parser("preview", help="draw a grid of one mixed batch with its label weights")
     preview.add_argument("shards_dir", type=Path,
@@ -76,7 +78,7 @@ def run_preview(args: argparse.Namespace) -> Path:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; a bad argument or a damaged shard prints one `error:` line on stderr and returns 2
-    (a LoaderError is a ValueError). Argparse's own refusals (not an int) exit 2 with its usage."""
+    (a LoaderError is a ValueError); argparse's own refusals (not an int) exit 2 with one line too (CommandParser)."""
     args = build_parser().parse_args(argv)
     try:
         out_path = run_preview(args)

@@ -1,0 +1,44 @@
+"""Every command refuses an argument argparse cannot take (not a number, unknown, missing) in one
+``error:`` line naming it and the --help to read, exit 2, no usage block; under several
+processes only rank 0 says it."""
+
+import pytest
+
+from pipeline.cli import parse_args as train_parse_args
+from pipeline.evaluate.cli import main as evaluate_main
+from pipeline.mix.__main__ import main as mix_main
+from pipeline.plot import main as plot_main
+from shards.cli import main as shards_main
+from shards.demo import main as demo_main
+
+CASES = [
+    (shards_main, ["build", "src", "out", "--workers", "x"],
+     "error: argument --workers: invalid int value: 'x' (see python -m shards build --help)"),
+    (shards_main, [], "error: the following arguments are required: command (see python -m shards --help)"),
+    (train_parse_args, ["--bogus"], "error: unrecognized arguments: --bogus (see pipeline/train.py --help)"),
+    (evaluate_main, [], "error: the following arguments are required: RUN_DIR|MODEL.safetensors "
+                        "(see python -m pipeline.evaluate --help)"),
+    (evaluate_main, ["compare"], "error: the following arguments are required: EVAL "
+                                 "(see python -m pipeline.evaluate compare --help)"),
+    (mix_main, ["preview", "shards", "--size", "big"],
+     "error: argument --size: invalid int value: 'big' (see python -m pipeline.mix preview --help)"),
+    (plot_main, ["a", "b"], "error: unrecognized arguments: b (see python -m pipeline.plot --help)"),
+    (demo_main, ["a", "b"], "error: unrecognized arguments: b (see python -m shards.demo --help)"),
+]
+
+
+@pytest.mark.parametrize("main, argv, line", CASES, ids=[f"{m.__module__}:{' '.join(a)}" for m, a, _ in CASES])
+def test_a_refused_argument_is_one_error_line(main, argv, line, capsys, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2
+    assert captured.err == line + "\n" and captured.out == ""
+
+
+def test_only_rank_0_says_it(capsys, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(SystemExit) as exit_info:
+        train_parse_args(["--bogus"])
+    assert exit_info.value.code == 2 and capsys.readouterr().err == ""
