@@ -140,6 +140,7 @@ RULES: dict[str, Rule | None] = {
     "run.eval_every": at_least(1),
     "run.resume": resume_choice,
     "run.keep_checkpoints": at_least(1),
+    "run.resume_with_changes": TYPE_ONLY,
     "run.tensorboard": TYPE_ONLY,
     "run.progress": TYPE_ONLY,
     "run.log_every": at_least(1),

@@ -72,6 +72,7 @@ INVALID = {
     "run.eval_every": ["0"],
     "run.resume": ["latest", "/nonexistent/checkpoint"],
     "run.keep_checkpoints": ["0"],
+    "run.resume_with_changes": ["please"],
     "run.tensorboard": ["2"],
     "run.progress": ["bar"],
     "run.log_every": ["0", "-10"],
