@@ -104,6 +104,9 @@ def read_cub_split(path: Path, kind: str, split: str) -> CubSplit:
             images[relative] = CubImage(int(image_id), names[class_id], box)
         else:
             others.add(relative)
+    if not images:  # said here: the build would only find "no files", which is not the problem
+        raise ShardsError(f"--split {split}: {where}train_test_split.txt marks none of the {len(others)} images of "
+                          f"images.txt as {split} (is_training_image {_SPLITS[split]})")
     return CubSplit(root, sorted(names.values()), images, frozenset(others))
 
 

@@ -162,6 +162,17 @@ def test_a_missing_metadata_file_is_an_error(tmp_path, capsys, kind):
     assert_one_error_line(code, err, "bounding_boxes.txt", "CUB-200-2011 without")
 
 
+@pytest.mark.parametrize("kind", ["folder", "tgz, metadata first"])
+def test_a_split_without_images_names_train_test_split(tmp_path, capsys, kind):
+    """Every image marked test: --split train says so (the build would only find "no files")."""
+    files, images = cub_dataset()
+    files[f"{CUB_TOP}/train_test_split.txt"] = "".join(f"{i.image_id} 0\n" for i in images).encode()
+    src = source_as(kind, tmp_path, files)
+    code, err = run_main(capsys, "build", src, tmp_path / "out", "--split", "train", *SMALL)
+    assert_one_error_line(code, err, "train_test_split.txt marks none of the 12 images of images.txt as train")
+    assert build(src, tmp_path / "out", "test") == 0  # the other split is all there
+
+
 @pytest.mark.parametrize("extra, needle", [
     (["--split", "val"], "train and a test split"),
     (["--split", "train", "--boxes", "ILSVRC2012_bbox_val_v3.tgz"], "--boxes is for ImageNet"),
