@@ -59,6 +59,7 @@ def test_plot_writes_curves(demo_run):
 
 @pytest.mark.parametrize("extra, message", [
     (["data.shards=/nonexistent/shards"], "no shards at /nonexistent/shards"),
+    (["data.shards=nonexistent/shards"], f"no shards at nonexistent/shards (relative to {REPO}): "),
     (["model.name=resnet5O"], "timm has no model 'resnet5O'"),
     (["optim.lr=0.1"], "unknown config key optim.lr"),
     (["loader.batch_size=big"], "loader.batch_size: expected a whole number"),

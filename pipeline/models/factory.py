@@ -42,7 +42,7 @@ def read_num_classes(shards_dir: str | Path) -> int:
     try:
         return load_manifest(Path(shards_dir), "train")["num_classes"]
     except ShardsError as error:  # the message names the file and how to build or fix it
-        raise TrainError(f"no shards at {shards_dir}: {error}") from None
+        raise TrainError(f"no shards at {_shown(shards_dir)}: {error}") from None
 
 
 def read_classes(shards_dir: str | Path) -> list[str]:
@@ -50,7 +50,14 @@ def read_classes(shards_dir: str | Path) -> list[str]:
     try:
         return list(load_manifest(Path(shards_dir), "train")["classes"])
     except ShardsError as error:
-        raise TrainError(f"no shards at {shards_dir}: {error}") from None
+        raise TrainError(f"no shards at {_shown(shards_dir)}: {error}") from None
+
+
+def _shown(shards_dir: str | Path) -> str:
+    """A missing relative folder with the folder it was looked for from: a command run from
+    another folder than the one its config's paths assume is the usual cause."""
+    path = Path(shards_dir)
+    return f"{path} (relative to {Path.cwd()})" if not path.is_absolute() and not path.exists() else str(path)
 
 
 def check_model_name(name: str) -> None:
