@@ -21,6 +21,8 @@ from typing import Any, Optional
 
 import yaml
 
+from shards.durable import write_text_atomic
+
 from .config_rules import validate
 from .config_values import coerce, load_yaml
 from .errors import ConfigError
@@ -226,6 +228,7 @@ def config_to_dict(config: TrainConfig) -> dict[str, dict[str, Any]]:
 
 
 def write_config(config: TrainConfig, path: Path) -> None:
-    """Write the resolved config as YAML (readable back with ``--config``)."""
+    """Write the resolved config as YAML (readable back with ``--config``), atomically: a resume
+    compares its config with this file, so a kill during the write must not leave half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    write_text_atomic(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))

@@ -83,8 +83,12 @@ def describe(changes: list[Change]) -> str:
 
 
 def keep_previous_config(checkpoint: Path, run_dir: Path) -> Path:
-    """Copy the config ``checkpoint`` was trained with to ``RUN/config.before-<checkpoint>.yaml``."""
-    kept = Path(run_dir) / f"config.before-{Path(checkpoint).name}.yaml"
+    """Copy the config ``checkpoint`` was trained with to ``RUN/config.before-<checkpoint>.yaml``
+    (``...-2.yaml`` and so on when a change from the same checkpoint was kept before: never over
+    an earlier record)."""
+    kept, n = Path(run_dir) / f"config.before-{Path(checkpoint).name}.yaml", 2
+    while kept.exists():
+        kept, n = Path(run_dir) / f"config.before-{Path(checkpoint).name}-{n}.yaml", n + 1
     shutil.copyfile(run_config_path(checkpoint), kept)
     return kept
 

@@ -18,7 +18,6 @@ from safetensors import SafetensorError
 from .checkpoint import (TrainState, check_compatible, damaged_checkpoints, find_resume_checkpoint, read_loader_state,
                          read_state, save_checkpoint)
 from .config import TrainConfig, config_to_dict, write_config
-from .resume_config import CONFIG_FILE, check_resume_config, describe, keep_previous_config
 from .data import Augmentation, LoaderOptions, create_loader, steps_per_epoch
 from .errors import TrainError
 from .evaluate import evaluate
@@ -30,6 +29,7 @@ from .mix.sampler import FEATURE_MODES, INPUT_LAYER
 from .models import create_model, read_classes, read_num_classes
 from .optim import create_optimizer, create_scheduler, fused_sgd_available, keep_kernel_choice, scaled_lr
 from .precision import resolve_precision
+from .resume_config import CONFIG_FILE, check_resume_config, describe, keep_previous_config
 from .seeds import MODEL_STREAM, epoch_seed, stream_seed
 from .stopping import StopRequest
 from .training import MixOptions, train_one_epoch
@@ -58,10 +58,10 @@ def run_training(config: TrainConfig) -> dict:
     run_dir = Path(config.run.out_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise TrainError(f"run.out_dir={run_dir}: a file, not a folder")
-    # First of all: a stop signal during the set-up is then honoured at the first step.
     # Before any work: which checkpoint a resume continues, and whether this config may continue it.
     checkpoint = find_resume_checkpoint(config.run.resume, run_dir)
     changes = check_resume_config(config, checkpoint)
+    # First of all: a stop signal during the set-up is then honoured at the first step.
     stop = StopRequest(grace_seconds=config.run.stop_grace_seconds)
     try:
         session = setup(config, run_dir=run_dir)

@@ -289,6 +289,22 @@ def test_a_task_that_fails_mid_run_keeps_the_finished_ones(demo_run, tmp_path):
     assert not (tmp_path / "cmp" / "compare.md").exists()
 
 
+def test_ctrl_c_keeps_the_finished_tasks_in_one_line(demo_run, tmp_path, capsys, monkeypatch):
+    """Ctrl-C during the second task: exit 130, one line naming eval.json, which holds the first."""
+    from pipeline.evaluate import tasks
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tasks, "fgsm", interrupted)
+    out = tmp_path / "cut"
+    assert main([str(demo_run), "--tasks", "classify,fgsm", "--quiet", "--num-threads", "1", "--out", str(out)]) == 130
+    assert capsys.readouterr().err == (f"interrupted: {out / 'eval.json'} holds the tasks finished so far, "
+                                       "marked unfinished\n")
+    results = json.loads((out / "eval.json").read_text())
+    assert "classify" in results and "fgsm" not in results and results["settings"]["finished"] is False
+
+
 def test_a_new_evaluation_replaces_the_old_one_in_its_folder(evaluated, tmp_path, capsys):
     """Evaluating again into a folder of an earlier evaluation: its plots of tasks not run this
     time are removed (they would pass for this model's), anything else in the folder is kept."""

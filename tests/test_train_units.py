@@ -151,6 +151,19 @@ def test_a_resume_may_change_how_a_run_executes_but_not_what_it_trains(tmp_path)
     assert check_resume_config(allowed, None) == []  # a fresh start compares with nothing
 
 
+def test_a_kept_config_is_never_written_over(tmp_path):
+    from pipeline.resume_config import keep_previous_config
+
+    checkpoint = _fake_checkpoint(tmp_path, TrainState(epoch=3, global_step=30))
+    kept = []
+    for text in ("first: 1\n", "second: 2\n", "third: 3\n"):  # three changes resumed from one checkpoint
+        (tmp_path / "config.yaml").write_text(text)
+        kept.append(keep_previous_config(checkpoint, tmp_path).name)
+    assert kept == ["config.before-epoch-0003.yaml", "config.before-epoch-0003-2.yaml",
+                    "config.before-epoch-0003-3.yaml"]
+    assert [(tmp_path / name).read_text() for name in kept] == ["first: 1\n", "second: 2\n", "third: 3\n"]
+
+
 def test_a_resume_with_another_model_structure_is_refused(tmp_path):
     state = TrainState(model_name="pyramidnet20_a48", num_classes=10, shakedrop=True)
     check_compatible(state, checkpoint=tmp_path, model_name="pyramidnet20_a48", num_classes=10, shakedrop=True)
