@@ -39,6 +39,8 @@ class TrainState:
     shakedrop: bool = False  # the model's ShakeDrop buffers are part of its weights: a resume must match
     partial_loss: list = field(default_factory=list)  # mid-epoch save: each rank's loss sum so far
     files: dict = field(default_factory=dict)  # every file the save wrote (relative path) -> its size in bytes
+    classes: list = field(default_factory=list)  # the class names in label order: a resume on other data is refused
+    settings: dict = field(default_factory=dict)  # the training settings (pipeline/resume_config.py) it trained with
 
 
 def checkpoint_name(state: TrainState) -> str:
@@ -78,28 +80,34 @@ def save_checkpoint(accelerator, run_dir: Path, state: TrainState, *, keep: int,
 
 def valid_checkpoints(run_dir: Path) -> list[Path]:
     """Complete, undamaged checkpoints in ``RUN/checkpoints``, oldest first (by global step)."""
-    found = [p for p in _complete_checkpoints(run_dir) if checkpoint_damage(p) is None]
+    found = [p for p in _marked_checkpoints(run_dir) if checkpoint_damage(p) is None]
     return sorted(found, key=lambda p: read_state(p).global_step)
 
 
 def damaged_checkpoints(run_dir: Path) -> list[tuple[Path, str]]:
-    """Complete checkpoints in ``RUN/checkpoints`` whose files no longer match their save, each
-    with what is wrong (``checkpoint_damage``), by name."""
-    found = [(p, checkpoint_damage(p)) for p in _complete_checkpoints(run_dir)]
+    """Checkpoints in ``RUN/checkpoints`` whose save finished but whose files no longer match it,
+    each with what is wrong (``checkpoint_damage``), by name (zero-padded: oldest first)."""
+    found = [(p, checkpoint_damage(p)) for p in _marked_checkpoints(run_dir)]
     return sorted(((p, problem) for p, problem in found if problem is not None), key=lambda item: item[0].name)
 
 
-def _complete_checkpoints(run_dir: Path) -> list[Path]:
+def _marked_checkpoints(run_dir: Path) -> list[Path]:
+    """Folders whose save finished (the COMPLETE marker), whatever became of their files since."""
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    return [p for p in root.iterdir() if p.is_dir() and not p.name.startswith("tmp-") and is_complete_checkpoint(p)]
+    return [p for p in root.iterdir() if p.is_dir() and not p.name.startswith("tmp-") and (p / COMPLETE).is_file()]
 
 
 def checkpoint_damage(checkpoint: Path) -> str | None:
-    """What is wrong with a complete checkpoint's files (None when nothing is): an unreadable
-    ``state.json``, or a file the save wrote that is now missing or of another size. Checkpoints
-    of versions that did not record their files are taken as they are."""
+    """What is wrong with a finished checkpoint's files (None when nothing is): a missing or
+    unreadable ``state.json``; a file the save wrote that is now missing or of another size; a
+    small file (RNG states, loader positions) that does not load. The RNG files are loaded here
+    because Accelerate's ``load_state`` skips one that fails with a log line at info level only
+    (the run would go on with other random draws); the large files fail loudly in the load.
+    Checkpoints of versions that did not record their files are checked as far as they can be."""
+    if not (Path(checkpoint) / STATE).is_file():
+        return f"{STATE} is missing"
     try:
         state = read_state(checkpoint)
     except TrainError:
@@ -110,7 +118,26 @@ def checkpoint_damage(checkpoint: Path) -> str | None:
             return f"{name} is missing"
         if path.stat().st_size != size:
             return f"{name} has {path.stat().st_size} bytes, the save wrote {size}"
+    for path in sorted(Path(checkpoint).glob("random_states_*.pkl")):
+        if not _rng_state_loads(path):
+            return f"{path.name} does not load"
+    for path in sorted(Path(checkpoint).glob(LOADER_STATE.format(rank="*"))):
+        try:
+            json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            return f"{path.name} does not load"
     return None
+
+
+def _rng_state_loads(path: Path) -> bool:
+    """Whether Accelerate's loader reads an RNG state file into what ``load_state`` sets."""
+    from accelerate.utils import load
+
+    try:
+        states = load(path)
+    except Exception:  # noqa: BLE001 - whatever a damaged pickle raises, it is damage
+        return False
+    return isinstance(states, dict) and {"random_state", "numpy_random_seed", "torch_manual_seed"} <= states.keys()
 
 
 def read_state(checkpoint: Path) -> TrainState:
@@ -162,22 +189,35 @@ def find_resume_checkpoint(resume: str, run_dir: Path) -> Path | None:
 
 
 def check_compatible(state: TrainState, *, checkpoint: Path, model_name: str, num_classes: int,
-                     shakedrop: bool = False) -> None:
-    """Refuse a checkpoint of another model, class count or model structure, naming both."""
+                     shakedrop: bool = False, classes: list[str] | None = None, shards: Path | None = None) -> None:
+    """Refuse a checkpoint of another model, class count, class list (names in label order;
+    checkpoints of versions that did not record it are not compared) or model structure."""
     if state.model_name != model_name or state.num_classes != num_classes:
         raise TrainError(
             f"run.resume: {checkpoint} holds {state.model_name!r} with {state.num_classes} classes, but this run "
             f"trains {model_name!r} with {num_classes} classes; use another run.out_dir or run.resume=none")
+    if classes is not None and state.classes and list(state.classes) != list(classes):
+        index = next((i for i, (a, b) in enumerate(zip(state.classes, classes)) if a != b), None)
+        what = f"class {index} is {state.classes[index]!r} there, {classes[index]!r} here" if index is not None \
+            else f"{len(state.classes)} classes there, {len(classes)} here"
+        raise TrainError(f"run.resume: {checkpoint} was trained on another class list than data.shards={shards} has "
+                         f"({what}): the labels would mean other classes; use the shards it was trained on")
     if state.shakedrop != shakedrop:
         raise TrainError(f"run.resume: {checkpoint} holds a model with model.shakedrop={str(state.shakedrop).lower()}, "
                          f"this run has {str(shakedrop).lower()}; use the same, another run.out_dir or run.resume=none")
 
 
 def prune_checkpoints(root: Path, *, keep: int) -> None:
-    """Delete all but the newest ``keep`` complete checkpoints, and stale ``tmp-`` folders."""
+    """Delete all but the newest ``keep`` complete checkpoints, damaged ones older than the
+    newest valid one (never to be resumed from again), and stale ``tmp-`` folders."""
     for stale in root.glob("tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    for old in valid_checkpoints(root.parent)[:-keep]:
+    valid = valid_checkpoints(root.parent)
+    if valid:
+        for damaged, _ in damaged_checkpoints(root.parent):
+            if damaged.name < valid[-1].name:
+                shutil.rmtree(damaged, ignore_errors=True)
+    for old in valid[:-keep]:
         # The marker goes first, so a kill in the middle leaves a folder that is ignored.
         (old / COMPLETE).unlink()
         shutil.rmtree(old, ignore_errors=True)

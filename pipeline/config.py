@@ -228,7 +228,11 @@ def config_to_dict(config: TrainConfig) -> dict[str, dict[str, Any]]:
 
 
 def write_config(config: TrainConfig, path: Path) -> None:
-    """Write the resolved config as YAML (readable back with ``--config``), atomically: a resume
-    compares its config with this file, so a kill during the write must not leave half of it."""
+    """Write the resolved config as YAML (readable back with ``--config``), atomically (a kill
+    must not leave half of the run's record). How this command resumed is not part of the recipe:
+    ``run.resume`` is written as auto and ``run.resume_with_changes`` as false, so that a run
+    started from this file does not resume a named checkpoint or take changes unasked."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    values = config_to_dict(config)
+    values["run"].update(resume="auto", resume_with_changes=False)
+    write_text_atomic(path, yaml.safe_dump(values, sort_keys=False))

@@ -1,13 +1,15 @@
 """What a resumed run may change. A resume continues the run its checkpoint belongs to, so its
 training settings (model, data, optimizer, schedule, mixing, batch, seed, precision) must be the
-ones that run was started with: a Mixup recipe launched into the ``run.out_dir`` of a CutMix run
-would otherwise continue that run's weights and leave a model trained by neither recipe, with a
-``config.yaml`` naming only the second. The settings of where and how the run executes (the
-shards' path, threads, compile, progress, checkpoint keeping) may change freely.
+ones that checkpoint was trained with: a Mixup recipe launched into the ``run.out_dir`` of a
+CutMix run would otherwise continue that run's weights and leave a model trained by neither
+recipe, with a ``config.yaml`` naming only the second. The settings of where and how the run
+executes (the shards' path, compile, progress, checkpoint keeping) may change freely.
 
-A resume whose training settings differ is refused, naming each difference, unless
-``run.resume_with_changes=true``; then the run continues with the new settings and the config it
-had is kept beside the new ``config.yaml`` as ``config.before-<checkpoint>.yaml``."""
+Each checkpoint records its training settings (``TrainState.settings``); checkpoints of versions
+before that are compared with their run's ``config.yaml``. A resume whose training settings
+differ is refused, naming each difference, unless ``run.resume_with_changes=true``; then the run
+continues with the new settings and the config it had is kept beside the new ``config.yaml`` as
+``config.before-<checkpoint>.yaml``."""
 
 from __future__ import annotations
 
@@ -15,22 +17,25 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig, config_to_dict, resolve_config
-from .errors import ConfigError, TrainError
+from .config import TrainConfig, config_to_dict
+from .config_values import load_yaml
+from .errors import TrainError
 
 CONFIG_FILE = "config.yaml"
 
 # Keys that change how or where a run executes, not what it trains.
 RUNTIME_KEYS = frozenset({
-    "data.shards",  # the same shards moved (e.g. to a node-local disk); their class list is checked anyway
+    "data.shards",  # the same shards moved (e.g. to a node-local disk); their class list is checked on resume
     "data.demo",
     "model.compile",  # the same math; checkpoints hold the uncompiled module's keys
     "model.pretrained",  # only the initial weights, which the checkpoint replaces
-    "loader.num_threads",
+    "model.channels_last",  # a memory format: the same values
+    "optim.fused",  # the same update, in one kernel
     "loader.val_batch_size",
     "run.out_dir",
     "run.resume",
     "run.resume_with_changes",
+    "run.deterministic",
     "run.keep_checkpoints",
     "run.tensorboard",
     "run.progress",
@@ -38,36 +43,40 @@ RUNTIME_KEYS = frozenset({
     "run.eval_every",
     "run.stop_grace_seconds",
 })
+# DALI's thread count does not change the samples or their augmentation (the same weights with 1
+# and 2 threads); the torch backend's worker count does: it splits each epoch's samples and seeds
+# between its workers, so another count after a mid-epoch resume repeats some samples and skips others.
+THREADS_KEY = "loader.num_threads"
 
-Change = tuple[str, Any, Any]  # (section.key, the run's value, this command's value)
-
-
-def run_config_path(checkpoint: Path) -> Path:
-    """The ``config.yaml`` of the run a checkpoint belongs to (``RUN/checkpoints/<name>``)."""
-    return Path(checkpoint).parent.parent / CONFIG_FILE
-
-
-def config_changes(saved: TrainConfig, current: TrainConfig) -> list[Change]:
-    """The training settings (everything but ``RUNTIME_KEYS``) that differ, in declaration order."""
-    old, new = config_to_dict(saved), config_to_dict(current)
-    return [(f"{section}.{key}", old[section][key], value) for section, values in new.items()
-            for key, value in values.items()
-            if f"{section}.{key}" not in RUNTIME_KEYS and old[section][key] != value]
+Change = tuple[str, Any, Any]  # (section.key, the checkpoint's value, this command's value)
 
 
-def check_resume_config(config: TrainConfig, checkpoint: Path | None) -> list[Change]:
-    """The changed training settings of resuming ``checkpoint`` with ``config`` ([] without a
-    checkpoint, or for a run that has no ``config.yaml``); TrainError when there are some and
-    ``run.resume_with_changes`` is false."""
+def runtime_keys(config: TrainConfig) -> frozenset[str]:
+    """The keys ``config`` may change on resume (``RUNTIME_KEYS``, and the threads but for the torch loader)."""
+    return RUNTIME_KEYS if config.loader.backend == "torch" else RUNTIME_KEYS | {THREADS_KEY}
+
+
+def training_settings(config: TrainConfig) -> dict[str, Any]:
+    """``section.key -> value`` of every training setting of ``config`` (what a checkpoint records)."""
+    free = runtime_keys(config)
+    return {f"{section}.{key}": value for section, values in config_to_dict(config).items()
+            for key, value in values.items() if f"{section}.{key}" not in free}
+
+
+def config_changes(saved: dict[str, Any], config: TrainConfig) -> list[Change]:
+    """The training settings of ``config`` that differ from ``saved`` (``training_settings``' form),
+    in declaration order; a key ``saved`` lacks (a setting newer than the checkpoint) is not compared."""
+    return [(key, saved[key], value) for key, value in training_settings(config).items()
+            if key in saved and saved[key] != value]
+
+
+def check_resume_config(config: TrainConfig, checkpoint: Path | None, recorded: dict[str, Any]) -> list[Change]:
+    """The changed training settings of resuming ``checkpoint`` (its recorded ``settings``, or
+    its run's ``config.yaml`` for checkpoints without them) with ``config``: [] for a fresh start
+    or nothing to compare with; TrainError when there are some and ``run.resume_with_changes`` is false."""
     if checkpoint is None:
         return []
-    path = run_config_path(checkpoint)
-    if not path.is_file():
-        return []
-    try:
-        saved = resolve_config(config_file=path, overrides=[])
-    except ConfigError as error:
-        raise TrainError(f"run.resume: cannot read the config {checkpoint} was trained with: {error}") from None
+    saved = recorded or _run_config_settings(checkpoint, lenient=config.run.resume_with_changes)
     changes = config_changes(saved, config)
     if changes and not config.run.resume_with_changes:
         raise TrainError(
@@ -77,19 +86,39 @@ def check_resume_config(config: TrainConfig, checkpoint: Path | None) -> list[Ch
     return changes
 
 
+def _run_config_settings(checkpoint: Path, *, lenient: bool) -> dict[str, Any]:
+    """The settings in the ``config.yaml`` of the run ``checkpoint`` is in (``RUN/checkpoints/<name>``)."""
+    path = Path(checkpoint).parent.parent / CONFIG_FILE
+    if not path.is_file():
+        return {}
+    try:
+        sections = load_yaml(path.read_text(encoding="utf-8"))
+        return {f"{section}.{key}": value for section, values in sections.items() for key, value in values.items()}
+    except Exception as error:  # noqa: BLE001 - any unreadable file: the same answer
+        if lenient:  # the user resumes with changes on purpose: nothing to compare with is no reason to stop
+            return {}
+        raise TrainError(f"run.resume: cannot read {path}, the config {checkpoint} was trained with "
+                         f"({' '.join(str(error).split())}); "
+                         "set run.resume_with_changes=true to resume without comparing") from None
+
+
 def describe(changes: list[Change]) -> str:
     """``optim.base_lr=0.1 (now 0.2), mix.mode=cutmix (now mixup)``."""
     return ", ".join(f"{key}={_text(old)} (now {_text(new)})" for key, old, new in changes)
 
 
-def keep_previous_config(checkpoint: Path, run_dir: Path) -> Path:
-    """Copy the config ``checkpoint`` was trained with to ``RUN/config.before-<checkpoint>.yaml``
-    (``...-2.yaml`` and so on when a change from the same checkpoint was kept before: never over
-    an earlier record)."""
+def keep_previous_config(checkpoint: Path, run_dir: Path) -> Path | None:
+    """Copy the ``config.yaml`` of the run ``checkpoint`` is in to ``RUN/config.before-<checkpoint>.yaml``
+    (``...-2.yaml`` and so on when one was kept before: never over an earlier record); None when
+    that run has no ``config.yaml``."""
+    source = Path(checkpoint).parent.parent / CONFIG_FILE
+    if not source.is_file():
+        return None
+    Path(run_dir).mkdir(parents=True, exist_ok=True)  # resuming another run's checkpoint into a new folder
     kept, n = Path(run_dir) / f"config.before-{Path(checkpoint).name}.yaml", 2
     while kept.exists():
         kept, n = Path(run_dir) / f"config.before-{Path(checkpoint).name}-{n}.yaml", n + 1
-    shutil.copyfile(run_config_path(checkpoint), kept)
+    shutil.copyfile(source, kept)
     return kept
 
 

@@ -22,14 +22,14 @@ from .data import Augmentation, LoaderOptions, create_loader, steps_per_epoch
 from .errors import TrainError
 from .evaluate import evaluate
 from .export import export_weights
-from .logs import Progress, append_metrics, format_epoch, read_metrics, truncate_metrics
+from .logs import METRICS_FILE, Progress, append_metrics, format_epoch, read_metrics, truncate_metrics
 from .mix import MixSampler
 from .mix.feature import FeatureMixer, layer_shapes
 from .mix.sampler import FEATURE_MODES, INPUT_LAYER
 from .models import create_model, read_classes, read_num_classes
 from .optim import create_optimizer, create_scheduler, fused_sgd_available, keep_kernel_choice, scaled_lr
 from .precision import resolve_precision
-from .resume_config import CONFIG_FILE, check_resume_config, describe, keep_previous_config
+from .resume_config import CONFIG_FILE, check_resume_config, describe, keep_previous_config, training_settings
 from .seeds import MODEL_STREAM, epoch_seed, stream_seed
 from .stopping import StopRequest
 from .training import MixOptions, train_one_epoch
@@ -60,7 +60,7 @@ def run_training(config: TrainConfig) -> dict:
         raise TrainError(f"run.out_dir={run_dir}: a file, not a folder")
     # Before any work: which checkpoint a resume continues, and whether this config may continue it.
     checkpoint = find_resume_checkpoint(config.run.resume, run_dir)
-    changes = check_resume_config(config, checkpoint)
+    changes = check_resume_config(config, checkpoint, read_state(checkpoint).settings if checkpoint else {})
     # First of all: a stop signal during the set-up is then honoured at the first step.
     stop = StopRequest(grace_seconds=config.run.stop_grace_seconds)
     try:
@@ -72,8 +72,8 @@ def run_training(config: TrainConfig) -> dict:
         if session.accelerator.is_main_process:
             if changes:
                 kept = keep_previous_config(checkpoint, run_dir)
-                print(f"resuming with changed settings: {describe(changes)} (the run's config until now is kept "
-                      f"as {kept})", flush=True)
+                print(f"resuming with changed settings: {describe(changes)}"
+                      + (f" (the run's config until now is kept as {kept})" if kept else ""), flush=True)
             write_config(config, run_dir / CONFIG_FILE)
         record = train_epochs(config, session=session, loader=train_loader, state=state, run_dir=run_dir,
                               stop=stop)
@@ -255,15 +255,21 @@ def resume(config: TrainConfig, checkpoint: Path | None, *, session: Session,
            run_dir: Path) -> tuple[TrainState, dict | None]:
     """Load ``checkpoint`` (``find_resume_checkpoint``'s; None: a fresh start): where training
     stands, and this rank's saved train loader state (None when there is none)."""
-    fresh = TrainState(model_name=config.model.name, num_classes=session.num_classes, shakedrop=config.model.shakedrop)
+    classes, settings = read_classes(session.shards), training_settings(config)
+    fresh = TrainState(model_name=config.model.name, num_classes=session.num_classes, shakedrop=config.model.shakedrop,
+                       classes=classes, settings=settings)
     accelerator = session.accelerator
     if checkpoint is None:
         if accelerator.is_main_process:
+            if config.run.resume == "none":
+                set_aside_earlier_run(run_dir)
             truncate_metrics(run_dir, last_epoch=0)
         return fresh, None
     state = read_state(checkpoint)
     check_compatible(state, checkpoint=checkpoint, model_name=config.model.name, num_classes=session.num_classes,
-                     shakedrop=config.model.shakedrop)
+                     shakedrop=config.model.shakedrop, classes=classes, shards=session.shards)
+    # From here on the run trains with this config's settings (the same, or changed on purpose).
+    state.classes, state.settings = classes, settings
     try:
         accelerator.load_state(str(checkpoint))
     except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError) as error:
@@ -273,11 +279,34 @@ def resume(config: TrainConfig, checkpoint: Path | None, *, session: Session,
                          "or start over with run.resume=none") from None
     keep_kernel_choice(session.optimizer)
     if accelerator.is_main_process:
-        for damaged, problem in damaged_checkpoints(checkpoint.parent.parent):
-            print(f"skipped damaged checkpoint {damaged}: {problem}", flush=True)
+        if config.run.resume == "auto":  # the newer ones it passed over (older damaged ones are pruned)
+            for damaged, problem in damaged_checkpoints(run_dir):
+                if damaged.name > checkpoint.name:
+                    print(f"skipped damaged checkpoint {damaged}: {problem}", flush=True)
         truncate_metrics(run_dir, last_epoch=state.epoch)
         print(f"resumed from {checkpoint} (epoch {state.epoch}, step {state.step_in_epoch})", flush=True)
     return state, read_loader_state(checkpoint, rank=accelerator.process_index)
+
+
+def set_aside_earlier_run(run_dir: Path) -> Path | None:
+    """``run.resume=none`` in a folder with checkpoints: move them, with the earlier run's metrics
+    and config, into ``RUN/replaced-<n>``, so that a later ``run.resume=auto`` never resumes the
+    earlier run's checkpoints (its later epochs would be newer than this run's) and nothing of it
+    is deleted. Returns the folder, or None when there was nothing to set aside."""
+    checkpoints = Path(run_dir) / "checkpoints"
+    if not checkpoints.is_dir() or not any(checkpoints.iterdir()):
+        return None
+    n = 1
+    while (Path(run_dir) / f"replaced-{n}").exists():
+        n += 1
+    aside = Path(run_dir) / f"replaced-{n}"
+    aside.mkdir()
+    for name in (METRICS_FILE, CONFIG_FILE):
+        if (Path(run_dir) / name).is_file():
+            shutil.copy2(Path(run_dir) / name, aside / name)
+    os.replace(checkpoints, aside / "checkpoints")
+    print(f"run.resume=none: the earlier run's checkpoints, metrics and config are moved to {aside}", flush=True)
+    return aside
 
 
 def _first_sentence(error: Exception, limit: int = 200) -> str:

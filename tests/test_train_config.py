@@ -55,6 +55,11 @@ def test_resolved_config_reads_back(tmp_path):
     write_config(config, tmp_path / "config.yaml")
     assert resolve_config(config_file=tmp_path / "config.yaml", overrides=[]) == config
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["optim"]["base_lr"] == 0.3
+    # How one command resumed is not the recipe: a run started from the file takes no changes unasked.
+    write_config(resolve_config(config_file=None, overrides=["run.resume=none", "run.resume_with_changes=true"]),
+                 tmp_path / "resumed.yaml")
+    written = yaml.safe_load((tmp_path / "resumed.yaml").read_text())["run"]
+    assert (written["resume"], written["resume_with_changes"]) == ("auto", False)
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.name)

@@ -89,16 +89,28 @@ def _copy_of_finished(run: Path, to: Path) -> Path:
     return to
 
 
-def test_a_damaged_newest_checkpoint_is_skipped_and_the_run_ends_the_same(demo_shards, uninterrupted, tmp_path):
-    """model.safetensors of the newest checkpoint cut short after its save (a full disk, a copy cut
-    short): run.resume=auto names it, resumes from the one before, and ends as if nothing happened."""
+def _cut_short(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+def _same_size_garbage(path: Path) -> None:
+    path.write_bytes(bytes(path.stat().st_size))
+
+
+@pytest.mark.parametrize("name, damage, problem", [
+    ("model.safetensors", _cut_short, "model.safetensors has 1000 bytes, the save wrote"),
+    # Accelerate would skip this file with an info-level log line, and draw other random numbers.
+    ("random_states_0.pkl", _same_size_garbage, "random_states_0.pkl does not load"),
+])
+def test_a_damaged_newest_checkpoint_is_skipped_and_the_run_ends_the_same(demo_shards, uninterrupted, tmp_path,
+                                                                          name, damage, problem):
+    """A file of the newest checkpoint damaged after its save (a full disk, a copy cut short):
+    run.resume=auto names it, resumes from the one before, and ends as if nothing happened."""
     out = _copy_of_finished(uninterrupted, tmp_path / "run")
-    weights = out / "checkpoints" / "epoch-0003" / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:1000])
+    damage(out / "checkpoints" / "epoch-0003" / name)
     done = run_train(small_run_args(demo_shards, out, *EXTRA))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"skipped damaged checkpoint {out / 'checkpoints' / 'epoch-0003'}: model.safetensors has 1000 bytes" \
-        in done.stdout
+    assert f"skipped damaged checkpoint {out / 'checkpoints' / 'epoch-0003'}: {problem}" in done.stdout
     assert "resumed from" in done.stdout and "epoch 2, step 0" in done.stdout
     _assert_same_run(out, uninterrupted)
 
@@ -132,6 +144,26 @@ def test_a_resume_with_other_training_settings_is_refused_or_kept_on_record(demo
     assert (out / "config.before-epoch-0003.yaml").read_text() == old_config
     assert "epochs: 4" in (out / "config.yaml").read_text() and "epochs: 3" in old_config
     assert [r["epoch"] for r in read_metrics(out)] == [1, 2, 3, 4]
+
+
+def test_starting_over_sets_the_earlier_run_aside(demo_shards, uninterrupted, tmp_path):
+    """run.resume=none in a run folder: the earlier run's checkpoints (later epochs than the new
+    run's first ones) move to RUN/replaced-1 with its metrics and config, so that a later
+    run.resume=auto continues the new run, never the earlier one."""
+    out = _copy_of_finished(uninterrupted, tmp_path / "run")
+    earlier_metrics = (out / "metrics.jsonl").read_text()
+    one_epoch = small_run_args(demo_shards, out, *EXTRA, "schedule.epochs=1")
+    done = run_train([*one_epoch, "run.resume=none"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"run.resume=none: the earlier run's checkpoints, metrics and config are moved to {out / 'replaced-1'}" \
+        in done.stdout
+    assert sorted(p.name for p in (out / "replaced-1" / "checkpoints").iterdir()) == ["epoch-0002", "epoch-0003"]
+    assert (out / "replaced-1" / "metrics.jsonl").read_text() == earlier_metrics
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["epoch-0001"]
+    assert [r["epoch"] for r in read_metrics(out)] == [1]
+    again = run_train(one_epoch)  # run.resume=auto: the new run's own checkpoint
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resumed from {out / 'checkpoints' / 'epoch-0001'} (epoch 1, step 0)" in again.stdout
 
 
 @pytest.fixture(scope="module")

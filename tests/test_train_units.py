@@ -126,29 +126,83 @@ def test_a_damaged_checkpoint_is_skipped_and_refused_by_name(tmp_path):
     assert find_resume_checkpoint("none", tmp_path) is None
     (older / STATE).write_text("{not json")
     assert checkpoint_damage(older) == "state.json is unreadable"
+    (older / STATE).unlink()  # a finished save (its marker) without its state: damaged, not absent
+    assert checkpoint_damage(older) == "state.json is missing"
+    assert [p.name for p, _ in damaged_checkpoints(tmp_path)] == ["epoch-0001", "epoch-0002"]
     # A checkpoint of a version that recorded no files is taken as it is.
     assert checkpoint_damage(_fake_checkpoint(tmp_path, TrainState(epoch=3, global_step=30))) is None
 
 
+def test_small_files_that_do_not_load_are_damage(tmp_path):
+    """Accelerate skips an RNG file that fails to load with an info-level log line: the run would
+    go on with other random draws, so such a checkpoint counts as damaged (as a bad loader file)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    folder = _fake_checkpoint(tmp_path, TrainState(epoch=1, global_step=10))
+    # What Accelerate's save_state writes for a CPU process (accelerate/checkpointing.py).
+    torch.save({"step": 0, "random_state": random.getstate(), "numpy_random_seed": np.random.get_state(),
+                "torch_manual_seed": torch.get_rng_state()}, folder / "random_states_0.pkl")
+    (folder / "loader-rank0.json").write_text('{"epoch": 1}')
+    assert checkpoint_damage(folder) is None
+    size = (folder / "random_states_0.pkl").stat().st_size
+    (folder / "random_states_0.pkl").write_bytes(bytes(size))  # the same size, other bytes
+    assert checkpoint_damage(folder) == "random_states_0.pkl does not load"
+    torch.save({"step": 0}, folder / "random_states_0.pkl")  # loads, but holds no RNG state
+    assert checkpoint_damage(folder) == "random_states_0.pkl does not load"
+    (folder / "random_states_0.pkl").unlink()
+    (folder / "loader-rank0.json").write_text('{"epoch": 1')
+    assert checkpoint_damage(folder) == "loader-rank0.json does not load"
+
+
 def test_a_resume_may_change_how_a_run_executes_but_not_what_it_trains(tmp_path):
     from pipeline.config import resolve_config, write_config
-    from pipeline.resume_config import check_resume_config
+    from pipeline.resume_config import check_resume_config, training_settings
+
+    def config(*overrides):
+        return resolve_config(config_file=None, overrides=list(overrides))
 
     checkpoint = _fake_checkpoint(tmp_path, TrainState(epoch=1, global_step=10))
-    write_config(resolve_config(config_file=None, overrides=["mix.mode=cutmix", "optim.base_lr=0.1"]),
-                 tmp_path / "config.yaml")
+    recorded = training_settings(config("mix.mode=cutmix", "optim.base_lr=0.1"))
+    # The run's config.yaml says something else: the checkpoint's own record is what counts.
+    write_config(config("mix.mode=mixup"), tmp_path / "config.yaml")
     same_training = ["mix.mode=cutmix", "optim.base_lr=0.1", "data.shards=/elsewhere", "loader.num_threads=9",
-                     "model.compile=true", "run.progress=false", "run.out_dir=/moved", "run.eval_every=5"]
-    assert check_resume_config(resolve_config(config_file=None, overrides=same_training), checkpoint) == []
+                     "model.compile=true", "run.progress=false", "run.out_dir=/moved", "run.eval_every=5",
+                     "optim.fused=false", "model.channels_last=false", "run.deterministic=true"]
+    assert check_resume_config(config(*same_training), checkpoint, recorded) == []
     other = ["mix.mode=mixup", "optim.base_lr=0.2", "schedule.milestones=1,2"]
     with pytest.raises(TrainError, match=r"optim.base_lr=0.1 \(now 0.2\), schedule.milestones=75,150,225 "
                                          r"\(now 1,2\), mix.mode=cutmix \(now mixup\)\); .*resume_with_changes=true"):
-        check_resume_config(resolve_config(config_file=None, overrides=other), checkpoint)
-    allowed = resolve_config(config_file=None, overrides=[*other, "run.resume_with_changes=true"])
-    assert check_resume_config(allowed, checkpoint) == [("optim.base_lr", 0.1, 0.2),
-                                                        ("schedule.milestones", [75, 150, 225], [1, 2]),
-                                                        ("mix.mode", "cutmix", "mixup")]
-    assert check_resume_config(allowed, None) == []  # a fresh start compares with nothing
+        check_resume_config(config(*other), checkpoint, recorded)
+    allowed = config(*other, "run.resume_with_changes=true")
+    assert check_resume_config(allowed, checkpoint, recorded) == [("optim.base_lr", 0.1, 0.2),
+                                                                  ("schedule.milestones", [75, 150, 225], [1, 2]),
+                                                                  ("mix.mode", "cutmix", "mixup")]
+    assert check_resume_config(allowed, None, {}) == []  # a fresh start compares with nothing
+    # The torch loader splits an epoch between its workers: their count is a training setting there.
+    torch_recorded = training_settings(config("loader.backend=torch", "loader.num_threads=2"))
+    with pytest.raises(TrainError, match=r"\(loader.num_threads=2 \(now 3\)\)"):
+        check_resume_config(config("loader.backend=torch", "loader.num_threads=3"), checkpoint, torch_recorded)
+    # A checkpoint of a version that recorded no settings: compared with its run's config.yaml.
+    with pytest.raises(TrainError, match=r"\(mix.mode=mixup \(now cutmix\)\)"):
+        check_resume_config(config("mix.mode=cutmix"), checkpoint, {})
+    (tmp_path / "config.yaml").write_text("run: [unreadable\n")
+    with pytest.raises(TrainError, match="cannot read .*config.yaml.*run.resume_with_changes=true"):
+        check_resume_config(config(), checkpoint, {})
+    assert check_resume_config(config("run.resume_with_changes=true"), checkpoint, {}) == []
+
+
+def test_a_resume_on_another_class_list_is_refused(tmp_path):
+    state = TrainState(model_name="resnet10t", num_classes=3, classes=["cat", "dog", "eel"])
+    check_compatible(state, checkpoint=tmp_path, model_name="resnet10t", num_classes=3, classes=["cat", "dog", "eel"])
+    with pytest.raises(TrainError, match="class 1 is 'dog' there, 'eel' here"):
+        check_compatible(state, checkpoint=tmp_path, model_name="resnet10t", num_classes=3,
+                         classes=["cat", "eel", "dog"], shards=tmp_path)
+    # A checkpoint of a version that did not record its classes: only the count is compared.
+    check_compatible(TrainState(model_name="resnet10t", num_classes=3), checkpoint=tmp_path, model_name="resnet10t",
+                     num_classes=3, classes=["x", "y", "z"])
 
 
 def test_a_kept_config_is_never_written_over(tmp_path):
