@@ -43,8 +43,7 @@ def run_cli(argv: list[str], *, default_config: Path | None) -> int:
         return 2
     except KeyboardInterrupt:  # Ctrl-C: checkpoints are saved whole or not at all (pipeline/checkpoint.py)
         if _global_rank() == 0:
-            where = f" of {config.run.out_dir}" if config is not None else ""
-            print(f"interrupted: the same command resumes from the newest checkpoint{where}", file=sys.stderr,
+            print(f"interrupted{'' if config is None else ': ' + _how_to_go_on(config)}", file=sys.stderr,
                   flush=True)
         return 130
     if _global_rank() == 0 and "best_top1_err" in record:
@@ -52,6 +51,19 @@ def run_cli(argv: list[str], *, default_config: Path | None) -> int:
               f"top-5 error {record['top5_err']:.2f}% (best top-1 {record['best_top1_err']:.2f}% at epoch "
               f"{record['best_epoch']}); run folder {config.run.out_dir}", flush=True)
     return 0
+
+
+def _how_to_go_on(config) -> str:
+    """What continues an interrupted run: the same command, or run.resume=auto where the command
+    named a checkpoint or started over (it would do that again)."""
+    from .checkpoint import valid_checkpoints
+
+    found = valid_checkpoints(config.run.out_dir)
+    if not found:
+        return f"no checkpoint of {config.run.out_dir} was saved yet: the same command starts over"
+    how = "the same command" if config.run.resume == "auto" else "run.resume=auto (instead of " \
+        f"run.resume={config.run.resume})"
+    return f"{how} resumes from {found[-1]}"
 
 
 def exit_cleanly(code: int) -> None:
