@@ -289,20 +289,32 @@ def test_a_task_that_fails_mid_run_keeps_the_finished_ones(demo_run, tmp_path):
     assert not (tmp_path / "cmp" / "compare.md").exists()
 
 
-def test_ctrl_c_keeps_the_finished_tasks_in_one_line(demo_run, tmp_path, capsys, monkeypatch):
-    """Ctrl-C during the second task: exit 130, one line naming eval.json, which holds the first."""
+@pytest.mark.parametrize("interrupted_task", ["classify", "fgsm"])
+def test_ctrl_c_keeps_the_finished_tasks_in_one_line(evaluated, demo_run, tmp_path, capsys, monkeypatch,
+                                                     interrupted_task):
+    """Ctrl-C in a task: exit 130 and one line. During the first, the earlier evaluation in the
+    folder stays whole; during the second, eval.json holds the first, marked unfinished."""
+    import shutil
+
     from pipeline.evaluate import tasks
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tasks, "fgsm", interrupted)
+    monkeypatch.setattr(tasks, interrupted_task, interrupted)
     out = tmp_path / "cut"
+    shutil.copytree(evaluated[0], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert main([str(demo_run), "--tasks", "classify,fgsm", "--quiet", "--num-threads", "1", "--out", str(out)]) == 130
-    assert capsys.readouterr().err == (f"interrupted: {out / 'eval.json'} holds the tasks finished so far, "
-                                       "marked unfinished\n")
+    err = capsys.readouterr().err
+    if interrupted_task == "classify":
+        assert err == "interrupted\n"
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+        return
+    assert err == f"interrupted: {out / 'eval.json'} holds the tasks finished so far, marked unfinished\n"
     results = json.loads((out / "eval.json").read_text())
     assert "classify" in results and "fgsm" not in results and results["settings"]["finished"] is False
+    assert not (out / "occlusion.png").exists()  # the earlier evaluation's, replaced once classify was done
 
 
 def test_a_new_evaluation_replaces_the_old_one_in_its_folder(evaluated, tmp_path, capsys):

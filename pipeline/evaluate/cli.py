@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import json
 import os
 import sys
 import textwrap
@@ -154,6 +155,21 @@ def compare(argv: list[str]) -> int:
     return 0
 
 
+def _what_is_kept(request) -> str:
+    """``: OUT/eval.json holds ...`` when this evaluation wrote one (an earlier, finished one in
+    the folder is still whole: this one had not replaced it yet)."""
+    from .report import unfinished
+
+    report = None if request is None else request.out / "eval.json"
+    try:
+        results = json.loads(report.read_text()) if report is not None else None
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(results, dict) or "settings" not in results or not unfinished(results):
+        return ""
+    return f": {report} holds the tasks finished so far, marked unfinished"
+
+
 def _label(path: Path) -> str:
     path = Path(path)
     if path.name == "eval.json":
@@ -185,10 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         if int(os.environ.get("RANK", "0")) == 0:
-            report = None if request is None else request.out / "eval.json"
-            kept = (f": {report} holds the tasks finished so far, marked unfinished"
-                    if report is not None and report.is_file() else "")
-            print(f"interrupted{kept}", file=sys.stderr, flush=True)
+            print(f"interrupted{_what_is_kept(request)}", file=sys.stderr, flush=True)
         return 130
     if int(os.environ.get("RANK", "0")) == 0:
         print((request.out / "eval.md").read_text())

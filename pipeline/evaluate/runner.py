@@ -137,8 +137,6 @@ def run_evaluation(request: EvalRequest) -> dict:
     from .report import write_reports
 
     results: dict = {"settings": {**_settings(request, accelerator), "finished": False}}
-    if accelerator.is_main_process:
-        clear_previous(request.out)
     started = time.perf_counter()
     for task in request.tasks:
         begun = time.perf_counter()
@@ -149,6 +147,8 @@ def run_evaluation(request: EvalRequest) -> dict:
             raise
         results[task]["seconds"] = time.perf_counter() - begun
         if accelerator.is_main_process:  # what is done is kept, should a later task fail
+            if task == request.tasks[0]:  # not before: an evaluation that finishes no task replaces nothing
+                clear_previous(request.out)
             write_reports(results, out=request.out)
     results["settings"]["seconds"] = time.perf_counter() - started
     results["settings"]["finished"] = True
@@ -161,8 +161,9 @@ def run_evaluation(request: EvalRequest) -> dict:
 
 
 def clear_previous(out: Path) -> None:
-    """Remove what an earlier evaluation wrote into ``out`` (its reports and plots, nothing else):
-    its plots of tasks this one does not run would otherwise sit beside the new results."""
+    """Remove what an earlier evaluation wrote into ``out`` (its reports and plots, nothing else),
+    once this one has a first result to write: its plots of tasks this one does not run would
+    otherwise sit beside the new results."""
     from .plots import PLOT_FILES
     from .report import REPORT_FILES
 
