@@ -178,7 +178,8 @@ def uninterrupted_torch(demo_shards, tmp_path_factory):
 def test_a_stop_in_the_middle_of_an_epoch_then_resume_equals_uninterrupted(demo_shards, request, tmp_path, backend):
     """SIGTERM during a slow step of epoch 2 (tests/slow_step_worker.py): the checkpoint is
     mid-epoch by construction, so the resumed run must continue the epoch's loader and mixing
-    draws exactly (DALI from its saved state, torch by re-reading the epoch's first steps)."""
+    draws exactly (DALI from its saved state, with another thread count, torch by re-reading the
+    epoch's first steps)."""
     reference = request.getfixturevalue("uninterrupted" if backend == "dali" else "uninterrupted_torch")
     extra = (*EXTRA, f"loader.backend={backend}")
     worker = [sys.executable, str(REPO / "tests" / "slow_step_worker.py"), str(tmp_path / "markers"), "8", "2",
@@ -194,7 +195,9 @@ def test_a_stop_in_the_middle_of_an_epoch_then_resume_equals_uninterrupted(demo_
         _, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, stderr[-3000:]
     assert (tmp_path / "checkpoints" / "epoch-0001-step-000003" / "COMPLETE").exists()
-    done = run_train(small_run_args(demo_shards, tmp_path, *extra))
+    # DALI's thread count is free to change on resume (pipeline/resume_config.py): resumed with 2.
+    threads = ("loader.num_threads=2",) if backend == "dali" else ()
+    done = run_train(small_run_args(demo_shards, tmp_path, *extra, *threads))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from" in done.stdout and "epoch 1, step 3" in done.stdout
     _assert_same_run(tmp_path, reference)
