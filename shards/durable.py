@@ -43,18 +43,10 @@ def fsync_tree(folder: Path) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the whole new one.
-
-    The temporary name is unique per process and thread: parts of a split build started at the
-    same time (a Slurm array) all write the same plan.json into the same folder.
-    """
+    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
     path = Path(path)
-    temporary = path.with_name(f".tmp-{path.name}.{os.getpid()}.{threading.get_ident()}")
+    temporary = _written_beside(path, text)
     try:
-        with open(temporary, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
@@ -70,12 +62,8 @@ def write_text_exclusive(path: Path, text: str) -> bool:
     replaces an existing name (``os.replace`` would, so the last writer would win).
     """
     path = Path(path)
-    temporary = path.with_name(f".tmp-{path.name}.{os.getpid()}.{threading.get_ident()}")
+    temporary = _written_beside(path, text)
     try:
-        with open(temporary, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
         try:
             os.link(temporary, path)
         except FileExistsError:
@@ -86,6 +74,21 @@ def write_text_exclusive(path: Path, text: str) -> bool:
         temporary.unlink(missing_ok=True)
     fsync_directory(path.parent)
     return True
+
+
+def _written_beside(path: Path, text: str) -> Path:
+    """``text`` in a temporary file beside ``path``, on disk (fsynced); its name is unique per
+    process and thread (parts of a split build started at once write the same plan.json)."""
+    temporary = path.with_name(f".tmp-{path.name}.{os.getpid()}.{threading.get_ident()}")
+    try:
+        with open(temporary, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return temporary
 
 
 def _create_exclusive(path: Path, text: str) -> bool:
