@@ -146,6 +146,7 @@ def test_caption_shows_label_weights():
         (["--size", "-5"], "size"),
         # Over the documented bound of 1024 (--size 100000 ran out of memory).
         (["--size", "1025"], "size"),
+        (["--batch-size", "65"], "batch_size"),  # over the grid's bound of 64 (256 took 17 s to draw)
         (["--out", "grid.v1"], "out"),
     ],
 )
@@ -173,6 +174,14 @@ def test_output_folder_gets_the_default_name(shards_dir, tmp_path, capsys):
     assert out == f"wrote {folder / 'mix_preview.png'}\n"
     assert (folder / "mix_preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["previews", "shards"]  # no previews.png beside it
+
+
+def test_output_path_with_a_trailing_slash_is_a_folder(shards_dir, tmp_path, capsys):
+    folder = tmp_path / "new" / "previews"  # not there yet: the slash says what it is meant to be
+    code, out, _ = run_main([shards_dir, "--out", f"{folder}/", "--batch-size", "2", "--size", "16"], capsys)
+    assert code == 0 and out == f"wrote {folder / 'mix_preview.png'}\n"
+    assert (folder / "mix_preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "new" / "previews.png").exists()
 
 
 def test_output_name_without_suffix_is_reported_with_it(shards_dir, tmp_path, capsys):

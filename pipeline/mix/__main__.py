@@ -10,8 +10,8 @@ from typing import Optional, Sequence
 from shards.arguments import CommandParser
 
 from .core import apply_mix
-from .preview import DEFAULT_NAME, IMAGENET_MEAN, IMAGENET_STD, MAX_SIZE, draw_preview_grid, load_preview_batch
-from .preview import output_file
+from .preview import (DEFAULT_NAME, IMAGENET_MEAN, IMAGENET_STD, MAX_BATCH, MAX_SIZE, draw_preview_grid,
+                      load_preview_batch, output_file)
 from .sampler import PARTNER_CHOICES, PER_CHOICES, SAMPLER_MODES, MixSampler
 
 
@@ -22,12 +22,12 @@ def build_parser() -> argparse.ArgumentParser:
     preview = commands.add_parser("preview", help="draw a grid of one mixed batch with its label weights")
     preview.add_argument("shards_dir", type=Path,
                          help="folder built by `python -m shards build`: <split>.json and its <split>-NNNNNN.tar")
-    preview.add_argument("--out", type=Path, default=Path(DEFAULT_NAME),
-                         help=f"picture to write, in the format its suffix names (none: .png is added; a folder: "
-                              f"{DEFAULT_NAME} in it)")
+    preview.add_argument("--out", default=DEFAULT_NAME,
+                         help=f"picture to write, in the format its suffix names (none: .png is added; a folder, or a "
+                              f"path ending in /: {DEFAULT_NAME} in it)")
     preview.add_argument("--split", default="train")
     preview.add_argument("--mode", choices=SAMPLER_MODES, default="cutmix")
-    preview.add_argument("--batch-size", type=int, default=8, help="images in the grid (>= 1)")
+    preview.add_argument("--batch-size", type=int, default=8, help=f"images in the grid, 1 to {MAX_BATCH} (default 8)")
     preview.add_argument("--size", type=int, default=160,
                          help=f"side of the centre-cropped square images, 1 to {MAX_SIZE} pixels (default 160)")
     preview.add_argument("--cutmix-alpha", type=float, default=1.0)
@@ -48,6 +48,8 @@ def check_sizes(args: argparse.Namespace) -> None:
     for name in ("batch_size", "size", "columns"):
         if getattr(args, name) < 1:
             raise ValueError(f"{name}: must be >= 1, got {getattr(args, name)}")
+    if args.batch_size > MAX_BATCH:
+        raise ValueError(f"batch_size: at most {MAX_BATCH} images in one grid, got {args.batch_size}")
     if args.size > MAX_SIZE:
         # Memory grows with the square of the side: --size 100000 ran out of memory instead of drawing.
         raise ValueError(f"size: at most {MAX_SIZE} pixels (a grid tile is drawn 240 px wide), got {args.size}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import itertools
 import math
+import os
 import tarfile
 from pathlib import Path
 from typing import Sequence
@@ -33,6 +34,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # tile is drawn 240 px wide (2.4 in at 100 dpi), so more pixels add nothing to see; the memory
 # grows with the square (--size 100000 asked for 30 GB per image and never finished).
 MAX_SIZE = 1024
+# The most images in a grid: at 4 per row, 64 is already a 16-row figure (and 256 took 17 s to draw).
+MAX_BATCH = 64
 DEFAULT_NAME = "mix_preview.png"  # the file written when the output path is a folder
 
 
@@ -118,12 +121,14 @@ def caption(targets_row: Tensor, *, mode: str, top: int = 2) -> str:
     return f"{mode}\n" + " | ".join(shown or [f"{int(classes[0])}: {float(weights[0]):.2f}"])
 
 
-def output_file(out_path: Path) -> Path:
-    """The file the grid is written to, exactly: `DEFAULT_NAME` in a folder that exists, `.png`
-    added to a name without a suffix (matplotlib would add it unsaid), else the path as given, in
-    the format its suffix names; a ValueError naming `out` for a suffix matplotlib cannot write."""
+def output_file(out_path: str | Path) -> Path:
+    """The file the grid is written to, exactly: `DEFAULT_NAME` in a folder that exists or is
+    written with a trailing slash (created then), `.png` added to a name without a suffix
+    (matplotlib would add it unsaid), else the path as given, in the format its suffix names; a
+    ValueError naming `out` for a suffix matplotlib cannot write."""
+    folder = str(out_path).endswith(("/", os.sep))  # text: Path() drops the slash
     out_path = Path(out_path)
-    if out_path.is_dir():
+    if folder or out_path.is_dir():
         return out_path / DEFAULT_NAME
     if not out_path.suffix:
         return out_path.with_name(out_path.name + ".png")
