@@ -38,8 +38,11 @@ def run_cli(argv: list[str], *, default_config: Path | None) -> int:
         config = resolve_config(config_file=args.config or default_config, overrides=args.overrides)
         record = run_training(config)
     except (TrainError, LoaderError) as error:
-        if _global_rank() == 0:
-            print(f"error: {error}", file=sys.stderr, flush=True)
+        rank = _global_rank()
+        # Checks before training are the same on every rank (rank 0 says it); a loader error while
+        # training may be one rank's alone (a damaged shard in its part), so that rank says it.
+        if rank == 0 or getattr(error, "during_pass", False):
+            print(f"error: {'' if rank == 0 else f'(rank {rank}) '}{error}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: checkpoints are saved whole or not at all (pipeline/checkpoint.py)
         if _global_rank() == 0:

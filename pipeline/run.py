@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from .checkpoint import (TrainState, check_compatible, damaged_checkpoints, find_resume_checkpoint, read_loader_state,
                          read_state, save_checkpoint)
 from .config import TrainConfig, config_to_dict, write_config
-from .data import Augmentation, LoaderOptions, create_loader, steps_per_epoch
+from .data import Augmentation, LoaderError, LoaderOptions, create_loader, steps_per_epoch
 from .errors import TrainError
 from .evaluate import evaluate
 from .export import export_weights
@@ -75,8 +75,12 @@ def run_training(config: TrainConfig) -> dict:
                 print(f"resuming with changed settings: {describe(changes)}"
                       + (f" (the run's config until now is kept as {kept})" if kept else ""), flush=True)
             write_config(config, run_dir / CONFIG_FILE)
-        record = train_epochs(config, session=session, loader=train_loader, state=state, run_dir=run_dir,
-                              stop=stop)
+        try:
+            record = train_epochs(config, session=session, loader=train_loader, state=state, run_dir=run_dir,
+                                  stop=stop)
+        except LoaderError as error:
+            error.during_pass = True  # may be this rank's alone (a damaged shard in its part): the CLI says it
+            raise
     finally:
         stop.close()
     accelerator = session.accelerator

@@ -268,3 +268,27 @@ def test_auto_precision_follows_the_device_accelerate_will_use(monkeypatch, gpu_
     assert parse_flag_from_env("ACCELERATE_USE_CPU") is (use_cpu == "true")
     assert resolve_precision("auto") == expected
     assert (resolve_precision("bf16"), resolve_precision("no")) == ("bf16", "no")  # explicit settings stand
+
+
+@pytest.mark.parametrize("rank, during_training, line", [
+    ("0", False, "error: no shards\n"),  # a check before training: the same on every rank, rank 0 says it
+    ("1", False, ""),
+    ("0", True, "error: a damaged shard\n"),  # while training: may be one rank's alone, that rank says it
+    ("1", True, "error: (rank 1) a damaged shard\n"),
+])
+def test_a_loader_error_while_training_is_said_by_the_rank_that_met_it(rank, during_training, line, capsys,
+                                                                        monkeypatch):
+    import pipeline.run
+    from pipeline.cli import run_cli
+    from pipeline.data import LoaderError
+
+    def failing(config):
+        error = LoaderError("a damaged shard" if during_training else "no shards")
+        if during_training:
+            error.during_pass = True  # as run_training marks the errors of its epochs
+        raise error
+
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setattr(pipeline.run, "run_training", failing)
+    assert run_cli([], default_config=None) == 2
+    assert capsys.readouterr().err == line
