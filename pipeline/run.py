@@ -70,6 +70,8 @@ def run_training(config: TrainConfig) -> dict:
         train_loader = make_loader(config, shards=session.shards, split="train", accelerator=session.accelerator,
                                    num_classes=session.num_classes, restore=loader_state)[0]
         if session.accelerator.is_main_process:
+            if state.epoch < config.schedule.epochs:
+                set_aside_export(run_dir, checkpoint)
             if changes:
                 kept = keep_previous_config(checkpoint, run_dir)
                 print(f"resuming with changed settings: {describe(changes)}"
@@ -292,9 +294,26 @@ def resume(config: TrainConfig, checkpoint: Path | None, *, session: Session,
     return state, read_loader_state(checkpoint, rank=accelerator.process_index)
 
 
+def set_aside_export(run_dir: Path, checkpoint: Path | None) -> Path | None:
+    """Before training goes on in a folder that holds an exported model (a finished run extended
+    with run.resume_with_changes, or started over): rename the export to
+    ``model.before-<checkpoint>.safetensors`` (and its .json), so that nothing evaluates it as this
+    run's model while the run trains; the run exports anew when it ends. Returns the new name."""
+    weights = Path(run_dir) / WEIGHTS_FILE
+    if not weights.is_file():
+        return None
+    kept = weights.with_name(f"model.before-{checkpoint.name if checkpoint else 'start'}.safetensors")
+    for source, target in ((weights.with_suffix(".json"), kept.with_suffix(".json")), (weights, kept)):
+        if source.is_file():
+            os.replace(source, target)
+    print(f"the exported model of the run until now is renamed to {kept} (this run exports anew at its end)",
+          flush=True)
+    return kept
+
+
 def set_aside_earlier_run(run_dir: Path) -> Path | None:
-    """``run.resume=none`` in a folder with checkpoints: move them, with the earlier run's metrics
-    and config, into ``RUN/replaced-<n>``, so that a later ``run.resume=auto`` never resumes the
+    """``run.resume=none`` in a folder with checkpoints: move them, with the earlier run's metrics,
+    config and exported model, into ``RUN/replaced-<n>``, so that a later ``run.resume=auto`` never resumes the
     earlier run's checkpoints (its later epochs would be newer than this run's) and nothing of it
     is deleted. Returns the folder, or None when there was nothing to set aside."""
     checkpoints = Path(run_dir) / "checkpoints"
@@ -308,8 +327,12 @@ def set_aside_earlier_run(run_dir: Path) -> Path | None:
     for name in (METRICS_FILE, CONFIG_FILE):
         if (Path(run_dir) / name).is_file():
             shutil.copy2(Path(run_dir) / name, aside / name)
+    for name in (WEIGHTS_FILE, Path(WEIGHTS_FILE).with_suffix(".json").name):  # its export, if it finished
+        if (Path(run_dir) / name).is_file():
+            os.replace(Path(run_dir) / name, aside / name)
     os.replace(checkpoints, aside / "checkpoints")
-    print(f"run.resume=none: the earlier run's checkpoints, metrics and config are moved to {aside}", flush=True)
+    print(f"run.resume=none: the earlier run's checkpoints, metrics, config and export are moved to {aside}",
+          flush=True)
     return aside
 
 

@@ -130,7 +130,10 @@ def test_a_checkpoint_that_does_not_load_is_one_error(demo_shards, uninterrupted
 def test_a_resume_with_other_training_settings_is_refused_or_kept_on_record(demo_shards, uninterrupted, tmp_path):
     """Another schedule on resume is refused, naming it, and nothing is written; with
     run.resume_with_changes=true the run goes on and its old config is kept beside the new one."""
-    out = _copy_of_finished(uninterrupted, tmp_path / "run")
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted, out)  # with its exported model
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     longer = small_run_args(demo_shards, out, *EXTRA, "schedule.epochs=4")
     refused = run_train(longer)
@@ -144,19 +147,27 @@ def test_a_resume_with_other_training_settings_is_refused_or_kept_on_record(demo
     assert (out / "config.before-epoch-0003.yaml").read_text() == old_config
     assert "epochs: 4" in (out / "config.yaml").read_text() and "epochs: 3" in old_config
     assert [r["epoch"] for r in read_metrics(out)] == [1, 2, 3, 4]
+    # The 3-epoch export is renamed as the run trains on (nothing evaluates it as the 4-epoch model).
+    assert (out / "model.before-epoch-0003.safetensors").read_bytes() == before[Path("model.safetensors")]
+    assert (out / "model.safetensors").read_bytes() != before[Path("model.safetensors")]
 
 
 def test_starting_over_sets_the_earlier_run_aside(demo_shards, uninterrupted, tmp_path):
     """run.resume=none in a run folder: the earlier run's checkpoints (later epochs than the new
     run's first ones) move to RUN/replaced-1 with its metrics and config, so that a later
     run.resume=auto continues the new run, never the earlier one."""
-    out = _copy_of_finished(uninterrupted, tmp_path / "run")
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted, out)  # with its exported model
     earlier_metrics = (out / "metrics.jsonl").read_text()
+    earlier_export = (out / "model.safetensors").read_bytes()
     one_epoch = small_run_args(demo_shards, out, *EXTRA, "schedule.epochs=1")
     done = run_train([*one_epoch, "run.resume=none"])
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"run.resume=none: the earlier run's checkpoints, metrics and config are moved to {out / 'replaced-1'}" \
-        in done.stdout
+    assert f"run.resume=none: the earlier run's checkpoints, metrics, config and export are moved to " \
+        f"{out / 'replaced-1'}" in done.stdout
+    assert (out / "replaced-1" / "model.safetensors").read_bytes() == earlier_export
     assert sorted(p.name for p in (out / "replaced-1" / "checkpoints").iterdir()) == ["epoch-0002", "epoch-0003"]
     assert (out / "replaced-1" / "metrics.jsonl").read_text() == earlier_metrics
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["epoch-0001"]

@@ -65,8 +65,13 @@ def _from_run(run_dir: Path) -> ModelSource:
     if not config_file.is_file():
         raise EvalError(f"{run_dir}: not a run folder (no config.yaml)")
     if not weights.is_file():
-        raise EvalError(f"{run_dir}: no {WEIGHTS_FILE} (weights are exported when the last epoch ends; "
-                        "finish the run with the same command, it resumes)")
+        from ..checkpoint import valid_checkpoints
+
+        found = valid_checkpoints(run_dir)
+        where = f"; its newest checkpoint is {found[-1].name}" if found else ""
+        raise EvalError(f"{run_dir}: no {WEIGHTS_FILE}: the run has not finished{where} (weights are "
+                        "exported when its last epoch ends; if it is not running any more, its training command "
+                        "resumes it)")
     try:
         config = resolve_config(config_file=config_file, overrides=[])
     except TrainError as error:
