@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .dali_index import read_index
+from .errors import ShardsError
 from .manifest import load_manifest, rejection_reasons
 
 
@@ -57,7 +58,11 @@ def inspect_shards(out: Path, split: str, max_shards: int = 32) -> None:
           f"{sum(c == 0 for c in counts)} classes empty")
     print(f"  rejected: {totals['rejected']} {_counts(rejection_reasons(manifest['rejected']))}; "
           f"re-encoded: {totals['reencoded']} {_counts(manifest['reencoded'])}")
-    mixing = shuffle_quality(Path(out), shards[:: max(1, len(shards) // max_shards)], counts)
+    try:
+        mixing = shuffle_quality(Path(out), shards[:: max(1, len(shards) // max_shards)], counts)
+    except (OSError, ValueError, StopIteration) as error:  # a shard or index missing, cut short or overwritten
+        raise ShardsError(f"{out}: a {split} shard or its index does not read back ({type(error).__name__}: "
+                          f"{' '.join(str(error).split())[:200]}); `python -m shards verify {out}` names it") from None
     print(f"  shuffle ({mixing['shards']} shards read): distinct classes per shard {mixing['distinct']:.1f} "
           f"(a uniformly random order gives {mixing['distinct_random']:.1f}); neighbours of different class "
           f"{mixing['changes']:.3f} (random: {mixing['changes_random']:.3f})")

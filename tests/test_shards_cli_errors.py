@@ -273,3 +273,17 @@ def test_a_class_tar_cut_short_is_rejected_with_its_lost_images_named(tmp_path, 
     (rejected,) = manifest["rejected"]
     assert rejected["source"] == name
     assert f"class tar {name} ends without tar's end-of-archive marker" in rejected["reason"]
+
+
+@pytest.mark.parametrize("damage", ["tar deleted", "index cut short"])
+def test_inspect_of_a_damaged_shard_is_one_error_naming_verify(src, tmp_path, capsys, damage):
+    out = tmp_path / "out"
+    assert run_main(capsys, "build", src, out, "--split", "train", *SMALL)[0] == 0
+    if damage == "tar deleted":
+        (out / "train-000000.tar").unlink()
+    else:
+        index = out / "train-000000.idx"
+        index.write_bytes(index.read_bytes()[: len(index.read_bytes()) // 2])
+    code, stdout, err = run_main(capsys, "inspect", out)
+    assert_user_error(code, stdout, err, f"python -m shards verify {out}` names it")
+    assert len(err.strip().splitlines()) == 1
