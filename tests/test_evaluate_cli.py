@@ -190,18 +190,70 @@ def test_shards_of_another_class_list(demo_run, tmp_path, capsys):
 
 
 def test_a_head_without_a_cam(demo_shards, tmp_path, capsys):
+    # A ViT as timm builds it by name (its weights load; a 32 px variant's would not, and the test
+    # would pass on that error instead).
+    weights = _exported(tmp_path, demo_shards, "vit_tiny_patch16_224", {"image_size": 224, "mean": [0.5] * 3,
+                        "std": [0.5] * 3, "channels_last": False})
+    line = one_error_line(capsys, [str(weights), "--shards", str(demo_shards), "--split", "test",
+                                   "--tasks", "localize"])
+    assert "vit_tiny_patch16_224" in line and "do not fit" not in line
+
+
+def test_the_in_distribution_shards_as_ood_are_refused(demo_run, demo_shards, capsys):
+    line = one_error_line(capsys, [str(demo_run), "--split", "test", "--tasks", "ood", "--ood-shards",
+                                   str(demo_shards)])
+    assert "the in-distribution shards themselves (test)" in line
+
+
+def _exported(tmp_path, demo_shards, name, preprocessing, **options):
     import timm
 
     from pipeline.export import export_weights
 
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=32, patch_size=8)
+    model = timm.create_model(name, pretrained=False, num_classes=10, **options)
     classes = json.loads((demo_shards / "train.json").read_text())["classes"]
-    weights = export_weights(model, tmp_path / "vit.safetensors", model_name="vit_tiny_patch16_224", num_classes=10,
-                             classes=classes, preprocessing={"image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3,
-                                                            "channels_last": False})
-    line = one_error_line(capsys, [str(weights), "--shards", str(demo_shards), "--split", "test",
-                                   "--tasks", "localize"])
-    assert "vit_tiny_patch16_224" in line
+    return export_weights(model, tmp_path / f"{name}.safetensors", model_name=name, num_classes=10, classes=classes,
+                          preprocessing=preprocessing)
+
+
+def test_a_fixed_size_model_at_another_size_is_one_error(demo_shards, tmp_path, capsys):
+    weights = _exported(tmp_path, demo_shards, "vit_tiny_patch16_224", {"image_size": 224, "mean": [0.5] * 3,
+                        "std": [0.5] * 3, "channels_last": False})
+    line = one_error_line(capsys, [str(weights), "--shards", str(demo_shards), "--split", "test", "--tasks",
+                                   "classify", "--image-size", "64"])
+    assert "vit_tiny_patch16_224 does not take 64 px inputs" in line
+
+
+def test_another_size_for_a_cifar_transform_is_refused(demo_shards, tmp_path, capsys):
+    """CIFAR's validation transform does not resize: 64 px would be the 32 px image on black."""
+    weights = _exported(tmp_path, demo_shards, "resnet10t", {"image_size": 32, "augmentation": "cifar",
+                                                             "mean": [0.5] * 3, "std": [0.5] * 3})
+    line = one_error_line(capsys, [str(weights), "--shards", str(demo_shards), "--split", "test", "--tasks",
+                                   "classify", "--image-size", "64"])
+    assert "CIFAR's transform" in line and "training size, 32" in line
+
+
+def test_the_default_split_is_the_one_the_run_evaluated(demo_run, tmp_path):
+    from pipeline.evaluate.cli import build_request, make_parser
+
+    run = tmp_path / "run"
+    run.mkdir()
+    config = yaml.safe_load((demo_run / "config.yaml").read_text())
+    config["data"]["eval_split"] = "test"  # as the CIFAR recipes say
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / "model.safetensors").write_bytes((demo_run / "model.safetensors").read_bytes())
+    assert build_request(make_parser().parse_args([str(run), "--tasks", "classify"])).split == "test"
+    assert build_request(make_parser().parse_args([str(demo_run), "--tasks", "classify"])).split == "val"
+
+
+def test_compare_warns_when_evaluations_are_of_other_splits_or_sizes():
+    from pipeline.evaluate.report import compare_markdown
+
+    table = compare_markdown({"a": {"settings": {"split": "val", "shards": "/s", "image_size": 32}},
+                              "b": {"settings": {"split": "test", "shards": "/s", "image_size": 64}}})
+    assert "**Warning**: the evaluations are of different splits (a: val, b: test)" in table
+    assert "**Warning**: the evaluations are of different image sizes (a: 32, b: 64)" in table
+    assert "different shards" not in table
 
 
 def test_weights_file_without_shards(demo_run, capsys):
@@ -222,7 +274,9 @@ def test_help_explains_each_task_and_metric(capsys):
     (["--tasks", "classify", "--seed", "-1"], "--seed must be >= 0"),
     (["--tasks", "classify", "--epsilon", "8"], "--epsilon must be in (0, 1]"),
     (["--tasks", "classify", "--batch-size", "0"], "--batch-size must be >= 1"),
-    (["--tasks", "classify", "--split", "nosuch"], "no manifest for split 'nosuch'"),
+    (["--tasks", "classify", "--split", "nosuch"], "no split 'nosuch'; it has test, train, val (--split)"),
+    (["--tasks", "classify", "--num-threads", "0"], "--num-threads must be >= 1"),
+    (["--tasks", "classify", "--image-size", "5000"], "--image-size must be in [1, 2048]"),
     (["--tasks", "ood", "--ood-shards", "/nonexistent/ood"], "--ood-shards /nonexistent/ood"),
 ])
 def test_bad_arguments_before_any_work(demo_run, extra, message, capsys):

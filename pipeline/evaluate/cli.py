@@ -47,6 +47,9 @@ examples:
 """
 
 
+MAX_IMAGE_SIZE = 2048  # larger inputs exhaust memory before they tell anything (--image-size 100000 did)
+
+
 def make_parser() -> argparse.ArgumentParser:
     """The evaluation's arguments."""
     from .runner import TASKS
@@ -59,7 +62,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("model", type=Path, metavar="RUN_DIR|MODEL.safetensors",
                         help="a run folder (config.yaml + model.safetensors) or exported weights")
     parser.add_argument("--shards", type=Path, help="shards folder (default: the run's data.shards)")
-    parser.add_argument("--split", default="val", help="the split to evaluate (default val; CIFAR and CUB shards "
+    parser.add_argument("--split", help="the split to evaluate (default: the one the run evaluated while training, "
+                        "its data.eval_split; val for exported weights; CIFAR and CUB shards "
                         "have test)")
     parser.add_argument("--tasks", help=f"comma-separated, from: {', '.join(TASKS)} (default: all; localize only "
                         "where the split has boxes)")
@@ -99,18 +103,24 @@ def build_request(args: argparse.Namespace):
 
     source = resolve_source(args.model)
     if args.image_size is not None:
-        if args.image_size < 1:
-            raise EvalError(f"--image-size must be >= 1, got {args.image_size}")
+        if not 1 <= args.image_size <= MAX_IMAGE_SIZE:
+            raise EvalError(f"--image-size must be in [1, {MAX_IMAGE_SIZE}], got {args.image_size}")
+        if source.augmentation == "cifar" and args.image_size != source.image_size:
+            # CIFAR's validation transform takes images as they are: another size would pad them
+            # with black or crop them, not resize them, and the numbers would say nothing.
+            raise EvalError(f"--image-size: this model was trained with CIFAR's transform (images as they are, "
+                            f"no resize); evaluate it at its training size, {source.image_size}")
         source = dataclasses.replace(source, image_size=args.image_size)
+    split = args.split or source.eval_split or "val"
     shards = args.shards or source.shards
     if shards is None:
         raise EvalError("--shards is needed with a .safetensors file (a run folder brings its own)")
     if args.tasks is not None:  # an empty list is refused by the request check
         tasks = tuple(dict.fromkeys(t.strip() for t in args.tasks.split(",") if t.strip()))
     else:
-        tasks = tuple(t for t in TASKS if t != "localize" or _has_boxes(shards, args.split))
+        tasks = tuple(t for t in TASKS if t != "localize" or _has_boxes(shards, split))
     out = args.out or (source.run_dir / "eval" if source.run_dir else source.weights.parent / f"eval-{source.weights.stem}")
-    return EvalRequest(source=source, shards=Path(shards), split=args.split, tasks=tasks, out=out,
+    return EvalRequest(source=source, shards=Path(shards), split=split, tasks=tasks, out=out,
                        ood_shards=tuple(args.ood_shards), batch_size=args.batch_size, backend=args.backend,
                        num_threads=args.num_threads, seed=args.seed, epsilon=args.epsilon,
                        occlusion_steps=min(9, source.image_size + 1) if args.occlusion_steps is None

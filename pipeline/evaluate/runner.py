@@ -78,6 +78,8 @@ def check_request(request: EvalRequest) -> dict:
                         f"{request.occlusion_steps}")
     if request.seed < 0:
         raise EvalError(f"--seed must be >= 0, got {request.seed}")
+    if request.num_threads < 1:
+        raise EvalError(f"--num-threads must be >= 1, got {request.num_threads}")
     if request.out.exists() and not request.out.is_dir():
         raise EvalError(f"--out {request.out}: exists and is not a folder")
     manifest = _manifest(request.shards, request.split, what="--shards")
@@ -86,7 +88,11 @@ def check_request(request: EvalRequest) -> dict:
         raise EvalError(f"--tasks localize: {request.shards / (request.split + '.json')} has no sample with a box "
                         "(build val with LOC_val_solution.csv or --boxes, or use CUB-200-2011), or drop localize")
     for folder in request.ood_shards:
-        _manifest(folder, _ood_split(folder, request.split), what="--ood-shards")
+        split = _ood_split(folder, request.split)
+        _manifest(folder, split, what="--ood-shards")
+        if Path(folder).resolve() == Path(request.shards).resolve() and split == request.split:
+            raise EvalError(f"--ood-shards {folder}: the in-distribution shards themselves ({split}); name "
+                            "out-of-distribution data")
     try:  # last: a refused request leaves nothing behind
         request.out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -103,6 +109,9 @@ def _manifest(folder: Path, split: str, *, what: str) -> dict:
     try:
         return load_manifest(Path(folder), split)
     except ShardsError as error:
+        found = sorted(p.stem for p in Path(folder).glob("*.json") if p.stem in ("train", "val", "test"))
+        if found and split not in found:  # a folder of shards, another split: say which it has
+            raise EvalError(f"{what} {folder}: no split {split!r}; it has {', '.join(found)} (--split)") from None
         raise EvalError(f"{what} {folder}: {error}") from None
 
 
@@ -124,6 +133,7 @@ def run_evaluation(request: EvalRequest) -> dict:
     check_request(request)
     source = request.source
     model = load_model(source)
+    check_input_size(model, source)
     if "localize" in request.tasks:
         check_cam_head(model, image_size=source.image_size, channels_last=source.channels_last)
     accelerator = Accelerator(mixed_precision=resolve_precision("auto"))
@@ -181,6 +191,18 @@ def _run_task(ctx: tasks.TaskContext, request: EvalRequest, task: str) -> dict:
            "in-between": tasks.in_between, "fgsm": tasks.fgsm}[task]
     with _pass(ctx, request, request.shards, request.split, task, metadata=task == "localize") as (batches, tick):
         return run(ctx, batches, tick)
+
+
+def check_input_size(model: torch.nn.Module, source: ModelSource) -> None:
+    """Before any pass: the model takes ``source.image_size`` inputs (a ViT is built for one size)."""
+    probe = torch.zeros(1, 3, source.image_size, source.image_size)
+    try:
+        with torch.no_grad():
+            model(probe.contiguous(memory_format=torch.channels_last) if source.channels_last else probe)
+    except (AssertionError, RuntimeError, ValueError) as error:
+        first = " ".join(str(error).split())[:200]
+        raise EvalError(f"{source.model_name} does not take {source.image_size} px inputs ({first}); evaluate it at "
+                        "its training size (drop --image-size)") from None
 
 
 def check_cam_head(model: torch.nn.Module, *, image_size: int, channels_last: bool) -> None:
@@ -247,8 +269,8 @@ def _noise_scores(ctx: tasks.TaskContext, request: EvalRequest, kind: str, *, co
     accelerator, size = ctx.accelerator, ctx.augmentation.image_size
     rank, world = accelerator.process_index, accelerator.num_processes
     mine = list(range(rank, count, world))
-    batch = request.batch_size
     largest_share = -(-count // world)
+    batch = min(request.batch_size, largest_share)  # the same on every rank; no batch larger than the set
     steps = -(-largest_share // batch)  # the same on every rank
 
     def batches():  # made as they are used: the set is as large as the split

@@ -4,6 +4,7 @@ way the result is one ``ModelSource``; ``load_model`` builds the timm model and 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ class ModelSource:
     channels_last: bool
     run_dir: Path | None  # the run folder, when one was given
     shards: Path | None  # the run's shards folder (the default --shards)
+    eval_split: str | None = None  # the split the run evaluated while training (the default --split)
 
     def val_augmentation(self) -> Augmentation:
         """The validation transform the model was evaluated with during training."""
@@ -89,7 +91,8 @@ def _from_run(run_dir: Path) -> ModelSource:
             metadata = {**metadata, "classes": json.dumps(read_classes(data.shards))}
         except TrainError:
             pass
-    return _source(weights, metadata, preprocessing, run_dir=run_dir, shards=Path(data.shards))
+    return dataclasses.replace(_source(weights, metadata, preprocessing, run_dir=run_dir, shards=Path(data.shards)),
+                               eval_split=data.eval_split)
 
 
 def _read_metadata(path: Path) -> dict:
