@@ -21,6 +21,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         epilog="With no arguments: the embedded demo (configs/demo.yaml), on CPU in a few minutes.")
     parser.add_argument("--config", type=Path, default=None, help="YAML recipe (default: configs/demo.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. optim.base_lr=0.2")
+    parser.add_argument("--check", action="store_true",
+                        help="only check the config, the model name, the shards and what a resume would continue "
+                             "(as a start does before any work), print one line and exit: 0 if all is in order, "
+                             "2 with one error line if not (the Slurm script does this before starting its nodes)")
     return parser.parse_args(argv)
 
 
@@ -36,6 +40,10 @@ def run_cli(argv: list[str], *, default_config: Path | None) -> int:
         from .run import run_training
 
         config = resolve_config(config_file=args.config or default_config, overrides=args.overrides)
+        if args.check:
+            if _global_rank() == 0:
+                print(check_config(config), flush=True)
+            return 0
         record = run_training(config)
     except (TrainError, LoaderError) as error:
         rank = _global_rank()
@@ -54,6 +62,29 @@ def run_cli(argv: list[str], *, default_config: Path | None) -> int:
               f"top-5 error {record['top5_err']:.2f}% (best top-1 {record['best_top1_err']:.2f}% at epoch "
               f"{record['best_epoch']}); run folder {config.run.out_dir}", flush=True)
     return 0
+
+
+def check_config(config) -> str:
+    """``--check``: what a start checks before any work, plus the model name and (unless the demo
+    builds them) the shards; one line saying what the run would do. TrainError on a problem."""
+    from .checkpoint import read_state
+    from .models import check_model_name, read_num_classes
+    from .run import check_before_start
+
+    checkpoint, changes = check_before_start(config)
+    check_model_name(config.model.name)
+    if config.data.demo:
+        data = f"the demo digits in {config.data.shards}"
+    else:
+        data = f"{read_num_classes(config.data.shards)} classes in {config.data.shards}"
+    if checkpoint is None:
+        start = "starts fresh"
+    elif read_state(checkpoint).epoch >= config.schedule.epochs:  # the Slurm script reads this: no requeue
+        start = f"already finished ({checkpoint})"
+    else:
+        start = f"resumes from {checkpoint}"
+    changed = f" with changed settings ({len(changes)})" if changes else ""
+    return f"config checked: {config.model.name} on {data}; {start}{changed}; run folder {config.run.out_dir}"
 
 
 def _how_to_go_on(config) -> str:

@@ -56,11 +56,7 @@ class Session:
 def run_training(config: TrainConfig) -> dict:
     """Train as ``config`` says; returns the last epoch's metrics record (with the best so far)."""
     run_dir = Path(config.run.out_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise TrainError(f"run.out_dir={run_dir}: a file, not a folder")
-    # Before any work: which checkpoint a resume continues, and whether this config may continue it.
-    checkpoint = find_resume_checkpoint(config.run.resume, run_dir)
-    changes = check_resume_config(config, checkpoint, read_state(checkpoint).settings if checkpoint else {})
+    checkpoint, changes = check_before_start(config)
     # First of all: a stop signal during the set-up is then honoured at the first step.
     stop = StopRequest(grace_seconds=config.run.stop_grace_seconds)
     try:
@@ -98,6 +94,18 @@ def run_training(config: TrainConfig) -> dict:
     if record is None and finished:  # resumed a run that had already finished
         record = read_metrics(run_dir)[-1]
     return record or {}
+
+
+def check_before_start(config: TrainConfig) -> tuple[Path | None, list]:
+    """What is checked before any work, the same on every rank: the run folder, which checkpoint
+    a resume continues (None: a fresh start) and the training settings it would change ([] when
+    none; TrainError when that is not allowed)."""
+    run_dir = Path(config.run.out_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TrainError(f"run.out_dir={run_dir}: a file, not a folder")
+    checkpoint = find_resume_checkpoint(config.run.resume, run_dir)
+    changes = check_resume_config(config, checkpoint, read_state(checkpoint).settings if checkpoint else {})
+    return checkpoint, changes
 
 
 def setup(config: TrainConfig, *, run_dir: Path) -> Session:

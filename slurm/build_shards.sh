@@ -24,15 +24,28 @@ if [[ "${1-}" == "--merge" ]]; then         # after the array: the combined mani
     exec "$python" -m shards merge "$@"
 fi
 
-if (($# < 4)) || [[ " $* " != *" --split "* ]]; then
-    echo "usage: $0 SRC OUT --split train|val [python -m shards build options ...]" >&2
+usage="usage: $0 SRC OUT --split train|val|test [python -m shards build options ...]"
+if (($# < 2)) || [[ ${1-} == -* || ${2-} == -* ]]; then
+    echo "error: SRC and OUT come first, then the options; $usage" >&2
+    exit 2
+fi
+split=
+args=("$@")
+for ((i = 2; i < $#; i++)); do
+    case "${args[i]}" in
+        --split) split=${args[i + 1]-} ;;
+        --split=*) split=${args[i]#--split=} ;;
+    esac
+done
+if [[ -z $split ]]; then
+    echo "error: --split is needed (the merge job merges that split); $usage" >&2
+    exit 2
+fi
+if [[ ! -e $1 ]]; then   # found here, not by every array task after it has waited in the queue
+    echo "error: SRC $1: no such file or folder" >&2
     exit 2
 fi
 out=$2
-args=("$@")
-for ((i = 0; i < $# - 1; i++)); do
-    if [[ "${args[i]}" == --split ]]; then split=${args[i + 1]}; fi
-done
 parts=${PARTS:-8}
 log_dir=${LOG_DIR:-.}
 mkdir -p "$log_dir"

@@ -9,7 +9,8 @@
 #
 # Arguments: [--config FILE] [section.key=value ...], passed to pipeline/train.py as they are;
 # without --config, $CONFIG (default configs/imagenet1k/resnet50_cutmix.yaml).
-# run.resume=auto comes first, so a requeued job continues from its newest checkpoint.
+# run.resume=auto comes first (and last on a restart), so a requeued job continues from its newest
+# checkpoint.
 # Before the time limit Slurm sends USR1 to this shell (--signal=B:USR1@...): the training
 # processes checkpoint and exit, then the job requeues itself. See slurm/README.md.
 #
@@ -26,8 +27,16 @@
 
 set -euo pipefail
 
+if [[ -z ${SLURM_JOB_ID:-} ]]; then
+    echo "error: submit this script with sbatch (it takes its nodes and GPUs from the Slurm job): sbatch $0 $*" >&2
+    exit 2
+fi
 # Under sbatch the script runs from a spool copy: the repository is the submission folder.
-cd "${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}"
+cd "$SLURM_SUBMIT_DIR"
+if [[ ! -f pipeline/train.py ]]; then
+    echo "error: no pipeline/train.py in $PWD: submit from the repository's root folder" >&2
+    exit 2
+fi
 
 config=${CONFIG:-configs/imagenet1k/resnet50_cutmix.yaml}
 overrides=()
@@ -38,21 +47,33 @@ while (($#)); do
         *) overrides+=("$1"); shift ;;
     esac
 done
-# run.resume=auto before the user's overrides: a requeued job continues from its last checkpoint.
+# run.resume=auto before the user's overrides (theirs win on the first start); after a requeue
+# also after them: a restart must continue from the newest checkpoint, not start over again
+# (run.resume=none) or go back to the checkpoint the first start named (run.resume=PATH).
 train_args=(--config "$config" run.resume=auto ${overrides[@]+"${overrides[@]}"})
+if ((${SLURM_RESTART_COUNT:-0} > 0)); then
+    train_args+=(run.resume=auto)
+fi
+# A config mistake (a key misspelt, shards not there) is one error line here, before srun starts
+# a launcher and its ranks on every node, each with a traceback.
+python pipeline/train.py --check "${train_args[@]}" || exit $?
 
 # The head node's address: its NodeAddr (the host name itself on most clusters).
 head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 head_addr=$(scontrol show node "$head_node" | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2)
 head_addr=${head_addr:-$head_node}
-# A port derived from the job id, so two jobs sharing a node do not collide.
-port=$((20000 + SLURM_JOB_ID % 20000))
+# A port derived from the job id, so two jobs sharing a node do not collide; below 32768, where
+# Linux hands out ports for outgoing connections.
+port=$((20000 + SLURM_JOB_ID % 10000))
 
 # GPUs per node as allocated; none (or --gpus-per-node=0): the same job on CPU with gloo.
 gpus_per_node=${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-0}}
 gpus_per_node=${gpus_per_node##*:}   # "a100:8" -> 8
 if ((gpus_per_node > 0)); then
     procs_per_node=$gpus_per_node
+    # srun takes its GPUs per node from SLURM_GPUS_PER_NODE, which the #SBATCH line above set to
+    # 8 even when the job was given its GPUs with --gres=gpu:N: the step would ask for 8.
+    export SLURM_GPUS_PER_NODE=$gpus_per_node
 else
     procs_per_node=1
     export ACCELERATE_USE_CPU=true   # --multi_gpu + this = one gloo process per node
@@ -65,6 +86,12 @@ if [[ -n ${SLURM_CPUS_PER_TASK:-} ]]; then
     export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK
 fi
 export NUM_PROCESSES=$((SLURM_NNODES * procs_per_node))
+# accelerate refuses --multi_gpu for one process (one node with one GPU, or one CPU node).
+if ((NUM_PROCESSES > 1)); then
+    export MULTI=--multi_gpu
+else
+    export MULTI=
+fi
 export HEAD_ADDR=$head_addr PORT=$port PROCS_PER_NODE=$procs_per_node
 echo "job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}): $SLURM_NNODES nodes x $procs_per_node" \
      "processes, head $head_node ($head_addr:$port), pipeline/train.py ${train_args[*]}"
@@ -86,11 +113,13 @@ trap on_usr1 USR1
 # gVisor), the forwarding does the job. $SLURM_NODEID is expanded inside each task: expanded here,
 # in the batch shell, every node would get machine rank 0. Only node 0 hosts the c10d store
 # (is_host), also where several "nodes" share one host (the tests' cluster).
-srun --kill-on-bad-exit=1 bash -c '
+# One task per node whatever --ntasks-per-node the job was given (two launchers per node would
+# fight over the rendezvous port).
+srun --kill-on-bad-exit=1 --ntasks-per-node=1 --ntasks="$SLURM_NNODES" bash -c '
     cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)   # nproc alone would echo OMP_NUM_THREADS
     echo "node $SLURM_NODEID ($(hostname)): $cpus CPUs for its processes"
     ( trap "" USR1
-      exec accelerate launch --multi_gpu --num_machines "$SLURM_NNODES" --machine_rank "$SLURM_NODEID" \
+      exec accelerate launch $MULTI --num_machines "$SLURM_NNODES" --machine_rank "$SLURM_NODEID" \
         --num_processes "$NUM_PROCESSES" --main_process_ip "$HEAD_ADDR" --main_process_port "$PORT" \
         --rdzv_backend c10d --rdzv_conf "is_host=$((SLURM_NODEID == 0))" --dynamo_backend no \
         pipeline/train.py "$@" ) &
@@ -110,7 +139,12 @@ while kill -0 "$srun_pid" 2>/dev/null; do
 done
 
 if ((requeue)) && ((status == 0)); then
-    echo "checkpoint written: requeueing job $SLURM_JOB_ID"
-    scontrol requeue "$SLURM_JOB_ID"
+    # A USR1 during the last epoch's evaluation or export: the run ended, nothing to requeue for.
+    if python pipeline/train.py --check "${train_args[@]}" run.resume=auto 2>/dev/null | grep -q "already finished"; then
+        echo "the run has finished: no requeue"
+    else
+        echo "checkpoint written: requeueing job $SLURM_JOB_ID"
+        scontrol requeue "$SLURM_JOB_ID"
+    fi
 fi
 exit "$status"

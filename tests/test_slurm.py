@@ -39,10 +39,10 @@ def cluster(tmp_path_factory):
     assert all(p.poll() is not None for p in running.processes.values()), "a Slurm daemon is still running"
 
 
-def submit_training(cluster, log_dir: Path, args: list[str]) -> int:
+def submit_training(cluster, log_dir: Path, args: list[str], *, nodes: int = 2) -> int:
     """``sbatch slurm/imagenet_cutmix.sh ARGS`` on 2 CPU nodes (GPUs, CPUs and time overridden);
     ``small_run_args`` puts ``--config configs/demo.yaml`` first in ARGS."""
-    return cluster.sbatch("--nodes=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=15",
+    return cluster.sbatch(f"--nodes={nodes}", "--gpus-per-node=0", "--cpus-per-task=1", "--time=15",
                           f"--output={log_dir}/%x-%j.out", str(REPO / "slurm" / "imagenet_cutmix.sh"),
                           *args, env=job_env(), cwd=REPO)
 
@@ -72,8 +72,10 @@ def test_training_runs_with_world_size_two_across_two_nodes(cluster, demo_shards
 
 
 def test_usr1_checkpoints_requeues_and_the_requeued_job_resumes(cluster, demo_shards, tmp_path):
+    """Submitted with run.resume=none (start over): the first start does; the restart after the
+    requeue must continue from the checkpoint all the same, not start over again."""
     out = tmp_path / "run"
-    job = submit_training(cluster, tmp_path, small_run_args(demo_shards, out, *TRAIN_OVERRIDES))
+    job = submit_training(cluster, tmp_path, small_run_args(demo_shards, out, *TRAIN_OVERRIDES, "run.resume=none"))
     log_path = tmp_path / f"cutmix-{job}.out"
     wait_for_log(cluster, log_path, "epoch 2/")
     # What Slurm does at --signal=B:USR1@SECONDS before the time limit: USR1 to the batch shell.
@@ -82,6 +84,7 @@ def test_usr1_checkpoints_requeues_and_the_requeued_job_resumes(cluster, demo_sh
     log = log_path.read_text()
     assert record["JobState"] == "COMPLETED" and record["Restarts"] == "1", log[-4000:]
     assert "checkpoint written: requeueing" in log and "(restart 1)" in log
+    assert "run.resume=none: the earlier run" not in log
     resumed = [line for line in log.splitlines() if line.startswith("resumed from ")]
     assert len(resumed) == 1 and str(out / "checkpoints") in resumed[0], log[-4000:]
     records = read_metrics(out)
@@ -90,6 +93,52 @@ def test_usr1_checkpoints_requeues_and_the_requeued_job_resumes(cluster, demo_sh
     uninterrupted = tmp_path.parent / "uninterrupted.json"
     if uninterrupted.exists():  # the first test ran in this session: same run, same end
         assert repr(without_timings(records)) == uninterrupted.read_text()
+
+
+def test_one_node_with_one_process(cluster, demo_shards, tmp_path):
+    """The same script on one CPU node: one process (accelerate refuses --multi_gpu for one)."""
+    out = tmp_path / "run"
+    job = submit_training(cluster, tmp_path, small_run_args(demo_shards, out, "schedule.epochs=2",
+                                                            "run.max_train_steps=3", "loader.batch_size=16"), nodes=1)
+    record = cluster.wait(job, timeout=600)
+    log = (tmp_path / f"cutmix-{job}.out").read_text()
+    assert record["JobState"] == "COMPLETED", log[-4000:]
+    assert "1 nodes x 1 processes" in log
+    assert [(r["epoch"], r["world_size"]) for r in read_metrics(out)] == [(1, 1), (2, 1)]
+
+
+def test_a_config_mistake_is_one_line_before_any_node_starts(cluster, demo_shards, tmp_path):
+    job = submit_training(cluster, tmp_path, small_run_args(demo_shards, tmp_path / "run", "schedule.epoch=3"))
+    record = cluster.wait(job, timeout=300)
+    log = (tmp_path / f"cutmix-{job}.out").read_text()
+    assert record["JobState"] == "FAILED" and record["ExitCode"].startswith("2:"), log
+    assert [line for line in log.splitlines() if line.startswith("error: ")] == [
+        "error: unknown config key schedule.epoch; schedule has ['decay_factor', 'epochs', 'milestones', 'min_lr', "
+        "'name', 'warmup_epochs', 'warmup_start_factor']"], log
+    assert "Traceback" not in log and "node 0" not in log  # srun never started
+
+
+def test_the_script_run_without_sbatch_says_so(tmp_path):
+    from processes import run_process
+
+    env = {k: v for k, v in job_env().items()}
+    done = run_process(["bash", str(REPO / "slurm" / "imagenet_cutmix.sh")], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: submit this script with sbatch") and len(done.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--split", "train", "SRC", "OUT"], "error: SRC and OUT come first"),  # OUT would have been "train"
+    (["SRC", "OUT"], "error: --split is needed"),
+    (["/nonexistent/src", "OUT", "--split=train"], "error: SRC /nonexistent/src: no such file or folder"),
+])
+def test_the_array_build_refuses_bad_arguments_before_submitting(tmp_path, args, message):
+    from processes import run_process
+
+    done = run_process(["bash", str(REPO / "slurm" / "build_shards.sh"), *args], cwd=tmp_path, env=job_env(),
+                       capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.startswith(message) and len(done.stderr.splitlines()) == 1
 
 
 def test_scancel_leaves_no_process_of_the_job(cluster, demo_shards, tmp_path):

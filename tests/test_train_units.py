@@ -292,3 +292,35 @@ def test_a_loader_error_while_training_is_said_by_the_rank_that_met_it(rank, dur
     monkeypatch.setattr(pipeline.run, "run_training", failing)
     assert run_cli([], default_config=None) == 2
     assert capsys.readouterr().err == line
+
+
+def test_check_only_checks_and_writes_nothing(demo_shards, tmp_path, capsys, monkeypatch):
+    from pathlib import Path
+
+    from pipeline.cli import run_cli
+
+    monkeypatch.delenv("RANK", raising=False)
+    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    out = tmp_path / "run"
+    args = ["--check", "data.demo=false", f"run.out_dir={out}"]
+    assert run_cli([*args, f"data.shards={demo_shards}"], default_config=demo) == 0
+    assert capsys.readouterr().out == (f"config checked: resnet10t on 10 classes in {demo_shards}; starts fresh; "
+                                       f"run folder {out}\n")
+    assert run_cli([*args, "data.shards=/nonexistent/shards"], default_config=demo) == 2
+    assert capsys.readouterr().err.startswith("error: no shards at /nonexistent/shards")
+    assert run_cli([*args, f"data.shards={demo_shards}", "model.name=resnet5O"], default_config=demo) == 2
+    assert "timm has no model 'resnet5O'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_check_says_when_the_run_has_finished(trained_demo, demo_shards, capsys, monkeypatch):
+    """The Slurm script does not requeue a run whose --check says it has finished (a USR1 that
+    came during the last evaluation)."""
+    from train_helpers import TRAINED_DEMO_SETTINGS, small_run_args
+
+    from pipeline.cli import run_cli
+
+    monkeypatch.delenv("RANK", raising=False)
+    run = trained_demo[0]
+    assert run_cli(["--check", *small_run_args(demo_shards, run, *TRAINED_DEMO_SETTINGS)], default_config=None) == 0
+    assert f"already finished ({run / 'checkpoints' / 'epoch-0003'})" in capsys.readouterr().out
