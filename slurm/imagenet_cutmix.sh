@@ -1,6 +1,6 @@
 #!/bin/bash
 # Multi-node training: one `accelerate launch` per node through srun; hyperparameters come from
-# configs/, never from here. Every #SBATCH line can be overridden on the command line:
+# configs/, never from here. The #SBATCH lines can be overridden on the command line (see slurm/README.md):
 #
 #   sbatch slurm/imagenet_cutmix.sh                                  # CONFIG's recipe, 2 nodes x 8 GPUs
 #   sbatch --nodes=4 slurm/imagenet_cutmix.sh --config configs/imagenet1k/resnet50_baseline.yaml \
