@@ -2,7 +2,7 @@
 # Multi-node training: one `accelerate launch` per node through srun; hyperparameters come from
 # configs/, never from here. The #SBATCH lines can be overridden on the command line (see slurm/README.md):
 #
-#   sbatch slurm/imagenet_cutmix.sh                                  # CONFIG's recipe, 2 nodes x 8 GPUs
+#   sbatch slurm/imagenet_cutmix.sh                  # CONFIG's recipe on 1 node x 8 GPUs: global batch 8 x 32 = 256
 #   sbatch --nodes=4 slurm/imagenet_cutmix.sh --config configs/imagenet1k/resnet50_baseline.yaml \
 #       data.shards=/data/inet run.out_dir=runs/r50_baseline
 #   CONFIG=configs/demo.yaml sbatch --nodes=2 --gpus-per-node=0 --cpus-per-task=2 slurm/imagenet_cutmix.sh
@@ -15,7 +15,7 @@
 # processes checkpoint and exit, then the job requeues itself. See slurm/README.md.
 #
 #SBATCH --job-name=cutmix
-#SBATCH --nodes=2
+#SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
 #SBATCH --gpus-per-node=8
 #SBATCH --cpus-per-task=32
