@@ -80,15 +80,26 @@ def save_checkpoint(accelerator, run_dir: Path, state: TrainState, *, keep: int,
 
 def valid_checkpoints(run_dir: Path) -> list[Path]:
     """Complete, undamaged checkpoints in ``RUN/checkpoints``, oldest first (by global step)."""
-    found = [p for p in _marked_checkpoints(run_dir) if checkpoint_damage(p) is None]
-    return sorted(found, key=lambda p: read_state(p).global_step)
+    return survey_checkpoints(run_dir)[0]
 
 
 def damaged_checkpoints(run_dir: Path) -> list[tuple[Path, str]]:
     """Checkpoints in ``RUN/checkpoints`` whose save finished but whose files no longer match it,
     each with what is wrong (``checkpoint_damage``), by name (zero-padded: oldest first)."""
-    found = [(p, checkpoint_damage(p)) for p in _marked_checkpoints(run_dir)]
-    return sorted(((p, problem) for p, problem in found if problem is not None), key=lambda item: item[0].name)
+    return survey_checkpoints(run_dir)[1]
+
+
+def survey_checkpoints(run_dir: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """``valid_checkpoints`` and ``damaged_checkpoints`` from one look at each folder (the RNG
+    and loader files of each are loaded once)."""
+    valid, damaged = [], []
+    for folder in _marked_checkpoints(run_dir):
+        problem = checkpoint_damage(folder)
+        if problem is None:
+            valid.append((read_state(folder).global_step, folder))
+        else:
+            damaged.append((folder, problem))
+    return [folder for _, folder in sorted(valid)], sorted(damaged, key=lambda item: item[0].name)
 
 
 def _marked_checkpoints(run_dir: Path) -> list[Path]:
@@ -171,8 +182,7 @@ def find_resume_checkpoint(resume: str, run_dir: Path) -> Path | None:
     if resume == "none":
         return None
     if resume == "auto":
-        found = valid_checkpoints(run_dir)
-        damaged = damaged_checkpoints(run_dir)
+        found, damaged = survey_checkpoints(run_dir)
         if not found and damaged:  # starting over would silently throw the run away
             path, problem = damaged[-1]
             raise TrainError(f"run.resume=auto: every checkpoint of {run_dir} is damaged ({path.name}: {problem}); "
@@ -212,9 +222,9 @@ def prune_checkpoints(root: Path, *, keep: int) -> None:
     newest valid one (never to be resumed from again), and stale ``tmp-`` folders."""
     for stale in root.glob("tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    valid = valid_checkpoints(root.parent)
+    valid, damaged_ones = survey_checkpoints(root.parent)
     if valid:
-        for damaged, _ in damaged_checkpoints(root.parent):
+        for damaged, _ in damaged_ones:
             if damaged.name < valid[-1].name:
                 shutil.rmtree(damaged, ignore_errors=True)
     for old in valid[:-keep]:

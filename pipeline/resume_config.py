@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .config import TrainConfig, config_to_dict
 from .config_values import load_yaml
@@ -59,8 +59,12 @@ def runtime_keys(config: TrainConfig) -> frozenset[str]:
 def training_settings(config: TrainConfig) -> dict[str, Any]:
     """``section.key -> value`` of every training setting of ``config`` (what a checkpoint records)."""
     free = runtime_keys(config)
-    return {f"{section}.{key}": value for section, values in config_to_dict(config).items()
-            for key, value in values.items() if f"{section}.{key}" not in free}
+    return {key: value for key, value in _flat(config_to_dict(config)).items() if key not in free}
+
+
+def _flat(sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``{"optim": {"base_lr": 0.1}}`` -> ``{"optim.base_lr": 0.1}``."""
+    return {f"{section}.{key}": value for section, values in sections.items() for key, value in values.items()}
 
 
 def config_changes(saved: dict[str, Any], config: TrainConfig) -> list[Change]:
@@ -92,8 +96,7 @@ def _run_config_settings(checkpoint: Path, *, lenient: bool) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        sections = load_yaml(path.read_text(encoding="utf-8"))
-        return {f"{section}.{key}": value for section, values in sections.items() for key, value in values.items()}
+        return _flat(load_yaml(path.read_text(encoding="utf-8")))
     except Exception as error:  # noqa: BLE001 - any unreadable file: the same answer
         if lenient:  # the user resumes with changes on purpose: nothing to compare with is no reason to stop
             return {}
@@ -115,11 +118,19 @@ def keep_previous_config(checkpoint: Path, run_dir: Path) -> Path | None:
     if not source.is_file():
         return None
     Path(run_dir).mkdir(parents=True, exist_ok=True)  # resuming another run's checkpoint into a new folder
-    kept, n = Path(run_dir) / f"config.before-{Path(checkpoint).name}.yaml", 2
-    while kept.exists():
-        kept, n = Path(run_dir) / f"config.before-{Path(checkpoint).name}-{n}.yaml", n + 1
+    stem = Path(run_dir) / f"config.before-{Path(checkpoint).name}"
+    kept = first_unused(lambda n: Path(f"{stem}.yaml" if n == 1 else f"{stem}-{n}.yaml"))
     shutil.copyfile(source, kept)
     return kept
+
+
+def first_unused(name: Callable[[int], Path]) -> Path:
+    """``name(1)``, ``name(2)``, ...: the first that does not exist. What a run keeps aside (an
+    earlier config, run or export) never goes over what an earlier resume kept."""
+    n = 1
+    while name(n).exists():
+        n += 1
+    return name(n)
 
 
 def _text(value: Any) -> str:

@@ -29,7 +29,8 @@ from .mix.sampler import FEATURE_MODES, INPUT_LAYER
 from .models import create_model, read_classes, read_num_classes
 from .optim import create_optimizer, create_scheduler, fused_sgd_available, keep_kernel_choice, scaled_lr
 from .precision import resolve_precision
-from .resume_config import CONFIG_FILE, check_resume_config, describe, keep_previous_config, training_settings
+from .resume_config import (CONFIG_FILE, check_resume_config, describe, first_unused, keep_previous_config,
+                            training_settings)
 from .seeds import MODEL_STREAM, epoch_seed, stream_seed
 from .stopping import StopRequest
 from .training import MixOptions, train_one_epoch
@@ -310,7 +311,8 @@ def set_aside_export(run_dir: Path, checkpoint: Path | None) -> Path | None:
     weights = Path(run_dir) / WEIGHTS_FILE
     if not weights.is_file():
         return None
-    kept = weights.with_name(f"model.before-{checkpoint.name if checkpoint else 'start'}.safetensors")
+    stem = f"model.before-{checkpoint.name if checkpoint else 'start'}"
+    kept = first_unused(lambda n: weights.with_name(f"{stem}.safetensors" if n == 1 else f"{stem}-{n}.safetensors"))
     for source, target in ((weights.with_suffix(".json"), kept.with_suffix(".json")), (weights, kept)):
         if source.is_file():
             os.replace(source, target)
@@ -327,10 +329,7 @@ def set_aside_earlier_run(run_dir: Path) -> Path | None:
     checkpoints = Path(run_dir) / "checkpoints"
     if not checkpoints.is_dir() or not any(checkpoints.iterdir()):
         return None
-    n = 1
-    while (Path(run_dir) / f"replaced-{n}").exists():
-        n += 1
-    aside = Path(run_dir) / f"replaced-{n}"
+    aside = first_unused(lambda n: Path(run_dir) / f"replaced-{n}")
     aside.mkdir()
     for name in (METRICS_FILE, CONFIG_FILE):
         if (Path(run_dir) / name).is_file():

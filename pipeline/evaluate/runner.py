@@ -109,17 +109,22 @@ def _manifest(folder: Path, split: str, *, what: str) -> dict:
     try:
         return load_manifest(Path(folder), split)
     except ShardsError as error:
-        found = sorted(p.stem for p in Path(folder).glob("*.json") if p.stem in ("train", "val", "test"))
+        found = _splits_in(folder)
         if found and split not in found:  # a folder of shards, another split: say which it has
             raise EvalError(f"{what} {folder}: no split {split!r}; it has {', '.join(found)} (--split)") from None
         raise EvalError(f"{what} {folder}: {error}") from None
+
+
+def _splits_in(folder: Path) -> list[str]:
+    """The splits a shards folder has a manifest of, sorted."""
+    return sorted(p.stem for p in Path(folder).glob("*.json") if p.stem in ("train", "val", "test"))
 
 
 def _ood_split(folder: Path, split: str) -> str:
     """An OOD shards folder is read at ``split`` if it has it, else at its only split."""
     if (Path(folder) / f"{split}.json").is_file():
         return split
-    found = sorted(p.stem for p in Path(folder).glob("*.json") if p.stem in ("train", "val", "test"))
+    found = _splits_in(folder)
     if len(found) == 1:
         return found[0]
     raise EvalError(f"--ood-shards {folder}: no {split}.json" + (f" and several splits ({', '.join(found)})" if found
