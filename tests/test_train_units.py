@@ -324,3 +324,16 @@ def test_check_says_when_the_run_has_finished(trained_demo, demo_shards, capsys,
     run = trained_demo[0]
     assert run_cli(["--check", *small_run_args(demo_shards, run, *TRAINED_DEMO_SETTINGS)], default_config=None) == 0
     assert f"already finished ({run / 'checkpoints' / 'epoch-0003'})" in capsys.readouterr().out
+
+
+def test_pruning_removes_damaged_checkpoints_older_than_the_newest_good_one(tmp_path):
+    from pipeline.checkpoint import prune_checkpoints
+
+    folders = [_fake_checkpoint(tmp_path, TrainState(epoch=e, global_step=10 * e)) for e in (1, 2, 3, 4)]
+    for folder in folders:
+        _fake_files(folder, {"model.safetensors": 100})
+    for damaged in (folders[0], folders[3]):  # one older than the newest good one, one newer
+        (damaged / "model.safetensors").write_bytes(b"x" * 10)
+    prune_checkpoints(tmp_path / "checkpoints", keep=2)
+    # epoch-0004 stays (never resumed from, it is overwritten when training gets there again)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch-0002", "epoch-0003", "epoch-0004"]
