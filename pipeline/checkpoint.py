@@ -41,6 +41,7 @@ class TrainState:
     files: dict = field(default_factory=dict)  # every file the save wrote (relative path) -> its size in bytes
     classes: list = field(default_factory=list)  # the class names in label order: a resume on other data is refused
     settings: dict = field(default_factory=dict)  # the training settings (pipeline/resume_config.py) it trained with
+    world_size: int = 0  # processes it trained with (0: a checkpoint of an older version, not compared)
 
 
 def checkpoint_name(state: TrainState) -> str:

@@ -123,7 +123,8 @@ class RunConfig:
     eval_every: int = 1  # evaluate every N epochs (and always after the last)
     resume: str = "auto"  # "auto" (newest valid checkpoint in out_dir, if any), "none", or a checkpoint folder
     # Resume although training settings (not threads, paths, progress: pipeline/resume_config.py)
-    # differ from the run's config.yaml; false refuses, naming them. The old config is kept.
+    # or the process count differ from the checkpoint's; false refuses, naming them. The old config
+    # is kept; lr and schedule follow the new settings from where the checkpoint stands.
     resume_with_changes: bool = False
     keep_checkpoints: int = 2  # newest checkpoints kept in out_dir/checkpoints
     tensorboard: bool = False  # log through Accelerate's TensorBoard tracker into out_dir/tensorboard

@@ -27,7 +27,8 @@ from .mix import MixSampler
 from .mix.feature import FeatureMixer, layer_shapes
 from .mix.sampler import FEATURE_MODES, INPUT_LAYER
 from .models import create_model, read_classes, read_num_classes
-from .optim import create_optimizer, create_scheduler, fused_sgd_available, keep_kernel_choice, scaled_lr
+from .optim import (create_optimizer, create_scheduler, follow_config, fused_sgd_available, keep_kernel_choice,
+                    scaled_lr, schedule_snapshot)
 from .precision import resolve_precision
 from .resume_config import (CONFIG_FILE, check_resume_config, describe, first_unused, keep_previous_config,
                             training_settings)
@@ -63,7 +64,8 @@ def run_training(config: TrainConfig) -> dict:
     try:
         session = setup(config, run_dir=run_dir)
         stop.group = session.stop_group
-        state, loader_state = resume(config, checkpoint, session=session, run_dir=run_dir)
+        state, loader_state, changes = resume(config, checkpoint, changes=changes, session=session, run_dir=run_dir)
+        start_trackers(config, session.accelerator)  # after resume's checks: a refused resume writes nothing
         train_loader = make_loader(config, shards=session.shards, split="train", accelerator=session.accelerator,
                                    num_classes=session.num_classes, restore=loader_state)[0]
         if session.accelerator.is_main_process:
@@ -114,14 +116,11 @@ def setup(config: TrainConfig, *, run_dir: Path) -> Session:
     from accelerate.utils import is_compiled_module, set_seed
 
     accelerator = create_accelerator(config, run_dir=run_dir)
-    if config.run.tensorboard:  # event files in RUN/tensorboard; hparams must be scalars
+    if config.run.tensorboard:
         from accelerate.utils import is_tensorboard_available
 
         if not is_tensorboard_available():  # Accelerate would skip the tracker without a word
             raise TrainError("run.tensorboard=true needs the tensorboard package: pip install tensorboard")
-        flat = {f"{section}.{key}": value if isinstance(value, (int, float, str, bool)) else str(value)
-                for section, values in config_to_dict(config).items() for key, value in values.items()}
-        accelerator.init_trackers("tensorboard", config=flat)
     shards = prepare_shards(config, accelerator=accelerator)
     num_classes = read_num_classes(shards)
     if config.run.deterministic:
@@ -173,6 +172,14 @@ def setup(config: TrainConfig, *, run_dir: Path) -> Session:
     return Session(accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
                    val_loader=val_loader, shards=shards, steps_per_epoch=steps, num_classes=num_classes, mix=mix,
                    stop_group=stop_group(accelerator))
+
+
+def start_trackers(config: TrainConfig, accelerator) -> None:
+    """With ``run.tensorboard``: event files in RUN/tensorboard, the config as hparams (scalars only)."""
+    if config.run.tensorboard:
+        flat = {f"{section}.{key}": value if isinstance(value, (int, float, str, bool)) else str(value)
+                for section, values in config_to_dict(config).items() for key, value in values.items()}
+        accelerator.init_trackers("tensorboard", config=flat)
 
 
 def preprocessing(config: TrainConfig) -> dict:
@@ -266,25 +273,29 @@ def train_steps_per_epoch(config: TrainConfig, *, shards: Path, accelerator, num
     return steps if cap is None else min(steps, cap)
 
 
-def resume(config: TrainConfig, checkpoint: Path | None, *, session: Session,
-           run_dir: Path) -> tuple[TrainState, dict | None]:
+def resume(config: TrainConfig, checkpoint: Path | None, *, changes: list, session: Session,
+           run_dir: Path) -> tuple[TrainState, dict | None, list]:
     """Load ``checkpoint`` (``find_resume_checkpoint``'s; None: a fresh start): where training
-    stands, and this rank's saved train loader state (None when there is none)."""
+    stands, this rank's saved train loader state (None when there is none) and every setting the
+    run changes (``changes``, ``check_before_start``'s, and another process count)."""
     classes, settings = read_classes(session.shards), training_settings(config)
-    fresh = TrainState(model_name=config.model.name, num_classes=session.num_classes, shakedrop=config.model.shakedrop,
-                       classes=classes, settings=settings)
     accelerator = session.accelerator
+    world = accelerator.num_processes
+    fresh = TrainState(model_name=config.model.name, num_classes=session.num_classes, shakedrop=config.model.shakedrop,
+                       classes=classes, settings=settings, world_size=world)
     if checkpoint is None:
         if accelerator.is_main_process:
             if config.run.resume == "none":
                 set_aside_earlier_run(run_dir)
             truncate_metrics(run_dir, last_epoch=0)
-        return fresh, None
+        return fresh, None, changes
     state = read_state(checkpoint)
     check_compatible(state, checkpoint=checkpoint, model_name=config.model.name, num_classes=session.num_classes,
                      shakedrop=config.model.shakedrop, classes=classes, shards=session.shards)
+    changes = [*changes, *process_count_change(config, state, checkpoint=checkpoint, world_size=world)]
     # From here on the run trains with this config's settings (the same, or changed on purpose).
-    state.classes, state.settings = classes, settings
+    state.classes, state.settings, state.world_size = classes, settings, world
+    built = schedule_snapshot(session.optimizer, session.scheduler)  # this config's, before the checkpoint's
     try:
         accelerator.load_state(str(checkpoint))
     except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError) as error:
@@ -293,6 +304,9 @@ def resume(config: TrainConfig, checkpoint: Path | None, *, session: Session,
                          f"{_first_sentence(error)}); name an older checkpoint with run.resume=PATH, "
                          "or start over with run.resume=none") from None
     keep_kernel_choice(session.optimizer)
+    if changes:  # the lr, schedule and group settings of this config, not the checkpoint's
+        follow_config(session.optimizer, session.scheduler, built,
+                      position=state.epoch * session.steps_per_epoch + state.step_in_epoch)
     if accelerator.is_main_process:
         if config.run.resume == "auto":  # the newer ones it passed over (older damaged ones are pruned)
             for damaged, problem in damaged_checkpoints(run_dir):
@@ -300,7 +314,24 @@ def resume(config: TrainConfig, checkpoint: Path | None, *, session: Session,
                     print(f"skipped damaged checkpoint {damaged}: {problem}", flush=True)
         truncate_metrics(run_dir, last_epoch=state.epoch)
         print(f"resumed from {checkpoint} (epoch {state.epoch}, step {state.step_in_epoch})", flush=True)
-    return state, read_loader_state(checkpoint, rank=accelerator.process_index)
+    return state, read_loader_state(checkpoint, rank=accelerator.process_index), changes
+
+
+def process_count_change(config: TrainConfig, state: TrainState, *, checkpoint: Path, world_size: int) -> list:
+    """``[("processes", then, now)]`` when ``checkpoint`` was trained by another number of processes
+    ([] when the same, not recorded, or the run has no epoch left): the global batch, and with it
+    the scaled lr and the updates per epoch, would change mid-run; TrainError unless
+    ``run.resume_with_changes``."""
+    if not state.world_size or state.world_size == world_size or state.epoch >= config.schedule.epochs:
+        return []  # the same, not recorded, or nothing left to train
+    batch = config.loader.batch_size
+    if not config.run.resume_with_changes:
+        raise TrainError(
+            f"run.resume: {checkpoint} was trained by {state.world_size} processes (a global batch of "
+            f"{state.world_size * batch}), this run has {world_size} ({world_size * batch}): the lr and the "
+            f"updates per epoch would change mid-run; launch {state.world_size} processes, or continue with "
+            "run.resume_with_changes=true (lr and schedule then follow the new global batch)")
+    return [("processes", state.world_size, world_size)]
 
 
 def set_aside_export(run_dir: Path, checkpoint: Path | None) -> Path | None:

@@ -7,24 +7,32 @@ import json
 import pytest
 import yaml
 from processes import run_process
-from train_helpers import LAUNCH_TWO_CPU_RANKS, REPO, child_env, small_run_args
+from train_helpers import LAUNCH_TWO_CPU_RANKS, REPO, child_env, run_train, small_run_args
 
 from pipeline.logs import read_metrics
 
 pytestmark = pytest.mark.slow
 
+TWO_RANK_SETTINGS = ("schedule.epochs=2", "run.max_train_steps=5", "loader.batch_size=16", "run.tensorboard=true")
 
-def test_two_process_ddp(demo_shards, tmp_path):
-    shards = demo_shards
+
+@pytest.fixture(scope="module")
+def two_rank_run(demo_shards, tmp_path_factory):
+    """A 2-epoch run of two CPU ranks: (its folder, the folder of the ranks' probe files, the process)."""
+    tmp_path = tmp_path_factory.mktemp("ddp")
     out = tmp_path / "run"
     # --cpu alone would silently start ONE process: the world size is asserted. The demo config
     # (small_run_args): the worker's default would be the paper's ResNet-50 at 224 px.
-    args = small_run_args(shards, out, "schedule.epochs=2", "run.max_train_steps=5", "loader.batch_size=16",
-                          "run.tensorboard=true")
+    args = small_run_args(demo_shards, out, *TWO_RANK_SETTINGS)
     done = run_process([*LAUNCH_TWO_CPU_RANKS, str(REPO / "tests" / "train_ddp_worker.py"), str(tmp_path / "rank"),
                         *args], cwd=REPO, env=dict(child_env(), ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1"),
                        capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
+    return out, tmp_path, done
+
+
+def test_two_process_ddp(two_rank_run):
+    out, tmp_path, done = two_rank_run
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert (resolved["model"]["name"], resolved["data"]["image_size"]) == ("resnet10t", 32)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -45,3 +53,34 @@ def test_two_process_ddp(demo_shards, tmp_path):
     assert [(r["world_size"], r["global_batch"], r["val_samples"]) for r in records] == [(2, 32, 359)] * 2
     assert "val top-1 error" in done.stdout
     assert list((out / "tensorboard").rglob("events.out.tfevents.*")), "no TensorBoard events written"
+
+
+def test_resuming_with_another_process_count(demo_shards, two_rank_run, tmp_path):
+    """A checkpoint of two processes resumed by one: the global batch, the scaled lr and the updates
+    per epoch would change mid-run, so it is refused, naming both counts, and nothing is written;
+    with run.resume_with_changes=true the run goes on at the new global batch's lr and schedule."""
+    import math
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(two_rank_run[0], out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    same = small_run_args(demo_shards, out, *TWO_RANK_SETTINGS)
+    first = out / "checkpoints" / "epoch-0001"
+    refused = run_train([*same, f"run.resume={first}"])
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    assert (f"error: run.resume: {first} was trained by 2 processes (a global batch of 32), this run has 1 (16): "
+            "the lr and the updates per epoch would change mid-run; launch 2 processes") in refused.stderr
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    one_process = small_run_args(demo_shards, out, *TWO_RANK_SETTINGS[:-1], "schedule.epochs=4")
+    done = run_train([*one_process, "run.resume_with_changes=true"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming with changed settings: schedule.epochs=2 (now 4), processes=2 (now 1)" in done.stdout
+    records = read_metrics(out)
+    assert [(r["epoch"], r["world_size"], r["global_batch"]) for r in records] == [
+        (1, 2, 32), (2, 2, 32), (3, 1, 16), (4, 1, 16)]
+    # The demo's schedule in closed form at the new global batch: lr 0.4 * 16 / 256, 5 updates per
+    # epoch, one epoch of warmup, then cosine to 0 over the 15 updates left of 4 epochs.
+    lr = 0.4 * 16 / 256
+    assert records[2]["lr"] == pytest.approx(lr * 0.5 * (1 + math.cos(math.pi * 10 / 15)), rel=1e-9)
+    assert records[3]["lr"] == pytest.approx(0.0, abs=1e-12)

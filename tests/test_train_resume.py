@@ -128,26 +128,34 @@ def test_a_checkpoint_that_does_not_load_is_one_error(demo_shards, uninterrupted
 
 
 def test_a_resume_with_other_training_settings_is_refused_or_kept_on_record(demo_shards, uninterrupted, tmp_path):
-    """Another schedule on resume is refused, naming it, and nothing is written; with
-    run.resume_with_changes=true the run goes on and its old config is kept beside the new one."""
+    """Another schedule and lr on resume are refused, naming them, and nothing is written; with
+    run.resume_with_changes=true the run goes on with the new lr and schedule (not the checkpoint's)
+    and its old config is kept beside the new one."""
     import shutil
 
     out = tmp_path / "run"
     shutil.copytree(uninterrupted, out)  # with its exported model
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    longer = small_run_args(demo_shards, out, *EXTRA, "schedule.epochs=4")
+    longer = small_run_args(demo_shards, out, *EXTRA, "schedule.epochs=5", "optim.base_lr=0.8")
     refused = run_train(longer)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert "was trained with other settings (schedule.epochs=3 (now 4)); " in refused.stderr
+    assert "was trained with other settings (optim.base_lr=0.4 (now 0.8), schedule.epochs=3 (now 5)); " \
+        in refused.stderr
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     old_config = (out / "config.yaml").read_text()
     done = run_train([*longer, "run.resume_with_changes=true"])
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "resuming with changed settings: schedule.epochs=3 (now 4)" in done.stdout
+    assert "resuming with changed settings: optim.base_lr=0.4 (now 0.8), schedule.epochs=3 (now 5)" in done.stdout
     assert (out / "config.before-epoch-0003.yaml").read_text() == old_config
-    assert "epochs: 4" in (out / "config.yaml").read_text() and "epochs: 3" in old_config
-    assert [r["epoch"] for r in read_metrics(out)] == [1, 2, 3, 4]
-    # The 3-epoch export is renamed as the run trains on (nothing evaluates it as the 4-epoch model).
+    assert "epochs: 5" in (out / "config.yaml").read_text() and "epochs: 3" in old_config
+    records = read_metrics(out)
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5]
+    # The new schedule in closed form (the checkpoint's would have gone on past the end of its
+    # 3-epoch cosine): lr 0.8 * 32 / 256, 6 updates an epoch, one epoch of warmup, then cosine to 0
+    # over the 24 updates left of 5 epochs.
+    assert records[3]["lr"] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 18 / 24)), rel=1e-9)
+    assert records[4]["lr"] == pytest.approx(0.0, abs=1e-12)
+    # The 3-epoch export is renamed as the run trains on (nothing evaluates it as the 5-epoch model).
     assert (out / "model.before-epoch-0003.safetensors").read_bytes() == before[Path("model.safetensors")]
     assert (out / "model.safetensors").read_bytes() != before[Path("model.safetensors")]
 

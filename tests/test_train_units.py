@@ -10,7 +10,8 @@ from pipeline.checkpoint import (COMPLETE, STATE, TrainState, check_compatible, 
                                  damaged_checkpoints, find_resume_checkpoint, valid_checkpoints)
 from pipeline.errors import TrainError
 from pipeline.evaluate import count_correct, loss_sum
-from pipeline.optim import create_optimizer, create_scheduler, parameter_groups, scaled_lr
+from pipeline.optim import (create_optimizer, create_scheduler, follow_config, parameter_groups, scaled_lr,
+                            schedule_snapshot)
 
 
 def test_lr_scales_with_global_batch():
@@ -51,6 +52,74 @@ def test_cosine_with_warmup():
     assert lrs[:3] == pytest.approx([0.1, 0.4, 0.7])  # linear ramp from 0.1 over the first epoch (3 updates)
     for update in range(3, 18):  # closed-form cosine over the remaining 15 updates
         assert lrs[update] == pytest.approx(0.5 * (1 + math.cos(math.pi * (update - 3) / 15)), abs=1e-6)
+
+
+def _cosine_lr(update, *, lr, steps, epochs, warmup_epochs=1):
+    """Closed form of the demo's schedule: a linear ramp from 0.1 lr over the warmup, then cosine to 0."""
+    warmup, total = warmup_epochs * steps, epochs * steps
+    if update < warmup:
+        return lr * (0.1 + 0.9 * update / warmup)
+    return lr * 0.5 * (1 + math.cos(math.pi * (update - warmup) / (total - warmup)))
+
+
+def _sgd(lr, *, epochs, steps, momentum=0.9, weight_decay=1e-4):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    optimizer = create_optimizer(model, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay,
+                                 decay_norm_and_bias=False)
+    scheduler = create_scheduler(optimizer, name="cosine", epochs=epochs, steps_per_epoch=steps, warmup_epochs=1.0,
+                                 warmup_start_factor=0.1, min_lr=0.0, milestones=(), decay_factor=0.1)
+    return model, optimizer, scheduler
+
+
+def test_a_resume_with_changes_follows_the_new_lr_schedule_and_group_settings():
+    """Loading a checkpoint replaces the lr, the schedule's length and the group settings with the
+    checkpoint's; follow_config puts the new config's back, advanced to the resumed position: a
+    4-epoch run at lr 0.1 lengthened to 7 epochs at lr 0.3 with momentum 0.8 and weight decay 1e-3
+    goes on on the 7-epoch cosine of 0.3 (closed form), not past the end of the old one."""
+    steps = 5
+    _, old_optimizer, old_scheduler = _sgd(0.1, epochs=4, steps=steps)
+    for _ in range(4 * steps):
+        old_optimizer.step()
+        old_scheduler.step()
+    model, optimizer, scheduler = _sgd(0.3, epochs=7, steps=steps, momentum=0.8, weight_decay=1e-3)
+    built = schedule_snapshot(optimizer, scheduler)
+    optimizer.load_state_dict(old_optimizer.state_dict())
+    scheduler.load_state_dict(old_scheduler.state_dict())
+    assert optimizer.param_groups[0]["momentum"] == 0.9  # what loading alone leaves: the old settings
+    follow_config(optimizer, scheduler, built, position=4 * steps)
+    assert [g["momentum"] for g in optimizer.param_groups] == [0.8, 0.8]
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [1e-3, 0.0]  # no decay on norm and bias
+    for update in range(4 * steps, 7 * steps):
+        expected = _cosine_lr(update, lr=0.3, steps=steps, epochs=7)
+        assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([expected] * 2, rel=1e-9, abs=1e-12)
+        optimizer.step()
+        scheduler.step()
+    # Without follow_config the old cosine, past its end, climbs again (what the run did before).
+    stale_optimizer, stale_scheduler = _sgd(0.3, epochs=7, steps=steps)[1:]
+    stale_optimizer.load_state_dict(old_optimizer.state_dict())
+    stale_scheduler.load_state_dict(old_scheduler.state_dict())
+    for _ in range(steps):
+        stale_optimizer.step()
+        stale_scheduler.step()
+    assert stale_optimizer.param_groups[0]["lr"] > 0.01
+
+
+def test_following_the_same_config_changes_nothing():
+    """With the settings the checkpoint was trained with, follow_config's state equals the loaded
+    one exactly (the same float chain), mid-warmup included."""
+    steps = 4
+    for position in (2, 4, 11):
+        _, trained, trained_scheduler = _sgd(0.2, epochs=5, steps=steps)
+        for _ in range(position):
+            trained.step()
+            trained_scheduler.step()
+        _, optimizer, scheduler = _sgd(0.2, epochs=5, steps=steps)
+        built = schedule_snapshot(optimizer, scheduler)
+        optimizer.load_state_dict(trained.state_dict())
+        scheduler.load_state_dict(trained_scheduler.state_dict())
+        follow_config(optimizer, scheduler, built, position=position)
+        assert [g["lr"] for g in optimizer.param_groups] == [g["lr"] for g in trained.param_groups]
+        assert scheduler.state_dict()["last_epoch"] == trained_scheduler.state_dict()["last_epoch"] == position
 
 
 def test_count_correct_skips_padding():
