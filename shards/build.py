@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from itertools import islice
@@ -238,6 +239,8 @@ def _build_cifar(request, spec, layout, fixed_classes) -> dict | None:
     if fixed_classes is not None and fixed_classes != split.classes:
         raise ShardsError(f"--classes {request.classes}: its {len(fixed_classes)} classes are not the "
                           f"{len(split.classes)} of {split.class_source}, in the same order")
+    for warning in split.unofficial_counts():  # after the checks, before the work: the user can stop it
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     pixels = (data for _, data in cifar_inputs(split))
     estimate = _estimate_output_bytes(pixels, ImageOptions(raw_rgb_side=CIFAR_SIDE), split.count * CIFAR_PIXELS,
                                       split.count)

@@ -48,6 +48,9 @@ class CifarLayout:
     title: str
     splits: dict[str, tuple[str, ...]]  # split -> its batch files, in order
     labels: dict[str, LabelKind]  # --label-field -> where it lives; the first is the default
+    # split -> records in each of its batch files as published: a binary file cut short at a record
+    # boundary still reads as whole records, and only this count tells
+    official_records: dict[str, int]
     label_bytes: int = 0  # binary versions: label bytes before the pixels of a record
 
 
@@ -55,19 +58,20 @@ LAYOUTS = {  # source kind (the official archive's name) -> its layout
     "cifar-10-binary": CifarLayout(
         "cifar-10-batches-bin", "CIFAR-10 (binary version)",
         {"train": tuple(f"data_batch_{n}.bin" for n in range(1, 6)), "test": ("test_batch.bin",)},
-        {"fine": LabelKind("batches.meta.txt", byte=0)}, label_bytes=1),
+        {"fine": LabelKind("batches.meta.txt", byte=0)}, {"train": 10_000, "test": 10_000}, label_bytes=1),
     "cifar-100-binary": CifarLayout(
         "cifar-100-binary", "CIFAR-100 (binary version)", {"train": ("train.bin",), "test": ("test.bin",)},
         {"fine": LabelKind("fine_label_names.txt", byte=1), "coarse": LabelKind("coarse_label_names.txt", byte=0)},
-        label_bytes=2),
+        {"train": 50_000, "test": 10_000}, label_bytes=2),
     "cifar-10-python": CifarLayout(
         "cifar-10-batches-py", "CIFAR-10 (python version)",
         {"train": tuple(f"data_batch_{n}" for n in range(1, 6)), "test": ("test_batch",)},
-        {"fine": LabelKind("batches.meta", b"label_names", b"labels")}),
+        {"fine": LabelKind("batches.meta", b"label_names", b"labels")}, {"train": 10_000, "test": 10_000}),
     "cifar-100-python": CifarLayout(
         "cifar-100-python", "CIFAR-100 (python version)", {"train": ("train",), "test": ("test",)},
         {"fine": LabelKind("meta", b"fine_label_names", b"fine_labels"),
-         "coarse": LabelKind("meta", b"coarse_label_names", b"coarse_labels")}),
+         "coarse": LabelKind("meta", b"coarse_label_names", b"coarse_labels")},
+        {"train": 50_000, "test": 10_000}),
 }
 KIND_BY_FOLDER = {layout.top: kind for kind, layout in LAYOUTS.items()}
 
@@ -91,6 +95,7 @@ class CifarSplit:
     class_names: dict[str, list[str]]  # every label kind -> its class names, in meta-file order
     batches: list[CifarBatch]
     source_bytes: int  # the archive's size, or the size of the files read from the folder
+    official_records: int  # records in each of the split's batch files as published
 
     @property
     def classes(self) -> list[str]:
@@ -107,6 +112,15 @@ class CifarSplit:
     def count(self) -> int:
         return sum(len(batch.pixels) for batch in self.batches)
 
+    def unofficial_counts(self) -> list[str]:
+        """A warning for each batch file that holds another number of records than the published
+        one: a file cut short at a record boundary reads as whole records, or an archive that is
+        not the official one (its images are built all the same; the user should know)."""
+        official = self.official_records
+        return [f"{batch.member} holds {len(batch.pixels):,} records, the official file {official:,}: cut short at "
+                f"a record boundary, or not the official archive; building the {len(batch.pixels):,} it holds"
+                for batch in self.batches if len(batch.pixels) != official]
+
 
 def resolve_label_field(source_kind: str, requested: str | None) -> str:
     """The label kind that becomes the class: ``--label-field``, fine when not given."""
@@ -121,7 +135,7 @@ def read_cifar_split(path: Path, source_kind: str, split: str, label_field: str 
     """Read and check the ``split`` batches of a CIFAR archive (``path``: the .tar.gz or the
     extracted top folder) and the class names of every label kind."""
     layout = LAYOUTS[source_kind]
-    field = resolve_label_field(source_kind, label_field)
+    chosen = resolve_label_field(source_kind, label_field)
     if split not in layout.splits:
         raise ShardsError(f"--split {split}: {layout.title} has a train and a test split (its test batch is "
                           "the set CIFAR results are reported on): use --split test")
@@ -134,7 +148,7 @@ def read_cifar_split(path: Path, source_kind: str, split: str, label_field: str 
         for label, values in batch.labels.items():
             _check_labels(batch.member, values, names[label], layout, label)
     size = Path(path).stat().st_size if Path(path).is_file() else sum(len(data) for data in files.values())
-    return CifarSplit(layout, field, names, batches, size)
+    return CifarSplit(layout, chosen, names, batches, size, layout.official_records[split])
 
 
 def _read_files(path: Path, layout: CifarLayout, wanted: set[str]) -> dict[str, bytes]:

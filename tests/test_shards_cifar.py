@@ -307,6 +307,41 @@ def test_each_problem_is_one_clear_error(tmp_path, capsys, case):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_batch_file_of_another_record_count_is_built_with_a_warning(tmp_path, capsys):
+    """A binary batch cut short at a record boundary is whole records all the same: only the
+    published count (10,000 per CIFAR-10 file) tells. Each file is named, before the build, and
+    every record it holds is built."""
+    archive = cifar_archive("cifar-10-batches-bin")  # 3 records a file
+    files = dict(archive.files)
+    files["cifar-10-batches-bin/data_batch_2.bin"] = files["cifar-10-batches-bin/data_batch_2.bin"][:2 * RECORD]
+    code, printed, err = build(capsys, write_cifar_tar(tmp_path / "cut.tar.gz", archive, files), tmp_path / "out")
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+    counts = [3, 2, 3, 3, 3]
+    assert warnings == [f"warning: cifar-10-batches-bin/data_batch_{n}.bin holds {count} records, the official file "
+                        f"10,000: cut short at a record boundary, or not the official archive; building the {count} it "
+                        "holds" for n, count in enumerate(counts, 1)]
+    assert f"train: {sum(counts)} images in = {sum(counts)} written" in printed
+
+
+def test_the_published_record_counts_raise_no_warning(tmp_path):
+    """CIFAR-10's test batch at its published 10,000 records reads without a warning; one record
+    fewer is named (the split is read alone: no shards are built)."""
+    from shards.cifar import read_cifar_split
+
+    top = tmp_path / "cifar-10-batches-bin"
+    top.mkdir()
+    (top / "batches.meta.txt").write_text("".join(f"class_{n}\n" for n in range(10)) + "\n")
+    records = np.random.default_rng(0).integers(0, 256, (10_000, RECORD), dtype=np.uint8)
+    records[:, 0] %= 10
+    (top / "test_batch.bin").write_bytes(records.tobytes())
+    split = read_cifar_split(top, "cifar-10-binary", "test", None)
+    assert split.count == 10_000 and split.unofficial_counts() == []
+    (top / "test_batch.bin").write_bytes(records[:-1].tobytes())
+    assert [line.split(",")[0] for line in read_cifar_split(top, "cifar-10-binary", "test", None).unofficial_counts()] \
+        == ["cifar-10-batches-bin/test_batch.bin holds 9"]
+
+
 def test_classes_of_another_label_field_are_refused(tmp_path, capsys):
     src, out = make_source(tmp_path, cifar_archive("cifar-100-binary"), "tar.gz"), tmp_path / "out"
     assert build(capsys, src, out, "--label-field", "coarse")[0] == 0
