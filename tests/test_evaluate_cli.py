@@ -205,6 +205,54 @@ def test_the_in_distribution_shards_as_ood_are_refused(demo_run, demo_shards, ca
     assert "the in-distribution shards themselves (test)" in line
 
 
+def test_ood_sets_from_shards_folders_are_named_apart(demo_run, demo_shards, tmp_path, capsys):
+    """Two OOD folders with the same last name are told apart by their parents (not "shards" and
+    "shards-2"), and each is scored whole: copies of the test split score exactly as it does."""
+    copies = [_copy_test_split(demo_shards, tmp_path / parent / "shards") for parent in ("lsun", "places")]
+    out = tmp_path / "eval"
+    assert main([str(demo_run), "--split", "test", "--tasks", "ood", "--quiet", "--num-threads", "1", "--out", str(out),
+                 "--ood-shards", *map(str, copies)]) == 0, capsys.readouterr().err
+    ood = json.loads((out / "eval.json").read_text())["ood"]
+    assert list(ood["sets"]) == ["uniform", "gaussian", "lsun/shards", "places/shards"]
+    samples = json.loads((demo_shards / "test.json").read_text())["totals"]["samples"]
+    assert ood["sets"]["lsun/shards"] == ood["sets"]["places/shards"]
+    assert ood["sets"]["lsun/shards"]["samples"] == ood["in_distribution_samples"] == samples
+
+
+def _copy_test_split(demo_shards, folder):
+    """A shards folder holding a copy of the demo's test split alone."""
+    import shutil
+
+    folder.mkdir(parents=True)
+    shutil.copy(demo_shards / "test.json", folder)
+    for shard in json.loads((demo_shards / "test.json").read_text())["shards"]:
+        for name in (shard["name"], shard["name"].replace(".tar", ".idx")):
+            shutil.copy(demo_shards / name, folder)
+    return folder
+
+
+def test_ood_set_names_by_hand():
+    from pipeline.evaluate.runner import ood_set_names
+
+    assert ood_set_names(["/d/places/val", "/d/lsun/val", "/d/ssb"]) == ["places/val", "lsun/val", "ssb"]
+    assert ood_set_names(["/a/x/val", "/b/x/val"]) == ["a/x/val", "b/x/val"]
+    assert ood_set_names(["/data/textures"]) == ["textures"]
+
+
+def test_an_ood_folder_named_twice_is_refused(demo_run, demo_shards, tmp_path, capsys):
+    copy, link = _copy_test_split(demo_shards, tmp_path / "copy"), tmp_path / "link"
+    link.symlink_to(copy)
+    line = one_error_line(capsys, [str(demo_run), "--tasks", "ood", "--ood-shards", str(copy), str(link)])
+    assert f"--ood-shards names {copy} twice (as {link})" in line
+
+
+def test_ood_shards_before_the_run_folder_are_named(demo_run, demo_shards, capsys):
+    """--ood-shards takes every path after it: the run folder given last is taken too; the error says so."""
+    line = one_error_line(capsys, ["--tasks", "ood", "--ood-shards", str(demo_shards), str(demo_run)])
+    assert line == (f"error: no RUN_DIR or MODEL.safetensors given (--ood-shards took every path after it: "
+                    f"{demo_shards} {demo_run}); name the run before --ood-shards")
+
+
 def _exported(tmp_path, demo_shards, name, preprocessing, **options):
     import timm
 

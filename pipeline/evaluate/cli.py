@@ -59,7 +59,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser = CommandParser(prog="python -m pipeline.evaluate", description=_DESCRIPTION,
                                      epilog=_EPILOG.format(tasks=tasks),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", type=Path, metavar="RUN_DIR|MODEL.safetensors",
+    # nargs="?": checked in build_request, which can say that --ood-shards took it (it takes every
+    # path after it, so `--ood-shards A B RUN` leaves no model: argparse would only say "required").
+    parser.add_argument("model", type=Path, nargs="?", metavar="RUN_DIR|MODEL.safetensors",
                         help="a run folder (config.yaml + model.safetensors) or exported weights")
     parser.add_argument("--shards", type=Path, help="shards folder (default: the run's data.shards)")
     parser.add_argument("--split", help="the split to evaluate (default: the one the run evaluated while training, "
@@ -101,6 +103,10 @@ def build_request(args: argparse.Namespace):
     from .runner import TASKS, EvalRequest
     from .source import resolve_source
 
+    if args.model is None:
+        taken = f" (--ood-shards took every path after it: {' '.join(map(str, args.ood_shards))}); name the run " \
+            "before --ood-shards" if args.ood_shards else ""
+        raise EvalError(f"no RUN_DIR or MODEL.safetensors given{taken}")
     source = resolve_source(args.model)
     if args.image_size is not None:
         if not 1 <= args.image_size <= MAX_IMAGE_SIZE:
@@ -119,7 +125,8 @@ def build_request(args: argparse.Namespace):
         tasks = tuple(dict.fromkeys(t.strip() for t in args.tasks.split(",") if t.strip()))
     else:
         tasks = tuple(t for t in TASKS if t != "localize" or _has_boxes(shards, split))
-    out = args.out or (source.run_dir / "eval" if source.run_dir else source.weights.parent / f"eval-{source.weights.stem}")
+    out = args.out or (source.run_dir / "eval" if source.run_dir
+                       else source.weights.parent / f"eval-{source.weights.stem}")
     return EvalRequest(source=source, shards=Path(shards), split=split, tasks=tasks, out=out,
                        ood_shards=tuple(args.ood_shards), batch_size=args.batch_size, backend=args.backend,
                        num_threads=args.num_threads, seed=args.seed, epsilon=args.epsilon,

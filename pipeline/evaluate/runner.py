@@ -87,7 +87,12 @@ def check_request(request: EvalRequest) -> dict:
     if "localize" in request.tasks and not has_boxes(manifest):
         raise EvalError(f"--tasks localize: {request.shards / (request.split + '.json')} has no sample with a box "
                         "(build val with LOC_val_solution.csv or --boxes, or use CUB-200-2011), or drop localize")
+    seen: dict[Path, Path] = {}
     for folder in request.ood_shards:
+        same = seen.setdefault(Path(folder).resolve(), folder)
+        if same is not folder:  # its samples would be scored, and counted in the table, twice
+            also = "" if str(same) == str(folder) else f" (as {folder})"
+            raise EvalError(f"--ood-shards names {same} twice{also}")
         split = _ood_split(folder, request.split)
         _manifest(folder, split, what="--ood-shards")
         if Path(folder).resolve() == Path(request.shards).resolve() and split == request.split:
@@ -259,8 +264,8 @@ def _ood(ctx: tasks.TaskContext, request: EvalRequest) -> dict:
     sets: dict[str, np.ndarray] = {}
     for kind in NOISE_SETS:
         sets[kind] = _noise_scores(ctx, request, kind, count=len(inside))
-    for folder in request.ood_shards:
-        name = _unique(Path(folder).name or str(folder), sets)
+    for folder, name in zip(request.ood_shards, ood_set_names(request.ood_shards)):
+        name = _unique(name, sets)  # a folder named like a noise set
         with _pass(ctx, request, folder, _ood_split(folder, request.split), f"ood: {name}", check=False) as (batches,
                                                                                                              tick):
             sets[name] = tasks.softmax_scores(ctx, batches, tick)
@@ -291,6 +296,23 @@ def _noise_scores(ctx: tasks.TaskContext, request: EvalRequest, kind: str, *, co
         return tasks.softmax_scores(ctx, batches(), lambda: bar.update(1))
     finally:
         bar.close()
+
+
+def ood_set_names(folders) -> list[str]:
+    """Each OOD folder's name in the results: its last path part, or as many of its last parts as
+    tell it from the others (``places/val`` and ``lsun/val``, not ``val`` and ``val-2``)."""
+    parts = [Path(folder).resolve().parts for folder in folders]
+
+    def name(path_parts, depth):
+        return "/".join(path_parts[-depth:])
+
+    names = []
+    for mine in parts:
+        depth = 1
+        while depth < len(mine) and any(name(other, depth) == name(mine, depth) for other in parts if other != mine):
+            depth += 1
+        names.append(name(mine, depth))
+    return names
 
 
 def _unique(name: str, taken: dict) -> str:
