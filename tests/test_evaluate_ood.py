@@ -82,6 +82,14 @@ def test_perfectly_separated_scores():
     assert metrics["auout"] == pytest.approx(100.0 * (1 - 0.5 / 800), abs=1e-9)
 
 
+def test_reversed_scores_are_zero_not_minus_zero():
+    """OOD samples all scoring above the in-distribution ones: every metric at its floor, and the
+    zeros print as 0.0 (the negated trapezoid gave -0.0)."""
+    metrics = ood_metrics(np.array([0.1, 0.2, 0.3]), np.array([0.6, 0.7]))
+    assert metrics["auroc"] == metrics["tnr_at_tpr95"] == 0.0
+    assert f"{metrics['auroc']:.1f} {metrics['tnr_at_tpr95']:.1f}" == "0.0 0.0"
+
+
 def test_identical_distributions_are_chance():
     rng = np.random.default_rng(1)
     in_scores, out_scores = rng.normal(size=20000), rng.normal(size=20000)

@@ -59,7 +59,8 @@ def ood_metrics(in_scores: np.ndarray, out_scores: np.ndarray) -> dict[str, floa
     pout = np.concatenate([[0.0], (fp[0] - fp) / denom, [0.5]])
     auout = np.trapezoid(pout[pout_ind], 1.0 - fpr[pout_ind])
     values = {"tnr_at_tpr95": tnr, "auroc": auroc, "detection_accuracy": dtacc, "auin": auin, "auout": auout}
-    return {name: 100.0 * float(value) for name, value in values.items()}
+    # + 0.0: a zero area comes out of the negated trapezoid as -0.0, printed "-0.0" in the tables.
+    return {name: 100.0 * float(value) + 0.0 for name, value in values.items()}
 
 
 def noise_images(kind: str, positions: Sequence[int] | torch.Tensor | np.ndarray, *, size: int,
