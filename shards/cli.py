@@ -121,11 +121,21 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def _splits(out: Path, split: str | None, pattern: str) -> list[str]:
+    """``--split``, or every split with a file of ``pattern`` in OUT (a manifest, or part manifests)."""
+    if not out.exists():
+        raise ShardsError(f"{out}: no such folder")
+    if not out.is_dir():
+        hint = " (give the folder holding it)" if out.suffix == ".json" else ""
+        raise ShardsError(f"{out}: a file, not a shards folder{hint}")
     if split:
         return [split]
     found = [s for s in SPLITS if list(out.glob(pattern.format(split=s)))]
     if not found:
-        raise ShardsError(f"{out}: no {pattern.format(split='<split>')} found")
+        wanted = ", ".join(pattern.format(split=s) for s in SPLITS)
+        if "part" in pattern:
+            raise ShardsError(f"{out}: no part manifest ({wanted}): merge joins the parts of a build run with "
+                              "--num-parts")
+        raise ShardsError(f"{out}: no manifest ({wanted}): not a folder `python -m shards build` wrote")
     return found
 
 

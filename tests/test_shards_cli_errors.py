@@ -168,6 +168,26 @@ def test_command_on_folder_without_manifest(tmp_path, capsys, command, split):
     assert "manifest" in err or ".json" in err
 
 
+@pytest.mark.parametrize("command", ["verify", "inspect", "merge"])
+def test_command_on_a_missing_folder_or_a_file(tmp_path, capsys, command):
+    """A folder that is not there, and a manifest given instead of its folder, are named as such."""
+    code, out, err = run_main(capsys, command, tmp_path / "nowhere")
+    assert_user_error(code, out, err, f"{tmp_path / 'nowhere'}: no such folder")
+    (tmp_path / "val.json").write_text("{}")
+    code, out, err = run_main(capsys, command, tmp_path / "val.json")
+    assert_user_error(code, out, err, f"{tmp_path / 'val.json'}: a file, not a shards folder (give the folder "
+                      "holding it)")
+
+
+def test_an_empty_folder_is_named_as_no_build(tmp_path, capsys):
+    code, out, err = run_main(capsys, "inspect", tmp_path)
+    assert_user_error(code, out, err, f"{tmp_path}: no manifest (train.json, val.json, test.json): not a folder "
+                      "`python -m shards build` wrote")
+    code, out, err = run_main(capsys, "merge", tmp_path)
+    assert_user_error(code, out, err, f"{tmp_path}: no part manifest (train.part-*.json, val.part-*.json, "
+                      "test.part-*.json): merge joins the parts of a build run with --num-parts")
+
+
 def test_verify_without_manifest_subprocess(tmp_path):
     result = cli("verify", tmp_path)
     assert_user_error(result.returncode, result.stdout, result.stderr, ".json")
