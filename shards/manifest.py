@@ -69,6 +69,9 @@ def write_manifest(path: Path, manifest: dict) -> None:
 
 def load_manifest(out: Path, split: str) -> dict:
     """Read the manifest ``OUT/<split>.json``; a missing one is a ShardsError saying how to make it."""
+    if Path(out).is_file():  # `--shards OUT/val.json`: the manifest instead of its folder
+        hint = " (give the folder holding it)" if Path(out).suffix == ".json" else ""
+        raise ShardsError(f"{out}: a file, not a shards folder{hint}")
     layout = OutputLayout(Path(out), split)
     path, out = layout.manifest, layout.out
     if not path.exists():

@@ -307,3 +307,14 @@ def test_inspect_of_a_damaged_shard_is_one_error_naming_verify(src, tmp_path, ca
     code, stdout, err = run_main(capsys, "inspect", out)
     assert_user_error(code, stdout, err, f"python -m shards verify {out}` names it")
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_manifest_given_as_the_shards_folder_is_named(tmp_path):
+    """What training (data.shards) and evaluation (--shards) read through: the file is named, not
+    'OUT/val.json/val.json: no manifest'."""
+    from shards.errors import ShardsError
+    from shards.manifest import load_manifest
+
+    (tmp_path / "val.json").write_text("{}")
+    with pytest.raises(ShardsError, match=r"val\.json: a file, not a shards folder \(give the folder holding it\)$"):
+        load_manifest(tmp_path / "val.json", "val")
