@@ -5,6 +5,7 @@ exit 2 for each kind of bad input."""
 
 import io
 import json
+import shutil
 import sys
 
 import pytest
@@ -211,8 +212,10 @@ def test_ood_sets_from_shards_folders_are_named_apart(demo_run, demo_shards, tmp
     copies = [_copy_test_split(demo_shards, tmp_path / parent / "shards") for parent in ("lsun", "places")]
     out = tmp_path / "eval"
     assert main([str(demo_run), "--split", "test", "--tasks", "ood", "--quiet", "--num-threads", "1", "--out", str(out),
-                 "--ood-shards", *map(str, copies)]) == 0, capsys.readouterr().err
-    ood = json.loads((out / "eval.json").read_text())["ood"]
+                 "--ood-split", "test", "--ood-shards", *map(str, copies)]) == 0, capsys.readouterr().err
+    results = json.loads((out / "eval.json").read_text())
+    assert results["settings"]["ood_splits"] == ["test", "test"]
+    ood = results["ood"]
     assert list(ood["sets"]) == ["uniform", "gaussian", "lsun/shards", "places/shards"]
     samples = json.loads((demo_shards / "test.json").read_text())["totals"]["samples"]
     assert ood["sets"]["lsun/shards"] == ood["sets"]["places/shards"]
@@ -229,6 +232,20 @@ def _copy_test_split(demo_shards, folder):
         for name in (shard["name"], shard["name"].replace(".tar", ".idx")):
             shutil.copy(demo_shards / name, folder)
     return folder
+
+
+def test_an_ood_folder_of_several_splits_needs_ood_split(demo_run, demo_shards, tmp_path, capsys):
+    """The demo run evaluates val; an OOD folder with test and train but no val: which one is the
+    user's to say (--ood-split), and a split it lacks is named with those it has."""
+    folder = _copy_test_split(demo_shards, tmp_path / "ood")
+    shutil.copy(demo_shards / "train.json", folder)  # its shards are not read: the check comes first
+    line = one_error_line(capsys, [str(demo_run), "--tasks", "ood", "--ood-shards", str(folder)])
+    assert line.endswith(f"--ood-shards {folder}: no val.json and several splits (test, train): choose one with "
+                         "--ood-split")
+    line = one_error_line(capsys, [str(demo_run), "--tasks", "ood", "--ood-shards", str(folder), "--ood-split", "val"])
+    assert f"--ood-shards {folder}: no split 'val'; it has test, train" in line
+    line = one_error_line(capsys, [str(demo_run), "--tasks", "classify", "--ood-split", "test"])
+    assert line == "error: --ood-split: no --ood-shards folder to read it from"
 
 
 def test_ood_set_names_by_hand():
@@ -248,9 +265,13 @@ def test_an_ood_folder_named_twice_is_refused(demo_run, demo_shards, tmp_path, c
 
 def test_ood_shards_before_the_run_folder_are_named(demo_run, demo_shards, capsys):
     """--ood-shards takes every path after it: the run folder given last is taken too; the error says so."""
-    line = one_error_line(capsys, ["--tasks", "ood", "--ood-shards", str(demo_shards), str(demo_run)])
-    assert line == (f"error: no RUN_DIR or MODEL.safetensors given (--ood-shards took every path after it: "
-                    f"{demo_shards} {demo_run}); name the run before --ood-shards")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--tasks", "ood", "--ood-shards", str(demo_shards), str(demo_run)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        f"error: the following arguments are required: RUN_DIR|MODEL.safetensors (--ood-shards took every path "
+        f"after it: {demo_shards} {demo_run}; name the run before --ood-shards) (see python -m pipeline.evaluate "
+        "--help)\n")
 
 
 def _exported(tmp_path, demo_shards, name, preprocessing, **options):

@@ -73,7 +73,9 @@ def make_parser() -> argparse.ArgumentParser:
                         "(the val resize follows the run's crop_pct; for fully convolutional models, e.g. the demo's "
                         "localization canvases at 64 px)")
     parser.add_argument("--ood-shards", type=Path, nargs="*", default=[], metavar="DIR",
-                        help="out-of-distribution shards folders (read at --split, or their only split)")
+                        help="out-of-distribution shards folders (read at --ood-split)")
+    parser.add_argument("--ood-split", metavar="SPLIT", help="the split of the --ood-shards folders to read "
+                        "(default: --split where a folder has it, else its only split)")
     parser.add_argument("--batch-size", type=int, default=64, help="per process (default 64)")
     parser.add_argument("--backend", choices=("dali", "torch"), default="dali", help="loader (default dali)")
     parser.add_argument("--num-threads", type=int, default=4, help="DALI threads / torch workers (default 4)")
@@ -98,15 +100,23 @@ def make_compare_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The parsed arguments; a missing model is argparse's one-line refusal, saying when
+    --ood-shards took it (it takes every path after it)."""
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if args.model is None:
+        taken = f" (--ood-shards took every path after it: {' '.join(map(str, args.ood_shards))}; name the " \
+            "run before --ood-shards)" if args.ood_shards else ""
+        parser.error(f"the following arguments are required: RUN_DIR|MODEL.safetensors{taken}")
+    return args
+
+
 def build_request(args: argparse.Namespace):
     """The checked EvalRequest of parsed arguments (EvalError naming the argument)."""
     from .runner import TASKS, EvalRequest
     from .source import resolve_source
 
-    if args.model is None:
-        taken = f" (--ood-shards took every path after it: {' '.join(map(str, args.ood_shards))}); name the run " \
-            "before --ood-shards" if args.ood_shards else ""
-        raise EvalError(f"no RUN_DIR or MODEL.safetensors given{taken}")
     source = resolve_source(args.model)
     if args.image_size is not None:
         if not 1 <= args.image_size <= MAX_IMAGE_SIZE:
@@ -128,7 +138,8 @@ def build_request(args: argparse.Namespace):
     out = args.out or (source.run_dir / "eval" if source.run_dir
                        else source.weights.parent / f"eval-{source.weights.stem}")
     return EvalRequest(source=source, shards=Path(shards), split=split, tasks=tasks, out=out,
-                       ood_shards=tuple(args.ood_shards), batch_size=args.batch_size, backend=args.backend,
+                       ood_shards=tuple(args.ood_shards), ood_split=args.ood_split, batch_size=args.batch_size,
+                       backend=args.backend,
                        num_threads=args.num_threads, seed=args.seed, epsilon=args.epsilon,
                        occlusion_steps=min(9, source.image_size + 1) if args.occlusion_steps is None
                        else args.occlusion_steps, progress=not args.quiet)
@@ -207,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             raise EvalError(f"{argv[0]}: no such run folder or weights file (did you mean compare?)")
         from .runner import run_evaluation
 
-        request = build_request(make_parser().parse_args(argv))
+        request = build_request(parse_args(argv))
         results = run_evaluation(request)
     except (EvalError, TrainError, LoaderError) as error:
         rank = int(os.environ.get("RANK", "0"))

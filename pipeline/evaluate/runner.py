@@ -52,6 +52,7 @@ class EvalRequest:
     tasks: tuple[str, ...]
     out: Path
     ood_shards: tuple[Path, ...] = ()
+    ood_split: str | None = None  # the OOD folders' split (None: --split where they have it, else their only one)
     batch_size: int = 64
     backend: str = "dali"
     num_threads: int = 4
@@ -87,13 +88,15 @@ def check_request(request: EvalRequest) -> dict:
     if "localize" in request.tasks and not has_boxes(manifest):
         raise EvalError(f"--tasks localize: {request.shards / (request.split + '.json')} has no sample with a box "
                         "(build val with LOC_val_solution.csv or --boxes, or use CUB-200-2011), or drop localize")
+    if request.ood_split is not None and not request.ood_shards:
+        raise EvalError("--ood-split: no --ood-shards folder to read it from")
     seen: dict[Path, Path] = {}
     for folder in request.ood_shards:
         same = seen.setdefault(Path(folder).resolve(), folder)
         if same is not folder:  # its samples would be scored, and counted in the table, twice
             also = "" if str(same) == str(folder) else f" (as {folder})"
             raise EvalError(f"--ood-shards names {same} twice{also}")
-        split = _ood_split(folder, request.split)
+        split = _ood_split(folder, request.split, request.ood_split)
         _manifest(folder, split, what="--ood-shards")
         if Path(folder).resolve() == Path(request.shards).resolve() and split == request.split:
             raise EvalError(f"--ood-shards {folder}: the in-distribution shards themselves ({split}); name "
@@ -125,15 +128,17 @@ def _splits_in(folder: Path) -> list[str]:
     return sorted(p.stem for p in Path(folder).glob("*.json") if p.stem in ("train", "val", "test"))
 
 
-def _ood_split(folder: Path, split: str) -> str:
-    """An OOD shards folder is read at ``split`` if it has it, else at its only split."""
-    if (Path(folder) / f"{split}.json").is_file():
-        return split
+def _ood_split(folder: Path, split: str, chosen: str | None = None) -> str:
+    """The split an OOD shards folder is read at: ``chosen`` (--ood-split), else ``split`` if it
+    has it, else its only split (the manifest check names what is missing)."""
+    if chosen is not None or (Path(folder) / f"{split}.json").is_file():
+        return chosen or split
     found = _splits_in(folder)
     if len(found) == 1:
         return found[0]
-    raise EvalError(f"--ood-shards {folder}: no {split}.json" + (f" and several splits ({', '.join(found)})" if found
-                                                                 else " (build it with python -m shards build)"))
+    raise EvalError(f"--ood-shards {folder}: no {split}.json" + (
+        f" and several splits ({', '.join(found)}): choose one with --ood-split" if found
+        else " (build it with python -m shards build)"))
 
 
 def run_evaluation(request: EvalRequest) -> dict:
@@ -266,8 +271,8 @@ def _ood(ctx: tasks.TaskContext, request: EvalRequest) -> dict:
         sets[kind] = _noise_scores(ctx, request, kind, count=len(inside))
     for folder, name in zip(request.ood_shards, ood_set_names(request.ood_shards)):
         name = _unique(name, sets)  # a folder named like a noise set
-        with _pass(ctx, request, folder, _ood_split(folder, request.split), f"ood: {name}", check=False) as (batches,
-                                                                                                             tick):
+        split = _ood_split(folder, request.split, request.ood_split)
+        with _pass(ctx, request, folder, split, f"ood: {name}", check=False) as (batches, tick):
             sets[name] = tasks.softmax_scores(ctx, batches, tick)
     return {"in_distribution_samples": len(inside), "score": "maximum softmax probability",
             "sets": {name: {"samples": len(scores), **ood_metrics(inside, scores)} for name, scores in sets.items()},
@@ -333,6 +338,7 @@ def _settings(request: EvalRequest, accelerator) -> dict:
     return {"model": source.model_name, "weights": str(source.weights),
             "run_dir": None if source.run_dir is None else str(source.run_dir), "shards": str(request.shards),
             "split": request.split, "tasks": list(request.tasks), "ood_shards": [str(p) for p in request.ood_shards],
+            "ood_splits": [_ood_split(p, request.split, request.ood_split) for p in request.ood_shards],
             "batch_size": request.batch_size, "backend": request.backend, "seed": request.seed,
             "image_size": source.image_size, "crop_pct": source.crop_pct, "augmentation": source.augmentation,
             "world_size": accelerator.num_processes, "device": str(accelerator.device),
