@@ -44,6 +44,12 @@ class DataConfig:
     eval_split: str = "val"  # the split evaluated every run.eval_every epochs ("test" for CIFAR's test batch)
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # normalization, [0, 1] units (ImageNet)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # normalization, [0, 1] units (ImageNet)
+    # The paper's ImageNet colour augmentation (its official code, from fb.resnet.torch): ColorJitter
+    # with brightness = contrast = saturation = color_jitter (0.4) in a random order per image, then
+    # PCA lighting noise of std lighting_std (0.1); on the device before mixing
+    # (pipeline/data/color.py). 0 = off (timm's and torchvision's ImageNet recipes have none)
+    color_jitter: float = 0.0
+    lighting_std: float = 0.0
 
 
 @dataclass
@@ -59,6 +65,9 @@ class ModelConfig:
     # ResNet family (its own placement); an error for other models. 0 = off
     drop_block_rate: float = 0.0
     shakedrop: bool = False  # ShakeDrop on every residual branch (our PyramidNets only; final drop probability 0.5)
+    # timm's ResNets start each block's last BatchNorm at zero (true, timm's default); the paper's
+    # code starts every BatchNorm at 1 (false, its ImageNet recipes); null: the model's own default
+    zero_init_last: Optional[bool] = None
 
 
 @dataclass

@@ -97,6 +97,8 @@ RULES: dict[str, Rule | None] = {
     "data.eval_split": one_of(("val", "test")),
     "data.mean": each(between(0, 1)),
     "data.std": each(above(0)),
+    "data.color_jitter": between(0, 1),
+    "data.lighting_std": between(0, 1),
     "model.name": known_model,
     "model.pretrained": TYPE_ONLY,
     "model.channels_last": TYPE_ONLY,
@@ -104,6 +106,7 @@ RULES: dict[str, Rule | None] = {
     "model.drop_path_rate": between(0, 1, high_open=True),
     "model.drop_block_rate": between(0, 1, high_open=True),
     "model.shakedrop": TYPE_ONLY,
+    "model.zero_init_last": TYPE_ONLY,
     "optim.base_lr": above(0),
     "optim.reference_batch": at_least(1),
     "optim.momentum": between(0, 1, high_open=True),
@@ -215,7 +218,7 @@ def _model_options(config) -> tuple[str, str] | None:
 
     model = config.model
     found = model_option_problem(model.name, shakedrop=model.shakedrop, drop_block_rate=model.drop_block_rate,
-                                 drop_path_rate=model.drop_path_rate)
+                                 drop_path_rate=model.drop_path_rate, zero_init_last=model.zero_init_last)
     if found is None and model.shakedrop and model.drop_path_rate > 0:
         return "model.drop_path_rate", ("ShakeDrop (model.shakedrop=true) already drops residual branches: "
                                         "use one of them")

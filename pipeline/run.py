@@ -19,6 +19,7 @@ from .checkpoint import (TrainState, check_compatible, damaged_checkpoints, find
                          read_state, save_checkpoint)
 from .config import TrainConfig, config_to_dict, write_config
 from .data import Augmentation, LoaderError, LoaderOptions, create_loader, steps_per_epoch
+from .data.color import ColorAugment
 from .errors import TrainError
 from .evaluate import evaluate
 from .export import export_weights
@@ -132,7 +133,8 @@ def setup(config: TrainConfig, *, run_dir: Path) -> Session:
     set_seed(config.run.seed)  # the same initial weights on every rank
     model = create_model(name=config.model.name, num_classes=num_classes, pretrained=config.model.pretrained,
                          channels_last=config.model.channels_last, drop_path_rate=config.model.drop_path_rate,
-                         drop_block_rate=config.model.drop_block_rate, shakedrop=config.model.shakedrop)
+                         drop_block_rate=config.model.drop_block_rate, shakedrop=config.model.shakedrop,
+                         zero_init_last=config.model.zero_init_last)
     # The same weights on every rank (above), but each rank its own dropout / drop path / ShakeDrop
     # draws from here on: identical masks on every rank would regularize like one small batch.
     torch.manual_seed(stream_seed(seed=config.run.seed, rank=accelerator.process_index, stream=MODEL_STREAM))
@@ -388,6 +390,8 @@ def train_epochs(config: TrainConfig, *, session: Session, loader, state: TrainS
     for epoch in range(state.epoch, config.schedule.epochs):
         sampler = mix_sampler(config, seed=epoch_seed(config.run.seed, epoch), rank=accelerator.process_index,
                               layer_shapes=session.mix.layer_shapes)
+        color = color_augment(config, seed=epoch_seed(config.run.seed, epoch), rank=accelerator.process_index,
+                              device=accelerator.device)
         progress = Progress(enabled=config.run.progress and accelerator.is_local_main_process,
                             total=session.steps_per_epoch, epoch=epoch + 1, epochs=config.schedule.epochs,
                             initial=state.step_in_epoch)
@@ -397,7 +401,7 @@ def train_epochs(config: TrainConfig, *, session: Session, loader, state: TrainS
                                  steps=session.steps_per_epoch, sampler=sampler, accelerator=accelerator,
                                  mix=session.mix, start_step=state.step_in_epoch,
                                  carried_loss=carried_loss(state, rank=accelerator.process_index), stop=stop,
-                                 progress=progress, log_every=config.run.log_every)
+                                 progress=progress, log_every=config.run.log_every, color=color)
         progress.close()
         state.global_step += result.steps
         if result.stopped:
@@ -425,6 +429,14 @@ def train_epochs(config: TrainConfig, *, session: Session, loader, state: TrainS
 def carried_loss(state: TrainState, *, rank: int) -> float:
     """This rank's loss sum over the steps of the epoch done before a mid-epoch checkpoint."""
     return state.partial_loss[rank] if state.step_in_epoch and state.partial_loss else 0.0
+
+
+def color_augment(config: TrainConfig, *, seed: int, rank: int, device) -> ColorAugment | None:
+    """The epoch's colour augmentation (randomness from (seed, rank)); None when the data section has none."""
+    data = config.data
+    if not (data.color_jitter or data.lighting_std):
+        return None
+    return ColorAugment(jitter=data.color_jitter, lighting_std=data.lighting_std, seed=seed, rank=rank, device=device)
 
 
 def mix_sampler(config: TrainConfig, *, seed: int, rank: int, layer_shapes: dict | None = None) -> MixSampler:

@@ -21,6 +21,7 @@ DALI_PIPELINE_STREAM = 0
 DALI_READER_STREAM = 1
 TORCH_WORKER_STREAM = 2
 MODEL_STREAM = 3  # torch's global RNG on each rank after the (shared) initial weights: dropout, drop path
+COLOR_STREAM = 4  # the colour augmentation's torch Generator (pipeline/data/color.py)
 
 
 def epoch_seed(run_seed: int, epoch: int) -> int:

@@ -84,9 +84,10 @@ class _Done:
 
 def train_one_epoch(*, model, optimizer, scheduler, batches, steps: int, sampler: MixSampler, accelerator,
                     mix: MixOptions, start_step: int, carried_loss: float, stop, progress: Progress,
-                    log_every: int) -> EpochResult:
+                    log_every: int, color=None) -> EpochResult:
     """Run steps ``start_step..steps-1`` of an epoch on ``batches`` (the loader's batches from
-    ``start_step``). The mix parameters of the first ``start_step`` steps (done before a resume)
+    ``start_step``), each batch colour-augmented first when ``color`` (a ``ColorAugment``) is given.
+    The mix (and colour) parameters of the first ``start_step`` steps (done before a resume)
     are drawn and dropped, so that every later draw is the one an uninterrupted run makes.
     ``carried_loss`` is this rank's loss sum over those steps (saved with the checkpoint), so the
     epoch's mean loss is the uninterrupted one."""
@@ -102,7 +103,11 @@ def train_one_epoch(*, model, optimizer, scheduler, batches, steps: int, sampler
         if step == start_step:
             for _ in range(start_step):
                 sampler.sample(**shape)
+                if color is not None:
+                    color.draw(shape["batch_size"])
         params = sampler.sample(**shape)
+        if color is not None:
+            images = color(images, color.draw(shape["batch_size"]))  # float NCHW in [0, 1] units
         loaded = time.perf_counter()
         loss = train_step(model=model, optimizer=optimizer, scheduler=scheduler, images=images, labels=labels,
                           params=params, accelerator=accelerator, mix=mix)

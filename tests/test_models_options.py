@@ -61,6 +61,26 @@ def test_config_refuses_options_the_model_lacks(overrides, message):
     assert str(raised.value).startswith(message) and "\n" not in str(raised.value)
 
 
+def test_zero_init_last_false_starts_every_batchnorm_at_one():
+    """The paper's code starts every BatchNorm's weight at 1; timm's ResNets (the default, null)
+    start each block's last one at 0."""
+    def weights(**options):
+        model = create_model(name="resnet10t", num_classes=10, pretrained=False, channels_last=False,
+                             drop_path_rate=0.0, **options)
+        return [m.weight for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+    assert all(bool((w == 1).all()) for w in weights(zero_init_last=False))
+    timm_default = weights()
+    assert any(bool((w == 0).all()) for w in timm_default) and any(bool((w == 1).all()) for w in timm_default)
+
+
+def test_zero_init_last_on_a_model_without_it_is_refused_by_the_config():
+    with pytest.raises(ConfigError) as raised:
+        resolve_config(config_file=None, overrides=["model.name=pyramidnet20_a48", "model.zero_init_last=false"])
+    assert str(raised.value).startswith("model.zero_init_last: pyramidnet20_a48 does not support it; timm's ResNet")
+    resolve_config(config_file=None, overrides=["model.name=pyramidnet20_a48", "model.zero_init_last=null"])
+
+
 def test_create_model_passes_drop_block_to_timm_resnets():
     model = create_model(name="resnet10t", num_classes=10, pretrained=False, channels_last=False,
                          drop_path_rate=0.0, drop_block_rate=0.2)

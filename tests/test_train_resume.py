@@ -18,8 +18,9 @@ from pipeline.logs import read_metrics
 
 pytestmark = pytest.mark.slow
 
+# Drop path: the torch RNG state must be restored too; the colour augmentation: its draws too.
 EXTRA = ("schedule.epochs=3", "run.max_train_steps=6", "loader.batch_size=32", "run.deterministic=true",
-         "model.drop_path_rate=0.05")  # drop path: the torch RNG state must be restored too
+         "model.drop_path_rate=0.05", "data.color_jitter=0.4", "data.lighting_std=0.1")
 
 
 @pytest.fixture(scope="module")

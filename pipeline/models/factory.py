@@ -23,6 +23,8 @@ SUPPORTED_BY = {
     "drop_block_rate": "DropBlock is in our PyramidNets (timm.list_models('pyramidnet*')) and timm's ResNet family "
                        "(resnet*, resnext*, seresnet*, resnest*, ...)",
     "shakedrop": "ShakeDrop is in our PyramidNets (timm.list_models('pyramidnet*'))",
+    "zero_init_last": "timm's ResNet family (resnet*, resnext*, seresnet*, ...) takes it; leave it unset (null) "
+                      "for other models",
 }
 # The module an option puts into a model: a model that takes the keyword and ignores it is refused too.
 EVIDENCE = {"drop_block_rate": (DropBlock, DropBlock2d), "shakedrop": ShakeDrop}
@@ -78,11 +80,13 @@ def unknown_model_message(name: str) -> str | None:
     return f"timm has no model {name!r}{hint}"
 
 
-def regularization_options(*, drop_path_rate: float, drop_block_rate: float, shakedrop: bool) -> dict:
+def regularization_options(*, drop_path_rate: float, drop_block_rate: float, shakedrop: bool,
+                           zero_init_last: bool | None = None) -> dict:
     """``timm.create_model`` keywords for the options that are on (only those: a model without an
-    option still builds when it is off)."""
+    option still builds when it is off); ``zero_init_last`` when set (None: the model's default)."""
     options = {"drop_path_rate": drop_path_rate, "drop_block_rate": drop_block_rate, "shakedrop": shakedrop}
-    return {key: value for key, value in options.items() if value}
+    options = {key: value for key, value in options.items() if value}
+    return options if zero_init_last is None else {**options, "zero_init_last": zero_init_last}
 
 
 def build_timm_model(name: str, *, options: dict, **kwargs) -> torch.nn.Module:
@@ -103,12 +107,12 @@ def build_timm_model(name: str, *, options: dict, **kwargs) -> torch.nn.Module:
     return model
 
 
-def model_option_problem(name: str, *, shakedrop: bool, drop_block_rate: float,
-                         drop_path_rate: float = 0.0) -> tuple[str, str] | None:
+def model_option_problem(name: str, *, shakedrop: bool, drop_block_rate: float, drop_path_rate: float = 0.0,
+                         zero_init_last: bool | None = None) -> tuple[str, str] | None:
     """None when model ``name`` honours these options; otherwise (key, what is wrong). The model is
     built on the meta device (no memory, no weights, milliseconds), only when an option is on."""
     options = regularization_options(drop_path_rate=drop_path_rate, drop_block_rate=drop_block_rate,
-                                     shakedrop=shakedrop)
+                                     shakedrop=shakedrop, zero_init_last=zero_init_last)
     if not options:
         return None
     try:
@@ -122,12 +126,15 @@ def model_option_problem(name: str, *, shakedrop: bool, drop_block_rate: float,
 
 
 def create_model(*, name: str, num_classes: int, pretrained: bool, channels_last: bool, drop_path_rate: float,
-                 drop_block_rate: float = 0.0, shakedrop: bool = False) -> torch.nn.Module:
+                 drop_block_rate: float = 0.0, shakedrop: bool = False,
+                 zero_init_last: bool | None = None) -> torch.nn.Module:
     """A timm model with ``num_classes`` outputs and the regularization options asked for (a
-    TrainError naming the option when the model lacks one), channels-last if asked."""
+    TrainError naming the option when the model lacks one), channels-last if asked;
+    ``zero_init_last`` (timm's ResNets): whether each block's last BatchNorm starts at zero (None:
+    timm's default, true; false: every BatchNorm at 1, as the paper's code)."""
     check_model_name(name)
     options = regularization_options(drop_path_rate=drop_path_rate, drop_block_rate=drop_block_rate,
-                                     shakedrop=shakedrop)
+                                     shakedrop=shakedrop, zero_init_last=zero_init_last)
     model = build_timm_model(name, options=options, pretrained=pretrained, num_classes=num_classes)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
