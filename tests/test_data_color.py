@@ -141,3 +141,20 @@ def test_bad_input_is_refused():
                                                           device="cpu").draw(1))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         ColorAugment(jitter=1.5, lighting_std=0.1, seed=0, rank=0, device="cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU tests above stand in)")
+def test_on_cuda_the_same_values_and_no_host_sync():
+    """On the GPU: the draws and the map enqueue without a host sync, and the result equals the
+    CPU's for the same draws."""
+    images = _batch(6, batch=8, height=64, width=48)
+    augment = ColorAugment(jitter=0.4, lighting_std=0.1, seed=1, rank=0, device="cuda")
+    on_device = images.cuda()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        draw = augment.draw(len(images))
+        out = augment(on_device, draw)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    expected = apply_color(images, ColorDraw(weights=draw.weights.cpu(), lighting=draw.lighting.cpu()))
+    torch.testing.assert_close(out.cpu(), expected, atol=1e-6, rtol=1e-6)

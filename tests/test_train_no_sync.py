@@ -104,8 +104,9 @@ def _apply_mix_checking_labels(apply_mix, *args, **kwargs):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU count above stands in)")
 @pytest.mark.parametrize("mix", [[], ["mix.mode=feature_cutmix", "mix.feature_layers=[layer1,layer2]"],
-                                 ["mix.mode=mixup", "mix.cutout_size=8"]], ids=["cutmix", "feature_cutmix",
-                                                                                "cutout_mixup"])
+                                 ["mix.mode=mixup", "mix.cutout_size=8"],
+                                 ["data.color_jitter=0.4", "data.lighting_std=0.1"]],
+                         ids=["cutmix", "feature_cutmix", "cutout_mixup", "cutmix_colour"])
 def test_twenty_cuda_steps_under_sync_debug_mode_error(monkeypatch, demo_shards, tmp_path, mix):
     train_one_epoch = run.train_one_epoch
 
