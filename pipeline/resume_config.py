@@ -47,6 +47,10 @@ RUNTIME_KEYS = frozenset({
 # and 2 threads); the torch backend's worker count does: it splits each epoch's samples and seeds
 # between its workers, so another count after a mid-epoch resume repeats some samples and skips others.
 THREADS_KEY = "loader.num_threads"
+# Training settings a resume cannot change even on purpose: the checkpoint's optimizer state does
+# not fit a run built with another value (one or two parameter groups: SGD's state is per group).
+FIXED_KEYS = {"optim.decay_norm_and_bias": "the checkpoint's SGD state has one parameter group per setting "
+                                           "(with and without weight decay on norms and biases)"}
 
 Change = tuple[str, Any, Any]  # (section.key, the checkpoint's value, this command's value)
 
@@ -82,6 +86,12 @@ def check_resume_config(config: TrainConfig, checkpoint: Path | None, recorded: 
         return []
     saved = recorded or _run_config_settings(checkpoint, lenient=config.run.resume_with_changes)
     changes = config_changes(saved, config)
+    fixed = [(key, old, new) for key, old, new in changes if key in FIXED_KEYS]
+    if fixed:
+        key = fixed[0][0]
+        raise TrainError(f"run.resume: {checkpoint} was trained with {describe(fixed)}, which a resume cannot change "
+                         f"({FIXED_KEYS[key]}); resume with {key}={_text(fixed[0][1])}, or start over with "
+                         "run.resume=none")
     if changes and not config.run.resume_with_changes:
         raise TrainError(
             f"run.resume: {checkpoint} was trained with other settings ({describe(changes)}); resume with the "

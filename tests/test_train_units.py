@@ -263,6 +263,21 @@ def test_a_resume_may_change_how_a_run_executes_but_not_what_it_trains(tmp_path)
     assert check_resume_config(config("run.resume_with_changes=true"), checkpoint, {}) == []
 
 
+def test_the_parameter_groups_cannot_change_even_on_purpose(tmp_path):
+    """optim.decay_norm_and_bias makes one SGD parameter group or two: the checkpoint's optimizer
+    state would not load into the other (it failed as 'does not load'); refused, naming the key."""
+    from pipeline.config import resolve_config
+    from pipeline.resume_config import check_resume_config, training_settings
+
+    checkpoint = _fake_checkpoint(tmp_path, TrainState(epoch=1, global_step=10))
+    recorded = training_settings(resolve_config(config_file=None, overrides=[]))
+    changed = resolve_config(config_file=None, overrides=["optim.decay_norm_and_bias=false",
+                                                          "run.resume_with_changes=true"])
+    with pytest.raises(TrainError, match=r"was trained with optim.decay_norm_and_bias=true \(now false\), which a "
+                                         r"resume cannot change \(.*\); resume with optim.decay_norm_and_bias=true"):
+        check_resume_config(changed, checkpoint, recorded)
+
+
 def test_a_resume_on_another_class_list_is_refused(tmp_path):
     state = TrainState(model_name="resnet10t", num_classes=3, classes=["cat", "dog", "eel"])
     check_compatible(state, checkpoint=tmp_path, model_name="resnet10t", num_classes=3, classes=["cat", "dog", "eel"])
