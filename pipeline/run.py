@@ -295,12 +295,20 @@ def resume(config: TrainConfig, checkpoint: Path | None, *, changes: list, sessi
     check_compatible(state, checkpoint=checkpoint, model_name=config.model.name, num_classes=session.num_classes,
                      shakedrop=config.model.shakedrop, classes=classes, shards=session.shards)
     changes = [*changes, *process_count_change(config, state, checkpoint=checkpoint, world_size=world)]
+    saved_step = state.step_in_epoch
+    if changes:
+        check_not_past_the_end(config, state, checkpoint=checkpoint)
+        remap_epoch_position(state, steps_per_epoch=session.steps_per_epoch, world_size=world,
+                             batch_size=config.loader.batch_size)
     # From here on the run trains with this config's settings (the same, or changed on purpose).
     state.classes, state.settings, state.world_size = classes, settings, world
     built = schedule_snapshot(session.optimizer, session.scheduler)  # this config's, before the checkpoint's
     try:
-        accelerator.load_state(str(checkpoint))
-    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError) as error:
+        # With changed settings the checkpoint's schedule is replaced below (follow_config); a
+        # schedule of another shape (warmup on or off) would not even load into this one.
+        with schedule_not_loaded(session.scheduler, skip=bool(changes)):
+            accelerator.load_state(str(checkpoint))
+    except (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError, SafetensorError) as error:
         # Files of the right size that do not load (bits flipped on disk, a foreign file put there).
         raise TrainError(f"run.resume: {checkpoint} does not load ({type(error).__name__}: "
                          f"{_first_sentence(error)}); name an older checkpoint with run.resume=PATH, "
@@ -315,8 +323,59 @@ def resume(config: TrainConfig, checkpoint: Path | None, *, changes: list, sessi
                 if damaged.name > checkpoint.name:
                     print(f"skipped damaged checkpoint {damaged}: {problem}", flush=True)
         truncate_metrics(run_dir, last_epoch=state.epoch)
-        print(f"resumed from {checkpoint} (epoch {state.epoch}, step {state.step_in_epoch})", flush=True)
+        moved = f"; at the new global batch and epoch length it goes on from step {state.step_in_epoch}" \
+            if state.step_in_epoch != saved_step else ""
+        print(f"resumed from {checkpoint} (epoch {state.epoch}, step {saved_step}{moved})", flush=True)
     return state, read_loader_state(checkpoint, rank=accelerator.process_index), changes
+
+
+def check_not_past_the_end(config: TrainConfig, state: TrainState, *, checkpoint: Path) -> None:
+    """A resume with changed settings whose ``schedule.epochs`` ends before where ``checkpoint``
+    stands: nothing would train, and the run would export weights trained past the epoch it reports."""
+    epochs = config.schedule.epochs
+    if state.epoch > epochs or (state.epoch == epochs and state.step_in_epoch):
+        where = _count(state.epoch, "epoch") + (f" and {_count(state.step_in_epoch, 'step')}"
+                                                 if state.step_in_epoch else "")
+        raise TrainError(f"run.resume: {checkpoint} has trained {where}, past schedule.epochs={epochs}: resume "
+                         f"with at least {state.epoch + bool(state.step_in_epoch)} epochs, or name an earlier "
+                         "checkpoint with run.resume=PATH")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def remap_epoch_position(state: TrainState, *, steps_per_epoch: int, world_size: int, batch_size: int) -> None:
+    """A mid-epoch checkpoint resumed with another global batch or ``run.max_train_steps``: the
+    step the epoch goes on from, as the samples done so far at the new global batch, at most the
+    new epoch's length; each rank's carried loss sum scaled to it (the epoch's mean stays the mean
+    of what was trained). Updates ``state`` in place; nothing changes for the same batch and length."""
+    if not state.step_in_epoch:
+        return
+    old_batch = state.settings.get("loader.batch_size", batch_size)
+    old_world = state.world_size or world_size
+    samples = state.step_in_epoch * old_batch * old_world
+    step = min(steps_per_epoch, round(samples / (batch_size * world_size)))
+    if (step, world_size) == (state.step_in_epoch, old_world):
+        return
+    mean = sum(state.partial_loss) / len(state.partial_loss) / state.step_in_epoch if state.partial_loss else 0.0
+    state.step_in_epoch, state.partial_loss = step, [mean * step] * world_size
+
+
+class schedule_not_loaded:
+    """While ``skip``: ``scheduler.load_state_dict`` does nothing (Accelerate's ``load_state``
+    loads every prepared scheduler; a run with changed settings builds its schedule anew)."""
+
+    def __init__(self, scheduler, *, skip: bool):
+        self.scheduler, self.skip = scheduler, skip
+
+    def __enter__(self):
+        if self.skip:
+            self.scheduler.load_state_dict = lambda state: None  # an instance attribute: shadows the method
+
+    def __exit__(self, *exc):
+        if self.skip:
+            del self.scheduler.load_state_dict
 
 
 def process_count_change(config: TrainConfig, state: TrainState, *, checkpoint: Path, world_size: int) -> list:

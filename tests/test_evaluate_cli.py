@@ -243,7 +243,10 @@ def test_an_ood_folder_of_several_splits_needs_ood_split(demo_run, demo_shards, 
     assert line.endswith(f"--ood-shards {folder}: no val.json and several splits (test, train): choose one with "
                          "--ood-split")
     line = one_error_line(capsys, [str(demo_run), "--tasks", "ood", "--ood-shards", str(folder), "--ood-split", "val"])
-    assert f"--ood-shards {folder}: no split 'val'; it has test, train" in line
+    assert line.endswith(f"--ood-shards {folder}: no split 'val'; it has test, train (--ood-split)")
+    line = one_error_line(capsys, [str(demo_run), "--tasks", "ood", "--ood-shards", str(folder / "test.json")])
+    assert line.endswith(f"--ood-shards {folder / 'test.json'}: a file, not a shards folder (give the folder holding "
+                         "it)")
     line = one_error_line(capsys, [str(demo_run), "--tasks", "classify", "--ood-split", "test"])
     assert line == "error: --ood-split: no --ood-shards folder to read it from"
 
@@ -254,6 +257,7 @@ def test_ood_set_names_by_hand():
     assert ood_set_names(["/d/places/val", "/d/lsun/val", "/d/ssb"]) == ["places/val", "lsun/val", "ssb"]
     assert ood_set_names(["/a/x/val", "/b/x/val"]) == ["a/x/val", "b/x/val"]
     assert ood_set_names(["/data/textures"]) == ["textures"]
+    assert ood_set_names(["/data/val", "/mnt/data/val"]) == ["/data/val", "mnt/data/val"]  # one the tail of the other
 
 
 def test_an_ood_folder_named_twice_is_refused(demo_run, demo_shards, tmp_path, capsys):

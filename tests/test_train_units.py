@@ -421,3 +421,74 @@ def test_pruning_removes_damaged_checkpoints_older_than_the_newest_good_one(tmp_
     prune_checkpoints(tmp_path / "checkpoints", keep=2)
     # epoch-0004 stays (never resumed from, it is overwritten when training gets there again)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch-0002", "epoch-0003", "epoch-0004"]
+
+
+def test_a_mid_epoch_position_moves_to_the_new_global_batch_by_hand():
+    """A mid-epoch checkpoint resumed with changed settings: the epoch goes on from the samples
+    done so far at the new global batch, at most the new epoch's length, and each rank carries its
+    share of the loss so far (the per-step mean times its steps)."""
+    from pipeline.run import remap_epoch_position
+
+    def state(**kwargs):
+        return TrainState(**{"epoch": 1, "step_in_epoch": 3, "world_size": 1, "partial_loss": [6.0],
+                             "settings": {"loader.batch_size": 32}, **kwargs})
+
+    same = state()
+    remap_epoch_position(same, steps_per_epoch=6, world_size=1, batch_size=32)
+    assert (same.step_in_epoch, same.partial_loss) == (3, [6.0])  # nothing changes
+    two = state()
+    remap_epoch_position(two, steps_per_epoch=6, world_size=2, batch_size=32)  # 96 samples done, 64 a step
+    assert (two.step_in_epoch, two.partial_loss) == (2, [4.0, 4.0])  # round(1.5) = 2; 2 per step x 2 steps each
+    shorter = state()
+    remap_epoch_position(shorter, steps_per_epoch=2, world_size=1, batch_size=32)  # run.max_train_steps=2
+    assert (shorter.step_in_epoch, shorter.partial_loss) == (2, [4.0])
+    smaller = state(step_in_epoch=31, partial_loss=[62.0])
+    remap_epoch_position(smaller, steps_per_epoch=22, world_size=1, batch_size=64)  # 992 samples: 15.5 steps
+    assert (smaller.step_in_epoch, smaller.partial_loss) == (16, [32.0])
+    whole = state(step_in_epoch=0, partial_loss=[])
+    remap_epoch_position(whole, steps_per_epoch=2, world_size=4, batch_size=8)
+    assert (whole.step_in_epoch, whole.partial_loss) == (0, [])
+
+
+def test_a_resume_whose_schedule_ends_before_the_checkpoint_is_refused(tmp_path):
+    from pipeline.config import resolve_config
+    from pipeline.run import check_not_past_the_end
+
+    def config(epochs):
+        return resolve_config(config_file=None, overrides=[f"schedule.epochs={epochs}", "schedule.milestones=[1]"])
+
+    check_not_past_the_end(config(3), TrainState(epoch=3), checkpoint=tmp_path)  # a finished run: nothing to do
+    check_not_past_the_end(config(2), TrainState(epoch=1, step_in_epoch=3), checkpoint=tmp_path)
+    with pytest.raises(TrainError, match=r"has trained 3 epochs, past schedule.epochs=2: resume with at least 3 "):
+        check_not_past_the_end(config(2), TrainState(epoch=3), checkpoint=tmp_path)
+    with pytest.raises(TrainError, match=r"has trained 1 epoch and 3 steps, past schedule.epochs=1: resume with at "
+                                         r"least 2 epochs"):
+        check_not_past_the_end(config(1), TrainState(epoch=1, step_in_epoch=3), checkpoint=tmp_path)
+
+
+def test_a_schedule_of_another_shape_is_not_loaded_when_the_settings_changed(tmp_path):
+    """Warmup turned on: the checkpoint's scheduler state (no SequentialLR) does not load into the
+    new one (KeyError '_schedulers'); with changed settings it is not loaded at all (follow_config
+    builds the schedule anew), and loading works again after."""
+    from accelerate import Accelerator
+
+    from pipeline.run import schedule_not_loaded
+
+    def prepared(warmup):
+        accelerator = Accelerator(cpu=True)
+        optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+        scheduler = create_scheduler(optimizer, name="cosine", epochs=4, steps_per_epoch=3, milestones=(),
+                                     decay_factor=0.1, warmup_epochs=warmup, warmup_start_factor=0.1, min_lr=0.0)
+        return accelerator, *accelerator.prepare(optimizer, scheduler)
+
+    accelerator, _, _ = prepared(0.0)
+    accelerator.save_state(str(tmp_path / "ckpt"), safe_serialization=True)
+    accelerator, _, scheduler = prepared(1.0)
+    with pytest.raises(KeyError, match="_schedulers"):
+        accelerator.load_state(str(tmp_path / "ckpt"))
+    accelerator, _, scheduler = prepared(1.0)
+    with schedule_not_loaded(scheduler, skip=True):
+        accelerator.load_state(str(tmp_path / "ckpt"))
+    assert "load_state_dict" not in vars(scheduler)  # the method is back
+    with pytest.raises(KeyError):
+        scheduler.load_state_dict({"last_epoch": 1})

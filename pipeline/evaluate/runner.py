@@ -97,7 +97,7 @@ def check_request(request: EvalRequest) -> dict:
             also = "" if str(same) == str(folder) else f" (as {folder})"
             raise EvalError(f"--ood-shards names {same} twice{also}")
         split = _ood_split(folder, request.split, request.ood_split)
-        _manifest(folder, split, what="--ood-shards")
+        _manifest(folder, split, what="--ood-shards", split_option="--ood-split" if request.ood_split else "--split")
         if Path(folder).resolve() == Path(request.shards).resolve() and split == request.split:
             raise EvalError(f"--ood-shards {folder}: the in-distribution shards themselves ({split}); name "
                             "out-of-distribution data")
@@ -113,13 +113,14 @@ def has_boxes(manifest: dict) -> bool:
     return bool(manifest.get("totals", {}).get("with_boxes"))
 
 
-def _manifest(folder: Path, split: str, *, what: str) -> dict:
+def _manifest(folder: Path, split: str, *, what: str, split_option: str = "--split") -> dict:
     try:
         return load_manifest(Path(folder), split)
     except ShardsError as error:
         found = _splits_in(folder)
         if found and split not in found:  # a folder of shards, another split: say which it has
-            raise EvalError(f"{what} {folder}: no split {split!r}; it has {', '.join(found)} (--split)") from None
+            has = ", ".join(found)
+            raise EvalError(f"{what} {folder}: no split {split!r}; it has {has} ({split_option})") from None
         raise EvalError(f"{what} {folder}: {error}") from None
 
 
@@ -131,6 +132,9 @@ def _splits_in(folder: Path) -> list[str]:
 def _ood_split(folder: Path, split: str, chosen: str | None = None) -> str:
     """The split an OOD shards folder is read at: ``chosen`` (--ood-split), else ``split`` if it
     has it, else its only split (the manifest check names what is missing)."""
+    if Path(folder).is_file():
+        hint = " (give the folder holding it)" if Path(folder).suffix == ".json" else ""
+        raise EvalError(f"--ood-shards {folder}: a file, not a shards folder{hint}")
     if chosen is not None or (Path(folder) / f"{split}.json").is_file():
         return chosen or split
     found = _splits_in(folder)
@@ -309,7 +313,7 @@ def ood_set_names(folders) -> list[str]:
     parts = [Path(folder).resolve().parts for folder in folders]
 
     def name(path_parts, depth):
-        return "/".join(path_parts[-depth:])
+        return Path(*path_parts[-depth:]).as_posix()  # "/data/val" when the whole path is needed, not "//data/val"
 
     names = []
     for mine in parts:
