@@ -73,3 +73,8 @@ def test_paper_cutmix_recipe():
     assert config.schedule.name == "step" and config.schedule.milestones == (75, 150, 225)
     assert (config.mix.mode, config.mix.cutmix_alpha, config.mix.prob) == ("cutmix", 1.0, 1.0)
     assert config.optim.weight_decay == 1e-4 and config.optim.nesterov
+    # The official code's ImageNet training (clovaai/CutMix-PyTorch train.py): ColorJitter(0.4, 0.4, 0.4),
+    # Lighting(alphastd=0.1), every BatchNorm starting at 1, weight decay on every parameter.
+    assert (config.data.color_jitter, config.data.lighting_std, config.model.zero_init_last) == (0.4, 0.1, False)
+    assert config.optim.decay_norm_and_bias and config.optim.momentum == 0.9
+    assert config.optim.base_lr * config.loader.batch_size * 8 / config.optim.reference_batch == pytest.approx(0.1)
