@@ -1,9 +1,17 @@
 import contextlib
 import pathlib
+import signal
 import sys
 
 # Test helpers (shard_fixtures.py, ...) live beside the tests and are imported by name.
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
+
+# A shell without job control starts background commands with SIGINT ignored, and an ignored
+# signal stays ignored across fork and exec: every process a test starts would ignore Ctrl-C, and
+# the test of what Ctrl-C does would hang (seen with `(bash .ci/run &)`). Python's own handler
+# here makes the children start with the default (Python then installs its KeyboardInterrupt).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 import pytest  # noqa: E402
