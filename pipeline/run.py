@@ -4,6 +4,7 @@ val loaders are built once per run and read one epoch at a time."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import shutil
@@ -362,20 +363,18 @@ def remap_epoch_position(state: TrainState, *, steps_per_epoch: int, world_size:
     state.step_in_epoch, state.partial_loss = step, [mean * step] * world_size
 
 
-class schedule_not_loaded:
+@contextlib.contextmanager
+def schedule_not_loaded(scheduler, *, skip: bool):
     """While ``skip``: ``scheduler.load_state_dict`` does nothing (Accelerate's ``load_state``
     loads every prepared scheduler; a run with changed settings builds its schedule anew)."""
-
-    def __init__(self, scheduler, *, skip: bool):
-        self.scheduler, self.skip = scheduler, skip
-
-    def __enter__(self):
-        if self.skip:
-            self.scheduler.load_state_dict = lambda state: None  # an instance attribute: shadows the method
-
-    def __exit__(self, *exc):
-        if self.skip:
-            del self.scheduler.load_state_dict
+    if not skip:
+        yield
+        return
+    scheduler.load_state_dict = lambda state: None  # an instance attribute: shadows the method
+    try:
+        yield
+    finally:
+        del scheduler.load_state_dict
 
 
 def process_count_change(config: TrainConfig, state: TrainState, *, checkpoint: Path, world_size: int) -> list:
