@@ -86,7 +86,7 @@ def follow_config(optimizer, scheduler, snapshot: dict, *, position: int) -> Non
     otherwise be ignored, or a lengthened cosine run its lr back up past the old end. Put back
     ``snapshot``'s (this config's) and step the schedule ``position`` updates on from its start,
     as if the run had had these settings from the start; the momentum buffers stay the checkpoint's.
-    Stepping is exact (the same float chain as training) and cheap (about 3 us an update)."""
+    Stepping is exact: the same float chain as training."""
     for group, built in zip(optimizer.param_groups, snapshot["groups"]):
         group.update(copy.deepcopy(built))
     scheduler.load_state_dict(copy.deepcopy(snapshot["scheduler"]))
