@@ -138,6 +138,17 @@ while kill -0 "$srun_pid" 2>/dev/null; do
     wait "$srun_pid" || status=$?
 done
 
+if ((status != 0)); then
+    # The training processes' own error line is somewhere above torchrun's report of the failed
+    # ranks: say it again last, where a reader of the log looks first (this start's part of it).
+    log=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -o 'StdOut=[^ ]*' | cut -d= -f2-)
+    cause=
+    if [[ -n $log && -f $log ]]; then
+        cause=$(awk -v start="job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}):" \
+            'index($0, start) == 1 {found = 1; next} found && /^error: / {print; exit}' "$log")
+    fi
+    echo "error: the training ended with exit status $status${cause:+: ${cause#error: }}" >&2
+fi
 if ((requeue)) && ((status == 0)); then
     # A USR1 during the last epoch's evaluation or export: the run ended, nothing to requeue for.
     if python pipeline/train.py --check "${train_args[@]}" run.resume=auto 2>/dev/null | grep -q "already finished"; then

@@ -7,6 +7,7 @@ plus merge equals a single-process build."""
 from __future__ import annotations
 
 import collections
+import re
 import time
 from pathlib import Path
 
@@ -116,6 +117,21 @@ def test_a_config_mistake_is_one_line_before_any_node_starts(cluster, demo_shard
         "error: unknown config key schedule.epoch; schedule has ['decay_factor', 'epochs', 'milestones', 'min_lr', "
         "'name', 'warmup_epochs', 'warmup_start_factor']"], log
     assert "Traceback" not in log and "node 0" not in log  # srun never started
+
+
+def test_a_failure_inside_the_job_is_said_again_last(cluster, demo_shards, tmp_path):
+    """A mistake only the training processes find (a batch larger than a rank's share: the check
+    before srun passes): the log ends with one error line that repeats theirs, after torchrun's
+    report of the failed ranks."""
+    job = submit_training(cluster, tmp_path, small_run_args(demo_shards, tmp_path / "run", "loader.batch_size=1000"))
+    record = cluster.wait(job, timeout=300)
+    log = (tmp_path / f"cutmix-{job}.out").read_text()
+    assert record["JobState"] == "FAILED", log[-4000:]
+    lines = [line for line in log.splitlines() if line.strip()]
+    theirs = next(line for line in lines if line.startswith("error: batch_size 1000 is larger than a rank's share"))
+    assert "node 0" in log and lines.index(theirs) < len(lines) - 1  # srun ran; the training said it first
+    assert re.fullmatch(r"error: the training ended with exit status [1-9]\d*: " + re.escape(theirs[len("error: "):]),
+                        lines[-1]), log[-4000:]
 
 
 def test_the_script_run_without_sbatch_says_so(tmp_path):
