@@ -303,7 +303,9 @@ def resume(config: TrainConfig, checkpoint: Path | None, *, changes: list, sessi
                              batch_size=config.loader.batch_size)
     # From here on the run trains with this config's settings (the same, or changed on purpose).
     state.classes, state.settings, state.world_size = classes, settings, world
-    built = schedule_snapshot(session.optimizer, session.scheduler)  # this config's, before the checkpoint's
+    # This config's group settings and schedule, before the checkpoint's replace them (only needed
+    # when they differ).
+    built = schedule_snapshot(session.optimizer, session.scheduler) if changes else None
     try:
         # With changed settings the checkpoint's schedule is replaced below (follow_config); a
         # schedule of another shape (warmup on or off) would not even load into this one.

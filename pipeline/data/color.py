@@ -9,8 +9,9 @@ Their ColorJitter applies the three in a random order per image. The order does 
 result: the three are linear maps that commute (brightness is a multiple of the identity; the
 grey weights sum to 1, so the grey of the mean-grey image is that image, and the mean grey of a
 saturation-lerped image is the image's mean grey). Composed, an image's jitter is one affine map,
-``c1 * x + c2 * grey(x) + c3 * mean_grey(x)``, which is how it is computed here: three passes over
-the batch instead of ten, equal to their sequential lerps in every order up to float rounding
+``c1 * x + c2 * grey(x) + c3 * mean_grey(x)``, which is how it is computed here (about six
+unfused elementwise passes over the batch, the uint8-to-float conversion included; the GPU cost
+is not measured yet), equal to their sequential lerps in every order up to float rounding
 (tests/test_data_color.py checks all six against a transcription of their classes).
 
 It runs on the device, on the whole batch at once, between the loader and ``apply_mix``: every

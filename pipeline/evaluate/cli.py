@@ -59,7 +59,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser = CommandParser(prog="python -m pipeline.evaluate", description=_DESCRIPTION,
                                      epilog=_EPILOG.format(tasks=tasks),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    # nargs="?": checked in build_request, which can say that --ood-shards took it (it takes every
+    # nargs="?": checked in parse_args, which can say that --ood-shards took it (it takes every
     # path after it, so `--ood-shards A B RUN` leaves no model: argparse would only say "required").
     parser.add_argument("model", type=Path, nargs="?", metavar="RUN_DIR|MODEL.safetensors",
                         help="a run folder (config.yaml + model.safetensors) or exported weights")
