@@ -31,6 +31,35 @@ if [[ -z ${SLURM_JOB_ID:-} ]]; then
     echo "error: submit this script with sbatch (it takes its nodes and GPUs from the Slurm job): sbatch $0 $*" >&2
     exit 2
 fi
+# USR1 (the time-limit warning, or `scancel --signal=USR1 --batch JOB`): stop with a checkpoint,
+# then requeue. Trapped from the start: bash's default for USR1 ends the shell, and the job
+# with it, without a word.
+requeue=0
+srun_pid=
+resender=
+on_usr1() {
+    requeue=1
+    if [[ -z $srun_pid || -n $resender ]]; then
+        return   # not started yet (said below, before srun), or already asked
+    fi
+    echo "USR1: asking the training processes to checkpoint; the job will requeue"
+    # Every step's processes, not this shell; and again every 10 s until they end: a training
+    # process still starting ignores USR1 (the launcher's `trap ""` is inherited) until its own
+    # handler is in place, so a single signal in that window would be lost. A stop already under
+    # way ignores the repeats.
+    (
+        pause=
+        trap 'kill $pause 2>/dev/null; exit 0' TERM
+        while :; do
+            scancel --signal=USR1 "$SLURM_JOB_ID"
+            sleep 10 & pause=$!
+            wait $pause
+        done
+    ) &
+    resender=$!
+}
+trap on_usr1 USR1
+
 # Under sbatch the script runs from a spool copy: the repository is the submission folder.
 cd "$SLURM_SUBMIT_DIR"
 if [[ ! -f pipeline/train.py ]]; then
@@ -96,15 +125,14 @@ export HEAD_ADDR=$head_addr PORT=$port PROCS_PER_NODE=$procs_per_node
 echo "job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}): $SLURM_NNODES nodes x $procs_per_node" \
      "processes, head $head_node ($head_addr:$port), pipeline/train.py ${train_args[*]}"
 
-# On USR1 (the time-limit warning, or `scancel --signal=USR1 --batch JOB`): pass it on to the
-# training processes, which checkpoint and exit 0; then requeue.
-requeue=0
-on_usr1() {
-    echo "USR1: asking the training processes to checkpoint; the job will requeue"
-    requeue=1
-    scancel --signal=USR1 "$SLURM_JOB_ID"   # every step's processes, not this shell
-}
-trap on_usr1 USR1
+if ((requeue)); then
+    # The warning came before any training: the time limit leaves no time to train after it, and
+    # a requeued job would get the same warning as early, again and again.
+    echo "error: USR1 came before the training started ($SECONDS s into the job): not started, not" \
+         "requeued; if it was the time-limit warning, give the job a --time longer than the" \
+         "--signal=B:USR1@SECONDS lead plus the start-up" >&2
+    exit 1
+fi
 
 # One task per node: a small bash that starts `accelerate launch` (the torchrun agent, whose
 # children are the training processes) and forwards USR1 to those children. The launcher ignores
@@ -130,6 +158,9 @@ srun --kill-on-bad-exit=1 --ntasks-per-node=1 --ntasks="$SLURM_NNODES" bash -c '
     while kill -0 $launcher 2>/dev/null; do status=0; wait $launcher || status=$?; done
     exit $status' train "${train_args[@]}" &
 srun_pid=$!
+if ((requeue)); then
+    on_usr1   # USR1 came between the check above and here
+fi
 # wait returns early when a trapped signal arrives: wait again until srun itself has ended.
 status=0
 wait "$srun_pid" || status=$?
@@ -137,6 +168,10 @@ while kill -0 "$srun_pid" 2>/dev/null; do
     status=0
     wait "$srun_pid" || status=$?
 done
+if [[ -n $resender ]]; then
+    kill "$resender" 2>/dev/null || true
+    wait "$resender" 2>/dev/null || true
+fi
 
 if ((status != 0)); then
     # The training processes' own error line is somewhere above torchrun's report of the failed

@@ -7,7 +7,9 @@ plus merge equals a single-process build."""
 from __future__ import annotations
 
 import collections
+import os
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -74,11 +76,13 @@ def test_training_runs_with_world_size_two_across_two_nodes(cluster, demo_shards
 
 def test_usr1_checkpoints_requeues_and_the_requeued_job_resumes(cluster, demo_shards, tmp_path):
     """Submitted with run.resume=none (start over): the first start does; the restart after the
-    requeue must continue from the checkpoint all the same, not start over again."""
+    requeue must continue from the checkpoint all the same, not start over again. The USR1 comes
+    as the nodes' tasks start, while the training processes are still importing (and ignore
+    USR1 until their handler is in place): the shell's repeats must reach them all the same."""
     out = tmp_path / "run"
     job = submit_training(cluster, tmp_path, small_run_args(demo_shards, out, *TRAIN_OVERRIDES, "run.resume=none"))
     log_path = tmp_path / f"cutmix-{job}.out"
-    wait_for_log(cluster, log_path, "epoch 2/")
+    wait_for_log(cluster, log_path, "node 1 (")
     # What Slurm does at --signal=B:USR1@SECONDS before the time limit: USR1 to the batch shell.
     cluster.run(["scancel", "--signal=USR1", "--batch", str(job)])
     record = cluster.wait(job, timeout=600)
@@ -94,6 +98,41 @@ def test_usr1_checkpoints_requeues_and_the_requeued_job_resumes(cluster, demo_sh
     uninterrupted = tmp_path.parent / "uninterrupted.json"
     if uninterrupted.exists():  # the first test ran in this session: same run, same end
         assert repr(without_timings(records)) == uninterrupted.read_text()
+
+
+def test_usr1_before_the_training_starts_ends_the_job_without_a_requeue(cluster, demo_shards, tmp_path):
+    """The time-limit warning before srun (a --time shorter than the --signal lead): neither a
+    silent death of the batch shell (bash's default for USR1) nor a requeue that would get the
+    same warning at once, again and again; one error line, no training process started."""
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    checking, go = tmp_path / "checking", tmp_path / "go"
+    # `python` for the batch shell: its --check waits until the test has sent USR1 (bash runs the
+    # trap once the check has ended), at most 60 s.
+    (shim / "python").write_text(
+        "#!/bin/bash\n"
+        f'if [[ "${{2:-}}" == --check ]]; then touch {checking}; for _ in $(seq 600); do '
+        f"[[ -e {go} ]] && break; sleep 0.1; done; fi\n"
+        f'exec {sys.executable} "$@"\n')
+    (shim / "python").chmod(0o755)
+    env = dict(job_env())
+    env["PATH"] = f"{shim}{os.pathsep}{env['PATH']}"
+    job = cluster.sbatch("--nodes=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=15",
+                         f"--output={tmp_path}/%x-%j.out", str(REPO / "slurm" / "imagenet_cutmix.sh"),
+                         *small_run_args(demo_shards, tmp_path / "run"), env=env, cwd=REPO)
+    deadline = time.monotonic() + 300
+    while not checking.exists():
+        assert time.monotonic() < deadline, f"the job never ran its check:\n{cluster.logs()}"
+        time.sleep(0.2)
+    cluster.run(["scancel", "--signal=USR1", "--batch", str(job)])
+    time.sleep(3)  # the signal's way through slurmctld and slurmd; bash holds it until the check ends
+    go.touch()
+    record = cluster.wait(job, timeout=300)
+    log = (tmp_path / f"cutmix-{job}.out").read_text()
+    assert record["JobState"] == "FAILED" and record["Restarts"] == "0", log
+    errors = [line for line in log.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: USR1 came before the training started ("), log
+    assert "not started, not requeued" in errors[0] and "node 0" not in log and "Traceback" not in log
 
 
 def test_one_node_with_one_process(cluster, demo_shards, tmp_path):
