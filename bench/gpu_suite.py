@@ -15,7 +15,8 @@ Sections, each a function returning table rows (a section that cannot run gives 
           bf16) and memory formats; max error in units of the output dtype's epsilon. Then its bandwidth
           against a device-to-device copy of as many bytes (batch 256x224x224x3 uint8 -> bf16
           channels-last with CutMix per batch and per sample), rotating over 4 input sets so that L2
-          cannot hold them (goal >= 0.85 of the copy).
+          cannot hold them (goal >= 0.85 of the copy); the same with the ImageNet recipe's colour maps
+          fused, and against the colour as a separate step before the kernel.
   host    the host side of a step (the sampler's draw to the kernel launch, batch 256): the time to
           enqueue a step (goal <= 50 us), and the whole apply_mix call back to back against the kernel alone.
   loader  DALI mixed (GPU) decode against the torch loader, same shards and augmentation (goal >= 1.5x).
@@ -71,6 +72,7 @@ from bench_shards import make_photos  # noqa: E402
 from pipeline.data import Augmentation, LoaderOptions, create_loader  # noqa: E402
 from pipeline.mix import (MixParams, MixSampler, apply_mix, normalization_affine, resolve_mix,  # noqa: E402
                           soft_target_cross_entropy)
+from pipeline.mix.color import maps_in_units  # noqa: E402
 from shards.cli import main as shards_main  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
@@ -290,6 +292,7 @@ class MixCase:
     label_smoothing: float
     out_dtype: torch.dtype
     memory_format: torch.memory_format
+    color: Optional[torch.Tensor] = None  # per-image colour maps [B, 5] in [0, 1] units (pipeline/mix/color.py)
 
     def describe(self) -> str:
         batch = self.images.shape[0]
@@ -297,7 +300,8 @@ class MixCase:
         side = self.images.shape[1:3] if self.images.dtype == torch.uint8 else self.images.shape[2:]
         layout = "channels_last" if self.memory_format == torch.channels_last else "contiguous"
         return (f"{batch}x{side[0]}x{side[1]} {kind} -> {str(self.out_dtype)[6:]} {layout}, "
-                f"{'/'.join(sorted(set(self.modes)))}, {self.num_classes} classes")
+                f"{'/'.join(sorted(set(self.modes)))}, {self.num_classes} classes"
+                f"{', colour maps' if self.color is not None else ''}")
 
 
 def random_box(rng: random.Random, height: int, width: int) -> tuple[int, int, int, int]:
@@ -307,8 +311,10 @@ def random_box(rng: random.Random, height: int, width: int) -> tuple[int, int, i
 
 
 def make_case(rng: random.Random, *, device, batch: int, height: int, width: int, mode: str, per: str,
-              source: str, out_dtype, memory_format, num_classes: int, label_smoothing: float) -> MixCase:
-    """A case with its randomness injected: mode "mixed" draws a mode per sample; source "uint8" or a float dtype."""
+              source: str, out_dtype, memory_format, num_classes: int, label_smoothing: float,
+              color: bool = False) -> MixCase:
+    """A case with its randomness injected: mode "mixed" draws a mode per sample; source "uint8" or a
+    float dtype; ``color``: random per-image colour maps (gains, grey gains, offsets drawn here)."""
     generator = torch.Generator().manual_seed(rng.randrange(2**31))
     if source == "uint8":
         images = torch.randint(0, 256, (batch, height, width, 3), dtype=torch.uint8, generator=generator)
@@ -337,8 +343,13 @@ def make_case(rng: random.Random, *, device, batch: int, height: int, width: int
     else:
         params = MixParams(mode=modes, lam=torch.tensor(lam), boxes=torch.tensor(boxes, dtype=torch.int32),
                            partner=partner)
+    maps = None
+    if color:  # gain, grey gain, offset r, g, b: the jitter's range and beyond, float32-exact draws
+        rows = [[rng.uniform(0.4, 1.6), rng.uniform(-0.5, 0.5), *(rng.uniform(-0.3, 0.3) for _ in range(3))]
+                for _ in range(batch)]
+        maps = torch.tensor(rows, dtype=torch.float32).to(device)
     return MixCase(images.to(device), labels.to(device), params, modes, lam, boxes, partner.tolist(), num_classes,
-                   label_smoothing, out_dtype, memory_format)
+                   label_smoothing, out_dtype, memory_format, maps)
 
 
 # What the random cases vary besides their shape; every value of every axis comes up in any 5 cases in a row.
@@ -350,6 +361,7 @@ CASE_AXES = {
     "memory_format": (torch.channels_last, torch.contiguous_format),
     "num_classes": (2, 7, 1000, 1500),  # 1500: more than the kernel's block of classes
     "label_smoothing": (0.0, 0.1),
+    "color": (False, True),  # per-image colour maps (the ImageNet recipe's jitter and lighting), fused
 }
 
 
@@ -373,23 +385,32 @@ def coverage(cases: list[MixCase]) -> str:
         yield "uint8 in" if case.images.dtype == torch.uint8 else "float in"
         yield f"{str(case.out_dtype)[6:]} out"
         yield "channels_last" if case.memory_format == torch.channels_last else "contiguous"
+        yield "colour maps" if case.color is not None else "no colour"
 
     counts = collections.Counter(kind for case in cases for kind in kinds(case))
     return ", ".join(f"{kind} {count}" for kind, count in sorted(counts.items()))
 
 
 def full_size_cases(rng: random.Random, *, device) -> list[MixCase]:
-    """The benchmark's shape: 256x224x224 uint8 -> bf16 channels-last, CutMix per batch and per sample."""
+    """The benchmark's shape: 256x224x224 uint8 -> bf16 channels-last, CutMix per batch and per
+    sample, and per batch with colour maps."""
     return [make_case(rng, device=device, batch=256, height=224, width=224, mode="cutmix", per=per, source="uint8",
                       out_dtype=torch.bfloat16, memory_format=torch.channels_last, num_classes=NUM_CLASSES,
-                      label_smoothing=SMOOTHING) for per in ("batch", "elem")]
+                      label_smoothing=SMOOTHING, color=color)
+            for per, color in (("batch", False), ("elem", False), ("batch", True))]
 
 
 def reference_mix(case: MixCase) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float64 images [B, C, H, W] and soft targets [B, K]: per sample, normalize then mix."""
+    """Float64 images [B, C, H, W] and soft targets [B, K]: per sample, colour (if the case has
+    maps), normalize, then mix."""
     uint8 = case.images.dtype == torch.uint8
     source = (case.images.permute(0, 3, 1, 2) if uint8 else case.images).to(torch.float64) / (255.0 if uint8 else 1.0)
     batch, channels, height, width = source.shape
+    if case.color is not None:  # y_c = gain x_c + grey gain (.299 r + .587 g + .114 b) + offset_c, per image
+        maps = case.color.to(torch.float64)
+        grey = 0.299 * source[:, 0] + 0.587 * source[:, 1] + 0.114 * source[:, 2]
+        source = torch.stack([maps[:, 0, None, None] * source[:, c] + maps[:, 1, None, None] * grey
+                              + maps[:, 2 + c, None, None] for c in range(channels)], dim=1)
     mean = torch.tensor(MEAN, dtype=torch.float64, device=source.device).view(1, channels, 1, 1)
     std = torch.tensor(STD, dtype=torch.float64, device=source.device).view(1, channels, 1, 1)
     normalized = (source - mean) / std
@@ -426,8 +447,9 @@ def run_poisoned(mix_backend, case: MixCase) -> tuple[torch.Tensor, torch.Tensor
     out = torch.full(source.shape, math.nan, dtype=case.out_dtype, device=source.device)
     out = out.contiguous(memory_format=case.memory_format)
     targets = torch.full((batch, case.num_classes), math.nan, device=source.device)
+    color = None if case.color is None else maps_in_units(case.color, value_range=255.0 if uint8 else 1.0)
     mix_backend(source, case.labels, resolved=resolved, scale=scale, shift=shift,
-                label_smoothing=case.label_smoothing, out_images=out, out_targets=targets)
+                label_smoothing=case.label_smoothing, out_images=out, out_targets=targets, color=color)
     return out, targets
 
 
@@ -519,12 +541,58 @@ def bandwidth_rows(suite: Suite) -> list[Row]:
                                  "GB/s", baseline=moved / copy_s / 1e9,
                                  goal=("ratio", ">=", 0.85) if not suffix else None, judge=not plan.smoke))
             rows.append(Row("kernel", f"kernel time, CutMix {label}{suffix}", kernel_s * 1e6, "us"))
+    rows += color_rows(suite, inputs=inputs, labels=labels, outputs=outputs, targets=targets, turn=turn,
+                       moved=moved, copy_s=copy_s)
     rows.append(Row("kernel", "copy of the same bytes (baseline)", copy_s * 1e6, "us"))
     rows.append(Row("kernel", "bytes moved per launch", moved / 1e6, "MB"))
     rows.append(note("kernel", "bandwidth batch", f"{batch}x{size}x{size}x3 uint8 -> bf16 channels_last, "
                      f"{NUM_CLASSES} classes, {plan.input_sets} input/output sets rotated, "
                      f"{plan.launches} launches back to back per round, median of {plan.rounds} rounds"))
     return rows
+
+
+def color_rows(suite: Suite, *, inputs, labels, outputs, targets, turn, moved: int, copy_s: float) -> list[Row]:
+    """The ImageNet recipe's colour (jitter 0.4, lighting 0.1) on the bandwidth batch, CutMix per
+    batch: the kernel with the maps fused (each value reads its pixel's three channels: byte loads
+    instead of 128-bit ones, the same bytes from memory), the maps' own cost (draws, the mean-grey
+    reduction), and the colour as a separate step (float32 out, what training did before) followed
+    by the kernel on its float input, against maps + fused kernel."""
+    from pipeline.data.color import ColorAugment
+
+    plan, device, kernel = suite.plan, suite.device, triton_kernel()
+    batch, size = plan.batch_size, plan.image_size
+    augment = ColorAugment(jitter=0.4, lighting_std=0.1, seed=0, rank=0, device=device)
+    draws = [augment.draw(batch) for _ in inputs]
+    maps = [maps_in_units(augment.maps(images, draw), value_range=255.0) for images, draw in zip(inputs, draws)]
+    params = MixSampler(mode="cutmix", per="batch", seed=0).sample(batch_size=batch, height=size, width=size)
+    packed = kernel.pack_rows(resolve_mix(params, batch_size=batch, height=size, width=size)).to(device)
+    scale, shift = (t.to(device) for t in normalization_affine(mean=MEAN, std=STD, from_uint8=True))
+    float_scale, float_shift = (t.to(device) for t in normalization_affine(mean=MEAN, std=STD, from_uint8=False))
+
+    def fused():
+        i = next(turn)
+        kernel.launch_mix_kernel(inputs[i].permute(0, 3, 1, 2), labels, packed=packed, scale=scale, shift=shift,
+                                 label_smoothing=SMOOTHING, out_images=outputs[i], out_targets=targets[i],
+                                 color=maps[i])
+
+    def maps_only():
+        i = next(turn)
+        augment.maps(inputs[i], draws[i])
+
+    def separate():
+        i = next(turn)
+        kernel.launch_mix_kernel(augment(inputs[i], draws[i]), labels, packed=packed, scale=float_scale,
+                                 shift=float_shift, label_smoothing=SMOOTHING, out_images=outputs[i],
+                                 out_targets=targets[i])
+
+    timing = dict(calls=plan.launches, rounds=plan.rounds, device=device)
+    fused_s, maps_s, separate_s = (seconds_per_call(call, **timing) for call in (fused, maps_only, separate))
+    return [measured("kernel", "kernel bandwidth, CutMix per batch, colour maps fused", moved / fused_s / 1e9,
+                     "GB/s", baseline=moved / copy_s / 1e9),
+            Row("kernel", "kernel time, CutMix per batch, colour maps fused", fused_s * 1e6, "us"),
+            Row("kernel", "colour maps of a batch (draws' map, mean greys)", maps_s * 1e6, "us"),
+            measured("kernel", "colour step (unfused, float32) + kernel, vs maps + fused kernel", separate_s * 1e6,
+                     "us", baseline=(fused_s + maps_s) * 1e6)]
 
 
 def kernel_section(suite: Suite) -> list[Row]:
@@ -713,10 +781,9 @@ class TrainingRates:
 
         def step(images, labels):
             params = sampler.sample(batch_size=images.shape[0], height=images.shape[1], width=images.shape[2])
-            if augment is not None:
-                images = augment(images, augment.draw(images.shape[0]))
+            maps = None if augment is None else augment.maps(images, augment.draw(images.shape[0]))
             train_step(model=model, optimizer=self.optimizer, scheduler=self.scheduler, images=images, labels=labels,
-                       params=params, accelerator=self.accelerator, mix=self.mix)
+                       params=params, accelerator=self.accelerator, mix=self.mix, color=maps)
 
         return step
 
@@ -804,8 +871,8 @@ def mode_rows(bench: TrainingRates, mode: str, *, missing: dict) -> list[Row]:
         rows.append(measured("train", name, rate, "img/s", baseline=bare,
                              goal=("ratio", ">=", 0.95) if mode == "compiled" else None, judge=not plan.smoke))
     if mode == "compiled":
-        # The paper's ImageNet recipe also jitters colours on the device before the mix step
-        # (pipeline/data/color.py, unfused torch ops): what that costs at the compiled rate.
+        # The paper's ImageNet recipe also jitters colours (pipeline/data/color.py: per-image maps
+        # applied by the mix kernel): what that costs at the compiled rate.
         name = "ours compiled, dali, paper colour"
         if "dali" in missing:
             rows.append(skipped("train", name, missing["dali"]))

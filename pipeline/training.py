@@ -106,11 +106,11 @@ def train_one_epoch(*, model, optimizer, scheduler, batches, steps: int, sampler
                 if color is not None:
                     color.draw(shape["batch_size"])
         params = sampler.sample(**shape)
-        if color is not None:
-            images = color(images, color.draw(shape["batch_size"]))  # float NCHW in [0, 1] units
+        # The colour change as per-image maps, applied by apply_mix in its pass over the batch.
+        maps = None if color is None else color.maps(images, color.draw(shape["batch_size"]))
         loaded = time.perf_counter()
         loss = train_step(model=model, optimizer=optimizer, scheduler=scheduler, images=images, labels=labels,
-                          params=params, accelerator=accelerator, mix=mix)
+                          params=params, accelerator=accelerator, mix=mix, color=maps)
         result.loss_sum += loss.detach()
         result.steps, result.last_step, result.images = result.steps + 1, step + 1, result.images + len(labels)
         now = time.perf_counter()
@@ -128,15 +128,18 @@ def train_one_epoch(*, model, optimizer, scheduler, batches, steps: int, sampler
     return result
 
 
-def train_step(*, model, optimizer, scheduler, images, labels, params, accelerator, mix: MixOptions) -> torch.Tensor:
+def train_step(*, model, optimizer, scheduler, images, labels, params, accelerator, mix: MixOptions,
+               color=None) -> torch.Tensor:
     """One update on a uint8 NHWC batch; returns the (mean) loss, on the device. ``params.layer``
-    set: the batch is only normalized here and the layer's output is mixed in the forward pass."""
+    set: the batch is only normalized here and the layer's output is mixed in the forward pass.
+    ``color``: the batch's colour maps (``ColorAugment.maps``), or None."""
     # A layer's draw: the images get only their Cutout holes (Cutout + Manifold Mixup), if any.
     image_params = params if params.layer is None else image_holes(params)
     # check_labels=False: the loader checked the labels on the host (a check here is a device sync).
     inputs, targets = apply_mix(images, labels, params=image_params, mean=mix.mean, std=mix.std,
                                 num_classes=mix.num_classes, label_smoothing=mix.label_smoothing,
-                                out_dtype=mix.out_dtype, memory_format=mix.memory_format, check_labels=False)
+                                out_dtype=mix.out_dtype, memory_format=mix.memory_format, check_labels=False,
+                                color=color)
     if params.layer is None:
         with accelerator.autocast():
             logits = model(inputs)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data.color import ColorAugment, ColorDraw, apply_color
+from pipeline.data.color import ColorAugment, ColorDraw, apply_color, color_maps
 
 # The official values (train.py): Lighting(alphastd=0.1, eigval=..., eigvec=...).
 OFFICIAL_EIGVAL = [0.2175, 0.0188, 0.0045]
@@ -145,16 +145,18 @@ def test_bad_input_is_refused():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU tests above stand in)")
 def test_on_cuda_the_same_values_and_no_host_sync():
-    """On the GPU: the draws and the map enqueue without a host sync, and the result equals the
-    CPU's for the same draws."""
+    """On the GPU: the draws, the maps and the separate colour step enqueue without a host sync,
+    and the results equal the CPU's for the same draws."""
     images = _batch(6, batch=8, height=64, width=48)
     augment = ColorAugment(jitter=0.4, lighting_std=0.1, seed=1, rank=0, device="cuda")
     on_device = images.cuda()
     torch.cuda.set_sync_debug_mode("error")
     try:
         draw = augment.draw(len(images))
+        maps = augment.maps(on_device, draw)
         out = augment(on_device, draw)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    expected = apply_color(images, ColorDraw(weights=draw.weights.cpu(), lighting=draw.lighting.cpu()))
-    torch.testing.assert_close(out.cpu(), expected, atol=1e-6, rtol=1e-6)
+    cpu_draw = ColorDraw(weights=draw.weights.cpu(), lighting=draw.lighting.cpu())
+    torch.testing.assert_close(maps.cpu(), color_maps(images, cpu_draw), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(out.cpu(), apply_color(images, cpu_draw), atol=1e-6, rtol=1e-6)

@@ -5,6 +5,7 @@ test_mix_kernel and which must catch kernels broken on purpose."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import re
@@ -14,8 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 from processes import run_process
+from test_data_color import official
 from test_mix_kernel import naive_mix
 
+from pipeline.data.color import ColorAugment
 from pipeline.mix.reference import mix_reference
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,6 +35,10 @@ SMOKE_ROWS = {
                "kernel bandwidth, CutMix per sample", "kernel time, CutMix per sample",
                "kernel bandwidth, CutMix per sample (per-value masked loads, block 1024)",
                "kernel time, CutMix per sample (per-value masked loads, block 1024)",
+               "kernel bandwidth, CutMix per batch, colour maps fused",
+               "kernel time, CutMix per batch, colour maps fused",
+               "colour maps of a batch (draws' map, mean greys)",
+               "colour step (unfused, float32) + kernel, vs maps + fused kernel",
                "copy of the same bytes (baseline)", "bytes moved per launch"],
     "host": ["kernel alone, back to back", "host side of a step, CutMix per batch",
              "whole apply_mix step, CutMix per batch", "host side of a step, CutMix per sample",
@@ -82,7 +89,7 @@ def test_cpu_smoke_run_shows_every_section_and_row(tmp_path):
     assert re.search(r"torch \S+ .*triton \S+, DALI \d", header) and "CPU SMOKE RUN" in header
     covered = re.search(r"# kernel, cases by kind: (.*)", header).group(1)
     for kind in ("cutmix", "mixup", "cutout", "none", "per batch", "per sample", "uint8 in", "float in",
-                 "float32 out", "bfloat16 out", "channels_last", "contiguous"):
+                 "float32 out", "bfloat16 out", "channels_last", "contiguous", "colour maps", "no colour"):
         assert re.search(rf"(^|, ){kind} [1-9]", covered), (kind, covered)
 
 
@@ -114,6 +121,27 @@ def test_float64_reference_equals_the_naive_loop(source, mode, per):
                          from_uint8=source == "uint8")
     for got, want in zip(gpu_suite.reference_mix(case), expected):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("source", ["uint8", "float32"])
+def test_float64_reference_with_colour_equals_their_colour_then_the_naive_loop(source):
+    """The reference's colour maps against the official code's classes (tests/test_data_color.py)
+    applied to each image, then the naive loop; the maps are the recipe's (ColorAugment.maps)."""
+    case = suite_case(f"colour-{source}", source=source)
+    uint8_images = case.images if source == "uint8" else \
+        (case.images.permute(0, 2, 3, 1).double() * 255).round().to(torch.uint8)
+    if source != "uint8":  # float images that are whole uint8 steps, so both views hold the same pixels
+        case = dataclasses.replace(case, images=uint8_images.permute(0, 3, 1, 2).float() / 255)
+    augment = ColorAugment(jitter=0.4, lighting_std=0.1, seed=3, rank=0, device="cpu")
+    draw = augment.draw(len(case.labels))
+    case = dataclasses.replace(case, color=augment.maps(uint8_images, draw))
+    coloured = torch.stack([torch.from_numpy(official(image.numpy(), draw.weights[i].tolist(), (0, 1, 2),
+                                                      draw.lighting[i].tolist()))
+                            for i, image in enumerate(uint8_images)])
+    expected = naive_mix(coloured, case.labels, modes=case.modes, lam=case.lam, boxes=case.boxes, partner=case.partner,
+                         from_uint8=False)
+    for got, want in zip(gpu_suite.reference_mix(case), expected):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)  # the maps are float32
 
 
 def cases() -> list[gpu_suite.MixCase]:
@@ -155,8 +183,13 @@ def truncates_to_bfloat16(source, labels, *, out_images, **kwargs):
     out_images.copy_(full)
 
 
+def ignores_the_colour(source, labels, *, color, **kwargs):
+    mix_reference(source, labels, color=None, **kwargs)
+
+
 @pytest.mark.parametrize("broken,caught", [
     (forgets_the_last_pixel, "output elements left NaN"),
+    (ignores_the_colour, "max error vs float64, float32 out"),
     (pastes_one_row_too_low, "max error vs float64, float32 out"),
     (ignores_label_smoothing, "max error vs float64, soft targets"),
     (truncates_to_bfloat16, "max error vs float64, bfloat16 out"),

@@ -23,12 +23,13 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from pipeline.mix.triton_kernel import DEFAULT_BLOCK, _mix_kernel
 
-out_type, source_type, dense = sys.argv[1], sys.argv[2], sys.argv[3] == "dense"
+out_type, source_type, dense, color = sys.argv[1], sys.argv[2], sys.argv[3] == "dense", sys.argv[4] == "color"
 pointers = dict(source_ptr="*" + source_type, out_ptr="*" + out_type, targets_ptr="*fp32", labels_ptr="*i64",
-                packed_ptr="*i32", scale_ptr="*fp32", shift_ptr="*fp32")
+                packed_ptr="*i32", scale_ptr="*fp32", shift_ptr="*fp32", color_ptr="*fp32")
 integers = dict.fromkeys(["source_stride_n", "source_stride_c", "source_stride_h", "source_stride_w",
                           "out_stride_n", "out_stride_c", "out_stride_h", "out_stride_w", "num_classes"], "i32")
-constants = dict(HEIGHT=224, WIDTH=224, CHANNELS=3, DENSE_NHWC=dense, BLOCK=DEFAULT_BLOCK, TILE_LOADS=True)
+constants = dict(HEIGHT=224, WIDTH=224, CHANNELS=3, DENSE_NHWC=dense, BLOCK=DEFAULT_BLOCK, TILE_LOADS=True,
+                 COLOR=color)
 floats = {"off_value": "fp32", "on_minus_off": "fp32"}
 signature = {**pointers, **integers, **floats, **dict.fromkeys(constants, "constexpr")}
 names = _mix_kernel.arg_names
@@ -44,22 +45,25 @@ print(json.dumps({"vector_stores": ptx.count("st.global.v4"), "vector_loads": pt
 
 
 @pytest.mark.parametrize(
-    "out_type, source_type, layout",
-    [("bf16", "u8", "dense"), ("fp32", "u8", "dense"), ("fp16", "u8", "strided"), ("fp32", "fp32", "strided")],
+    "out_type, source_type, layout, color",
+    [("bf16", "u8", "dense", "plain"), ("fp32", "u8", "dense", "plain"), ("fp16", "u8", "strided", "plain"),
+     ("fp32", "fp32", "strided", "plain"), ("bf16", "u8", "dense", "color"), ("fp32", "fp32", "strided", "color")],
 )
-def test_kernel_compiles_for_sm90(out_type, source_type, layout):
+def test_kernel_compiles_for_sm90(out_type, source_type, layout, color):
     environment = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     environment["TRITON_DEFAULT_FP_FUSION"] = "1"
     result = run_process(
-        [sys.executable, "-c", COMPILE_SCRIPT, out_type, source_type, layout],
+        [sys.executable, "-c", COMPILE_SCRIPT, out_type, source_type, layout, color],
         capture_output=True, text=True, env=environment, cwd=REPO_ROOT, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     # No register spills: a spill shows as local-memory traffic (.local) in the PTX.
     assert '"local_memory": 0' in result.stdout, result.stdout
+    counts = json.loads(result.stdout.strip().splitlines()[-1])
     if layout == "dense" and source_type == "u8":
-        # 128-bit accesses: each thread reads its 16 uint8 values of the own image and of the
-        # partner in one 16-byte load each (no byte loads), and stores 16 bytes at a time.
-        counts = json.loads(result.stdout.strip().splitlines()[-1])
-        assert (counts["vector_loads"], counts["byte_loads"]) == (2, 0), counts
+        # 128-bit stores: each thread stores its 16 values 16 bytes at a time.
         assert counts["vector_stores"] == {"bf16": 2, "fp32": 4}[out_type], counts
+    if layout == "dense" and source_type == "u8" and color == "plain":
+        # 128-bit loads: each thread reads its 16 uint8 values of the own image and of the
+        # partner in one 16-byte load each (no byte loads).
+        assert (counts["vector_loads"], counts["byte_loads"]) == (2, 0), counts

@@ -82,7 +82,9 @@ def run_watched(monkeypatch, shards, out, *overrides):
 
 @pytest.mark.slow
 def test_training_steps_and_evaluations_do_not_wait_for_the_device(monkeypatch, demo_shards, tmp_path):
-    epochs, evaluations = run_watched(monkeypatch, demo_shards, tmp_path / "a", "loader.val_batch_size=40")
+    # With the ImageNet recipe's colour (its maps are made from each batch on the device).
+    epochs, evaluations = run_watched(monkeypatch, demo_shards, tmp_path / "a", "loader.val_batch_size=40",
+                                      "data.color_jitter=0.4", "data.lighting_std=0.1")
     assert [steps for steps, _ in epochs] == [3, 3]
     assert all(syncs == [] for _, syncs in epochs), epochs
     # 359 val samples in 9 batches: the results are read once (the counts, the loss sum).

@@ -8,17 +8,20 @@ pixel's grey; then AlexNet's PCA lighting noise, ``x += V @ (alpha * eigval)`` w
 Their ColorJitter applies the three in a random order per image. The order does not change the
 result: the three are linear maps that commute (brightness is a multiple of the identity; the
 grey weights sum to 1, so the grey of the mean-grey image is that image, and the mean grey of a
-saturation-lerped image is the image's mean grey). Composed, an image's jitter is one affine map,
-``c1 * x + c2 * grey(x) + c3 * mean_grey(x)``, which is how it is computed here (about six
-unfused elementwise passes over the batch, the uint8-to-float conversion included; the GPU cost
-is not measured yet), equal to their sequential lerps in every order up to float rounding
-(tests/test_data_color.py checks all six against a transcription of their classes).
+saturation-lerped image is the image's mean grey). Composed, an image's jitter and lighting are
+one affine map, ``c1 * x + c2 * grey(x) + c3 * mean_grey(x) + lighting``, equal to their
+sequential lerps in every order up to float rounding (tests/test_data_color.py checks all six
+against a transcription of their classes).
 
-It runs on the device, on the whole batch at once, between the loader and ``apply_mix``: every
-loader delivers uint8 NHWC crops (DALI on the GPU, DALI's CPU decoder with the host resize, the
-torch loader), so one implementation serves them all, and the result (float NCHW in [0, 1]
-units, channels-last strides) is what ``apply_mix`` normalizes and mixes. Mixing after the colour
-change is the official order (the colour is per image, in the data loader; CutMix in the loop).
+Training hands each batch's maps (``ColorAugment.maps``: one reduction over the uint8 batch for
+the mean greys, and a few [B]-sized ops) to ``apply_mix``, which applies them in its one pass over
+the batch (``pipeline/mix/color.py``): the colour costs no float copy of the batch. Every loader
+delivers uint8 NHWC crops (DALI on the GPU, DALI's CPU decoder with the host resize, the torch
+loader), so this serves them all. Colour before mixing is the official order (the colour is per
+image, in the data loader; CutMix in the loop): a pixel pasted from a partner carries the
+partner's colour change. ``apply_color`` (and ``ColorAugment.__call__``) is the same change as a
+separate step, float NCHW out (about six unfused passes over the batch): the tests' and the
+GPU benchmark's comparison.
 
 The draws come from a torch Generator on the batch's device seeded per (epoch seed, rank): no
 host-device copy and no sync per step; a resumed epoch draws and drops the steps done before."""
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..mix.color import GAIN, GREY, GREY_GAIN, MAP_COLUMNS, OFFSET, apply_maps
 from ..seeds import COLOR_STREAM, stream_seed
 
 # fb.resnet.torch's ImageNet PCA (the official code's values): eigenvalues and eigenvectors (columns).
@@ -37,7 +41,6 @@ EIGVAL = (0.2175, 0.0188, 0.0045)
 EIGVEC = ((-0.5675, 0.7192, 0.4009),
           (-0.5808, -0.0045, -0.8140),
           (-0.5836, -0.6948, 0.4203))
-GREY = (0.299, 0.587, 0.114)  # their Grayscale
 
 
 @dataclass(frozen=True)
@@ -69,34 +72,53 @@ class ColorAugment:
         lighting = torch.randn(batch_size, 3, **options) * self.lighting_std
         return ColorDraw(weights=weights, lighting=lighting)
 
+    def maps(self, images: Tensor, draw: ColorDraw) -> Tensor:
+        """The batch's colour maps for ``apply_mix(..., color=...)`` (``pipeline/mix/color.py``)."""
+        return color_maps(images, draw, jitter=self.jitter > 0, lighting=self.lighting_std > 0,
+                          constants=self.constants)
+
     def __call__(self, images: Tensor, draw: ColorDraw) -> Tensor:
+        """The change as a step of its own: float NCHW in [0, 1] units out (see ``apply_color``)."""
         return apply_color(images, draw, jitter=self.jitter > 0, lighting=self.lighting_std > 0,
                            constants=self.constants)
 
 
 def color_constants(device: torch.device | str) -> tuple[Tensor, Tensor, Tensor]:
-    """The grey weights [1, 3, 1, 1], the PCA eigenvectors [3, 3] and eigenvalues [3] on ``device``."""
-    return (torch.tensor(GREY, device=device).view(1, 3, 1, 1), torch.tensor(EIGVEC, device=device),
+    """The grey weights [3], the PCA eigenvectors [3, 3] and eigenvalues [3] on ``device``."""
+    return (torch.tensor(GREY, device=device), torch.tensor(EIGVEC, device=device),
             torch.tensor(EIGVAL, device=device))
+
+
+def color_maps(images: Tensor, draw: ColorDraw, *, jitter: bool = True, lighting: bool = True,
+               constants: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+    """Each image's jitter and lighting as one map (``pipeline/mix/color.py``): float32 [B, 5] on
+    the images' device. images: uint8 NHWC (0..255), read once for their mean greys when jitter is
+    on; ``constants``: ``color_constants`` of the images' device (made here if not given)."""
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images: uint8 [B, H, W, 3] expected, got {images.dtype} {tuple(images.shape)}")
+    grey_weights, vectors, values = constants or color_constants(images.device)
+    batch = images.shape[0]
+    maps = torch.zeros(batch, MAP_COLUMNS, device=images.device)
+    maps[:, GAIN] = 1.0
+    if lighting:
+        maps[:, OFFSET] = (draw.lighting * values) @ vectors.T  # rgb_i = sum_j V_ij alpha_j lambda_j
+    if not jitter:
+        return maps
+    # B(a) C(b) S(c) x = (1-a) [(1-b)(1-c) x + c(1-b) grey(x) + b mean_grey(x)], in any order.
+    a, b, c = draw.weights.unbind(1)
+    # float32 channel sums: exact while 255 * H * W < 2**24 (images up to 256 x 256), about 1e-7 off beyond.
+    pixels = images.shape[1] * images.shape[2]
+    channel_means = images.reshape(batch, pixels, 3).sum(1, dtype=torch.float32) / (255.0 * pixels)
+    mean_grey = channel_means @ grey_weights
+    maps[:, GAIN] = (1 - a) * (1 - b) * (1 - c)
+    maps[:, GREY_GAIN] = (1 - a) * c * (1 - b)
+    maps[:, OFFSET] += ((1 - a) * b * mean_grey).unsqueeze(1)
+    return maps
 
 
 def apply_color(images: Tensor, draw: ColorDraw, *, jitter: bool = True, lighting: bool = True,
                 constants: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
     """uint8 NHWC (0..255) -> float32 NCHW in [0, 1] units (channels-last strides), jittered and
-    lit as ``draw`` says; ``constants``: ``color_constants`` of the images' device (made here if not given)."""
-    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != 3:
-        raise ValueError(f"images: uint8 [B, H, W, 3] expected, got {images.dtype} {tuple(images.shape)}")
-    grey_weights, vectors, values = constants or color_constants(images.device)
-    x = images.permute(0, 3, 1, 2).float().div_(255.0)
-    batch = x.shape[0]
-    offset = torch.zeros(batch, 3, device=x.device)
-    if lighting:
-        offset = offset + (draw.lighting * values) @ vectors.T  # rgb_i = sum_j V_ij alpha_j lambda_j
-    if not jitter:
-        return x + offset.view(batch, 3, 1, 1)
-    # B(a) C(b) S(c) x = (1-a) [(1-b)(1-c) x + c(1-b) grey(x) + b mean_grey(x)], in any order.
-    a, b, c = (draw.weights[:, k].view(batch, 1, 1, 1) for k in range(3))
-    grey = (x * grey_weights).sum(dim=1, keepdim=True)  # [B, 1, H, W]
-    mean_grey = grey.mean(dim=(2, 3), keepdim=True)  # [B, 1, 1, 1]
-    shift = ((1 - a) * b * mean_grey).view(batch, 1) + offset  # [B, 3]: per image and channel
-    return (1 - a) * (1 - b) * (1 - c) * x + (1 - a) * c * (1 - b) * grey + shift.view(batch, 3, 1, 1)
+    lit as ``draw`` says: ``color_maps`` applied as a step of its own."""
+    maps = color_maps(images, draw, jitter=jitter, lighting=lighting, constants=constants)
+    return apply_maps(images.permute(0, 3, 1, 2).float().div_(255.0), maps)

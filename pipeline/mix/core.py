@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from .color import check_maps, maps_in_units
 from .feature import mix_features
 from .params import MixParams, resolve_holes, resolve_mix
 from .reference import mix_reference
@@ -48,6 +49,7 @@ def apply_mix(
     memory_format: torch.memory_format = torch.channels_last,
     backend: str = "auto",
     check_labels: bool = True,
+    color: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Mix, normalize and cast a batch; return (images [B, C, H, W], soft targets float32 [B, K]).
 
@@ -61,6 +63,10 @@ def apply_mix(
     backend: "auto" (Triton on CUDA, reference elsewhere), "triton" or "reference".
     check_labels: check labels lie in [0, num_classes); on CUDA this is a device sync, so a hot
         loop over trusted data may turn it off.
+    color: per-image colour maps, float32 [B, 5] on the images' device (``pipeline/mix/color.py``;
+        the ImageNet recipe's jitter and lighting: ``pipeline.data.color.ColorAugment.maps``), in
+        [0, 1] units: every pixel read from an image goes through that image's map before it is
+        mixed and normalized (RGB images only). None: no colour change.
     """
     if params.layer is not None:
         raise ValueError(f"params: these mix layer {params.layer!r} of the model, not the images: "
@@ -71,9 +77,11 @@ def apply_mix(
         labels, batch_size=batch_size, num_classes=num_classes, device=images.device, check_values=check_labels
     )
     _check_options(out_dtype=out_dtype, memory_format=memory_format, label_smoothing=label_smoothing, backend=backend)
+    if color is not None:
+        check_maps(color, batch_size=batch_size, channels=channels, device=images.device)
     resolved = resolve_mix(params, batch_size=batch_size, height=height, width=width)
     options = dict(mean=mean, std=std, num_classes=num_classes, label_smoothing=label_smoothing, out_dtype=out_dtype,
-                   memory_format=memory_format, backend=backend)
+                   memory_format=memory_format, backend=backend, color=color)
     if params.cutout_boxes is not None:
         return _cutout_then_mix(source, labels, params=params, resolved=resolved, **options)
     return _run_backend(source, labels, resolved=resolved, **options)
@@ -81,10 +89,13 @@ def apply_mix(
 
 def _run_backend(source: Tensor, labels: Tensor, *, resolved: ResolvedMix, mean: Sequence[float],
                  std: Sequence[float], num_classes: int, label_smoothing: float, out_dtype: torch.dtype,
-                 memory_format: torch.memory_format, backend: str) -> tuple[Tensor, Tensor]:
+                 memory_format: torch.memory_format, backend: str, color: Tensor | None) -> tuple[Tensor, Tensor]:
     """Allocate the outputs and hand the checked, packed batch to the backend."""
+    from_uint8 = source.dtype == torch.uint8
     scale, shift = _normalization_on(source.device, tuple(map(float, mean)), tuple(map(float, std)),
-                                     from_uint8=source.dtype == torch.uint8)
+                                     from_uint8=from_uint8)
+    if color is not None:  # the backends apply the maps to pixels in the source's own units
+        color = maps_in_units(color, value_range=255.0 if from_uint8 else 1.0)
     out_images = torch.empty(source.shape, dtype=out_dtype, device=source.device, memory_format=memory_format)
     out_targets = torch.empty(source.shape[0], num_classes, dtype=torch.float32, device=source.device)
     run_backend = _choose_backend(backend, device=source.device)
@@ -97,6 +108,7 @@ def _run_backend(source: Tensor, labels: Tensor, *, resolved: ResolvedMix, mean:
         label_smoothing=label_smoothing,
         out_images=out_images,
         out_targets=out_targets,
+        color=color,
     )
     return out_images, out_targets
 

@@ -2,7 +2,8 @@
 
 It computes the same function as `triton_kernel.mix_triton`, in chunks of samples: convert to
 float32, paste CutMix boxes from the partners, blend Mixup pairs, normalize, zero Cutout boxes,
-cast. No full-batch float32 temporary is allocated for bf16/fp16 outputs.
+cast (with colour maps, the batch is coloured first, as a whole). Without them no full-batch
+float32 temporary is allocated for bf16/fp16 outputs.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .color import apply_maps
 from .rows import BOX_COLUMNS, MODE_CODES, PARTNER_COLUMN, ResolvedMix, device_lam, device_partner
 from .staging import to_device
 from .targets import mix_targets
@@ -32,12 +34,16 @@ def mix_reference(
     label_smoothing: float,
     out_images: Tensor,
     out_targets: Tensor,
+    color: Tensor | None = None,
 ) -> None:
     """Write the mixed, normalized images into `out_images` and the soft targets into `out_targets`.
 
     `source` is the batch as an NCHW view (any strides, uint8 or float); `scale` and `shift` (on
-    any device) are the per-channel normalization `value * scale + shift` in the source's units.
+    any device) are the per-channel normalization `value * scale + shift` in the source's units;
+    `color`, the per-image colour maps in those units (`color.maps_in_units`), or None.
     """
+    if color is not None:  # the whole batch coloured first: a float32 copy (the kernel makes none)
+        source = apply_maps(source, color)
     batch_size, channels, height, width = source.shape
     rows = resolved.on_device(source.device)  # the host rows themselves on the CPU
     per_chunk = max(1, CHUNK_BYTES // (channels * height * width * 4))

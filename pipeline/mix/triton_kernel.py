@@ -4,7 +4,10 @@ One program writes one BLOCK of one sample's H*W*C values. For each value it rea
 pixel, the partner's pixel, or neither (masked loads: a CutMix pixel is read only from the
 sample it ends up coming from), blends them with per-sample weights that encode the mode,
 normalizes, casts and stores once. The first program of each sample also writes that sample's
-row of soft targets, so the whole step is one launch.
+row of soft targets, so the whole step is one launch. With colour maps (COLOR, color.py) each
+value read goes through its image's map first, for which the kernel reads the pixel's three
+channels (three loads of bytes the tile reads anyway: no more memory traffic, more load
+instructions).
 
 On CPU tensors the kernel runs only under the Triton interpreter: TRITON_INTERPRET=1 must be set
 before this module is imported (triton.jit picks the interpreter when it decorates). The kernel
@@ -20,6 +23,7 @@ import triton.language as tl
 from torch import Tensor
 from triton.runtime.interpreter import InterpretedFunction
 
+from .color import GREY, MAP_COLUMNS
 from .rows import ROW_COLUMNS, ResolvedMix
 from .staging import to_device
 from .targets import smoothing_values
@@ -28,6 +32,9 @@ from .targets import smoothing_values
 # float32 bits of the weights (own inside box, partner inside box, own outside, partner outside)
 # and of the target lambda. One small host-to-device copy per batch instead of five.
 PACKED_COLUMNS = tl.constexpr(ROW_COLUMNS)
+# The colour maps' table (color.py): its width and the grey weights, compiled in.
+MAP_WIDTH = tl.constexpr(MAP_COLUMNS)
+GREY_RED, GREY_GREEN, GREY_BLUE = (tl.constexpr(weight) for weight in GREY)
 
 # Elements per program: with 4 warps (128 threads) each thread holds 16 values, so the dense path
 # reads 16 uint8 values in one 128-bit load and stores 2 x 8 bf16 in two 128-bit stores (checked in
@@ -61,13 +68,28 @@ def _channel_affine(scale_ptr, shift_ptr, channel, CHANNELS: tl.constexpr, BLOCK
 
 
 @triton.jit
+def _colored(pixel_ptr, channel_step, channel, mask, map_ptr, BLOCK: tl.constexpr):
+    # One image's colour map (color.py) on the values of its pixels at pixel_ptr: the value's own
+    # channel and the pixel's grey, from the pixel's three channels (three loads of the same bytes).
+    red = tl.load(pixel_ptr, mask=mask, other=0).to(tl.float32)
+    green = tl.load(pixel_ptr + channel_step, mask=mask, other=0).to(tl.float32)
+    blue = tl.load(pixel_ptr + 2 * channel_step, mask=mask, other=0).to(tl.float32)
+    value = tl.where(channel == 0, red, tl.where(channel == 1, green, blue))
+    grey = GREY_RED * red + GREY_GREEN * green + GREY_BLUE * blue
+    offset = tl.full([BLOCK], 0.0, tl.float32)
+    for c in tl.static_range(3):
+        offset = tl.where(channel == c, tl.load(map_ptr + 2 + c), offset)
+    return tl.load(map_ptr + 0) * value + tl.load(map_ptr + 1) * grey + offset
+
+
+@triton.jit
 def _mix_kernel(
-    source_ptr, out_ptr, targets_ptr, labels_ptr, packed_ptr, scale_ptr, shift_ptr,
+    source_ptr, out_ptr, targets_ptr, labels_ptr, packed_ptr, scale_ptr, shift_ptr, color_ptr,
     source_stride_n, source_stride_c, source_stride_h, source_stride_w,
     out_stride_n, out_stride_c, out_stride_h, out_stride_w,
     num_classes, off_value, on_minus_off,
     HEIGHT: tl.constexpr, WIDTH: tl.constexpr, CHANNELS: tl.constexpr,
-    DENSE_NHWC: tl.constexpr, BLOCK: tl.constexpr, TILE_LOADS: tl.constexpr,
+    DENSE_NHWC: tl.constexpr, BLOCK: tl.constexpr, TILE_LOADS: tl.constexpr, COLOR: tl.constexpr,
 ):  # fmt: skip
     tile = tl.program_id(0)
     sample = tl.program_id(1).to(tl.int64)
@@ -108,8 +130,15 @@ def _mix_kernel(
         # As blocks (the interpreter does not broadcast a scalar into a boolean block).
         own_mask = valid & ((index * 0 + need_own.to(tl.int32)) != 0)
         partner_mask = valid & ((index * 0 + need_partner.to(tl.int32)) != 0)
-        own_raw = tl.load(source_ptr + sample * source_stride_n + index, mask=own_mask, other=0)
-        partner_raw = tl.load(source_ptr + partner * source_stride_n + index, mask=partner_mask, other=0)
+        if COLOR:
+            pixel_start = index - channel  # the pixel's first channel: the colour map needs all three
+            own_raw = _colored(source_ptr + sample * source_stride_n + pixel_start, 1, channel, own_mask,
+                               color_ptr + sample * MAP_WIDTH, BLOCK)
+            partner_raw = _colored(source_ptr + partner * source_stride_n + pixel_start, 1, channel, partner_mask,
+                                   color_ptr + partner * MAP_WIDTH, BLOCK)
+        else:
+            own_raw = tl.load(source_ptr + sample * source_stride_n + index, mask=own_mask, other=0)
+            partner_raw = tl.load(source_ptr + partner * source_stride_n + index, mask=partner_mask, other=0)
         own_value = tl.where(own_weight != 0.0, own_raw.to(tl.float32), 0.0)
         partner_value = tl.where(partner_weight != 0.0, partner_raw.to(tl.float32), 0.0)
         out_offset = index
@@ -120,12 +149,22 @@ def _mix_kernel(
         else:
             source_offset = channel * source_stride_c + h * source_stride_h + w * source_stride_w
             out_offset = channel * out_stride_c + h * out_stride_h + w * out_stride_w
-        own_value = tl.load(
-            source_ptr + sample * source_stride_n + source_offset, mask=valid & (own_weight != 0.0), other=0
-        ).to(tl.float32)
-        partner_value = tl.load(
-            source_ptr + partner * source_stride_n + source_offset, mask=valid & (partner_weight != 0.0), other=0
-        ).to(tl.float32)
+        own_mask = valid & (own_weight != 0.0)
+        partner_mask = valid & (partner_weight != 0.0)
+        if COLOR:
+            pixel_start = source_offset - channel * source_stride_c
+            own_value = _colored(source_ptr + sample * source_stride_n + pixel_start, source_stride_c, channel,
+                                 own_mask, color_ptr + sample * MAP_WIDTH, BLOCK)
+            partner_value = _colored(source_ptr + partner * source_stride_n + pixel_start, source_stride_c, channel,
+                                     partner_mask, color_ptr + partner * MAP_WIDTH, BLOCK)
+            # A value read nowhere (weight 0) is dropped before it is multiplied (NaN stays out).
+            own_value = tl.where(own_mask, own_value, 0.0)
+            partner_value = tl.where(partner_mask, partner_value, 0.0)
+        else:
+            own_value = tl.load(source_ptr + sample * source_stride_n + source_offset, mask=own_mask,
+                                other=0).to(tl.float32)
+            partner_value = tl.load(source_ptr + partner * source_stride_n + source_offset, mask=partner_mask,
+                                    other=0).to(tl.float32)
     scale, shift = _channel_affine(scale_ptr, shift_ptr, channel, CHANNELS, BLOCK)
     # Normalizing each term is affine, so the weights multiply the shift too: cutout's zero
     # weights give exactly 0 (the mean colour), mixup's lam + (1 - lam) gives the plain shift.
@@ -149,6 +188,7 @@ def mix_triton(
     label_smoothing: float,
     out_images: Tensor,
     out_targets: Tensor,
+    color: Tensor | None = None,
 ) -> None:
     """Copy the packed per-sample rows to the device (once per `resolved`), launch the fused kernel.
 
@@ -164,7 +204,7 @@ def mix_triton(
         scale, shift = (to_device(constants.numpy(), device) for constants in (scale, shift))
     launch_mix_kernel(
         source, labels.contiguous(), packed=resolved.on_device(device), scale=scale, shift=shift,
-        label_smoothing=label_smoothing, out_images=out_images, out_targets=out_targets,
+        label_smoothing=label_smoothing, out_images=out_images, out_targets=out_targets, color=color,
     )  # fmt: skip
 
 
@@ -180,10 +220,12 @@ def launch_mix_kernel(
     out_targets: Tensor,
     block: int = DEFAULT_BLOCK,
     tile_loads: bool = True,
+    color: Tensor | None = None,
 ) -> None:
     """The bare launch, every tensor already on the device (what the benchmark times).
     ``tile_loads=False`` (with ``block=1024``) is the earlier per-value masked dense path, kept so
-    that a GPU benchmark can time both in one run."""
+    that a GPU benchmark can time both in one run. ``color``: contiguous float32 colour maps
+    [B, 5] in the source's units (``color.maps_in_units``), or None."""
     batch_size, channels, height, width = source.shape
     num_classes = out_targets.shape[1]
     off_value, on_value = smoothing_values(num_classes=num_classes, label_smoothing=label_smoothing)
@@ -191,9 +233,11 @@ def launch_mix_kernel(
     grid = (triton.cdiv(height * width * channels, block), batch_size)
     _mix_kernel[grid](
         source, out_images, out_targets, labels, packed, scale, shift,
+        scale if color is None else color,  # without colour the kernel never reads this pointer
         *source.stride(), *out_images.stride(),
         num_classes, off_value, on_value - off_value,
         HEIGHT=height, WIDTH=width, CHANNELS=channels, DENSE_NHWC=dense, BLOCK=block, TILE_LOADS=tile_loads,
+        COLOR=color is not None,
     )  # fmt: skip
 
 
