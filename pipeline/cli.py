@@ -30,22 +30,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def run_cli(argv: list[str], *, default_config: Path | None) -> int:
     """Resolve the config and train; returns the exit code (2 for bad input, with one message)."""
-    from .data import LoaderError
-
     args = parse_args(argv)
     started = time.perf_counter()
     config = None
     try:
         from .config import resolve_config
+
+        # The config before torch, DALI and the training code are imported (seconds): a mistyped
+        # key or value is reported at once (the model name still loads timm to check it).
+        config = resolve_config(config_file=args.config or default_config, overrides=args.overrides)
         from .run import run_training
 
-        config = resolve_config(config_file=args.config or default_config, overrides=args.overrides)
         if args.check:
             if _global_rank() == 0:
                 print(check_config(config), flush=True)
             return 0
         record = run_training(config)
-    except (TrainError, LoaderError) as error:
+    except (TrainError, *_loader_errors()) as error:
         rank = _global_rank()
         # Checks before training are the same on every rank (rank 0 says it); a loader error while
         # training may be one rank's alone (a damaged shard in its part), so that rank says it.
@@ -105,9 +106,8 @@ def exit_cleanly(code: int) -> None:
     ``os._exit``: after a finished run, gloo/NCCL and DALI threads torn down during interpreter
     shutdown have aborted the process (SIGABRT, 3 of 27 two-process runs) and turned success into
     a failure; everything worth keeping is written and flushed before this point."""
-    import torch.distributed as dist
-
-    distributed = dist.is_available() and dist.is_initialized()
+    dist = sys.modules.get("torch.distributed")  # not imported (a config error): no process group
+    distributed = dist is not None and dist.is_available() and dist.is_initialized()
     if distributed:
         try:
             dist.destroy_process_group()
@@ -118,6 +118,13 @@ def exit_cleanly(code: int) -> None:
     if distributed or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         os._exit(code)
     sys.exit(code)
+
+
+def _loader_errors() -> tuple[type, ...]:
+    """LoaderError, once the loader code is imported (before, no loader error can be raised).
+    Called by the except clause only when an exception is on its way."""
+    data = sys.modules.get("pipeline.data")
+    return (data.LoaderError,) if data is not None else ()
 
 
 def _global_rank() -> int:

@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import ConfigError
-from .mix.feature import model_layer_names
-from .mix.sampler import FEATURE_MODES, PARTNER_CHOICES, PER_CHOICES, SAMPLER_MODES
+from .mix.choices import FEATURE_MODES, PARTNER_CHOICES, PER_CHOICES, SAMPLER_MODES
 
 Rule = Callable[[Any], "str | None"]  # the value -> what is wrong with it, or None
 
@@ -206,6 +205,8 @@ def _feature_layers(config) -> tuple[str, str] | None:
         return None
     if config.mix.per != "batch":
         return "mix.per", f"mix.mode={config.mix.mode} mixes one layer per batch: needs batch, got {config.mix.per!r}"
+    from .mix.feature import model_layer_names  # torch and timm: only when a feature-level mode is asked for
+
     known = model_layer_names(config.model.name, image_size=config.data.image_size)
     unknown = [name for name in config.mix.feature_layers if name not in known]
     if unknown:
@@ -228,10 +229,16 @@ def _model_options(config) -> tuple[str, str] | None:
 CROSS_RULES = (_milestones, _warmup, _min_lr, _nesterov, _cutout, _mix_batch, _feature_layers, _model_options)
 
 
+# Rules that import torch or timm (seconds): run after every other field's, so that a mistake
+# elsewhere is reported before they load.
+IMPORTING_RULES = ("model.name", "run.resume")
+
+
 def validate(config) -> None:
     """Every rule of every field, then the cross-field rules; the first problem is a
     ConfigError naming the key and the value."""
-    for name, rule in RULES.items():
+    for name in sorted(RULES, key=lambda field: field in IMPORTING_RULES):  # stable: the table's order otherwise
+        rule = RULES[name]
         value = lookup(config, name)
         problem = rule(value) if rule is not None else None
         if problem:

@@ -78,3 +78,20 @@ def test_paper_cutmix_recipe():
     assert (config.data.color_jitter, config.data.lighting_std, config.model.zero_init_last) == (0.4, 0.1, False)
     assert config.optim.decay_norm_and_bias and config.optim.momentum == 0.9
     assert config.optim.base_lr * config.loader.batch_size * 8 / config.optim.reference_batch == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("override", ["optim.lr=0.1", "loader.batch_size=x", "mix.mode=cutmx"])
+def test_a_config_mistake_is_reported_before_torch_is_loaded(override):
+    """pipeline/train.py resolves the config before importing the training code: the mistake is
+    one line, and torch (seconds to import) was never loaded, nor DALI."""
+    import sys
+
+    from processes import run_process
+
+    script = ("import sys; from pipeline.cli import run_cli; "
+              f"code = run_cli(['--config', 'configs/demo.yaml', {override!r}], default_config=None); "
+              "print(code, 'torch' in sys.modules, 'nvidia.dali' in sys.modules)")
+    done = run_process([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                       text=True, timeout=120)
+    assert done.stdout.split() == ["2", "False", "False"], done.stdout + done.stderr[-2000:]
+    assert done.stderr.startswith("error: ") and len(done.stderr.splitlines()) == 1, done.stderr

@@ -13,11 +13,13 @@ The host side of a step (draw, pack, a copy per 16 steps, launch) reads no devic
 allocates no pinned memory (rows.py, staging.py).
 """
 
-from .core import apply_mix, normalization_affine
-from .loss import soft_target_cross_entropy
-from .params import MODES, MixParams, box_lambda, resolve_mix
-from .sampler import MixSampler
-from .targets import mix_targets, soft_targets
+import importlib
+
+# Imported on first use (PEP 562): the config imports .choices, which needs no torch, and a
+# mistyped config value is then reported before torch is loaded.
+_HOMES = {"apply_mix": "core", "normalization_affine": "core", "soft_target_cross_entropy": "loss",
+          "MODES": "params", "MixParams": "params", "box_lambda": "params", "resolve_mix": "params",
+          "MixSampler": "sampler", "mix_targets": "targets", "soft_targets": "targets"}
 
 __all__ = [
     "MODES",
@@ -31,3 +33,12 @@ __all__ = [
     "soft_target_cross_entropy",
     "soft_targets",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    globals()[name] = value
+    return value
+

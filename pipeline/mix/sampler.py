@@ -28,21 +28,11 @@ import numpy as np
 import torch
 
 from ..seeds import generator_seed
+from .choices import FEATURE_MODES, INPUT_LAYER, PARTNER_CHOICES, PER_CHOICES, SAMPLER_MODES, WITH_CUTOUT
 from .params import MixParams, area_lambda, drawn_params
 from .rows import (LAM_COLUMN, MODE_CODES, MODES, PARTNER_COLUMN, ROW_COLUMNS, USES_PARTNER, RowBlock, pack_rows,
                    same_codes)
 
-SAMPLER_MODES = ("cutmix", "mixup", "cutmix_or_mixup", "cutout", "none", "feature_cutmix", "manifold_mixup")
-# Feature-level modes: the operation, done on the output of a layer drawn per batch from `layers`
-# ("input" = the image, as the image-level mode): Feature CutMix (the CutMix paper's Table 3) and
-# Manifold Mixup (Verma et al. 2019). The box is drawn on that layer's grid (`layer_shapes`).
-FEATURE_MODES = {"feature_cutmix": "cutmix", "manifold_mixup": "mixup"}
-INPUT_LAYER = "input"
-# With `cutout_size`, these modes first cut a hole in every image (Cutout + Mixup, Cutout +
-# Manifold Mixup: rows of the CutMix paper's CIFAR table), then mix.
-WITH_CUTOUT = ("mixup", "manifold_mixup")
-PER_CHOICES = ("batch", "elem")
-PARTNER_CHOICES = ("permutation", "flip", "roll")
 # Steps drawn at once (see the module docstring). 16: numpy's per-call cost is then ~1/16 of a
 # step's, and a block of per-sample draws at batch 256 stays a few hundred microseconds.
 LOOKAHEAD = 16
