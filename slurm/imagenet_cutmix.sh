@@ -145,7 +145,21 @@ fi
 # fight over the rendezvous port).
 srun --kill-on-bad-exit=1 --ntasks-per-node=1 --ntasks="$SLURM_NNODES" bash -c '
     cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)   # nproc alone would echo OMP_NUM_THREADS
-    echo "node $SLURM_NODEID ($(hostname)): $cpus CPUs for its processes"
+    gloo=
+    if [[ -z ${GLOO_SOCKET_IFNAME:-} ]] && ((SLURM_NNODES > 1)) && command -v ip >/dev/null; then
+        # Gloo (the CPU group: the stop flags; on CPU nodes all the traffic) binds to the address
+        # the host name resolves to, which is 127.0.1.1 on many Debian/Ubuntu hosts: the other
+        # nodes then cannot reach it. Bind it to the interface that holds the NodeAddr of this
+        # node, the address Slurm itself reaches the node at. A GLOO_SOCKET_IFNAME set by the user wins.
+        addr=$(scontrol show node "$SLURMD_NODENAME" 2>/dev/null | grep -o "NodeAddr=[^ ]*" | cut -d= -f2)
+        ip4=$(getent ahostsv4 "$addr" 2>/dev/null | awk "{print \$1; exit}")
+        ifname=$(ip -o -4 addr show to "${ip4:-none}" 2>/dev/null | awk "{print \$2; exit}")
+        if [[ -n $ifname ]]; then
+            export GLOO_SOCKET_IFNAME=$ifname
+            gloo="; gloo on $ifname ($ip4)"
+        fi
+    fi
+    echo "node $SLURM_NODEID ($(hostname)): $cpus CPUs for its processes$gloo"
     ( trap "" USR1
       exec accelerate launch $MULTI --num_machines "$SLURM_NNODES" --machine_rank "$SLURM_NODEID" \
         --num_processes "$NUM_PROCESSES" --main_process_ip "$HEAD_ADDR" --main_process_port "$PORT" \
