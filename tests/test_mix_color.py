@@ -12,11 +12,11 @@ import pytest
 import torch
 from test_data_color import official
 from test_mix_kernel import (BACKENDS, MEAN, NUM_CLASSES, SMOOTHING, STD, TOLERANCES, assert_matches, make_case,
-                             naive_mix, triton_kernel)
+                             naive_mix, nan_where_unused, triton_kernel)
 
 from pipeline.data.color import ColorAugment, ColorDraw, color_maps
 from pipeline.mix import MixParams, apply_mix, normalization_affine, resolve_mix
-from pipeline.mix.color import apply_maps, check_maps, identity_maps, maps_in_units
+from pipeline.mix.color import check_maps, identity_maps, maps_in_units
 
 
 def official_colour(images_nhwc: torch.Tensor, draw: ColorDraw) -> torch.Tensor:
@@ -118,25 +118,13 @@ def test_uint8_through_apply_mix_equals_the_colour_step_then_the_mix(backend):
 def test_nan_in_pixels_the_mix_does_not_use_stays_out(backend):
     """Float channels-last input with NaN wherever the result takes nothing from (as in
     test_mix_kernel.py): the colour's extra reads of a pixel's channels must not bring it in."""
-    batch, height, width = 3, 40, 48
-    generator = torch.Generator().manual_seed(5)
-    clean = torch.rand(batch, 3, height, width, generator=generator).contiguous(memory_format=torch.channels_last)
-    box, full, partner = (8, 30, 10, 41), (0, height, 0, width), [2, 0, 1]
-    inside = torch.zeros(height, width, dtype=torch.bool)
-    inside[box[0]:box[1], box[2]:box[3]] = True
-    poisoned = clean.clone()
-    poisoned[0][:, inside] = math.nan
-    poisoned[2][:, ~inside] = math.nan
-    modes, boxes = ["cutmix", "none", "cutmix"], [box, box, full]
-    lam = [1 - (box[1] - box[0]) * (box[3] - box[2]) / (height * width), 1.0, 0.0]
-    params = MixParams(mode=modes, lam=torch.tensor(lam), boxes=torch.tensor(boxes, dtype=torch.int32),
-                       partner=torch.tensor(partner))
+    clean, poisoned, labels, params, truth = nan_where_unused()
     # Hand-made maps (the mean grey of a NaN image is NaN): a gain, a grey gain and offsets per image.
     maps = torch.tensor([[0.8, 0.1, 0.05, -0.02, 0.0], [1.2, -0.3, 0.0, 0.1, 0.2], [0.9, 0.25, -0.1, 0.0, 0.03]])
-    labels = torch.tensor([0, 3, 5])
     out, targets = run_poisoned(backend, poisoned, labels, params, maps, out_dtype=torch.float32)
-    coloured = apply_maps(clean.double(), maps.double())
-    expected = naive_mix(coloured, labels, modes=modes, lam=lam, boxes=boxes, partner=partner, from_uint8=False)
+    x, m = clean.double(), maps.double()[:, :, None, None]  # the maps' formula, written out in float64
+    grey = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+    expected = naive_mix(m[:, 0:1] * x + m[:, 1:2] * grey + m[:, 2:5], labels, from_uint8=False, **truth)
     assert not out.isnan().any()
     assert_matches(out, targets, *expected)
 

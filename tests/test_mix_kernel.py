@@ -264,12 +264,11 @@ def test_images_of_many_tiles(mode, edge):
     assert_matches(out, targets, *expected)
 
 
-@pytest.mark.parametrize("backend", list(BACKENDS))
-def test_nan_in_pixels_the_mix_does_not_use_stays_out(backend):
-    """Float channels-last input (the dense path) with NaN wherever the result takes nothing from:
-    whole tiles are read, so an unused value must be dropped, not multiplied by a zero weight
-    (0 * NaN is NaN). Sample 0 takes box B from sample 2, sample 2 takes everything from sample 1
-    (a full box), sample 1 is unmixed: nobody uses sample 0 inside B nor sample 2 outside B."""
+def nan_where_unused():
+    """Float channels-last images (the dense path) clean and with NaN wherever the mix takes
+    nothing from: sample 0 takes box B from sample 2, sample 2 takes everything from sample 1 (a
+    full box), sample 1 is unmixed, so nobody uses sample 0 inside B nor sample 2 outside B.
+    (clean, poisoned, labels, params, the naive loop's arguments)."""
     batch, height, width = 3, 40, 48
     generator = torch.Generator().manual_seed(5)
     clean = torch.rand(batch, 3, height, width, generator=generator).contiguous(memory_format=torch.channels_last)
@@ -283,9 +282,16 @@ def test_nan_in_pixels_the_mix_does_not_use_stays_out(backend):
     lam = [1 - (box[1] - box[0]) * (box[3] - box[2]) / (height * width), 1.0, 0.0]
     params = MixParams(mode=modes, lam=torch.tensor(lam), boxes=torch.tensor(boxes, dtype=torch.int32),
                        partner=torch.tensor(partner))
-    out, targets = run_poisoned(backend, poisoned, torch.tensor([0, 3, 5]), params, out_dtype=torch.float32)
-    expected = naive_mix(clean, torch.tensor([0, 3, 5]), modes=modes, lam=lam, boxes=boxes, partner=partner,
-                         from_uint8=False)
+    return clean, poisoned, torch.tensor([0, 3, 5]), params, dict(modes=modes, lam=lam, boxes=boxes, partner=partner)
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_nan_in_pixels_the_mix_does_not_use_stays_out(backend):
+    """Whole tiles are read, so an unused value must be dropped, not multiplied by a zero weight
+    (0 * NaN is NaN): NaN wherever the result takes nothing from (nan_where_unused)."""
+    clean, poisoned, labels, params, truth = nan_where_unused()
+    out, targets = run_poisoned(backend, poisoned, labels, params, out_dtype=torch.float32)
+    expected = naive_mix(clean, labels, from_uint8=False, **truth)
     assert not out.isnan().any()
     assert_matches(out, targets, *expected)
 
