@@ -124,7 +124,8 @@ def _loader_errors() -> tuple[type, ...]:
     """LoaderError, once the loader code is imported (before, no loader error can be raised).
     Called by the except clause only when an exception is on its way."""
     data = sys.modules.get("pipeline.data")
-    return (data.LoaderError,) if data is not None else ()
+    error = getattr(data, "LoaderError", None)  # None also while pipeline.data is being imported
+    return (error,) if error is not None else ()
 
 
 def _global_rank() -> int:

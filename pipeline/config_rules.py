@@ -229,24 +229,27 @@ def _model_options(config) -> tuple[str, str] | None:
 CROSS_RULES = (_milestones, _warmup, _min_lr, _nesterov, _cutout, _mix_batch, _feature_layers, _model_options)
 
 
-# Rules that import torch or timm (seconds): run after every other field's, so that a mistake
-# elsewhere is reported before they load.
+# Rules that import torch or timm (seconds): they run after all the others, field and cross-field
+# rules alike, so that any other mistake is reported before they load.
 IMPORTING_RULES = ("model.name", "run.resume")
+IMPORTING_CROSS_RULES = (_feature_layers, _model_options)
 
 
 def validate(config) -> None:
-    """Every rule of every field, then the cross-field rules; the first problem is a
-    ConfigError naming the key and the value."""
-    for name in sorted(RULES, key=lambda field: field in IMPORTING_RULES):  # stable: the table's order otherwise
-        rule = RULES[name]
-        value = lookup(config, name)
-        problem = rule(value) if rule is not None else None
-        if problem:
-            raise ConfigError(f"{name}: {problem}")
-    for cross in CROSS_RULES:
-        found = cross(config)
+    """Every rule of every field, then the cross-field rules (those that import torch or timm
+    last); the first problem is a ConfigError naming the key and the value."""
+    fields = [name for name in RULES if name not in IMPORTING_RULES]
+    crosses = [rule for rule in CROSS_RULES if rule not in IMPORTING_CROSS_RULES]
+    for check in (*fields, *crosses, *IMPORTING_RULES, *IMPORTING_CROSS_RULES):
+        found = _field_problem(config, check) if isinstance(check, str) else check(config)
         if found:
             raise ConfigError(f"{found[0]}: {found[1]}")
+
+
+def _field_problem(config, name: str) -> tuple[str, str] | None:
+    rule = RULES[name]
+    problem = rule(lookup(config, name)) if rule is not None else None
+    return (name, problem) if problem else None
 
 
 def _shown(value: Any) -> str:

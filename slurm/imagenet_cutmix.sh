@@ -37,8 +37,10 @@ fi
 requeue=0
 srun_pid=
 resender=
+trapped=0
 on_usr1() {
     requeue=1
+    trapped=1
     if [[ -z $srun_pid || -n $resender ]]; then
         return   # not started yet (said below, before srun), or already asked
     fi
@@ -51,7 +53,7 @@ on_usr1() {
         pause=
         trap 'kill $pause 2>/dev/null; exit 0' TERM
         while :; do
-            scancel --signal=USR1 "$SLURM_JOB_ID"
+            scancel --signal=USR1 "$SLURM_JOB_ID" || true   # a failed try (slurmctld busy): the next one
             sleep 10 & pause=$!
             wait $pause
         done
@@ -144,19 +146,24 @@ fi
 # One task per node whatever --ntasks-per-node the job was given (two launchers per node would
 # fight over the rendezvous port).
 srun --kill-on-bad-exit=1 --ntasks-per-node=1 --ntasks="$SLURM_NNODES" bash -c '
+    trap "" USR1   # until the forwarding below is in place: a USR1 now must not end the task (it comes again)
     cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)   # nproc alone would echo OMP_NUM_THREADS
     gloo=
-    if [[ -z ${GLOO_SOCKET_IFNAME:-} ]] && ((SLURM_NNODES > 1)) && command -v ip >/dev/null; then
+    if [[ -z ${GLOO_SOCKET_IFNAME:-} ]] && ((SLURM_NNODES > 1)); then
         # Gloo (the CPU group: the stop flags; on CPU nodes all the traffic) binds to the address
         # the host name resolves to, which is 127.0.1.1 on many Debian/Ubuntu hosts: the other
-        # nodes then cannot reach it. Bind it to the interface that holds the NodeAddr of this
-        # node, the address Slurm itself reaches the node at. A GLOO_SOCKET_IFNAME set by the user wins.
-        addr=$(scontrol show node "$SLURMD_NODENAME" 2>/dev/null | grep -o "NodeAddr=[^ ]*" | cut -d= -f2)
-        ip4=$(getent ahostsv4 "$addr" 2>/dev/null | awk "{print \$1; exit}")
-        ifname=$(ip -o -4 addr show to "${ip4:-none}" 2>/dev/null | awk "{print \$2; exit}")
+        # nodes then cannot reach it. Bind it to the interface this node reaches another node of
+        # the job through (node 0: the second node; the others: node 0), at the NodeAddr Slurm
+        # itself uses. A GLOO_SOCKET_IFNAME set by the user wins.
+        peer=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n "$((SLURM_NODEID == 0 ? 2 : 1))p")
+        addr=$(scontrol show node "$peer" 2>/dev/null | grep -o "NodeAddr=[^ ]*" | cut -d= -f2)
+        ip4=$(getent ahostsv4 "${addr:-$peer}" 2>/dev/null | awk "{print \$1; exit}")
+        ifname=$(ip -o -4 route get "${ip4:-none}" 2>/dev/null | grep -o "dev [^ ]*" | cut -d" " -f2)
         if [[ -n $ifname ]]; then
             export GLOO_SOCKET_IFNAME=$ifname
-            gloo="; gloo on $ifname ($ip4)"
+            gloo="; gloo on $ifname (the way to $peer, $ip4)"
+        else
+            gloo="; warning: no interface found towards $peer: gloo binds to the address of the host name (set GLOO_SOCKET_IFNAME if the nodes cannot connect)"
         fi
     fi
     echo "node $SLURM_NODEID ($(hostname)): $cpus CPUs for its processes$gloo"
@@ -175,13 +182,17 @@ srun_pid=$!
 if ((requeue)); then
     on_usr1   # USR1 came between the check above and here
 fi
-# wait returns early when a trapped signal arrives: wait again until srun itself has ended.
-status=0
-wait "$srun_pid" || status=$?
-while kill -0 "$srun_pid" 2>/dev/null; do
+# wait returns early (status > 128) when a trapped signal arrives: wait again until it returns
+# without one, with srun's own status (bash keeps an ended child's status until it is waited for).
+while :; do
+    trapped=0
     status=0
     wait "$srun_pid" || status=$?
+    if ((!trapped)); then
+        break
+    fi
 done
+srun_pid=   # a USR1 from now on starts no repeats: the training processes have ended
 if [[ -n $resender ]]; then
     kill "$resender" 2>/dev/null || true
     wait "$resender" 2>/dev/null || true

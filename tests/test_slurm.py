@@ -66,9 +66,10 @@ def test_training_runs_with_world_size_two_across_two_nodes(cluster, demo_shards
     assert record["JobState"] == "COMPLETED", log[-4000:]
     assert record["NodeList"] == "n[1-2]" and record["NumNodes"] == "2"
     assert "2 nodes x 1 processes" in log
-    # Gloo bound to the interface of each node's NodeAddr (127.0.0.1 here), not the host name's address.
-    nodes = [line for line in log.splitlines() if line.startswith("node ")]
-    assert len(nodes) == 2 and all(line.endswith("; gloo on lo (127.0.0.1)") for line in nodes), log[-4000:]
+    # Gloo bound to the interface each node reaches the other through (here lo: NodeAddr 127.0.0.1).
+    nodes = sorted(line for line in log.splitlines() if line.startswith("node "))
+    assert [line.split("processes; ")[1] for line in nodes] == [
+        "gloo on lo (the way to n2, 127.0.0.1)", "gloo on lo (the way to n1, 127.0.0.1)"], log[-4000:]
     records = read_metrics(out)
     assert [r["epoch"] for r in records] == list(range(1, EPOCHS + 1))
     assert {r["world_size"] for r in records} == {2}

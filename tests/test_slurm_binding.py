@@ -38,6 +38,7 @@ def test_each_nodes_task_gets_the_cpus_asked_for(binding_cluster, demo_shards, t
     record = binding_cluster.wait(job, timeout=300)
     log = (tmp_path / f"cutmix-{job}.out").read_text()
     # (node id, CPUs its task may run on), as each task printed them
-    cpus = sorted(re.findall(r"^node (\d+) \(.*\): (\d+) CPUs for its processes$", log, flags=re.MULTILINE))
+    cpus = sorted(re.findall(r"^node (\d+) \(.*\): (\d+) CPUs for its processes(?:; gloo on .*)?$", log,
+                             flags=re.MULTILINE))
     assert cpus == [("0", "2"), ("1", "2")], log[-3000:]
     assert record["JobState"] == "COMPLETED", log[-3000:]

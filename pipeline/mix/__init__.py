@@ -41,4 +41,3 @@ def __getattr__(name: str):
     value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
     globals()[name] = value
     return value
-

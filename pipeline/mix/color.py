@@ -47,7 +47,7 @@ def maps_in_units(maps: Tensor, *, value_range: float) -> Tensor:
     which scales with the units. Contiguous, as the kernel indexes it."""
     if value_range == 1.0:
         return maps.contiguous()
-    scaled = maps.clone()
+    scaled = maps.clone(memory_format=torch.contiguous_format)
     scaled[:, OFFSET] *= value_range
     return scaled
 
