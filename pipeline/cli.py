@@ -11,7 +11,7 @@ from pathlib import Path
 
 from shards.arguments import CommandParser
 
-from .errors import TrainError
+from .errors import TrainError, loader_errors
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -46,7 +46,7 @@ def run_cli(argv: list[str], *, default_config: Path | None) -> int:
                 print(check_config(config), flush=True)
             return 0
         record = run_training(config)
-    except (TrainError, *_loader_errors()) as error:
+    except (TrainError, *loader_errors()) as error:
         rank = _global_rank()
         # Checks before training are the same on every rank (rank 0 says it); a loader error while
         # training may be one rank's alone (a damaged shard in its part), so that rank says it.
@@ -118,14 +118,6 @@ def exit_cleanly(code: int) -> None:
     if distributed or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         os._exit(code)
     sys.exit(code)
-
-
-def _loader_errors() -> tuple[type, ...]:
-    """LoaderError, once the loader code is imported (before, no loader error can be raised).
-    Called by the except clause only when an exception is on its way."""
-    data = sys.modules.get("pipeline.data")
-    error = getattr(data, "LoaderError", None)  # None also while pipeline.data is being imported
-    return (error,) if error is not None else ()
 
 
 def _global_rank() -> int:

@@ -1,6 +1,17 @@
 """User-facing training errors: the entry point prints their message (no traceback) and exits 2."""
 
 
+import sys
+
+
+def loader_errors() -> tuple[type, ...]:
+    """LoaderError once the loader code is imported (before that, none can be raised): for an
+    except clause of a command line that imports it late (it is evaluated only when an
+    exception is on its way)."""
+    error = getattr(sys.modules.get("pipeline.data"), "LoaderError", None)  # None while it is being imported
+    return (error,) if error is not None else ()
+
+
 class TrainError(Exception):
     """Bad input a user can fix: a missing folder, a wrong model name, a foreign checkpoint."""
 

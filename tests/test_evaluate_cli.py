@@ -469,3 +469,19 @@ def test_a_new_evaluation_replaces_the_old_one_in_its_folder(evaluated, tmp_path
     assert sorted(p.name for p in out.iterdir()) == ["eval.json", "eval.md", "notes.txt"]
     results = json.loads((out / "eval.json").read_text())
     assert results["settings"]["finished"] is True and "occlusion" not in results and "classify" in results
+
+
+def test_argument_mistakes_are_reported_before_torch_is_loaded():
+    """A model path that is not there, a bad option value, a misspelt compare: one line, exit 2,
+    and neither torch nor DALI was imported (they take seconds)."""
+    script = ("import sys; from pipeline.evaluate.cli import main\n"
+              "for argv in (['/nonexistent/run'], ['--batch-size', 'x', '.'], ['compar']):\n"
+              "    try:\n        code = main(argv)\n    except SystemExit as exit:\n        code = exit.code\n"
+              "    print(code, file=sys.stderr)\n"
+              "print('torch' in sys.modules, 'nvidia.dali' in sys.modules)")
+    done = run_process([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["False", "False"], done.stdout + done.stderr[-2000:]
+    lines = done.stderr.splitlines()
+    assert lines == ["error: /nonexistent/run: no such run folder or weights file", "2",
+                     "error: argument --batch-size: invalid int value: 'x' (see python -m pipeline.evaluate --help)",
+                     "2", "error: compar: no such run folder or weights file (did you mean compare?)", "2"], lines

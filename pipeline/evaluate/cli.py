@@ -14,7 +14,7 @@ from pathlib import Path
 
 from shards.arguments import CommandParser
 
-from ..errors import EvalError, TrainError
+from ..errors import EvalError, TrainError, loader_errors
 
 _DESCRIPTION = """Evaluate a trained model on the CutMix paper's claims. MODEL is a run folder (its config.yaml
 and model.safetensors) or an exported model.safetensors (it records its classes and preprocessing).
@@ -52,7 +52,7 @@ MAX_IMAGE_SIZE = 2048  # larger inputs exhaust memory before they tell anything 
 
 def make_parser() -> argparse.ArgumentParser:
     """The evaluation's arguments."""
-    from .runner import TASKS
+    from .catalog import TASKS
 
     tasks = "\n".join(textwrap.fill(text, width=100, initial_indent=f"  {name:<11}  ", subsequent_indent=" " * 15)
                       for name, text in TASKS.items())
@@ -109,12 +109,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         taken = f" (--ood-shards took every path after it: {' '.join(map(str, args.ood_shards))}; name the " \
             "run before --ood-shards)" if args.ood_shards else ""
         parser.error(f"the following arguments are required: RUN_DIR|MODEL.safetensors{taken}")
+    if not args.model.exists():  # before torch is imported (seconds); resolve_source checks it again
+        raise EvalError(f"{args.model}: no such run folder or weights file")
     return args
 
 
 def build_request(args: argparse.Namespace):
     """The checked EvalRequest of parsed arguments (EvalError naming the argument)."""
-    from .runner import TASKS, EvalRequest
+    from .catalog import TASKS
+    from .runner import EvalRequest
     from .source import resolve_source
 
     source = resolve_source(args.model)
@@ -206,9 +209,8 @@ def _label(path: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; a user mistake prints one ``error:`` line and returns 2."""
-    from ..data import LoaderError
-
+    """Run the CLI; a user mistake prints one ``error:`` line and returns 2. The arguments are
+    checked before the evaluation code (torch, DALI) is imported."""
     argv = sys.argv[1:] if argv is None else argv
     request = None
     try:
@@ -216,11 +218,12 @@ def main(argv: list[str] | None = None) -> int:
             return compare(argv[1:])
         if argv and not Path(argv[0]).exists() and difflib.get_close_matches(argv[0], ["compare"], cutoff=0.7):
             raise EvalError(f"{argv[0]}: no such run folder or weights file (did you mean compare?)")
+        args = parse_args(argv)
         from .runner import run_evaluation
 
-        request = build_request(parse_args(argv))
+        request = build_request(args)
         results = run_evaluation(request)
-    except (EvalError, TrainError, LoaderError) as error:
+    except (EvalError, TrainError, *loader_errors()) as error:
         rank = int(os.environ.get("RANK", "0"))
         # Checks before the passes are the same on every rank (rank 0 says it); an error during a
         # pass may be one rank's alone (a damaged shard in its part), so that rank says it.
