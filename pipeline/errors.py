@@ -1,6 +1,5 @@
 """User-facing training errors: the entry point prints their message (no traceback) and exits 2."""
 
-
 import sys
 
 

@@ -80,7 +80,9 @@ def test_paper_cutmix_recipe():
     assert config.optim.base_lr * config.loader.batch_size * 8 / config.optim.reference_batch == pytest.approx(0.1)
 
 
-@pytest.mark.parametrize("override", ["optim.lr=0.1", "loader.batch_size=x", "mix.mode=cutmx"])
+# An unknown key, a bad type, a bad value checked after the model name's rule, a cross-field rule.
+@pytest.mark.parametrize("override", ["optim.lr=0.1", "loader.batch_size=x", "mix.mode=cutmx",
+                                      "schedule.warmup_epochs=31"])
 def test_a_config_mistake_is_reported_before_torch_is_loaded(override):
     """pipeline/train.py resolves the config before importing the training code: the mistake is
     one line, and torch (seconds to import) was never loaded, nor DALI."""

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..mix.color import GAIN, GREY, GREY_GAIN, MAP_COLUMNS, OFFSET, apply_maps
+from ..mix.color import GAIN, GREY, GREY_GAIN, OFFSET, apply_maps, identity_maps
 from ..seeds import COLOR_STREAM, stream_seed
 
 # fb.resnet.torch's ImageNet PCA (the official code's values): eigenvalues and eigenvectors (columns).
@@ -98,8 +98,7 @@ def color_maps(images: Tensor, draw: ColorDraw, *, jitter: bool = True, lighting
         raise ValueError(f"images: uint8 [B, H, W, 3] expected, got {images.dtype} {tuple(images.shape)}")
     grey_weights, vectors, values = constants or color_constants(images.device)
     batch = images.shape[0]
-    maps = torch.zeros(batch, MAP_COLUMNS, device=images.device)
-    maps[:, GAIN] = 1.0
+    maps = identity_maps(batch, device=images.device)
     if lighting:
         maps[:, OFFSET] = (draw.lighting * values) @ vectors.T  # rgb_i = sum_j V_ij alpha_j lambda_j
     if not jitter:

@@ -21,18 +21,7 @@ _HOMES = {"apply_mix": "core", "normalization_affine": "core", "soft_target_cros
           "MODES": "params", "MixParams": "params", "box_lambda": "params", "resolve_mix": "params",
           "MixSampler": "sampler", "mix_targets": "targets", "soft_targets": "targets"}
 
-__all__ = [
-    "MODES",
-    "MixParams",
-    "MixSampler",
-    "apply_mix",
-    "box_lambda",
-    "normalization_affine",
-    "resolve_mix",
-    "mix_targets",
-    "soft_target_cross_entropy",
-    "soft_targets",
-]
+__all__ = list(_HOMES)
 
 
 def __getattr__(name: str):
