@@ -322,11 +322,42 @@ def test_the_default_split_is_the_one_the_run_evaluated(demo_run, tmp_path):
 def test_compare_warns_when_evaluations_are_of_other_splits_or_sizes():
     from pipeline.evaluate.report import compare_markdown
 
-    table = compare_markdown({"a": {"settings": {"split": "val", "shards": "/s", "image_size": 32}},
-                              "b": {"settings": {"split": "test", "shards": "/s", "image_size": 64}}})
+    table = compare_markdown({
+        "a": {"settings": {"split": "val", "shards": "/s", "image_size": 32, "precision": "no"}},
+        "b": {"settings": {"split": "test", "shards": "/s", "image_size": 64, "precision": "bf16"}}})
     assert "**Warning**: the evaluations are of different splits (a: val, b: test)" in table
     assert "**Warning**: the evaluations are of different image sizes (a: 32, b: 64)" in table
+    assert "**Warning**: the evaluations are of different precisions (a: no, b: bf16)" in table
     assert "different shards" not in table
+
+
+def test_precision_bf16_on_a_cpu(evaluated, demo_run, tmp_path, monkeypatch):
+    """--precision bf16 evaluates under bf16 autocast even where auto means float32 (a CPU): the
+    convolutions compute in bfloat16, eval.json says so, and bfloat16's 8-bit mantissa may flip a
+    few samples near a tie, not more."""
+    from pipeline.evaluate import runner
+
+    _, full, _ = evaluated
+    assert full["settings"]["precision"] == "no"  # auto on a CPU
+    computed = []  # the dtype of the first convolution's output, per forward pass
+    real_load = runner.load_model
+
+    def load_and_watch(source):
+        model = real_load(source)
+        first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        first.register_forward_hook(lambda _m, _i, output: computed.append(output.dtype))
+        return model
+
+    monkeypatch.setattr(runner, "load_model", load_and_watch)
+    out = tmp_path / "bf16"
+    assert main([str(demo_run), "--split", "test", "--tasks", "classify", "--quiet", "--batch-size", "60",
+                 "--num-threads", "1", "--image-size", str(SIZE), "--precision", "bf16", "--out", str(out)]) == 0
+    half = json.loads((out / "eval.json").read_text())
+    samples = full["classify"]["samples"]
+    # Every batch of the pass (the checks' probe batch before it runs as it is, in float32).
+    assert half["settings"]["precision"] == "bf16" and computed.count(torch.bfloat16) == -(-samples // 60)
+    assert half["classify"]["samples"] == samples
+    assert abs(half["classify"]["top1_err"] - full["classify"]["top1_err"]) <= 3 * 100 / samples
 
 
 def test_weights_file_without_shards(demo_run, capsys):
@@ -354,6 +385,14 @@ def test_help_explains_each_task_and_metric(capsys):
 ])
 def test_bad_arguments_before_any_work(demo_run, extra, message, capsys):
     assert message in one_error_line(capsys, [str(demo_run), *extra])
+
+
+def test_an_unknown_precision_is_argparses_one_line(demo_run, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main([str(demo_run), "--precision", "fp16"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith("error: argument --precision: invalid choice: 'fp16'")
 
 
 def test_a_misspelt_compare_is_named(capsys):

@@ -47,6 +47,7 @@ examples:
 """
 
 
+PRECISIONS = ("auto", "bf16", "no")  # training's run.mixed_precision values
 MAX_IMAGE_SIZE = 2048  # larger inputs exhaust memory before they tell anything (--image-size 100000 did)
 
 
@@ -79,6 +80,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=64, help="per process (default 64)")
     parser.add_argument("--backend", choices=("dali", "torch"), default="dali", help="loader (default dali)")
     parser.add_argument("--num-threads", type=int, default=4, help="DALI threads / torch workers (default 4)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="the model's arithmetic: bf16 autocast, or no (float32); auto (default): bf16 on a "
+                        "GPU, float32 on a CPU, as training's run.mixed_precision")
     parser.add_argument("--epsilon", type=float, default=8 / 255, help="FGSM step in pixel units (default 8/255)")
     parser.add_argument("--occlusion-steps", type=int, help="square sides from 0 to the image size (default 9, "
                         "fewer for images under 8 px)")
@@ -142,7 +146,7 @@ def build_request(args: argparse.Namespace):
                        else source.weights.parent / f"eval-{source.weights.stem}")
     return EvalRequest(source=source, shards=Path(shards), split=split, tasks=tasks, out=out,
                        ood_shards=tuple(args.ood_shards), ood_split=args.ood_split, batch_size=args.batch_size,
-                       backend=args.backend,
+                       backend=args.backend, precision=args.precision,
                        num_threads=args.num_threads, seed=args.seed, epsilon=args.epsilon,
                        occlusion_steps=min(9, source.image_size + 1) if args.occlusion_steps is None
                        else args.occlusion_steps, progress=not args.quiet)

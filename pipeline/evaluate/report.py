@@ -120,7 +120,8 @@ def compare_markdown(runs: dict[str, dict]) -> str:
     legend = ("Errors: lower is better; Loc, MaxBoxAccV2 and the OOD metrics: higher is better. OOD columns "
               "average over the OOD sets of each run, as the paper's table averages over its seven.")
     lines += ["", legend, ""]
-    for key, what in (("split", "splits"), ("shards", "shards"), ("image_size", "image sizes")):
+    for key, what in (("split", "splits"), ("shards", "shards"), ("image_size", "image sizes"),
+                      ("precision", "precisions")):
         values = {label: r.get("settings", {}).get(key) for label, r in runs.items()}
         if len(set(map(str, values.values()))) > 1:
             lines += [f"**Warning**: the evaluations are of different {what} "

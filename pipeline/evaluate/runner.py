@@ -42,6 +42,7 @@ class EvalRequest:
     ood_split: str | None = None  # the OOD folders' split (None: --split where they have it, else their only one)
     batch_size: int = 64
     backend: str = "dali"
+    precision: str = "auto"  # "bf16", "no" (float32), or "auto": bf16 where the process computes on a GPU
     num_threads: int = 4
     seed: int = 0
     epsilon: float = 8 / 255
@@ -56,6 +57,8 @@ def check_request(request: EvalRequest) -> dict:
     if unknown or not request.tasks:
         raise EvalError(f"--tasks: unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}" if unknown
                         else f"--tasks: name at least one of {', '.join(TASKS)}")
+    if request.precision not in ("auto", "bf16", "no"):
+        raise EvalError(f"--precision: one of auto, bf16, no, got {request.precision!r}")
     if request.batch_size < 1:
         raise EvalError(f"--batch-size must be >= 1, got {request.batch_size}")
     if not 0 < request.epsilon <= 1:
@@ -142,7 +145,7 @@ def run_evaluation(request: EvalRequest) -> dict:
     check_input_size(model, source)
     if "localize" in request.tasks:
         check_cam_head(model, image_size=source.image_size, channels_last=source.channels_last)
-    accelerator = Accelerator(mixed_precision=resolve_precision("auto"))
+    accelerator = Accelerator(mixed_precision=resolve_precision(request.precision))
     model = model.to(accelerator.device)
     dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
     ctx = tasks.TaskContext(model=model, accelerator=accelerator, mean=source.mean, std=source.std, dtype=dtype,
