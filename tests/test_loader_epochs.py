@@ -54,6 +54,47 @@ def test_a_restored_loader_goes_on_exactly_where_the_first_one_was(shards, backe
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_restored_loaders_plain_iter_reads_what_the_first_ones_would(shards, backend):
+    """The README's loop: ``for batch in loader`` over a restored loader reads the epoch the
+    saved loader's next ``iter()`` reads (the next one: the epoch left is left), and the rest of
+    the left epoch is still there to ask for, as it was for the saved loader."""
+    first = loader_of(shards, backend)
+    epoch0 = first.iter_epoch(0)
+    head = [next(epoch0) for _ in range(3)]
+    state = through_json(first.state_dict())
+    epoch1 = list(first)  # epoch 0 left after 3 steps
+    assert len(epoch1) == len(first)
+    assert same(list(loader_of(shards, backend, restore=state)), epoch1)
+    rest = list(loader_of(shards, backend, restore=state).iter_epoch(0, 3))
+    assert same(head + rest, list(loader_of(shards, backend).iter_epoch(0)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_restored_state_that_does_not_fit_the_first_request_is_dropped_with_a_warning(shards, backend, capfd):
+    """A state that stands in epoch 0 asked for epoch 3 (a checkpoint of another point): the
+    loader has read nothing yet, so it reads epoch 3 from its seed, as a fresh loader would."""
+    first = loader_of(shards, backend)
+    next(first.iter_epoch(0))
+    state = through_json(first.state_dict())
+    capfd.readouterr()
+    reference = list(loader_of(shards, backend).iter_epoch(3))
+    assert same(list(loader_of(shards, backend, restore=state).iter_epoch(3)), reference)
+    assert "warning: the saved loader state does not fit (epoch 3 from step 0 asked for" in capfd.readouterr().err
+
+
+def test_a_restored_synthetic_loader_stands_where_the_first_one_stood(shards):
+    first = open_loader(shards, "train", batch_size=BATCH, world_size=WORLD, backend="synthetic")[0]
+    epoch2 = first.iter_epoch(2)
+    next(epoch2)
+    state = through_json(first.state_dict())
+    again = open_loader(shards, "train", batch_size=BATCH, world_size=WORLD, backend="synthetic", restore=state)[0]
+    assert (again.cursor.open_epoch, again.cursor.consumed, again.cursor.next_epoch) == (2, 1, 3)
+    assert len(list(again.iter_epoch(2, 1))) == len(again) - 1
+    with pytest.raises(ValueError, match="epochs are read in order"):
+        again.iter_epoch(2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_state_saved_after_a_capped_epoch_resumes_at_the_next_epoch(shards, backend):
     # run.max_train_steps: training leaves each epoch after a few steps; the next epoch must be
     # the one an uninterrupted loader reads (DALI runs the rest of the pass first).
@@ -84,13 +125,14 @@ def test_a_fresh_loader_resumed_mid_epoch_skips_the_steps_already_trained(shards
     assert same(list(loader_of(shards, backend).iter_epoch(0, 4)), reference[4:])
 
 
-def test_a_state_of_other_settings_is_not_used(shards, capfd):
-    first = loader_of(shards, "dali", seed=7)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_state_of_other_settings_is_not_used(shards, capfd, backend):
+    first = loader_of(shards, backend, seed=7)
     next(first.iter_epoch(0))
     state = through_json(first.state_dict())
-    reference = list(loader_of(shards, "dali", seed=8).iter_epoch(0))
+    reference = list(loader_of(shards, backend, seed=8).iter_epoch(0))
     capfd.readouterr()
-    other = loader_of(shards, "dali", seed=8, restore=state)
+    other = loader_of(shards, backend, seed=8, restore=state)
     assert same(list(other.iter_epoch(0)), reference)  # read from its own seed, from the start
     assert "other settings (seed differ)" in capfd.readouterr().err
 

@@ -26,6 +26,11 @@ class SplitShards:
     num_samples: int
     num_classes: int
 
+    def listing(self) -> list[list]:
+        """``[tar name, samples]`` per shard, in order: what a loader's saved state is checked against
+        (names, not paths: the same shards moved to another folder keep their order)."""
+        return [[path.rsplit("/", 1)[-1], count] for path, count in zip(self.tar_paths, self.shard_samples)]
+
 
 def load_split_shards(shards_dir: str | Path, split: str, *, check_indexes: bool = True) -> SplitShards:
     """Read ``shards_dir/<split>.json`` and check that every listed tar and index exists and

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,12 +22,11 @@ from ..mix.staging import to_device
 from ..seeds import DALI_PIPELINE_STREAM, DALI_READER_STREAM, epoch_seed, stream_seed
 from .augment import Augmentation
 from .checks import LoaderError, SplitShards
-from .epochs import EpochCursor, EpochLoader
+from .epochs import EpochLoader, as_saved
 from .host_resize import finish_on_host
 from .labels import check_label_range, parse_ascii_labels
 from .sharding import epoch_part, part_sizes, reader_batches
 
-STATE_FORMAT = 1
 # Reader batches of a pass left unread at an epoch's end: a whole epoch leaves at most 1 (the
 # smallest part decides the steps, parts differ by one sample, pad_last_batch rounds up; checked
 # by brute force in tests/test_loader_sharding.py), which is run to reach the next pass. More
@@ -174,35 +172,26 @@ class DaliLoader(EpochLoader):
         self.built_for_epoch: int | None = None
         self._unread = 0  # reader batches of the open pass not yet run
         self._last = None  # the last outputs run (val pads with them)
-        self._saved = self._usable(restore)
+        self._saved = self._restore(restore)
         if self._saved is not None:
-            self.cursor = EpochCursor(**self._saved["cursor"])
             self._unread = self._saved["unread"]
 
     def fingerprint(self) -> dict:
         """What a saved state must have been made with to apply to this loader."""
-        shards = [[path.rsplit("/", 1)[-1], count]
-                  for path, count in zip(self.shards.tar_paths, self.shards.shard_samples)]
         values = {"backend": "dali", "decoder": self.decoder, "training": self.training,
                   "batch_size": self.batch_size, "steps": self.steps, "rank": self.rank, "world_size": self.world_size,
                   "seed": self.seed, "shuffle_buffer": self._define["shuffle_buffer"],
-                  "augmentation": asdict(self.augmentation), "shards": shards}
-        return json.loads(json.dumps(values))  # as it reads back from a checkpoint (lists, not tuples)
+                  "augmentation": asdict(self.augmentation), "shards": self.shards.listing()}
+        return as_saved(values)
 
     def state_dict(self) -> dict:
         checkpoint = self.pipeline.checkpoint() if self.pipeline is not None else None
-        return {"format": STATE_FORMAT, "fingerprint": self.fingerprint(), "cursor": self.cursor.to_dict(),
-                "unread": self._unread, "built_for_epoch": self.built_for_epoch,
+        return {**super().state_dict(), "unread": self._unread, "built_for_epoch": self.built_for_epoch,
                 "dali": None if checkpoint is None else base64.b64encode(checkpoint).decode("ascii")}
 
-    def iter_epoch(self, epoch: int, start_step: int = 0):
-        if self._saved is not None and self.pipeline is None:
-            try:
-                self.cursor.check(epoch, start_step, steps=self.steps)
-            except ValueError as error:
-                _warn(f"the saved loader state does not fit ({error}); epoch {epoch} is read from its seed")
-                self._saved, self.cursor, self._unread = None, EpochCursor(), 0
-        return super().iter_epoch(epoch, start_step)
+    def _forget_state(self) -> None:
+        super()._forget_state()
+        self._saved, self._unread = None, 0
 
     def _read(self, epoch: int, start_step: int):
         continuing = self.cursor.continues(epoch, start_step)
@@ -286,17 +275,6 @@ class DaliLoader(EpochLoader):
         records = [json.loads(bytes(row).rstrip(b"\0").decode()) for row in np.asarray(outputs["ids"].as_tensor())]
         return images, labels, records if self.metadata else [r.get("source") for r in records]
 
-    def _usable(self, restore: dict | None) -> dict | None:
-        if restore is None:
-            return None
-        if restore.get("format") != STATE_FORMAT or restore.get("fingerprint") != self.fingerprint():
-            theirs = restore.get("fingerprint") or {}
-            differ = sorted(k for k, v in self.fingerprint().items() if theirs.get(k) != v) or ["format"]
-            _warn(f"the saved loader state was made with other settings ({', '.join(differ)} differ); "
-                  "the data order restarts from the epoch's seed")
-            return None
-        return restore
-
 
 def _dali_cause(error: RuntimeError) -> str:
     """The line of a DALI pipeline error that says what went wrong (after "encountered:"; the rest
@@ -314,10 +292,6 @@ def _gpu_images_to_torch(images, device: torch.device) -> torch.Tensor:
     out = torch.empty(dense.shape(), dtype=torch.uint8, device=device)
     feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device))
     return out
-
-
-def _warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 __all__ = ["DaliLoader", "LoaderError", "decoder_for", "define_dali_pipeline", "finishes_on_host", "image_graph",

@@ -1,11 +1,16 @@
 """Epoch bookkeeping shared by the loaders: a loader is built once per run and read one epoch
 after another, each epoch from its first step or, after a pause (a stop signal, a resume), from
 the step where it stopped. ``EpochLoader.iter_epoch(epoch, start_step)`` checks the request
-against where the loader stands and leaves the reading to the backend."""
+against where the loader stands and leaves the reading to the backend; ``state_dict()`` is where
+it stands, and a loader built with ``restore=`` that state stands there too (every backend)."""
 
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import asdict, dataclass
+
+STATE_FORMAT = 1  # of state_dict(); a state of another format is not used
 
 
 @dataclass
@@ -48,11 +53,14 @@ class EpochCursor:
 class EpochLoader:
     """Base of the loaders: ``len()`` is the steps per epoch (the same on every rank),
     ``iter(loader)`` the next epoch, ``iter_epoch(epoch, start_step)`` an explicit position.
-    Subclasses implement ``_read(epoch, start_step)``, a generator of that epoch's batches."""
+    Subclasses implement ``_read(epoch, start_step)``, a generator of that epoch's batches, and
+    ``fingerprint()``, the settings a saved state must have been made with; they call
+    ``_restore(restore)`` once they can compute their fingerprint."""
 
     def __init__(self, steps: int) -> None:
         self.steps = steps
         self.cursor = EpochCursor()
+        self._restored = False  # a saved position, not yet checked against the first request
 
     def __len__(self) -> int:
         return self.steps
@@ -62,12 +70,53 @@ class EpochLoader:
 
     def iter_epoch(self, epoch: int, start_step: int = 0):
         """Batches ``start_step .. steps-1`` of ``epoch`` (checked now, read lazily)."""
+        if self._restored:
+            self._restored = False
+            try:
+                self.cursor.check(epoch, start_step, steps=self.steps)
+            except ValueError as error:
+                # Nothing is read yet: the loader can start anywhere, as a fresh one.
+                warn(f"the saved loader state does not fit ({error}); epoch {epoch} is read from its seed")
+                self._forget_state()
         self.cursor.check(epoch, start_step, steps=self.steps)
         return self._read(epoch, start_step)
 
     def _read(self, epoch: int, start_step: int):
         raise NotImplementedError
 
+    def fingerprint(self) -> dict:
+        raise NotImplementedError
+
     def state_dict(self) -> dict:
         """Where the loader stands, as plain JSON values (saved per rank with a checkpoint)."""
-        return {"cursor": self.cursor.to_dict()}
+        return {"format": STATE_FORMAT, "fingerprint": self.fingerprint(), "cursor": self.cursor.to_dict()}
+
+    def _restore(self, restore: dict | None) -> dict | None:
+        """Stand where ``restore`` (a ``state_dict()`` of a loader with these settings) stood and
+        return it; None, with a warning, for a state of other settings (the epochs are then read
+        from their seeds, as by a fresh loader)."""
+        if restore is None or "format" not in restore:
+            # None, or a torch-backend position saved before states had a format: the position
+            # is asked for with iter_epoch (training does), which a fresh loader reaches by reading.
+            return None
+        if restore.get("format") != STATE_FORMAT or restore.get("fingerprint") != self.fingerprint():
+            theirs = restore.get("fingerprint") or {}
+            differ = sorted(k for k, v in self.fingerprint().items() if theirs.get(k) != v) or ["format"]
+            warn(f"the saved loader state was made with other settings ({', '.join(differ)} differ); "
+                 "the data order restarts from the epoch's seed")
+            return None
+        self.cursor, self._restored = EpochCursor(**restore["cursor"]), True
+        return restore
+
+    def _forget_state(self) -> None:
+        """Back to a fresh loader's position (a restored state that does not fit the request)."""
+        self.cursor = EpochCursor()
+
+
+def as_saved(values: dict) -> dict:
+    """``values`` as they read back from a checkpoint's JSON (lists, not tuples): a fingerprint."""
+    return json.loads(json.dumps(values))
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)

@@ -63,14 +63,15 @@ def _create_loader(shards_dir, split: str, *, augmentation: Augmentation, option
     elif options.backend == "torch":
         from .torch_backend import TorchLoader
 
-        loader = TorchLoader(shards, num_workers=options.num_threads, **common)
+        loader = TorchLoader(shards, num_workers=options.num_threads, restore=restore, **common)
     else:
         if metadata:
             raise LoaderError("the synthetic backend has no samples, so no metadata: use dali or torch")
         from .synthetic import SyntheticLoader
 
         loader = SyntheticLoader(steps=steps, batch_size=options.batch_size, image_size=augmentation.image_size,
-                                 num_classes=shards.num_classes, device=device, seed=seed, rank=rank)
+                                 num_classes=shards.num_classes, device=device, seed=seed, rank=rank,
+                                 restore=restore)
     return loader, steps
 
 

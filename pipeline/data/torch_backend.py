@@ -6,6 +6,7 @@ yields whole batches; the DataLoader takes them round-robin, so an epoch has exa
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ..seeds import torch_worker_seed
 from .augment import Augmentation
 from .checks import LoaderError, SplitShards
-from .epochs import EpochLoader
+from .epochs import EpochLoader, as_saved
 from .labels import check_label_range
 from .sharding import epoch_part, rank_range
 
@@ -181,11 +182,13 @@ class TorchLoader(EpochLoader):
     first read, with the epoch it asks for, and persist: restarting them every epoch cost about a
     second each time (process start-up, shuffle buffer refill), which a short epoch notices. Every
     epoch's randomness is a function of (seed, rank, epoch, worker), so any position can be
-    reached again without a saved state: a resumed epoch re-reads (not re-trains) its first steps."""
+    reached again without more saved state than the position: a resumed epoch re-reads (not
+    re-trains) its first steps. ``restore`` is a ``state_dict()`` of the same loader in an earlier
+    process."""
 
     def __init__(self, shards: SplitShards, *, steps: int, training: bool, batch_size: int, rank: int,
                  world_size: int, device: torch.device, seed: int, num_workers: int, augmentation: Augmentation,
-                 shuffle_buffer: int, sample_ids: bool = False, metadata: bool = False):
+                 shuffle_buffer: int, sample_ids: bool = False, metadata: bool = False, restore: dict | None = None):
         super().__init__(steps)
         self.device, self.training, self.num_classes = device, training, shards.num_classes
         self.dataset = _EpochSamples(
@@ -198,11 +201,22 @@ class TorchLoader(EpochLoader):
         self.loader = DataLoader(self.dataset, batch_size=None, num_workers=num_workers,
                                  persistent_workers=num_workers > 0, pin_memory=device.type == "cuda",
                                  prefetch_factor=4 if num_workers else None, generator=torch.Generator())
-        self._batches = None  # the DataLoader iterator of the open epoch
+        self._batches = None  # the DataLoader iterator of the open epoch; None until the workers start
+        # The worker count is part of the order: each worker streams its own run of the part.
+        self._fingerprint = as_saved({
+            "backend": "torch", "training": training, "batch_size": batch_size, "steps": steps, "rank": rank,
+            "world_size": world_size, "seed": seed, "num_workers": max(1, num_workers),
+            "shuffle_buffer": shuffle_buffer, "augmentation": asdict(augmentation), "shards": shards.listing()})
+        self._restore(restore)
+
+    def fingerprint(self) -> dict:
+        return self._fingerprint
 
     def _read(self, epoch: int, start_step: int):
-        if not self.cursor.continues(epoch, start_step):
-            if not self.cursor.started:
+        # The workers not started yet (the first read, also of a restored loader, whose position
+        # is in its cursor): they start at this epoch.
+        if self._batches is None or not self.cursor.continues(epoch, start_step):
+            if self._batches is None:
                 self.dataset.epoch = epoch  # copied into the workers when they start, just below
             self.cursor.begin(epoch)
             self._batches = iter(self.loader)
