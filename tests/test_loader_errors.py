@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -111,6 +112,45 @@ def test_labels_outside_the_manifest_classes_stop_the_loader_on_the_host(shards,
     loader, _ = start(shards, backend, world_size=1)
     with pytest.raises(LoaderError, match=r"labels \[(11|12)(, 12)?\] outside \[0, 11\)"):
         for _ in loader:
+            pass
+
+
+def damage_a_label(shards: Path, text: bytes) -> tuple[Path, str]:
+    """The fourth .cls of ``text``'s length in the first train shard overwritten in place (same
+    size: the start-up checks pass); returns the shard and the sample's key."""
+    shard = shards / "train-000000.tar"
+    with tarfile.open(shard) as archive:
+        member = [m for m in archive.getmembers() if m.name.endswith(".cls") and m.size == len(text)][3]
+    with open(shard, "r+b") as file:
+        file.seek(member.offset_data)
+        file.write(text)
+    return shard, member.name.rsplit(".", 1)[0]
+
+
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+def test_a_damaged_label_is_an_error_naming_its_shard_and_sample(shards, backend):
+    """A .cls that is not decimal text (a byte flipped after the build): was a bare ValueError
+    showing the batch's first labels (DALI), or a worker's traceback (torch)."""
+    shard, key = damage_a_label(shards, b"x")
+    loader, _ = start(shards, backend, world_size=1)
+    message = (f"{shard}: sample {key}: label b'x' is not an ASCII decimal number: the shard is damaged "
+               f"(python -m shards verify {shards} finds every such shard)")
+    with pytest.raises(LoaderError) as error:
+        for _ in loader.iter_epoch(0):
+            pass
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+def test_a_label_outside_the_classes_names_the_first_sample_holding_one(shards, backend):
+    # The manifest claims 9 classes; the .cls members hold 0..12.
+    manifest = json.loads((shards / "train.json").read_text())
+    manifest["num_classes"], manifest["classes"] = 9, manifest["classes"][:9]
+    (shards / "train.json").write_text(json.dumps(manifest))
+    loader, _ = start(shards, backend, world_size=1)
+    with pytest.raises(LoaderError, match=r"labels \[.*\] outside \[0, 9\) in the shards' .cls members \(the first: "
+                                          + re.escape(str(shards)) + r"/train-\d+\.tar: sample \S+\)"):
+        for _ in loader.iter_epoch(0):
             pass
 
 

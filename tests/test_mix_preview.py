@@ -244,7 +244,8 @@ def test_garbage_label_is_named(shards_dir, tmp_path, capsys):
     key, members = first_shard_samples(shards_dir)[1]
     overwrite(tar, members["cls"].offset_data, b"x" * members["cls"].size)
     code, _, err = run_main([shards_dir, "--out", tmp_path / "x.png", "--batch-size", "4"], capsys)
-    assert_one_error_line(code, err, f"error: {tar}: sample {key}: label b'x' is not in [0, 4)")
+    assert_one_error_line(code, err, f"error: {tar}: sample {key}: label b'x' is not an ASCII decimal number: the "
+                                     f"shard is damaged (python -m shards verify {shards_dir} finds every such shard)")
 
 
 def test_damaged_shard_exits_2_with_one_line_from_the_shell(shards_dir, tmp_path):

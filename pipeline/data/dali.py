@@ -24,7 +24,7 @@ from .augment import Augmentation
 from .checks import LoaderError, SplitShards
 from .epochs import EpochLoader, as_saved
 from .host_resize import finish_on_host
-from .labels import check_label_range, parse_ascii_labels
+from .labels import check_label_range, dali_place, parse_ascii_labels
 from .sharding import epoch_part, part_sizes, reader_batches
 
 # Reader batches of a pass left unread at an epoch's end: a whole epoch leaves at most 1 (the
@@ -262,11 +262,16 @@ class DaliLoader(EpochLoader):
             images = torch.from_numpy(np.array(outputs["images"].as_tensor()))
         else:
             images = _gpu_images_to_torch(outputs["images"], self.device)
-        labels = parse_ascii_labels(np.asarray(outputs["labels"].as_tensor()))
+        members = outputs["labels"]
+
+        def source(row: int) -> str:  # only asked for when a label is wrong
+            return dali_place(members[row].source_info())
+
+        labels = parse_ascii_labels(np.asarray(members.as_tensor()), source=source)
         if not self.training:  # padding duplicates are marked so that metrics skip them
             labels = np.where(first + np.arange(len(labels)) < part_samples, labels, -1)
         # Checked here, on the host, where it costs no device sync.
-        check_label_range(labels, num_classes=self.shards.num_classes, allow_padding=not self.training)
+        check_label_range(labels, num_classes=self.shards.num_classes, allow_padding=not self.training, source=source)
         # Through reused pinned memory: a non_blocking copy from pageable memory may still wait
         # for the GPU's stream (CUDA stages it), and the host must keep ahead of the GPU.
         labels = to_device(np.ascontiguousarray(labels, dtype=np.int64), self.device)

@@ -17,7 +17,7 @@ from ..seeds import torch_worker_seed
 from .augment import Augmentation
 from .checks import LoaderError, SplitShards
 from .epochs import EpochLoader, as_saved
-from .labels import check_label_range
+from .labels import check_label_range, sample_label
 from .sharding import epoch_part, rank_range
 
 
@@ -72,7 +72,7 @@ class _EpochSamples(IterableDataset):
             samples = _buffer_shuffle(samples, size=self.shuffle_buffer, rng=rng)
         chunk = []
         for sample in samples:
-            chunk.append(_prepare(sample, self.transform))
+            chunk.append(_prepare(sample, self.transform, num_classes=self.shards.num_classes))
             if len(chunk) == self.batch_size:
                 yield self._collate(chunk, valid=len(chunk))
                 chunk, batches = [], batches - 1
@@ -80,7 +80,7 @@ class _EpochSamples(IterableDataset):
                     return
         for _ in range(batches):  # val only: pad with copies marked invalid
             filler = chunk[-1] if chunk else _prepare(next(read_range(self.shards, first=stop - 1, stop=stop)),
-                                                      self.transform)
+                                                      self.transform, num_classes=self.shards.num_classes)
             valid = len(chunk)
             yield self._collate(chunk + [filler] * (self.batch_size - valid), valid=valid)
             chunk = []
@@ -148,7 +148,7 @@ def _transform(augmentation: Augmentation, *, training: bool):
     return v2.Compose([v2.Resize(augmentation.val_resize, antialias=True), v2.CenterCrop(size)])
 
 
-def _prepare(sample: dict, transform) -> tuple[torch.Tensor, int, dict]:
+def _prepare(sample: dict, transform, *, num_classes: int) -> tuple[torch.Tensor, int, dict]:
     from torchvision.io import ImageReadMode, decode_image
 
     # bytearray: a writable buffer (torch warns on read-only ones); the copy is ~0.1 MB.
@@ -164,7 +164,7 @@ def _prepare(sample: dict, transform) -> tuple[torch.Tensor, int, dict]:
     pixels = transform(image).permute(1, 2, 0).contiguous()  # CHW -> HWC, as DALI returns
     record = json.loads(sample["json"]) if "json" in sample else {}
     record.setdefault("source", sample["__key__"])
-    return pixels, int(sample["cls"].decode("ascii")), record
+    return pixels, sample_label(sample, num_classes=num_classes), record
 
 
 def _own_message(error: LoaderError) -> LoaderError:

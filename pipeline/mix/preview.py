@@ -25,6 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from ..data.checks import LoaderError, SplitShards, load_split_shards
+from ..data.labels import sample_label
 from ..data.torch_backend import read_range
 
 # timm's IMAGENET_DEFAULT_MEAN / _STD, written out: importing timm pulls in torchvision.
@@ -86,14 +87,6 @@ def fitted_image(sample: dict, *, size: int) -> Tensor:
     else:
         return torch.from_numpy(np.asarray(fitted).copy())
     raise damaged(sample["__url__"], problem, decode=True)
-
-
-def sample_label(sample: dict, *, num_classes: int) -> int:
-    """A sample's .cls (ASCII decimal), checked to be a class of the manifest."""
-    text = sample.get("cls", b"")
-    if not text.isdigit() or int(text) >= num_classes:
-        raise damaged(sample["__url__"], f"sample {sample['__key__']}: label {text!r} is not in [0, {num_classes})")
-    return int(text)
 
 
 def shard_at(shards: SplitShards, position: int) -> str:
