@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ShardsError
+from .tarends import EndCheckedTarInfo, end_problem
 from .unpickle import load_cifar_pickle
 
 PIXELS = 3072  # bytes of one image: R, G and B planes of SIDE x SIDE
@@ -158,11 +159,17 @@ def _read_files(path: Path, layout: CifarLayout, wanted: set[str]) -> dict[str, 
         if path.is_dir():
             found = {name: (path / name).read_bytes() for name in sorted(wanted) if (path / name).is_file()}
         else:
-            with tarfile.open(path, "r|*") as archive:  # a stream: a .tar.gz is decompressed once
+            # A stream: a .tar.gz is decompressed once.
+            with tarfile.open(path, "r|*", tarinfo=EndCheckedTarInfo) as archive:
+                last = None
                 for member in archive:
+                    last = member.name
                     folder, _, name = member.name.removeprefix("./").partition("/")
                     if member.isfile() and folder == layout.top and name in wanted:
                         found[name] = archive.extractfile(member).read()
+                problem = end_problem(archive, after=f"after {last}" if last else "at its start")
+                if wanted - found.keys() and problem:  # what is missing was lost, not left out
+                    raise ShardsError(f"SRC {path} {problem}")
     except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
         raise ShardsError(f"SRC {path}: the archive is damaged or unreadable ({error})") from None
     missing = sorted(wanted - found.keys())

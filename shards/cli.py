@@ -135,6 +135,10 @@ def _splits(out: Path, split: str | None, pattern: str) -> list[str]:
         if "part" in pattern:
             raise ShardsError(f"{out}: no part manifest ({wanted}): merge joins the parts of a build run with "
                               "--num-parts")
+        parts = [s for s in SPLITS if list(out.glob(f"{s}.part-*.json"))]
+        if parts:  # a build run with --num-parts, not merged yet
+            raise ShardsError(f"{out}: no manifest ({wanted}), but part manifests of {', '.join(parts)}: join "
+                              f"them first with python -m shards merge {out}")
         raise ShardsError(f"{out}: no manifest ({wanted}): not a folder `python -m shards build` wrote")
     return found
 

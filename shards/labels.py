@@ -53,7 +53,7 @@ def _load_loc_csv(path: Path) -> ValLabels:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise ShardsError(f"--labels {path}: not a text file, so not a LOC_val_solution.csv") from None
-    wnid_by_stem, boxes = {}, {}
+    wnid_by_stem, boxes, first_seen = {}, {}, {}
     rows = csv.reader(io.StringIO(text, newline=""))
     header = next(rows, None)
     if header is None or [c.strip() for c in header[:2]] != ["ImageId", "PredictionString"]:
@@ -62,7 +62,18 @@ def _load_loc_csv(path: Path) -> ValLabels:
         if len(row) < 2 or not row[1].split():
             raise ShardsError(f"--labels {path}:{line}: expected 'ImageId,wnid ...', got {row}")
         stem = row[0].strip()
-        wnid_by_stem[stem], image_boxes = parse_loc_prediction(row[1], f"--labels {path}:{line}")
+        wnid, image_boxes = parse_loc_prediction(row[1], f"--labels {path}:{line}")
+        if stem in first_seen:
+            # One row per image in the official file: a second one that says something else
+            # (another class, other boxes) would silently win over the first.
+            earlier, earlier_boxes = first_seen[stem]
+            if (wnid, image_boxes) != (wnid_by_stem[stem], earlier_boxes):
+                what = (f"class {wnid} where line {earlier} has {wnid_by_stem[stem]}" if wnid != wnid_by_stem[stem]
+                        else f"other boxes than line {earlier}")
+                raise ShardsError(f"--labels {path}:{line}: {stem} again, with {what}; keep one row per image")
+            continue
+        first_seen[stem] = (line, image_boxes)
+        wnid_by_stem[stem] = wnid
         if image_boxes:
             boxes[stem] = Annotation(image_boxes)
     table = BoxTable(boxes, str(path)) if boxes else None

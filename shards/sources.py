@@ -24,6 +24,7 @@ from .cub import CubSplit
 from .detect import SourceSpec
 from .errors import ShardsError
 from .labels import ValLabels
+from .tarends import EndCheckedTarInfo, end_problem
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _MAX_KEY = 80  # keeps "<key>.json" within a plain USTAR name (100 bytes), which every reader parses
@@ -146,25 +147,10 @@ class _CountingReader:
         self._file.close()
 
 
-class _EndCheckedTarInfo(tarfile.TarInfo):
-    """A TarInfo that notes on its archive whether the member list ended at tar's end-of-archive
-    marker (a zero block). tarfile stops quietly both there and at a plain end of file, which is
-    where a tar cut short ends (a partial download or copy, cut at or inside a header): only the
-    marker means every member was read."""
-
-    @classmethod
-    def fromtarfile(cls, archive):
-        try:
-            return super().fromtarfile(archive)
-        except tarfile.EOFHeaderError:  # a zero block: the end-of-archive marker
-            archive.ended_at_marker = True
-            raise
-
-
 def _check_ended_at_marker(archive: tarfile.TarFile, what: str, *, images: int) -> None:
-    if not getattr(archive, "ended_at_marker", False):
-        raise ShardsError(f"{what} ends without tar's end-of-archive marker: it was cut short (a partial download or "
-                          f"copy?) after {images} images; get the whole archive")
+    problem = end_problem(archive, after=f"after {images} images")
+    if problem:
+        raise ShardsError(f"{what} {problem}")
 
 
 class TarStream:
@@ -187,7 +173,7 @@ class TarStream:
     def __iter__(self) -> Iterator[tuple[InputItem, bytes]]:
         try:
             images = 0
-            with tarfile.open(fileobj=self._reader, mode="r|*", tarinfo=_EndCheckedTarInfo) as archive:
+            with tarfile.open(fileobj=self._reader, mode="r|*", tarinfo=EndCheckedTarInfo) as archive:
                 for member in archive:
                     if member.isfile():
                         for item in self._member(archive, member):
@@ -241,7 +227,7 @@ class TarStream:
         wnid = PurePosixPath(name).name[: -len(".tar")]
         self.class_names.add(wnid)
         try:
-            with tarfile.open(fileobj=archive.extractfile(member), mode="r|", tarinfo=_EndCheckedTarInfo) as inner:
+            with tarfile.open(fileobj=archive.extractfile(member), mode="r|", tarinfo=EndCheckedTarInfo) as inner:
                 images = 0
                 for image in inner:
                     if image.isfile():

@@ -6,6 +6,7 @@ written into them: the pixels and labels of each record, read back by the webdat
 and by DALI's reader and CPU decoder with our index files.
 """
 
+import gzip
 import hashlib
 import io
 import json
@@ -13,6 +14,7 @@ import os
 import pickle
 import subprocess
 import sys
+import tarfile
 from collections import Counter
 from pathlib import Path
 
@@ -122,6 +124,20 @@ def test_every_archive_builds_its_exact_pixels_and_labels(tmp_path, capsys, arch
     assert built["class_counts"] == [histogram[i] for i in range(len(archive.classes["fine"]))]
 
 
+@pytest.mark.parametrize("archive_name", ["cifar-100-binary.tar.gz", "cifar-10-python.tar.gz"])
+def test_an_archive_extracted_into_a_folder_of_its_own_name_builds(tmp_path, capsys, archive_name):
+    """`mkdir cifar-100-binary && cd cifar-100-binary && tar xzf ...`: SRC cifar-100-binary/ holds
+    cifar-100-binary/ (was taken for the archive's own folder by its name, and found incomplete)."""
+    archive = cifar_archive(CIFAR_ARCHIVES[archive_name])
+    src = tmp_path / archive.top
+    inner = write_cifar_folder(src, archive)
+    assert inner == src / archive.top and inner.is_dir()
+    code, printed, err = build(capsys, src, tmp_path / "out")
+    assert code == 0, err
+    assert sorted(s["json"]["source"] for s in read_with_webdataset(tmp_path / "out")) == \
+        sorted(record_by_source(archive, "train"))
+
+
 def test_test_split_and_coarse_labels(tmp_path, capsys):
     archive = cifar_archive("cifar-100-python")
     src, out = make_source(tmp_path, archive, "tar.gz"), tmp_path / "out"
@@ -228,6 +244,22 @@ def spoiled(name: str, change):
     return make
 
 
+def bad_header(name: str):
+    """A source builder: the .tar.gz with the tar header of file ``name`` overwritten in its name
+    field (its checksum then fails), the data after it intact: a bit flipped in transit."""
+    def make(tmp_path, archive):
+        plain = tmp_path / "plain.tar"
+        write_cifar_tar(tmp_path / "whole.tar.gz", archive)
+        plain.write_bytes(gzip.decompress((tmp_path / "whole.tar.gz").read_bytes()))
+        with tarfile.open(plain) as tar:
+            offset = tar.getmember(f"{archive.top}/{name}").offset
+        data = bytearray(plain.read_bytes())
+        data[offset] ^= 0x20
+        (tmp_path / "flipped.tar.gz").write_bytes(gzip.compress(bytes(data)))
+        return tmp_path / "flipped.tar.gz"
+    return make
+
+
 def set_byte(position: int, value: int):
     return lambda data: data[:position] + bytes([value]) + data[position + 1:]
 
@@ -254,6 +286,10 @@ def source_as_is(tmp_path, archive):
 RECORD = 3073  # CIFAR-10 binary: 1 label byte + 3072 pixel bytes
 ERRORS = {
     "truncated archive": ("cifar-10-batches-bin", cut_tar, [], "the archive is damaged"),
+    "a header damaged inside the archive": (
+        "cifar-10-batches-bin", bad_header("data_batch_3.bin"), [],
+        "has a damaged tar header (its checksum fails) after cifar-10-batches-bin/batches.meta.txt: the archive is "
+        "damaged; get it again"),
     "record of the wrong length": (
         "cifar-10-batches-bin", spoiled("data_batch_2.bin", lambda data: data + b"12345"), [],
         f"cifar-10-batches-bin/data_batch_2.bin: {3 * RECORD + 5} bytes is not a whole number of {RECORD}-byte "

@@ -188,6 +188,17 @@ def test_an_empty_folder_is_named_as_no_build(tmp_path, capsys):
                       "test.part-*.json): merge joins the parts of a build run with --num-parts")
 
 
+@pytest.mark.parametrize("command", ["verify", "inspect"])
+def test_a_parts_build_not_merged_yet_points_to_merge(src, tmp_path, capsys, command):
+    out = tmp_path / "out"
+    code, _, err = run_main(capsys, "build", src, out, "--split", "train", "--num-parts", "2", "--part-id", "0",
+                            *SMALL)
+    assert code == 0, err
+    code, printed, err = run_main(capsys, command, out)
+    assert_user_error(code, printed, err, f"{out}: no manifest (train.json, val.json, test.json), but part "
+                      f"manifests of train: join them first with python -m shards merge {out}")
+
+
 def test_verify_without_manifest_subprocess(tmp_path):
     result = cli("verify", tmp_path)
     assert_user_error(result.returncode, result.stdout, result.stderr, ".json")
@@ -273,6 +284,21 @@ def test_a_tar_cut_short_is_refused_not_built_in_part(tmp_path, capsys, into_hea
     # The whole archive builds all 10.
     assert run_main(capsys, "build", whole, tmp_path / "out", "--split", "train", *SMALL)[0] == 0
     assert json.loads((tmp_path / "out" / "train.json").read_text())["class_counts"] == [5, 5]
+
+
+def test_a_tar_with_a_damaged_header_is_named_damaged_not_cut_short(tmp_path, capsys):
+    """A bit flipped in the seventh member's header: tarfile stops there as quietly as at a cut."""
+    whole = make_folder_tar(tmp_path / "whole.tar", make_imagefolder(tmp_path / "images", num_classes=2, per_class=5))
+    with tarfile.open(whole) as archive:
+        seventh = archive.getmembers()[6].offset
+    data = bytearray(whole.read_bytes())
+    data[seventh + 3] ^= 0x01  # in the name field: the checksum no longer matches
+    flipped = tmp_path / "flipped.tar"
+    flipped.write_bytes(bytes(data))
+    code, out, err = run_main(capsys, "build", flipped, tmp_path / "out", "--split", "train", *SMALL)
+    assert_user_error(code, out, err, f"SRC {flipped} has a damaged tar header (its checksum fails) after 6 images: "
+                      "the archive is damaged; get it again")
+    assert not (tmp_path / "out" / "train.json").exists()
 
 
 def test_a_class_tar_cut_short_is_rejected_with_its_lost_images_named(tmp_path, capsys):

@@ -301,3 +301,25 @@ def test_loc_csv_saved_with_a_byte_order_mark_is_read(tmp_path):
     path = write_loc_csv(tmp_path / "LOC_val_solution.csv", {"ILSVRC2012_val_00000001": "n01440764"})
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as spreadsheet programs save it
     assert load_val_labels(path).wnid_by_stem == {"ILSVRC2012_val_00000001": "n01440764"}
+
+
+@pytest.mark.parametrize("second, message", [
+    ("n02000000 10 20 30 40", "class n02000000 where line 2 has n01440764"),
+    ("n01440764 11 20 30 40", "other boxes than line 2"),
+])
+def test_a_loc_csv_row_repeated_with_other_content_is_refused(tmp_path, second, message):
+    """A second row for an image used to win over the first without a word (a wrong label)."""
+    from shards.errors import ShardsError
+    from shards.labels import load_val_labels
+
+    path = tmp_path / "LOC_val_solution.csv"
+    stem = "ILSVRC2012_val_00000001"
+    path.write_text(f"ImageId,PredictionString\n{stem},n01440764 10 20 30 40\n"
+                    f"ILSVRC2012_val_00000002,n01440764\n{stem},{second}\n")
+    with pytest.raises(ShardsError) as error:
+        load_val_labels(path)
+    assert str(error.value) == f"--labels {path}:4: {stem} again, with {message}; keep one row per image"
+    # The same row twice says nothing new: read as once.
+    path.write_text(f"ImageId,PredictionString\n{stem},n01440764 10 20 30 40\n{stem},n01440764 10 20 30 40\n")
+    labels = load_val_labels(path)
+    assert labels.wnid_by_stem == {stem: "n01440764"} and len(labels.boxes.by_stem[stem].boxes) == 1
