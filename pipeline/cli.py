@@ -58,8 +58,11 @@ def run_cli(argv: list[str], *, default_config: Path | None) -> int:
             print(f"interrupted{'' if config is None else ': ' + _how_to_go_on(config)}", file=sys.stderr,
                   flush=True)
         return 130
+    if _global_rank() == 0 and not record:  # a stop signal: the run ended early with a checkpoint
+        print(f"stopped with a checkpoint: {_how_to_go_on(config)}", flush=True)
     if _global_rank() == 0 and "best_top1_err" in record:
-        print(f"done in {time.perf_counter() - started:.0f} s: val top-1 error {record['top1_err']:.2f}% "
+        print(f"done in {time.perf_counter() - started:.0f} s: {config.data.eval_split} top-1 error "
+              f"{record['top1_err']:.2f}% "
               f"top-5 error {record['top5_err']:.2f}% (best top-1 {record['best_top1_err']:.2f}% at epoch "
               f"{record['best_epoch']}); run folder {config.run.out_dir}", flush=True)
     return 0
@@ -69,15 +72,19 @@ def check_config(config) -> str:
     """``--check``: what a start checks before any work, plus the model name and (unless the demo
     builds them) the shards; one line saying what the run would do. TrainError on a problem."""
     from .checkpoint import read_state
-    from .models import check_model_name, read_num_classes
+    from .data_check import check_demo_folder, check_shards, demo_to_build
+    from .models import check_model_name
     from .run import check_before_start
 
     checkpoint, changes = check_before_start(config)
     check_model_name(config.model.name)
-    if config.data.demo:
-        data = f"the demo digits in {config.data.shards}"
+    if demo_to_build(config):  # the start builds them: their checks come after the build
+        check_demo_folder(config)
+        data = f"the demo digits (to be built) in {config.data.shards}"
     else:
-        data = f"{read_num_classes(config.data.shards)} classes in {config.data.shards}"
+        classes = check_shards(config, checkpoint)
+        data = f"the demo digits in {config.data.shards}" if config.data.demo else \
+            f"{len(classes)} classes in {config.data.shards}"
     if checkpoint is None:
         start = "starts fresh"
     elif read_state(checkpoint).epoch >= config.schedule.epochs:  # the Slurm script reads this: no requeue

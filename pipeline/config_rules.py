@@ -226,13 +226,24 @@ def _model_options(config) -> tuple[str, str] | None:
     return found
 
 
-CROSS_RULES = (_milestones, _warmup, _min_lr, _nesterov, _cutout, _mix_batch, _feature_layers, _model_options)
+def _input_size(config) -> tuple[str, str] | None:
+    from .models import input_size_problem
+
+    found = input_size_problem(config.model.name, image_size=config.data.image_size)
+    if found is None:
+        return None
+    return "data.image_size", (f"{config.model.name} does not take {config.data.image_size} px images ({found}); "
+                               "train it at the size it is built for, or choose another model")
+
+
+CROSS_RULES = (_milestones, _warmup, _min_lr, _nesterov, _cutout, _mix_batch, _input_size, _feature_layers,
+               _model_options)
 
 
 # Rules that import torch or timm (seconds): they run after all the others, field and cross-field
 # rules alike, so that any other mistake is reported before they load.
 IMPORTING_RULES = ("model.name", "run.resume")
-IMPORTING_CROSS_RULES = (_feature_layers, _model_options)
+IMPORTING_CROSS_RULES = (_input_size, _feature_layers, _model_options)
 
 
 def validate(config) -> None:

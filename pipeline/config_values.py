@@ -23,7 +23,26 @@ NONE = ("null", "none", "~", "")
 
 
 class _Yaml12Booleans(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2's booleans: only true/false (any case), not yes/no/on/off."""
+    """SafeLoader with YAML 1.2's booleans: only true/false (any case), not yes/no/on/off; and a
+    key given twice in one mapping refused, as YAML says (PyYAML keeps the last one without a word,
+    so `image_size: 32` ... `image_size: 64` trained at 64 px)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    line = first_line.setdefault(key, key_node.start_mark.line)
+                except TypeError:  # an unhashable key: SafeLoader's own error follows
+                    continue
+                if line != key_node.start_mark.line:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"found the key {key!r} twice (first on line {line + 1})", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Yaml12Booleans.yaml_implicit_resolvers = {

@@ -52,11 +52,11 @@ class Progress:
             self.bar.close()
 
 
-def format_epoch(record: dict) -> str:
-    """One human line per epoch for the console."""
+def format_epoch(record: dict, *, split: str = "val") -> str:
+    """One human line per epoch for the console; ``split``: the one the run evaluates on."""
     text = (f"epoch {record['epoch']}/{record['epochs']}: loss {record['train_loss']:.4f} "
             f"lr {record['lr']:.4g} {record['img_per_s']:.0f} img/s data wait {100 * record['data_wait_share']:.0f}%")
     if "top1_err" in record:
-        text += (f" | val top-1 err {record['top1_err']:.2f}% top-5 err {record['top5_err']:.2f}%"
+        text += (f" | {split} top-1 err {record['top1_err']:.2f}% top-5 err {record['top5_err']:.2f}%"
                  f" (best top-1 {record['best_top1_err']:.2f}% at epoch {record['best_epoch']})")
     return text

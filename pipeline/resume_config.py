@@ -50,7 +50,9 @@ THREADS_KEY = "loader.num_threads"
 # Training settings a resume cannot change even on purpose: the checkpoint's optimizer state does
 # not fit a run built with another value (one or two parameter groups: SGD's state is per group).
 FIXED_KEYS = {"optim.decay_norm_and_bias": "the checkpoint's SGD state has one parameter group per setting "
-                                           "(with and without weight decay on norms and biases)"}
+                                           "(with and without weight decay on norms and biases)",
+              "model.name": "the checkpoint holds that model's weights",
+              "model.shakedrop": "the checkpoint's model has, or lacks, the ShakeDrop layers"}
 
 Change = tuple[str, Any, Any]  # (section.key, the checkpoint's value, this command's value)
 

@@ -16,11 +16,12 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from .checkpoint import (TrainState, check_compatible, damaged_checkpoints, find_resume_checkpoint, read_loader_state,
+from .checkpoint import (TrainState, damaged_checkpoints, find_resume_checkpoint, read_loader_state,
                          read_state, save_checkpoint)
 from .config import TrainConfig, config_to_dict, write_config
 from .data import Augmentation, LoaderError, LoaderOptions, create_loader, steps_per_epoch
 from .data.color import ColorAugment
+from .data_check import check_demo_folder, check_shards, demo_to_build
 from .errors import TrainError
 from .evaluate import evaluate
 from .export import export_weights
@@ -28,7 +29,7 @@ from .logs import METRICS_FILE, Progress, append_metrics, format_epoch, read_met
 from .mix import MixSampler
 from .mix.feature import FeatureMixer, layer_shapes
 from .mix.sampler import FEATURE_MODES, INPUT_LAYER
-from .models import create_model, read_classes, read_num_classes
+from .models import create_model, read_classes
 from .optim import (create_optimizer, create_scheduler, follow_config, fused_sgd_available, keep_kernel_choice,
                     scaled_lr, schedule_snapshot)
 from .precision import resolve_precision
@@ -64,7 +65,7 @@ def run_training(config: TrainConfig) -> dict:
     # First of all: a stop signal during the set-up is then honoured at the first step.
     stop = StopRequest(grace_seconds=config.run.stop_grace_seconds)
     try:
-        session = setup(config, run_dir=run_dir)
+        session = setup(config, run_dir=run_dir, checkpoint=checkpoint)
         stop.group = session.stop_group
         state, loader_state, changes = resume(config, checkpoint, changes=changes, session=session, run_dir=run_dir)
         start_trackers(config, session.accelerator)  # after resume's checks: a refused resume writes nothing
@@ -113,8 +114,9 @@ def check_before_start(config: TrainConfig) -> tuple[Path | None, list]:
     return checkpoint, changes
 
 
-def setup(config: TrainConfig, *, run_dir: Path) -> Session:
-    """Accelerator, data, model, optimizer and scheduler, prepared for DDP and mixed precision."""
+def setup(config: TrainConfig, *, run_dir: Path, checkpoint: Path | None) -> Session:
+    """Accelerator, data, model, optimizer and scheduler, prepared for DDP and mixed precision;
+    the shards (and ``checkpoint``, the one a resume continues) checked before the model is built."""
     from accelerate.utils import is_compiled_module, set_seed
 
     accelerator = create_accelerator(config, run_dir=run_dir)
@@ -124,7 +126,7 @@ def setup(config: TrainConfig, *, run_dir: Path) -> Session:
         if not is_tensorboard_available():  # Accelerate would skip the tracker without a word
             raise TrainError("run.tensorboard=true needs the tensorboard package: pip install tensorboard")
     shards = prepare_shards(config, accelerator=accelerator)
-    num_classes = read_num_classes(shards)
+    num_classes = len(check_shards(config, checkpoint))
     if config.run.deterministic:
         # cuBLAS is deterministic only with a fixed workspace (older torch refuses the first GPU
         # matmul without one); cuBLAS reads it when it starts, which is later than this.
@@ -226,13 +228,10 @@ def prepare_shards(config: TrainConfig, *, accelerator) -> Path:
     """The shards folder; the demo builds the digits there first (main process, once)."""
     shards = Path(config.data.shards)
     # test.json: the localization split added after the first demos (an older demo folder gets it).
-    if config.data.demo and not all((shards / f"{split}.json").is_file() for split in ("val", "test")):
-        from shards.demo import build_demo_shards, not_a_demo_folder
+    if demo_to_build(config):
+        from shards.demo import build_demo_shards
 
-        why = not_a_demo_folder(shards)  # the build replaces the folder: never a user's own data
-        if why:
-            raise TrainError(f"data.shards={shards}: {why}; data.demo=true builds the demo digits only into a "
-                             "missing or empty folder or an earlier demo build: set data.demo=false to train on it")
+        check_demo_folder(config)  # the build replaces the folder: never a user's own data
         if accelerator.is_main_process:
             shards.parent.mkdir(parents=True, exist_ok=True)
             # Built aside (raw digits and shards), then moved in: nothing next to the folder is touched.
@@ -292,9 +291,7 @@ def resume(config: TrainConfig, checkpoint: Path | None, *, changes: list, sessi
                 set_aside_earlier_run(run_dir)
             truncate_metrics(run_dir, last_epoch=0)
         return fresh, None, changes
-    state = read_state(checkpoint)
-    check_compatible(state, checkpoint=checkpoint, model_name=config.model.name, num_classes=session.num_classes,
-                     shakedrop=config.model.shakedrop, classes=classes, shards=session.shards)
+    state = read_state(checkpoint)  # check_shards has checked it against the model and the classes
     changes = [*changes, *process_count_change(config, state, checkpoint=checkpoint, world_size=world)]
     saved_step = state.step_in_epoch
     if changes:
@@ -430,6 +427,11 @@ def set_aside_earlier_run(run_dir: Path) -> Path | None:
     for name in (WEIGHTS_FILE, Path(WEIGHTS_FILE).with_suffix(".json").name):  # its export, if it finished
         if (Path(run_dir) / name).is_file():
             os.replace(Path(run_dir) / name, aside / name)
+    # What its resumes with changes kept (config.before-<checkpoint>.yaml, model.before-...): of
+    # the earlier run too, and beside the new run's files nobody could tell whose they are.
+    for kept in Path(run_dir).glob("*.before-*"):
+        if kept.is_file():
+            os.replace(kept, aside / kept.name)
     os.replace(checkpoints, aside / "checkpoints")
     print(f"run.resume=none: the earlier run's checkpoints, metrics, config and export are moved to {aside}",
           flush=True)
@@ -476,7 +478,7 @@ def train_epochs(config: TrainConfig, *, session: Session, loader, state: TrainS
                               seconds=time.perf_counter() - started, progress=stop.progress)
         if accelerator.is_main_process:
             append_metrics(run_dir, record)
-            print(format_epoch(record), flush=True)
+            print(format_epoch(record, split=config.data.eval_split), flush=True)
         accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=state.epoch)
         stop.progress()
         save_checkpoint(accelerator, run_dir, state, keep=config.run.keep_checkpoints, loader_state=loader.state_dict())

@@ -200,6 +200,30 @@ def test_a_head_without_a_cam(demo_shards, tmp_path, capsys):
     assert "vit_tiny_patch16_224" in line and "do not fit" not in line
 
 
+def test_the_default_tasks_leave_localize_out_for_a_head_without_a_cam(demo_shards, tmp_path, capsys, monkeypatch):
+    """No --tasks: every task the model and shards allow (was: the whole evaluation refused, as
+    for --tasks localize). MobileNetV3's head has a conv after the pooling: no CAM. The passes
+    themselves are stood in for (each is tested above): what is asked here is which tasks run."""
+    from pipeline.evaluate import plots, report, runner
+
+    ran = []
+    monkeypatch.setattr(runner, "_run_task", lambda ctx, request, task: ran.append(task) or {})
+    def write_reports(results, out):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval.md").write_text("")
+
+    monkeypatch.setattr(report, "write_reports", write_reports)
+    monkeypatch.setattr(plots, "write_plots", lambda *args, **kwargs: [])
+    weights = _exported(tmp_path, demo_shards, "mobilenetv3_small_050", {"image_size": 32, "crop_pct": 1.0,
+                        "mean": [0.5] * 3, "std": [0.5] * 3, "channels_last": False})
+    assert main([str(weights), "--shards", str(demo_shards), "--split", "test", "--quiet",
+                 "--out", str(tmp_path / "eval")]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("note: localize: mobilenetv3_small_050") and \
+        err[0].endswith("; localize is left out (asked for by name, it is an error)"), err
+    assert ran == [t for t in ALL_TASKS if t != "localize"]
+
+
 def test_the_in_distribution_shards_as_ood_are_refused(demo_run, demo_shards, capsys):
     line = one_error_line(capsys, [str(demo_run), "--split", "test", "--tasks", "ood", "--ood-shards",
                                    str(demo_shards)])
@@ -331,7 +355,7 @@ def test_compare_warns_when_evaluations_are_of_other_splits_or_sizes():
     assert "different shards" not in table
 
 
-def test_precision_bf16_on_a_cpu(evaluated, demo_run, tmp_path, monkeypatch):
+def test_precision_bf16_on_a_cpu(evaluated, demo_run, tmp_path, monkeypatch, request):
     """--precision bf16 evaluates under bf16 autocast even where auto means float32 (a CPU): the
     convolutions compute in bfloat16, eval.json says so, and bfloat16's 8-bit mantissa may flip a
     few samples near a tie, not more."""
@@ -350,6 +374,13 @@ def test_precision_bf16_on_a_cpu(evaluated, demo_run, tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner, "load_model", load_and_watch)
     out = tmp_path / "bf16"
+    # This process's earlier evaluations set Accelerate's process-wide state to float32, and an
+    # Accelerator of another precision is refused then: start from a fresh state, as a command
+    # does, and leave one (accelerate's own tests reset it so between cases).
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    request.addfinalizer(lambda: AcceleratorState._reset_state(reset_partial_state=True))
     assert main([str(demo_run), "--split", "test", "--tasks", "classify", "--quiet", "--batch-size", "60",
                  "--num-threads", "1", "--image-size", str(SIZE), "--precision", "bf16", "--out", str(out)]) == 0
     half = json.loads((out / "eval.json").read_text())
@@ -464,11 +495,12 @@ def test_a_task_that_fails_mid_run_keeps_the_finished_ones(demo_run, tmp_path, c
     assert not (tmp_path / "cmp" / "compare.md").exists()
 
 
-@pytest.mark.parametrize("interrupted_task", ["classify", "fgsm"])
+@pytest.mark.parametrize("interrupted_task", ["occlusion", "fgsm"])
 def test_ctrl_c_keeps_the_finished_tasks_in_one_line(evaluated, demo_run, tmp_path, capsys, monkeypatch,
                                                      interrupted_task):
     """Ctrl-C in a task: exit 130 and one line. During the first, the earlier evaluation in the
-    folder stays whole; during the second, eval.json holds the first, marked unfinished."""
+    folder stays whole; during the second, eval.json holds the first, marked unfinished, and the
+    first's plot is there (was not: plots were drawn at the end only)."""
     import shutil
 
     from pipeline.evaluate import tasks
@@ -480,16 +512,20 @@ def test_ctrl_c_keeps_the_finished_tasks_in_one_line(evaluated, demo_run, tmp_pa
     out = tmp_path / "cut"
     shutil.copytree(evaluated[0], out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert main([str(demo_run), "--tasks", "classify,fgsm", "--quiet", "--num-threads", "1", "--out", str(out)]) == 130
+    assert main([str(demo_run), "--tasks", "occlusion,fgsm", "--occlusion-steps", "2", "--quiet", "--num-threads",
+                 "1", "--out", str(out)]) == 130
     err = capsys.readouterr().err
-    if interrupted_task == "classify":
+    if interrupted_task == "occlusion":
         assert err == "interrupted\n"
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before
         return
     assert err == f"interrupted: {out / 'eval.json'} holds the tasks finished so far, marked unfinished\n"
     results = json.loads((out / "eval.json").read_text())
-    assert "classify" in results and "fgsm" not in results and results["settings"]["finished"] is False
-    assert not (out / "occlusion.png").exists()  # the earlier evaluation's, replaced once classify was done
+    assert "occlusion" in results and "fgsm" not in results and results["settings"]["finished"] is False
+    assert results["occlusion"]["sides"] == [0, 32] and results["plots"] == ["occlusion.png"]
+    # This evaluation's (2 sides), not the earlier one's (3); the earlier one's other plots are gone.
+    assert (out / "occlusion.png").read_bytes() != before["occlusion.png"]
+    assert not (out / "in_between.png").exists()
 
 
 def test_a_new_evaluation_replaces_the_old_one_in_its_folder(evaluated, tmp_path, capsys):

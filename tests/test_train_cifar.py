@@ -29,4 +29,5 @@ def test_a_cifar_recipe_trains_a_small_pyramidnet(cifar_shards, tmp_path, recipe
     records = read_metrics(tmp_path)
     assert [r["epoch"] for r in records] == [1, 2]
     assert {r["val_samples"] for r in records} == {24}  # the test split, every image once
+    assert "| test top-1 err" in done.stdout and "done in" in done.stdout and ": test top-1 error" in done.stdout
     assert (tmp_path / "model.safetensors").exists()

@@ -97,3 +97,28 @@ def test_a_config_mistake_is_reported_before_torch_is_loaded(override):
                        text=True, timeout=120)
     assert done.stdout.split() == ["2", "False", "False"], done.stdout + done.stderr[-2000:]
     assert done.stderr.startswith("error: ") and len(done.stderr.splitlines()) == 1, done.stderr
+
+
+@pytest.mark.parametrize("extra", [[], ["mix.mode=feature_cutmix", "mix.feature_layers=[input]"]])
+def test_a_model_built_for_another_image_size_is_a_config_error(extra):
+    """A ViT at the demo's 32 px: was a traceback at the first step (after config.yaml was
+    written), and with a feature-level mode a traceback from the layer check."""
+    with pytest.raises(ConfigError) as error:
+        resolve_config(config_file=REPO / "configs" / "demo.yaml",
+                       overrides=["model.name=vit_tiny_patch16_224", *extra])
+    assert str(error.value) == ("data.image_size: vit_tiny_patch16_224 does not take 32 px images (Input height (32) "
+                                "doesn't match model (224).); train it at the size it is built for, or choose another "
+                                "model")
+    config = resolve_config(config_file=REPO / "configs" / "demo.yaml",
+                            overrides=["model.name=vit_tiny_patch16_224", "data.image_size=224"])
+    assert config.data.image_size == 224
+
+
+def test_a_key_given_twice_in_a_yaml_file_is_refused(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("data:\n  image_size: 32\n  crop_pct: 0.875\n  image_size: 64\n")
+    with pytest.raises(ConfigError, match=r"found the key 'image_size' twice \(first on line 2\)"):
+        resolve_config(config_file=path, overrides=[])
+    path.write_text("data:\n  image_size: 32\nmix:\n  prob: 0.5\ndata:\n  crop_pct: 0.9\n")  # a section twice
+    with pytest.raises(ConfigError, match=r"found the key 'data' twice \(first on line 1\)"):
+        resolve_config(config_file=path, overrides=[])

@@ -65,8 +65,10 @@ def test_plot_writes_curves(demo_run):
     (["loader.batch_size=big"], "loader.batch_size: expected a whole number"),
     (["--config", "configs/nothing.yaml"], "config file not found"),
     # resume a run with other training settings; with them allowed, still never another model
-    (["model.name=resnet14t"], "was trained with other settings (model.name=resnet10t (now resnet14t))"),
-    (["model.name=resnet14t", "run.resume_with_changes=true"], "holds 'resnet10t' with 10 classes"),
+    (["model.name=resnet14t"], "was trained with model.name=resnet10t (now resnet14t), which a resume cannot "
+                               "change (the checkpoint holds that model's weights)"),
+    (["model.name=resnet14t", "run.resume_with_changes=true"], "model.name=resnet10t (now resnet14t), which a resume "
+                                                               "cannot change"),
     (["--config", sys.executable], "not a UTF-8 text file (a YAML config is expected)"),  # a binary
     (["run.out_dir=README.md"], "run.out_dir=README.md: a file, not a folder"),
 ])

@@ -171,6 +171,10 @@ def test_starting_over_sets_the_earlier_run_aside(demo_shards, uninterrupted, tm
     shutil.copytree(uninterrupted, out)  # with its exported model
     earlier_metrics = (out / "metrics.jsonl").read_text()
     earlier_export = (out / "model.safetensors").read_bytes()
+    # What a resume with changes of the earlier run kept: it goes with that run (was left behind).
+    kept = ["config.before-epoch-0002.yaml", "model.before-epoch-0002.safetensors"]
+    for name in kept:
+        (out / name).write_text(name)
     one_epoch = small_run_args(demo_shards, out, *EXTRA, "schedule.epochs=1")
     done = run_train([*one_epoch, "run.resume=none"])
     assert done.returncode == 0, done.stderr[-3000:]
@@ -179,6 +183,7 @@ def test_starting_over_sets_the_earlier_run_aside(demo_shards, uninterrupted, tm
     assert (out / "replaced-1" / "model.safetensors").read_bytes() == earlier_export
     assert sorted(p.name for p in (out / "replaced-1" / "checkpoints").iterdir()) == ["epoch-0002", "epoch-0003"]
     assert (out / "replaced-1" / "metrics.jsonl").read_text() == earlier_metrics
+    assert all((out / "replaced-1" / name).read_text() == name and not (out / name).exists() for name in kept)
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["epoch-0001"]
     assert [r["epoch"] for r in read_metrics(out)] == [1]
     again = run_train(one_epoch)  # run.resume=auto: the new run's own checkpoint

@@ -74,6 +74,10 @@ def test_sigterm_during_a_slow_step_checkpoints_after_that_step(demo_shards, tmp
     state = json.loads((tmp_path / "run" / "checkpoints" / "epoch-0000-step-000003" / "state.json").read_text())
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (0, 3, 3)
     assert "second SIGTERM" not in output.read_text()
+    # Said last, with what continues the run (it ended silently, exit 0).
+    assert output.read_text().rstrip().splitlines()[-1] == (
+        f"stopped with a checkpoint: the same command resumes from "
+        f"{tmp_path / 'run' / 'checkpoints' / 'epoch-0000-step-000003'}")
 
 
 def test_no_progress_within_the_grace_period_ends_the_process(demo_shards, tmp_path):

@@ -397,6 +397,81 @@ def test_check_only_checks_and_writes_nothing(demo_shards, tmp_path, capsys, mon
     assert not out.exists()
 
 
+def _shards_copy(demo_shards, folder, change):
+    """The demo shards' manifests copied into ``folder`` (the tars and indexes linked), with
+    ``change(split, manifest)`` applied to each."""
+    import shutil
+
+    folder.mkdir()
+    for path in demo_shards.iterdir():
+        if path.suffix == ".json":
+            manifest = json.loads(path.read_text())
+            change(path.stem, manifest)
+            (folder / path.name).write_text(json.dumps(manifest))
+        else:
+            (folder / path.name).symlink_to(path)
+    shutil.copystat(demo_shards, folder)
+    return folder
+
+
+def _check_line(capsys, args) -> tuple[int, str]:
+    from pathlib import Path
+
+    from pipeline.cli import run_cli
+
+    code = run_cli(args, default_config=Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+    captured = capsys.readouterr()
+    return code, (captured.err or captured.out).strip()
+
+
+def test_a_val_split_of_another_class_list_is_refused_before_any_work(demo_shards, tmp_path, capsys, monkeypatch):
+    """The same number of classes in another order: every val label would mean another class
+    and the run would report meaningless errors (it did, rc 0). --check and the start refuse it."""
+    def swap(split, manifest):
+        if split == "val":
+            manifest["classes"][0], manifest["classes"][1] = manifest["classes"][1], manifest["classes"][0]
+
+    monkeypatch.delenv("RANK", raising=False)
+    shards = _shards_copy(demo_shards, tmp_path / "shards", swap)
+    out = tmp_path / "run"
+    args = ["data.demo=false", f"data.shards={shards}", f"run.out_dir={out}", "schedule.epochs=1"]
+    expected = (f"error: data.shards={shards}: the val split has another class list than train (class 0 is "
+                f"'digit_0' in train, 'digit_1' there): its labels would mean other classes; build it with the "
+                f"train split's list: python -m shards build SRC {shards} --split val --classes "
+                f"{shards / 'train.json'}")
+    assert _check_line(capsys, ["--check", *args]) == (2, expected)
+    assert _check_line(capsys, args) == (2, expected)
+    assert not (out / "checkpoints").exists()
+
+
+def test_check_reports_what_the_start_would_refuse(trained_demo, demo_shards, tmp_path, capsys, monkeypatch):
+    """--check said "config checked" (rc 0) for each of these, where the start then refused."""
+    from train_helpers import TRAINED_DEMO_SETTINGS, small_run_args
+
+    monkeypatch.delenv("RANK", raising=False)
+    run = trained_demo[0]
+    renamed = _shards_copy(demo_shards, tmp_path / "renamed",
+                           lambda split, m: m.update(classes=[f"class_{i}" for i in range(10)]))
+    no_test = _shards_copy(demo_shards, tmp_path / "no_test", lambda split, m: None)
+    (no_test / "test.json").unlink()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("my data")
+    trained = small_run_args(demo_shards, run, *TRAINED_DEMO_SETTINGS)
+    cases = [
+        ([*trained, f"data.shards={renamed}"], f"run.resume: {run / 'checkpoints' / 'epoch-0003'} was trained on "
+                                               "another class list than"),
+        ([*trained, "schedule.epochs=4", "run.resume_with_changes=true", "model.name=resnet14t"],
+         "model.name=resnet10t (now resnet14t), which a resume cannot change"),
+        (["data.demo=false", f"data.shards={no_test}", "data.eval_split=test", f"run.out_dir={tmp_path / 'r'}"],
+         f"data.eval_split=test: {no_test / 'test.json'}: no manifest for split 'test'"),
+        (["data.demo=true", f"data.shards={tmp_path / 'mine'}", f"run.out_dir={tmp_path / 'r'}"],
+         f"data.shards={tmp_path / 'mine'}: it holds files but no train manifest of a demo build"),
+    ]
+    for args, message in cases:
+        code, line = _check_line(capsys, ["--check", *args])
+        assert code == 2 and line.startswith("error: ") and message in line, (args, line)
+
+
 def test_check_says_when_the_run_has_finished(trained_demo, demo_shards, capsys, monkeypatch):
     """The Slurm script does not requeue a run whose --check says it has finished (a USR1 that
     came during the last evaluation)."""

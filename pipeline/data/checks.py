@@ -83,8 +83,8 @@ def check_num_classes(shards: SplitShards, *, num_classes: int | None, split: st
     """The model's class count must equal the manifest's (None skips the check)."""
     if num_classes is not None and num_classes != shards.num_classes:
         raise LoaderError(f"split {split!r} has {shards.num_classes} classes but the model has "
-                          f"{num_classes}: use shards built with the same class list, or set "
-                          f"num_classes={shards.num_classes}")
+                          f"{num_classes}: use shards built with the model's class list (python -m shards build "
+                          "... --classes TRAIN_SHARDS/train.json)")
 
 
 def check_batch_fits(*, smallest_rank_samples: int, batch_size: int, world_size: int, split: str) -> None:

@@ -69,7 +69,7 @@ def make_parser() -> argparse.ArgumentParser:
                         "its data.eval_split; val for exported weights; CIFAR and CUB shards "
                         "have test)")
     parser.add_argument("--tasks", help=f"comma-separated, from: {', '.join(TASKS)} (default: all; localize only "
-                        "where the split has boxes)")
+                        "where the split has boxes and the model's head has a CAM)")
     parser.add_argument("--image-size", type=int, help="evaluate at this input size instead of the training one "
                         "(the val resize follows the run's crop_pct; for fully convolutional models, e.g. the demo's "
                         "localization canvases at 64 px)")
@@ -149,7 +149,7 @@ def build_request(args: argparse.Namespace):
                        backend=args.backend, precision=args.precision,
                        num_threads=args.num_threads, seed=args.seed, epsilon=args.epsilon,
                        occlusion_steps=min(9, source.image_size + 1) if args.occlusion_steps is None
-                       else args.occlusion_steps, progress=not args.quiet)
+                       else args.occlusion_steps, progress=not args.quiet, tasks_chosen=args.tasks is not None)
 
 
 def _has_boxes(shards: Path, split: str) -> bool:

@@ -5,8 +5,8 @@ works in ``pipeline/train.py``; elsewhere, ``import pipeline.models`` before
 ``timm.create_model("pyramidnet200_a240", ...)``."""
 
 from . import pyramidnet  # noqa: F401  (registers the PyramidNets with timm)
-from .factory import (check_model_name, create_model, model_option_problem, read_classes, read_num_classes,
-                      unknown_model_message)
+from .factory import (check_model_name, create_model, input_size_problem, model_option_problem, read_classes,
+                      read_num_classes, unknown_model_message)
 
-__all__ = ["check_model_name", "create_model", "model_option_problem", "read_classes", "read_num_classes",
-           "unknown_model_message"]
+__all__ = ["check_model_name", "create_model", "input_size_problem", "model_option_problem", "read_classes",
+           "read_num_classes", "unknown_model_message"]

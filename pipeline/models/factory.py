@@ -125,6 +125,27 @@ def model_option_problem(name: str, *, shakedrop: bool, drop_block_rate: float, 
     return None
 
 
+def input_size_problem(name: str, *, image_size: int) -> str | None:
+    """None when model ``name`` takes ``image_size`` x ``image_size`` images; otherwise what its
+    forward said (a ViT is built for one size; a small image can vanish in a deep network's
+    poolings). Built and run on the meta device: shapes only, no memory, no arithmetic."""
+    import timm
+
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False).eval()
+            with torch.no_grad():
+                model(torch.zeros(1, 3, image_size, image_size))
+    except NotImplementedError:  # an operator the meta device lacks: the first step checks it for real
+        return None
+    except (AssertionError, ValueError, RuntimeError) as error:
+        text = " ".join(str(error).split())
+        if "meta" in text.lower():  # the meta device's own limits (data-dependent code), not the size
+            return None
+        return text[:200] or type(error).__name__
+    return None
+
+
 def create_model(*, name: str, num_classes: int, pretrained: bool, channels_last: bool, drop_path_rate: float,
                  drop_block_rate: float = 0.0, shakedrop: bool = False,
                  zero_init_last: bool | None = None) -> torch.nn.Module:

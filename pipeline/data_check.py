@@ -1,0 +1,65 @@
+"""The training's shards, checked before any work (``--check`` runs the same checks): the train
+split and the split the run evaluates on are built, hold the same class list, and a checkpoint
+to resume was trained on that list with this model. Only manifests and the checkpoint's state
+are read: no torch, no model.
+
+The loaders check only the class *count* against the model; a val split built from another
+class list of the same size (class folders of other names, or another order) would be read with
+every label meaning another class, and every error the run reports would be meaningless."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shards.errors import ShardsError
+from shards.manifest import load_manifest
+
+from .checkpoint import check_compatible, read_state
+from .config import TrainConfig
+from .errors import TrainError
+from .models.factory import read_classes
+
+
+def demo_to_build(config: TrainConfig) -> bool:
+    """Whether the start builds the demo shards (``data.demo=true`` and a split is missing)."""
+    shards = Path(config.data.shards)
+    return config.data.demo and not all((shards / f"{split}.json").is_file() for split in ("val", "test"))
+
+
+def check_demo_folder(config: TrainConfig) -> None:
+    """``data.demo=true`` builds the digits only into a missing or empty folder or an earlier
+    demo build: never over a user's own data."""
+    from shards.demo import not_a_demo_folder
+
+    shards = Path(config.data.shards)
+    why = not_a_demo_folder(shards)
+    if why:
+        raise TrainError(f"data.shards={shards}: {why}; data.demo=true builds the demo digits only into a "
+                         "missing or empty folder or an earlier demo build: set data.demo=false to train on it")
+
+
+def check_shards(config: TrainConfig, checkpoint: Path | None) -> list[str]:
+    """The checks above on built shards (call after the demo is built); returns the class list."""
+    shards = Path(config.data.shards)
+    classes = read_classes(shards)
+    split = config.data.eval_split
+    try:
+        eval_classes = list(load_manifest(shards, split)["classes"])
+    except ShardsError as error:  # names the manifest and how to build it
+        raise TrainError(f"data.eval_split={split}: {error}") from None
+    if eval_classes != classes:
+        raise TrainError(f"data.shards={shards}: the {split} split has another class list than train "
+                         f"({_first_difference(classes, eval_classes)}): its labels would mean other classes; "
+                         f"build it with the train split's list: python -m shards build SRC {shards} --split "
+                         f"{split} --classes {shards / 'train.json'}")
+    if checkpoint is not None:
+        check_compatible(read_state(checkpoint), checkpoint=checkpoint, model_name=config.model.name,
+                         num_classes=len(classes), shakedrop=config.model.shakedrop, classes=classes, shards=shards)
+    return classes
+
+
+def _first_difference(train: list[str], other: list[str]) -> str:
+    index = next((i for i, (a, b) in enumerate(zip(train, other)) if a != b), None)
+    if index is None:
+        return f"{len(train)} classes in train, {len(other)} there"
+    return f"class {index} is {train[index]!r} in train, {other[index]!r} there"
