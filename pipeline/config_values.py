@@ -27,22 +27,27 @@ class _Yaml12Booleans(yaml.SafeLoader):
     key given twice in one mapping refused, as YAML says (PyYAML keeps the last one without a word,
     so `image_size: 32` ... `image_size: 64` trained at 64 px)."""
 
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            first_line: dict = {}
+    def flatten_mapping(self, node):
+        # Before PyYAML flattens merge keys (`<<: *anchor`), which rewrites a merged node in place:
+        # each mapping's own keys, once, compared by their node (two on one line are two keys).
+        checked = self.__dict__.setdefault("_checked_mappings", set())
+        if id(node) not in checked:
+            checked.add(id(node))
+            first: dict = {}
             for key_node, _ in node.value:
                 if key_node.tag == "tag:yaml.org,2002:merge":
                     continue
-                key = self.construct_object(key_node, deep=deep)
+                key = self.construct_object(key_node)
                 try:
-                    line = first_line.setdefault(key, key_node.start_mark.line)
+                    earlier = first.setdefault(key, key_node)
                 except TypeError:  # an unhashable key: SafeLoader's own error follows
                     continue
-                if line != key_node.start_mark.line:
+                if earlier is not key_node:
                     raise yaml.constructor.ConstructorError(
                         "while constructing a mapping", node.start_mark,
-                        f"found the key {key!r} twice (first on line {line + 1})", key_node.start_mark)
-        return super().construct_mapping(node, deep=deep)
+                        f"found the key {key!r} twice (first on line {earlier.start_mark.line + 1})",
+                        key_node.start_mark)
+        super().flatten_mapping(node)
 
 
 _Yaml12Booleans.yaml_implicit_resolvers = {

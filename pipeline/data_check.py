@@ -50,8 +50,8 @@ def check_shards(config: TrainConfig, checkpoint: Path | None) -> list[str]:
     if eval_classes != classes:
         raise TrainError(f"data.shards={shards}: the {split} split has another class list than train "
                          f"({_first_difference(classes, eval_classes)}): its labels would mean other classes; "
-                         f"build it with the train split's list: python -m shards build SRC {shards} --split "
-                         f"{split} --classes {shards / 'train.json'}")
+                         f"build it again with the train split's list: python -m shards build SRC {shards} --split "
+                         f"{split} --classes {shards / 'train.json'} --overwrite")
     if checkpoint is not None:
         check_compatible(read_state(checkpoint), checkpoint=checkpoint, model_name=config.model.name,
                          num_classes=len(classes), shakedrop=config.model.shakedrop, classes=classes, shards=shards)

@@ -227,20 +227,26 @@ def create_accelerator(config: TrainConfig, *, run_dir: Path):
 def prepare_shards(config: TrainConfig, *, accelerator) -> Path:
     """The shards folder; the demo builds the digits there first (main process, once)."""
     shards = Path(config.data.shards)
+    if not config.data.demo:
+        return shards
     # test.json: the localization split added after the first demos (an older demo folder gets it).
-    if demo_to_build(config):
+    # Every rank decides before any rank builds (the barrier): a rank deciding while the main
+    # process replaces the folder could see half of it and decide otherwise, and wait forever.
+    build = demo_to_build(config)
+    if build:
+        check_demo_folder(config)  # the build replaces the folder: never a user's own data
+    accelerator.wait_for_everyone()
+    if build and accelerator.is_main_process:
         from shards.demo import build_demo_shards
 
-        check_demo_folder(config)  # the build replaces the folder: never a user's own data
-        if accelerator.is_main_process:
-            shards.parent.mkdir(parents=True, exist_ok=True)
-            # Built aside (raw digits and shards), then moved in: nothing next to the folder is touched.
-            with tempfile.TemporaryDirectory(prefix=".demo-build-", dir=shards.parent) as scratch:
-                built = build_demo_shards(Path(scratch), quiet=True)
-                if shards.exists():
-                    shutil.rmtree(shards)  # empty, or an earlier demo build without test.json
-                os.replace(built, shards)
-        accelerator.wait_for_everyone()
+        shards.parent.mkdir(parents=True, exist_ok=True)
+        # Built aside (raw digits and shards), then moved in: nothing next to the folder is touched.
+        with tempfile.TemporaryDirectory(prefix=".demo-build-", dir=shards.parent) as scratch:
+            built = build_demo_shards(Path(scratch), quiet=True)
+            if shards.exists():
+                shutil.rmtree(shards)  # empty, or an earlier demo build without test.json
+            os.replace(built, shards)
+    accelerator.wait_for_everyone()
     return shards
 
 

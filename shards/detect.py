@@ -86,9 +86,13 @@ def detect_source(path: Path, labels: ValLabels | None) -> SourceSpec:
 def _cifar_folder(path: Path) -> Path | None:
     """The extracted CIFAR archive ``path`` is, or holds as a subfolder (the folder ``tar xzf`` ran in)."""
     if path.resolve().name in KIND_BY_FOLDER:
+        # Extracted inside a folder of its own name (`tar xzf` run in cifar-10-batches-py/, the
+        # downloaded .tar.gz beside it): the inner folder, when the outer one lacks its files.
         nested = path / path.resolve().name
-        if nested.is_dir() and not any(child.is_file() for child in path.iterdir()):
-            return nested  # extracted inside a folder of its own name (`tar xzf` run in cifar-10-batches-py/)
+        if nested.is_dir():
+            inner_files = [child.name for child in nested.iterdir() if child.is_file()]
+            if inner_files and not any((path / name).is_file() for name in inner_files):
+                return nested
         return path
     found = sorted(child.name for child in path.iterdir() if child.name in KIND_BY_FOLDER and child.is_dir())
     if len(found) > 1:

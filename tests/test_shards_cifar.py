@@ -126,12 +126,14 @@ def test_every_archive_builds_its_exact_pixels_and_labels(tmp_path, capsys, arch
 
 @pytest.mark.parametrize("archive_name", ["cifar-100-binary.tar.gz", "cifar-10-python.tar.gz"])
 def test_an_archive_extracted_into_a_folder_of_its_own_name_builds(tmp_path, capsys, archive_name):
-    """`mkdir cifar-100-binary && cd cifar-100-binary && tar xzf ...`: SRC cifar-100-binary/ holds
-    cifar-100-binary/ (was taken for the archive's own folder by its name, and found incomplete)."""
+    """`mkdir cifar-100-binary && cd cifar-100-binary && wget ... && tar xzf ...`: SRC
+    cifar-100-binary/ holds cifar-100-binary/ and the archive (was taken for the archive's own
+    folder by its name, and found incomplete)."""
     archive = cifar_archive(CIFAR_ARCHIVES[archive_name])
     src = tmp_path / archive.top
     inner = write_cifar_folder(src, archive)
     assert inner == src / archive.top and inner.is_dir()
+    write_cifar_tar(src / archive_name, archive)  # the download, left beside what it extracted to
     code, printed, err = build(capsys, src, tmp_path / "out")
     assert code == 0, err
     assert sorted(s["json"]["source"] for s in read_with_webdataset(tmp_path / "out")) == \

@@ -122,3 +122,13 @@ def test_a_key_given_twice_in_a_yaml_file_is_refused(tmp_path):
     path.write_text("data:\n  image_size: 32\nmix:\n  prob: 0.5\ndata:\n  crop_pct: 0.9\n")  # a section twice
     with pytest.raises(ConfigError, match=r"found the key 'data' twice \(first on line 1\)"):
         resolve_config(config_file=path, overrides=[])
+
+
+def test_the_duplicate_key_check_takes_flow_mappings_and_leaves_merge_keys_alone():
+    from pipeline.config_values import load_yaml
+
+    with pytest.raises(yaml.YAMLError, match=r"found the key 'image_size' twice \(first on line 1\)"):
+        load_yaml("data: {image_size: 32, image_size: 64}\n")  # two keys on one line
+    # A merged mapping overridden by its own key, merged in turn: valid YAML, read as PyYAML reads it.
+    text = "defs:\n  a: &a {q: 0, p: 1}\n  inner: &b\n    <<: *a\n    q: 2\nuse:\n  <<: *b\n  r: 3\n"
+    assert load_yaml(text) == yaml.safe_load(text)

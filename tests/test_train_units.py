@@ -436,9 +436,9 @@ def test_a_val_split_of_another_class_list_is_refused_before_any_work(demo_shard
     out = tmp_path / "run"
     args = ["data.demo=false", f"data.shards={shards}", f"run.out_dir={out}", "schedule.epochs=1"]
     expected = (f"error: data.shards={shards}: the val split has another class list than train (class 0 is "
-                f"'digit_0' in train, 'digit_1' there): its labels would mean other classes; build it with the "
-                f"train split's list: python -m shards build SRC {shards} --split val --classes "
-                f"{shards / 'train.json'}")
+                f"'digit_0' in train, 'digit_1' there): its labels would mean other classes; build it again with "
+                f"the train split's list: python -m shards build SRC {shards} --split val --classes "
+                f"{shards / 'train.json'} --overwrite")
     assert _check_line(capsys, ["--check", *args]) == (2, expected)
     assert _check_line(capsys, args) == (2, expected)
     assert not (out / "checkpoints").exists()

@@ -230,6 +230,17 @@ class DaliLoader(EpochLoader):
                                      stick_to_shard=not self.training)]
 
     def _next_batch(self):
+        try:
+            return self._read_batch()
+        except LoaderError:
+            # A shard that does not read or decode, a bad label: the pipeline is of no more use,
+            # and its threads must not outlive the error. The error's traceback keeps this loader
+            # alive (until a garbage collection), and a process forked while DALI's threads run (a
+            # torch DataLoader's workers) inherits their locks mid-use: such workers segfaulted or hung.
+            self._release()
+            raise
+
+    def _read_batch(self):
         step, part_samples = self.cursor.consumed, self._part_samples(self.cursor.open_epoch)
         if self._unread:
             self._last = self._run()
@@ -267,7 +278,8 @@ class DaliLoader(EpochLoader):
         def source(row: int) -> str:  # only asked for when a label is wrong
             return dali_place(members[row].source_info())
 
-        labels = parse_ascii_labels(np.asarray(members.as_tensor()), source=source)
+        labels = parse_ascii_labels(np.asarray(members.as_tensor()), source=source,
+                                    folder=Path(self.shards.tar_paths[0]).parent)
         if not self.training:  # padding duplicates are marked so that metrics skip them
             labels = np.where(first + np.arange(len(labels)) < part_samples, labels, -1)
         # Checked here, on the host, where it costs no device sync.

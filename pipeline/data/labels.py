@@ -16,8 +16,9 @@ from .checks import LoaderError
 Source = Optional[Callable[[int], str]]
 
 
-def parse_ascii_labels(padded: np.ndarray, *, source: Source = None) -> np.ndarray:
-    """int64 labels from a ``[batch, width]`` uint8 array of ASCII digits right-padded with 0."""
+def parse_ascii_labels(padded: np.ndarray, *, source: Source = None, folder: Path | None = None) -> np.ndarray:
+    """int64 labels from a ``[batch, width]`` uint8 array of ASCII digits right-padded with 0;
+    ``folder``: the shards' folder, for the ``verify`` command an error names."""
     if padded.ndim != 2 or padded.dtype != np.uint8:
         raise ValueError(f"expected a [batch, width] uint8 array, got {padded.dtype} {padded.shape}")
     present = padded != 0
@@ -28,7 +29,7 @@ def parse_ascii_labels(padded: np.ndarray, *, source: Source = None) -> np.ndarr
     bad |= lengths == 0
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise not_decimal(bytes(padded[row]).rstrip(b"\0"), where=source(row) if source else None)
+        raise not_decimal(bytes(padded[row]).rstrip(b"\0"), where=source(row) if source else None, folder=folder)
     # Digit j of a row of length L has weight 10**(L-1-j); padding gets weight 0.
     exponents = lengths[:, None] - 1 - np.arange(padded.shape[1])[None, :]
     weights = np.where(present, 10 ** np.clip(exponents, 0, None), 0)
@@ -53,7 +54,7 @@ def sample_label(sample: dict, *, num_classes: int) -> int:
     """A webdataset sample's ``.cls`` (ASCII decimal text), checked to be a class of the manifest."""
     text, where = sample.get("cls", b""), sample_place(sample)
     if not text.isdigit():  # bytes.isdigit: ASCII digits only, and not empty
-        raise not_decimal(text, where=where)
+        raise not_decimal(text, where=where, folder=Path(sample.get("__url__", ".")).parent)
     label = int(text)
     check_label_range(np.array([label]), num_classes=num_classes, allow_padding=False, source=lambda _: where)
     return label
@@ -65,16 +66,16 @@ def sample_place(sample: dict) -> str:
 
 
 def dali_place(source_info: str) -> str:
-    """"SHARD.tar: sample KEY" of DALI's webdataset source info ("SHARD.tar:OFFSET:KEY.cls")."""
+    """"SHARD.tar: sample KEY" of DALI's webdataset source info ("SHARD.tar:OFFSET:KEY.cls");
+    what there is, for a source info of another form."""
     parts = source_info.rsplit(":", 2)
     if len(parts) != 3:  # not the reader's form: say what there is
-        return f"{source_info or 'a shard'}: sample ?"
+        return f"a sample of {source_info or 'a shard'}"
     return f"{parts[0]}: sample {parts[2].rsplit('.', 1)[0]}"
 
 
-def not_decimal(text: bytes, *, where: str | None) -> LoaderError:
+def not_decimal(text: bytes, *, where: str | None, folder: Path | None) -> LoaderError:
     if where is None:
         return LoaderError(f"a .cls member ({text!r}) is not an ASCII decimal number")
-    folder = Path(where.split(": sample ", 1)[0]).parent
-    return LoaderError(f"{where}: label {text!r} is not an ASCII decimal number: the shard is damaged "
-                       f"(python -m shards verify {folder} finds every such shard)")
+    verify = f" (python -m shards verify {folder} finds every such shard)" if folder is not None else ""
+    return LoaderError(f"{where}: label {text!r} is not an ASCII decimal number: the shard is damaged{verify}")

@@ -143,6 +143,8 @@ def input_size_problem(name: str, *, image_size: int) -> str | None:
         if "meta" in text.lower():  # the meta device's own limits (data-dependent code), not the size
             return None
         return text[:200] or type(error).__name__
+    except Exception:  # noqa: BLE001 - anything else says nothing about the size: the first step checks it
+        return None
     return None
 
 
