@@ -47,8 +47,9 @@ RUNTIME_KEYS = frozenset({
 # and 2 threads); the torch backend's worker count does: it splits each epoch's samples and seeds
 # between its workers, so another count after a mid-epoch resume repeats some samples and skips others.
 THREADS_KEY = "loader.num_threads"
-# Training settings a resume cannot change even on purpose: the checkpoint's optimizer state does
-# not fit a run built with another value (one or two parameter groups: SGD's state is per group).
+# Training settings a resume cannot change even on purpose: the checkpoint's weights or optimizer
+# state do not fit a run built with another value (another model; one or two parameter groups:
+# SGD's state is per group).
 FIXED_KEYS = {"optim.decay_norm_and_bias": "the checkpoint's SGD state has one parameter group per setting "
                                            "(with and without weight decay on norms and biases)",
               "model.name": "the checkpoint holds that model's weights",

@@ -29,7 +29,7 @@ from .logs import METRICS_FILE, Progress, append_metrics, format_epoch, read_met
 from .mix import MixSampler
 from .mix.feature import FeatureMixer, layer_shapes
 from .mix.sampler import FEATURE_MODES, INPUT_LAYER
-from .models import create_model, read_classes
+from .models import create_model
 from .optim import (create_optimizer, create_scheduler, follow_config, fused_sgd_available, keep_kernel_choice,
                     scaled_lr, schedule_snapshot)
 from .precision import resolve_precision
@@ -53,9 +53,13 @@ class Session:
     val_loader: object  # already split by rank; never passed to prepare()
     shards: Path  # the shards folder (built first for the demo)
     steps_per_epoch: int  # train updates per epoch, the same on every rank
-    num_classes: int  # from the shard manifest
+    classes: list[str]  # the train manifest's class list (label order), checked against the eval split
     mix: MixOptions  # normalization, targets and dtype for apply_mix
     stop_group: object  # a gloo group of all ranks for the stop flag; None with one process
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
 
 
 def run_training(config: TrainConfig) -> dict:
@@ -94,7 +98,7 @@ def run_training(config: TrainConfig) -> dict:
         export_weights(accelerator.unwrap_model(session.model, keep_torch_compile=False), run_dir / WEIGHTS_FILE,
                        model_name=config.model.name, num_classes=session.num_classes,
                        model_options={"shakedrop": True} if config.model.shakedrop else {},
-                       classes=read_classes(session.shards), preprocessing=preprocessing(config))
+                       classes=session.classes, preprocessing=preprocessing(config))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     if record is None and finished:  # resumed a run that had already finished
@@ -126,7 +130,8 @@ def setup(config: TrainConfig, *, run_dir: Path, checkpoint: Path | None) -> Ses
         if not is_tensorboard_available():  # Accelerate would skip the tracker without a word
             raise TrainError("run.tensorboard=true needs the tensorboard package: pip install tensorboard")
     shards = prepare_shards(config, accelerator=accelerator)
-    num_classes = len(check_shards(config, checkpoint))
+    classes = check_shards(config, checkpoint)
+    num_classes = len(classes)
     if config.run.deterministic:
         # cuBLAS is deterministic only with a fixed workspace (older torch refuses the first GPU
         # matmul without one); cuBLAS reads it when it starts, which is later than this.
@@ -175,7 +180,7 @@ def setup(config: TrainConfig, *, run_dir: Path, checkpoint: Path | None) -> Ses
                      memory_format=torch.channels_last if config.model.channels_last else torch.contiguous_format,
                      features=features, layer_shapes=shapes)
     return Session(accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
-                   val_loader=val_loader, shards=shards, steps_per_epoch=steps, num_classes=num_classes, mix=mix,
+                   val_loader=val_loader, shards=shards, steps_per_epoch=steps, classes=classes, mix=mix,
                    stop_group=stop_group(accelerator))
 
 
@@ -286,7 +291,7 @@ def resume(config: TrainConfig, checkpoint: Path | None, *, changes: list, sessi
     """Load ``checkpoint`` (``find_resume_checkpoint``'s; None: a fresh start): where training
     stands, this rank's saved train loader state (None when there is none) and every setting the
     run changes (``changes``, ``check_before_start``'s, and another process count)."""
-    classes, settings = read_classes(session.shards), training_settings(config)
+    classes, settings = session.classes, training_settings(config)
     accelerator = session.accelerator
     world = accelerator.num_processes
     fresh = TrainState(model_name=config.model.name, num_classes=session.num_classes, shakedrop=config.model.shakedrop,

@@ -26,7 +26,7 @@ class EndCheckedTarInfo(tarfile.TarInfo):
 
 def end_problem(archive: tarfile.TarFile, *, after: str) -> str | None:
     """None when ``archive`` (opened with ``EndCheckedTarInfo``) ended at its marker, else what
-    happened, for a message: "... {what} {after}; get the whole archive again"."""
+    happened, to follow the archive's name in a message (``after``: where, e.g. "after 6 images")."""
     if getattr(archive, "ended_at_marker", False):
         return None
     if getattr(archive, "damaged_header", False):

@@ -172,6 +172,7 @@ class DaliLoader(EpochLoader):
         self.built_for_epoch: int | None = None
         self._unread = 0  # reader batches of the open pass not yet run
         self._last = None  # the last outputs run (val pads with them)
+        self.folder = Path(shards.tar_paths[0]).parent  # what an error tells to verify
         self._saved = self._restore(restore)
         if self._saved is not None:
             self._unread = self._saved["unread"]
@@ -255,9 +256,8 @@ class DaliLoader(EpochLoader):
         try:
             return dict(zip(self.names, self.pipeline.run()))
         except RuntimeError as error:  # DALI stops at what it cannot read or decode, naming its operator
-            folder = Path(self.shards.tar_paths[0]).parent
-            raise LoaderError(f"DALI could not read the shards in {folder}: {_dali_cause(error)}; a shard may be "
-                              f"damaged (python -m shards verify {folder} --decode finds it)") from None
+            raise LoaderError(f"DALI could not read the shards in {self.folder}: {_dali_cause(error)}; a shard may "
+                              f"be damaged (python -m shards verify {self.folder} --decode finds it)") from None
 
     def _drain(self) -> None:
         # Runs the rest of the reader's pass so that the next epoch starts at its beginning.
@@ -279,7 +279,7 @@ class DaliLoader(EpochLoader):
             return dali_place(members[row].source_info())
 
         labels = parse_ascii_labels(np.asarray(members.as_tensor()), source=source,
-                                    folder=Path(self.shards.tar_paths[0]).parent)
+                                    folder=self.folder)
         if not self.training:  # padding duplicates are marked so that metrics skip them
             labels = np.where(first + np.arange(len(labels)) < part_samples, labels, -1)
         # Checked here, on the host, where it costs no device sync.

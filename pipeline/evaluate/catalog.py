@@ -15,3 +15,6 @@ TASKS = {
     "ood": "maximum-softmax-probability detector, the split as in-distribution vs Uniform and Gaussian noise and "
            "each --ood-shards set: TNR at TPR 95%, AUROC, detection accuracy (calculate_log.py's definitions)",
 }
+
+# --precision: training's run.mixed_precision values (auto: bf16 where the process computes on a GPU)
+PRECISIONS = ("auto", "bf16", "no")

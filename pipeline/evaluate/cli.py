@@ -47,13 +47,12 @@ examples:
 """
 
 
-PRECISIONS = ("auto", "bf16", "no")  # training's run.mixed_precision values
 MAX_IMAGE_SIZE = 2048  # larger inputs exhaust memory before they tell anything (--image-size 100000 did)
 
 
 def make_parser() -> argparse.ArgumentParser:
     """The evaluation's arguments."""
-    from .catalog import TASKS
+    from .catalog import PRECISIONS, TASKS
 
     tasks = "\n".join(textwrap.fill(text, width=100, initial_indent=f"  {name:<11}  ", subsequent_indent=" " * 15)
                       for name, text in TASKS.items())

@@ -24,7 +24,7 @@ from ..data.sharding import part_sizes
 from ..errors import EvalError
 from ..precision import resolve_precision
 from . import tasks
-from .catalog import TASKS
+from .catalog import PRECISIONS, TASKS
 from .ood import noise_images, ood_metrics
 from .report import unfinished
 from .source import ModelSource, check_classes, load_model
@@ -61,8 +61,8 @@ def check_request(request: EvalRequest) -> dict:
     if unknown or not request.tasks:
         raise EvalError(f"--tasks: unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}" if unknown
                         else f"--tasks: name at least one of {', '.join(TASKS)}")
-    if request.precision not in ("auto", "bf16", "no"):
-        raise EvalError(f"--precision: one of auto, bf16, no, got {request.precision!r}")
+    if request.precision not in PRECISIONS:
+        raise EvalError(f"--precision: one of {', '.join(PRECISIONS)}, got {request.precision!r}")
     if request.batch_size < 1:
         raise EvalError(f"--batch-size must be >= 1, got {request.batch_size}")
     if not 0 < request.epsilon <= 1:
