@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 from safetensors.torch import load_file
-from train_helpers import run_train, small_run_args
+from train_helpers import cli_here, run_train, small_run_args
 
 import pipeline.models  # noqa: F401 - registers the PyramidNets with timm
 from pipeline.logs import read_metrics
@@ -54,10 +54,10 @@ def test_its_exported_weights_load_in_timm_with_identical_logits(pyramidnet_run)
                           pretrained_cfg_overlay=dict(file=str(weights), num_classes=10))
 
 
-def test_shakedrop_on_a_model_without_it_is_one_error_line(demo_shards, tmp_path):
+def test_shakedrop_on_a_model_without_it_is_one_error_line(demo_shards, tmp_path, capsys):
     out = tmp_path / "run"
-    done = run_train(small_run_args(demo_shards, out, "model.shakedrop=true"), timeout=120)  # the demo's resnet10t
-    assert done.returncode == 2, done.stderr[-2000:]
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: model.shakedrop: resnet10t does not support it"), done.stderr
+    code, _, err = cli_here(small_run_args(demo_shards, out, "model.shakedrop=true"), capsys)  # the demo's resnet10t
+    assert code == 2, err[-2000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: model.shakedrop: resnet10t does not support it"), err
     assert not out.exists()

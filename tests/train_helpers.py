@@ -43,6 +43,23 @@ def run_train(args: list[str], *, timeout: float = 600) -> subprocess.CompletedP
                        env=child_env())
 
 
+def cli_here(args: list[str], capsys) -> tuple[int, str, str]:
+    """``pipeline/train.py ARGS`` in this process, for input the CLI refuses before any training:
+    (exit code, stdout, stderr). Milliseconds where a new interpreter costs 4 s (torch, timm); an
+    uncaught exception fails the test as a traceback would. Accelerate's process state, which a
+    refusal after the set-up leaves, is cleared for the next test."""
+    from accelerate.state import AcceleratorState
+
+    from pipeline.cli import run_cli
+
+    try:
+        code = run_cli(args, default_config=None)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def child_env() -> dict:
     """The environment of a test run: quiet, and no GPU even where one exists."""
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONWARNINGS="ignore")
