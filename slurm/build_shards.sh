@@ -4,8 +4,7 @@
 #   slurm/build_shards.sh SRC OUT --split train [python -m shards build options ...]
 #   PARTS=16 CPUS_PER_TASK=32 slurm/build_shards.sh ILSVRC2012_img_train.tar /data/inet --split train
 #
-# Array task I runs `python -m shards build SRC OUT ... --num-parts $SLURM_ARRAY_TASK_COUNT
-# --part-id $SLURM_ARRAY_TASK_ID`; the merge job (`python -m shards merge OUT --split SPLIT`) starts
+# Array task I runs `python -m shards build SRC OUT ... --num-parts PARTS --part-id I`; the merge job (`python -m shards merge OUT --split SPLIT`) starts
 # only when every task succeeded (--dependency=afterok). Resources come from the environment:
 # PARTS (array size, default 8), CPUS_PER_TASK (default 16, also the build's --workers), TIME
 # (default 12:00:00), LOG_DIR (default: the current folder), PYTHON (default python); partition,
@@ -15,9 +14,12 @@ set -euo pipefail
 python=${PYTHON:-python}
 
 if [[ "${1-}" == "--array-task" ]]; then   # inside the array: one part of the build
-    shift
+    # The part count as submitted, not SLURM_ARRAY_TASK_COUNT: a task array resubmitted for some
+    # parts only (sbatch --array=3,7 ...) would count 2.
+    parts=$2
+    shift 2
     exec "$python" -m shards build "$@" --quiet --workers "${SLURM_CPUS_PER_TASK:-1}" \
-        --num-parts "$SLURM_ARRAY_TASK_COUNT" --part-id "$SLURM_ARRAY_TASK_ID"
+        --num-parts "$parts" --part-id "$SLURM_ARRAY_TASK_ID"
 fi
 if [[ "${1-}" == "--merge" ]]; then         # after the array: the combined manifest
     shift
@@ -47,6 +49,12 @@ if [[ ! -e $1 ]]; then   # found here, not by every array task after it has wait
 fi
 out=$2
 parts=${PARTS:-8}
+for setting in "PARTS=$parts" "CPUS_PER_TASK=${CPUS_PER_TASK:-16}"; do
+    if [[ ! ${setting#*=} =~ ^[1-9][0-9]*$ ]]; then
+        echo "error: $setting: a whole number >= 1 is needed" >&2
+        exit 2
+    fi
+done
 log_dir=${LOG_DIR:-.}
 mkdir -p "$log_dir"
 # sbatch runs a spool copy of this script: the jobs start from this folder and call it by path.
@@ -55,11 +63,16 @@ common=(--parsable --chdir "$PWD" --time "${TIME:-12:00:00}" --ntasks 1)
 
 array_id=$(sbatch "${common[@]}" --job-name shards-build --array "0-$((parts - 1))" \
     --cpus-per-task "${CPUS_PER_TASK:-16}" --output "$log_dir/%x-%A_%a.out" \
-    "$script" --array-task "$@")
+    "$script" --array-task "$parts" "$@")
 array_id=${array_id%%;*}
-merge_id=$(sbatch "${common[@]}" --job-name shards-merge --cpus-per-task 1 \
+echo "submitted build array $array_id ($parts tasks); logs in $log_dir"
+if ! merge_id=$(sbatch "${common[@]}" --job-name shards-merge --cpus-per-task 1 \
     --dependency "afterok:$array_id" --kill-on-invalid-dep=yes --output "$log_dir/%x-%j.out" \
-    "$script" --merge "$out" --split "$split")
+    "$script" --merge "$out" --split "$split"); then
+    echo "error: the merge job was not submitted (sbatch's message above); the array $array_id runs: once all" \
+         "its tasks have succeeded, merge with \`$python -m shards merge $out --split $split\`" >&2
+    exit 1
+fi
 merge_id=${merge_id%%;*}
-echo "submitted build array $array_id ($parts tasks) and merge job $merge_id (after all succeed); logs in $log_dir"
+echo "submitted merge job $merge_id (after every task of $array_id succeeded)"
 echo "$array_id $merge_id"

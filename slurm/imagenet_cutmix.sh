@@ -62,10 +62,26 @@ on_usr1() {
 }
 trap on_usr1 USR1
 
-# Under sbatch the script runs from a spool copy: the repository is the submission folder.
-cd "$SLURM_SUBMIT_DIR"
+# Under sbatch the script runs from a spool copy: the repository is the job's working folder (the
+# submission folder, or sbatch --chdir).
 if [[ ! -f pipeline/train.py ]]; then
-    echo "error: no pipeline/train.py in $PWD: submit from the repository's root folder" >&2
+    echo "error: no pipeline/train.py in $PWD: submit from the repository's root folder (or sbatch --chdir=REPO)" >&2
+    exit 2
+fi
+
+# ---- The job's environment --------------------------------------------------------------------
+# The job inherits the submitting shell's (activate the project's venv, then sbatch). On a cluster
+# that submits with --export=NONE (or a site default like it), the batch shell starts without your
+# PATH: activate the environment here instead, e.g.
+#     module load cuda/13.0
+#     source /path/to/cutmix/.venv/bin/activate
+# ------------------------------------------------------------------------------------------------
+# (find_spec: whether they are there, without the seconds an import of torch takes)
+if ! python -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('torch') and u.find_spec('accelerate')))" \
+        2>/dev/null || ! command -v accelerate >/dev/null; then
+    echo "error: the job's python ($(command -v python || echo "none on PATH")) has no torch and accelerate:" \
+         "activate the project's environment before sbatch, or in the marked place of" \
+         "slurm/imagenet_cutmix.sh (clusters that submit with --export=NONE)" >&2
     exit 2
 fi
 
@@ -85,21 +101,16 @@ train_args=(--config "$config" run.resume=auto ${overrides[@]+"${overrides[@]}"}
 if ((${SLURM_RESTART_COUNT:-0} > 0)); then
     train_args+=(run.resume=auto)
 fi
-# A config mistake (a key misspelt, shards not there) is one error line here, before srun starts
-# a launcher and its ranks on every node, each with a traceback.
-python pipeline/train.py --check "${train_args[@]}" || exit $?
-
-# The head node's address: its NodeAddr (the host name itself on most clusters).
-head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
-head_addr=$(scontrol show node "$head_node" | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2)
-head_addr=${head_addr:-$head_node}
-# A port derived from the job id, so two jobs sharing a node do not collide; below 32768, where
-# Linux hands out ports for outgoing connections.
-port=$((20000 + SLURM_JOB_ID % 10000))
-
 # GPUs per node as allocated; none (or --gpus-per-node=0): the same job on CPU with gloo.
 gpus_per_node=${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-0}}
 gpus_per_node=${gpus_per_node##*:}   # "a100:8" -> 8
+if [[ ! $gpus_per_node =~ ^[0-9]+$ ]]; then
+    # Every node runs as many processes as node 0 has GPUs: a count per node is needed (not --gpus=N).
+    echo "error: GPUs per node: cannot read a count from SLURM_GPUS_ON_NODE=${SLURM_GPUS_ON_NODE-} /" \
+         "SLURM_GPUS_PER_NODE=${SLURM_GPUS_PER_NODE-}: give every node the same number with --gpus-per-node=N" \
+         "(or --gres=gpu:N)" >&2
+    exit 2
+fi
 if ((gpus_per_node > 0)); then
     procs_per_node=$gpus_per_node
     # srun takes its GPUs per node from SLURM_GPUS_PER_NODE, which the #SBATCH line above set to
@@ -110,6 +121,20 @@ else
     export ACCELERATE_USE_CPU=true   # --multi_gpu + this = one gloo process per node
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
 fi
+# A config mistake (a key misspelt, shards not there) is one error line here, before srun starts
+# a launcher and its ranks on every node, each with a traceback.
+python pipeline/train.py --check "${train_args[@]}" || exit $?
+
+# The head node's address: its NodeAddr (the host name itself on most clusters).
+# (sed, not head: head stops reading, and with pipefail scontrol's SIGPIPE would end this shell on a
+# long node list; `|| true`: a node record Slurm does not show, PrivateData=nodes, falls back to the name.)
+head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)
+head_addr=$(scontrol show node "$head_node" 2>/dev/null | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2 || true)
+head_addr=${head_addr:-$head_node}
+# A port derived from the job id, so two jobs sharing a node do not collide; below 32768, where
+# Linux hands out ports for outgoing connections.
+port=$((20000 + SLURM_JOB_ID % 10000))
+
 # Since Slurm 22.05 srun does not take --cpus-per-task from sbatch: where the cluster binds tasks
 # to CPUs (task/affinity, task/cgroup), each node's task (its training processes and their DALI
 # threads) would be bound to one CPU. Each task prints the CPUs it got.
@@ -141,11 +166,19 @@ fi
 # USR1 (trap '' survives exec; train.py installs its own handler): where proctrack signals every
 # process of the step, the agent must not die of it; where it reaches only the task (seen under
 # gVisor), the forwarding does the job. $SLURM_NODEID is expanded inside each task: expanded here,
-# in the batch shell, every node would get machine rank 0. Only node 0 hosts the c10d store
-# (is_host), also where several "nodes" share one host (the tests' cluster).
+# in the batch shell, every node would get machine rank 0.
+# The static rendezvous: node N is machine rank N, node 0's launcher hosts the one TCP store at
+# HEAD_ADDR:PORT and every rank finds its process group there. (torchrun's c10d rendezvous starts
+# a second store for the ranks at a random port on the first node's own host name: where that name
+# does not resolve on the other nodes, or a firewall lets only some ports through, they hang.)
+# --config_file: accelerate launch would otherwise take every setting not given here from the
+# user's ~/.cache/huggingface/accelerate/default_config.yaml (gpu_ids, FSDP, DeepSpeed, ...).
+# --export=ALL: the tasks get this shell's environment (MULTI, NUM_PROCESSES, ... and the
+# environment activated above), also where the job was submitted with --export=NONE or a list,
+# which srun would otherwise apply to its tasks too.
 # One task per node whatever --ntasks-per-node the job was given (two launchers per node would
-# fight over the rendezvous port).
-srun --kill-on-bad-exit=1 --ntasks-per-node=1 --ntasks="$SLURM_NNODES" bash -c '
+# fight over the port).
+srun --export=ALL --kill-on-bad-exit=1 --ntasks-per-node=1 --ntasks="$SLURM_NNODES" bash -c '
     trap "" USR1   # until the forwarding below is in place: a USR1 now must not end the task (it comes again)
     cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)   # nproc alone would echo OMP_NUM_THREADS
     gloo=
@@ -168,26 +201,40 @@ srun --kill-on-bad-exit=1 --ntasks-per-node=1 --ntasks="$SLURM_NNODES" bash -c '
     fi
     echo "node $SLURM_NODEID ($(hostname)): $cpus CPUs for its processes$gloo"
     ( trap "" USR1
-      exec accelerate launch $MULTI --num_machines "$SLURM_NNODES" --machine_rank "$SLURM_NODEID" \
-        --num_processes "$NUM_PROCESSES" --main_process_ip "$HEAD_ADDR" --main_process_port "$PORT" \
-        --rdzv_backend c10d --rdzv_conf "is_host=$((SLURM_NODEID == 0))" --dynamo_backend no \
-        pipeline/train.py "$@" ) &
+      exec accelerate launch --config_file slurm/accelerate.yaml $MULTI --num_machines "$SLURM_NNODES" \
+        --machine_rank "$SLURM_NODEID" --num_processes "$NUM_PROCESSES" --main_process_ip "$HEAD_ADDR" \
+        --main_process_port "$PORT" --rdzv_backend static --dynamo_backend no pipeline/train.py "$@" ) &
     launcher=$!
-    trap "pkill -USR1 -P $launcher" USR1
-    status=0
-    wait $launcher || status=$?
-    while kill -0 $launcher 2>/dev/null; do status=0; wait $launcher || status=$?; done
+    trap "trapped=1; pkill -USR1 -P $launcher" USR1
+    # wait returns early (> 128) when the trap runs: wait again. A second wait for a launcher whose
+    # status the first one took (the USR1 came just after it ended) says 127: keep the first.
+    status=
+    while :; do
+        trapped=0
+        code=0
+        wait $launcher || code=$?
+        if [[ -n $status ]] && ((code == 127)); then break; fi
+        status=$code
+        ((trapped)) || break
+    done
     exit $status' train "${train_args[@]}" &
 srun_pid=$!
 if ((requeue)); then
     on_usr1   # USR1 came between the check above and here
 fi
 # wait returns early (status > 128) when a trapped signal arrives: wait again until it returns
-# without one, with srun's own status (bash keeps an ended child's status until it is waited for).
+# without one, with srun's own status (bash keeps an ended child's status until it is waited for;
+# a second wait for one whose status the first took, the signal having come just after srun
+# ended, says 127: the first status is srun's).
+status=
 while :; do
     trapped=0
-    status=0
-    wait "$srun_pid" || status=$?
+    code=0
+    wait "$srun_pid" || code=$?
+    if [[ -n $status ]] && ((code == 127)); then
+        break
+    fi
+    status=$code
     if ((!trapped)); then
         break
     fi
@@ -201,7 +248,7 @@ fi
 if ((status != 0)); then
     # The training processes' own error line is somewhere above torchrun's report of the failed
     # ranks: say it again last, where a reader of the log looks first (this start's part of it).
-    log=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -o 'StdOut=[^ ]*' | cut -d= -f2-)
+    log=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -o 'StdOut=[^ ]*' | cut -d= -f2- || true)
     cause=
     if [[ -n $log && -f $log ]]; then
         cause=$(awk -v start="job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}):" \

@@ -42,12 +42,22 @@ def cluster(tmp_path_factory):
     assert all(p.poll() is not None for p in running.processes.values()), "a Slurm daemon is still running"
 
 
-def submit_training(cluster, log_dir: Path, args: list[str], *, nodes: int = 2) -> int:
-    """``sbatch slurm/imagenet_cutmix.sh ARGS`` on 2 CPU nodes (GPUs, CPUs and time overridden);
-    ``small_run_args`` puts ``--config configs/demo.yaml`` first in ARGS."""
+def submit_training(cluster, log_dir: Path, args: list[str], *, nodes: int = 2, options: tuple = (),
+                    env: dict | None = None, cwd: Path = REPO) -> int:
+    """``sbatch [OPTIONS] slurm/imagenet_cutmix.sh ARGS`` on 2 CPU nodes (GPUs, CPUs and time
+    overridden) from the repository; ``small_run_args`` puts ``--config configs/demo.yaml`` first in ARGS."""
     return cluster.sbatch(f"--nodes={nodes}", "--gpus-per-node=0", "--cpus-per-task=1", "--time=15",
-                          f"--output={log_dir}/%x-%j.out", str(REPO / "slurm" / "imagenet_cutmix.sh"),
-                          *args, env=job_env(), cwd=REPO)
+                          f"--output={log_dir}/%x-%j.out", *options, str(REPO / "slurm" / "imagenet_cutmix.sh"),
+                          *args, env=env or job_env(), cwd=cwd)
+
+
+def exported_only(cluster) -> str:
+    """``--export=`` naming only what the test's jobs need, as a site that does not export the whole
+    environment: srun applies such a list to its tasks too, unless told otherwise."""
+    from processes import TAG_VARIABLE
+
+    names = sorted(set(job_env()) | {"SLURM_CONF"})
+    return "--export=" + ",".join([*names, f"{TAG_VARIABLE}=slurm-job"])
 
 
 def wait_for_log(cluster, path: Path, text: str, *, timeout: float = 300) -> None:
@@ -59,8 +69,10 @@ def wait_for_log(cluster, path: Path, text: str, *, timeout: float = 300) -> Non
 
 
 def test_training_runs_with_world_size_two_across_two_nodes(cluster, demo_shards, tmp_path):
+    """Submitted exporting a few variables only (the tasks still get what the batch shell set)."""
     out = tmp_path / "run"
-    job = submit_training(cluster, tmp_path, small_run_args(demo_shards, out, *TRAIN_OVERRIDES))
+    job = submit_training(cluster, tmp_path, small_run_args(demo_shards, out, *TRAIN_OVERRIDES),
+                          options=(exported_only(cluster),))
     record = cluster.wait(job, timeout=600)
     log = (tmp_path / f"cutmix-{job}.out").read_text()
     assert record["JobState"] == "COMPLETED", log[-4000:]
@@ -140,10 +152,21 @@ def test_usr1_before_the_training_starts_ends_the_job_without_a_requeue(cluster,
 
 
 def test_one_node_with_one_process(cluster, demo_shards, tmp_path):
-    """The same script on one CPU node: one process (accelerate refuses --multi_gpu for one)."""
+    """The same script on one CPU node: one process (accelerate refuses --multi_gpu for one).
+    Submitted from another folder with --chdir to the repository, by a user whose own accelerate
+    config asks for 2 GPUs: that config must not reach the job's launcher (with it, accelerate
+    refuses to start: "Less than two GPU ids were configured")."""
+    home = tmp_path / "hf"
+    (home / "accelerate").mkdir(parents=True)
+    (home / "accelerate" / "default_config.yaml").write_text(
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\ngpu_ids: '0'\nnum_machines: 1\n"
+        "num_processes: 2\nmixed_precision: fp16\n")
     out = tmp_path / "run"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
     job = submit_training(cluster, tmp_path, small_run_args(demo_shards, out, "schedule.epochs=2",
-                                                            "run.max_train_steps=3", "loader.batch_size=16"), nodes=1)
+                                                            "run.max_train_steps=3", "loader.batch_size=16"), nodes=1,
+                          options=(f"--chdir={REPO}",), env={**job_env(), "HF_HOME": str(home)}, cwd=elsewhere)
     record = cluster.wait(job, timeout=600)
     log = (tmp_path / f"cutmix-{job}.out").read_text()
     assert record["JobState"] == "COMPLETED", log[-4000:]
@@ -177,6 +200,22 @@ def test_a_failure_inside_the_job_is_said_again_last(cluster, demo_shards, tmp_p
                         lines[-1]), log[-4000:]
 
 
+@pytest.mark.parametrize("setting, message", [
+    # A job whose shell has not the project's environment (a cluster submitting with --export=NONE).
+    ({"PATH": "/usr/bin:/bin"}, "error: the job's python ("),
+    # A GPU count the script cannot read (every node must run the same number of processes).
+    ({"SLURM_GPUS_ON_NODE": "4(x2)"}, "error: GPUs per node: cannot read a count from SLURM_GPUS_ON_NODE=4(x2)"),
+])
+def test_a_job_it_cannot_start_is_one_line_before_any_node_starts(cluster, demo_shards, tmp_path, setting, message):
+    job = submit_training(cluster, tmp_path, small_run_args(demo_shards, tmp_path / "run"),
+                          env={**job_env(), **setting})
+    record = cluster.wait(job, timeout=300)
+    log = (tmp_path / f"cutmix-{job}.out").read_text()
+    assert record["JobState"] == "FAILED" and record["ExitCode"].startswith("2:"), log
+    errors = [line for line in log.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(message) and "node 0" not in log, log
+
+
 def test_the_script_run_without_sbatch_says_so(tmp_path):
     from processes import run_process
 
@@ -187,17 +226,20 @@ def test_the_script_run_without_sbatch_says_so(tmp_path):
     assert done.stderr.startswith("error: submit this script with sbatch") and len(done.stderr.splitlines()) == 1
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--split", "train", "SRC", "OUT"], "error: SRC and OUT come first"),  # OUT would have been "train"
-    (["SRC", "OUT"], "error: --split is needed"),
-    (["/nonexistent/src", "OUT", "--split=train"], "error: SRC /nonexistent/src: no such file or folder"),
+@pytest.mark.parametrize("args, setting, message", [
+    (["--split", "train", "SRC", "OUT"], {}, "error: SRC and OUT come first"),  # OUT would have been "train"
+    (["SRC", "OUT"], {}, "error: --split is needed"),
+    (["/nonexistent/src", "OUT", "--split=train"], {}, "error: SRC /nonexistent/src: no such file or folder"),
+    ([".", "OUT", "--split=train"], {"PARTS": "0"}, "error: PARTS=0: a whole number >= 1 is needed"),
+    ([".", "OUT", "--split=train"], {"CPUS_PER_TASK": "4x"}, "error: CPUS_PER_TASK=4x: a whole number >= 1"),
 ])
-def test_the_array_build_refuses_bad_arguments_before_submitting(tmp_path, args, message):
+def test_the_array_build_refuses_bad_arguments_before_submitting(tmp_path, args, setting, message):
     from processes import run_process
 
-    done = run_process(["bash", str(REPO / "slurm" / "build_shards.sh"), *args], cwd=tmp_path, env=job_env(),
-                       capture_output=True, text=True, timeout=60)
+    done = run_process(["bash", str(REPO / "slurm" / "build_shards.sh"), *args], cwd=tmp_path,
+                       env={**job_env(), **setting}, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and done.stderr.startswith(message) and len(done.stderr.splitlines()) == 1
+    assert not (tmp_path / "OUT").exists()
 
 
 def test_scancel_leaves_no_process_of_the_job(cluster, demo_shards, tmp_path):
