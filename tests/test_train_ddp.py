@@ -13,7 +13,9 @@ from pipeline.logs import read_metrics
 
 pytestmark = pytest.mark.slow
 
-TWO_RANK_SETTINGS = ("schedule.epochs=2", "run.max_train_steps=5", "loader.batch_size=16", "run.tensorboard=true")
+# run.tensorboard last: test_resuming_with_another_process_count leaves it out.
+TWO_RANK_SETTINGS = ("schedule.epochs=2", "run.max_train_steps=5", "loader.batch_size=16", "data.color_jitter=0.4",
+                     "data.lighting_std=0.1", "run.tensorboard=true")
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +45,13 @@ def test_two_process_ddp(two_rank_run):
     assert len(ranks[0]["seen"]) == len(ranks[1]["seen"]) == 2 * 5 * 16
     # CutMix boxes come later: these are the loader's own images, so a shared sample would match.
     assert len(set(ranks[0]["seen"][:80]) & set(ranks[1]["seen"][:80])) < 8, "ranks read the same data"
+    # Each rank its own CutMix boxes, lambdas and partners, and its own colour draws, at every step
+    # (the same would mix every rank's batch alike: a smaller effective variety of the global batch).
+    for kind in ("mix", "color"):
+        mine, theirs = ranks[0]["draws"][kind], ranks[1]["draws"][kind]
+        assert len(mine) == len(theirs) == 2 * 5, (kind, len(mine), len(theirs))
+        assert all(a != b for a, b in zip(mine, theirs)), f"the ranks drew the same {kind} randomness"
+        assert len(set(mine)) == len(mine), f"a rank repeated a {kind} draw"
     for rank in ranks:
         assert rank["loaders_built"] == {"train": 1, "val": 1}  # once per run, not per epoch
         # The stop flag: one asynchronous all-reduce per step (a CPU group), nothing blocking.

@@ -2,7 +2,8 @@
 (``pipeline.cli.run_cli``, as pipeline/train.py) with probes wrapped around ``pipeline.run``:
 a checksum of every training image this rank saw, a checksum of its parameters at the end, the
 loaders built per split, and the torch.distributed collectives called during each epoch's steps
-(with their ``async_op``). ``python train_ddp_worker.py OUT_JSON_PREFIX section.key=value ...``."""
+(with their ``async_op``), and a checksum of each mixing and colour draw (the run's own samplers'
+draws, whatever seeds the run gives them). ``python train_ddp_worker.py OUT_JSON_PREFIX section.key=value ...``."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pipeline.run as run  # noqa: E402
 from pipeline.cli import exit_cleanly, run_cli  # noqa: E402
+from pipeline.data.color import ColorAugment  # noqa: E402
+from pipeline.mix.sampler import MixSampler  # noqa: E402
 
 seen: list[str] = []
 sessions: list = []
@@ -23,6 +26,7 @@ world_sizes: list[int] = []
 loaders_built: dict[str, int] = {}
 model_seeds: list[int] = []
 epochs: list[dict] = []
+draws: dict[str, list[str]] = {"mix": [], "color": []}
 original_make_loader, original_setup, original_epoch = run.make_loader, run.setup, run.train_one_epoch
 COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter", "reduce_scatter_tensor",
                "broadcast", "barrier", "reduce", "gather", "scatter", "all_to_all")
@@ -41,6 +45,24 @@ class RecordingLoader:
 
     def state_dict(self):
         return self.loader.state_dict()
+
+
+def digest_of(*values) -> str:
+    """A checksum of tensors, numbers and strings (a draw's content)."""
+    digest = hashlib.sha1()
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().contiguous().numpy().tobytes()
+        digest.update(value if isinstance(value, bytes) else repr(value).encode())
+    return digest.hexdigest()
+
+
+def recording(kind: str, method, content):
+    def draw(self, *args, **kwargs):
+        result = method(self, *args, **kwargs)
+        draws[kind].append(digest_of(*content(result)))
+        return result
+    return draw
 
 
 def make_loader(config, *, split, **kwargs):
@@ -81,6 +103,8 @@ def setup(config, **kwargs):
 def main() -> None:
     prefix, argv = sys.argv[1], sys.argv[2:]
     run.make_loader, run.setup, run.train_one_epoch = make_loader, setup, train_one_epoch
+    MixSampler.sample = recording("mix", MixSampler.sample, lambda p: (p.mode, p.lam, p.boxes, p.partner))
+    ColorAugment.draw = recording("color", ColorAugment.draw, lambda d: (d.weights, d.lighting))
     code = run_cli(argv, default_config=None)
     session = sessions[0]
     model = session.accelerator.unwrap_model(session.model)
@@ -89,7 +113,7 @@ def main() -> None:
         digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
     record = {"rank": session.accelerator.process_index, "world_size": world_sizes[0],
               "params": digest.hexdigest(), "seen": seen, "code": code, "loaders_built": loaders_built,
-              "epochs": epochs, "model_seed": model_seeds[0]}
+              "epochs": epochs, "model_seed": model_seeds[0], "draws": draws}
     Path(f"{prefix}{record['rank']}.json").write_text(json.dumps(record))
     exit_cleanly(code)
 
