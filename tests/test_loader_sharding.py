@@ -35,6 +35,18 @@ def test_steps_are_equal_and_full_batches_for_every_part_and_epoch():
     assert steps == 58 // 8
 
 
+def test_train_steps_are_the_full_batches_of_the_smallest_part():
+    """Every rank runs the same number of full batches, which only the smallest part always holds:
+    against DALI's split of N samples into W contiguous parts ([i*N//W, (i+1)*N//W)), counted by hand."""
+    for num_samples in range(1, 120):
+        for world_size in range(1, 9):
+            sizes = [(i + 1) * num_samples // world_size - i * num_samples // world_size for i in range(world_size)]
+            for batch in range(1, max(sizes) + 2):
+                steps = train_steps(num_samples=num_samples, world_size=world_size, batch_size=batch)
+                assert steps == min(sizes) // batch, (num_samples, world_size, batch)
+                assert all(steps * batch <= size for size in sizes)
+
+
 def test_val_steps_cover_the_largest_part_and_the_reader_never_runs_past_them():
     for num_samples, world_size, batch in ((117, 2, 8), (117, 3, 7), (1281167, 8, 250), (9, 3, 4)):
         steps = val_steps(num_samples=num_samples, world_size=world_size, batch_size=batch)
