@@ -162,3 +162,26 @@ def test_a_shard_damaged_inside_is_an_error_naming_it_not_fewer_samples(shards, 
     with pytest.raises(LoaderError, match=expected[backend, damage]):
         for _ in loader.iter_epoch(0):
             pass
+
+
+def test_dali_reads_what_the_index_lists(shards):
+    """The shards' `.idx` files reach DALI's reader (without them every rank would parse every tar
+    at start-up): a val shard's index with its entries in reverse order (a valid index of the same
+    tar) makes DALI read that shard's samples in reverse, where the tar's own order is the reference."""
+    from loader_fixtures import open_loader
+
+    def read_order():
+        loader, _ = open_loader(shards, "val", backend="dali", batch_size=8, sample_ids=True)
+        return [sid for _, labels, ids in loader.iter_epoch(0) for label, sid in zip(labels.tolist(), ids)
+                if label >= 0]  # the padding of the last batch left out
+
+    with tarfile.open(shards / "val-000000.tar") as tar:  # the first shard's samples, in the tar's order
+        first_keys = list(dict.fromkeys(member.name.split(".")[0] for member in tar.getmembers()))
+    before = read_order()
+    index = shards / "val-000000.idx"
+    header, *lines = index.read_text().splitlines()
+    index.write_text("\n".join([header, *reversed(lines)]) + "\n")
+    after = read_order()
+    count = len(first_keys)
+    assert count > 2 and len(after) == len(before)
+    assert after[:count] == before[:count][::-1] and after[count:] == before[count:]
