@@ -245,13 +245,21 @@ TILED_BOXES = {
     "middle": lambda h, w: (13, 37, 9, 52),
     "one_row": lambda h, w: (31, 32, 0, w),
     "empty": lambda h, w: (5, 5, 0, w),
+    # From the first row of the second tile to its last row, which is then the first one below the
+    # box and the only row of the tile that needs the sample's own image (tiles of DEFAULT_BLOCK
+    # values at 192 a row: rows 10-21, the box (10, 21)).
+    "rows_to_a_tiles_last_row": lambda h, w: (triton_kernel.DEFAULT_BLOCK // (w * 3),
+                                              (2 * triton_kernel.DEFAULT_BLOCK - 1) // (w * 3), 0, w),
+    # The same a row lower: the tile's first row is the only one above the box.
+    "rows_from_a_tiles_second_row": lambda h, w: (triton_kernel.DEFAULT_BLOCK // (w * 3) + 1,
+                                                  (2 * triton_kernel.DEFAULT_BLOCK - 1) // (w * 3) + 1, 0, w),
 }
 
 
 @pytest.mark.parametrize("edge", list(TILED_BOXES))
 @pytest.mark.parametrize("mode", ["cutmix", "cutout", "mixup"])
 def test_images_of_many_tiles(mode, edge):
-    batch, height, width = 3, 50, 64  # 9,600 values a sample: 10 tiles, the last one partial
+    batch, height, width = 3, 50, 64  # 9,600 values a sample: 5 tiles of DEFAULT_BLOCK, the last one partial
     generator = torch.Generator().manual_seed(11)
     images = torch.randint(0, 256, (batch, height, width, 3), dtype=torch.uint8, generator=generator)
     labels = torch.tensor([1, 4, 2])
