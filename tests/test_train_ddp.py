@@ -18,14 +18,12 @@ TWO_RANK_SETTINGS = ("schedule.epochs=2", "run.max_train_steps=5", "loader.batch
                      "data.lighting_std=0.1", "run.tensorboard=true")
 
 
-@pytest.fixture(scope="module")
-def two_rank_run(demo_shards, tmp_path_factory):
+def run_two_ranks(demo_shards, tmp_path, *extra):
     """A 2-epoch run of two CPU ranks: (its folder, the folder of the ranks' probe files, the process)."""
-    tmp_path = tmp_path_factory.mktemp("ddp")
     out = tmp_path / "run"
     # --cpu alone would silently start ONE process: the world size is asserted. The demo config
     # (small_run_args): the worker's default would be the paper's ResNet-50 at 224 px.
-    args = small_run_args(demo_shards, out, *TWO_RANK_SETTINGS)
+    args = small_run_args(demo_shards, out, *TWO_RANK_SETTINGS, *extra)
     done = run_process([*LAUNCH_TWO_CPU_RANKS, str(REPO / "tests" / "train_ddp_worker.py"), str(tmp_path / "rank"),
                         *args], cwd=REPO, env=dict(child_env(), ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1"),
                        capture_output=True, text=True, timeout=600)
@@ -33,18 +31,24 @@ def two_rank_run(demo_shards, tmp_path_factory):
     return out, tmp_path, done
 
 
-def test_two_process_ddp(two_rank_run):
-    out, tmp_path, done = two_rank_run
-    resolved = yaml.safe_load((out / "config.yaml").read_text())
-    assert (resolved["model"]["name"], resolved["data"]["image_size"]) == ("resnet10t", 32)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+@pytest.fixture(scope="module")
+def two_rank_run(demo_shards, tmp_path_factory):
+    return run_two_ranks(demo_shards, tmp_path_factory.mktemp("ddp"))
+
+
+def ranks_of(tmp_path) -> list[dict]:
+    """Each rank's probe record (tests/train_ddp_worker.py), ranks 0 and 1."""
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def assert_ranks_train_one_model_on_their_own_data(ranks: list[dict]) -> None:
     assert [r["world_size"] for r in ranks] == [2, 2] and [r["rank"] for r in ranks] == [0, 1]
     assert ranks[0]["params"] == ranks[1]["params"]
-    # The same initial weights, but each rank its own dropout / drop path draws after them.
-    assert ranks[0]["model_seed"] != ranks[1]["model_seed"]
-    assert len(ranks[0]["seen"]) == len(ranks[1]["seen"]) == 2 * 5 * 16
-    # CutMix boxes come later: these are the loader's own images, so a shared sample would match.
-    assert len(set(ranks[0]["seen"][:80]) & set(ranks[1]["seen"][:80])) < 8, "ranks read the same data"
+    # Each epoch every rank reads 5 batches of 16 of its own part: no sample on both ranks.
+    for epoch in ("0", "1"):
+        mine, theirs = ranks[0]["seen"][epoch], ranks[1]["seen"][epoch]
+        assert len(mine) == len(theirs) == 5 * 16 and len(set(mine)) == len(set(theirs)) == 5 * 16
+        assert not set(mine) & set(theirs), f"epoch {epoch}: both ranks read {sorted(set(mine) & set(theirs))[:3]}"
     # Each rank its own CutMix boxes, lambdas and partners, and its own colour draws, at every step
     # (the same would mix every rank's batch alike: a smaller effective variety of the global batch).
     for kind in ("mix", "color"):
@@ -52,6 +56,16 @@ def test_two_process_ddp(two_rank_run):
         assert len(mine) == len(theirs) == 2 * 5, (kind, len(mine), len(theirs))
         assert all(a != b for a, b in zip(mine, theirs)), f"the ranks drew the same {kind} randomness"
         assert len(set(mine)) == len(mine), f"a rank repeated a {kind} draw"
+
+
+def test_two_process_ddp(two_rank_run):
+    out, tmp_path, done = two_rank_run
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (resolved["model"]["name"], resolved["data"]["image_size"]) == ("resnet10t", 32)
+    ranks = ranks_of(tmp_path)
+    assert_ranks_train_one_model_on_their_own_data(ranks)
+    # The same initial weights, but each rank its own dropout / drop path draws after them.
+    assert ranks[0]["model_seed"] != ranks[1]["model_seed"]
     for rank in ranks:
         assert rank["loaders_built"] == {"train": 1, "val": 1}  # once per run, not per epoch
         # The stop flag: one asynchronous all-reduce per step (a CPU group), nothing blocking.
@@ -62,6 +76,14 @@ def test_two_process_ddp(two_rank_run):
     assert [(r["world_size"], r["global_batch"], r["val_samples"]) for r in records] == [(2, 32, 359)] * 2
     assert "val top-1 error" in done.stdout
     assert list((out / "tensorboard").rglob("events.out.tfevents.*")), "no TensorBoard events written"
+
+
+def test_two_process_ddp_with_the_torch_loader(demo_shards, tmp_path):
+    """The torch backend under DDP: each rank reads its own part (a DataLoader handed to
+    Accelerate's prepare() would read everything on rank 0 and scatter it), every val sample once."""
+    out, probes, _ = run_two_ranks(demo_shards, tmp_path, "loader.backend=torch")
+    assert_ranks_train_one_model_on_their_own_data(ranks_of(probes))
+    assert [(r["world_size"], r["val_samples"]) for r in read_metrics(out)] == [(2, 359)] * 2
 
 
 def test_resuming_with_another_process_count(demo_shards, two_rank_run, tmp_path):

@@ -1,6 +1,6 @@
 """Run by every rank of ``accelerate launch`` in test_train_ddp.py: the real command line
 (``pipeline.cli.run_cli``, as pipeline/train.py) with probes wrapped around ``pipeline.run``:
-a checksum of every training image this rank saw, a checksum of its parameters at the end, the
+the source of every training sample this rank read (per epoch), a checksum of its parameters at the end, the
 loaders built per split, and the torch.distributed collectives called during each epoch's steps
 (with their ``async_op``), and a checksum of each mixing and colour draw (the run's own samplers'
 draws, whatever seeds the run gives them). ``python train_ddp_worker.py OUT_JSON_PREFIX section.key=value ...``."""
@@ -18,9 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pipeline.run as run  # noqa: E402
 from pipeline.cli import exit_cleanly, run_cli  # noqa: E402
 from pipeline.data.color import ColorAugment  # noqa: E402
+from pipeline.data.factory import _create_loader  # noqa: E402
 from pipeline.mix.sampler import MixSampler  # noqa: E402
 
-seen: list[str] = []
+seen: dict[int, list[str]] = {}
 sessions: list = []
 world_sizes: list[int] = []
 loaders_built: dict[str, int] = {}
@@ -33,15 +34,15 @@ COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_sca
 
 
 class RecordingLoader:
-    """Passes batches through, noting a checksum of each image."""
+    """Passes (images, labels) on, noting each sample's source (the loader's test-only sample ids)."""
 
     def __init__(self, loader):
         self.loader = loader
 
     def iter_epoch(self, epoch, start_step=0):
-        for batch in self.loader.iter_epoch(epoch, start_step):
-            seen.extend(hashlib.sha1(image.numpy().tobytes()).hexdigest() for image in batch[0].cpu())
-            yield batch
+        for images, labels, ids in self.loader.iter_epoch(epoch, start_step):
+            seen.setdefault(epoch, []).extend(ids)
+            yield images, labels
 
     def state_dict(self):
         return self.loader.state_dict()
@@ -63,6 +64,11 @@ def recording(kind: str, method, content):
         draws[kind].append(digest_of(*content(result)))
         return result
     return draw
+
+
+def create_loader(shards, split, **kwargs):
+    """The public create_loader, with the sources of the train samples in each batch."""
+    return _create_loader(shards, split, sample_ids=split == "train", **kwargs)
 
 
 def make_loader(config, *, split, **kwargs):
@@ -103,6 +109,7 @@ def setup(config, **kwargs):
 def main() -> None:
     prefix, argv = sys.argv[1], sys.argv[2:]
     run.make_loader, run.setup, run.train_one_epoch = make_loader, setup, train_one_epoch
+    run.create_loader = create_loader
     MixSampler.sample = recording("mix", MixSampler.sample, lambda p: (p.mode, p.lam, p.boxes, p.partner))
     ColorAugment.draw = recording("color", ColorAugment.draw, lambda d: (d.weights, d.lighting))
     code = run_cli(argv, default_config=None)
