@@ -107,8 +107,11 @@ def test_minmax_too_small_for_a_layer_fails_at_construction():
 
 
 def test_minmax_alpha_is_not_needed():
-    # timm's convention: with cutmix_minmax the box ignores alpha.
-    MixSampler(mode="cutmix", cutmix_alpha=0.0, cutmix_minmax=(0.2, 0.8))
+    # timm's convention: with cutmix_minmax the box ignores alpha (0 would be refused without it).
+    sampler = MixSampler(mode="cutmix", cutmix_alpha=0.0, cutmix_minmax=(0.2, 0.8), per="elem", seed=3)
+    boxes = sampler.sample(batch_size=64, height=20, width=30).boxes
+    sides = torch.stack([boxes[:, 1] - boxes[:, 0], boxes[:, 3] - boxes[:, 2]], dim=1)
+    assert ((sides >= torch.tensor([4, 6])) & (sides < torch.tensor([16, 24]))).all()  # [int(H*0.2), int(H*0.8))
 
 
 @pytest.mark.parametrize(

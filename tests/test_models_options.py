@@ -44,7 +44,10 @@ def test_model_names_are_checked_with_the_pyramidnets_among_them():
     ["model.name=resnet10t", "model.drop_block_rate=0.1"],  # timm's ResNets take DropBlock
 ])
 def test_config_takes_the_options_a_model_has(overrides):
-    resolve_config(config_file=None, overrides=overrides)
+    config = resolve_config(config_file=None, overrides=overrides)
+    for override in overrides:
+        key, text = override.removeprefix("model.").split("=")
+        assert str(getattr(config.model, key)).lower() == text, override
 
 
 @pytest.mark.parametrize("overrides, message", [
