@@ -83,6 +83,8 @@ def run_training(config: TrainConfig) -> dict:
                 print(f"resuming with changed settings: {describe(changes)}"
                       + (f" (the run's config until now is kept as {kept})" if kept else ""), flush=True)
             write_config(config, run_dir / CONFIG_FILE)
+            if state.epoch < config.schedule.epochs:
+                print(start_line(config, session=session, state=state, run_dir=run_dir), flush=True)
         try:
             record = train_epochs(config, session=session, loader=train_loader, state=state, run_dir=run_dir,
                                   stop=stop)
@@ -497,6 +499,19 @@ def train_epochs(config: TrainConfig, *, session: Session, loader, state: TrainS
             stop.honour()
             return None
     return record
+
+
+def start_line(config: TrainConfig, *, session: Session, state: TrainState, run_dir: Path) -> str:
+    """What the run is about to do, where a user checks it first: the device the processes train
+    on (a CPU where a GPU was meant shows here, not as a slow first epoch), the precision, the
+    global batch and the epochs left."""
+    accelerator = session.accelerator
+    processes = accelerator.num_processes
+    return (f"training {config.model.name} on {session.num_classes} classes of {session.shards}: "
+            f"{processes} process{'es' if processes > 1 else ''} on {accelerator.device.type}, "
+            f"precision {accelerator.mixed_precision}, global batch {config.loader.batch_size * processes}, "
+            f"{session.steps_per_epoch} steps per epoch, epochs {state.epoch + 1}-{config.schedule.epochs}; "
+            f"run folder {run_dir}")
 
 
 def carried_loss(state: TrainState, *, rank: int) -> float:

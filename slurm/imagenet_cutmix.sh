@@ -62,8 +62,11 @@ on_usr1() {
 }
 trap on_usr1 USR1
 
-# Under sbatch the script runs from a spool copy: the repository is the job's working folder (the
-# submission folder, or sbatch --chdir).
+# Under sbatch the script runs from a spool copy: the repository is the job's working folder
+# (sbatch --chdir=REPO) or else the submission folder (a --chdir given for the logs' sake).
+if [[ ! -f pipeline/train.py ]]; then
+    cd "$SLURM_SUBMIT_DIR"
+fi
 if [[ ! -f pipeline/train.py ]]; then
     echo "error: no pipeline/train.py in $PWD: submit from the repository's root folder (or sbatch --chdir=REPO)" >&2
     exit 2
@@ -76,9 +79,10 @@ fi
 #     module load cuda/13.0
 #     source /path/to/cutmix/.venv/bin/activate
 # ------------------------------------------------------------------------------------------------
-# (find_spec: whether they are there, without the seconds an import of torch takes)
+# (find_spec: whether they are there, without the seconds an import of torch takes; the nodes
+# launch with this python's accelerate, `python -m accelerate.commands.accelerate_cli`)
 if ! python -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('torch') and u.find_spec('accelerate')))" \
-        2>/dev/null || ! command -v accelerate >/dev/null; then
+        2>/dev/null; then
     echo "error: the job's python ($(command -v python || echo "none on PATH")) has no torch and accelerate:" \
          "activate the project's environment before sbatch, or in the marked place of" \
          "slurm/imagenet_cutmix.sh (clusters that submit with --export=NONE)" >&2
@@ -142,9 +146,13 @@ if [[ -n ${SLURM_CPUS_PER_TASK:-} ]]; then
     export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK
 fi
 export NUM_PROCESSES=$((SLURM_NNODES * procs_per_node))
-# accelerate refuses --multi_gpu for one process (one node with one GPU, or one CPU node).
+# accelerate refuses --multi_gpu for one process (one node with one GPU, or one CPU node); its
+# launcher for one process sets ACCELERATE_USE_CPU from --cpu alone (the export above would be
+# overwritten, and a CPU job on a node whose GPUs are visible would train on a GPU).
 if ((NUM_PROCESSES > 1)); then
     export MULTI=--multi_gpu
+elif ((gpus_per_node == 0)); then
+    export MULTI=--cpu
 else
     export MULTI=
 fi
@@ -169,8 +177,8 @@ fi
 # in the batch shell, every node would get machine rank 0.
 # The static rendezvous: node N is machine rank N, node 0's launcher hosts the one TCP store at
 # HEAD_ADDR:PORT and every rank finds its process group there. (torchrun's c10d rendezvous starts
-# a second store for the ranks at a random port on the first node's own host name: where that name
-# does not resolve on the other nodes, or a firewall lets only some ports through, they hang.)
+# a second store for the ranks on the first node's own host name, socket.getfqdn(): where that
+# name does not resolve on the other nodes, they hang. Gloo and NCCL still open ports of their own.)
 # --config_file: accelerate launch would otherwise take every setting not given here from the
 # user's ~/.cache/huggingface/accelerate/default_config.yaml (gpu_ids, FSDP, DeepSpeed, ...).
 # --export=ALL: the tasks get this shell's environment (MULTI, NUM_PROCESSES, ... and the
@@ -201,19 +209,21 @@ srun --export=ALL --kill-on-bad-exit=1 --ntasks-per-node=1 --ntasks="$SLURM_NNOD
     fi
     echo "node $SLURM_NODEID ($(hostname)): $cpus CPUs for its processes$gloo"
     ( trap "" USR1
-      exec accelerate launch --config_file slurm/accelerate.yaml $MULTI --num_machines "$SLURM_NNODES" \
+      exec python -m accelerate.commands.accelerate_cli launch --config_file slurm/accelerate.yaml $MULTI \
+        --num_machines "$SLURM_NNODES" \
         --machine_rank "$SLURM_NODEID" --num_processes "$NUM_PROCESSES" --main_process_ip "$HEAD_ADDR" \
         --main_process_port "$PORT" --rdzv_backend static --dynamo_backend no pipeline/train.py "$@" ) &
     launcher=$!
     trap "trapped=1; pkill -USR1 -P $launcher" USR1
-    # wait returns early (> 128) when the trap runs: wait again. A second wait for a launcher whose
-    # status the first one took (the USR1 came just after it ended) says 127: keep the first.
+    # wait returns early (> 128) when the trap runs: wait again. After a wait that returned the
+    # status (the USR1 came just after the launcher ended), a second finds nothing: 127 in bash
+    # before 5.2 (5.2 says the status again): keep the first.
     status=
     while :; do
         trapped=0
         code=0
         wait $launcher || code=$?
-        if [[ -n $status ]] && ((code == 127)); then break; fi
+        if [[ -n $status ]] && ((status <= 128 && code == 127)); then break; fi
         status=$code
         ((trapped)) || break
     done
@@ -224,14 +234,14 @@ if ((requeue)); then
 fi
 # wait returns early (status > 128) when a trapped signal arrives: wait again until it returns
 # without one, with srun's own status (bash keeps an ended child's status until it is waited for;
-# a second wait for one whose status the first took, the signal having come just after srun
-# ended, says 127: the first status is srun's).
+# after a wait that returned it, the signal having come just after srun ended, a second finds
+# nothing: 127 in bash before 5.2, which says the status again: the first status is srun's).
 status=
 while :; do
     trapped=0
     code=0
     wait "$srun_pid" || code=$?
-    if [[ -n $status ]] && ((code == 127)); then
+    if [[ -n $status ]] && ((status <= 128 && code == 127)); then
         break
     fi
     status=$code

@@ -19,7 +19,7 @@ def demo_run(trained_demo):
     return trained_demo
 
 
-def test_demo_learns(demo_run):
+def test_demo_learns(demo_run, demo_shards):
     out, done = demo_run
     records = read_metrics(out)
     assert [r["epoch"] for r in records] == [1, 2, 3]
@@ -27,6 +27,9 @@ def test_demo_learns(demo_run):
     assert records[-1]["top1_err"] < 60 and records[-1]["top5_err"] < 30  # chance: 90% and 50%
     assert records[-1]["best_top1_err"] == min(r["top1_err"] for r in records)
     assert "val top-1 error" in done.stdout
+    steps = json.loads((demo_shards / "train.json").read_text())["totals"]["samples"] // 32  # full batches
+    assert done.stdout.startswith(f"training resnet10t on 10 classes of {demo_shards}: 1 process on cpu, precision "
+                                  f"no, global batch 32, {steps} steps per epoch, epochs 1-3; run folder {out}\n")
     assert (out / "config.yaml").is_file() and (out / "checkpoints" / "epoch-0003" / "COMPLETE").is_file()
 
 

@@ -46,16 +46,21 @@ def run_train(args: list[str], *, timeout: float = 600) -> subprocess.CompletedP
 def cli_here(args: list[str], capsys) -> tuple[int, str, str]:
     """``pipeline/train.py ARGS`` in this process, for input the CLI refuses before any training:
     (exit code, stdout, stderr). Milliseconds where a new interpreter costs 4 s (torch, timm); an
-    uncaught exception fails the test as a traceback would. Accelerate's process state, which a
-    refusal after the set-up leaves, is cleared for the next test."""
-    from accelerate.state import AcceleratorState
+    uncaught exception fails the test as a traceback would. Accelerate's process state is cleared
+    before (what earlier tests left) and after (what a refusal after the set-up leaves)."""
+    from accelerate.state import AcceleratorState, GradientState
 
     from pipeline.cli import run_cli
 
+    def reset():  # before too: an earlier test in this process may have left another precision
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+    reset()
     try:
         code = run_cli(args, default_config=None)
     finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
+        reset()
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
