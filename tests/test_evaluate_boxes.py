@@ -80,6 +80,24 @@ def test_geometry_by_hand():
     np.testing.assert_allclose(boxes, [[10.2, 50 * 256 / 375 - 16, 214.8, 188.8]])
 
 
+def test_a_box_touching_only_the_last_column_or_row_is_kept():
+    """Inclusive pixels: a box whose first column (row) is the crop's last one, 223, still covers
+    a pixel of the crop; one starting a pixel further is outside."""
+    augmentation = Augmentation(image_size=224)  # 256 x 256 -> 256 (no resize), crop corner (16, 16)
+    boxes, dropped = transform_boxes({"boxes": [[239, 50, 250, 60]], "stored_size": [256, 256]},
+                                     augmentation=augmentation)
+    # 239 - 16 = 223, the last column; the far side 250 - 16 = 234 is clipped to 223.
+    assert dropped == 0
+    np.testing.assert_allclose(boxes, [[223, 34, 223, 44]])
+    boxes, dropped = transform_boxes({"boxes": [[50, 239, 60, 250]], "stored_size": [256, 256]},
+                                     augmentation=augmentation)
+    assert dropped == 0
+    np.testing.assert_allclose(boxes, [[34, 223, 44, 223]])
+    boxes, dropped = transform_boxes({"boxes": [[240, 50, 250, 60], [50, 240, 60, 250]], "stored_size": [256, 256]},
+                                     augmentation=augmentation)
+    assert boxes.shape == (0, 4) and dropped == 2
+
+
 def test_a_record_without_boxes_gives_none():
     boxes, dropped = transform_boxes({"width": 10, "height": 10}, augmentation=Augmentation(image_size=8))
     assert boxes.shape == (0, 4) and dropped == 0

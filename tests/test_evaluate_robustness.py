@@ -196,23 +196,24 @@ def test_inbetween_counts_against_a_row_loop():
         [5.0, 4.0, 0.0, 0.0, 0.0],   # a=0, b=1, w .7: correct, pair
         [5.0, 4.0, 0.0, 0.0, 0.0],   # a=0, b=1, w .5 (tie -> a): correct, pair
         [5.0, 4.0, 0.0, 0.0, 0.0],   # a=0, b=1, w .3 (target b): error, pair
-        [1.0, 4.0, 5.0, 0.0, 0.0],   # a=2, b=1, w .5: correct, pair (either order)
+        [1.0, 4.0, 5.0, 0.0, 0.0],   # a=2, b=1, w .5: correct, pair (a first)
+        [1.0, 5.0, 4.0, 0.0, 0.0],   # a=2, b=1, w .5: error, pair (b first: either order counts)
         [1.0, 4.0, 5.0, 0.0, 0.0],   # a=2, b=0, w .9: correct, no pair
         [0.0, 0.0, 1.0, 2.0, 3.0],   # a=0, b=1, w .5: error, no pair
         [5.0, 4.0, 0.0, 0.0, 0.0],   # same class (invalid)
         [0.0, 0.0, 0.0, 0.0, 9.0],   # padding partner (invalid)
     ])
-    label_a = torch.tensor([0, 0, 0, 2, 2, 0, 1, 4])
-    label_b = torch.tensor([1, 1, 1, 1, 0, 1, 1, 3])
-    weights = [0.7, 0.5, 0.3, 0.5, 0.9, 0.5, 0.5, 0.5]
-    valid = torch.tensor([True] * 6 + [False, False])
+    label_a = torch.tensor([0, 0, 0, 2, 2, 2, 0, 1, 4])
+    label_b = torch.tensor([1, 1, 1, 1, 1, 0, 1, 1, 3])
+    weights = [0.7, 0.5, 0.3, 0.5, 0.5, 0.9, 0.5, 0.5, 0.5]
+    valid = torch.tensor([True] * 7 + [False, False])
     counts = inbetween_counts(logits, label_a, label_b, torch.tensor(weights), valid)
     assert counts.dtype == torch.int64 and counts.shape == (3,)
-    assert counts.tolist() == naive_counts(logits, label_a, label_b, weights, valid) == [2, 4, 6]
+    assert counts.tolist() == naive_counts(logits, label_a, label_b, weights, valid) == [3, 5, 7]
     # A single float weight for the whole batch.
     for weight in (0.5, 0.4):
         scalar = inbetween_counts(logits, label_a, label_b, weight, valid)
-        assert scalar.tolist() == naive_counts(logits, label_a, label_b, [weight] * 8, valid)
+        assert scalar.tolist() == naive_counts(logits, label_a, label_b, [weight] * 9, valid)
 
 
 def test_inbetween_counts_random_rows():

@@ -177,6 +177,25 @@ def test_drop_block_drops_each_position_with_the_papers_probability(size):
     assert out.mean().item() == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.parametrize("size", [4, 7])
+def test_drop_block_clips_the_block_to_a_small_map(size):
+    # PyramidNet's last stage on small inputs has maps of 7x7 or less: the 7x7 block is clipped
+    # to the map, so one seed position per sample with gamma = rate / size^2 * size^2 / 1 = rate,
+    # and a seed drops the whole map of that sample (all channels). The rest is scaled by
+    # all / kept positions of the batch, i.e. count / kept samples.
+    rate, count = 0.1, 4000
+    torch.manual_seed(3)
+    x = torch.rand(count, 2, size, size, dtype=torch.float64) + 0.5  # no zeros of its own
+    out = DropBlock(rate, block_size=7).train()(x)
+    assert out.shape == x.shape
+    dropped = (out == 0).flatten(1).all(dim=1)
+    kept = (out != 0).flatten(1).all(dim=1)
+    assert bool((dropped | kept).all())  # each sample wholly dropped or wholly kept
+    assert abs(dropped.double().mean().item() - rate) < 5 * math.sqrt(rate * (1 - rate) / count)
+    scale = count / kept.sum().item()
+    torch.testing.assert_close(out[kept], x[kept] * scale, rtol=1e-12, atol=0)
+
+
 def test_drop_block_is_the_identity_in_evaluation():
     x = torch.randn(3, 2, 8, 8)
     assert torch.equal(DropBlock(0.3).eval()(x), x)

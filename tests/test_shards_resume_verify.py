@@ -1,7 +1,10 @@
 """Crash safety (SIGKILL then --resume gives the uninterrupted bytes) and `verify`."""
 
+import hashlib
+import json
 import signal
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -119,3 +122,51 @@ def test_inspect_reports_counts_and_shuffle(built, capsys):
     assert main(["inspect", str(built)]) == 0
     text = capsys.readouterr().out
     assert "41 samples" in text and "4 classes" in text and "uniformly random order gives" in text
+
+
+def _clean_build(tmp_path) -> Path:
+    make_imagefolder(tmp_path / "tree", num_classes=2, per_class=3)
+    out = tmp_path / "out"
+    assert main(["build", str(tmp_path / "tree"), str(out), "--split", "train", "--quiet"]) == 0
+    return out
+
+
+def _patch_member(out: Path, extension: str, data: bytes) -> str:
+    """Overwrite the first ``extension`` member of the first shard in place with ``data`` (no
+    longer than it: a JPEG padded by a COM segment, a label digit for a digit) and record the
+    new sha256 in the manifest, as a build that wrote it would: only the sample's content is wrong."""
+    record = manifest(out)["shards"][0]
+    with tarfile.open(out / record["name"]) as archive:
+        member = next(m for m in archive if m.name.endswith(f".{extension}"))
+    if len(data) != member.size:
+        padding = member.size - len(data) - 4  # a COM segment (FF FE, 2-byte length) after SOI
+        assert data[:2] == b"\xff\xd8" and 0 <= padding < 65534
+        data = data[:2] + b"\xff\xfe" + (padding + 2).to_bytes(2, "big") + b"\0" * padding + data[2:]
+    assert len(data) == member.size
+    with open(out / record["name"], "r+b") as file:
+        file.seek(member.offset_data)
+        file.write(data)
+    text = json.loads((out / "train.json").read_text())
+    text["shards"][0]["sha256"] = hashlib.sha256((out / record["name"]).read_bytes()).hexdigest()
+    (out / "train.json").write_text(json.dumps(text))
+    return member.name
+
+
+def test_verify_decode_refuses_a_greyscale_jpeg(tmp_path, capsys):
+    # The loaders take 3-channel images: a mode L JPEG decodes but is not an RGB JPEG.
+    out = _clean_build(tmp_path)
+    assert main(["verify", str(out), "--quiet", "--decode"]) == 0
+    name = _patch_member(out, "jpg", jpeg_bytes(5, size=(8, 8), mode="L"))
+    capsys.readouterr()
+    assert main(["verify", str(out), "--quiet"]) == 0  # sizes, sha256 and index still agree
+    assert main(["verify", str(out), "--quiet", "--decode"]) == 1
+    assert f"{name}: JPEG L, not an RGB JPEG" in capsys.readouterr().out
+
+
+def test_verify_refuses_a_label_equal_to_the_class_count(tmp_path, capsys):
+    out = _clean_build(tmp_path)
+    assert manifest(out)["num_classes"] == 2
+    name = _patch_member(out, "cls", b"2")  # labels are 0 and 1: 2 is one past the last class
+    capsys.readouterr()
+    assert main(["verify", str(out), "--quiet"]) == 1
+    assert f"{name}: label b'2' is not in [0, 2)" in capsys.readouterr().out

@@ -10,8 +10,8 @@ from pipeline.checkpoint import (COMPLETE, STATE, TrainState, check_compatible, 
                                  damaged_checkpoints, find_resume_checkpoint, valid_checkpoints)
 from pipeline.errors import TrainError
 from pipeline.evaluate import count_correct, loss_sum
-from pipeline.optim import (create_optimizer, create_scheduler, follow_config, parameter_groups, scaled_lr,
-                            schedule_snapshot)
+from pipeline.optim import (create_optimizer, create_scheduler, follow_config, fused_sgd_available, parameter_groups,
+                            scaled_lr, schedule_snapshot)
 
 
 def test_lr_scales_with_global_batch():
@@ -29,10 +29,10 @@ def test_no_weight_decay_on_norm_and_bias():
     assert optimizer.defaults["nesterov"] and len(optimizer.param_groups) == 1
 
 
-def _lrs(name, *, epochs=6, steps=3, warmup=0.0, **kwargs):
+def _lrs(name, *, epochs=6, steps=3, warmup=0.0, min_lr=0.0, **kwargs):
     optimizer = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0)
     scheduler = create_scheduler(optimizer, name=name, epochs=epochs, steps_per_epoch=steps, warmup_epochs=warmup,
-                                 warmup_start_factor=0.1, min_lr=0.0, **kwargs)
+                                 warmup_start_factor=0.1, min_lr=min_lr, **kwargs)
     lrs = []
     for _ in range(epochs * steps):
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -52,6 +52,38 @@ def test_cosine_with_warmup():
     assert lrs[:3] == pytest.approx([0.1, 0.4, 0.7])  # linear ramp from 0.1 over the first epoch (3 updates)
     for update in range(3, 18):  # closed-form cosine over the remaining 15 updates
         assert lrs[update] == pytest.approx(0.5 * (1 + math.cos(math.pi * (update - 3) / 15)), abs=1e-6)
+
+
+def test_step_milestones_count_the_warmup_epochs():
+    # Milestones are epochs of the whole run: with 1 epoch (3 updates) of warmup the decays still
+    # fall at updates 6 and 12 (epochs 2 and 4), not 3 updates later (SequentialLR restarts the
+    # count of the schedule after the warmup).
+    lrs = _lrs("step", warmup=1.0, milestones=(2, 4), decay_factor=0.1)
+    expected = [0.1, 0.4, 0.7] + [1.0] * 3 + [0.1] * 6 + [0.01] * 6  # written out by hand
+    assert lrs == pytest.approx(expected)
+
+
+def test_cosine_decays_to_min_lr():
+    lrs = _lrs("cosine", warmup=1.0, min_lr=0.05, milestones=(), decay_factor=0.1)
+    assert lrs[:3] == pytest.approx([0.1, 0.4, 0.7])
+    for update in range(3, 18):  # closed form: eta_min + (lr - eta_min) (1 + cos(pi t / T)) / 2, T = 15
+        expected = 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (update - 3) / 15))
+        assert lrs[update] == pytest.approx(expected, abs=1e-6)
+    assert lrs[-1] == pytest.approx(0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * 14 / 15)), abs=1e-6)
+
+
+def test_fused_sgd_is_used_when_asked_for_and_available():
+    # What setup passes (optim.fused and fused_sgd_available(device)); CPU has a fused kernel
+    # since torch 2.4. Not asked: None, torch's own default (foreach on CUDA), never fused.
+    model = torch.nn.Linear(3, 2)
+    assert fused_sgd_available("cpu")
+    asked = create_optimizer(model, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4,
+                             decay_norm_and_bias=True, fused=True and fused_sgd_available("cpu"))
+    assert asked.defaults["fused"] is True
+    assert all(group["fused"] is True for group in asked.param_groups)
+    plain = create_optimizer(model, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4,
+                             decay_norm_and_bias=True, fused=False)
+    assert plain.defaults["fused"] is not True
 
 
 def _cosine_lr(update, *, lr, steps, epochs, warmup_epochs=1):
@@ -261,6 +293,23 @@ def test_a_resume_may_change_how_a_run_executes_but_not_what_it_trains(tmp_path)
     with pytest.raises(TrainError, match="cannot read .*config.yaml.*run.resume_with_changes=true"):
         check_resume_config(config(), checkpoint, {})
     assert check_resume_config(config("run.resume_with_changes=true"), checkpoint, {}) == []
+
+
+@pytest.mark.parametrize("override", ["run.keep_checkpoints=7", "loader.val_batch_size=13"])
+def test_checkpoint_keeping_and_the_eval_batch_may_change_on_resume(tmp_path, override):
+    """How many checkpoints are kept and the eval batch change nothing trained: a resume with
+    another value is accepted without resume_with_changes and reports no change, whether compared
+    with the checkpoint's record or (an older checkpoint) its run's config.yaml."""
+    from pipeline.config import resolve_config, write_config
+    from pipeline.resume_config import check_resume_config, training_settings
+
+    checkpoint = _fake_checkpoint(tmp_path, TrainState(epoch=1, global_step=10))
+    before = resolve_config(config_file=None, overrides=["run.keep_checkpoints=2", "loader.val_batch_size=50"])
+    write_config(before, tmp_path / "config.yaml")
+    now = resolve_config(config_file=None, overrides=[override])
+    assert override.split("=")[0] not in training_settings(now)  # not a training setting
+    assert check_resume_config(now, checkpoint, training_settings(before)) == []
+    assert check_resume_config(now, checkpoint, {}) == []
 
 
 def test_the_parameter_groups_cannot_change_even_on_purpose(tmp_path):
@@ -523,6 +572,48 @@ def test_a_mid_epoch_position_moves_to_the_new_global_batch_by_hand():
     whole = state(step_in_epoch=0, partial_loss=[])
     remap_epoch_position(whole, steps_per_epoch=2, world_size=4, batch_size=8)
     assert (whole.step_in_epoch, whole.partial_loss) == (0, [])
+
+
+def test_a_mid_epoch_resume_with_changes_goes_on_at_the_saved_step(tmp_path):
+    """resume() with changed settings rebuilds the schedule and steps it to where the checkpoint
+    stands: epoch 1 and 2 steps in (update 7, at 5 updates an epoch), not the epoch's start (update 5).
+    The lr there is the new config's closed-form cosine (lr 0.3, 6 epochs, 1 of warmup)."""
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+
+    from pipeline.config import resolve_config
+    from pipeline.run import resume
+
+    steps = 5
+
+    def prepared(lr, epochs):
+        accelerator = Accelerator(cpu=True)
+        model, optimizer, scheduler = _sgd(lr, epochs=epochs, steps=steps)
+        return accelerator, *accelerator.prepare(model, optimizer, scheduler)
+
+    accelerator, _, optimizer, scheduler = prepared(0.1, 4)
+    for _ in range(steps + 2):
+        optimizer.step()
+        scheduler.step()
+    state = TrainState(epoch=1, step_in_epoch=2, global_step=steps + 2, world_size=1, partial_loss=[2.0],
+                       settings={"loader.batch_size": 32})
+    checkpoint = tmp_path / "checkpoints" / checkpoint_name(state)
+    accelerator.save_state(str(checkpoint), safe_serialization=True)
+    (checkpoint / STATE).write_text(json.dumps(state.__dict__))
+    (checkpoint / COMPLETE).write_text("ok\n")
+
+    config = resolve_config(config_file=None, overrides=[
+        "schedule.epochs=6", "schedule.name=cosine", "schedule.milestones=[1]", "schedule.warmup_epochs=1",
+        "loader.batch_size=32", "run.resume_with_changes=true"])
+    accelerator, _, optimizer, scheduler = prepared(0.3, 6)
+    session = SimpleNamespace(accelerator=accelerator, optimizer=optimizer, scheduler=scheduler,
+                              steps_per_epoch=steps, classes=["a", "b"], num_classes=2)
+    resumed, _, _ = resume(config, checkpoint, changes=[("optim.base_lr", 0.1, 0.3)], session=session,
+                           run_dir=tmp_path)
+    assert (resumed.epoch, resumed.step_in_epoch) == (1, 2)  # the same batch: the same step
+    expected = _cosine_lr(steps + 2, lr=0.3, steps=steps, epochs=6)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([expected] * 2, rel=1e-9)
 
 
 def test_a_resume_whose_schedule_ends_before_the_checkpoint_is_refused(tmp_path):
