@@ -4,8 +4,8 @@
 #   slurm/build_shards.sh SRC OUT --split train [python -m shards build options ...]
 #   PARTS=16 CPUS_PER_TASK=32 slurm/build_shards.sh ILSVRC2012_img_train.tar /data/inet --split train
 #
-# Array task I runs `python -m shards build SRC OUT ... --num-parts PARTS --part-id I`; the merge job (`python -m shards merge OUT --split SPLIT`) starts
-# only when every task succeeded (--dependency=afterok). Resources come from the environment:
+# Array task I runs `python -m shards build SRC OUT ... --num-parts PARTS --part-id I`; the merge
+# job (`python -m shards merge OUT --split SPLIT`) starts only when every task succeeded (--dependency=afterok). Resources come from the environment:
 # PARTS (array size, default 8), CPUS_PER_TASK (default 16, also the build's --workers), TIME
 # (default 12:00:00), LOG_DIR (default: the current folder), PYTHON (default python); partition,
 # account and anything else through sbatch's own variables (SBATCH_PARTITION, SBATCH_ACCOUNT, ...).
@@ -49,7 +49,8 @@ if [[ ! -e $1 ]]; then   # found here, not by every array task after it has wait
 fi
 out=$2
 parts=${PARTS:-8}
-for setting in "PARTS=$parts" "CPUS_PER_TASK=${CPUS_PER_TASK:-16}"; do
+cpus=${CPUS_PER_TASK:-16}
+for setting in "PARTS=$parts" "CPUS_PER_TASK=$cpus"; do
     if [[ ! ${setting#*=} =~ ^[1-9][0-9]*$ ]]; then
         echo "error: $setting: a whole number >= 1 is needed" >&2
         exit 2
@@ -62,7 +63,7 @@ script=$(realpath "$0")
 common=(--parsable --chdir "$PWD" --time "${TIME:-12:00:00}" --ntasks 1)
 
 array_id=$(sbatch "${common[@]}" --job-name shards-build --array "0-$((parts - 1))" \
-    --cpus-per-task "${CPUS_PER_TASK:-16}" --output "$log_dir/%x-%A_%a.out" \
+    --cpus-per-task "$cpus" --output "$log_dir/%x-%A_%a.out" \
     "$script" --array-task "$parts" "$@")
 array_id=${array_id%%;*}
 echo "submitted build array $array_id ($parts tasks); logs in $log_dir"

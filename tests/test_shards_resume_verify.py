@@ -1,7 +1,6 @@
 """Crash safety (SIGKILL then --resume gives the uninterrupted bytes) and `verify`."""
 
 import hashlib
-import json
 import signal
 import sys
 import tarfile
@@ -14,6 +13,7 @@ from processes import run_process
 from shard_fixtures import jpeg_bytes, make_imagefolder, make_tar_of_tars, wnid
 from shard_readers import manifest
 from shards.cli import main
+from shards.manifest import read_manifest, write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -146,9 +146,9 @@ def _patch_member(out: Path, extension: str, data: bytes) -> str:
     with open(out / record["name"], "r+b") as file:
         file.seek(member.offset_data)
         file.write(data)
-    text = json.loads((out / "train.json").read_text())
-    text["shards"][0]["sha256"] = hashlib.sha256((out / record["name"]).read_bytes()).hexdigest()
-    (out / "train.json").write_text(json.dumps(text))
+    written = read_manifest(out / "train.json")
+    written["shards"][0]["sha256"] = hashlib.sha256((out / record["name"]).read_bytes()).hexdigest()
+    write_manifest(out / "train.json", written)
     return member.name
 
 

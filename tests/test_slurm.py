@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import collections
 import os
-import shutil
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -52,7 +52,7 @@ def submit_training(cluster, log_dir: Path, args: list[str], *, nodes: int = 2, 
                           *args, env=env or job_env(), cwd=cwd)
 
 
-def exported_only(cluster) -> str:
+def exported_only() -> str:
     """``--export=`` naming only what the test's jobs need, as a site that does not export the whole
     environment: srun applies such a list to its tasks too, unless told otherwise."""
     from processes import TAG_VARIABLE
@@ -73,7 +73,7 @@ def test_training_runs_with_world_size_two_across_two_nodes(cluster, demo_shards
     """Submitted exporting a few variables only (the tasks still get what the batch shell set)."""
     out = tmp_path / "run"
     job = submit_training(cluster, tmp_path, small_run_args(demo_shards, out, *TRAIN_OVERRIDES),
-                          options=(exported_only(cluster),))
+                          options=(exported_only(),))
     record = cluster.wait(job, timeout=600)
     log = (tmp_path / f"cutmix-{job}.out").read_text()
     assert record["JobState"] == "COMPLETED", log[-4000:]
