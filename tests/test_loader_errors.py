@@ -164,6 +164,34 @@ def test_a_shard_damaged_inside_is_an_error_naming_it_not_fewer_samples(shards, 
             pass
 
 
+@pytest.mark.parametrize("damage", ["image", "labels"])
+def test_the_torch_backends_workers_end_with_its_error(shards, damage):
+    """A worker's error (an image that does not decode) or the host's (labels outside the classes)
+    ends the DataLoader's workers before it is raised. Left to the garbage collector, the iterator's
+    stop never reached them: 5 s of waiting for each, then a kill, in a process that goes on."""
+    import multiprocessing
+
+    if damage == "image":
+        with tarfile.open(shards / "train-000000.tar") as archive:
+            member = [m for m in archive.getmembers() if m.name.endswith(".jpg")][3]
+        with open(shards / "train-000000.tar", "r+b") as file:
+            file.seek(member.offset_data)
+            file.write(b"\xff" * 512)
+    else:
+        manifest = json.loads((shards / "train.json").read_text())
+        manifest["num_classes"], manifest["classes"] = 11, manifest["classes"][:11]
+        (shards / "train.json").write_text(json.dumps(manifest))
+    before = set(multiprocessing.active_children())
+    loader, _ = start(shards, "torch", world_size=1)
+    started = []
+    with pytest.raises(LoaderError):
+        for _ in loader.iter_epoch(0):
+            started = set(multiprocessing.active_children()) - before
+    if damage == "image":  # the damaged sample is in the second batch: the workers ran before it
+        assert len(started) == 2
+    assert set(multiprocessing.active_children()) - before == set()
+
+
 def test_dali_reads_what_the_index_lists(shards):
     """The shards' `.idx` files reach DALI's reader (without them every rank would parse every tar
     at start-up): a val shard's index with its entries in reverse order (a valid index of the same

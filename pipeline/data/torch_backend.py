@@ -212,6 +212,17 @@ class TorchLoader(EpochLoader):
     def fingerprint(self) -> dict:
         return self._fingerprint
 
+    def _stop_workers(self) -> None:
+        """End the workers now, after an error. Left to the garbage collector (the DataLoader's
+        iterator is in a reference cycle with the error's frames), the iterator's ``__del__`` runs
+        after the finalizers of its queues have closed them: its "stop" never reaches the workers,
+        and it waits 5 s for each one before killing it (a process that goes on, an evaluation or a
+        notebook, stalled 10 s on the default two workers)."""
+        batches, self._batches = self._batches, None
+        self.loader._iterator = None  # persistent workers: the DataLoader holds the iterator too
+        if batches is not None:
+            batches._shutdown_workers()  # what its __del__ calls; torch has no public close
+
     def _read(self, epoch: int, start_step: int):
         # The workers not started yet (the first read, also of a restored loader, whose position
         # is in its cursor): they start at this epoch.
@@ -229,10 +240,13 @@ class TorchLoader(EpochLoader):
     def _next_batch(self):
         try:
             images, labels, *ids = next(self._batches)
-        except LoaderError as error:
-            raise _own_message(error) from None
+            # Checked here, on the host, where it costs no device sync.
+            check_label_range(labels.numpy(), num_classes=self.num_classes, allow_padding=not self.training)
+        except BaseException as error:
+            self._stop_workers()
+            if isinstance(error, LoaderError):
+                raise _own_message(error) from None
+            raise
         self.cursor.consumed += 1
-        # Checked here, on the host, where it costs no device sync.
-        check_label_range(labels.numpy(), num_classes=self.num_classes, allow_padding=not self.training)
         batch = (images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True))
         return batch + tuple(ids)
