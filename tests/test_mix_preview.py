@@ -121,6 +121,23 @@ def test_module_entry_point(shards_dir, tmp_path):
     assert out.exists()
 
 
+def test_help_and_argument_mistakes_answer_before_torch_is_loaded():
+    """--help, a choice misspelt and a size out of bounds: no torch import (3 s on a small machine)."""
+    script = ("import sys; from pipeline.mix.__main__ import main\n"
+              "for argv in (['preview', '--help'], ['preview', '.', '--mode', 'cutmx'],\n"
+              "             ['preview', '.', '--size', '0'], ['preview', '.', '--batch-size', '65']):\n"
+              "    try:\n        code = main(argv)\n    except SystemExit as exit:\n        code = exit.code\n"
+              "    print(code, file=sys.stderr)\n"
+              "print('torch' in sys.modules)")
+    done = run_process([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines()[-1] == "False", done.stdout[-2000:] + done.stderr[-2000:]
+    assert "usage: python -m pipeline.mix preview" in done.stdout and "1 to 64" in done.stdout
+    codes = [line for line in done.stderr.splitlines() if not line.startswith(("usage", " "))]
+    assert codes[0] == "0" and codes[1].startswith("error: argument --mode: invalid choice: 'cutmx'"), codes
+    assert codes[2:] == ["2", "error: size: must be >= 1, got 0", "2",
+                         "error: batch_size: at most 64 images in one grid, got 65", "2"], codes
+
+
 def test_caption_shows_label_weights():
     row = torch.tensor([0.0, 0.62, 0.0, 0.38])
     assert caption(row, mode="cutmix") == "cutmix\n1: 0.62 | 3: 0.38"

@@ -9,10 +9,10 @@ from typing import Optional, Sequence
 
 from shards.arguments import CommandParser
 
-from .core import apply_mix
-from .preview import (DEFAULT_NAME, IMAGENET_MEAN, IMAGENET_STD, MAX_BATCH, MAX_SIZE, draw_preview_grid,
-                      load_preview_batch, output_file)
-from .sampler import PARTNER_CHOICES, PER_CHOICES, SAMPLER_MODES, MixSampler
+# torch-free at the top (PEP 562 in the package, the choices and limits in modules of their own):
+# --help and an argument mistake answer before torch is imported; run_preview imports the rest.
+from .choices import PARTNER_CHOICES, PER_CHOICES, SAMPLER_MODES
+from .preview_limits import DEFAULT_NAME, MAX_BATCH, MAX_SIZE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +58,10 @@ def check_sizes(args: argparse.Namespace) -> None:
 def run_preview(args: argparse.Namespace) -> Path:
     """Read a batch, mix it with the reference backend, draw the grid; return the file written."""
     check_sizes(args)
+    from .core import apply_mix
+    from .preview import IMAGENET_MEAN, IMAGENET_STD, draw_preview_grid, load_preview_batch, output_file
+    from .sampler import MixSampler
+
     out_path = output_file(args.out)  # before the reading: a suffix matplotlib cannot write is refused now
     sampler = MixSampler(
         mode=args.mode, cutmix_alpha=args.cutmix_alpha, mixup_alpha=args.mixup_alpha,

@@ -27,17 +27,11 @@ from torch import Tensor
 from ..data.checks import LoaderError, SplitShards, load_split_shards
 from ..data.labels import sample_label
 from ..data.torch_backend import read_range
+from .preview_limits import DEFAULT_NAME
 
 # timm's IMAGENET_DEFAULT_MEAN / _STD, written out: importing timm pulls in torchvision.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# The largest image side: the models train at 224 (ImageNet) or 32 (CIFAR, the demo), and a grid
-# tile is drawn 240 px wide (2.4 in at 100 dpi), so more pixels add nothing to see; the memory
-# grows with the square (--size 100000 asked for 30 GB per image and never finished).
-MAX_SIZE = 1024
-# The most images in a grid: at 4 per row, 64 is already a 16-row figure (and 256 took 17 s to draw).
-MAX_BATCH = 64
-DEFAULT_NAME = "mix_preview.png"  # the file written when the output path is a folder
 
 
 def find_shards(shards_dir: Path, *, split: str) -> SplitShards:
