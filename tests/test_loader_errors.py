@@ -183,11 +183,11 @@ def test_the_torch_backends_workers_end_with_its_error(shards, damage):
         (shards / "train.json").write_text(json.dumps(manifest))
     before = set(multiprocessing.active_children())
     loader, _ = start(shards, "torch", world_size=1)
-    started = []
+    started = set()
     with pytest.raises(LoaderError):
         for _ in loader.iter_epoch(0):
             started = set(multiprocessing.active_children()) - before
-    if damage == "image":  # the damaged sample is in the second batch: the workers ran before it
+    if damage == "image":  # the damaged sample is not in the first batch: the workers ran before it
         assert len(started) == 2
     assert set(multiprocessing.active_children()) - before == set()
 
