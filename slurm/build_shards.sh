@@ -5,7 +5,8 @@
 #   PARTS=16 CPUS_PER_TASK=32 slurm/build_shards.sh ILSVRC2012_img_train.tar /data/inet --split train
 #
 # Array task I runs `python -m shards build SRC OUT ... --num-parts PARTS --part-id I`; the merge
-# job (`python -m shards merge OUT --split SPLIT`) starts only when every task succeeded (--dependency=afterok). Resources come from the environment:
+# job (`python -m shards merge OUT --split SPLIT`) starts only when every task succeeded
+# (--dependency=afterok). Resources come from the environment:
 # PARTS (array size, default 8), CPUS_PER_TASK (default 16, also the build's --workers), TIME
 # (default 12:00:00), LOG_DIR (default: the current folder), PYTHON (default python); partition,
 # account and anything else through sbatch's own variables (SBATCH_PARTITION, SBATCH_ACCOUNT, ...).

@@ -220,7 +220,7 @@ class TorchLoader(EpochLoader):
         notebook, stalled 10 s on the default two workers)."""
         batches, self._batches = self._batches, None
         self.loader._iterator = None  # persistent workers: the DataLoader holds the iterator too
-        if batches is not None:
+        if batches is not None and self.loader.num_workers:  # without workers: nothing to end
             batches._shutdown_workers()  # what its __del__ calls; torch has no public close
 
     def _read(self, epoch: int, start_step: int):
