@@ -8,7 +8,8 @@
 #   CONFIG=configs/demo.yaml sbatch --nodes=2 --gpus-per-node=0 --cpus-per-task=2 slurm/imagenet_cutmix.sh
 #
 # Arguments: [--config FILE] [section.key=value ...], passed to pipeline/train.py as they are;
-# without --config, $CONFIG (default configs/imagenet1k/resnet50_cutmix.yaml).
+# without --config, $CONFIG (default configs/imagenet1k/resnet50_cutmix.yaml). $MAIN_PROCESS_PORT
+# pins the rendezvous port (default: one derived from the job id, the next free one if it is taken).
 # run.resume=auto comes first (and last on a restart), so a requeued job continues from its newest
 # checkpoint.
 # Before the time limit Slurm sends USR1 to this shell (--signal=B:USR1@...): the training
@@ -105,6 +106,13 @@ train_args=(--config "$config" run.resume=auto ${overrides[@]+"${overrides[@]}"}
 if ((${SLURM_RESTART_COUNT:-0} > 0)); then
     train_args+=(run.resume=auto)
 fi
+# The rendezvous port, where the user pins one (a site whose firewall opens only some ports).
+pinned_port=${MAIN_PROCESS_PORT:-}
+if [[ -n $pinned_port ]] && ! { [[ $pinned_port =~ ^[0-9]{1,5}$ ]] && ((10#$pinned_port >= 1 && 10#$pinned_port <= 65535)); }; then
+    echo "error: MAIN_PROCESS_PORT=$pinned_port: a port number 1-65535 is needed (or unset it: a free port" \
+         "derived from the job id)" >&2
+    exit 2
+fi
 # GPUs per node as allocated; none (or --gpus-per-node=0): the same job on CPU with gloo.
 gpus_per_node=${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-0}}
 gpus_per_node=${gpus_per_node##*:}   # "a100:8" -> 8
@@ -135,9 +143,48 @@ python pipeline/train.py --check "${train_args[@]}" || exit $?
 head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)
 head_addr=$(scontrol show node "$head_node" 2>/dev/null | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2 || true)
 head_addr=${head_addr:-$head_node}
-# A port derived from the job id, so two jobs sharing a node do not collide; below 32768, where
-# Linux hands out ports for outgoing connections.
-port=$((20000 + SLURM_JOB_ID % 10000))
+# The port of the head's TCP store: MAIN_PROCESS_PORT where pinned, else one derived from the job id
+# (20000-29999: below 32768, where Linux hands out ports for outgoing connections). This shell runs
+# on the head node (Slurm's batch host is the allocation's first node): the port is tried there,
+# and where something already listens on the derived one (another job whose id differs by a
+# multiple of 10,000 on this node, any server) the next free one is taken. Without the try, the
+# head's launcher refuses the taken port ("another process is utilizing it") and the job fails.
+# (SO_REUSEADDR as the store sets it: a port the previous start of this job left in TIME_WAIT is
+# free to it.)
+if [[ -n $pinned_port ]]; then
+    port=$((10#$pinned_port)) first=$((10#$pinned_port)) count=1
+else
+    port=$((20000 + SLURM_JOB_ID % 10000)) first=20000 count=10000
+fi
+if [[ ${SLURMD_NODENAME:-} == "$head_node" ]]; then
+    port=$(python - "$port" "$first" "$count" <<'PYTHON'
+import socket
+import sys
+
+start, first, count = map(int, sys.argv[1:])
+for step in range(count):
+    port = first + (start - first + step) % count
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("", port))
+    except OSError:
+        continue
+    print(port)
+    break
+PYTHON
+) || true
+    if [[ -z $port ]]; then
+        if [[ -n $pinned_port ]]; then
+            echo "error: MAIN_PROCESS_PORT=$pinned_port: the port is taken on the head node $head_node" \
+                 "(something listens on it): pin another or unset it" >&2
+        else
+            echo "error: no free port in 20000-29999 on the head node $head_node: pin one with" \
+                 "MAIN_PROCESS_PORT=N" >&2
+        fi
+        exit 2
+    fi
+fi
 
 # Since Slurm 22.05 srun does not take --cpus-per-task from sbatch: where the cluster binds tasks
 # to CPUs (task/affinity, task/cgroup), each node's task (its training processes and their DALI

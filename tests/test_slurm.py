@@ -10,6 +10,7 @@ import collections
 import os
 import re
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -69,16 +70,37 @@ def wait_for_log(cluster, path: Path, text: str, *, timeout: float = 300) -> Non
         time.sleep(0.2)
 
 
+def head_ports(log: str) -> list[int]:
+    """The port of the head's TCP store, as each start of the job says it (``head n1 (ADDR:PORT)``)."""
+    return [int(port) for port in re.findall(r"^job \d+ .*, head n1 \(127\.0\.0\.1:(\d+)\)", log, re.M)]
+
+
+def listening_socket(port: int = 0) -> socket.socket:
+    """A server socket listening on every address at ``port`` (0: any free one), as another job's store."""
+    server = socket.socket()
+    server.bind(("", port))
+    server.listen()
+    return server
+
+
 def test_training_runs_with_world_size_two_across_two_nodes(cluster, demo_shards, tmp_path):
-    """Submitted exporting a few variables only (the tasks still get what the batch shell set)."""
+    """Submitted exporting a few variables only (the tasks still get what the batch shell set).
+    Held until something listens on the port derived from its id (as another job's store would,
+    whose id differs by 10,000): the job must take another port (on the derived one the head's
+    store could not bind)."""
     out = tmp_path / "run"
     job = submit_training(cluster, tmp_path, small_run_args(demo_shards, out, *TRAIN_OVERRIDES),
-                          options=(exported_only(),))
-    record = cluster.wait(job, timeout=600)
+                          options=(exported_only(), "--hold"))
+    derived = 20000 + job % 10000
+    with listening_socket(derived):
+        cluster.run(["scontrol", "release", str(job)])
+        record = cluster.wait(job, timeout=600)
     log = (tmp_path / f"cutmix-{job}.out").read_text()
     assert record["JobState"] == "COMPLETED", log[-4000:]
     assert record["NodeList"] == "n[1-2]" and record["NumNodes"] == "2"
     assert "2 nodes x 1 processes" in log and ": 2 processes on cpu, precision no, global batch 32" in log
+    [port] = head_ports(log)
+    assert port != derived and 20000 <= port < 30000, log[-4000:]
     # Gloo bound to the interface each node reaches the other through (here lo: NodeAddr 127.0.0.1).
     nodes = sorted(line for line in log.splitlines() if line.startswith("node "))
     assert [line.split("processes; ")[1] for line in nodes] == [
@@ -97,7 +119,10 @@ def test_usr1_checkpoints_requeues_and_the_requeued_job_resumes(cluster, demo_sh
     as the nodes' tasks start, while the training processes are still importing (and ignore
     USR1 until their handler is in place): the shell's repeats must reach them all the same."""
     out = tmp_path / "run"
-    job = submit_training(cluster, tmp_path, small_run_args(demo_shards, out, *TRAIN_OVERRIDES, "run.resume=none"))
+    with listening_socket() as probe:  # a free port to pin (MAIN_PROCESS_PORT): both starts use it
+        pinned = probe.getsockname()[1]
+    job = submit_training(cluster, tmp_path, small_run_args(demo_shards, out, *TRAIN_OVERRIDES, "run.resume=none"),
+                          env={**job_env(), "MAIN_PROCESS_PORT": str(pinned)})
     log_path = tmp_path / f"cutmix-{job}.out"
     wait_for_log(cluster, log_path, "node 1 (")
     # What Slurm does at --signal=B:USR1@SECONDS before the time limit: USR1 to the batch shell.
@@ -106,6 +131,7 @@ def test_usr1_checkpoints_requeues_and_the_requeued_job_resumes(cluster, demo_sh
     log = log_path.read_text()
     assert record["JobState"] == "COMPLETED" and record["Restarts"] == "1", log[-4000:]
     assert "checkpoint written: requeueing" in log and "(restart 1)" in log
+    assert head_ports(log) == [pinned, pinned], log[-4000:]
     assert "run.resume=none: the earlier run" not in log
     resumed = [line for line in log.splitlines() if line.startswith("resumed from ")]
     assert len(resumed) == 1 and str(out / "checkpoints") in resumed[0], log[-4000:]
@@ -208,6 +234,9 @@ def test_a_failure_inside_the_job_is_said_again_last(cluster, demo_shards, tmp_p
     ({"PATH": "python without packages"}, "error: the job's python ("),
     # A GPU count the script cannot read (every node must run the same number of processes).
     ({"SLURM_GPUS_ON_NODE": "4(x2)"}, "error: GPUs per node: cannot read a count from SLURM_GPUS_ON_NODE=4(x2)"),
+    # A pinned rendezvous port that is no port, or that something on the head node listens on.
+    ({"MAIN_PROCESS_PORT": "65536"}, "error: MAIN_PROCESS_PORT=65536: a port number 1-65535 is needed"),
+    ({"MAIN_PROCESS_PORT": "taken"}, "error: MAIN_PROCESS_PORT={port}: the port is taken on the head node n1"),
 ])
 def test_a_job_it_cannot_start_is_one_line_before_any_node_starts(cluster, demo_shards, tmp_path, setting, message):
     if setting.get("PATH") == "python without packages":
@@ -218,9 +247,13 @@ def test_a_job_it_cannot_start_is_one_line_before_any_node_starts(cluster, demo_
         (shim / "python").chmod(0o755)
         slurm_bin = Path(shutil.which("sbatch", path=cluster.env.get("PATH"))).parent
         setting = {"PATH": os.pathsep.join([str(shim), str(slurm_bin), "/usr/bin", "/bin"])}
-    job = submit_training(cluster, tmp_path, small_run_args(demo_shards, tmp_path / "run"),
-                          env={**job_env(), **setting})
-    record = cluster.wait(job, timeout=300)
+    with listening_socket() as taken:
+        if setting.get("MAIN_PROCESS_PORT") == "taken":
+            setting = {"MAIN_PROCESS_PORT": str(taken.getsockname()[1])}
+            message = message.format(port=setting["MAIN_PROCESS_PORT"])
+        job = submit_training(cluster, tmp_path, small_run_args(demo_shards, tmp_path / "run"),
+                              env={**job_env(), **setting})
+        record = cluster.wait(job, timeout=300)
     log = (tmp_path / f"cutmix-{job}.out").read_text()
     assert record["JobState"] == "FAILED" and record["ExitCode"].startswith("2:"), log
     errors = [line for line in log.splitlines() if line.startswith("error: ")]
