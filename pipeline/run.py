@@ -5,6 +5,7 @@ val loaders are built once per run and read one epoch at a time."""
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pickle
 import shutil
@@ -248,11 +249,16 @@ def prepare_shards(config: TrainConfig, *, accelerator) -> Path:
 
         shards.parent.mkdir(parents=True, exist_ok=True)
         # Built aside (raw digits and shards), then moved in: nothing next to the folder is touched.
+        summaries = io.StringIO()
         with tempfile.TemporaryDirectory(prefix=".demo-build-", dir=shards.parent) as scratch:
-            built = build_demo_shards(Path(scratch), quiet=True)
+            with contextlib.redirect_stdout(summaries):
+                built = build_demo_shards(Path(scratch), quiet=True)
             if shards.exists():
                 shutil.rmtree(shards)  # empty, or an earlier demo build without test.json
             os.replace(built, shards)
+        # The build's summaries name the scratch folder (its "manifest:" lines): said with the
+        # folder the shards are now in, where a reader would go and look.
+        print(summaries.getvalue().replace(str(built), str(shards)), end="", flush=True)
     accelerator.wait_for_everyone()
     return shards
 

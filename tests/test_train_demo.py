@@ -132,6 +132,9 @@ def test_the_demo_is_never_built_over_other_shards(tmp_path, capsys):
     # built into PARENT/shards, over that build, and then moved).
     done = run_train([*run, f"data.shards={tmp_path / 'digits'}", f"run.out_dir={tmp_path / 'run2'}"])
     assert done.returncode == 0, done.stderr[-3000:]
+    # The build's summaries name each manifest where it ends up, not the scratch folder it was built in.
+    assert [line.strip() for line in done.stdout.splitlines() if "manifest:" in line] == [
+        f"manifest: {tmp_path / 'digits' / split}.json" for split in ("train", "val", "test")], done.stdout
     assert {name: (tmp_path / name / "train.json").read_bytes() for name in ("mine", "shards")} == before
     assert json.loads((tmp_path / "digits" / "train.json").read_text())["classes"][:2] == ["digit_0", "digit_1"]
     # Nothing else beside them (the refused run wrote no run folder; no raw digits, no scratch folder).
