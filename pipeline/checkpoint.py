@@ -19,7 +19,7 @@ import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from shards.durable import fsync_directory, fsync_tree, write_text_atomic
+from shards.durable import fsync_directory, fsync_tree, give_umask_mode, write_text_atomic
 
 from .errors import TrainError
 
@@ -66,6 +66,8 @@ def save_checkpoint(accelerator, run_dir: Path, state: TrainState, *, keep: int,
         (tmp / LOADER_STATE.format(rank=accelerator.process_index)).write_text(json.dumps(loader_state))
     accelerator.wait_for_everyone()  # every rank's RNG and loader files are in tmp
     if accelerator.is_main_process:
+        for weights in tmp.rglob("*.safetensors"):  # safetensors writes them 0600: unreadable to a team
+            give_umask_mode(weights)
         files = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / STATE).write_text(json.dumps(asdict(replace(state, files=files)), indent=1))
         fsync_tree(tmp)

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from shards.durable import give_umask_mode
+
 
 def export_weights(model: torch.nn.Module, path: Path, *, model_name: str, num_classes: int,
                    model_options: dict | None = None, classes: list[str] | None = None,
@@ -31,6 +33,7 @@ def export_weights(model: torch.nn.Module, path: Path, *, model_name: str, num_c
     save_file(state, str(path), metadata={"model_name": model_name, "num_classes": str(num_classes),
                                           "model_options": json.dumps(options),
                                           **{key: json.dumps(value) for key, value in described.items() if value}})
+    give_umask_mode(path)  # save_file writes 0600
     extra = "".join(f"{key}={value!r}, " for key, value in options.items())
     # Our architectures (PyramidNet) are registered with timm when pipeline.models is imported.
     prefix = "import pipeline.models; " if type(model).__module__.startswith("pipeline.") else ""

@@ -107,3 +107,24 @@ def _create_exclusive(path: Path, text: str) -> bool:
         raise
     fsync_directory(path.parent)
     return True
+
+
+def give_umask_mode(path: Path) -> None:
+    """Give a file the mode the process's umask gives a new file (0644 under umask 022). For
+    files a library creates readable by their owner alone: safetensors 0.8's ``save_file``
+    writes 0600, so teammates on a shared cluster could not read a run's weights."""
+    os.chmod(path, 0o666 & ~current_umask())
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux says it (``os.umask`` sets it
+    while it reads it: another thread creating a file in that moment would get the wrong mode)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -2,6 +2,8 @@
 and one clear message for each kind of bad input."""
 
 import json
+import os
+import stat
 import sys
 
 import pytest
@@ -49,6 +51,18 @@ def test_exported_weights_load_in_timm(demo_run):
     with torch.no_grad():
         assert torch.equal(loaded(images), reference(images))
         assert not torch.allclose(fresh(images), reference(images))
+
+
+def test_every_file_of_the_run_is_as_readable_as_the_umask_allows(demo_run):
+    """The weights too (exported and in each checkpoint): safetensors writes them 0600, which left
+    them unreadable to the rest of a team on a shared cluster."""
+    out, _ = demo_run
+    mask = os.umask(0o022)  # the umask the training process inherited from this one
+    os.umask(mask)
+    modes = {path.relative_to(out).as_posix(): stat.S_IMODE(path.stat().st_mode)
+             for path in out.rglob("*") if path.is_file()}
+    assert {"model.safetensors", "checkpoints/epoch-0003/model.safetensors", "config.yaml"} <= modes.keys()
+    assert {name: oct(mode) for name, mode in modes.items() if mode != 0o666 & ~mask} == {}
 
 
 def test_plot_writes_curves(demo_run):
