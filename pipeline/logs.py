@@ -8,15 +8,34 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .errors import TrainError
+
 METRICS_FILE = "metrics.jsonl"
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    """Every epoch's record of a run, in order."""
+    """Every epoch's record of a run, in order. A last line cut short (a kill or a full disk while
+    it was written: no newline after it) is left out: its epoch's checkpoint comes after it, so a
+    resume trains that epoch again and writes it anew. Any other line that is not a record is a
+    TrainError naming the file and the line."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text().split("\n")  # ends with "" when the last record has its newline
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            if number == len(lines):
+                break
+            raise TrainError(f"{path}: line {number} is not a metrics record ({error.msg}): {line[:80]!r}") from None
+        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+            raise TrainError(f"{path}: line {number} is not a metrics record (no epoch): {line[:80]!r}")
+        records.append(record)
+    return records
 
 
 def truncate_metrics(run_dir: Path, *, last_epoch: int) -> None:

@@ -658,3 +658,21 @@ def test_a_schedule_of_another_shape_is_not_loaded_when_the_settings_changed(tmp
     assert "load_state_dict" not in vars(scheduler)  # the method is back
     with pytest.raises(KeyError):
         scheduler.load_state_dict({"last_epoch": 1})
+
+
+def test_a_metrics_line_cut_short_at_the_end_is_left_out_and_damage_elsewhere_is_one_error(tmp_path):
+    """What a kill or a full disk leaves while an epoch's record is written: its last line without
+    a newline. Resume (truncate_metrics) and plot read past it; the epoch is trained again."""
+    from pipeline.logs import METRICS_FILE, read_metrics, truncate_metrics
+
+    metrics = tmp_path / METRICS_FILE
+    metrics.write_text('{"epoch": 1, "train_loss": 2.5}\n{"epoch": 2, "train_loss": 2.0}\n{"epoch": 3, "trai')
+    assert read_metrics(tmp_path) == [{"epoch": 1, "train_loss": 2.5}, {"epoch": 2, "train_loss": 2.0}]
+    truncate_metrics(tmp_path, last_epoch=2)  # a resume from epoch-0002
+    assert metrics.read_text() == '{"epoch": 1, "train_loss": 2.5}\n{"epoch": 2, "train_loss": 2.0}\n'
+    for text, line in (('{"epoch": 1}\n{"epo\n{"epoch": 3}\n', 2),  # not the last line: damage
+                       ('{"epoch": 1}\n{"epoch": 2, "x\n', 2),  # the last one, but whole (its newline is there)
+                       ('{"epoch": 1}\n[1, 2]\n', 2)):  # JSON, but no record
+        metrics.write_text(text)
+        with pytest.raises(TrainError, match=f"^{metrics}: line {line} is not a metrics record"):
+            read_metrics(tmp_path)
