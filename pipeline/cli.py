@@ -75,8 +75,10 @@ def check_config(config) -> str:
     from .data_check import check_demo_folder, check_shards, demo_to_build
     from .models import check_model_name
     from .run import check_before_start
+    from .run_lock import check_run_folder_free
 
     checkpoint, changes = check_before_start(config)
+    check_run_folder_free(config.run.out_dir)
     check_model_name(config.model.name)
     if demo_to_build(config):  # the start builds them: their checks come after the build
         check_demo_folder(config)

@@ -36,6 +36,7 @@ from .optim import (create_optimizer, create_scheduler, follow_config, fused_sgd
 from .precision import resolve_precision
 from .resume_config import (CONFIG_FILE, check_resume_config, describe, first_unused, keep_previous_config,
                             training_settings)
+from .run_lock import RunFolderLock
 from .seeds import MODEL_STREAM, epoch_seed, stream_seed
 from .stopping import StopRequest
 from .training import MixOptions, train_one_epoch
@@ -67,10 +68,17 @@ def run_training(config: TrainConfig) -> dict:
     """Train as ``config`` says; returns the last epoch's metrics record (with the best so far)."""
     run_dir = Path(config.run.out_dir)
     checkpoint, changes = check_before_start(config)
+    with RunFolderLock(run_dir) as lock:  # held until the run has exported its weights
+        return _train_holding(config, run_dir=run_dir, checkpoint=checkpoint, changes=changes, lock=lock)
+
+
+def _train_holding(config: TrainConfig, *, run_dir: Path, checkpoint: Path | None, changes: list,
+                   lock: RunFolderLock) -> dict:
+    """``run_training`` within the run folder's lock (``setup`` takes it)."""
     # First of all: a stop signal during the set-up is then honoured at the first step.
     stop = StopRequest(grace_seconds=config.run.stop_grace_seconds)
     try:
-        session = setup(config, run_dir=run_dir, checkpoint=checkpoint)
+        session = setup(config, run_dir=run_dir, checkpoint=checkpoint, lock=lock)
         stop.group = session.stop_group
         state, loader_state, changes = resume(config, checkpoint, changes=changes, session=session, run_dir=run_dir)
         start_trackers(config, session.accelerator)  # after resume's checks: a refused resume writes nothing
@@ -121,9 +129,10 @@ def check_before_start(config: TrainConfig) -> tuple[Path | None, list]:
     return checkpoint, changes
 
 
-def setup(config: TrainConfig, *, run_dir: Path, checkpoint: Path | None) -> Session:
+def setup(config: TrainConfig, *, run_dir: Path, checkpoint: Path | None, lock: RunFolderLock) -> Session:
     """Accelerator, data, model, optimizer and scheduler, prepared for DDP and mixed precision;
-    the shards (and ``checkpoint``, the one a resume continues) checked before the model is built."""
+    the shards (and ``checkpoint``, the one a resume continues) checked and the run folder locked
+    (``lock``) before the model is built."""
     from accelerate.utils import is_compiled_module, set_seed
 
     accelerator = create_accelerator(config, run_dir=run_dir)
@@ -134,6 +143,9 @@ def setup(config: TrainConfig, *, run_dir: Path, checkpoint: Path | None) -> Ses
             raise TrainError("run.tensorboard=true needs the tensorboard package: pip install tensorboard")
     shards = prepare_shards(config, accelerator=accelerator)
     classes = check_shards(config, checkpoint)
+    # After the checks that refuse a run without writing (no run folder for a refused run), before
+    # anything is written into it (resume's truncation, the config, checkpoints).
+    lock.take(accelerator)
     num_classes = len(classes)
     if config.run.deterministic:
         # cuBLAS is deterministic only with a fixed workspace (older torch refuses the first GPU

@@ -11,13 +11,14 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
 
 import pytest
 from processes import started_process
-from train_helpers import LAUNCH_TWO_CPU_RANKS, REPO, child_env, small_run_args
+from train_helpers import LAUNCH_TWO_CPU_RANKS, REPO, child_env, cli_here, small_run_args, train_command
 
 pytestmark = pytest.mark.slow
 
@@ -161,3 +162,27 @@ def test_under_ddp_sigterm_to_the_launcher_and_the_ranks_still_checkpoints(demo_
         process.wait(timeout=300)  # the launcher's own code reports the signal it got
     assert "second SIGTERM" not in output.read_text(), output.read_text()[-3000:]
     _assert_ddp_stopped_at_step_4(tmp_path)
+
+
+def test_a_training_into_a_run_folder_another_one_is_using_is_refused(demo_shards, tmp_path, capsys):
+    """Two trainings into one run.out_dir both ran to the end, saving over each other's checkpoints
+    and interleaving one metrics.jsonl: the second is refused (and --check says so) while the first
+    lives; a SIGKILL of the first frees the folder at once (the kernel drops the lock)."""
+    run = tmp_path / "run"
+    args = small_run_args(demo_shards, run, "schedule.epochs=1000", "run.max_train_steps=2", "loader.batch_size=16")
+    output = tmp_path / "first.txt"
+    with open(output, "w") as stream, started_process(train_command(args), cwd=REPO, env=child_env(), stdout=stream,
+                                                      stderr=stream) as first:
+        wait_for(lambda: "epoch 1/1000:" in output.read_text(), first, "the first epoch")
+        refusal = (f"error: run.out_dir={run} is in use by another training (pid {first.pid} on "
+                   f"{socket.gethostname()}): wait for it to end or stop it (its checkpoints resume it), "
+                   "or give another run.out_dir")
+        for check in ([], ["--check"]):
+            code, out, err = cli_here([*check, *args], capsys)
+            assert (code, err.splitlines()) == (2, [refusal]), out + err
+        first.kill()
+        first.wait(timeout=60)
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, len(epochs) + 1))  # the refused starts wrote nothing
+    code, out, err = cli_here(["--check", *args], capsys)
+    assert code == 0 and " resumes from " in out, err
