@@ -1,5 +1,6 @@
-"""Curves of a run: ``python -m pipeline.plot RUN_DIR`` writes ``RUN_DIR/plots/*.png`` (train loss,
-val top-1/top-5 error, lr, img/s) from ``RUN_DIR/metrics.jsonl``."""
+"""Curves of a run: python -m pipeline.plot RUN_DIR (or RUN_DIR/metrics.jsonl) writes
+RUN_DIR/plots/*.png (train loss, val top-1/top-5 error, lr, img/s) from RUN_DIR/metrics.jsonl;
+--out DIR writes them into DIR instead (created if missing)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 
 from shards.arguments import CommandParser
 
-from .logs import read_metrics
+from .errors import TrainError
+from .logs import METRICS_FILE, read_metrics
 
 # file name -> (title, y label, metrics drawn)
 PANELS = {
@@ -19,44 +21,78 @@ PANELS = {
 }
 
 
-def plot_run(run_dir: Path) -> list[Path]:
-    """Write one PNG per panel; returns their paths."""
+def find_run_dir(path: Path) -> Path:
+    """The run folder that ``path`` names: the folder itself or the folder of its metrics file; a
+    ValueError naming ``path`` otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: no such file or folder")
+    if path.is_dir():
+        return path
+    # read_metrics reads the run folder's file by its name: another name is not a run's metrics.
+    if path.name != METRICS_FILE:
+        raise ValueError(f"{path}: not a run folder or its {METRICS_FILE}")
+    return path.parent
+
+
+def load_records(run_dir: Path) -> list[dict]:
+    """Every epoch's record of the run; a ValueError naming the file when there is none to plot (a
+    line that is not a record is read_metrics' TrainError)."""
+    metrics = Path(run_dir) / METRICS_FILE
+    if not metrics.is_file():
+        raise ValueError(f"{run_dir}: no {METRICS_FILE} (not a run folder, or no epoch has finished yet)")
+    try:
+        records = read_metrics(run_dir)
+    except UnicodeDecodeError:  # read as text before any line is looked at
+        raise ValueError(f"{metrics}: not a text file (one JSON record per line is expected)") from None
+    if not records:
+        raise ValueError(f"{metrics}: no metrics to plot")
+    return records
+
+
+def plot_run(run_dir: Path, *, out_dir: Path | None = None) -> list[Path]:
+    """Write one PNG per panel into ``out_dir`` (default ``run_dir/plots``, created if missing);
+    returns their paths."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
 
-    records = read_metrics(run_dir)
-    if not records:
-        raise FileNotFoundError(f"{Path(run_dir) / 'metrics.jsonl'}: no metrics to plot")
-    out = Path(run_dir) / "plots"
-    out.mkdir(exist_ok=True)
+    records = load_records(run_dir)
+    out = Path(run_dir) / "plots" if out_dir is None else Path(out_dir)
     written = []
-    for name, (title, ylabel, keys) in PANELS.items():
-        figure, axes = plt.subplots(figsize=(6, 4))
-        for key in keys:
-            points = [(r["epoch"], r[key]) for r in records if key in r]
-            if points:
-                axes.plot(*zip(*points), marker="o", markersize=3, label=key)
-        axes.set(title=title, xlabel="epoch", ylabel=ylabel)
-        axes.grid(alpha=0.3)
-        axes.legend()
-        figure.tight_layout()
-        figure.savefig(out / name, dpi=100)
-        plt.close(figure)
-        written.append(out / name)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, (title, ylabel, keys) in PANELS.items():
+            figure, axes = plt.subplots(figsize=(6, 4))
+            for key in keys:
+                points = [(r["epoch"], r[key]) for r in records if key in r]
+                if points:
+                    axes.plot(*zip(*points), marker="o", markersize=3, label=key)
+            axes.set(title=title, xlabel="epoch", ylabel=ylabel)
+            axes.grid(alpha=0.3)
+            axes.legend()
+            figure.tight_layout()
+            figure.savefig(out / name, dpi=100)
+            plt.close(figure)
+            written.append(out / name)
+    except OSError as error:  # --out is a file or under one, no permission, a full disk
+        raise ValueError(f"out: cannot write into {out} ({' '.join(str(error).split())})") from None
     return written
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry: plot a run folder."""
+    """CLI entry: plot a run folder (or its metrics file)."""
     parser = CommandParser(prog="python -m pipeline.plot", description=__doc__)
-    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("run", type=Path, metavar=f"RUN_DIR|{METRICS_FILE}",
+                        help=f"a run folder of pipeline/train.py, or its {METRICS_FILE}")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="folder for the PNGs, created if missing (default: RUN_DIR/plots)")
     args = parser.parse_args(argv)
     try:
-        for path in plot_run(args.run_dir):
+        for path in plot_run(find_run_dir(args.run), out_dir=args.out):
             print(path)
-    except FileNotFoundError as error:
+    except (ValueError, TrainError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

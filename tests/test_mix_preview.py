@@ -122,10 +122,13 @@ def test_module_entry_point(shards_dir, tmp_path):
 
 
 def test_help_and_argument_mistakes_answer_before_torch_is_loaded():
-    """--help, a choice misspelt and a size out of bounds: no torch import (3 s on a small machine)."""
+    """--help, a choice misspelt, sizes out of bounds and a feature-level mode: no torch import (3 s
+    on a small machine)."""
     script = ("import sys; from pipeline.mix.__main__ import main\n"
               "for argv in (['preview', '--help'], ['preview', '.', '--mode', 'cutmx'],\n"
-              "             ['preview', '.', '--size', '0'], ['preview', '.', '--batch-size', '65']):\n"
+              "             ['preview', '.', '--size', '0'], ['preview', '.', '--batch-size', '65'],\n"
+              "             ['preview', '.', '--mode', 'feature_cutmix'],\n"
+              "             ['preview', '.', '--mode', 'cutout', '--cutout-size', '500']):\n"
               "    try:\n        code = main(argv)\n    except SystemExit as exit:\n        code = exit.code\n"
               "    print(code, file=sys.stderr)\n"
               "print('torch' in sys.modules)")
@@ -135,7 +138,10 @@ def test_help_and_argument_mistakes_answer_before_torch_is_loaded():
     codes = [line for line in done.stderr.splitlines() if not line.startswith(("usage", " "))]
     assert codes[0] == "0" and codes[1].startswith("error: argument --mode: invalid choice: 'cutmx'"), codes
     assert codes[2:] == ["2", "error: size: must be >= 1, got 0", "2",
-                         "error: batch_size: at most 64 images in one grid, got 65", "2"], codes
+                         "error: batch_size: at most 64 images in one grid, got 65", "2",
+                         "error: mode: feature_cutmix mixes a layer's feature maps, which a picture of images cannot "
+                         "show; --mode cutmix shows the same box and lambda draw on the images", "2",
+                         "error: cutout_size: must be 1 to --size=160 pixels, got 500", "2"], codes
 
 
 def test_caption_shows_label_weights():
@@ -165,6 +171,13 @@ def test_caption_shows_label_weights():
         (["--size", "1025"], "size"),
         (["--batch-size", "65"], "batch_size"),  # over the grid's bound of 64 (256 took 17 s to draw)
         (["--out", "grid.v1"], "out"),
+        # Feature-level modes mix a layer's feature maps: they drew input CutMix / Mixup captioned as such.
+        (["--mode", "feature_cutmix"], "mode"),
+        (["--mode", "manifold_mixup"], "mode"),
+        (["--mode", "manifold_mixup", "--cutout-size", "12"], "mode"),
+        # A Cutout hole wider than the default --size 160 drew blank tiles (training refuses it).
+        (["--mode", "cutout", "--cutout-size", "500"], "cutout_size"),
+        (["--mode", "mixup", "--cutout-size", "0"], "cutout_size"),
     ],
 )
 def test_preview_errors_name_the_argument(shards_dir, tmp_path, capsys, options, name):
@@ -181,6 +194,24 @@ def test_size_bound_is_inclusive_and_in_the_help(shards_dir, tmp_path, capsys):
         main(["preview", "--help"])
     assert exit_info.value.code == 0
     assert "1 to 1024 pixels" in " ".join(capsys.readouterr().out.split())
+
+
+def test_feature_modes_are_refused_naming_the_input_level_mode(shards_dir, tmp_path, capsys):
+    for mode, shown, draw in [("feature_cutmix", "cutmix", "box and lambda"), ("manifold_mixup", "mixup", "lambda")]:
+        code, out, err = run_main([shards_dir, "--out", tmp_path / "x.png", "--mode", mode], capsys)
+        assert_one_error_line(code, err, f"error: mode: {mode} mixes a layer's feature maps, ")
+        assert f"--mode {shown} shows the same {draw} draw on the images" in err
+        assert not out and not (tmp_path / "x.png").exists()
+
+
+def test_cutout_size_bound_is_the_image_side(shards_dir, tmp_path, capsys):
+    options = ["--mode", "cutout", "--size", "32", "--batch-size", "2"]
+    code, _, err = run_main([shards_dir, "--out", tmp_path / "x.png", *options, "--cutout-size", "33"], capsys)
+    assert_one_error_line(code, err, "error: cutout_size: must be 1 to --size=32 pixels, got 33")
+    assert not (tmp_path / "x.png").exists()
+    # As training (mix.cutout_size at most data.image_size): a hole the image's own side is allowed.
+    assert run_main([shards_dir, "--out", tmp_path / "x.png", *options, "--cutout-size", "32"], capsys)[0] == 0
+    assert (tmp_path / "x.png").exists()
 
 
 def test_output_folder_gets_the_default_name(shards_dir, tmp_path, capsys):

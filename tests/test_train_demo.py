@@ -74,6 +74,74 @@ def test_plot_writes_curves(demo_run):
         assert (out / "plots" / name).read_bytes().startswith(b"\x89PNG")
 
 
+PANELS = ("loss.png", "error.png", "lr.png", "throughput.png")
+# Two epochs as pipeline/train.py writes them (one JSON object per line, each with its epoch).
+METRICS = "".join(json.dumps(record) + "\n" for record in [
+    {"epoch": 1, "train_loss": 2.3, "lr": 0.1, "img_per_s": 100.0, "top1_err": 80.0, "top5_err": 40.0},
+    {"epoch": 2, "train_loss": 2.0, "lr": 0.05, "img_per_s": 110.0, "top1_err": 70.0, "top5_err": 30.0},
+])
+
+
+def plot_here(argv, capsys):
+    """pipeline.plot's main(argv) in this process: (exit code, stdout, stderr)."""
+    from pipeline.plot import main
+
+    code = main([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_pngs(folder):
+    for name in PANELS:
+        assert (folder / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n"), name
+
+
+def test_plot_takes_the_metrics_file(tmp_path, capsys):
+    # It read RUN/metrics.jsonl/metrics.jsonl and found "no metrics to plot".
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text(METRICS)
+    code, out, err = plot_here([tmp_path / "run" / "metrics.jsonl"], capsys)
+    assert code == 0, err
+    assert out.splitlines() == [str(tmp_path / "run" / "plots" / name) for name in PANELS]
+    assert_pngs(tmp_path / "run" / "plots")
+
+
+def test_plot_out_folder_is_created(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text(METRICS)
+    out_dir = tmp_path / "curves" / "run1"  # neither folder exists yet
+    code, out, err = plot_here([tmp_path / "run", "--out", out_dir], capsys)
+    assert code == 0, err
+    assert out.splitlines() == [str(out_dir / name) for name in PANELS]
+    assert_pngs(out_dir)
+    assert sorted(path.name for path in (tmp_path / "run").iterdir()) == ["metrics.jsonl"]  # no plots/ there
+
+
+def test_plot_mistakes_are_one_error_line(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    metrics.write_text(METRICS)
+    (tmp_path / "taken").write_text("a file, not a folder")
+    (tmp_path / "config.yaml").write_text("mix: {mode: cutmix}\n")
+    cases = [
+        # A missing path said "PATH/metrics.jsonl: no metrics to plot", as if the folder were there.
+        ([tmp_path / "nope"], f"error: {tmp_path / 'nope'}: no such file or folder"),
+        ([tmp_path / "config.yaml"], f"error: {tmp_path / 'config.yaml'}: not a run folder or its metrics.jsonl"),
+        ([tmp_path], f"error: {tmp_path}: no metrics.jsonl (not a run folder, or no epoch has finished yet)"),
+        ([metrics, "--out", tmp_path / "taken"], f"error: out: cannot write into {tmp_path / 'taken'} ("),
+    ]
+    for argv, line in cases:
+        code, out, err = plot_here(argv, capsys)
+        assert code == 2 and out == "", (argv, err)
+        assert len(err.splitlines()) == 1 and err.startswith(line), (argv, err)
+    # Lines that are not records (read_metrics names the line; it was a traceback here) and a binary file.
+    for content, line in [("not json\n", f"error: {metrics}: line 1 "),
+                          (b"\x89PNG\r\n\x1a\n\xff\xfe", f"error: {metrics}: not a text file")]:
+        metrics.write_bytes(content.encode() if isinstance(content, str) else content)
+        code, out, err = plot_here([metrics], capsys)
+        assert code == 2 and out == "" and len(err.splitlines()) == 1 and err.startswith(line), err
+
+
 @pytest.mark.parametrize("extra, message", [
     (["data.shards=/nonexistent/shards"], "no shards at /nonexistent/shards"),
     (["data.shards=nonexistent/shards"], f"no shards at nonexistent/shards (relative to {REPO}): "),

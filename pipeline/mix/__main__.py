@@ -11,8 +11,12 @@ from shards.arguments import CommandParser
 
 # torch-free at the top (PEP 562 in the package, the choices and limits in modules of their own):
 # --help and an argument mistake answer before torch is imported; run_preview imports the rest.
-from .choices import PARTNER_CHOICES, PER_CHOICES, SAMPLER_MODES
+from .choices import FEATURE_MODES, PARTNER_CHOICES, PER_CHOICES, SAMPLER_MODES
 from .preview_limits import DEFAULT_NAME, MAX_BATCH, MAX_SIZE
+
+
+# What a feature-level mode draws as its input-level mode does (named when it is refused).
+BOX_OR_LAMBDA = {"feature_cutmix": "box and lambda", "manifold_mixup": "lambda"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,13 +30,18 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"picture to write, in the format its suffix names (none: .png is added; a folder, or a "
                               f"path ending in /: {DEFAULT_NAME} in it)")
     preview.add_argument("--split", default="train")
-    preview.add_argument("--mode", choices=SAMPLER_MODES, default="cutmix")
+    # Every sampler mode is a choice, so that a feature-level one gets check_arguments' reason, not
+    # argparse's bare "invalid choice".
+    preview.add_argument("--mode", choices=SAMPLER_MODES, default="cutmix",
+                         help=f"default cutmix; {' and '.join(FEATURE_MODES)} mix a layer's feature maps, which a "
+                              f"picture of images cannot show, and are refused")
     preview.add_argument("--batch-size", type=int, default=8, help=f"images in the grid, 1 to {MAX_BATCH} (default 8)")
     preview.add_argument("--size", type=int, default=160,
                          help=f"side of the centre-cropped square images, 1 to {MAX_SIZE} pixels (default 160)")
     preview.add_argument("--cutmix-alpha", type=float, default=1.0)
     preview.add_argument("--mixup-alpha", type=float, default=1.0)
-    preview.add_argument("--cutout-size", type=int, default=None, help="cutout box side in pixels")
+    preview.add_argument("--cutout-size", type=int, default=None,
+                         help="cutout box side in pixels, 1 to --size (as training's mix.cutout_size)")
     preview.add_argument("--prob", type=float, default=1.0)
     preview.add_argument("--switch-prob", type=float, default=0.5)
     preview.add_argument("--per", choices=PER_CHOICES, default="batch")
@@ -43,8 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_sizes(args: argparse.Namespace) -> None:
-    """Counts and sizes that make a picture, checked before any reading: a ValueError names the argument."""
+def check_arguments(args: argparse.Namespace) -> None:
+    """What makes no picture, checked before any reading (and before torch is imported): a
+    ValueError names the argument."""
+    if args.mode in FEATURE_MODES:
+        # The sampler accepts them, but at a model layer: the box or blend lands on feature maps the
+        # preview has no model to compute, and drawn on the images it would be captioned as the
+        # input-level mode, passing that off as the feature-level one.
+        shown, draw = FEATURE_MODES[args.mode], BOX_OR_LAMBDA[args.mode]
+        raise ValueError(f"mode: {args.mode} mixes a layer's feature maps, which a picture of images cannot show; "
+                         f"--mode {shown} shows the same {draw} draw on the images")
     for name in ("batch_size", "size", "columns"):
         if getattr(args, name) < 1:
             raise ValueError(f"{name}: must be >= 1, got {getattr(args, name)}")
@@ -53,11 +70,15 @@ def check_sizes(args: argparse.Namespace) -> None:
     if args.size > MAX_SIZE:
         # Memory grows with the square of the side: --size 100000 ran out of memory instead of drawing.
         raise ValueError(f"size: at most {MAX_SIZE} pixels (a grid tile is drawn 240 px wide), got {args.size}")
+    # A hole wider than the image blanks every tile (the box is clipped to it); training refuses the
+    # same (mix.cutout_size at most data.image_size), and a side below 1 cuts nothing.
+    if args.cutout_size is not None and not 1 <= args.cutout_size <= args.size:
+        raise ValueError(f"cutout_size: must be 1 to --size={args.size} pixels, got {args.cutout_size}")
 
 
 def run_preview(args: argparse.Namespace) -> Path:
     """Read a batch, mix it with the reference backend, draw the grid; return the file written."""
-    check_sizes(args)
+    check_arguments(args)
     from .core import apply_mix
     from .preview import IMAGENET_MEAN, IMAGENET_STD, draw_preview_grid, load_preview_batch, output_file
     from .sampler import MixSampler
