@@ -14,6 +14,7 @@ from typing import Iterable, Iterator
 from tqdm import tqdm
 
 from .annotations import box_origin, check_annotation_options, with_annotations
+from .buildlock import build_lock
 from .cifar import PIXELS as CIFAR_PIXELS
 from .cifar import SIDE as CIFAR_SIDE
 from .cifar import read_cifar_split
@@ -77,14 +78,15 @@ def build_shards(request: BuildRequest) -> BuildResult:
     _validate(request)
     labels = load_val_labels(request.labels) if request.labels else None
     fixed_classes = _classes_from_manifest(request.classes) if request.classes else None
-    spec = detect_source(request.src, labels)
+    spec = detect_source(request.src, labels, request.split)
     _check_options_fit(request, spec)
     spec = with_annotations(spec, split=request.split, boxes=request.boxes)
     if spec.cub is not None and fixed_classes is not None:  # up front: a .tgz would meet a stranger mid-stream
         _check_classes(spec.cub.classes, fixed_classes, str(request.classes))
     layout = OutputLayout(Path(request.out), request.split)
     build = _build_cifar if spec.is_cifar else _build_streamed if spec.streaming else _build_folder
-    manifest = build(request, spec, layout, fixed_classes)
+    with build_lock(layout, request.part_id, request.num_parts):  # before OUT is read: what it finds is final
+        manifest = build(request, spec, layout, fixed_classes)
     path = layout.manifest if request.num_parts == 1 else layout.part_manifest(request.part_id, request.num_parts)
     return BuildResult(path, manifest, time.monotonic() - started)
 
@@ -102,7 +104,8 @@ def _validate(request: BuildRequest) -> None:
         (0 <= request.part_id < request.num_parts, "--part-id must be in [0, --num-parts)"),
         (not (request.resume and request.overwrite), "--resume and --overwrite exclude each other"),
         (not Path(request.out).exists() or Path(request.out).is_dir(), f"OUT {request.out} is a file, not a folder"),
-        (not _inside(Path(request.out), Path(request.src)), "OUT must not be SRC or inside it (its files would become inputs)"),
+        (not _inside(Path(request.out), Path(request.src)),
+         "OUT must not be SRC or inside it (its files would become inputs)"),
     ]
     for ok, message in checks:
         if not ok:

@@ -1,4 +1,5 @@
-"""``python -m shards`` (also ``cutmix-shards``): build, merge, verify and inspect shards."""
+"""python -m shards (also installed as cutmix-shards): build, merge, verify and inspect shards."""
+# The docstring is the --help description: plain text, as argparse prints it as it is.
 
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ from .outdir import OutputLayout
 from .report import inspect_shards, print_build_summary
 from .verify import verify_shards
 
-_EXAMPLES = """examples:
+# A raw string: its backslashes are the shell's line continuations, printed as they are.
+_EXAMPLES = r"""examples:
   # ImageNet-1k train from the original tar of class tars (streamed, never extracted):
   python -m shards build ILSVRC2012_img_train.tar /data/inet --split train --workers 16
   # val from the flat tar, labels from the devkit, class map from the train build:
-  python -m shards build ILSVRC2012_img_val.tar /data/inet --split val \\
+  python -m shards build ILSVRC2012_img_val.tar /data/inet --split val \
       --labels ILSVRC2012_devkit_t12.tar.gz --classes /data/inet/train.json
   # an ImageFolder tree, pre-resized like FFCV (shorter side 256, quality 90):
   python -m shards build /data/imagenet/train /data/inet256 --split train --resize-short 256
@@ -57,8 +59,9 @@ def parse_size(text: str) -> int:
 def _build_parser(sub) -> None:
     build = sub.add_parser(
         "build", help="build shards of one split from SRC into OUT",
-        description="Build class-shuffled WebDataset shards (<split>-NNNNNN.tar), one DALI index per "
-        "tar (.idx) and the manifest <split>.json from raw ImageNet or the CIFAR archives.",
+        # Broken by hand: the raw formatter, which keeps the examples' lines, does not wrap.
+        description="Build class-shuffled WebDataset shards (<split>-NNNNNN.tar), one DALI index per tar (.idx)\n"
+        "and the manifest <split>.json from raw ImageNet, CUB-200-2011 or the CIFAR archives.",
         epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     build.add_argument("src", type=Path, metavar="SRC", help="an ImageFolder tree SRC/<wnid>/<file>; a flat "
@@ -85,7 +88,8 @@ def _build_parser(sub) -> None:
     build.add_argument("--resize-short", type=int, metavar="PX", help="shrink images whose shorter side is over "
                        "PX pixels to PX (re-encoded at --quality); others keep their bytes when they are an "
                        "upright RGB JPEG (default: no resizing)")
-    build.add_argument("--quality", type=int, default=90, metavar="Q", help="JPEG quality of re-encoded images (default 90)")
+    build.add_argument("--quality", type=int, default=90, metavar="Q",
+                       help="JPEG quality of re-encoded images (default 90)")
     build.add_argument("--check", choices=CHECKS, default="header", help="'header' (default): read the header "
                        "and end-of-image marker of each kept JPEG; 'decode': decode every image fully (slower)")
     build.add_argument("--seed", type=int, default=0, help="shuffle seed; the same seed gives byte-identical shards")
@@ -98,10 +102,10 @@ def _build_parser(sub) -> None:
     build.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def make_parser() -> argparse.ArgumentParser:
+def make_parser(prog: str = "python -m shards") -> argparse.ArgumentParser:
     """The argument parser of all subcommands."""
     parser = CommandParser(
-        prog="python -m shards", description=__doc__, epilog=_EXAMPLES,
+        prog=prog, description=__doc__, epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -171,9 +175,19 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prog(argv: list[str] | None) -> str:
+    """The command as it was called: the console script's name (cutmix-shards), else the module's.
+    Called with ``argv`` (the demo, tests) or as ``python -m shards`` (argv[0] is __main__.py), the
+    module's name, which works wherever the package is importable."""
+    called = Path(sys.argv[0]).name if sys.argv else ""
+    if argv is not None or not called or called.endswith(".py") or called.startswith("-"):
+        return "python -m shards"
+    return called
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user mistakes print one line on stderr and exit 2, never a traceback."""
-    args = make_parser().parse_args(argv)
+    args = make_parser(_prog(argv)).parse_args(argv)
     try:
         return _run(args)
     except ShardsError as error:

@@ -1,7 +1,9 @@
 """The embedded demo data: scikit-learn's handwritten digits (1,797 real 8x8 scans, shipped in
-the package) written as ImageFolder trees of RGB JPEGs (train, val) and as a CUB-200-2011 folder
-(test: the val digits placed on a larger canvas, each with the box of its ink), then built,
-verified and inspected with the real CLI. ``python -m shards.demo OUT``."""
+the package) written to OUT/raw as ImageFolder trees of RGB JPEGs (train, val) and as a
+CUB-200-2011 folder (test: the val digits placed on a larger canvas, each with the box of its
+ink), then built into OUT/shards, verified and inspected with the real CLI: python -m shards.demo
+OUT. An OUT/raw or OUT/shards holding anything but an earlier demo's files is refused."""
+# The docstring is the --help description: plain text, as argparse prints it as it is.
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -30,6 +33,7 @@ MARGIN = 0
 # The demo's class names, index order: the ImageFolder and CUB trees are written with them, and
 # training recognizes an earlier demo build by them (not_a_demo_folder).
 DEMO_CLASSES = tuple(f"digit_{digit}" for digit in range(10))
+VAL_FRACTION, SEED = 0.2, 0  # the demo's split of the scans (an earlier demo's raw/ is recognised by it)
 INK_THRESHOLD = 64  # a pixel is ink above this (of 255): the scans' faint edges and resize ringing are not
 
 
@@ -43,24 +47,28 @@ def _scan_image(pixels: np.ndarray, side: int) -> Image.Image:
     return Image.fromarray((pixels * (255 / 16)).astype(np.uint8), "L").resize((side, side), Image.Resampling.BICUBIC)
 
 
-def write_digits_imagefolder(root: Path, *, val_fraction: float = 0.2, seed: int = 0) -> dict[str, int]:
+def _digit_files(targets: np.ndarray, *, val_fraction: float, seed: int) -> list[tuple[int, str, str]]:
+    """(scan index, split, path inside the split folder) of every digit image the demo writes."""
+    order, num_val = _split_order(len(targets), val_fraction=val_fraction, seed=seed)
+    return [(int(index), "val" if rank < num_val else "train", f"{DEMO_CLASSES[targets[index]]}/{index:04d}.jpg")
+            for rank, index in enumerate(order)]
+
+
+def write_digits_imagefolder(root: Path, *, val_fraction: float = VAL_FRACTION, seed: int = SEED) -> dict[str, int]:
     """Write ``root/train/digit_K/NNNN.jpg`` and ``root/val/...``; returns images per split."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    order, num_val = _split_order(len(digits.target), val_fraction=val_fraction, seed=seed)
     counts = {"train": 0, "val": 0}
-    for rank, index in enumerate(order):
-        split = "val" if rank < num_val else "train"
-        folder = Path(root) / split / DEMO_CLASSES[digits.target[index]]
-        folder.mkdir(parents=True, exist_ok=True)
-        image = _scan_image(digits.images[index], IMAGE_SIZE)
-        image.convert("RGB").save(folder / f"{index:04d}.jpg", quality=95)
+    for index, split, relative in _digit_files(digits.target, val_fraction=val_fraction, seed=seed):
+        path = Path(root) / split / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _scan_image(digits.images[index], IMAGE_SIZE).convert("RGB").save(path, quality=95)
         counts[split] += 1
     return counts
 
 
-def write_digits_cub(folder: Path, *, val_fraction: float = 0.2, seed: int = 0) -> int:
+def write_digits_cub(folder: Path, *, val_fraction: float = VAL_FRACTION, seed: int = SEED) -> int:
     """Write the val digits as a CUB-200-2011 folder (images.txt, image_class_labels.txt,
     classes.txt ``digit_0..digit_9``, bounding_boxes.txt, train_test_split.txt with every image a
     test image, images/digit_K/NNNN.jpg): each digit at a seeded random size and place on a black
@@ -69,21 +77,21 @@ def write_digits_cub(folder: Path, *, val_fraction: float = 0.2, seed: int = 0) 
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    order, num_val = _split_order(len(digits.target), val_fraction=val_fraction, seed=seed)
+    val = sorted((index, relative) for index, split, relative
+                 in _digit_files(digits.target, val_fraction=val_fraction, seed=seed) if split == "val")
     rng = np.random.default_rng([seed, 1])
     partial = Path(folder).with_name(Path(folder).name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     lines: dict[str, list[str]] = {"images.txt": [], "image_class_labels.txt": [], "bounding_boxes.txt": [],
                                    "train_test_split.txt": []}
-    for image_id, index in enumerate(sorted(order[:num_val]), start=1):
+    for image_id, (index, relative) in enumerate(val, start=1):
         label = int(digits.target[index])
         side = int(rng.integers(DIGIT_SIDES[0], DIGIT_SIDES[1] + 1))
         x, y = (int(v) for v in rng.integers(MARGIN, CANVAS - MARGIN - side + 1, size=2))
         canvas = np.zeros((CANVAS, CANVAS), np.uint8)
         canvas[y:y + side, x:x + side] = np.asarray(_scan_image(digits.images[index], side))
         rows, columns = np.nonzero(canvas > INK_THRESHOLD)
-        relative = f"{DEMO_CLASSES[label]}/{index:04d}.jpg"
-        (partial / "images" / DEMO_CLASSES[label]).mkdir(parents=True, exist_ok=True)
+        (partial / "images" / relative).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(canvas, "L").convert("RGB").save(partial / "images" / relative, quality=95)
         x0, y0 = columns.min(), rows.min()
         # CUB's "x y w h" reads as [x, y, x + w, y + h] (inclusive ends): w is x1 - x0.
@@ -94,7 +102,7 @@ def write_digits_cub(folder: Path, *, val_fraction: float = 0.2, seed: int = 0) 
     for name, content in lines.items():
         (partial / name).write_text("\n".join(content) + "\n")
     os.replace(partial, folder)
-    return num_val
+    return len(val)
 
 
 def not_a_demo_folder(folder: Path) -> str | None:
@@ -117,12 +125,65 @@ def not_a_demo_folder(folder: Path) -> str | None:
     return None
 
 
+_CUB_FILES = ("images.txt", "image_class_labels.txt", "bounding_boxes.txt", "train_test_split.txt", "classes.txt")
+
+
+def _expected_raw_files() -> dict[str, set[str]]:
+    """The files the demo writes in each folder of ``out/raw``, by path inside that folder. The
+    names hold the scan's index, so a folder of other images never matches them by chance."""
+    from sklearn.datasets import load_digits
+
+    by_split: dict[str, set[str]] = {"train": set(), "val": set()}
+    for _, split, relative in _digit_files(load_digits().target, val_fraction=VAL_FRACTION, seed=SEED):
+        by_split[split].add(relative)
+    cub = {*_CUB_FILES, *(f"images/{relative}" for relative in by_split["val"])}
+    # test_cub.partial: what an interrupted write_digits_cub leaves (it removes it first).
+    return {**by_split, "test_cub": cub, "test_cub.partial": cub}
+
+
+def _files_under(folder: Path) -> Iterator[str]:
+    """Every file below ``folder``, as a path relative to it, in sorted order (errors name the first)."""
+    for directory, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        for name in sorted(filenames):
+            yield Path(directory, name).relative_to(folder).as_posix()
+
+
+def _not_demo_digits(raw: Path, expected: dict[str, set[str]]) -> str | None:
+    """Why ``raw`` must not be used as the demo's raw digits (the demo builds whatever is there
+    and writes test_cub into it): it holds something the demo does not write. None when it is
+    missing or holds only (some of) the demo's own files."""
+    if not raw.exists():
+        return None
+    if not raw.is_dir():
+        return "it is a file"
+    for entry in sorted(raw.iterdir()):
+        if entry.name not in expected or not entry.is_dir():
+            return f"it holds {entry.name}, which the demo does not write"
+        stray = next((f for f in _files_under(entry) if f not in expected[entry.name]), None)
+        if stray is not None:
+            return f"{entry.name}/{stray} is not one of the demo's digits"
+    return None
+
+
+def _check_demo_output(raw: Path, shards: Path, expected: dict[str, set[str]]) -> None:
+    """Refuse, before anything is written, an ``out`` whose raw/ or shards/ the demo would build
+    from or replace while they hold someone's own data."""
+    for folder, why, what in ((raw, _not_demo_digits(raw, expected), "the demo writes its digits there"),
+                              (shards, not_a_demo_folder(shards), "the demo replaces its builds")):
+        if why:
+            raise ShardsError(f"{folder}: {why}; {what}: give another OUT, or remove {folder}")
+
+
 def build_demo_shards(out: Path, *, quiet: bool = False) -> Path:
     """Raw digits -> shards in ``out/shards`` through the real CLI (train, val, and test: the val
-    digits with boxes, from a CUB-200-2011 folder); returns the shards folder."""
+    digits with boxes, from a CUB-200-2011 folder); returns the shards folder. Refuses (ShardsError)
+    an ``out`` holding other data than an earlier demo's, and writes the digits it lacks."""
     raw, shards = Path(out) / "raw", Path(out) / "shards"
-    if not (raw / "train").exists():
-        write_digits_imagefolder(raw)
+    expected = _expected_raw_files()
+    _check_demo_output(raw, shards, expected)
+    if any(set(_files_under(raw / split)) != expected[split] for split in ("train", "val")):
+        write_digits_imagefolder(raw)  # missing or cut short (an interrupted demo): all of it, same bytes
     if not (raw / "test_cub").exists():
         write_digits_cub(raw / "test_cub")
     flags = ["--shard-size", "256kB", "--overwrite", *(["--quiet"] if quiet else [])]
@@ -139,7 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = CommandParser(prog="python -m shards.demo", description=__doc__)
     parser.add_argument("out", type=Path, nargs="?", default=Path("runs/demo"), help="default runs/demo")
     args = parser.parse_args(argv)
-    shards = build_demo_shards(args.out)
+    try:
+        shards = build_demo_shards(args.out)
+    except ShardsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     for command in (["verify", str(shards), "--decode"], ["inspect", str(shards)]):
         if shards_main(command):
             return 1

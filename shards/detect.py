@@ -31,6 +31,8 @@ _IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif",
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\0", b"MM\0*")
 _SAMPLE_FILES = 32  # files looked at before deciding that SRC holds no images...
 _SAMPLE_BYTES = 64 << 20  # ...nor further into a tar than this (a .tar.gz is decompressed to get there)
+# Folder names of a data set's splits, and the --split each one is.
+_SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 _KNOWN_LAYOUTS = ("not a layout `shards build` knows (an ImageFolder tree SRC/<wnid>/<image>, a tar of class "
                   "tars, a tar of <wnid>/<image>, a flat folder or tar of images with --labels, an official "
                   "CIFAR archive, CUB_200_2011.tgz or the folder either extracts to)")
@@ -58,8 +60,9 @@ class SourceSpec:
         return self.kind in LAYOUTS
 
 
-def detect_source(path: Path, labels: ValLabels | None) -> SourceSpec:
-    """Name the kind of SRC, or explain why it is none of the supported ones."""
+def detect_source(path: Path, labels: ValLabels | None, split: str | None = None) -> SourceSpec:
+    """Name the kind of SRC, or explain why it is none of the supported ones; ``split`` (the
+    build's) picks the folder to suggest when SRC is the folder above a data set's splits."""
     path = Path(path)
     if not path.exists():
         raise ShardsError(f"SRC {path}: no such file or folder")
@@ -71,6 +74,8 @@ def detect_source(path: Path, labels: ValLabels | None) -> SourceSpec:
         if cub:
             return SourceSpec("cub-folder", cub, labels)
         kind = _folder_kind(path)
+        if kind == "imagefolder":
+            _refuse_split_folders(path, split)
     elif tarfile.is_tarfile(path) or path.name.endswith((".tar.gz", ".tgz")):
         kind = _tar_kind(path)
     else:
@@ -99,6 +104,29 @@ def _cifar_folder(path: Path) -> Path | None:
         raise ShardsError(f"SRC {path} holds {len(found)} extracted CIFAR archives ({', '.join(found)}): "
                           "give the one to build as SRC")
     return path / found[0] if found else None
+
+
+def _refuse_split_folders(path: Path, split: str | None) -> None:
+    """Refuse the folder above a data set's splits (RAW/train/<wnid>/..., RAW/val/...): read as an
+    ImageFolder it would give classes named train and val, each holding every image of its split.
+    A split folder is told by its name and by holding folders: a class holds images."""
+    with os.scandir(path) as entries:
+        splits = sorted(entry.name for entry in entries
+                        if entry.is_dir() and entry.name.lower() in _SPLIT_FOLDERS and _holds_folders(entry.path))
+    if not splits:
+        return
+    wanted = [name for name in splits if _SPLIT_FOLDERS[name.lower()] == split]
+    named = ", ".join(str(path / name) for name in splits)
+    verb = "looks like a split folder" if len(splits) == 1 else "look like split folders"
+    raise ShardsError(f"{named} {verb}, not classes: give {path / (wanted or splits)[0]} as SRC")
+
+
+def _holds_folders(folder: str) -> bool:
+    try:
+        with os.scandir(folder) as entries:
+            return any(entry.is_dir() for entry in entries)
+    except OSError:  # unreadable: no evidence (the build rejects its files, with why)
+        return False
 
 
 def _looks_like_image(name: str, read_head: Callable[[], bytes]) -> bool:

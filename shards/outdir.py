@@ -4,6 +4,7 @@ OUT/<split>-NNNNNN.tar/.idx   the shards (renamed into place when complete)
 OUT/<split>.json              the manifest, written last: its presence means "complete"
 OUT/<split>.part-I-of-P.json  a finished part of a split build (until `merge`)
 OUT/.build/<split>/           plan.json, one record per finished shard, spill files
+OUT/.build/<split>.part-IIII.lock   held by the process building that part (shards/buildlock.py)
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ class OutputLayout:
 
     def spill_done(self, part_id: int) -> Path:
         return self.build_dir / f"spill-part-{part_id:04d}.json"
+
+    def lock_file(self, part_id: int) -> Path:
+        # Beside the build folder, not in it: --overwrite and the end of a build remove that folder
+        # while the lock is held, and a lock file removed early would let a second build in.
+        return self.out / ".build" / f"{self.split}.part-{part_id:04d}.lock"
 
     def record(self, name: str) -> Path:
         return self.build_dir / "shards" / f"{name}.json"

@@ -19,14 +19,13 @@ def print_build_summary(result) -> None:
         return
     totals, manifest = result.manifest["totals"], result.manifest
     print(f"{manifest['split']}: {totals['inputs']} images in = {totals['samples']} written + "
-          f"{totals['rejected']} rejected; {totals['reencoded']} re-encoded "
-          f"{_counts(manifest['reencoded'])}")
+          f"{totals['rejected']} rejected; {totals['reencoded']} re-encoded{_counts(manifest['reencoded'])}")
     seconds = max(result.seconds, 1e-9)
     print(f"  {len(manifest['shards'])} shards, {totals['bytes'] / 1e9:.2f} GB, {result.seconds:.1f} s, "
           f"{totals['inputs'] / seconds:.0f} images/s, {totals['input_bytes'] / 1e6 / seconds:.1f} MB/s read")
     if manifest["build"].get("boxes"):
         refused = manifest["boxes_refused"]
-        note = f", {len(refused)} of them refused {_counts(rejection_reasons(refused))}" if refused else ""
+        note = f", {len(refused)} of them refused{_counts(rejection_reasons(refused))}" if refused else ""
         print(f"  boxes from {manifest['build']['boxes']}: {totals['with_boxes']} samples with boxes, "
               f"{totals['without_boxes']} without{note}")
     for rejected in manifest["rejected"][:20]:
@@ -39,7 +38,8 @@ def print_build_summary(result) -> None:
 
 
 def _counts(counter: dict) -> str:
-    return "(" + ", ".join(f"{n} {reason}" for reason, n in counter.items()) + ")" if counter else ""
+    """' (3 cmyk, 1 png)' after a total, or '' when there is nothing to break down (no stray space)."""
+    return " (" + ", ".join(f"{n} {reason}" for reason, n in counter.items()) + ")" if counter else ""
 
 
 def inspect_shards(out: Path, split: str, max_shards: int = 32) -> None:
@@ -56,8 +56,8 @@ def inspect_shards(out: Path, split: str, max_shards: int = 32) -> None:
     print(f"  images per class: min {counts[smallest]} ({classes[smallest]}), median "
           f"{statistics.median(counts):.0f}, max {counts[largest]} ({classes[largest]}); "
           f"{sum(c == 0 for c in counts)} classes empty")
-    print(f"  rejected: {totals['rejected']} {_counts(rejection_reasons(manifest['rejected']))}; "
-          f"re-encoded: {totals['reencoded']} {_counts(manifest['reencoded'])}")
+    print(f"  rejected: {totals['rejected']}{_counts(rejection_reasons(manifest['rejected']))}; "
+          f"re-encoded: {totals['reencoded']}{_counts(manifest['reencoded'])}")
     try:
         mixing = shuffle_quality(Path(out), shards[:: max(1, len(shards) // max_shards)], counts)
     except (OSError, ValueError, StopIteration) as error:  # a shard or index missing, cut short or overwritten

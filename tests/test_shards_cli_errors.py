@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from processes import run_process
-from shard_fixtures import jpeg_bytes, make_folder_tar, make_imagefolder, make_tar_of_tars, run_shards_main
+from shard_fixtures import jpeg_bytes, make_folder_tar, make_imagefolder, make_tar_of_tars, run_shards_main, wnid
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--quiet", "--workers", "1", "--shard-size", "64kB"]
@@ -64,6 +64,31 @@ def test_src_empty_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code, out, err = run_main(capsys, *build_args(tmp_path / "empty", tmp_path / "out"))
     assert_user_error(code, out, err, "empty")
+
+
+@pytest.mark.parametrize("split, names, suggested", [
+    ("train", ("train", "val"), "train"),
+    ("val", ("train", "val"), "val"),
+    ("val", ("Train", "validation", "test"), "validation"),
+])
+def test_the_folder_above_split_folders_is_refused_naming_the_split_to_give(tmp_path, capsys, split, names,
+                                                                             suggested):
+    # RAW/train/<wnid>/x.JPEG given as SRC would give classes named train and val.
+    for name in names:
+        make_imagefolder(tmp_path / "raw" / name, num_classes=2, per_class=2)
+    code, out, err = run_main(capsys, "build", tmp_path / "raw", tmp_path / "out", "--split", split, *SMALL)
+    assert_user_error(code, out, err, f"give {tmp_path / 'raw' / suggested} as SRC")
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+    assert all(str(tmp_path / "raw" / name) in err for name in names), err
+    assert not (tmp_path / "out").exists()
+    # A class merely named like a split (images inside, no folders) is still a class.
+    make_imagefolder(tmp_path / "classes", num_classes=2, per_class=2)
+    make_imagefolder(tmp_path / "test_class", num_classes=1, per_class=2)
+    (tmp_path / "test_class" / wnid(0)).rename(tmp_path / "classes" / "test")
+    code, _, err = run_main(capsys, "build", tmp_path / "classes", tmp_path / "built", "--split", "train", *SMALL)
+    assert code == 0, err
+    assert json.loads((tmp_path / "built" / "train.json").read_text())["classes"] == sorted([wnid(0), wnid(1),
+                                                                                             "test"])
 
 
 def test_flat_folder_without_labels(tmp_path, capsys):

@@ -1,0 +1,36 @@
+"""The lines a build and `inspect` print, exactly: counts, and reasons only where there are some."""
+
+from shard_fixtures import bad_inputs, jpeg_bytes, run_shards_main, wnid
+
+FLAGS = ["--split", "train", "--quiet", "--workers", "1", "--shard-size", "64kB"]
+
+
+def summary_lines(capsys, src, out) -> tuple[str, str]:
+    """The build's first line and inspect's rejected/re-encoded line."""
+    code, printed, err = run_shards_main(capsys, "build", src, out, *FLAGS)
+    assert code == 0, err
+    code, inspected, err = run_shards_main(capsys, "inspect", out)
+    assert code == 0, err
+    [counts] = [line for line in inspected.splitlines() if line.startswith("  rejected:")]
+    return printed.splitlines()[0], counts
+
+
+def test_counts_end_the_line_or_are_followed_by_their_reasons(tmp_path, capsys):
+    clean = tmp_path / "clean" / wnid(0)
+    clean.mkdir(parents=True)
+    for n in range(3):
+        (clean / f"{n}.JPEG").write_bytes(jpeg_bytes(n))
+    built, inspected = summary_lines(capsys, clean.parent, tmp_path / "clean-out")
+    assert built == "train: 3 images in = 3 written + 0 rejected; 0 re-encoded"  # no space after
+    assert inspected == "  rejected: 0; re-encoded: 0"
+
+    mixed = tmp_path / "mixed" / wnid(0)
+    mixed.mkdir(parents=True)
+    for n in range(2):
+        (mixed / f"{n}.JPEG").write_bytes(jpeg_bytes(n))
+    cases = bad_inputs()
+    for name in ("cmyk.JPEG", "grey.JPEG", "empty.JPEG"):
+        (mixed / name).write_bytes(cases[name][0])
+    built, inspected = summary_lines(capsys, mixed.parent, tmp_path / "mixed-out")
+    assert built == "train: 5 images in = 4 written + 1 rejected; 2 re-encoded (1 CMYK JPEG, 1 L JPEG)"
+    assert inspected == "  rejected: 1 (1 empty file); re-encoded: 2 (1 CMYK JPEG, 1 L JPEG)"
