@@ -12,6 +12,7 @@ from shards.arguments import CommandParser
 from .errors import TrainError
 from .logs import METRICS_FILE, read_metrics
 
+PLOTS_FOLDER = "plots"  # RUN/plots, where the curves go without --out
 # file name -> (title, y label, metrics drawn)
 PANELS = {
     "loss.png": ("Training loss (soft-target CE)", "loss", ("train_loss",)),
@@ -59,7 +60,7 @@ def plot_run(run_dir: Path, *, out_dir: Path | None = None) -> list[Path]:
     import matplotlib.pyplot as plt
 
     records = load_records(run_dir)
-    out = Path(run_dir) / "plots" if out_dir is None else Path(out_dir)
+    out = Path(run_dir) / PLOTS_FOLDER if out_dir is None else Path(out_dir)
     written = []
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,7 @@ from .mix.sampler import FEATURE_MODES, INPUT_LAYER
 from .models import create_model
 from .optim import (create_optimizer, create_scheduler, follow_config, fused_sgd_available, keep_kernel_choice,
                     scaled_lr, schedule_snapshot)
+from .plot import PLOTS_FOLDER
 from .precision import resolve_precision
 from .resume_config import (CONFIG_FILE, check_resume_config, describe, first_unused, keep_previous_config,
                             training_settings)
@@ -42,6 +43,7 @@ from .stopping import StopRequest
 from .training import MixOptions, train_one_epoch
 
 WEIGHTS_FILE = "model.safetensors"
+TENSORBOARD_FOLDER = "tensorboard"  # RUN/tensorboard: Accelerate's tracker's project name is the folder
 
 
 @dataclass
@@ -204,7 +206,7 @@ def start_trackers(config: TrainConfig, accelerator) -> None:
     if config.run.tensorboard:
         flat = {f"{section}.{key}": value if isinstance(value, (int, float, str, bool)) else str(value)
                 for section, values in config_to_dict(config).items() for key, value in values.items()}
-        accelerator.init_trackers("tensorboard", config=flat)
+        accelerator.init_trackers(TENSORBOARD_FOLDER, config=flat)
 
 
 def preprocessing(config: TrainConfig) -> dict:
@@ -463,8 +465,16 @@ def set_aside_earlier_run(run_dir: Path) -> Path | None:
     for kept in Path(run_dir).glob("*.before-*"):
         if kept.is_file():
             os.replace(kept, aside / kept.name)
+    # What was made of the earlier run: its curves (python -m pipeline.plot), TensorBoard events
+    # and evaluations (a folder holding an eval.json, whatever its name): left beside the new run's
+    # files, they would pass for the new run's (and TensorBoard would draw both runs as one).
+    made = [folder for folder in sorted(Path(run_dir).iterdir()) if folder.is_dir()
+            and (folder.name in (PLOTS_FOLDER, TENSORBOARD_FOLDER) or (folder / "eval.json").is_file())]
+    for folder in made:
+        os.replace(folder, aside / folder.name)
     os.replace(checkpoints, aside / "checkpoints")
-    print(f"run.resume=none: the earlier run's checkpoints, metrics, config and export are moved to {aside}",
+    also = f" (with its {', '.join(folder.name + '/' for folder in made)})" if made else ""
+    print(f"run.resume=none: the earlier run's checkpoints, metrics, config and export{also} are moved to {aside}",
           flush=True)
     return aside
 

@@ -175,11 +175,21 @@ def test_starting_over_sets_the_earlier_run_aside(demo_shards, uninterrupted, tm
     kept = ["config.before-epoch-0002.yaml", "model.before-epoch-0002.safetensors"]
     for name in kept:
         (out / name).write_text(name)
+    # What was made of the earlier run: curves, TensorBoard events, evaluations (named as users
+    # name them with --out); they went on standing beside the new run's files as if they were its.
+    made = {"plots/loss.png": "curve", "tensorboard/events.out.tfevents.1.vm": "events",
+            "eval/eval.json": "{}", "eval-cub/eval.json": "{}", "eval-cub/cam_grid.png": "grid"}
+    for name, text in made.items():
+        (out / name).parent.mkdir(exist_ok=True)
+        (out / name).write_text(text)
+    (out / "notes").mkdir()  # a folder of the user's own: stays
     one_epoch = small_run_args(demo_shards, out, *EXTRA, "schedule.epochs=1")
     done = run_train([*one_epoch, "run.resume=none"])
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"run.resume=none: the earlier run's checkpoints, metrics, config and export are moved to " \
-        f"{out / 'replaced-1'}" in done.stdout
+    assert f"run.resume=none: the earlier run's checkpoints, metrics, config and export (with its eval/, " \
+        f"eval-cub/, plots/, tensorboard/) are moved to {out / 'replaced-1'}" in done.stdout
+    assert {name: (out / "replaced-1" / name).read_text() for name in made} == made
+    assert not any((out / name.split("/")[0]).exists() for name in made) and (out / "notes").is_dir()
     assert (out / "replaced-1" / "model.safetensors").read_bytes() == earlier_export
     assert sorted(p.name for p in (out / "replaced-1" / "checkpoints").iterdir()) == ["epoch-0002", "epoch-0003"]
     assert (out / "replaced-1" / "metrics.jsonl").read_text() == earlier_metrics
