@@ -358,7 +358,12 @@ def resume(config: TrainConfig, checkpoint: Path | None, *, changes: list, sessi
         truncate_metrics(run_dir, last_epoch=state.epoch)
         moved = f"; at the new global batch and epoch length it goes on from step {state.step_in_epoch}" \
             if state.step_in_epoch != saved_step else ""
-        print(f"resumed from {checkpoint} (epoch {state.epoch}, step {saved_step}{moved})", flush=True)
+        if state.epoch >= config.schedule.epochs:  # the same command again after the end
+            print(f"the run has already finished ({checkpoint}, epoch {state.epoch} of {config.schedule.epochs}): "
+                  "nothing to train (a longer schedule.epochs with run.resume_with_changes=true trains it on)",
+                  flush=True)
+        else:
+            print(f"resumed from {checkpoint} (epoch {state.epoch}, step {saved_step}{moved})", flush=True)
     return state, read_loader_state(checkpoint, rank=accelerator.process_index), changes
 
 

@@ -196,9 +196,10 @@ def test_starting_over_sets_the_earlier_run_aside(demo_shards, uninterrupted, tm
     assert all((out / "replaced-1" / name).read_text() == name and not (out / name).exists() for name in kept)
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["epoch-0001"]
     assert [r["epoch"] for r in read_metrics(out)] == [1]
-    again = run_train(one_epoch)  # run.resume=auto: the new run's own checkpoint
+    again = run_train(one_epoch)  # run.resume=auto: the new run's own checkpoint (its last: it said "resumed from")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"resumed from {out / 'checkpoints' / 'epoch-0001'} (epoch 1, step 0)" in again.stdout
+    assert f"the run has already finished ({out / 'checkpoints' / 'epoch-0001'}, epoch 1 of 1): nothing to train " \
+        in again.stdout and "resumed from" not in again.stdout
 
 
 @pytest.fixture(scope="module")
