@@ -126,6 +126,13 @@ def check_before_start(config: TrainConfig) -> tuple[Path | None, list]:
     run_dir = Path(config.run.out_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise TrainError(f"run.out_dir={run_dir}: a file, not a folder")
+    shards = Path(config.data.shards).resolve()
+    if run_dir.resolve() == shards or shards in run_dir.resolve().parents:
+        # Checkpoints, config.yaml and metrics among the shard tars (a build's --overwrite would
+        # then delete a run it does not know of). The other way round is fine (the demo's shards
+        # are built inside its run folder).
+        raise TrainError(f"run.out_dir={run_dir} is data.shards={config.data.shards} or inside it: the run's "
+                         "checkpoints would land among the shards; give the run a folder of its own")
     checkpoint = find_resume_checkpoint(config.run.resume, run_dir)
     changes = check_resume_config(config, checkpoint, read_state(checkpoint).settings if checkpoint else {})
     return checkpoint, changes

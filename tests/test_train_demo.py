@@ -170,6 +170,17 @@ def test_bad_input_gives_one_message(demo_run, demo_shards, extra, message, caps
     assert len(errors) == 1 and errors[0].startswith("error: ") and message in errors[0], err[-3000:]
 
 
+def test_a_run_folder_that_is_the_shards_folder_or_inside_it_is_refused(demo_shards, capsys, monkeypatch):
+    """Checkpoints and config.yaml landed among the shard tars, without a word (walkthrough review)."""
+    monkeypatch.delenv("RANK", raising=False)
+    for out in (demo_shards, demo_shards / "run"):
+        code, _, err = cli_here(small_run_args(demo_shards, out), capsys)
+        assert (code, err.splitlines()) == (2, [
+            f"error: run.out_dir={out} is data.shards={demo_shards} or inside it: the run's checkpoints would land "
+            "among the shards; give the run a folder of its own"])
+    assert not (demo_shards / "run").exists() and not (demo_shards / "checkpoints").exists()
+
+
 def test_the_script_says_bad_input_in_one_line_and_exits_2(demo_run, demo_shards):
     out, _ = demo_run
     done = run_train([*small_run_args(demo_shards, out, *TRAINED_DEMO_SETTINGS), "optim.lr=0.1"])
