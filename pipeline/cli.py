@@ -64,7 +64,8 @@ def run_cli(argv: list[str], *, default_config: Path | None) -> int:
         print(f"done in {time.perf_counter() - started:.0f} s: {config.data.eval_split} top-1 error "
               f"{record['top1_err']:.2f}% "
               f"top-5 error {record['top5_err']:.2f}% (best top-1 {record['best_top1_err']:.2f}% at epoch "
-              f"{record['best_epoch']}); run folder {config.run.out_dir}", flush=True)
+              f"{record['best_epoch']}{_best_checkpoint(config, record['best_epoch'])}); run folder "
+              f"{config.run.out_dir}", flush=True)
     return 0
 
 
@@ -84,7 +85,14 @@ def check_config(config) -> str:
         check_demo_folder(config)
         data = f"the demo digits (to be built) in {config.data.shards}"
     else:
+        from .data import steps_per_epoch
+
         classes = check_shards(config, checkpoint)
+        # A batch larger than a rank's share of the train split: the start refuses it when it
+        # counts its steps. The world size is the launcher's (WORLD_SIZE; 1 for a plain python).
+        steps_per_epoch(config.data.shards, "train", batch_size=config.loader.batch_size,
+                        world_size=int(os.environ.get("WORLD_SIZE", "1")), num_classes=len(classes),
+                        backend=config.loader.backend)
         data = f"the demo digits in {config.data.shards}" if config.data.demo else \
             f"{len(classes)} classes in {config.data.shards}"
     if checkpoint is None:
@@ -95,6 +103,15 @@ def check_config(config) -> str:
         start = f"resumes from {checkpoint}"
     changed = f" with changed settings ({len(changes)})" if changes else ""
     return f"config checked: {config.model.name} on {data}; {start}{changed}; run folder {config.run.out_dir}"
+
+
+def _best_checkpoint(config, epoch: int) -> str:
+    """``: RUN/checkpoints/epoch-NNNN``, the best epoch's checkpoint (pruning keeps it), for
+    ``python -m pipeline.evaluate``; '' when it is not there (damaged, or kept by no rule then)."""
+    from .checkpoint import TrainState, checkpoint_name, is_complete_checkpoint
+
+    folder = Path(config.run.out_dir) / "checkpoints" / checkpoint_name(TrainState(epoch=epoch))
+    return f": {folder}" if is_complete_checkpoint(folder) else ""
 
 
 def _how_to_go_on(config) -> str:

@@ -498,6 +498,7 @@ def test_check_reports_what_the_start_would_refuse(trained_demo, demo_shards, tm
     from train_helpers import TRAINED_DEMO_SETTINGS, small_run_args
 
     monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
     run = trained_demo[0]
     renamed = _shards_copy(demo_shards, tmp_path / "renamed",
                            lambda split, m: m.update(classes=[f"class_{i}" for i in range(10)]))
@@ -515,6 +516,9 @@ def test_check_reports_what_the_start_would_refuse(trained_demo, demo_shards, tm
          f"data.eval_split=test: {no_test / 'test.json'}: no manifest for split 'test'"),
         (["data.demo=true", f"data.shards={tmp_path / 'mine'}", f"run.out_dir={tmp_path / 'r'}"],
          f"data.shards={tmp_path / 'mine'}: it holds files but no train manifest of a demo build"),
+        # 1,438 train digits: one process cannot make a batch of 2,000 of them.
+        (["data.demo=false", f"data.shards={demo_shards}", "loader.batch_size=2000", f"run.out_dir={tmp_path / 'r'}"],
+         "batch_size 2000 is larger than a rank's share of split 'train' (1438 samples with world_size 1)"),
     ]
     for args, message in cases:
         code, line = _check_line(capsys, ["--check", *args])
@@ -545,6 +549,53 @@ def test_pruning_removes_damaged_checkpoints_older_than_the_newest_good_one(tmp_
     prune_checkpoints(tmp_path / "checkpoints", keep=2)
     # epoch-0004 stays (never resumed from, it is overwritten when training gets there again)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch-0002", "epoch-0003", "epoch-0004"]
+
+
+def _fake_run(root, saves) -> list:
+    """Fake complete checkpoints, one per (epoch, step_in_epoch, best epoch) in ``saves``, in order
+    of their global step (ten updates per epoch)."""
+    folders = []
+    for epoch, step, best in saves:
+        state = TrainState(epoch=epoch, step_in_epoch=step, global_step=10 * epoch + step,
+                           best={} if best is None else {"top1_err": 1.0, "top5_err": 0.0, "epoch": best})
+        folders.append(_fake_checkpoint(root, state))
+        _fake_files(folders[-1], {"model.safetensors": 100})
+    return folders
+
+
+def test_pruning_keeps_the_best_epochs_checkpoint_too(tmp_path):
+    from pipeline.checkpoint import prune_checkpoints
+
+    cases = [  # (keep, saves as (epoch, step_in_epoch, best epoch), the folders left)
+        # The best epoch (2) is older than the newest two: kept beside them.
+        (2, [(1, 0, 1), (2, 0, 2), (3, 0, 2), (4, 0, 2), (5, 0, 2)], ["epoch-0002", "epoch-0004", "epoch-0005"]),
+        (1, [(1, 0, 1), (2, 0, 2), (3, 0, 2), (4, 0, 2)], ["epoch-0002", "epoch-0004"]),
+        # The best is among the newest: nothing more is kept.
+        (2, [(1, 0, 1), (2, 0, 2), (3, 0, 3), (4, 0, 3)], ["epoch-0003", "epoch-0004"]),
+        # No evaluation yet (run.eval_every): no best, the newest only.
+        (2, [(1, 0, None), (2, 0, None), (3, 0, None)], ["epoch-0002", "epoch-0003"]),
+        # A mid-epoch save after the best epoch is not the best (no evaluation ran there): epoch 1's end is.
+        (2, [(1, 0, 1), (1, 4, 1), (2, 0, 1), (3, 0, 1)], ["epoch-0001", "epoch-0002", "epoch-0003"]),
+        # The best as the newest checkpoint records it: an earlier best (epoch 1) goes.
+        (1, [(1, 0, 1), (2, 0, 2), (3, 0, 2)], ["epoch-0002", "epoch-0003"]),
+    ]
+    for index, (keep, saves, kept) in enumerate(cases):
+        run = tmp_path / str(index)
+        folders = _fake_run(run, saves)
+        prune_checkpoints(run / "checkpoints", keep=keep)
+        assert sorted(p.name for p in (run / "checkpoints").iterdir()) == kept, (keep, saves)
+        # A resume continues from the newest, never from an older kept best.
+        assert find_resume_checkpoint("auto", run) == folders[-1], (keep, saves)
+
+
+def test_the_final_line_names_the_best_epochs_checkpoint(trained_demo):
+    run, done = trained_demo
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    best = min(records, key=lambda r: r["top1_err"])  # the first of equals: a later equal is no new best
+    folder = run / "checkpoints" / f"epoch-{best['epoch']:04d}"
+    assert (folder / COMPLETE).is_file()
+    line = done.stdout.strip().splitlines()[-1]
+    assert f"(best top-1 {best['top1_err']:.2f}% at epoch {best['epoch']}: {folder}); run folder {run}" in line
 
 
 def test_a_mid_epoch_position_moves_to_the_new_global_batch_by_hand():
