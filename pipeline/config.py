@@ -135,7 +135,9 @@ class RunConfig:
     # or the process count differ from the checkpoint's; false refuses, naming them. The old config
     # is kept; lr and schedule follow the new settings from where the checkpoint stands.
     resume_with_changes: bool = False
-    keep_checkpoints: int = 2  # newest checkpoints kept in out_dir/checkpoints
+    # Newest checkpoints kept in out_dir/checkpoints; the best epoch's (state.json "best") is kept
+    # too, so the epoch the paper reports stays evaluable (python -m pipeline.evaluate RUN/checkpoints/epoch-NNNN).
+    keep_checkpoints: int = 2
     tensorboard: bool = False  # log through Accelerate's TensorBoard tracker into out_dir/tensorboard
     progress: bool = True  # tqdm bar on the main process
     log_every: int = 10  # steps between progress updates (each reads the loss: a device sync)
@@ -168,17 +170,32 @@ def resolve_config(*, config_file: str | Path | None, overrides: list[str]) -> T
     return build_config(values)
 
 
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's error on one line with line numbers, without its ``in "<unicode string>"`` (the
+    text was read from a file the message names) and its source excerpts."""
+    if not isinstance(error, yaml.MarkedYAMLError) or error.problem_mark is None:
+        return " ".join(str(error).replace('in "<unicode string>", ', "").split())
+    mark = error.problem_mark
+    text = f"line {mark.line + 1}, column {mark.column + 1}: {error.problem}"
+    if error.context:
+        where = f" at line {error.context_mark.line + 1}" if error.context_mark is not None else ""
+        text += f" ({error.context}{where})"
+    return text
+
+
 def read_yaml_chain(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, dict[str, Any]]:
     """The sections of ``path`` merged over those of its ``base`` (recursively)."""
     path = path.resolve()
     if path in _seen:
         raise ConfigError(f"{path}: base files form a cycle")
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        # A base named by a recipe: which recipe names it, or the user looks for the wrong file.
+        raise ConfigError(f"{_seen[-1]}: its base file {path} is not found" if _seen else
+                          f"config file not found: {path}")
     try:
         loaded = load_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(error)}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a UTF-8 text file (a YAML config is expected)") from None
     if not isinstance(loaded, dict):

@@ -132,3 +132,20 @@ def test_the_duplicate_key_check_takes_flow_mappings_and_leaves_merge_keys_alone
     # A merged mapping overridden by its own key, merged in turn: valid YAML, read as PyYAML reads it.
     text = "defs:\n  a: &a {q: 0, p: 1}\n  inner: &b\n    <<: *a\n    q: 2\nuse:\n  <<: *b\n  r: 3\n"
     assert load_yaml(text) == yaml.safe_load(text)
+
+
+def test_yaml_mistakes_and_a_missing_base_name_the_file_and_line(tmp_path):
+    """PyYAML's own text said 'in "<unicode string>"' twice with source excerpts; a missing base
+    file did not say which recipe named it."""
+    cases = {
+        "twice.yaml": ("run:\n  seed: 1\n  seed: 2\n", "not valid YAML: line 3, column 3: found the key 'seed' twice "
+                       "(first on line 2) (while constructing a mapping at line 2)"),
+        "open.yaml": ("run:\n  seed: [1\n", "not valid YAML: line 3, column 1: expected ',' or ']', but got "
+                      "'<stream end>' (while parsing a flow sequence at line 2)"),
+        "based.yaml": ("base: nope.yaml\nrun:\n  seed: 1\n", f"its base file {tmp_path / 'nope.yaml'} is not found"),
+    }
+    for name, (text, problem) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ConfigError) as error:
+            resolve_config(config_file=tmp_path / name, overrides=[])
+        assert str(error.value) == f"{tmp_path / name}: {problem}"
