@@ -18,7 +18,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     """``[--config FILE] [section.key=value ...]``."""
     parser = CommandParser(
         prog="pipeline/train.py", description="Train a timm model on shards with CutMix (see configs/).",
-        epilog="With no arguments: the embedded demo (configs/demo.yaml), on CPU in a few minutes.")
+        epilog="With no arguments: the embedded demo (configs/demo.yaml), on CPU in a few minutes.\n\n"
+               + config_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=None, help="YAML recipe (default: configs/demo.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. optim.base_lr=0.2")
     parser.add_argument("--check", action="store_true",
@@ -26,6 +27,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "(as a start does before any work), print one line and exit: 0 if all is in order, "
                              "2 with one error line if not (the Slurm script does this before starting its nodes)")
     return parser.parse_args(argv)
+
+
+def config_keys_help() -> str:
+    """Every section and its keys, for --help (what each means, and its default: pipeline/config.py)."""
+    import textwrap
+    from dataclasses import fields
+
+    from .config import TrainConfig
+
+    lines = ["config keys (section.key=value; each one's meaning and default: pipeline/config.py):"]
+    for section in fields(TrainConfig):
+        keys = ", ".join(key.name for key in fields(section.default_factory))
+        lines += textwrap.wrap(f"{section.name}: {keys}", width=100, initial_indent="  ", subsequent_indent="    ")
+    return "\n".join(lines)
 
 
 def run_cli(argv: list[str], *, default_config: Path | None) -> int:
