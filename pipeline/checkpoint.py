@@ -221,8 +221,10 @@ def check_compatible(state: TrainState, *, checkpoint: Path, model_name: str, nu
 
 
 def prune_checkpoints(root: Path, *, keep: int) -> None:
-    """Delete all but the newest ``keep`` complete checkpoints, damaged ones older than the
-    newest valid one (never to be resumed from again), and stale ``tmp-`` folders."""
+    """Delete all but the newest ``keep`` complete checkpoints and the best epoch's (the ``best``
+    of the newest one's state: the paper reports the best epoch, and it must stay evaluable),
+    damaged ones older than the newest valid one (never to be resumed from again), and stale
+    ``tmp-`` folders. The best one is older than the newest, so ``run.resume=auto`` never takes it."""
     for stale in root.glob("tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
     valid, damaged_ones = survey_checkpoints(root.parent)
@@ -230,7 +232,12 @@ def prune_checkpoints(root: Path, *, keep: int) -> None:
         for damaged, _ in damaged_ones:
             if damaged.name < valid[-1].name:
                 shutil.rmtree(damaged, ignore_errors=True)
+    best = read_state(valid[-1]).best.get("epoch") if valid else None
+    # An epoch's end checkpoint: a mid-epoch one is never the best (no evaluation ran there).
+    best_name = None if best is None else checkpoint_name(TrainState(epoch=best))
     for old in valid[:-keep]:
+        if old.name == best_name:
+            continue
         # The marker goes first, so a kill in the middle leaves a folder that is ignored.
         (old / COMPLETE).unlink()
         shutil.rmtree(old, ignore_errors=True)

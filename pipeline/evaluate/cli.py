@@ -17,7 +17,8 @@ from shards.arguments import CommandParser
 from ..errors import EvalError, TrainError, loader_errors
 
 _DESCRIPTION = """Evaluate a trained model on the CutMix paper's claims. MODEL is a run folder (its config.yaml
-and model.safetensors) or an exported model.safetensors (it records its classes and preprocessing).
+and model.safetensors), one of its checkpoints (RUN/checkpoints/epoch-NNNN: the best epoch's is kept), or an
+exported model.safetensors (it records its classes and preprocessing).
 Writes OUT/eval.json (every number), OUT/eval.md (tables) and PNG plots. Several processes:
 accelerate launch -m pipeline.evaluate ... (each sample counted once, counts summed exactly)."""
 
@@ -43,6 +44,7 @@ compare:
 examples:
   python -m pipeline.evaluate runs/demo --split test --image-size 64   # the demo run, every task
   python -m pipeline.evaluate runs/r50_cutmix --shards /data/inet --tasks classify,localize
+  python -m pipeline.evaluate runs/r50_cutmix/checkpoints/epoch-0187   # the best epoch, into RUN/eval-epoch-0187
   python -m pipeline.evaluate model.safetensors --shards /data/inet --tasks ood --ood-shards /data/places
 """
 
@@ -62,7 +64,8 @@ def make_parser() -> argparse.ArgumentParser:
     # nargs="?": checked in parse_args, which can say that --ood-shards took it (it takes every
     # path after it, so `--ood-shards A B RUN` leaves no model: argparse would only say "required").
     parser.add_argument("model", type=Path, nargs="?", metavar="RUN_DIR|MODEL.safetensors",
-                        help="a run folder (config.yaml + model.safetensors) or exported weights")
+                        help="a run folder (config.yaml + model.safetensors), one of its checkpoints "
+                        "(RUN/checkpoints/epoch-NNNN) or exported weights")
     parser.add_argument("--shards", type=Path, help="shards folder (default: the run's data.shards)")
     parser.add_argument("--split", help="the split to evaluate (default: the one the run evaluated while training, "
                         "its data.eval_split; val for exported weights; CIFAR and CUB shards "
@@ -86,8 +89,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--occlusion-steps", type=int, help="square sides from 0 to the image size (default 9, "
                         "fewer for images under 8 px)")
     parser.add_argument("--seed", type=int, default=0, help="in-between pairs and boxes, noise images (default 0)")
-    parser.add_argument("--out", type=Path, help="output folder (default RUN_DIR/eval, or eval-<name> beside "
-                        "the weights)")
+    parser.add_argument("--out", type=Path, help="output folder (default RUN_DIR/eval; RUN_DIR/eval-epoch-NNNN for "
+                        "a checkpoint; eval-<name> beside exported weights)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -141,14 +144,23 @@ def build_request(args: argparse.Namespace):
         tasks = tuple(dict.fromkeys(t.strip() for t in args.tasks.split(",") if t.strip()))
     else:
         tasks = tuple(t for t in TASKS if t != "localize" or _has_boxes(shards, split))
-    out = args.out or (source.run_dir / "eval" if source.run_dir
-                       else source.weights.parent / f"eval-{source.weights.stem}")
+    out = args.out or _default_out(source)
     return EvalRequest(source=source, shards=Path(shards), split=split, tasks=tasks, out=out,
                        ood_shards=tuple(args.ood_shards), ood_split=args.ood_split, batch_size=args.batch_size,
                        backend=args.backend, precision=args.precision,
                        num_threads=args.num_threads, seed=args.seed, epsilon=args.epsilon,
                        occlusion_steps=min(9, source.image_size + 1) if args.occlusion_steps is None
                        else args.occlusion_steps, progress=not args.quiet, tasks_chosen=args.tasks is not None)
+
+
+def _default_out(source) -> Path:
+    """RUN/eval for a run; RUN/eval-epoch-NNNN for one of its checkpoints (the run's own evaluation
+    stays); eval-NAME beside weights given alone."""
+    if source.checkpoint is not None:
+        return source.run_dir / f"eval-{Path(source.checkpoint['folder']).name}"
+    if source.run_dir is not None:
+        return source.run_dir / "eval"
+    return source.weights.parent / f"eval-{source.weights.stem}"
 
 
 def _has_boxes(shards: Path, split: str) -> bool:

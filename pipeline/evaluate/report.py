@@ -39,10 +39,21 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
     return lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
 
 
+def _checkpoint_words(checkpoint: dict | None) -> str:
+    """`` (the checkpoint after epoch 2)`` for a checkpoint's evaluation ('' otherwise)."""
+    if not checkpoint:
+        return ""
+    if checkpoint["step_in_epoch"]:
+        return f" (the checkpoint at step {checkpoint['step_in_epoch']} of epoch {checkpoint['epoch'] + 1})"
+    return f" (the checkpoint after epoch {checkpoint['epoch']})"
+
+
 def markdown(results: dict) -> str:
     """The tables of one evaluation (percentages; errors are lower-is-better, the rest higher)."""
     settings = results["settings"]
-    summary = (f"Weights `{settings['weights']}`, shards `{settings['shards']}` split `{settings['split']}`, "
+    checkpoint = _checkpoint_words(settings.get("checkpoint"))
+    summary = (f"Weights `{settings['weights']}`{checkpoint}, shards `{settings['shards']}` "
+               f"split `{settings['split']}`, "
                f"{settings['world_size']} process(es) on {settings['device']}, precision {settings['precision']}, "
                f"image size {settings['image_size']}.")
     lines = [f"# Evaluation of {settings['model']}", "", summary, ""]

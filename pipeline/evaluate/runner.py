@@ -359,7 +359,8 @@ def _histograms(inside: np.ndarray, sets: dict[str, np.ndarray], bins: int = 50)
 def _settings(request: EvalRequest, accelerator) -> dict:
     source = request.source
     return {"model": source.model_name, "weights": str(source.weights),
-            "run_dir": None if source.run_dir is None else str(source.run_dir), "shards": str(request.shards),
+            "run_dir": None if source.run_dir is None else str(source.run_dir), "checkpoint": source.checkpoint,
+            "shards": str(request.shards),
             "split": request.split, "tasks": list(request.tasks), "ood_shards": [str(p) for p in request.ood_shards],
             "ood_splits": [_ood_split(p, request.split, request.ood_split) for p in request.ood_shards],
             "batch_size": request.batch_size, "backend": request.backend, "seed": request.seed,

@@ -1,6 +1,8 @@
-"""What is evaluated: a run folder (its ``config.yaml`` and exported ``model.safetensors``) or an
-exported ``MODEL.safetensors`` alone (its metadata: timm name, classes, preprocessing). Either
-way the result is one ``ModelSource``; ``load_model`` builds the timm model and loads the weights."""
+"""What is evaluated: a run folder (its ``config.yaml`` and exported ``model.safetensors``), one
+of its checkpoints (``RUN/checkpoints/epoch-NNNN``: its ``model.safetensors`` and ``state.json``
+with the run's ``config.yaml``), or an exported ``MODEL.safetensors`` alone (its metadata: timm
+name, classes, preprocessing). Either way the result is one ``ModelSource``; ``load_model``
+builds the timm model and loads the weights."""
 
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ class ModelSource:
     run_dir: Path | None  # the run folder, when one was given
     shards: Path | None  # the run's shards folder (the default --shards)
     eval_split: str | None = None  # the split the run evaluated while training (the default --split)
+    checkpoint: dict | None = None  # a checkpoint's folder, epoch, step_in_epoch, global_step (None: not one)
 
     def val_augmentation(self) -> Augmentation:
         """The validation transform the model was evaluated with during training."""
@@ -50,7 +53,9 @@ def resolve_source(path: str | Path) -> ModelSource:
     if not path.exists():
         raise EvalError(f"{path}: no such run folder or weights file")
     if path.is_dir():
-        return _from_run(path)
+        return _from_checkpoint(path) if _is_checkpoint_folder(path) else _from_run(path)
+    if path.name == WEIGHTS_FILE and _is_checkpoint_folder(path.parent):  # a checkpoint's weights: no metadata
+        return _from_checkpoint(path.parent)
     if path.suffix != ".safetensors":
         raise EvalError(f"{path}: expected a run folder or an exported .safetensors file")
     metadata = _read_metadata(path)
@@ -61,10 +66,11 @@ def resolve_source(path: str | Path) -> ModelSource:
 
 
 def _from_run(run_dir: Path) -> ModelSource:
-    from ..config import resolve_config
-
     weights, config_file = run_dir / WEIGHTS_FILE, run_dir / "config.yaml"
     if not config_file.is_file():
+        if run_dir.name == "checkpoints" and (run_dir.parent / "config.yaml").is_file():
+            names = ", ".join(sorted(p.name for p in run_dir.iterdir() if _is_checkpoint_folder(p)))
+            raise EvalError(f"{run_dir}: name one checkpoint in it ({names or 'it has none'}), or the run folder")
         raise EvalError(f"{run_dir}: not a run folder (no config.yaml)")
     if not weights.is_file():
         from ..checkpoint import valid_checkpoints
@@ -73,12 +79,62 @@ def _from_run(run_dir: Path) -> ModelSource:
         where = f"; its newest checkpoint is {found[-1].name}" if found else ""
         raise EvalError(f"{run_dir}: no {WEIGHTS_FILE}: the run has not finished{where} (weights are "
                         "exported when its last epoch ends; if it is not running any more, its training command "
-                        "resumes it)")
+                        "resumes it; or evaluate a checkpoint: RUN/checkpoints/epoch-NNNN)")
+    return _run_source(config_file, weights, _read_metadata(weights), run_dir=run_dir)
+
+
+def _is_checkpoint_folder(folder: Path) -> bool:
+    """Whether ``folder`` is meant as a checkpoint (complete or not): it has a checkpoint's marker
+    or state, or it sits in a run's ``checkpoints`` folder; a run folder (its ``config.yaml``) is
+    not one, wherever it is (runs kept in a folder called ``checkpoints``)."""
+    from ..checkpoint import COMPLETE, STATE
+
+    folder = Path(folder)
+    if not folder.is_dir() or (folder / "config.yaml").exists():
+        return False
+    return (folder / COMPLETE).exists() or (folder / STATE).exists() or folder.resolve().parent.name == "checkpoints"
+
+
+def _from_checkpoint(folder: Path) -> ModelSource:
+    """A checkpoint's model (``state.json``: name, classes, structure) with the preprocessing of
+    its run's ``config.yaml`` (two levels up), as a run folder's export has it."""
+    from ..checkpoint import COMPLETE, checkpoint_damage, read_state, valid_checkpoints
+
+    in_run = folder.resolve().parent.name == "checkpoints"  # resolved: `epoch-0002` given inside checkpoints/
+    run_dir = folder.parent.parent if folder.parent.name == "checkpoints" else folder.resolve().parent.parent
+    found = valid_checkpoints(run_dir) if in_run else []
+    others = f"; the run's complete ones: {', '.join(p.name for p in found)}" if found else ""
+    if folder.resolve().name.startswith("tmp-") or not (folder / COMPLETE).is_file():
+        raise EvalError(f"{folder}: an incomplete checkpoint (no {COMPLETE}: its save did not finish){others}")
+    damage = checkpoint_damage(folder)
+    if damage is not None:
+        raise EvalError(f"{folder}: a damaged checkpoint ({damage}){others}")
+    config_file = run_dir / "config.yaml"
+    if not in_run or not config_file.is_file():
+        raise EvalError(f"{folder}: a checkpoint outside its run folder (no {config_file}): its preprocessing "
+                        "comes from the run's config.yaml; evaluate it where training saved it, RUN/checkpoints/")
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise EvalError(f"{folder}: no {WEIGHTS_FILE} in this checkpoint")
+    state = read_state(folder)
+    metadata = {"model_name": state.model_name, "num_classes": str(state.num_classes),
+                "model_options": json.dumps({"shakedrop": True} if state.shakedrop else {})}
+    if state.classes:  # checkpoints of older versions: the run's train manifest, as for their exports
+        metadata["classes"] = json.dumps(state.classes)
+    described = {"folder": str(folder), "epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
+                 "global_step": state.global_step}
+    return dataclasses.replace(_run_source(config_file, weights, metadata, run_dir=run_dir), checkpoint=described)
+
+
+def _run_source(config_file: Path, weights: Path, metadata: dict, *, run_dir: Path) -> ModelSource:
+    """The ModelSource of a run's weights: preprocessing from ``config_file`` where the weights'
+    metadata does not record it, classes from the run's train manifest where it lacks them."""
+    from ..config import resolve_config
+
     try:
         config = resolve_config(config_file=config_file, overrides=[])
     except TrainError as error:
         raise EvalError(f"{config_file}: {error}") from None
-    metadata = _read_metadata(weights)
     data = config.data
     recorded = json.loads(metadata.get("preprocessing", "{}"))
     preprocessing = {"image_size": data.image_size, "crop_pct": data.crop_pct, "augmentation": data.augmentation,
@@ -130,7 +186,15 @@ def load_model(source: ModelSource) -> torch.nn.Module:
                          channels_last=source.channels_last, drop_path_rate=0.0,
                          shakedrop=bool(source.model_options.get("shakedrop", False)))
     try:
-        model.load_state_dict(load_file(str(source.weights)), strict=True)
+        state = load_file(str(source.weights))
+    except Exception as error:  # noqa: BLE001 - safetensors raises several types for a damaged file
+        raise EvalError(f"{source.weights}: not readable safetensors ({error})") from None
+    # A checkpoint saved under DDP holds the wrapper's keys (Accelerate's save_state saves the
+    # prepared model): `module.` before each of the model's own.
+    if state and all(key.startswith("module.") for key in state):
+        state = {key.removeprefix("module."): value for key, value in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         first = str(error).splitlines()[0]
         raise EvalError(f"{source.weights}: the weights do not fit {source.model_name} ({first})") from None
