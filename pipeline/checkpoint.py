@@ -224,7 +224,8 @@ def prune_checkpoints(root: Path, *, keep: int) -> None:
     """Delete all but the newest ``keep`` complete checkpoints and the best epoch's (the ``best``
     of the newest one's state: the paper reports the best epoch, and it must stay evaluable),
     damaged ones older than the newest valid one (never to be resumed from again), and stale
-    ``tmp-`` folders. The best one is older than the newest, so ``run.resume=auto`` never takes it."""
+    ``tmp-`` folders. The best one is never newer than the newest, so ``run.resume=auto`` takes it
+    only where every newer checkpoint is damaged (as it would any older one)."""
     for stale in root.glob("tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
     valid, damaged_ones = survey_checkpoints(root.parent)

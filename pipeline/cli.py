@@ -93,8 +93,8 @@ def check_config(config) -> str:
     from .run import check_before_start
     from .run_lock import check_run_folder_free
 
+    check_run_folder_free(config.run.out_dir)  # first: the other checks read what that training writes
     checkpoint, changes = check_before_start(config)
-    check_run_folder_free(config.run.out_dir)
     check_model_name(config.model.name)
     if demo_to_build(config):  # the start builds them: their checks come after the build
         check_demo_folder(config)

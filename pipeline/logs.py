@@ -31,17 +31,20 @@ def read_metrics(run_dir: Path) -> list[dict]:
         except json.JSONDecodeError as error:
             if number == len(lines):
                 break
-            raise TrainError(f"{path}: line {number} is not a metrics record ({error.msg}): {line[:80]!r}") from None
+            raise TrainError(f"{path}: line {number} is not a metrics record ({error.msg}): {line[:80]!r}; "
+                             "mend or remove that line (run.resume=none starts over)") from None
         if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
-            raise TrainError(f"{path}: line {number} is not a metrics record (no epoch): {line[:80]!r}")
+            raise TrainError(f"{path}: line {number} is not a metrics record (no epoch): {line[:80]!r}; "
+                             "mend or remove that line (run.resume=none starts over)")
         records.append(record)
     return records
 
 
 def truncate_metrics(run_dir: Path, *, last_epoch: int) -> None:
-    """Drop records after ``last_epoch``: a resumed run re-runs them and writes them again."""
-    kept = [r for r in read_metrics(run_dir) if r["epoch"] <= last_epoch]
+    """Drop records after ``last_epoch``: a resumed run re-runs them and writes them again. A fresh
+    start (0) reads nothing: a damaged file must not stop a run that starts over."""
     path = Path(run_dir) / METRICS_FILE
+    kept = [r for r in read_metrics(run_dir) if r["epoch"] <= last_epoch] if last_epoch > 0 else []
     if path.exists():
         path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 

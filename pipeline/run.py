@@ -37,7 +37,7 @@ from .plot import PLOTS_FOLDER
 from .precision import resolve_precision
 from .resume_config import (CONFIG_FILE, check_resume_config, describe, first_unused, keep_previous_config,
                             training_settings)
-from .run_lock import RunFolderLock
+from .run_lock import RunFolderLock, check_run_folder_free
 from .seeds import MODEL_STREAM, epoch_seed, stream_seed
 from .stopping import StopRequest
 from .training import MixOptions, train_one_epoch
@@ -69,6 +69,9 @@ class Session:
 def run_training(config: TrainConfig) -> dict:
     """Train as ``config`` says; returns the last epoch's metrics record (with the best so far)."""
     run_dir = Path(config.run.out_dir)
+    # First, a look (setup takes the lock): a folder another training writes is refused as such,
+    # not by what checks of its checkpoints and config (which that training is changing) would say.
+    check_run_folder_free(run_dir)
     checkpoint, changes = check_before_start(config)
     with RunFolderLock(run_dir) as lock:  # held until the run has exported its weights
         return _train_holding(config, run_dir=run_dir, checkpoint=checkpoint, changes=changes, lock=lock)

@@ -92,5 +92,7 @@ def check_run_folder_free(run_dir: Path) -> None:
 
 
 def in_use(run_dir: Path, holder: str) -> str:
+    # NFSv3 keeps a crashed client's locks until that host is back: the only case for removing it.
     return (f"run.out_dir={run_dir} is in use by another training ({holder or 'its process unknown'}): "
-            "wait for it to end or stop it (its checkpoints resume it), or give another run.out_dir")
+            "wait for it to end or stop it (its checkpoints resume it), or give another run.out_dir (if that "
+            f"host is down, NFS may keep its lock until it is back: then remove {Path(run_dir) / LOCK_FILE})")

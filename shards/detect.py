@@ -109,11 +109,14 @@ def _cifar_folder(path: Path) -> Path | None:
 def _refuse_split_folders(path: Path, split: str | None) -> None:
     """Refuse the folder above a data set's splits (RAW/train/<wnid>/..., RAW/val/...): read as an
     ImageFolder it would give classes named train and val, each holding every image of its split.
-    A split folder is told by its name and by holding folders: a class holds images."""
+    A split folder is told by its name and by holding folders (a class holds images); and by
+    company: two of them, or one that is SRC's only folder. A single class merely named like a
+    split among others (CIFAR-100 and COCO have a class "train") may hold folders of its own."""
     with os.scandir(path) as entries:
-        splits = sorted(entry.name for entry in entries
-                        if entry.is_dir() and entry.name.lower() in _SPLIT_FOLDERS and _holds_folders(entry.path))
-    if not splits:
+        folders = [entry for entry in entries if entry.is_dir()]
+    splits = sorted(entry.name for entry in folders
+                    if entry.name.lower() in _SPLIT_FOLDERS and _holds_folders(entry.path))
+    if not (len(splits) >= 2 or (splits and len(folders) == 1)):
         return
     wanted = [name for name in splits if _SPLIT_FOLDERS[name.lower()] == split]
     named = ", ".join(str(path / name) for name in splits)

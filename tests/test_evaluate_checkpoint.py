@@ -102,6 +102,12 @@ def test_a_checkpoints_weights_file_and_a_relative_path_name_the_checkpoint(unfi
         assert source.weights.resolve() == checkpoint / "model.safetensors"
         assert source.checkpoint["epoch"] == 2 and request.out.resolve() == unfinished_run / f"eval-{CHECKPOINT}"
         assert (source.image_size, source.shards) == (32, request.shards)
+    # From inside the checkpoint: its folder by its name (it was "RUN/eval-" and "." in eval.json).
+    monkeypatch.chdir(checkpoint)
+    for given in (".", "model.safetensors"):
+        request = build_request(make_parser().parse_args([given, "--tasks", "classify"]))
+        assert request.source.checkpoint["folder"] == str(checkpoint), given
+        assert request.out == unfinished_run / f"eval-{CHECKPOINT}", given
     # A run folder kept in a folder called "checkpoints" is still a run folder.
     run = tmp_path / "checkpoints" / "run"
     run.mkdir(parents=True)
@@ -171,3 +177,18 @@ def _the_checkpoints_folder(checkpoint):
 def test_a_checkpoint_that_cannot_be_evaluated_is_one_error_line(unfinished_run, tmp_path, capsys, spoil):
     given, message = spoil(_hand_built_run(unfinished_run, tmp_path) / "checkpoints" / CHECKPOINT)
     assert one_error_line(capsys, [str(given), "--tasks", "classify"]).startswith(f"error: {given}: {message}")
+
+
+def test_a_checkpoint_keeps_the_preprocessing_it_trained_with(unfinished_run, tmp_path):
+    """The run's config.yaml is its newest start's: after a resume that changed the image size
+    and the mean (run.resume_with_changes=true), an older checkpoint (the best epoch's, kept for
+    this) is still evaluated as it was trained, by its state.json's settings (review of this change)."""
+    run = tmp_path / "run"
+    shutil.copytree(unfinished_run, run, ignore=shutil.ignore_patterns("eval*"))
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    trained = (config["data"]["image_size"], config["data"]["mean"])
+    config["data"].update(image_size=48, mean=[0.5, 0.5, 0.5])
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    source = build_request(make_parser().parse_args([str(run / "checkpoints" / CHECKPOINT), "--tasks",
+                                                     "classify"])).source
+    assert (source.image_size, list(source.mean)) == trained == (32, [0.485, 0.456, 0.406])

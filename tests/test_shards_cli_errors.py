@@ -70,6 +70,7 @@ def test_src_empty_folder(tmp_path, capsys):
     ("train", ("train", "val"), "train"),
     ("val", ("train", "val"), "val"),
     ("val", ("Train", "validation", "test"), "validation"),
+    ("train", ("train",), "train"),  # SRC's only folder
 ])
 def test_the_folder_above_split_folders_is_refused_naming_the_split_to_give(tmp_path, capsys, split, names,
                                                                              suggested):
@@ -89,6 +90,15 @@ def test_the_folder_above_split_folders_is_refused_naming_the_split_to_give(tmp_
     assert code == 0, err
     assert json.loads((tmp_path / "built" / "train.json").read_text())["classes"] == sorted([wnid(0), wnid(1),
                                                                                              "test"])
+    # Nor one named like a split that holds folders, among other classes (CIFAR-100 has a class
+    # "train"; images may sit in subfolders of a class). Refused by the first version of the check.
+    (tmp_path / "classes" / "test").rename(tmp_path / "classes" / "train")
+    (tmp_path / "classes" / "train" / "freight").mkdir()
+    for image in sorted((tmp_path / "classes" / "train").glob("*.*")):
+        image.rename(tmp_path / "classes" / "train" / "freight" / image.name)
+    code, _, err = run_main(capsys, "build", tmp_path / "classes", tmp_path / "built2", "--split", "train", *SMALL)
+    assert code == 0, err
+    assert json.loads((tmp_path / "built2" / "train.json").read_text())["totals"]["samples"] == 6
 
 
 def test_flat_folder_without_labels(tmp_path, capsys):

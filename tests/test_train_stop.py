@@ -176,10 +176,13 @@ def test_a_training_into_a_run_folder_another_one_is_using_is_refused(demo_shard
         wait_for(lambda: "epoch 1/1000:" in output.read_text(), first, "the first epoch")
         refusal = (f"error: run.out_dir={run} is in use by another training (pid {first.pid} on "
                    f"{socket.gethostname()}): wait for it to end or stop it (its checkpoints resume it), "
-                   "or give another run.out_dir")
-        for check in ([], ["--check"]):
-            code, out, err = cli_here([*check, *args], capsys)
-            assert (code, err.splitlines()) == (2, [refusal]), out + err
+                   f"or give another run.out_dir (if that host is down, NFS may keep its lock until it is back: "
+                   f"then remove {run / '.lock'})")
+        # With other settings too: refused as in use, not as a resume with changes.
+        for check in ([], ["--check"], ["optim.base_lr=0.7"], ["--check", "optim.base_lr=0.7"]):
+            code, out, err = cli_here([*args[:2], *check, *args[2:]] if check[:1] == ["--check"] else
+                                      [*args, *check], capsys)
+            assert (code, err.splitlines()) == (2, [refusal]), (check, out + err)
         first.kill()
         first.wait(timeout=60)
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]

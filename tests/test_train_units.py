@@ -727,3 +727,5 @@ def test_a_metrics_line_cut_short_at_the_end_is_left_out_and_damage_elsewhere_is
         metrics.write_text(text)
         with pytest.raises(TrainError, match=f"^{metrics}: line {line} is not a metrics record"):
             read_metrics(tmp_path)
+        truncate_metrics(tmp_path, last_epoch=0)  # run.resume=none: starts over whatever the file holds
+        assert metrics.read_text() == ""

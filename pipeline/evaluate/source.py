@@ -100,6 +100,9 @@ def _from_checkpoint(folder: Path) -> ModelSource:
     its run's ``config.yaml`` (two levels up), as a run folder's export has it."""
     from ..checkpoint import COMPLETE, checkpoint_damage, read_state, valid_checkpoints
 
+    # Absolute: `.` or `model.safetensors` given from inside the checkpoint named nothing by its
+    # name (the default out became RUN/eval-, eval.json recorded ".").
+    folder = Path(folder).absolute()
     in_run = folder.resolve().parent.name == "checkpoints"  # resolved: `epoch-0002` given inside checkpoints/
     run_dir = folder.parent.parent if folder.parent.name == "checkpoints" else folder.resolve().parent.parent
     found = valid_checkpoints(run_dir) if in_run else []
@@ -121,6 +124,13 @@ def _from_checkpoint(folder: Path) -> ModelSource:
                 "model_options": json.dumps({"shakedrop": True} if state.shakedrop else {})}
     if state.classes:  # checkpoints of older versions: the run's train manifest, as for their exports
         metadata["classes"] = json.dumps(state.classes)
+    # The preprocessing this checkpoint trained with, as its state records it: the run's config.yaml
+    # is its newest start's, which a resume with changes (another image size, mean, crop) rewrote.
+    recorded = {key: state.settings[f"{section}.{key}"] for section, keys in
+                (("data", ("image_size", "crop_pct", "augmentation", "crop_padding", "mean", "std")),
+                 ("model", ("channels_last",))) for key in keys if f"{section}.{key}" in state.settings}
+    if recorded:
+        metadata["preprocessing"] = json.dumps(recorded)
     described = {"folder": str(folder), "epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
                  "global_step": state.global_step}
     return dataclasses.replace(_run_source(config_file, weights, metadata, run_dir=run_dir), checkpoint=described)
