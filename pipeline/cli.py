@@ -88,7 +88,7 @@ def check_config(config) -> str:
     """``--check``: what a start checks before any work, plus the model name and (unless the demo
     builds them) the shards; one line saying what the run would do. TrainError on a problem."""
     from .checkpoint import read_state
-    from .data_check import check_demo_folder, check_shards, demo_to_build
+    from .data_check import check_batches, check_demo_folder, check_shards, demo_to_build
     from .models import check_model_name
     from .run import check_before_start
     from .run_lock import check_run_folder_free
@@ -100,14 +100,9 @@ def check_config(config) -> str:
         check_demo_folder(config)
         data = f"the demo digits (to be built) in {config.data.shards}"
     else:
-        from .data import steps_per_epoch
-
         classes = check_shards(config, checkpoint)
-        # A batch larger than a rank's share of the train split: the start refuses it when it
-        # counts its steps. The world size is the launcher's (WORLD_SIZE; 1 for a plain python).
-        steps_per_epoch(config.data.shards, "train", batch_size=config.loader.batch_size,
-                        world_size=int(os.environ.get("WORLD_SIZE", "1")), num_classes=len(classes),
-                        backend=config.loader.backend)
+        # The world size is the launcher's (WORLD_SIZE; 1 for a plain python).
+        check_batches(config, world_size=int(os.environ.get("WORLD_SIZE", "1")), num_classes=len(classes))
         data = f"the demo digits in {config.data.shards}" if config.data.demo else \
             f"{len(classes)} classes in {config.data.shards}"
     if checkpoint is None:

@@ -1,7 +1,8 @@
 """The training's shards, checked before any work (``--check`` runs the same checks): the train
 split and the split the run evaluates on are built, hold the same class list, and a checkpoint
-to resume was trained on that list with this model. Only manifests and the checkpoint's state
-are read: no torch, no model.
+to resume was trained on that list with this model; the CIFAR transform gets CIFAR's own image
+size; each split fills a batch per rank (``check_batches``: the loaders' own count, from the shard
+indexes). No model is built.
 
 The loaders check only the class *count* against the model; a val split built from another
 class list of the same size (class folders of other names, or another order) would be read with
@@ -55,7 +56,39 @@ def check_shards(config: TrainConfig, checkpoint: Path | None) -> list[str]:
     if checkpoint is not None:
         check_compatible(read_state(checkpoint), checkpoint=checkpoint, model_name=config.model.name,
                          num_classes=len(classes), shakedrop=config.model.shakedrop, classes=classes, shards=shards)
+    check_cifar_image_size(config, load_manifest(shards, "train"))
     return classes
+
+
+def check_cifar_image_size(config: TrainConfig, manifest: dict) -> None:
+    """The CIFAR transform pads and crops the images as they are (no resize): at another
+    data.image_size than the stored 32 px, training saw each image in a corner of a black canvas
+    (its crop anchored at the padding) and evaluation centred it, without a word."""
+    from shards.cifar import LAYOUTS, SIDE
+
+    kind = manifest.get("build", {}).get("source_kind")
+    if config.data.augmentation == "cifar" and kind in LAYOUTS and config.data.image_size != SIDE:
+        raise TrainError(f"data.image_size={config.data.image_size}: data.augmentation=cifar pads and crops the "
+                         f"images as they are, and {config.data.shards} holds CIFAR's {SIDE} px images: set "
+                         f"data.image_size={SIDE}")
+
+
+def check_batches(config: TrainConfig, *, world_size: int, num_classes: int) -> None:
+    """A batch larger than a rank's share of the train split, or of the split the run evaluates
+    on (loader.val_batch_size, else loader.batch_size): the loaders refuse it when built, after
+    the model; here it is one error naming the key, before any work (and by --check)."""
+    from .data import LoaderError, steps_per_epoch
+
+    loader = config.loader
+    for split, key, batch, training in (
+            ("train", "loader.batch_size", loader.batch_size, True),
+            (config.data.eval_split, "loader.val_batch_size" if loader.val_batch_size else "loader.batch_size",
+             loader.val_batch_size or loader.batch_size, False)):
+        try:
+            steps_per_epoch(config.data.shards, split, batch_size=batch, world_size=world_size,
+                            num_classes=num_classes, training=training, backend=loader.backend)
+        except LoaderError as error:
+            raise TrainError(f"{key}={batch}: {error}") from None
 
 
 def _first_difference(train: list[str], other: list[str]) -> str:

@@ -22,7 +22,7 @@ from .checkpoint import (TrainState, damaged_checkpoints, find_resume_checkpoint
 from .config import TrainConfig, config_to_dict, write_config
 from .data import Augmentation, LoaderError, LoaderOptions, create_loader, steps_per_epoch
 from .data.color import ColorAugment
-from .data_check import check_demo_folder, check_shards, demo_to_build
+from .data_check import check_batches, check_demo_folder, check_shards, demo_to_build
 from .errors import TrainError
 from .evaluate import evaluate
 from .export import export_weights
@@ -155,6 +155,7 @@ def setup(config: TrainConfig, *, run_dir: Path, checkpoint: Path | None, lock: 
             raise TrainError("run.tensorboard=true needs the tensorboard package: pip install tensorboard")
     shards = prepare_shards(config, accelerator=accelerator)
     classes = check_shards(config, checkpoint)
+    check_batches(config, world_size=accelerator.num_processes, num_classes=len(classes))
     # After the checks that refuse a run without writing (no run folder for a refused run), before
     # anything is written into it (resume's truncation, the config, checkpoints).
     lock.take(accelerator)

@@ -222,7 +222,8 @@ def test_a_failure_inside_the_job_is_said_again_last(cluster, demo_shards, tmp_p
     log = (tmp_path / f"cutmix-{job}.out").read_text()
     assert record["JobState"] == "FAILED", log[-4000:]
     lines = [line for line in log.splitlines() if line.strip()]
-    theirs = next(line for line in lines if line.startswith("error: batch_size 1000 is larger than a rank's share"))
+    theirs = next(line for line in lines
+                  if line.startswith("error: loader.batch_size=1000: batch_size 1000 is larger than a rank's share"))
     assert "node 0" in log and lines.index(theirs) < len(lines) - 1  # srun ran; the training said it first
     assert re.fullmatch(r"error: the training ended with exit status [1-9]\d*: " + re.escape(theirs[len("error: "):]),
                         lines[-1]), log[-4000:]

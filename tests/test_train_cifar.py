@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 from loader_fixtures import make_cifar_shards
-from train_helpers import REPO, run_train
+from train_helpers import REPO, cli_here, run_train
 
 from pipeline.logs import read_metrics
 
@@ -31,3 +31,28 @@ def test_a_cifar_recipe_trains_a_small_pyramidnet(cifar_shards, tmp_path, recipe
     assert {r["val_samples"] for r in records} == {24}  # the test split, every image once
     assert "| test top-1 err" in done.stdout and "done in" in done.stdout and ": test top-1 error" in done.stdout
     assert (tmp_path / "model.safetensors").exists()
+
+
+def test_a_size_the_cifar_transform_cannot_give_and_batches_a_split_cannot_fill_are_refused_first(
+        cifar_shards, tmp_path, capsys, monkeypatch):
+    """data.image_size=64 with the CIFAR transform trained on each 32 px image in a corner of a
+    black canvas (its crop anchored at the padding; evaluation centred it), rc 0; a batch larger
+    than the 24-image test split passed --check and failed after the model was built, naming
+    neither key (a user walkthrough)."""
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    recipe = ["--config", str(REPO / "configs" / "cifar10" / "pyramidnet110_a48_cutmix.yaml"),
+              f"data.shards={cifar_shards}", f"run.out_dir={tmp_path / 'run'}", "model.name=pyramidnet20_a48",
+              "schedule.epochs=2", "schedule.milestones=[1]", "loader.batch_size=16", "loader.num_threads=1"]
+    share = "is larger than a rank's share of split 'test' (24 samples with world_size 1): use a smaller batch or " \
+        "fewer ranks"
+    cases = [(["data.image_size=64"], f"error: data.image_size=64: data.augmentation=cifar pads and crops the images "
+                                      f"as they are, and {cifar_shards} holds CIFAR's 32 px images: set "
+                                      "data.image_size=32"),
+             (["loader.batch_size=32"], f"error: loader.batch_size=32: batch_size 32 {share}"),
+             (["loader.val_batch_size=25"], f"error: loader.val_batch_size=25: batch_size 25 {share}")]
+    for extra, line in cases:
+        for check in (["--check"], []):
+            code, out, err = cli_here([*check, *recipe, *extra], capsys)
+            assert (code, err.splitlines()[:1]) == (2, [line]), (check, extra, out + err)
+            assert not (tmp_path / "run" / "checkpoints").exists()
