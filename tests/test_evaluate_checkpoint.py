@@ -192,3 +192,17 @@ def test_a_checkpoint_keeps_the_preprocessing_it_trained_with(unfinished_run, tm
     source = build_request(make_parser().parse_args([str(run / "checkpoints" / CHECKPOINT), "--tasks",
                                                      "classify"])).source
     assert (source.image_size, list(source.mean)) == trained == (32, [0.485, 0.456, 0.406])
+
+
+def test_compare_takes_an_evaluated_checkpoint(tmp_path):
+    """compare RUN RUN/checkpoints/epoch-NNNN said the checkpoint had no eval.json, just after
+    `evaluate` had written it where it writes by default, RUN/eval-epoch-NNNN (a walkthrough)."""
+    from pipeline.evaluate.runner import read_results
+
+    (tmp_path / "run" / "checkpoints" / CHECKPOINT).mkdir(parents=True)
+    (tmp_path / "run" / f"eval-{CHECKPOINT}").mkdir()
+    results = {"settings": {"model": "resnet10t", "finished": True}, "classify": {"top1_err": 12.5}}
+    (tmp_path / "run" / f"eval-{CHECKPOINT}" / "eval.json").write_text(json.dumps(results))
+    assert read_results(tmp_path / "run" / "checkpoints" / CHECKPOINT) == results
+    with pytest.raises(EvalError, match="no eval.json"):
+        read_results(tmp_path / "run" / "checkpoints" / "epoch-0001")

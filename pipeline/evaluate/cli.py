@@ -100,7 +100,8 @@ def make_compare_parser() -> argparse.ArgumentParser:
     parser = CommandParser(prog="python -m pipeline.evaluate compare",
                                      description="Several evaluations side by side: compare.md and plots.")
     parser.add_argument("evaluations", type=Path, nargs="+", metavar="EVAL",
-                        help="an eval.json, the folder holding it, or a run folder with eval/eval.json")
+                        help="an eval.json, the folder holding it, a run folder with eval/eval.json, or a "
+                        "checkpoint RUN/checkpoints/epoch-NNNN evaluated into RUN/eval-epoch-NNNN")
     parser.add_argument("--labels", help="comma-separated names (default: the folder names)")
     parser.add_argument("--out", type=Path, default=Path("eval-compare"), help="default eval-compare")
     return parser

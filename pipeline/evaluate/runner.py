@@ -370,9 +370,14 @@ def _settings(request: EvalRequest, accelerator) -> dict:
 
 
 def read_results(path: Path) -> dict:
-    """An ``eval.json`` (or a folder holding one, or a run folder with ``eval/eval.json``)."""
+    """An ``eval.json`` (or a folder holding one, a run folder with ``eval/eval.json``, or one of
+    its checkpoints, ``RUN/checkpoints/epoch-NNNN``, evaluated into its default ``RUN/eval-epoch-NNNN``)."""
     path = Path(path)
-    for candidate in (path, path / "eval.json", path / "eval" / "eval.json"):
+    folder = path.absolute()
+    candidates = [path, path / "eval.json", path / "eval" / "eval.json"]
+    if folder.parent.name == "checkpoints":
+        candidates.append(folder.parent.parent / f"eval-{folder.name}" / "eval.json")
+    for candidate in candidates:
         if candidate.is_file():
             try:
                 results = json.loads(candidate.read_text())
