@@ -214,16 +214,17 @@ def test_a_config_mistake_is_one_line_before_any_node_starts(cluster, demo_shard
 
 
 def test_a_failure_inside_the_job_is_said_again_last(cluster, demo_shards, tmp_path):
-    """A mistake only the training processes find (a batch larger than a rank's share: the check
-    before srun passes): the log ends with one error line that repeats theirs, after torchrun's
-    report of the failed ranks."""
-    job = submit_training(cluster, tmp_path, small_run_args(demo_shards, tmp_path / "run", "loader.batch_size=1000"))
+    """A mistake only the training processes find (a batch larger than a rank's share of the 359
+    val digits at world size 2, not at the check's 1: the check before srun passes): the log ends
+    with one error line that repeats theirs, after torchrun's report of the failed ranks."""
+    job = submit_training(cluster, tmp_path, small_run_args(demo_shards, tmp_path / "run", "loader.batch_size=200"))
     record = cluster.wait(job, timeout=300)
     log = (tmp_path / f"cutmix-{job}.out").read_text()
     assert record["JobState"] == "FAILED", log[-4000:]
     lines = [line for line in log.splitlines() if line.strip()]
     theirs = next(line for line in lines
-                  if line.startswith("error: loader.batch_size=1000: batch_size 1000 is larger than a rank's share"))
+                  if line.startswith("error: loader.batch_size=200: batch_size 200 is larger than a rank's share "
+                                     "of split 'val'"))
     assert "node 0" in log and lines.index(theirs) < len(lines) - 1  # srun ran; the training said it first
     assert re.fullmatch(r"error: the training ended with exit status [1-9]\d*: " + re.escape(theirs[len("error: "):]),
                         lines[-1]), log[-4000:]
