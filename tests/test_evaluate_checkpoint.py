@@ -206,3 +206,11 @@ def test_compare_takes_an_evaluated_checkpoint(tmp_path):
     assert read_results(tmp_path / "run" / "checkpoints" / CHECKPOINT) == results
     with pytest.raises(EvalError, match="no eval.json"):
         read_results(tmp_path / "run" / "checkpoints" / "epoch-0001")
+
+
+def test_a_checkpoint_that_is_not_there_names_those_that_are(unfinished_run, capsys):
+    """A pruned or misspelt checkpoint name: the run's complete checkpoints are listed (by hand: the
+    demo run keeps the last two of its three epochs)."""
+    missing = unfinished_run / "checkpoints" / "epoch-0001"
+    assert one_error_line(capsys, [str(missing), "--tasks", "classify"]) == (
+        f"error: {missing}: no such run folder or weights file; the run's complete checkpoints: epoch-0002, epoch-0003")

@@ -230,20 +230,48 @@ def test_the_in_distribution_shards_as_ood_are_refused(demo_run, demo_shards, ca
     assert "the in-distribution shards themselves (test)" in line
 
 
-def test_ood_sets_from_shards_folders_are_named_apart(demo_run, demo_shards, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def ood_shards(tmp_path_factory):
+    """Out-of-distribution shards (test split only): 2 folders of 7 noise JPEGs built by ``shards build``."""
+    from shard_fixtures import make_imagefolder
+
+    from shards.cli import main as shards_main
+
+    root = tmp_path_factory.mktemp("ood")
+    make_imagefolder(root / "images", num_classes=2, per_class=7, seed=5)
+    assert shards_main(["build", str(root / "images"), str(root / "shards"), "--split", "test", "--quiet"]) == 0
+    return root / "shards"
+
+
+def test_ood_sets_from_shards_folders_are_named_apart(demo_run, ood_shards, tmp_path, capsys):
     """Two OOD folders with the same last name are told apart by their parents (not "shards" and
-    "shards-2"), and each is scored whole: copies of the test split score exactly as it does."""
-    copies = [_copy_test_split(demo_shards, tmp_path / parent / "shards") for parent in ("lsun", "places")]
+    "shards-2"), and each is scored whole: two copies of one set score exactly alike."""
+    copies = [tmp_path / parent / "shards" for parent in ("lsun", "places")]
+    for copy in copies:
+        shutil.copytree(ood_shards, copy)
     out = tmp_path / "eval"
     assert main([str(demo_run), "--split", "test", "--tasks", "ood", "--quiet", "--num-threads", "1", "--out", str(out),
-                 "--ood-split", "test", "--ood-shards", *map(str, copies)]) == 0, capsys.readouterr().err
+                 "--ood-shards", *map(str, copies)]) == 0, capsys.readouterr().err
     results = json.loads((out / "eval.json").read_text())
     assert results["settings"]["ood_splits"] == ["test", "test"]
     ood = results["ood"]
     assert list(ood["sets"]) == ["uniform", "gaussian", "lsun/shards", "places/shards"]
-    samples = json.loads((demo_shards / "test.json").read_text())["totals"]["samples"]
     assert ood["sets"]["lsun/shards"] == ood["sets"]["places/shards"]
-    assert ood["sets"]["lsun/shards"]["samples"] == ood["in_distribution_samples"] == samples
+    assert ood["sets"]["lsun/shards"]["samples"] == 14
+
+
+@pytest.mark.parametrize("split", ["test", "train"])
+def test_a_copy_of_in_distribution_shards_as_ood_is_refused(demo_run, demo_shards, tmp_path, split, capsys):
+    """A copy of the evaluated split, or of the training split, scores as in-distribution data: every
+    OOD number would be meaningless. The manifests' sha256 tell it before any shard is read."""
+    copy = tmp_path / "ood"
+    copy.mkdir()
+    manifest = json.loads((demo_shards / f"{split}.json").read_text())
+    (copy / "test.json").write_text(json.dumps(manifest))  # as test: the split name changes nothing
+    line = one_error_line(capsys, [str(demo_run), "--split", "test", "--tasks", "ood", "--ood-shards", str(copy)])
+    count = len(manifest["shards"])
+    assert f"--ood-shards {copy}: {count} of its {count} test shard(s) are byte-identical to the in-distribution " \
+        f"{demo_shards}'s {split} shards ({manifest['shards'][0]['name']} = {manifest['shards'][0]['name']})" in line
 
 
 def _copy_test_split(demo_shards, folder):
@@ -284,8 +312,9 @@ def test_ood_set_names_by_hand():
     assert ood_set_names(["/data/val", "/mnt/data/val"]) == ["/data/val", "mnt/data/val"]  # one the tail of the other
 
 
-def test_an_ood_folder_named_twice_is_refused(demo_run, demo_shards, tmp_path, capsys):
-    copy, link = _copy_test_split(demo_shards, tmp_path / "copy"), tmp_path / "link"
+def test_an_ood_folder_named_twice_is_refused(demo_run, ood_shards, tmp_path, capsys):
+    copy, link = tmp_path / "copy", tmp_path / "link"
+    shutil.copytree(ood_shards, copy)
     link.symlink_to(copy)
     line = one_error_line(capsys, [str(demo_run), "--tasks", "ood", "--ood-shards", str(copy), str(link)])
     assert f"--ood-shards names {copy} twice (as {link})" in line
@@ -397,8 +426,74 @@ def test_precision_bf16_on_a_cpu(evaluated, demo_run, tmp_path, monkeypatch, req
     assert abs(half["top1_err"] - full["top1_err"]) <= 3 * 100 / full["samples"]
 
 
-def test_weights_file_without_shards(demo_run, capsys):
-    assert "--shards is needed" in one_error_line(capsys, [str(demo_run / "model.safetensors")])
+def test_weights_file_without_shards(demo_run, tmp_path, capsys):
+    """Weights alone (copied out of their run) do not know their shards; a run's own export named as
+    a file is its run: the run's shards, the split the run evaluated, the run's default out."""
+    alone = tmp_path / "r.safetensors"
+    shutil.copy(demo_run / "model.safetensors", alone)
+    assert "--shards is needed" in one_error_line(capsys, [str(alone)])
+    from pipeline.evaluate.cli import build_request, make_parser
+
+    request = build_request(make_parser().parse_args([str(demo_run / "model.safetensors"), "--tasks", "classify"]))
+    config = yaml.safe_load((demo_run / "config.yaml").read_text())
+    assert (str(request.shards), request.split) == (config["data"]["shards"], config["data"]["eval_split"])
+    assert request.out == demo_run / "eval" and request.source.run_dir == demo_run
+
+
+def test_weights_alone_read_test_where_the_shards_have_no_val(demo_run, demo_shards, tmp_path):
+    """CIFAR and CUB shards have train and test: exported weights evaluated on them default to test,
+    and to val where there is one."""
+    from pipeline.evaluate.cli import build_request, make_parser
+
+    weights = tmp_path / "r.safetensors"
+    shutil.copy(demo_run / "model.safetensors", weights)
+    shards = tmp_path / "cifar-like"
+    shards.mkdir()
+    for split in ("train", "test"):
+        shutil.copy(demo_shards / f"{split}.json", shards)
+    argv = [str(weights), "--tasks", "classify", "--shards"]
+    assert build_request(make_parser().parse_args([*argv, str(shards)])).split == "test"
+    assert build_request(make_parser().parse_args([*argv, str(demo_shards)])).split == "val"
+
+
+def test_out_that_is_the_run_or_its_checkpoints_is_refused(demo_run, demo_shards, capsys):
+    """eval.json and the plots written into the run folder, among its checkpoints (pruned by
+    training) or into the shards folder would mix with what is there."""
+    def refused(*extra):
+        return one_error_line(capsys, [str(demo_run), "--tasks", "classify", *extra])
+
+    assert refused("--out", str(demo_run)).endswith(
+        f"--out {demo_run}: the run folder itself; the evaluation needs a folder of its own (default "
+        f"{demo_run / 'eval'})")
+    assert f"--out {demo_run / 'checkpoints' / 'e'}: inside the run's checkpoints folder" in refused(
+        "--out", str(demo_run / "checkpoints" / "e"))
+    assert f"--out {demo_shards}: the shards folder itself" in refused("--out", str(demo_shards))
+    assert not (demo_run / "checkpoints" / "e").exists() and not (demo_run / "eval.json").exists()
+
+
+def test_ood_shards_with_no_folder_or_a_missing_one(demo_run, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main([str(demo_run), "--tasks", "ood", "--ood-shards"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and "--ood-shards: expected at least one argument" in err[0], err
+    line = one_error_line(capsys, [str(demo_run), "--tasks", "ood", "--ood-shards", "/nonexistent/ood"])
+    assert line == "error: --ood-shards /nonexistent/ood: no such folder"
+    line = one_error_line(capsys, [str(demo_run), "--tasks", "classify", "--shards", "/nonexistent/shards"])
+    assert line == "error: --shards /nonexistent/shards: no such folder"
+
+
+def test_compare_of_a_run_folder_reads_its_eval_folder(evaluated, demo_run, tmp_path):
+    """A run folder's evaluation is RUN/eval/eval.json; a stray eval.json beside its config.yaml
+    (an older version's --out RUN) does not stand for it."""
+    from pipeline.evaluate.runner import read_results
+
+    _, results, _ = evaluated
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    (run / "config.yaml").write_text((demo_run / "config.yaml").read_text())
+    (run / "eval" / "eval.json").write_text(json.dumps(results))
+    (run / "eval.json").write_text(json.dumps({**results, "classify": {**results["classify"], "top1_err": -1}}))
+    assert read_results(run)["classify"]["top1_err"] == results["classify"]["top1_err"]
 
 
 def test_help_explains_each_task_and_metric(capsys):

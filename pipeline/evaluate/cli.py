@@ -68,14 +68,14 @@ def make_parser() -> argparse.ArgumentParser:
                         "(RUN/checkpoints/epoch-NNNN) or exported weights")
     parser.add_argument("--shards", type=Path, help="shards folder (default: the run's data.shards)")
     parser.add_argument("--split", help="the split to evaluate (default: the one the run evaluated while training, "
-                        "its data.eval_split; val for exported weights; CIFAR and CUB shards "
-                        "have test)")
+                        "its data.eval_split; for exported weights val, or test where the shards have no val: CIFAR, "
+                        "CUB)")
     parser.add_argument("--tasks", help=f"comma-separated, from: {', '.join(TASKS)} (default: all; localize only "
                         "where the split has boxes and the model's head has a CAM)")
     parser.add_argument("--image-size", type=int, help="evaluate at this input size instead of the training one "
                         "(the val resize follows the run's crop_pct; for fully convolutional models, e.g. the demo's "
                         "localization canvases at 64 px)")
-    parser.add_argument("--ood-shards", type=Path, nargs="*", default=[], metavar="DIR",
+    parser.add_argument("--ood-shards", type=Path, nargs="+", default=[], metavar="DIR",
                         help="out-of-distribution shards folders (read at --ood-split)")
     parser.add_argument("--ood-split", metavar="SPLIT", help="the split of the --ood-shards folders to read "
                         "(default: --split where a folder has it, else its only split)")
@@ -117,8 +117,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             "run before --ood-shards)" if args.ood_shards else ""
         parser.error(f"the following arguments are required: RUN_DIR|MODEL.safetensors{taken}")
     if not args.model.exists():  # before torch is imported (seconds); resolve_source checks it again
-        raise EvalError(f"{args.model}: no such run folder or weights file")
+        raise EvalError(f"{args.model}: no such run folder or weights file{_checkpoints_there(args.model)}")
     return args
+
+
+def _checkpoints_there(missing: Path) -> str:
+    """``; the run's complete checkpoints: ...`` for a checkpoint name that is not there (pruned, or
+    misspelt) in a run's checkpoints folder."""
+    from ..checkpoint import valid_checkpoints
+
+    folder = missing.parent
+    if folder.name != "checkpoints" or not (folder.parent / "config.yaml").is_file():
+        return ""
+    found = valid_checkpoints(folder.parent)
+    return f"; the run's complete checkpoints: {', '.join(p.name for p in found) or 'none'}"
 
 
 def build_request(args: argparse.Namespace):
@@ -137,15 +149,16 @@ def build_request(args: argparse.Namespace):
             raise EvalError(f"--image-size: this model was trained with CIFAR's transform (images as they are, "
                             f"no resize); evaluate it at its training size, {source.image_size}")
         source = dataclasses.replace(source, image_size=args.image_size)
-    split = args.split or source.eval_split or "val"
     shards = args.shards or source.shards
     if shards is None:
         raise EvalError("--shards is needed with a .safetensors file (a run folder brings its own)")
+    split = args.split or source.eval_split or _default_split(Path(shards))
     if args.tasks is not None:  # an empty list is refused by the request check
         tasks = tuple(dict.fromkeys(t.strip() for t in args.tasks.split(",") if t.strip()))
     else:
         tasks = tuple(t for t in TASKS if t != "localize" or _has_boxes(shards, split))
     out = args.out or _default_out(source)
+    _check_out(out, source=source, shards=Path(shards), ood_shards=args.ood_shards)
     return EvalRequest(source=source, shards=Path(shards), split=split, tasks=tasks, out=out,
                        ood_shards=tuple(args.ood_shards), ood_split=args.ood_split, batch_size=args.batch_size,
                        backend=args.backend, precision=args.precision,
@@ -162,6 +175,29 @@ def _default_out(source) -> Path:
     if source.run_dir is not None:
         return source.run_dir / "eval"
     return source.weights.parent / f"eval-{source.weights.stem}"
+
+
+def _default_split(shards: Path) -> str:
+    """val where the shards have it; else test, the only evaluation split CIFAR and CUB have (the
+    request check names the splits there are when neither is)."""
+    return "test" if not (shards / "val.json").is_file() and (shards / "test.json").is_file() else "val"
+
+
+def _check_out(out: Path, *, source, shards: Path, ood_shards: list[Path]) -> None:
+    """--out must be a folder of its own: eval.json, eval.md and the plots written into the run
+    folder, a checkpoint or a shards folder would mix with what is there (and a run folder's
+    eval.json would stand for its evaluation in compare)."""
+    target = out.resolve()
+    owners = [("the run folder", source.run_dir), ("the checkpoint", source.checkpoint and source.checkpoint["folder"]),
+              ("the shards folder", shards), *(("an --ood-shards folder", folder) for folder in ood_shards)]
+    for what, folder in owners:
+        if folder is not None and target == Path(folder).resolve():
+            default = f" (default {_default_out(source)})" if what != "the shards folder" else ""
+            raise EvalError(f"--out {out}: {what} itself; the evaluation needs a folder of its own{default}")
+    checkpoints = source.run_dir and (source.run_dir / "checkpoints").resolve()
+    if checkpoints is not None and (target == checkpoints or checkpoints in target.parents):
+        raise EvalError(f"--out {out}: inside the run's checkpoints folder, which training prunes; "
+                        f"the evaluation needs a folder of its own (default {_default_out(source)})")
 
 
 def _has_boxes(shards: Path, split: str) -> bool:

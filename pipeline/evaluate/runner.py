@@ -95,11 +95,29 @@ def check_request(request: EvalRequest) -> dict:
         if Path(folder).resolve() == Path(request.shards).resolve() and split == request.split:
             raise EvalError(f"--ood-shards {folder}: the in-distribution shards themselves ({split}); name "
                             "out-of-distribution data")
+        _check_not_a_copy(folder, split, request.shards)
     try:  # last: a refused request leaves nothing behind
         request.out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise EvalError(f"--out {request.out}: cannot create it ({error.strerror})") from None
     return manifest
+
+
+def _check_not_a_copy(folder: Path, split: str, shards: Path) -> None:
+    """An OOD set holding shards byte-identical to the in-distribution ones (a copy of the test
+    split, of train) would score as in-distribution and make every OOD number meaningless; the
+    manifests' sha256 of each shard tell it without reading a shard."""
+    ood = {entry["sha256"]: entry["name"] for entry in load_manifest(Path(folder), split)["shards"]}
+    for inside in _splits_in(shards):
+        try:
+            entries = load_manifest(Path(shards), inside)["shards"]
+        except ShardsError:
+            continue  # a split the evaluation does not read; its own commands report its damage
+        same = [(ood[entry["sha256"]], entry["name"]) for entry in entries if entry["sha256"] in ood]
+        if same:
+            raise EvalError(f"--ood-shards {folder}: {len(same)} of its {len(ood)} {split} shard(s) are byte-identical "
+                            f"to the in-distribution {shards}'s {inside} shards ({same[0][0]} = {same[0][1]}): "
+                            "name out-of-distribution data")
 
 
 def has_boxes(manifest: dict) -> bool:
@@ -108,6 +126,8 @@ def has_boxes(manifest: dict) -> bool:
 
 
 def _manifest(folder: Path, split: str, *, what: str, split_option: str = "--split") -> dict:
+    if not Path(folder).exists():
+        raise EvalError(f"{what} {folder}: no such folder")
     try:
         return load_manifest(Path(folder), split)
     except ShardsError as error:
@@ -129,6 +149,8 @@ def _ood_split(folder: Path, split: str, chosen: str | None = None) -> str:
     if Path(folder).is_file():
         hint = " (give the folder holding it)" if Path(folder).suffix == ".json" else ""
         raise EvalError(f"--ood-shards {folder}: a file, not a shards folder{hint}")
+    if not Path(folder).exists():
+        raise EvalError(f"--ood-shards {folder}: no such folder")
     if chosen is not None or (Path(folder) / f"{split}.json").is_file():
         return chosen or split
     found = _splits_in(folder)
@@ -375,6 +397,8 @@ def read_results(path: Path) -> dict:
     path = Path(path)
     folder = path.absolute()
     candidates = [path, path / "eval.json", path / "eval" / "eval.json"]
+    if (path / "config.yaml").is_file():  # a run folder: its evaluation, not a stray eval.json beside its config
+        candidates = [path / "eval" / "eval.json", path / "eval.json"]
     if folder.parent.name == "checkpoints":
         candidates.append(folder.parent.parent / f"eval-{folder.name}" / "eval.json")
     for candidate in candidates:

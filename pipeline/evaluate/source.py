@@ -56,6 +56,10 @@ def resolve_source(path: str | Path) -> ModelSource:
         return _from_checkpoint(path) if _is_checkpoint_folder(path) else _from_run(path)
     if path.name == WEIGHTS_FILE and _is_checkpoint_folder(path.parent):  # a checkpoint's weights: no metadata
         return _from_checkpoint(path.parent)
+    if path.name == WEIGHTS_FILE and (path.parent / "config.yaml").is_file():
+        # A run's own export, named as a file: the run's config brings the shards and the split the
+        # run evaluated (CIFAR's test), which the weights' metadata alone does not.
+        return _from_run(path.parent)
     if path.suffix != ".safetensors":
         raise EvalError(f"{path}: expected a run folder or an exported .safetensors file")
     metadata = _read_metadata(path)
