@@ -156,7 +156,11 @@ def _milestones(config) -> tuple[str, str] | None:
     if milestones != sorted(set(milestones)):
         return "schedule.milestones", f"must be strictly increasing, got {milestones}"
     if config.schedule.name == "step" and milestones and milestones[-1] > epochs:
-        return "schedule.milestones", f"must lie within schedule.epochs={epochs}, got {milestones}"
+        within = [m for m in milestones if m <= epochs]
+        # A short try of a recipe (schedule.epochs=2 on CIFAR's 150,225) meets this first: say what to give.
+        return "schedule.milestones", (f"must lie within schedule.epochs={epochs}, got {milestones}; give them with "
+                                       f"schedule.epochs, e.g. schedule.milestones=[{','.join(map(str, within or [1]))}]"
+                                       ", or schedule.milestones=[] for no decay")
     return None
 
 

@@ -5,6 +5,8 @@ violation into one ``error:`` line and exit 2 without creating the run folder.""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from train_helpers import REPO, run_train
 
@@ -106,13 +108,19 @@ def test_cross_field_rules_name_the_key_that_must_change():
         (["optim.momentum=0"], "optim.nesterov: true needs optim.momentum > 0"),
         (["schedule.name=cosine", "schedule.min_lr=0.5"], "schedule.min_lr: must be below optim.base_lr"),
         (["data.image_size=32", "mix.cutout_size=40"], "mix.cutout_size: must be at most data.image_size=32"),
+        # a short try of a recipe: the milestones to give with it (those within it, else [1]), or none
+        (["schedule.epochs=2"], "schedule.milestones: must lie within schedule.epochs=2, got [75, 150, 225]; give "
+         "them with schedule.epochs, e.g. schedule.milestones=[1], or schedule.milestones=[] for no decay"),
+        (["schedule.epochs=160"], "e.g. schedule.milestones=[75,150], or"),
     ]
     for overrides, message in cases:
-        with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
             resolve_config(config_file=None, overrides=overrides)
     # The same values are fine together with what they need.
     resolve_config(config_file=None, overrides=["mix.mode=cutout", "mix.cutout_size=112"])
     resolve_config(config_file=None, overrides=["optim.momentum=0", "optim.nesterov=false"])
+    for milestones in ("[1]", "[]"):  # what the milestones message offers is taken
+        resolve_config(config_file=None, overrides=["schedule.epochs=2", f"schedule.milestones={milestones}"])
 
 
 @pytest.mark.parametrize("text", ["no", "yes", "on", "off", "No"])
