@@ -78,7 +78,7 @@ def plot_run(run_dir: Path, *, out_dir: Path | None = None) -> list[Path]:
             plt.close(figure)
             written.append(out / name)
     except OSError as error:  # --out is a file or under one, no permission, a full disk
-        raise ValueError(f"out: cannot write into {out} ({' '.join(str(error).split())})") from None
+        raise ValueError(f"--out: cannot write into {out} ({' '.join(str(error).split())})") from None
     return written
 
 

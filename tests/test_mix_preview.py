@@ -137,11 +137,11 @@ def test_help_and_argument_mistakes_answer_before_torch_is_loaded():
     assert "usage: python -m pipeline.mix preview" in done.stdout and "1 to 64" in done.stdout
     codes = [line for line in done.stderr.splitlines() if not line.startswith(("usage", " "))]
     assert codes[0] == "0" and codes[1].startswith("error: argument --mode: invalid choice: 'cutmx'"), codes
-    assert codes[2:] == ["2", "error: size: must be >= 1, got 0", "2",
-                         "error: batch_size: at most 64 images in one grid, got 65", "2",
-                         "error: mode: feature_cutmix mixes a layer's feature maps, which a picture of images cannot "
+    assert codes[2:] == ["2", "error: --size: must be >= 1, got 0", "2",
+                         "error: --batch-size: at most 64 images in one grid, got 65", "2",
+                         "error: --mode: feature_cutmix mixes a layer's feature maps, which a picture of images cannot "
                          "show; --mode cutmix shows the same box and lambda draw on the images", "2",
-                         "error: cutout_size: must be 1 to --size=160 pixels, got 500", "2"], codes
+                         "error: --cutout-size: must be 1 to --size=160 pixels, got 500", "2"], codes
 
 
 def test_caption_shows_label_weights():
@@ -182,7 +182,8 @@ def test_caption_shows_label_weights():
 )
 def test_preview_errors_name_the_argument(shards_dir, tmp_path, capsys, options, name):
     code, out, err = run_main([shards_dir, "--out", tmp_path / "x.png", *options], capsys)
-    assert_one_error_line(code, err, f"error: {name}:")
+    option = "SHARDS_DIR" if name == "shards_dir" else f"--{name.replace('_', '-')}"  # as the user typed it
+    assert_one_error_line(code, err, f"error: {option}:")
     assert not out and not (tmp_path / "x.png").exists()
 
 
@@ -199,7 +200,7 @@ def test_size_bound_is_inclusive_and_in_the_help(shards_dir, tmp_path, capsys):
 def test_feature_modes_are_refused_naming_the_input_level_mode(shards_dir, tmp_path, capsys):
     for mode, shown, draw in [("feature_cutmix", "cutmix", "box and lambda"), ("manifold_mixup", "mixup", "lambda")]:
         code, out, err = run_main([shards_dir, "--out", tmp_path / "x.png", "--mode", mode], capsys)
-        assert_one_error_line(code, err, f"error: mode: {mode} mixes a layer's feature maps, ")
+        assert_one_error_line(code, err, f"error: --mode: {mode} mixes a layer's feature maps, ")
         assert f"--mode {shown} shows the same {draw} draw on the images" in err
         assert not out and not (tmp_path / "x.png").exists()
 
@@ -207,7 +208,7 @@ def test_feature_modes_are_refused_naming_the_input_level_mode(shards_dir, tmp_p
 def test_cutout_size_bound_is_the_image_side(shards_dir, tmp_path, capsys):
     options = ["--mode", "cutout", "--size", "32", "--batch-size", "2"]
     code, _, err = run_main([shards_dir, "--out", tmp_path / "x.png", *options, "--cutout-size", "33"], capsys)
-    assert_one_error_line(code, err, "error: cutout_size: must be 1 to --size=32 pixels, got 33")
+    assert_one_error_line(code, err, "error: --cutout-size: must be 1 to --size=32 pixels, got 33")
     assert not (tmp_path / "x.png").exists()
     # As training (mix.cutout_size at most data.image_size): a hole the image's own side is allowed.
     assert run_main([shards_dir, "--out", tmp_path / "x.png", *options, "--cutout-size", "32"], capsys)[0] == 0
@@ -243,7 +244,7 @@ def test_output_name_without_suffix_is_reported_with_it(shards_dir, tmp_path, ca
 def test_output_under_a_file_is_one_error_line(shards_dir, tmp_path, capsys):
     (tmp_path / "taken").write_text("a file, not a folder")
     code, _, err = run_main([shards_dir, "--out", tmp_path / "taken" / "grid.png", "--batch-size", "2"], capsys)
-    assert_one_error_line(code, err, f"error: out: cannot write {tmp_path / 'taken' / 'grid.png'}")
+    assert_one_error_line(code, err, f"error: --out: cannot write {tmp_path / 'taken' / 'grid.png'}")
 
 
 def test_folder_without_a_manifest_is_refused(tmp_path, capsys):
@@ -254,7 +255,7 @@ def test_folder_without_a_manifest_is_refused(tmp_path, capsys):
             noisy_image((200, 30, 30), (40, 30), index).save(buffer, format="JPEG")
             writer.write({"__key__": f"{index:04d}", "jpg": buffer.getvalue(), "cls": b"0"})
     code, _, err = run_main([tmp_path, "--out", tmp_path / "x.png", "--batch-size", "2"], capsys)
-    assert_one_error_line(code, err, f"error: shards_dir: {tmp_path / 'train.json'}: no manifest")
+    assert_one_error_line(code, err, f"error: SHARDS_DIR: {tmp_path / 'train.json'}: no manifest")
 
 
 def test_truncated_shard_is_named(shards_dir, tmp_path, capsys):
@@ -264,7 +265,7 @@ def test_truncated_shard_is_named(shards_dir, tmp_path, capsys):
     (_, third), data = first_shard_samples(shards_dir)[2], tar.read_bytes()
     tar.write_bytes(data[: min(member.offset for member in third.values())])
     code, _, err = run_main([shards_dir, "--out", tmp_path / "x.png", "--batch-size", "6"], capsys)
-    assert_one_error_line(code, err, f"error: shards_dir: {tar}: ")
+    assert_one_error_line(code, err, f"error: SHARDS_DIR: {tar}: ")
     assert "the manifest says" in err and not (tmp_path / "x.png").exists()
 
 

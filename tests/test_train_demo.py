@@ -128,7 +128,7 @@ def test_plot_mistakes_are_one_error_line(tmp_path, capsys):
         ([tmp_path / "nope"], f"error: {tmp_path / 'nope'}: no such file or folder"),
         ([tmp_path / "config.yaml"], f"error: {tmp_path / 'config.yaml'}: not a run folder or its metrics.jsonl"),
         ([tmp_path], f"error: {tmp_path}: no metrics.jsonl (not a run folder, or no epoch has finished yet)"),
-        ([metrics, "--out", tmp_path / "taken"], f"error: out: cannot write into {tmp_path / 'taken'} ("),
+        ([metrics, "--out", tmp_path / "taken"], f"error: --out: cannot write into {tmp_path / 'taken'} ("),
     ]
     for argv, line in cases:
         code, out, err = plot_here(argv, capsys)

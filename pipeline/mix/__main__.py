@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(prog="python -m pipeline.mix", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     preview = commands.add_parser("preview", help="draw a grid of one mixed batch with its label weights")
-    preview.add_argument("shards_dir", type=Path,
+    preview.add_argument("shards_dir", type=Path, metavar="SHARDS_DIR",
                          help="folder built by `python -m shards build`: <split>.json and its <split>-NNNNNN.tar")
     preview.add_argument("--out", default=DEFAULT_NAME,
                          help=f"picture to write, in the format its suffix names (none: .png is added; a folder, or a "
@@ -103,6 +103,16 @@ def run_preview(args: argparse.Namespace) -> Path:
     )  # fmt: skip
 
 
+def as_option(message: str, args: argparse.Namespace) -> str:
+    """``message`` with its leading argument name (``cutout_size: ...``, as the checks and the
+    sampler, which training shares, name it) said as the user typed it: ``--cutout-size: ...``,
+    ``SHARDS_DIR: ...``."""
+    name, colon, rest = message.partition(": ")
+    if not colon or name not in vars(args) or name == "command":
+        return message
+    return f"{'SHARDS_DIR' if name == 'shards_dir' else '--' + name.replace('_', '-')}: {rest}"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; a bad argument or a damaged shard prints one `error:` line on stderr and returns 2
     (a LoaderError is a ValueError); argparse's own refusals (not an int) exit 2 with one line too (CommandParser)."""
@@ -110,7 +120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         out_path = run_preview(args)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {as_option(str(error), args)}", file=sys.stderr)
         return 2
     print(f"wrote {out_path}")  # the exact file: output_file decided it
     return 0
