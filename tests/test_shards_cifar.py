@@ -6,12 +6,14 @@ written into them: the pixels and labels of each record, read back by the webdat
 and by DALI's reader and CPU decoder with our index files.
 """
 
+import codecs
 import gzip
 import hashlib
 import io
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import tarfile
@@ -433,14 +435,29 @@ def test_the_unpickler_refuses_every_global_but_numpy_arrays(tmp_path, protocol)
     assert not made.exists()
 
 
-def test_the_unpickler_reads_what_python_2_wrote_and_refuses_python_3s_bytes():
+def test_the_unpickler_reads_what_python_2_and_3_wrote():
     batch = {b"data": np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072), b"labels": [3, 9],
              b"filenames": [b"a.png", b"b.png"]}
     loaded = load_cifar_pickle(python2_pickle(batch), "batch")
     np.testing.assert_array_equal(loaded[b"data"], batch[b"data"])
     assert loaded[b"labels"] == [3, 9] and loaded[b"filenames"] == [b"a.png", b"b.png"]
-    # Python 3 writes bytes at protocol 2 as calls of _codecs.encode: not what the official files hold.
-    with pytest.raises(ShardsError, match=r"calls for _codecs\.encode"):
-        load_cifar_pickle(pickle.dumps(batch, protocol=2), "batch")
+    # Python 3 writes bytes at protocol 2 as calls of _codecs.encode(text, 'latin1') (a user's re-pickled
+    # copy), an empty one as bytes(): read as the standard unpickler reads them, at every protocol.
+    batch[b"empty"] = b""
+    for protocol in range(2, 6):
+        payload = pickle.dumps(batch, protocol=protocol)
+        loaded, reference = load_cifar_pickle(payload, "batch"), pickle.loads(payload, encoding="bytes")
+        np.testing.assert_array_equal(loaded[b"data"], reference[b"data"])
+        assert {k: v for k, v in loaded.items() if k != b"data"} == {k: v for k, v in reference.items() if k != b"data"}
+    fortran = np.asfortranarray(batch[b"data"])  # protocol 5 keeps the memory order
+    assert load_cifar_pickle(pickle.dumps(fortran, protocol=5), "batch").flags.f_contiguous
+    np.testing.assert_array_equal(load_cifar_pickle(pickle.dumps(fortran, protocol=5), "batch"), batch[b"data"])
+    # Only those calls: another codec, a size for bytes to allocate, a dtype numpy never writes as text.
+    frombuffer = np.zeros(1, np.uint8).__reduce_ex__(5)[0]
+    for call, shown in (((codecs.encode, ("abc", "rot13")), "_codecs.encode called with (str, 'rot13')"),
+                        ((bytes, (10**9,)), "bytes called with 1 argument(s)"),
+                        ((frombuffer, (b"ab", "uint8", (2,), "C")), "numpy's _frombuffer called with other")):
+        with pytest.raises(ShardsError, match=rf"^batch: not a readable pickle \(UnpicklingError: {re.escape(shown)}"):
+            load_cifar_pickle(pickle.dumps([RunsCode(call[0], *call[1])], protocol=2), "batch")
     with pytest.raises(ShardsError, match=r"^batch: not a readable pickle"):
         load_cifar_pickle(python2_pickle(batch)[:-100], "batch")
