@@ -73,11 +73,14 @@ def detect_source(path: Path, labels: ValLabels | None, split: str | None = None
         cub = find_cub_root(path)
         if cub:
             return SourceSpec("cub-folder", cub, labels)
-        kind = _folder_kind(path)
+        kind, first_image = _folder_kind(path)
         if kind == "imagefolder":
             _refuse_split_folders(path, split)
+            _refuse_nested_split(path, first_image, split, in_tar=False)
     elif tarfile.is_tarfile(path) or path.name.endswith((".tar.gz", ".tgz")):
-        kind = _tar_kind(path)
+        kind, first_image = _tar_kind(path)
+        if kind == "foldered-tar":
+            _refuse_nested_split(path, first_image, split, in_tar=True)
     else:
         raise ShardsError(f"SRC {path}: neither a folder nor a tar archive")
     if kind.startswith("flat") and labels is None:
@@ -124,6 +127,39 @@ def _refuse_split_folders(path: Path, split: str | None) -> None:
     raise ShardsError(f"{named} {verb}, not classes: give {path / (wanted or splits)[0]} as SRC")
 
 
+def _refuse_nested_split(path: Path, first_image: str, split: str | None, *, in_tar: bool) -> None:
+    """Refuse a source whose images lie under a split folder below its top (``imagenet/train/<wnid>/``
+    in a tar of the extracted folder, ``Data/CLS-LOC/train/<wnid>/`` of Kaggle's ImageNet): the class
+    of an image is its first folder, so every image would be in one class named ``imagenet`` or
+    ``Data``, or in classes named train and val. Told from the first image (a tar has not been read
+    further); a class folder merely named like a split (``train/<image>``) is a class. In a folder,
+    SRC's own split folders are ``_refuse_split_folders``' to tell (by company: CIFAR-100 has a class
+    "train", which may hold subfolders), and a split-named folder without folders below it counts
+    only beside another one (``Data/CLS-LOC/test/<image>`` beside ``train/``); a tar has no such
+    company to look at, so ``train/<folder>/<image>`` first in a tar is taken as a split folder."""
+    folders = PurePosixPath(first_image).parts[:-1]
+    at = next((i for i, name in enumerate(folders) if name.lower() in _SPLIT_FOLDERS), None)
+    if at is None or len(folders) < 2:
+        return
+    above = PurePosixPath(*folders[:at])
+    if not in_tar:
+        beside = [name for name in os.listdir(path / above)
+                  if name.lower() in _SPLIT_FOLDERS and (path / above / name).is_dir()]
+        if at == 0 or (at == len(folders) - 1 and len(beside) < 2):
+            return
+    found = folders[at]
+    wanted = next((name for name in _SPLIT_FOLDERS if _SPLIT_FOLDERS[name] == split), found)
+    if in_tar:
+        under = PurePosixPath(*folders[:at + 1])
+        raise ShardsError(f"SRC {path}: its images lie under {under}/ (first: {first_image}), a split folder, not "
+                          f"classes: a tar of <wnid>/<image> is read by its first folder as the class; extract it "
+                          f"and give its {above / wanted} folder as SRC")
+    give = next((path / above / name for name in sorted(beside) if _SPLIT_FOLDERS[name.lower()] == split),
+                path / above / found)
+    raise ShardsError(f"SRC {path}: its images lie under {path / above / found}/ (first: {first_image}), a split "
+                      f"folder, not classes: give {give} as SRC")
+
+
 def _holds_folders(folder: str) -> bool:
     try:
         with os.scandir(folder) as entries:
@@ -140,14 +176,15 @@ def _looks_like_image(name: str, read_head: Callable[[], bytes]) -> bool:
     return head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 
-def _folder_kind(path: Path) -> str:
+def _folder_kind(path: Path) -> tuple[str, str]:
+    """The kind of a folder source and its first image's path relative to it."""
     with os.scandir(path) as entries:
         has_folders = any(entry.is_dir() for entry in entries)
     looked_at = []
     files = _folder_files(path)
     for relative, full in islice(files, _SAMPLE_FILES):
         if _looks_like_image(relative, lambda: _head(full)):
-            return "imagefolder" if has_folders else "flat-folder"
+            return ("imagefolder" if has_folders else "flat-folder"), relative
         looked_at.append(relative)
     if not looked_at:
         raise ShardsError(f"SRC {path}: no files in it or its class folders")
@@ -172,18 +209,19 @@ def _head(path: str) -> bytes:
         return b""  # unreadable: no evidence of an image (the build rejects it with the reason)
 
 
-def _tar_kind(path: Path) -> str:
+def _tar_kind(path: Path) -> tuple[str, str]:
+    """The kind of a tar source and the name of its first image (or of the file that told the kind)."""
     looked_at: list[str] = []
     complete = False
     try:
         with tarfile.open(path, "r|*") as archive:
             for name, in_class_tar, is_image, end in _tar_files(archive):
                 if name.split("/")[0] in KIND_BY_FOLDER and not in_class_tar:
-                    return KIND_BY_FOLDER[name.split("/")[0]]
+                    return KIND_BY_FOLDER[name.split("/")[0]], name
                 if is_cub_member(name) and not in_class_tar:
-                    return "cub-tar"
+                    return "cub-tar", name
                 if is_image:
-                    return "tar-of-tars" if in_class_tar else "foldered-tar" if "/" in name else "flat-tar"
+                    return ("tar-of-tars" if in_class_tar else "foldered-tar" if "/" in name else "flat-tar"), name
                 looked_at.append(name)
                 if len(looked_at) == _SAMPLE_FILES or end > _SAMPLE_BYTES:
                     break

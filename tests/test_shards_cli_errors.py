@@ -101,6 +101,54 @@ def test_the_folder_above_split_folders_is_refused_naming_the_split_to_give(tmp_
     assert json.loads((tmp_path / "built2" / "train.json").read_text())["totals"]["samples"] == 6
 
 
+def _split_tree(root: Path, splits=("train", "val")) -> dict[str, bytes]:
+    """``root``'s files as a data set laid out by split: <split>/<wnid>/<image>, relative path -> bytes."""
+    files = {}
+    for split in splits:
+        for name, data in make_imagefolder(root / split, num_classes=2, per_class=2, seed=len(split)).items():
+            files[f"{split}/{name}"] = data
+    return files
+
+
+@pytest.mark.parametrize("top", ["imagenet/", ""])
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_a_tar_of_split_folders_is_refused(tmp_path, capsys, top, split):
+    """`tar cf imagenet.tar imagenet/` of RAW/imagenet/{train,val}/<wnid>/: read by first folders it
+    built one class "imagenet" of train and val images mixed (or classes train and val), rc 0."""
+    files = {top + name: data for name, data in _split_tree(tmp_path / "raw").items()}
+    tar = tmp_path / "imagenet.tar"
+    make_folder_tar(tar, files)
+    code, out, err = run_main(capsys, "build", tar, tmp_path / "out", "--split", split, *SMALL)
+    first = min(files)  # make_folder_tar writes them sorted
+    assert_user_error(code, out, err, f"SRC {tar}: its images lie under {top}train/ (first: {first}), a split folder, "
+                      f"not classes")
+    assert err.strip().endswith(f"extract it and give its {top}{split} folder as SRC"), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_above_nested_split_folders_is_refused(tmp_path, capsys):
+    """Kaggle's ImageNet extracted, ILSVRC/Data/CLS-LOC/{train,val,test}/ (test's images lie flat),
+    given as SRC: one class "Data" of every split's images."""
+    root = tmp_path / "ILSVRC"
+    _split_tree(root / "Data" / "CLS-LOC")
+    (root / "Data" / "CLS-LOC" / "test").mkdir()
+    (root / "Data" / "CLS-LOC" / "test" / "ILSVRC2012_test_00000001.JPEG").write_bytes(jpeg_bytes(3))
+    code, out, err = run_main(capsys, "build", root, tmp_path / "out", "--split", "val", *SMALL)
+    assert_user_error(code, out, err, f"SRC {root}: its images lie under {root / 'Data' / 'CLS-LOC' / 'test'}/ "
+                      "(first: Data/CLS-LOC/test/ILSVRC2012_test_00000001.JPEG), a split folder, not classes: give "
+                      f"{root / 'Data' / 'CLS-LOC' / 'val'} as SRC")
+    assert not (tmp_path / "out").exists()
+    # Classes whose images sit in subfolders, one subfolder named like a split: still classes.
+    classes = tmp_path / "classes"
+    make_imagefolder(classes, num_classes=2, per_class=2)
+    for image in sorted((classes / wnid(0)).glob("*.*")):
+        (classes / wnid(0) / "test").mkdir(exist_ok=True)
+        image.rename(classes / wnid(0) / "test" / image.name)
+    code, _, err = run_main(capsys, "build", classes, tmp_path / "built", "--split", "train", *SMALL)
+    assert code == 0, err
+    assert json.loads((tmp_path / "built" / "train.json").read_text())["classes"] == [wnid(0), wnid(1)]
+
+
 def test_flat_folder_without_labels(tmp_path, capsys):
     (tmp_path / "val").mkdir()
     for i in range(3):
