@@ -214,3 +214,22 @@ def test_a_checkpoint_that_is_not_there_names_those_that_are(unfinished_run, cap
     missing = unfinished_run / "checkpoints" / "epoch-0001"
     assert one_error_line(capsys, [str(missing), "--tasks", "classify"]) == (
         f"error: {missing}: no such run folder or weights file; the run's complete checkpoints: epoch-0002, epoch-0003")
+
+
+def test_compare_labels_a_checkpoints_evaluation_with_its_run(tmp_path, capsys):
+    """Two runs' best epochs compared: labelled run/epoch-NNNN (by their folder or by the evaluation's
+    folder), not epoch-NNNN twice (refused as a clash before); a run's own evaluation by the run's name."""
+    results = {"settings": {"model": "resnet10t", "finished": True, "split": "val"},
+               "classify": {"top1_err": 12.5, "top5_err": 1.0, "samples": 8}}
+    for run in ("base", "cutmix"):
+        (tmp_path / run / "checkpoints" / CHECKPOINT).mkdir(parents=True)
+        (tmp_path / run / "config.yaml").write_text("{}\n")
+        for folder in (f"eval-{CHECKPOINT}", "eval"):
+            (tmp_path / run / folder).mkdir()
+            (tmp_path / run / folder / "eval.json").write_text(json.dumps(results))
+    given = [tmp_path / "base" / "checkpoints" / CHECKPOINT, tmp_path / "cutmix" / f"eval-{CHECKPOINT}",
+             tmp_path / "base", tmp_path / "cutmix" / "eval" / "eval.json"]
+    assert main(["compare", *map(str, given), "--out", str(tmp_path / "cmp")]) == 0, capsys.readouterr().err
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    for label in (f"base/{CHECKPOINT}", f"cutmix/{CHECKPOINT}", "base", "cutmix"):
+        assert f"| {label} |" in table, table

@@ -102,7 +102,8 @@ def make_compare_parser() -> argparse.ArgumentParser:
     parser.add_argument("evaluations", type=Path, nargs="+", metavar="EVAL",
                         help="an eval.json, the folder holding it, a run folder with eval/eval.json, or a "
                         "checkpoint RUN/checkpoints/epoch-NNNN evaluated into RUN/eval-epoch-NNNN")
-    parser.add_argument("--labels", help="comma-separated names (default: the folder names)")
+    parser.add_argument("--labels", help="comma-separated names (default: the run's name for a run's evaluation, "
+                        "RUN/epoch-NNNN for a checkpoint's, else the folder's name)")
     parser.add_argument("--out", type=Path, default=Path("eval-compare"), help="default eval-compare")
     return parser
 
@@ -254,10 +255,19 @@ def _what_is_kept(request) -> str:
 
 
 def _label(path: Path) -> str:
-    path = Path(path)
+    """A default label: the run's name for its evaluation (RUN, RUN/eval, RUN/eval/eval.json),
+    RUN/epoch-NNNN for a checkpoint's (its folder, or RUN/eval-epoch-NNNN: two runs' epoch-0187
+    are told apart), the folder's name otherwise."""
+    path = Path(path).absolute()
     if path.name == "eval.json":
         path = path.parent
-    return path.parent.name if path.name == "eval" else path.name
+    if path.name == "eval":
+        return path.parent.name
+    if path.parent.name == "checkpoints":
+        return f"{path.parent.parent.name}/{path.name}"
+    if path.name.startswith("eval-epoch-") and (path.parent / "config.yaml").is_file():
+        return f"{path.parent.name}/{path.name.removeprefix('eval-')}"
+    return path.name
 
 
 def main(argv: list[str] | None = None) -> int:
