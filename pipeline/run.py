@@ -362,6 +362,8 @@ def resume(config: TrainConfig, checkpoint: Path | None, *, changes: list, sessi
         follow_config(session.optimizer, session.scheduler, built,
                       position=state.epoch * session.steps_per_epoch + state.step_in_epoch)
     if accelerator.is_main_process:
+        if config.run.resume != "auto":  # a checkpoint named: the run goes on from it, a new branch
+            set_aside_later_checkpoints(run_dir, checkpoint)
         if config.run.resume == "auto":  # the newer ones it passed over (older damaged ones are pruned)
             for damaged, problem in damaged_checkpoints(run_dir):
                 if damaged.name > checkpoint.name:
@@ -458,6 +460,35 @@ def set_aside_export(run_dir: Path, checkpoint: Path | None) -> Path | None:
     print(f"the exported model of the run until now is renamed to {kept} (this run exports anew at its end)",
           flush=True)
     return kept
+
+
+def set_aside_later_checkpoints(run_dir: Path, checkpoint: Path) -> Path | None:
+    """``run.resume=PATH``: the run's checkpoints after ``PATH`` (by position: their names sort by
+    epoch, then step) and the export of where they led are moved into ``RUN/replaced-<n>`` with a
+    copy of the metrics and config until now. Left there, a ``run.resume=auto`` after a crash of
+    the new branch would go back to the one the user turned away from, and ``RUN/model.safetensors``
+    would be evaluated as this run's. Returns the folder, or None when nothing was later."""
+    root = Path(run_dir) / "checkpoints"
+    later = sorted(folder for folder in root.iterdir() if folder.is_dir() and not folder.name.startswith("tmp-")
+                   and folder.name > Path(checkpoint).name
+                   and folder.resolve() != Path(checkpoint).resolve()) if root.is_dir() else []
+    if not later:
+        return None
+    aside = first_unused(lambda n: Path(run_dir) / f"replaced-{n}")
+    (aside / "checkpoints").mkdir(parents=True)
+    for name in (METRICS_FILE, CONFIG_FILE):
+        if (Path(run_dir) / name).is_file():
+            shutil.copy2(Path(run_dir) / name, aside / name)
+    exported = (Path(run_dir) / WEIGHTS_FILE).is_file()
+    for name in (WEIGHTS_FILE, Path(WEIGHTS_FILE).with_suffix(".json").name):
+        if (Path(run_dir) / name).is_file():
+            os.replace(Path(run_dir) / name, aside / name)
+    for folder in later:
+        os.replace(folder, aside / "checkpoints" / folder.name)
+    export = " and the export they led to" if exported else ""
+    print(f"run.resume={checkpoint}: the run's later checkpoints ({', '.join(f.name for f in later)}){export} are "
+          f"moved to {aside}, with a copy of its metrics and config", flush=True)
+    return aside
 
 
 def set_aside_earlier_run(run_dir: Path) -> Path | None:

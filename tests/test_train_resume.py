@@ -202,6 +202,33 @@ def test_starting_over_sets_the_earlier_run_aside(demo_shards, uninterrupted, tm
         in again.stdout and "resumed from" not in again.stdout
 
 
+def test_resuming_a_named_earlier_checkpoint_sets_the_later_ones_aside(demo_shards, uninterrupted, tmp_path):
+    """run.resume=RUN/checkpoints/epoch-0002 of a finished run: a new branch from there. The later
+    checkpoint (epoch-0003) and the export it led to move to RUN/replaced-1 with a copy of the
+    metrics (before, a crash in the new epoch 3 and run.resume=auto went back to the old epoch-0003,
+    and RUN/model.safetensors stood for the run meanwhile); deterministic, the branch ends as the
+    uninterrupted run did."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted, out)
+    earlier_metrics, earlier_export = (out / "metrics.jsonl").read_text(), (out / "model.safetensors").read_bytes()
+    named = out / "checkpoints" / "epoch-0002"
+    done = run_train([*small_run_args(demo_shards, out, *EXTRA), f"run.resume={named}"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"run.resume={named}: the run's later checkpoints (epoch-0003) and the export they led to are moved to " \
+        f"{out / 'replaced-1'}, with a copy of its metrics and config" in done.stdout
+    assert [p.name for p in (out / "replaced-1" / "checkpoints").iterdir()] == ["epoch-0003"]
+    assert (out / "replaced-1" / "metrics.jsonl").read_text() == earlier_metrics
+    assert (out / "replaced-1" / "model.safetensors").read_bytes() == earlier_export
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch-0002", "epoch-0003"]
+    _assert_same_run(out, uninterrupted)
+    # The newest checkpoint named: nothing is later, nothing moves.
+    again = run_train([*small_run_args(demo_shards, out, *EXTRA), f"run.resume={out / 'checkpoints' / 'epoch-0003'}"])
+    assert again.returncode == 0 and "later checkpoints" not in again.stdout, again.stderr[-3000:]
+    assert not (out / "replaced-2").exists()
+
+
 @pytest.fixture(scope="module")
 def uninterrupted_torch(demo_shards, tmp_path_factory):
     out = tmp_path_factory.mktemp("whole_torch")
