@@ -57,6 +57,8 @@ def check_shards(config: TrainConfig, checkpoint: Path | None) -> list[str]:
         check_compatible(read_state(checkpoint), checkpoint=checkpoint, model_name=config.model.name,
                          num_classes=len(classes), shakedrop=config.model.shakedrop, classes=classes, shards=shards)
     check_cifar_image_size(config, load_manifest(shards, "train"))
+    if split != "train":
+        check_cifar_image_size(config, load_manifest(shards, split))
     return classes
 
 
@@ -67,10 +69,49 @@ def check_cifar_image_size(config: TrainConfig, manifest: dict) -> None:
     from shards.cifar import LAYOUTS, SIDE
 
     kind = manifest.get("build", {}).get("source_kind")
-    if config.data.augmentation == "cifar" and kind in LAYOUTS and config.data.image_size != SIDE:
-        raise TrainError(f"data.image_size={config.data.image_size}: data.augmentation=cifar pads and crops the "
-                         f"images as they are, and {config.data.shards} holds CIFAR's {SIDE} px images: set "
-                         f"data.image_size={SIDE}")
+    if config.data.augmentation != "cifar":
+        return
+    if kind in LAYOUTS:
+        if config.data.image_size != SIDE:
+            raise TrainError(f"data.image_size={config.data.image_size}: data.augmentation=cifar pads and crops the "
+                             f"images as they are, and {config.data.shards} holds CIFAR's {SIDE} px images: set "
+                             f"data.image_size={SIDE}")
+        return
+    # Other shards (TinyImageNet, STL-10, an ImageFolder): the transform does not resize either, and
+    # DALI's crop of a larger image stays near its top-left corner (80x60 images trained on their
+    # top-left quarter, rc 0). Their first samples' recorded sizes tell it without decoding.
+    size = config.data.image_size
+    other = next(((key, width, height) for key, width, height in first_sample_sizes(config.data.shards, manifest)
+                  if (width, height) != (size, size)), None)
+    if other is not None:
+        key, width, height = other
+        raise TrainError(f"data.augmentation=cifar takes images as they are (pads and crops {size}x{size}, no "
+                         f"resize), but {config.data.shards}'s {manifest.get('split', '')} images are not "
+                         f"{size}x{size} ({key}: {width}x{height}): use data.augmentation=imagenet (resize and "
+                         f"crop), or build shards of {size}x{size} images")
+
+
+def first_sample_sizes(shards: str | Path, manifest: dict, count: int = 32) -> list[tuple[str, int, int]]:
+    """(key, width, height) of the first ``count`` samples of a split's first shard, from their
+    ``.json`` (read from the tar's start; nothing is decoded); samples without sizes are left out."""
+    import json
+    import tarfile
+
+    if not manifest.get("shards"):
+        return []
+    found = []
+    try:
+        with tarfile.open(Path(shards) / manifest["shards"][0]["name"], "r|") as archive:
+            for member in archive:
+                if member.isfile() and member.name.endswith(".json"):
+                    record = json.loads(archive.extractfile(member).read())
+                    if isinstance(record, dict) and isinstance(record.get("width"), int):
+                        found.append((member.name[:-len(".json")], record["width"], record.get("height")))
+                    if len(found) == count:
+                        break
+    except (OSError, tarfile.TarError, ValueError):
+        return found  # a damaged shard: the loader names it with what is wrong
+    return found
 
 
 def check_batches(config: TrainConfig, *, world_size: int, num_classes: int) -> None:

@@ -359,6 +359,30 @@ def test_another_size_for_a_cifar_transform_is_refused(demo_shards, tmp_path, ca
     assert "CIFAR's transform" in line and "training size, 32" in line
 
 
+def test_a_cifar_transform_model_on_images_of_another_size(demo_shards, ood_shards, tmp_path, capsys):
+    """CIFAR's transform takes images as they are: in-distribution shards of another size are refused
+    (the numbers would measure the crop or the black border); an OOD set of another size is scored
+    as the transform gives it, and eval.json, eval.md and a note: line say how (it was silent)."""
+    weights = _exported(tmp_path, demo_shards, "resnet10t", {"image_size": 32, "augmentation": "cifar",
+                                                             "mean": [0.5] * 3, "std": [0.5] * 3})
+    line = one_error_line(capsys, [str(weights), "--shards", str(demo_shards), "--split", "test", "--tasks",
+                                   "classify"])
+    assert line.startswith(f"error: --shards {demo_shards}: the model was trained with CIFAR's transform, but the "
+                           "test split holds 40x40 images (first: digit_"), line  # the demo's test canvases
+    assert line.endswith("centre-cropped to 32x32: the CIFAR transform does not resize (ODIN's 'crop' variant for "
+                         "larger images, not its 'resize' one); evaluate it on images of its training size"), line
+    out = tmp_path / "eval"
+    assert main([str(weights), "--shards", str(demo_shards), "--split", "val", "--tasks", "ood", "--quiet",
+                 "--num-threads", "1", "--out", str(out), "--ood-shards", str(ood_shards)]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    fit = "40x30 images (first: n0000000"
+    assert len(notes) == 1 and notes[0].startswith(f"note: ood: shards: {fit}"), notes
+    assert "cropped and padded to 32x32" in notes[0]
+    recorded = json.loads((out / "eval.json").read_text())["ood"]["notes"]
+    assert list(recorded) == ["shards"] and recorded["shards"].startswith(fit)
+    assert f"Note: shards: {recorded['shards']}." in (out / "eval.md").read_text()
+
+
 def test_the_default_split_is_the_one_the_run_evaluated(demo_run, tmp_path):
     from pipeline.evaluate.cli import build_request, make_parser
 
@@ -561,8 +585,11 @@ def test_compare_warns_when_runs_have_other_ood_sets():
         return {"tnr_at_tpr95": value, "auroc": value, "detection_accuracy": value}
 
     table = compare_markdown({"a": {"ood": {"sets": {"uniform": metrics(10.0)}}},
-                              "b": {"ood": {"sets": {"uniform": metrics(10.0), "places": metrics(30.0)}}}})
-    assert "**Warning**: a lack some of the OOD sets" in table
+                              "b": {"ood": {"sets": {"uniform": metrics(10.0), "places": metrics(30.0)}}},
+                              "c": {"ood": {"sets": {"lsun": metrics(10.0), "places": metrics(30.0)}}}})
+    # Each names what it lacks (it said "a lack some of the OOD sets (places, uniform)": every set).
+    assert "**Warning**: not every evaluation has every OOD set (a lacks lsun, places; b lacks lsun; c lacks " \
+        "uniform)" in table
     # b's means are over its two sets: (10 + 30) / 2 for each of the three columns.
     assert "| b | - | - | - | - | - | - | 20.00 | 20.00 | 20.00 |" in table
 

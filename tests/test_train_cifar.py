@@ -56,3 +56,32 @@ def test_a_size_the_cifar_transform_cannot_give_and_batches_a_split_cannot_fill_
             code, out, err = cli_here([*check, *recipe, *extra], capsys)
             assert (code, err.splitlines()[:1]) == (2, [line]), (check, extra, out + err)
             assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_the_cifar_transform_on_shards_of_other_sizes_is_refused_first(demo_shards, tmp_path, capsys, monkeypatch):
+    """A CIFAR recipe on shards of 40x30 ImageFolder JPEGs: the transform does not resize, and DALI's
+    crop of a larger image stays near its top-left corner (80x60 images trained on their top-left
+    quarter, rc 0: a user walkthrough). The sizes come from the first samples' .json; shards of
+    32x32 images (the demo's digits, train and val; its test canvases are 40x40) pass."""
+    from shard_fixtures import make_imagefolder
+
+    from shards.cli import main as shards_main
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    make_imagefolder(tmp_path / "raw", num_classes=2, per_class=8)  # 40x30 JPEGs
+    shards = tmp_path / "shards"
+    for split in ("train", "test"):
+        assert shards_main(["build", str(tmp_path / "raw"), str(shards), "--split", split, "--quiet"]) == 0
+    capsys.readouterr()
+    recipe = ["--config", str(REPO / "configs" / "cifar10" / "pyramidnet110_a48_cutmix.yaml"),
+              f"run.out_dir={tmp_path / 'run'}", "model.name=pyramidnet20_a48", "schedule.epochs=2",
+              "schedule.milestones=[1]", "loader.batch_size=4", "loader.num_threads=1"]
+    for check in (["--check"], []):
+        code, out, err = cli_here([*check, *recipe, f"data.shards={shards}"], capsys)
+        assert code == 2 and err.splitlines()[0].startswith(
+            f"error: data.augmentation=cifar takes images as they are (pads and crops 32x32, no resize), but "
+            f"{shards}'s train images are not 32x32 (n0000000"), (out + err)
+        assert ": 40x30): use data.augmentation=imagenet (resize and crop), or build shards of 32x32 images" in err
+    code, out, err = cli_here(["--check", *recipe, f"data.shards={demo_shards}", "data.eval_split=val"], capsys)
+    assert code == 0, out + err

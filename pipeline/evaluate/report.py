@@ -105,8 +105,9 @@ def _ood(r: dict) -> list[str]:
     rows = [[name, m["tnr_at_tpr95"], m["auroc"], m["detection_accuracy"], m["auin"], m["auout"], m["samples"]]
             for name, m in r["sets"].items()]
     header = ["OOD set", "TNR at TPR 95%", "AUROC", "detection acc", "AUPR in", "AUPR out", "samples"]
+    notes = [f"Note: {name}: {note}." for name, note in r.get("notes", {}).items()]
     return [f"## Out-of-distribution detection ({r['score']}, {r['in_distribution_samples']} in-distribution)", ""] \
-        + _table(header, rows)
+        + _table(header, rows) + ([""] + notes if notes else [])
 
 
 def compare_markdown(runs: dict[str, dict]) -> str:
@@ -139,10 +140,13 @@ def compare_markdown(runs: dict[str, dict]) -> str:
                       f"({', '.join(f'{label}: {value}' for label, value in values.items())}): their numbers do not "
                       "compare directly.", ""]
     ood_sets = sorted({name for r in runs.values() for name in r.get("ood", {}).get("sets", {})})
-    differ = [label for label, r in runs.items() if "ood" in r and sorted(r["ood"]["sets"]) != ood_sets]
-    if differ:
-        lines += [f"**Warning**: {', '.join(differ)} lack some of the OOD sets ({', '.join(ood_sets)}): their "
-                  "OOD means average other sets than the other runs'.", ""]
+    lacking = {label: [name for name in ood_sets if name not in r["ood"]["sets"]] for label, r in runs.items()
+               if "ood" in r}
+    lacking = {label: names for label, names in lacking.items() if names}
+    if lacking:
+        said = "; ".join(f"{label} lacks {', '.join(names)}" for label, names in lacking.items())
+        lines += [f"**Warning**: not every evaluation has every OOD set ({said}): their OOD means average other "
+                  "sets than the other runs'.", ""]
     if ood_sets:
         lines += ["## OOD detection per set (TNR at TPR 95% / AUROC / detection acc)", ""]
         table = [[label] + [_ood_cell(r, name) for name in ood_sets] for label, r in runs.items()]

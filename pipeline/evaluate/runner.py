@@ -79,6 +79,10 @@ def check_request(request: EvalRequest) -> dict:
         raise EvalError(f"--out {request.out}: exists and is not a folder")
     manifest = _manifest(request.shards, request.split, what="--shards")
     check_classes(request.source, manifest["classes"], where=f"{request.shards / (request.split + '.json')}")
+    fit = cifar_fit(request.source, request.shards, manifest)
+    if fit is not None:  # the numbers would measure the crop or the black border, not the model
+        raise EvalError(f"--shards {request.shards}: the model was trained with CIFAR's transform, but the "
+                        f"{request.split} split holds {fit}; evaluate it on images of its training size")
     if "localize" in request.tasks and not has_boxes(manifest):
         raise EvalError(f"--tasks localize: {request.shards / (request.split + '.json')} has no sample with a box "
                         "(build val with LOC_val_solution.csv or --boxes, or use CUB-200-2011), or drop localize")
@@ -101,6 +105,24 @@ def check_request(request: EvalRequest) -> dict:
     except OSError as error:
         raise EvalError(f"--out {request.out}: cannot create it ({error.strerror})") from None
     return manifest
+
+
+def cifar_fit(source: ModelSource, folder: Path, manifest: dict) -> str | None:
+    """For a model of CIFAR's transform (images taken as they are, no resize): what becomes of a
+    split whose first samples are not ``image_size`` square (None: they are, or the model resizes)."""
+    from ..data_check import first_sample_sizes
+
+    size = source.image_size
+    if source.augmentation != "cifar":
+        return None
+    other = next(((key, w, h) for key, w, h in first_sample_sizes(folder, manifest) if (w, h) != (size, size)), None)
+    if other is None:
+        return None
+    key, width, height = other
+    how = ("centre-cropped" if width >= size and height >= size else
+           "padded with black" if width <= size and height <= size else "cropped and padded")
+    return (f"{width}x{height} images (first: {key}), {how} to {size}x{size}: the CIFAR transform does not resize "
+            "(ODIN's 'crop' variant for larger images, not its 'resize' one)")
 
 
 def _check_not_a_copy(folder: Path, split: str, shards: Path) -> None:
@@ -312,16 +334,22 @@ def _ood(ctx: tasks.TaskContext, request: EvalRequest) -> dict:
     with _pass(ctx, request, request.shards, request.split, "ood: in-distribution") as (batches, tick):
         inside = tasks.softmax_scores(ctx, batches, tick)
     sets: dict[str, np.ndarray] = {}
+    notes: dict[str, str] = {}  # how an OOD set's images were brought to the model's input
     for kind in NOISE_SETS:
         sets[kind] = _noise_scores(ctx, request, kind, count=len(inside))
     for folder, name in zip(request.ood_shards, ood_set_names(request.ood_shards)):
         name = _unique(name, sets)  # a folder named like a noise set
         split = _ood_split(folder, request.split, request.ood_split)
+        fit = cifar_fit(request.source, folder, load_manifest(Path(folder), split))
+        if fit is not None:
+            notes[name] = fit
+            if ctx.accelerator.is_main_process:
+                print(f"note: ood: {name}: {fit}", file=sys.stderr, flush=True)
         with _pass(ctx, request, folder, split, f"ood: {name}", check=False) as (batches, tick):
             sets[name] = tasks.softmax_scores(ctx, batches, tick)
     return {"in_distribution_samples": len(inside), "score": "maximum softmax probability",
             "sets": {name: {"samples": len(scores), **ood_metrics(inside, scores)} for name, scores in sets.items()},
-            "score_histograms": _histograms(inside, sets)}
+            "notes": notes, "score_histograms": _histograms(inside, sets)}
 
 
 def _noise_scores(ctx: tasks.TaskContext, request: EvalRequest, kind: str, *, count: int) -> np.ndarray:
