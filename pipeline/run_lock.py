@@ -1,5 +1,6 @@
 """One training per run folder at a time: ``RUN/.lock``, locked by the main process of the training
-that writes the folder, for as long as that process lives.
+that writes the folder, for as long as that process lives (and one evaluation per ``--out``
+folder, the same way: ``pipeline/evaluate/runner.py``).
 
 Two trainings into one ``run.out_dir`` (a command started twice, a job submitted twice) would both
 run to the end, each saving over the other's checkpoints and appending to one ``metrics.jsonl``.
@@ -29,9 +30,12 @@ class RunFolderLock:
     """``with RunFolderLock(run_dir) as lock: ... lock.take(accelerator) ...``: the lock is held
     from ``take`` until the block ends."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, *, refusal=None, error: type[Exception] = TrainError) -> None:
         self.path = Path(run_dir) / LOCK_FILE
         self.handle = None
+        # What the second process is told: in_use(folder, holder) for a training; an evaluation's own.
+        self.refusal = refusal or in_use
+        self.error = error
 
     def take(self, accelerator) -> None:
         """Called by every rank: the main process takes the lock; a TrainError on every rank (so
@@ -42,7 +46,7 @@ class RunFolderLock:
 
             refusal = broadcast_object_list([refusal])[0]
         if refusal:
-            raise TrainError(refusal)
+            raise self.error(refusal)
 
     def _take(self) -> str:
         """Lock the file (creating the folder); what to refuse with when another process holds it."""
@@ -53,7 +57,7 @@ class RunFolderLock:
         except OSError as error:
             if error.errno in HELD:
                 handle.seek(0)
-                refusal = in_use(self.path.parent, handle.read().strip())
+                refusal = self.refusal(self.path.parent, handle.read().strip())
                 handle.close()
                 return refusal
             return ""  # no locks on this file system: no guard (and nothing to hold)

@@ -639,13 +639,14 @@ def test_ctrl_c_keeps_the_finished_tasks_in_one_line(evaluated, demo_run, tmp_pa
     monkeypatch.setattr(tasks, interrupted_task, interrupted)
     out = tmp_path / "cut"
     shutil.copytree(evaluated[0], out)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    # .lock: the lock of the evaluation writing the folder (it holds that process's pid)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"}
     assert main([str(demo_run), "--tasks", "occlusion,fgsm", "--occlusion-steps", "2", "--quiet", "--num-threads",
                  "1", "--out", str(out)]) == 130
     err = capsys.readouterr().err
     if interrupted_task == "occlusion":
         assert err == "interrupted\n"
-        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"} == before
         return
     assert err == f"interrupted: {out / 'eval.json'} holds the tasks finished so far, marked unfinished\n"
     results = json.loads((out / "eval.json").read_text())
@@ -669,9 +670,34 @@ def test_a_new_evaluation_replaces_the_old_one_in_its_folder(evaluated, tmp_path
     assert main([str(evaluated[0].parent), "--tasks", "classify", "--quiet", "--num-threads", "1",
                  "--out", str(out)]) == 0
     assert f"replacing the earlier evaluation in {out} (7 file(s))" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["eval.json", "eval.md", "notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "eval.json", "eval.md", "notes.txt"]
     results = json.loads((out / "eval.json").read_text())
     assert results["settings"]["finished"] is True and "occlusion" not in results and "classify" in results
+
+
+def test_a_second_evaluation_into_a_folder_in_use_is_refused(demo_run, tmp_path, capsys, start_process):
+    """Two evaluations into one --out both ran to the end, each saying it wrote the folder: the
+    later one's eval.json stood beside the other's plots. The first one's lock (here held by a
+    process standing in for it) refuses the second, naming it, before it writes anything; once
+    that process is gone, the folder is free."""
+    import subprocess
+
+    out = tmp_path / "eval"
+    out.mkdir()
+    holder = ("import fcntl, os, sys, time; handle = open(sys.argv[1], 'a+'); fcntl.lockf(handle, fcntl.LOCK_EX); "
+              "handle.write(f'pid {os.getpid()} on testhost\\n'); handle.flush(); print('held', flush=True); "
+              "time.sleep(300)")
+    process = start_process([sys.executable, "-c", holder, str(out / ".lock")], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "held"
+    argv = [str(demo_run), "--tasks", "classify", "--quiet", "--num-threads", "1", "--out", str(out)]
+    line = one_error_line(capsys, argv)
+    assert line == f"error: --out {out} is in use by another evaluation (pid {process.pid} on testhost): wait for it " \
+        "to end, or give another --out"
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    process.kill()
+    process.wait(timeout=30)  # the kernel drops a lockf lock with its process
+    assert main(argv) == 0, capsys.readouterr().err
+    assert (out / "eval.json").is_file()
 
 
 def test_argument_mistakes_are_reported_before_torch_is_loaded():

@@ -23,6 +23,7 @@ from ..data import LoaderError, LoaderOptions, create_loader
 from ..data.sharding import part_sizes
 from ..errors import EvalError
 from ..precision import resolve_precision
+from ..run_lock import RunFolderLock
 from . import tasks
 from .catalog import PRECISIONS, TASKS
 from .ood import noise_images, ood_metrics
@@ -203,6 +204,21 @@ def run_evaluation(request: EvalRequest) -> dict:
                 print(f"note: {error}; localize is left out (asked for by name, it is an error)", file=sys.stderr,
                       flush=True)
     accelerator = Accelerator(mixed_precision=resolve_precision(request.precision))
+    # Two evaluations into one folder both ran to the end, saying they wrote it: the later one's
+    # numbers stood beside the other's plots. Held until this one has written its reports.
+    with RunFolderLock(request.out, refusal=_out_in_use, error=EvalError) as lock:
+        lock.take(accelerator)
+        return _evaluate(request, model, accelerator)
+
+
+def _out_in_use(out: Path, holder: str) -> str:
+    return (f"--out {out} is in use by another evaluation ({holder or 'its process unknown'}): wait for it to end, "
+            "or give another --out")
+
+
+def _evaluate(request: EvalRequest, model: torch.nn.Module, accelerator) -> dict:
+    """The passes of ``run_evaluation``, with the output folder locked."""
+    source = request.source
     model = model.to(accelerator.device)
     dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
     ctx = tasks.TaskContext(model=model, accelerator=accelerator, mean=source.mean, std=source.std, dtype=dtype,
