@@ -17,7 +17,7 @@ PLOTS_FOLDER = "plots"  # RUN/plots, where the curves go without --out
 PANELS = {
     "loss.png": ("Training loss (soft-target CE)", "loss", ("train_loss",)),
     "error.png": ("Validation error", "error (%)", ("top1_err", "top5_err")),
-    "lr.png": ("Learning rate at the end of each epoch", "lr", ("lr",)),
+    "lr.png": ("Learning rate of each epoch's last update", "lr", ("lr",)),
     "throughput.png": ("Training throughput (all ranks)", "images / s", ("img_per_s",)),
 }
 

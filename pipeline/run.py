@@ -620,7 +620,10 @@ def epoch_record(config: TrainConfig, *, session: Session, state: TrainState, re
     world = accelerator.num_processes
     record = {"epoch": state.epoch, "epochs": config.schedule.epochs, "global_step": state.global_step,
               "world_size": world, "global_batch": config.loader.batch_size * world,
-              "train_loss": float(loss) / (result.last_step * world), "lr": session.optimizer.param_groups[0]["lr"],
+              "train_loss": float(loss) / (result.last_step * world),
+              # The lr the epoch's last update trained with (after a resume at the epoch's very end, no
+              # update ran here: the optimizer's, which the checkpoint restored).
+              "lr": session.optimizer.param_groups[0]["lr"] if result.lr is None else result.lr,
               "img_per_s": result.images * world / max(result.step_seconds, 1e-9),
               "data_wait_share": result.wait_seconds / max(result.step_seconds, 1e-9), "epoch_seconds": seconds}
     if state.epoch % config.run.eval_every == 0 or state.epoch == config.schedule.epochs:

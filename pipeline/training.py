@@ -42,6 +42,9 @@ class EpochResult:
     wait_seconds: float = 0.0  # wall time spent waiting for the loader
     stop_requested: bool = False  # every rank learnt of a stop signal during this epoch
     stopped: bool = False  # ... and the epoch ended early because of it
+    # The lr of the latest update (the scheduler steps after each, so the optimizer's own lr is
+    # already the next update's: at an epoch's end, the next epoch's, one milestone early).
+    lr: float | None = None
 
 
 class LossReader:
@@ -109,6 +112,7 @@ def train_one_epoch(*, model, optimizer, scheduler, batches, steps: int, sampler
         # The colour change as per-image maps, applied by apply_mix in its pass over the batch.
         maps = None if color is None else color.maps(images, color.draw(shape["batch_size"]))
         loaded = time.perf_counter()
+        result.lr = optimizer.param_groups[0]["lr"]  # a Python float: no device sync
         loss = train_step(model=model, optimizer=optimizer, scheduler=scheduler, images=images, labels=labels,
                           params=params, accelerator=accelerator, mix=mix, color=maps)
         result.loss_sum += loss.detach()
@@ -120,7 +124,7 @@ def train_one_epoch(*, model, optimizer, scheduler, batches, steps: int, sampler
         if result.steps % log_every == 0 or step + 1 == steps:
             loss_reader.push(loss)
             _show(progress, result, steps=result.steps % log_every or log_every, loss=loss_reader.latest(),
-                  optimizer=optimizer, world_size=accelerator.num_processes)
+                  world_size=accelerator.num_processes)
         if stop.poll():
             stop.honour()
             result.stop_requested, result.stopped = True, step + 1 < steps
@@ -157,10 +161,8 @@ def train_step(*, model, optimizer, scheduler, images, labels, params, accelerat
     return loss
 
 
-def _show(progress: Progress, result: EpochResult, *, steps: int, loss: float | None, optimizer,
-          world_size: int) -> None:
+def _show(progress: Progress, result: EpochResult, *, steps: int, loss: float | None, world_size: int) -> None:
     seconds = max(result.step_seconds, 1e-9)
-    progress.update(steps, loss="..." if loss is None else f"{loss:.3f}",
-                    lr=f"{optimizer.param_groups[0]['lr']:.3g}",
+    progress.update(steps, loss="..." if loss is None else f"{loss:.3f}", lr=f"{result.lr:.3g}",
                     img_s=f"{result.images * world_size / seconds:.0f}",
                     wait=f"{100 * result.wait_seconds / seconds:.0f}%")

@@ -28,6 +28,9 @@ def test_a_cifar_recipe_trains_a_small_pyramidnet(cifar_shards, tmp_path, recipe
     assert done.returncode == 0, done.stderr[-3000:]
     records = read_metrics(tmp_path)
     assert [r["epoch"] for r in records] == [1, 2]
+    # Step schedule, x0.1 at the milestone (epoch 1's end): each epoch records the lr it trained with
+    # (it recorded the next epoch's, 0.1x in both, a walkthrough found).
+    assert records[1]["lr"] == pytest.approx(0.1 * records[0]["lr"], rel=1e-9)
     assert {r["val_samples"] for r in records} == {24}  # the test split, every image once
     assert "| test top-1 err" in done.stdout and "done in" in done.stdout and ": test top-1 error" in done.stdout
     assert (tmp_path / "model.safetensors").exists()

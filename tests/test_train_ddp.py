@@ -118,7 +118,8 @@ def test_resuming_with_another_process_count(demo_shards, two_rank_run, tmp_path
     assert [(r["epoch"], r["world_size"], r["global_batch"]) for r in records] == [
         (1, 2, 32), (2, 2, 32), (3, 1, 16), (4, 1, 16)]
     # The demo's schedule in closed form at the new global batch: lr 0.4 * 16 / 256, 5 updates per
-    # epoch, one epoch of warmup, then cosine to 0 over the 15 updates left of 4 epochs.
+    # epoch, one epoch of warmup, then cosine to 0 over the 15 updates left of 4 epochs; each epoch
+    # records the lr of its last update (updates 14 and 19: 9 and 14 into the cosine).
     lr = 0.4 * 16 / 256
-    assert records[2]["lr"] == pytest.approx(lr * 0.5 * (1 + math.cos(math.pi * 10 / 15)), rel=1e-9)
-    assert records[3]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert records[2]["lr"] == pytest.approx(lr * 0.5 * (1 + math.cos(math.pi * 9 / 15)), rel=1e-9)
+    assert records[3]["lr"] == pytest.approx(lr * 0.5 * (1 + math.cos(math.pi * 14 / 15)), rel=1e-9)

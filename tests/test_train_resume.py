@@ -153,9 +153,10 @@ def test_a_resume_with_other_training_settings_is_refused_or_kept_on_record(demo
     assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5]
     # The new schedule in closed form (the checkpoint's would have gone on past the end of its
     # 3-epoch cosine): lr 0.8 * 32 / 256, 6 updates an epoch, one epoch of warmup, then cosine to 0
-    # over the 24 updates left of 5 epochs.
-    assert records[3]["lr"] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 18 / 24)), rel=1e-9)
-    assert records[4]["lr"] == pytest.approx(0.0, abs=1e-12)
+    # over the 24 updates left of 5 epochs; an epoch records the lr of its last update (update 23,
+    # 17 into the cosine, for epoch 4; 29, 23 in, for epoch 5), not the next epoch's first.
+    assert records[3]["lr"] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 17 / 24)), rel=1e-9)
+    assert records[4]["lr"] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 23 / 24)), rel=1e-9)
     # The 3-epoch export is renamed as the run trains on (nothing evaluates it as the 5-epoch model).
     assert (out / "model.before-epoch-0003.safetensors").read_bytes() == before[Path("model.safetensors")]
     assert (out / "model.safetensors").read_bytes() != before[Path("model.safetensors")]
