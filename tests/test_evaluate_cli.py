@@ -187,7 +187,17 @@ def test_shards_of_another_class_list(demo_run, tmp_path, capsys):
     make_imagefolder(tmp_path / "src", num_classes=10, per_class=2)
     shards = build_shards(tmp_path / "src", tmp_path / "shards", "val")
     line = one_error_line(capsys, [str(demo_run), "--shards", str(shards), "--tasks", "classify"])
-    assert "class 0 is" in line and "digit_0" in line
+    # Other classes: no rebuild with the train list can fix that (it was suggested).
+    assert line.endswith(f"{shards / 'val.json'}: class 0 is 'n00000000' there but 'digit_0' for the model, and 10 of "
+                         "the model's 10 classes are not there (e.g. 'digit_0'): evaluate on shards of the classes it "
+                         "was trained on"), line
+    # The same classes in another order: that rebuild is the fix.
+    manifest = json.loads((shards / "val.json").read_text())
+    manifest["classes"] = [f"digit_{d}" for d in reversed(range(10))]  # the demo's classes, reversed
+    (shards / "val.json").write_text(json.dumps(manifest))
+    line = one_error_line(capsys, [str(demo_run), "--shards", str(shards), "--tasks", "classify"])
+    assert line.endswith("class 0 is 'digit_9' there but 'digit_0' for the model (the same classes in another order); "
+                         "build the shards with --classes TRAIN_SHARDS/train.json"), line
 
 
 def test_a_head_without_a_cam(demo_shards, tmp_path, capsys):
@@ -230,34 +240,40 @@ def test_the_in_distribution_shards_as_ood_are_refused(demo_run, demo_shards, ca
     assert "the in-distribution shards themselves (test)" in line
 
 
-@pytest.fixture(scope="module")
-def ood_shards(tmp_path_factory):
+def _ood_set(root, seed: int):
     """Out-of-distribution shards (test split only): 2 folders of 7 noise JPEGs built by ``shards build``."""
     from shard_fixtures import make_imagefolder
 
     from shards.cli import main as shards_main
 
-    root = tmp_path_factory.mktemp("ood")
-    make_imagefolder(root / "images", num_classes=2, per_class=7, seed=5)
+    make_imagefolder(root / "images", num_classes=2, per_class=7, seed=seed)
     assert shards_main(["build", str(root / "images"), str(root / "shards"), "--split", "test", "--quiet"]) == 0
     return root / "shards"
 
 
+@pytest.fixture(scope="module")
+def ood_shards(tmp_path_factory):
+    return _ood_set(tmp_path_factory.mktemp("ood"), seed=5)
+
+
 def test_ood_sets_from_shards_folders_are_named_apart(demo_run, ood_shards, tmp_path, capsys):
     """Two OOD folders with the same last name are told apart by their parents (not "shards" and
-    "shards-2"), and each is scored whole: two copies of one set score exactly alike."""
-    copies = [tmp_path / parent / "shards" for parent in ("lsun", "places")]
-    for copy in copies:
-        shutil.copytree(ood_shards, copy)
+    "shards-2"), and each is scored whole; a byte-identical copy of one named too is refused (its
+    images would be scored, and averaged in compare, twice)."""
+    sets = [_ood_set(tmp_path / "lsun", seed=6), tmp_path / "places" / "shards"]
+    shutil.copytree(ood_shards, sets[1])
     out = tmp_path / "eval"
-    assert main([str(demo_run), "--split", "test", "--tasks", "ood", "--quiet", "--num-threads", "1", "--out", str(out),
-                 "--ood-shards", *map(str, copies)]) == 0, capsys.readouterr().err
+    argv = [str(demo_run), "--split", "test", "--tasks", "ood", "--quiet", "--num-threads", "1", "--out", str(out),
+            "--ood-shards", *map(str, sets)]
+    assert main(argv) == 0, capsys.readouterr().err
     results = json.loads((out / "eval.json").read_text())
     assert results["settings"]["ood_splits"] == ["test", "test"]
     ood = results["ood"]
     assert list(ood["sets"]) == ["uniform", "gaussian", "lsun/shards", "places/shards"]
-    assert ood["sets"]["lsun/shards"] == ood["sets"]["places/shards"]
-    assert ood["sets"]["lsun/shards"]["samples"] == 14
+    assert ood["sets"]["lsun/shards"]["samples"] == ood["sets"]["places/shards"]["samples"] == 14
+    assert ood["sets"]["lsun/shards"] != ood["sets"]["places/shards"]
+    assert one_error_line(capsys, [*argv, str(ood_shards)]) == (
+        f"error: --ood-shards {ood_shards}: the same shards as {sets[1]} (byte-identical); name each OOD set once")
 
 
 @pytest.mark.parametrize("split", ["test", "train"])
@@ -462,6 +478,23 @@ def test_weights_file_without_shards(demo_run, tmp_path, capsys):
     config = yaml.safe_load((demo_run / "config.yaml").read_text())
     assert (str(request.shards), request.split) == (config["data"]["shards"], config["data"]["eval_split"])
     assert request.out == demo_run / "eval" and request.source.run_dir == demo_run
+
+
+def test_a_runs_relative_shards_from_another_folder_name_the_config(demo_run, tmp_path, capsys, monkeypatch):
+    """data.shards relative in RUN/config.yaml, evaluated from another folder: the error named
+    --shards, which the user never gave."""
+    run = tmp_path / "run"
+    run.mkdir()
+    config = yaml.safe_load((demo_run / "config.yaml").read_text())
+    config["data"]["shards"] = "data/shards"
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    shutil.copy(demo_run / "model.safetensors", run)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert one_error_line(capsys, [str(run), "--tasks", "classify"]) == (
+        f"error: data.shards=data/shards of {run / 'config.yaml'}: no such folder relative to {elsewhere} (a relative "
+        "path is read from the folder training ran in: run from there); or give --shards")
 
 
 def test_weights_alone_read_test_where_the_shards_have_no_val(demo_run, demo_shards, tmp_path):

@@ -153,6 +153,11 @@ def build_request(args: argparse.Namespace):
     shards = args.shards or source.shards
     if shards is None:
         raise EvalError("--shards is needed with a .safetensors file (a run folder brings its own)")
+    if args.shards is None and not Path(shards).exists():  # the run's, which the user never typed here
+        relative = "" if Path(shards).is_absolute() else \
+            f" relative to {Path.cwd()} (a relative path is read from the folder training ran in: run from there)"
+        raise EvalError(f"data.shards={shards} of {source.run_dir / 'config.yaml'}: no such folder{relative}; or "
+                        "give --shards")
     split = args.split or source.eval_split or _default_split(Path(shards))
     if args.tasks is not None:  # an empty list is refused by the request check
         tasks = tuple(dict.fromkeys(t.strip() for t in args.tasks.split(",") if t.strip()))

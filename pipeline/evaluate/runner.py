@@ -90,6 +90,7 @@ def check_request(request: EvalRequest) -> dict:
     if request.ood_split is not None and not request.ood_shards:
         raise EvalError("--ood-split: no --ood-shards folder to read it from")
     seen: dict[Path, Path] = {}
+    ood_digests: dict[Path, set[str]] = {}
     for folder in request.ood_shards:
         same = seen.setdefault(Path(folder).resolve(), folder)
         if same is not folder:  # its samples would be scored, and counted in the table, twice
@@ -101,6 +102,11 @@ def check_request(request: EvalRequest) -> dict:
             raise EvalError(f"--ood-shards {folder}: the in-distribution shards themselves ({split}); name "
                             "out-of-distribution data")
         _check_not_a_copy(folder, split, request.shards)
+        digests = {entry["sha256"] for entry in load_manifest(Path(folder), split)["shards"]}
+        twin = next((other for other, theirs in ood_digests.items() if theirs & digests), None)
+        if twin is not None:  # the same images scored twice, counted twice in compare's means
+            raise EvalError(f"--ood-shards {folder}: the same shards as {twin} (byte-identical); name each OOD set once")
+        ood_digests[folder] = digests
     try:  # last: a refused request leaves nothing behind
         request.out.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -227,5 +227,11 @@ def check_classes(source: ModelSource, shard_classes: list[str], *, where: str) 
         raise EvalError(f"{where}: {len(shard_classes)} classes, but the model was trained on {len(source.classes)} "
                         f"({source.classes[0]} ... {source.classes[-1]})")
     index = next(i for i, (a, b) in enumerate(zip(shard_classes, source.classes)) if a != b)
+    missing = [name for name in source.classes if name not in set(shard_classes)]
+    if missing:  # other classes, not another order: no rebuild with a class list makes them the model's
+        raise EvalError(f"{where}: class {index} is {shard_classes[index]!r} there but {source.classes[index]!r} for "
+                        f"the model, and {len(missing)} of the model's {len(source.classes)} classes are not there "
+                        f"(e.g. {missing[0]!r}): evaluate on shards of the classes it was trained on")
     raise EvalError(f"{where}: class {index} is {shard_classes[index]!r} there but {source.classes[index]!r} for the "
-                    f"model; build the shards with --classes TRAIN_SHARDS/train.json")
+                    f"model (the same classes in another order); build the shards with --classes "
+                    "TRAIN_SHARDS/train.json")
