@@ -105,7 +105,8 @@ def check_request(request: EvalRequest) -> dict:
         digests = {entry["sha256"] for entry in load_manifest(Path(folder), split)["shards"]}
         twin = next((other for other, theirs in ood_digests.items() if theirs & digests), None)
         if twin is not None:  # the same images scored twice, counted twice in compare's means
-            raise EvalError(f"--ood-shards {folder}: the same shards as {twin} (byte-identical); name each OOD set once")
+            raise EvalError(f"--ood-shards {folder}: the same shards as {twin} (byte-identical); name each OOD set "
+                            "once")
         ood_digests[folder] = digests
     try:  # last: a refused request leaves nothing behind
         request.out.mkdir(parents=True, exist_ok=True)
