@@ -180,13 +180,26 @@ def _read_files(path: Path, layout: CifarLayout, wanted: set[str]) -> dict[str, 
     return found
 
 
+def _bytes_keyed(obj):
+    """A dict pickled with str keys and names (a user's Python 3 copy: ``'data'``, ``'fine_labels'``,
+    ``'fine_label_names'``) as the official bytes-keyed one, which the rest reads."""
+    if not isinstance(obj, dict) or all(isinstance(key, bytes) for key in obj):
+        return obj
+    as_bytes = {}
+    for key, value in obj.items():
+        if isinstance(value, list) and value and all(isinstance(item, str) for item in value):
+            value = [item.encode("utf-8") for item in value]
+        as_bytes[key.encode("utf-8") if isinstance(key, str) else key] = value
+    return as_bytes
+
+
 def _class_names(data: bytes, kind: LabelKind, source: str) -> list[str]:
     if kind.names_key is None:
         names = [line.strip() for line in _text(data, source).splitlines()]
         while names and not names[-1]:
             names.pop()  # the official text files end in blank lines
     else:
-        meta = load_cifar_pickle(data, source)
+        meta = _bytes_keyed(load_cifar_pickle(data, source))
         listed = meta.get(kind.names_key) if isinstance(meta, dict) else None
         if not isinstance(listed, list) or not all(isinstance(name, bytes) for name in listed):
             raise ShardsError(f"{source}: no list of class names under {kind.names_key!r}")
@@ -227,7 +240,7 @@ def _binary_batch(data: bytes, layout: CifarLayout, member: str) -> CifarBatch:
 
 
 def _python_batch(data: bytes, layout: CifarLayout, member: str) -> CifarBatch:
-    batch = load_cifar_pickle(data, member)
+    batch = _bytes_keyed(load_cifar_pickle(data, member))
     if not isinstance(batch, dict):
         raise ShardsError(f"{member}: a pickled {type(batch).__name__}, not a CIFAR batch (a dict)")
     pixels = batch.get(b"data")

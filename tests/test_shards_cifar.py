@@ -197,6 +197,34 @@ def test_binary_and_python_versions_give_the_same_images_under_the_same_keys(tmp
     assert built["cifar-10-batches-bin"] == built["cifar-10-batches-py"]  # same order, shards and PNG bytes
 
 
+@pytest.mark.parametrize("top", ["cifar-10-batches-py", "cifar-100-python"])
+def test_a_copy_pickled_with_str_keys_builds_the_same_shards(tmp_path, capsys, top):
+    """A user's Python 3 copy of the archive, its dicts pickled with str keys and names ('data',
+    'fine_label_names'): it was refused as having no class names; it builds the shards of the
+    official bytes-keyed files, byte for byte."""
+    archive = cifar_archive(top)
+    repickled = {}
+    for name, data in archive.files.items():
+        try:
+            loaded = pickle.loads(data, encoding="bytes")
+        except Exception:  # noqa: BLE001 - the text files of the archive
+            repickled[name] = data
+            continue
+        as_str = {key.decode(): [v.decode() for v in value] if isinstance(value, list) and value
+                  and isinstance(value[0], bytes) else value for key, value in loaded.items()}
+        repickled[name] = pickle.dumps(as_str, protocol=4)
+    assert repickled != archive.files
+    built = {}
+    for form, files in (("official", archive.files), ("str-keyed", repickled)):
+        (tmp_path / form).mkdir()
+        src = write_cifar_tar(tmp_path / form / "archive.tar.gz", archive, files)
+        for split in ("train", "test"):
+            code, _, err = build(capsys, src, tmp_path / form / "out", split=split)
+            assert code == 0, err
+        built[form] = {p.name: p.read_bytes() for p in (tmp_path / form / "out").glob("*.tar")}
+    assert built["official"] and built["official"] == built["str-keyed"]
+
+
 def test_split_build_and_workers_give_the_same_shards(tmp_path, capsys):
     src = make_source(tmp_path, cifar_archive("cifar-100-binary", records=8), "tar.gz")
     assert build(capsys, src, tmp_path / "one")[0] == 0
