@@ -188,6 +188,9 @@ def read_yaml_chain(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, dict[
     path = path.resolve()
     if path in _seen:
         raise ConfigError(f"{path}: base files form a cycle")
+    if path.is_dir() and not _seen:  # a run folder, say, whose config.yaml was meant
+        inside = f": its {path / 'config.yaml'}?" if (path / "config.yaml").is_file() else ""
+        raise ConfigError(f"--config {path}: a folder, not a YAML file{inside}")
     if not path.is_file():
         # A base named by a recipe: which recipe names it, or the user looks for the wrong file.
         raise ConfigError(f"{_seen[-1]}: its base file {path} is not found" if _seen else

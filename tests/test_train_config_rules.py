@@ -165,3 +165,11 @@ def test_the_command_line_prints_one_error_line_and_builds_nothing(tmp_path, ove
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"error: {key}:"), done.stderr
     assert not out.exists() and not (tmp_path / "shards").exists(), "work started before the config was checked"
+
+
+def test_a_run_folder_given_as_config_names_its_config_yaml(tmp_path):
+    """--config RUN (a folder) said "config file not found" of a folder that is there."""
+    (tmp_path / "config.yaml").write_text("schedule:\n  epochs: 3\n")
+    with pytest.raises(ConfigError) as raised:
+        resolve_config(config_file=tmp_path, overrides=[])
+    assert str(raised.value) == f"--config {tmp_path}: a folder, not a YAML file: its {tmp_path / 'config.yaml'}?"

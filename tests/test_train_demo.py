@@ -149,6 +149,7 @@ def test_plot_mistakes_are_one_error_line(tmp_path, capsys):
     (["optim.lr=0.1"], "unknown config key optim.lr"),
     (["loader.batch_size=big"], "loader.batch_size: expected a whole number"),
     (["--config", "configs/nothing.yaml"], "config file not found"),
+    (["--config", "configs"], f"--config {REPO / 'configs'}: a folder, not a YAML file"),  # was "not found"
     # resume a run with other training settings; with them allowed, still never another model
     (["model.name=resnet14t"], "was trained with model.name=resnet10t (now resnet14t), which a resume cannot "
                                "change (the checkpoint holds that model's weights)"),
