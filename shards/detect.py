@@ -81,6 +81,9 @@ def detect_source(path: Path, labels: ValLabels | None, split: str | None = None
         kind, first_image = _tar_kind(path)
         if kind == "foldered-tar":
             _refuse_nested_split(path, first_image, split, in_tar=True)
+    elif path.resolve().parent.name in KIND_BY_FOLDER:  # `.../cifar-100-python/test`: one file of the archive
+        raise ShardsError(f"SRC {path}: a file of the extracted CIFAR archive; give its folder, "
+                          f"{path.parent}, or the archive as downloaded as SRC (--split picks the batches)")
     else:
         raise ShardsError(f"SRC {path}: neither a folder nor a tar archive")
     if kind.startswith("flat") and labels is None:

@@ -225,6 +225,15 @@ def test_a_copy_pickled_with_str_keys_builds_the_same_shards(tmp_path, capsys, t
     assert built["official"] and built["official"] == built["str-keyed"]
 
 
+def test_one_file_of_an_extracted_archive_names_its_folder(tmp_path, capsys):
+    """SRC .../cifar-100-python/test (a batch file) said "neither a folder nor a tar archive"."""
+    top = write_cifar_folder(tmp_path / "data", cifar_archive("cifar-100-python"))
+    code, out, err = build(capsys, top / "test", tmp_path / "out", split="test")
+    assert code == 2 and one_error_line(err) == (
+        f"error: SRC {top / 'test'}: a file of the extracted CIFAR archive; give its folder, {top}, or the archive "
+        "as downloaded as SRC (--split picks the batches)")
+
+
 def test_split_build_and_workers_give_the_same_shards(tmp_path, capsys):
     src = make_source(tmp_path, cifar_archive("cifar-100-binary", records=8), "tar.gz")
     assert build(capsys, src, tmp_path / "one")[0] == 0
