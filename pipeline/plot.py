@@ -16,7 +16,7 @@ PLOTS_FOLDER = "plots"  # RUN/plots, where the curves go without --out
 # file name -> (title, y label, metrics drawn)
 PANELS = {
     "loss.png": ("Training loss (soft-target CE)", "loss", ("train_loss",)),
-    "error.png": ("Validation error", "error (%)", ("top1_err", "top5_err")),
+    "error.png": ("{split} error", "error (%)", ("top1_err", "top5_err")),  # the split the run evaluated
     "lr.png": ("Learning rate of each epoch's last update", "lr", ("lr",)),
     "throughput.png": ("Training throughput (all ranks)", "images / s", ("img_per_s",)),
 }
@@ -51,6 +51,18 @@ def load_records(run_dir: Path) -> list[dict]:
     return records
 
 
+def eval_split_of(run_dir: Path) -> str:
+    """How the error panel names what the run evaluated on: "Validation", or "Test" for a run of
+    data.eval_split=test (the CIFAR recipes), from the run's config.yaml."""
+    import yaml
+
+    try:
+        split = (yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {})["data"]["eval_split"]
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+        split = "val"  # a metrics file alone, or a config without it: the default split
+    return {"val": "Validation", "test": "Test", "train": "Training-set"}.get(str(split), str(split))
+
+
 def plot_run(run_dir: Path, *, out_dir: Path | None = None) -> list[Path]:
     """Write one PNG per panel into ``out_dir`` (default ``run_dir/plots``, created if missing);
     returns their paths."""
@@ -59,7 +71,10 @@ def plot_run(run_dir: Path, *, out_dir: Path | None = None) -> list[Path]:
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import MaxNLocator
+
     records = load_records(run_dir)
+    split = eval_split_of(run_dir)
     out = Path(run_dir) / PLOTS_FOLDER if out_dir is None else Path(out_dir)
     written = []
     try:
@@ -70,7 +85,8 @@ def plot_run(run_dir: Path, *, out_dir: Path | None = None) -> list[Path]:
                 points = [(r["epoch"], r[key]) for r in records if key in r]
                 if points:
                     axes.plot(*zip(*points), marker="o", markersize=3, label=key)
-            axes.set(title=title, xlabel="epoch", ylabel=ylabel)
+            axes.set(title=title.format(split=split), xlabel="epoch", ylabel=ylabel)
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs: no 1.25
             axes.grid(alpha=0.3)
             axes.legend()
             figure.tight_layout()

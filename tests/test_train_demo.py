@@ -117,6 +117,38 @@ def test_plot_out_folder_is_created(tmp_path, capsys):
     assert sorted(path.name for path in (tmp_path / "run").iterdir()) == ["metrics.jsonl"]  # no plots/ there
 
 
+def test_the_error_panel_names_the_split_the_run_evaluated(tmp_path, capsys, monkeypatch):
+    """A CIFAR recipe evaluates the test split: its panel said "Validation error"; epochs are whole
+    numbers on the axis (it showed 1.25, 1.5, ...)."""
+    import matplotlib.axes
+    import matplotlib.figure
+
+    titles, ticks = [], []
+    real_set = matplotlib.axes.Axes.set
+
+    def recording_set(axes, **kwargs):
+        titles.append(kwargs.get("title"))
+        return real_set(axes, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "set", recording_set)
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def recording_savefig(figure, *args, **kwargs):
+        ticks.append(list(figure.axes[0].get_xticks()))
+        return real_savefig(figure, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", recording_savefig)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text(METRICS)
+    assert plot_here([tmp_path / "run"], capsys)[0] == 0
+    assert titles[1] == "Validation error"  # no config.yaml: the default split
+    assert all(float(t).is_integer() for t in ticks[1]), ticks[1]
+    (tmp_path / "run" / "config.yaml").write_text("data:\n  eval_split: test\n")
+    titles.clear()
+    assert plot_here([tmp_path / "run"], capsys)[0] == 0
+    assert titles[1] == "Test error"
+
+
 def test_plot_mistakes_are_one_error_line(tmp_path, capsys):
     (tmp_path / "run").mkdir()
     metrics = tmp_path / "run" / "metrics.jsonl"
