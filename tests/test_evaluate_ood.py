@@ -219,3 +219,21 @@ def test_noise_kinds_differ_and_are_checked():
     assert not torch.equal(noise_images("uniform", [0], size=8, seed=0), noise_images("gaussian", [0], size=8, seed=0))
     with pytest.raises(ValueError, match="kind"):
         noise_images("salt", [0], size=8, seed=0)
+
+
+def test_score_histograms_span_the_scores_range():
+    """A weak 100-class model's maximum softmax scores lie near 0.01: on fixed [0, 1] bins they all
+    fell into the first one and ood_scores.png showed one point per set."""
+    from pipeline.evaluate.runner import _histograms
+
+    rng = np.random.default_rng(0)
+    inside, noise = rng.uniform(0.010, 0.030, 500), rng.uniform(0.011, 0.020, 300)
+    histograms = _histograms(inside, {"uniform": noise})
+    edges = np.asarray(histograms["edges"])
+    assert edges[0] == min(inside.min(), noise.min()) and edges[-1] == max(inside.max(), noise.max())
+    assert sum(histograms["in_distribution"]) == 500 and sum(histograms["sets"]["uniform"]) == 300
+    # By hand: noise in [0.011, 0.020] covers about (0.009 / 0.02) of the 50 bins.
+    assert 15 <= np.count_nonzero(histograms["sets"]["uniform"]) <= 25
+    assert np.count_nonzero(histograms["in_distribution"]) >= 45
+    same = _histograms(np.full(3, 0.5), {})  # one value: a bin of positive width holds it
+    assert sum(same["in_distribution"]) == 3 and same["edges"][-1] > same["edges"][0]

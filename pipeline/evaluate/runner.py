@@ -424,7 +424,11 @@ def _unique(name: str, taken: dict) -> str:
 
 
 def _histograms(inside: np.ndarray, sets: dict[str, np.ndarray], bins: int = 50) -> dict:
-    edges = np.linspace(0.0, 1.0, bins + 1)
+    # Over the scores' own range, not [0, 1]: a weak 100-class model's scores (all near 0.01) fell
+    # into the first of 50 bins, and the figure showed one point per set.
+    scores = np.concatenate([inside, *sets.values()]) if len(inside) else np.zeros(1)
+    low, high = float(scores.min()), float(scores.max())
+    edges = np.linspace(low, high if high > low else low + 1e-6, bins + 1)
     return {"edges": edges.tolist(), "in_distribution": np.histogram(inside, edges)[0].tolist(),
             "sets": {name: np.histogram(scores, edges)[0].tolist() for name, scores in sets.items()}}
 
