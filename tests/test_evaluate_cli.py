@@ -302,6 +302,23 @@ def _copy_test_split(demo_shards, folder):
     return folder
 
 
+def test_the_evaluated_images_built_again_as_ood_are_refused(demo_run, demo_shards, tmp_path, capsys):
+    """The test split built again with other labels (CIFAR-100's --label-field coarse) has other
+    shard bytes but the same images: it scored an AUROC of 50 as an "OOD set" (a walkthrough). Stood
+    in for by the split's manifest and indexes with other shard digests (both checks read only those)."""
+    rebuilt = tmp_path / "rebuilt"
+    rebuilt.mkdir()
+    manifest = json.loads((demo_shards / "test.json").read_text())
+    for shard in manifest["shards"]:
+        shard["sha256"] = "0" * 64  # not byte-identical any more
+        shutil.copy(demo_shards / shard["index"], rebuilt)
+    (rebuilt / "test.json").write_text(json.dumps(manifest))
+    line = one_error_line(capsys, [str(demo_run), "--split", "test", "--tasks", "ood", "--ood-shards", str(rebuilt)])
+    count = manifest["totals"]["samples"]
+    assert line.startswith(f"error: --ood-shards {rebuilt}: {count} of its {count} images are the in-distribution "
+                           "test split's (the same sample key and image file size, e.g. digit_"), line
+
+
 def test_an_ood_folder_of_several_splits_needs_ood_split(demo_run, demo_shards, tmp_path, capsys):
     """The demo run evaluates val; an OOD folder with test and train but no val: which one is the
     user's to say (--ood-split), and a split it lacks is named with those it has."""

@@ -102,6 +102,7 @@ def check_request(request: EvalRequest) -> dict:
             raise EvalError(f"--ood-shards {folder}: the in-distribution shards themselves ({split}); name "
                             "out-of-distribution data")
         _check_not_a_copy(folder, split, request.shards)
+        _check_not_rebuilt(folder, split, request.shards, request.split)
         digests = {entry["sha256"] for entry in load_manifest(Path(folder), split)["shards"]}
         twin = next((other for other, theirs in ood_digests.items() if theirs & digests), None)
         if twin is not None:  # the same images scored twice, counted twice in compare's means
@@ -148,6 +149,39 @@ def _check_not_a_copy(folder: Path, split: str, shards: Path) -> None:
             raise EvalError(f"--ood-shards {folder}: {len(same)} of its {len(ood)} {split} shard(s) are byte-identical "
                             f"to the in-distribution {shards}'s {inside} shards ({same[0][0]} = {same[0][1]}): "
                             "name out-of-distribution data")
+
+
+_IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")
+
+
+def image_signatures(folder: Path, manifest: dict) -> set[tuple[str, int]]:
+    """(sample key, image bytes) of every sample of a split, from its DALI indexes (no tar read);
+    an index that cannot be read gives nothing (the loader reports it)."""
+    from shards.dali_index import read_index
+
+    found = set()
+    for shard in manifest["shards"]:
+        try:
+            samples = read_index(Path(folder) / shard["index"])
+        except (OSError, ValueError):
+            continue
+        for entries in samples:
+            found.update((name.rsplit(".", 1)[0], size) for extension, _, size, name in entries
+                         if extension in _IMAGE_MEMBERS)
+    return found
+
+
+def _check_not_rebuilt(folder: Path, split: str, shards: Path, eval_split: str) -> None:
+    """The evaluated split's images built again as an OOD set (another --label-field, another class
+    list: other shard bytes, so ``_check_not_a_copy`` passes) scored about as in-distribution (an
+    AUROC of 50). Samples of the same key and image size in both: most of them, refused."""
+    ood = image_signatures(folder, load_manifest(Path(folder), split))
+    shared = ood & image_signatures(shards, load_manifest(Path(shards), eval_split))
+    if ood and 2 * len(shared) >= len(ood):
+        example = sorted(shared)[0][0]
+        raise EvalError(f"--ood-shards {folder}: {len(shared)} of its {len(ood)} images are the in-distribution "
+                        f"{eval_split} split's (the same sample key and image file size, e.g. {example}): the same "
+                        "images built again; name out-of-distribution data")
 
 
 def has_boxes(manifest: dict) -> bool:
