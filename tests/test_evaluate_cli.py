@@ -210,6 +210,14 @@ def test_a_head_without_a_cam(demo_shards, tmp_path, capsys):
     assert "vit_tiny_patch16_224" in line and "do not fit" not in line
 
 
+def test_localize_on_a_one_cell_feature_map_is_refused(demo_run, capsys):
+    """resnet10t (stride 32) at the demo's 32 px: a 1x1 feature map, a CAM of one value, every box
+    the whole image; it reported zero localization without a word (a walkthrough, at 8 px)."""
+    line = one_error_line(capsys, [str(demo_run), "--split", "test", "--tasks", "localize"])
+    assert line == ("error: localize: at 32 px the model's last feature map is 1x1, so its CAM is a single value and "
+                    "every CAM box the whole image; evaluate localize at a larger --image-size")
+
+
 def test_the_default_tasks_leave_localize_out_for_a_head_without_a_cam(demo_shards, tmp_path, capsys, monkeypatch):
     """No --tasks: every task the model and shards allow (was: the whole evaluation refused, as
     for --tasks localize). MobileNetV3's head has a conv after the pooling: no CAM. The passes
@@ -580,9 +588,14 @@ def test_help_explains_each_task_and_metric(capsys):
 
 @pytest.mark.parametrize("extra, message", [
     (["--tasks", ""], "name at least one"),
-    (["--tasks", "classify", "--occlusion-steps", "40"], "--occlusion-steps must be in [2, 33]"),
+    (["--tasks", "occlusion", "--occlusion-steps", "40"], "--occlusion-steps must be in [2, 33]"),
+    # a setting of a task not run: as --ood-split without --ood-shards (both were silently ignored)
+    (["--tasks", "classify", "--occlusion-steps", "4"], "--occlusion-steps: only the occlusion task uses it, and the "
+                                                        "tasks run are classify"),
+    (["--tasks", "classify,ood", "--epsilon", "0.01"], "--epsilon: only the fgsm task uses it, and the tasks run are "
+                                                       "classify, ood"),
     (["--tasks", "classify", "--seed", "-1"], "--seed must be >= 0"),
-    (["--tasks", "classify", "--epsilon", "8"], "--epsilon must be in (0, 1]"),
+    (["--tasks", "fgsm", "--epsilon", "8"], "--epsilon must be in (0, 1]"),
     (["--tasks", "classify", "--batch-size", "0"], "--batch-size must be >= 1"),
     (["--tasks", "classify", "--split", "nosuch"], "no split 'nosuch'; it has test, train, val (--split)"),
     (["--tasks", "classify", "--num-threads", "0"], "--num-threads must be >= 1"),

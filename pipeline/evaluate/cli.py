@@ -85,7 +85,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="the model's arithmetic: bf16 autocast, or no (float32); auto (default): bf16 on a "
                         "GPU, float32 on a CPU, as training's run.mixed_precision")
-    parser.add_argument("--epsilon", type=float, default=8 / 255, help="FGSM step in pixel units (default 8/255)")
+    parser.add_argument("--epsilon", type=float, help="FGSM step in pixel units (default 8/255)")
     parser.add_argument("--occlusion-steps", type=int, help="square sides from 0 to the image size (default 9, "
                         "fewer for images under 8 px)")
     parser.add_argument("--seed", type=int, default=0, help="in-between pairs and boxes, noise images (default 0)")
@@ -163,12 +163,17 @@ def build_request(args: argparse.Namespace):
         tasks = tuple(dict.fromkeys(t.strip() for t in args.tasks.split(",") if t.strip()))
     else:
         tasks = tuple(t for t in TASKS if t != "localize" or _has_boxes(shards, split))
+    for option, value, task in (("--epsilon", args.epsilon, "fgsm"), ("--occlusion-steps", args.occlusion_steps,
+                                                                      "occlusion")):
+        if value is not None and task not in tasks:  # as --ood-split without --ood-shards: a setting for nothing
+            raise EvalError(f"{option}: only the {task} task uses it, and the tasks run are {', '.join(tasks)}")
     out = args.out or _default_out(source)
     _check_out(out, source=source, shards=Path(shards), ood_shards=args.ood_shards)
     return EvalRequest(source=source, shards=Path(shards), split=split, tasks=tasks, out=out,
                        ood_shards=tuple(args.ood_shards), ood_split=args.ood_split, batch_size=args.batch_size,
                        backend=args.backend, precision=args.precision,
-                       num_threads=args.num_threads, seed=args.seed, epsilon=args.epsilon,
+                       num_threads=args.num_threads, seed=args.seed,
+                       epsilon=8 / 255 if args.epsilon is None else args.epsilon,
                        occlusion_steps=min(9, source.image_size + 1) if args.occlusion_steps is None
                        else args.occlusion_steps, progress=not args.quiet, tasks_chosen=args.tasks is not None)
 

@@ -355,6 +355,11 @@ def check_cam_head(model: torch.nn.Module, *, image_size: int, channels_last: bo
         probe = probe.contiguous(memory_format=torch.channels_last)
     logits, features = cam_and_logits(model, probe)
     check_head(model, features.float(), logits.float())
+    if features.dim() == 4 and features.shape[-2:] == (1, 1):
+        # One cell: the CAM is one value, every box the whole image (8 px gave zero localization
+        # without a word).
+        raise EvalError(f"localize: at {image_size} px the model's last feature map is 1x1, so its CAM is a single "
+                        "value and every CAM box the whole image; evaluate localize at a larger --image-size")
 
 
 class _pass:
