@@ -53,9 +53,12 @@ def inspect_shards(out: Path, split: str, max_shards: int = 32) -> None:
     print(f"  bytes per image: mean {totals['bytes'] / max(totals['samples'], 1) / 1e3:.1f} kB (tar overhead included)")
     smallest, largest = int(np.argmin(counts)), int(np.argmax(counts))
     classes = manifest["classes"]
-    print(f"  images per class: min {counts[smallest]} ({classes[smallest]}), median "
-          f"{statistics.median(counts):.0f}, max {counts[largest]} ({classes[largest]}); "
-          f"{sum(c == 0 for c in counts)} classes empty")
+    if counts[smallest] == counts[largest]:  # "min 5 (fine00) ... max 5 (fine00)" said nothing more
+        print(f"  images per class: {counts[smallest]} in every class")
+    else:
+        print(f"  images per class: min {counts[smallest]} ({classes[smallest]}), median "
+              f"{statistics.median(counts):.0f}, max {counts[largest]} ({classes[largest]}); "
+              f"{sum(c == 0 for c in counts)} classes empty")
     print(f"  rejected: {totals['rejected']}{_counts(rejection_reasons(manifest['rejected']))}; "
           f"re-encoded: {totals['reencoded']}{_counts(manifest['reencoded'])}")
     try:

@@ -124,6 +124,14 @@ def test_inspect_reports_counts_and_shuffle(built, capsys):
     assert "41 samples" in text and "4 classes" in text and "uniformly random order gives" in text
 
 
+def test_inspect_of_equal_classes_says_so(tmp_path, capsys):
+    """Every class the same size: "min 3 (n00000000) ... max 3 (n00000000)" named one class as both."""
+    out = _clean_build(tmp_path)
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    assert "  images per class: 3 in every class\n" in capsys.readouterr().out
+
+
 def _clean_build(tmp_path) -> Path:
     make_imagefolder(tmp_path / "tree", num_classes=2, per_class=3)
     out = tmp_path / "out"
