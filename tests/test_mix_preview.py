@@ -149,6 +149,8 @@ def test_caption_shows_label_weights():
     assert caption(row, mode="cutmix") == "cutmix\n1: 0.62 | 3: 0.38"
     smoothed = torch.tensor([0.025, 0.925, 0.025, 0.025])
     assert caption(smoothed, mode="none") == "none\n1: 0.93"
+    # The split's class names, as the preview passes them (it showed indices only).
+    assert caption(row, mode="cutmix", names=["ant", "bee", "cat", "dog"]) == "cutmix\nbee: 0.62 | dog: 0.38"
 
 
 @pytest.mark.parametrize(

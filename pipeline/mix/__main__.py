@@ -97,9 +97,12 @@ def run_preview(args: argparse.Namespace) -> Path:
         num_classes=int(labels.max()) + 1, label_smoothing=args.label_smoothing, backend="reference",
     )  # fmt: skip
     modes = [params.mode] * len(labels) if isinstance(params.mode, str) else list(params.mode)
+    from shards.manifest import load_manifest
+
     return draw_preview_grid(
         mixed, targets, modes=modes, mean=IMAGENET_MEAN, std=IMAGENET_STD,
         out_path=out_path, columns=args.columns,
+        class_names=load_manifest(args.shards_dir, args.split)["classes"],  # read by load_preview_batch already
     )  # fmt: skip
 
 

@@ -100,12 +100,17 @@ def one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
-def caption(targets_row: Tensor, *, mode: str, top: int = 2) -> str:
-    """'cutmix' over 'class 3: 0.62 | class 7: 0.38' for one sample's soft target row."""
+def caption(targets_row: Tensor, *, mode: str, top: int = 2, names: Sequence[str] | None = None) -> str:
+    """'cutmix' over '3: 0.62 | 7: 0.38' for one sample's soft target row; with ``names`` (the
+    split's class list) 'dog: 0.62 | cat: 0.38'."""
     weights, classes = targets_row.float().topk(min(top, len(targets_row)))
+
+    def name(k) -> str:
+        return names[int(k)] if names is not None and int(k) < len(names) else str(int(k))
+
     # Below the smoothing floor a class is not part of the mix: show only the mixed labels.
-    shown = [f"{int(k)}: {float(w):.2f}" for w, k in zip(weights, classes) if w > targets_row.min() + 1e-6]
-    return f"{mode}\n" + " | ".join(shown or [f"{int(classes[0])}: {float(weights[0]):.2f}"])
+    shown = [f"{name(k)}: {float(w):.2f}" for w, k in zip(weights, classes) if w > targets_row.min() + 1e-6]
+    return f"{mode}\n" + " | ".join(shown or [f"{name(classes[0])}: {float(weights[0]):.2f}"])
 
 
 def output_file(out_path: str | Path) -> Path:
@@ -134,6 +139,7 @@ def draw_preview_grid(
     std: Sequence[float],
     out_path: Path,
     columns: int = 4,
+    class_names: Sequence[str] | None = None,
 ) -> Path:
     """Save a grid of normalized images [B, C, H, W] (undone to [0, 1] for display) with captions;
     returns the file written (`output_file(out_path)`)."""
@@ -150,7 +156,7 @@ def draw_preview_grid(
         axis.set_axis_off()
         if index < count:
             axis.imshow(pictures[index])
-            axis.set_title(caption(targets[index].cpu(), mode=modes[index]), fontsize=8)
+            axis.set_title(caption(targets[index].cpu(), mode=modes[index], names=class_names), fontsize=8)
     out_path = output_file(out_path)
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
