@@ -70,7 +70,6 @@ def plot_run(run_dir: Path, *, out_dir: Path | None = None) -> list[Path]:
 
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import MaxNLocator
 
     records = load_records(run_dir)
