@@ -763,6 +763,31 @@ def test_a_second_evaluation_into_a_folder_in_use_is_refused(demo_run, tmp_path,
     assert (out / "eval.json").is_file()
 
 
+def test_a_partial_evaluation_keeps_the_earlier_tasks_of_the_same_weights(demo_run, tmp_path, capsys):
+    """`--tasks occlusion` into a folder holding a finished evaluation of the same weights and
+    settings: its other tasks (classify here) stay in eval.json and eval.md, beside the new one (the
+    whole evaluation was replaced). Another seed (any compared setting; the weights' sha256 is one):
+    replaced as before."""
+    out = tmp_path / "eval"
+    common = [str(demo_run), "--quiet", "--num-threads", "1", "--out", str(out)]
+    assert main([*common, "--tasks", "classify"]) == 0
+    first = json.loads((out / "eval.json").read_text())
+    assert main([*common, "--tasks", "occlusion", "--occlusion-steps", "2"]) == 0
+    assert f"keeping the earlier evaluation's classify in {out} (the same weights and settings)" in \
+        capsys.readouterr().out
+    both = json.loads((out / "eval.json").read_text())
+    assert both["classify"] == first["classify"] and both["occlusion"]["sides"] == [0, 32]
+    assert both["settings"]["tasks"] == ["classify", "occlusion"] and both["settings"]["kept_tasks"] == ["classify"]
+    assert both["settings"]["finished"] is True and both["plots"] == ["occlusion.png"]
+    markdown = (out / "eval.md").read_text()
+    assert "top-1 err" in markdown and "Occlusion" in markdown
+    # Another seed: nothing of the earlier evaluation stands for this one.
+    assert main([*common, "--tasks", "fgsm", "--seed", "1"]) == 0
+    assert f"replacing the earlier evaluation in {out}" in capsys.readouterr().out
+    alone = json.loads((out / "eval.json").read_text())
+    assert "classify" not in alone and "occlusion" not in alone and not (out / "occlusion.png").exists()
+
+
 def test_argument_mistakes_are_reported_before_torch_is_loaded():
     """A model path that is not there, a bad option value, a misspelt compare: one line, exit 2,
     and neither torch nor DALI was imported (they take seconds)."""

@@ -270,6 +270,12 @@ def _evaluate(request: EvalRequest, model: torch.nn.Module, accelerator) -> dict
     from .report import write_reports
 
     results: dict = {"settings": {**_settings(request, accelerator), "finished": False}}
+    kept, carried = earlier_to_keep(request.out, results["settings"], request.tasks) \
+        if accelerator.is_main_process else ({}, {})
+    if kept:  # an earlier evaluation of this model and settings: its other tasks stay, beside this one's
+        results.update(kept)
+        results["settings"].update(carried, tasks=[t for t in TASKS if t in kept or t in request.tasks],
+                                   kept_tasks=list(kept))
     started = time.perf_counter()
     for task in request.tasks:
         begun = time.perf_counter()
@@ -284,16 +290,48 @@ def _evaluate(request: EvalRequest, model: torch.nn.Module, accelerator) -> dict
         results[task]["seconds"] = time.perf_counter() - begun
         if accelerator.is_main_process:  # what is done is kept, should a later task fail
             if task == request.tasks[0]:  # not before: an evaluation that finishes no task replaces nothing
-                clear_previous(request.out)
+                clear_previous(request.out, kept=list(kept))
             write_reports(results, out=request.out)
     results["settings"]["seconds"] = time.perf_counter() - started
     results["settings"]["finished"] = True
     if accelerator.is_main_process:
-        results["plots"] = [str(p.name) for p in write_plots(results, ctx.examples, out=request.out,
-                                                              classes=source.classes)]
+        results["plots"] = _plot_names(write_plots(results, ctx.examples, out=request.out, classes=source.classes),
+                                       out=request.out, kept=list(kept))
         write_reports(results, out=request.out)
     accelerator.wait_for_everyone()
     return results
+
+
+# What must be the same for an earlier evaluation's results to stand beside this one's.
+_SAME_EVALUATION = ("model", "weights", "weights_sha256", "checkpoint", "shards", "split", "image_size", "crop_pct",
+                    "augmentation", "precision", "seed", "backend")
+# The plots each task draws (localize's CAM grid needs the pass's examples: kept, not redrawn).
+TASK_PLOTS = {"occlusion": ("occlusion.png",), "in-between": ("in_between.png",),
+              "localize": ("localization.png", "cam_grid.png"), "ood": ("ood_scores.png",)}
+
+
+def earlier_to_keep(out: Path, settings: dict, tasks: tuple[str, ...]) -> tuple[dict, dict]:
+    """The results of a finished earlier evaluation in ``out`` of the same weights (by sha256)
+    and settings, for the tasks this one does not run (``--tasks ood`` into RUN/eval replaced the
+    whole evaluation, its classification and localization numbers with it), and the settings that
+    describe them (a kept ood's OOD folders)."""
+    try:
+        earlier = json.loads((Path(out) / "eval.json").read_text())
+        if unfinished(earlier) or any(earlier["settings"].get(key) != settings.get(key) for key in _SAME_EVALUATION):
+            return {}, {}
+        kept = {task: earlier[task] for task in earlier["settings"]["tasks"] if task not in tasks and task in earlier}
+        carried = {key: earlier["settings"][key] for key in ("ood_shards", "ood_splits")
+                   if "ood" in kept and key in earlier["settings"]}
+        return kept, carried
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}, {}  # none there, or not one this version wrote: replaced as a whole
+
+
+def _plot_names(written: list[Path], *, out: Path, kept: list[str]) -> list[str]:
+    """The plots of this evaluation: those just drawn and the kept tasks' that are still there."""
+    names = [path.name for path in written]
+    return names + [name for task in kept for name in TASK_PLOTS.get(task, ())
+                    if name not in names and (Path(out) / name).is_file()]
 
 
 def _plots_of_what_is_done(results: dict, examples: dict, *, out: Path, classes: list[str] | None) -> None:
@@ -303,21 +341,28 @@ def _plots_of_what_is_done(results: dict, examples: dict, *, out: Path, classes:
     from .report import write_reports
 
     try:
-        results["plots"] = [str(p.name) for p in write_plots(results, examples, out=out, classes=classes)]
+        results["plots"] = _plot_names(write_plots(results, examples, out=out, classes=classes), out=out,
+                                       kept=results["settings"].get("kept_tasks", []))
         write_reports(results, out=out)
     except Exception:  # noqa: BLE001 - the failure being reported matters more than its plots
         pass
 
 
-def clear_previous(out: Path) -> None:
+def clear_previous(out: Path, *, kept: list[str] = ()) -> None:
     """Remove what an earlier evaluation wrote into ``out`` (its reports and plots, nothing else),
     once this one has a first result to write: its plots of tasks this one does not run would
-    otherwise sit beside the new results."""
+    otherwise sit beside the new results. ``kept``: its tasks whose results stay (``earlier_to_keep``),
+    with their plots."""
     from .plots import PLOT_FILES
     from .report import REPORT_FILES
 
-    old = [Path(out) / name for name in (*REPORT_FILES, *PLOT_FILES) if (Path(out) / name).is_file()]
-    if old:
+    keep = {name for task in kept for name in TASK_PLOTS.get(task, ())}
+    old = [Path(out) / name for name in (*REPORT_FILES, *PLOT_FILES) if (Path(out) / name).is_file()
+           and name not in keep]
+    if kept:
+        print(f"keeping the earlier evaluation's {', '.join(kept)} in {out} (the same weights and settings); "
+              f"its other results are replaced", flush=True)
+    elif old:
         print(f"replacing the earlier evaluation in {out} ({len(old)} file(s))", flush=True)
     for path in old:
         path.unlink()
@@ -472,9 +517,21 @@ def _histograms(inside: np.ndarray, sets: dict[str, np.ndarray], bins: int = 50)
             "sets": {name: np.histogram(scores, edges)[0].tolist() for name, scores in sets.items()}}
 
 
+def _sha256(path: Path) -> str:
+    """The weights' digest: an earlier evaluation's results are kept only for the same bytes (a run
+    resumed and exported again keeps its path)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _settings(request: EvalRequest, accelerator) -> dict:
     source = request.source
-    return {"model": source.model_name, "weights": str(source.weights),
+    return {"model": source.model_name, "weights": str(source.weights), "weights_sha256": _sha256(source.weights),
             "run_dir": None if source.run_dir is None else str(source.run_dir), "checkpoint": source.checkpoint,
             "shards": str(request.shards),
             "split": request.split, "tasks": list(request.tasks), "ood_shards": [str(p) for p in request.ood_shards],
