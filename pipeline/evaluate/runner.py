@@ -97,13 +97,14 @@ def check_request(request: EvalRequest) -> dict:
             also = "" if str(same) == str(folder) else f" (as {folder})"
             raise EvalError(f"--ood-shards names {same} twice{also}")
         split = _ood_split(folder, request.split, request.ood_split)
-        _manifest(folder, split, what="--ood-shards", split_option="--ood-split" if request.ood_split else "--split")
+        ood_manifest = _manifest(folder, split, what="--ood-shards",
+                                 split_option="--ood-split" if request.ood_split else "--split")
         if Path(folder).resolve() == Path(request.shards).resolve() and split == request.split:
             raise EvalError(f"--ood-shards {folder}: the in-distribution shards themselves ({split}); name "
                             "out-of-distribution data")
-        _check_not_a_copy(folder, split, request.shards)
-        _check_not_rebuilt(folder, split, request.shards, request.split)
-        digests = {entry["sha256"] for entry in load_manifest(Path(folder), split)["shards"]}
+        _check_not_a_copy(folder, ood_manifest, split, request.shards)
+        _check_not_rebuilt(folder, ood_manifest, request.shards, manifest, request.split)
+        digests = {entry["sha256"] for entry in ood_manifest["shards"]}
         twin = next((other for other, theirs in ood_digests.items() if theirs & digests), None)
         if twin is not None:  # the same images scored twice, counted twice in compare's means
             raise EvalError(f"--ood-shards {folder}: the same shards as {twin} (byte-identical); name each OOD set "
@@ -134,11 +135,11 @@ def cifar_fit(source: ModelSource, folder: Path, manifest: dict) -> str | None:
             "(ODIN's 'crop' variant for larger images, not its 'resize' one)")
 
 
-def _check_not_a_copy(folder: Path, split: str, shards: Path) -> None:
+def _check_not_a_copy(folder: Path, ood_manifest: dict, split: str, shards: Path) -> None:
     """An OOD set holding shards byte-identical to the in-distribution ones (a copy of the test
     split, of train) would score as in-distribution and make every OOD number meaningless; the
     manifests' sha256 of each shard tell it without reading a shard."""
-    ood = {entry["sha256"]: entry["name"] for entry in load_manifest(Path(folder), split)["shards"]}
+    ood = {entry["sha256"]: entry["name"] for entry in ood_manifest["shards"]}
     for inside in _splits_in(shards):
         try:
             entries = load_manifest(Path(shards), inside)["shards"]
@@ -171,12 +172,12 @@ def image_signatures(folder: Path, manifest: dict) -> set[tuple[str, int]]:
     return found
 
 
-def _check_not_rebuilt(folder: Path, split: str, shards: Path, eval_split: str) -> None:
+def _check_not_rebuilt(folder: Path, ood_manifest: dict, shards: Path, eval_manifest: dict, eval_split: str) -> None:
     """The evaluated split's images built again as an OOD set (another --label-field, another class
     list: other shard bytes, so ``_check_not_a_copy`` passes) scored about as in-distribution (an
     AUROC of 50). Samples of the same key and image size in both: most of them, refused."""
-    ood = image_signatures(folder, load_manifest(Path(folder), split))
-    shared = ood & image_signatures(shards, load_manifest(Path(shards), eval_split))
+    ood = image_signatures(folder, ood_manifest)
+    shared = ood & image_signatures(shards, eval_manifest)
     if ood and 2 * len(shared) >= len(ood):
         example = sorted(shared)[0][0]
         raise EvalError(f"--ood-shards {folder}: {len(shared)} of its {len(ood)} images are the in-distribution "
