@@ -140,7 +140,7 @@ def tensor_augment(jpegs):
 
     def run():
         for sample in samples:
-            torch_backend._prepare(sample, transform)
+            torch_backend._prepare(sample, transform, num_classes=1)  # every sample's class is 0
     return run
 
 

@@ -55,11 +55,14 @@ def pillow_transform(augmentation, *, training: bool):
         transforms.RandomHorizontalFlip(augmentation.flip_probability), transforms.PILToTensor()])
 
 
-def pillow_prepare(sample: dict, transform):
+def pillow_prepare(sample: dict, transform, *, num_classes: int):
+    """torch_backend._prepare's contract (HWC pixels, checked label, the sample's record) with
+    PIL decoding."""
     from PIL import Image
 
     image = Image.open(io.BytesIO(sample["jpg"])).convert("RGB")
-    return transform(image).permute(1, 2, 0).contiguous(), int(sample["cls"]), sample["__key__"]
+    label = torch_backend.sample_label(sample, num_classes=num_classes)
+    return transform(image).permute(1, 2, 0).contiguous(), label, {"source": sample["__key__"]}
 
 
 def started_loader(shards: Path, *, backend: str, device: str, batch_size: int, threads: int):
