@@ -67,6 +67,8 @@ def run_cli(argv: list[str], *, default_config: Path | None) -> int:
         # training may be one rank's alone (a damaged shard in its part), so that rank says it.
         if rank == 0 or getattr(error, "during_pass", False):
             print(f"error: {'' if rank == 0 else f'(rank {rank}) '}{error}", file=sys.stderr, flush=True)
+        else:
+            wait_for_rank_zero_to_say_it()
         return 2
     except KeyboardInterrupt:  # Ctrl-C: checkpoints are saved whole or not at all (pipeline/checkpoint.py)
         if _global_rank() == 0:
@@ -135,6 +137,17 @@ def _how_to_go_on(config) -> str:
     how = "the same command" if config.run.resume == "auto" else "run.resume=auto (instead of " \
         f"run.resume={config.run.resume})"
     return f"{how} resumes from {found[-1]}"
+
+
+# How long a rank other than 0 stays after a start-up error that rank 0 reports: torchrun ends
+# every rank once one exits, and a rank 1 faster than rank 0 (the run-folder lock's refusal reaches
+# all ranks at once by a broadcast) took rank 0 with it before it printed (2 of 6 two-rank starts).
+REPORT_GRACE_SECONDS = 3.0
+
+
+def wait_for_rank_zero_to_say_it() -> None:
+    """Stay a moment, so that rank 0 prints the error every rank met (see REPORT_GRACE_SECONDS)."""
+    time.sleep(REPORT_GRACE_SECONDS)
 
 
 def exit_cleanly(code: int) -> None:

@@ -301,6 +301,10 @@ def main(argv: list[str] | None = None) -> int:
         # pass may be one rank's alone (a damaged shard in its part), so that rank says it.
         if rank == 0 or getattr(error, "during_pass", False):
             print(f"error: {'' if rank == 0 else f'(rank {rank}) '}{error}", file=sys.stderr, flush=True)
+        else:
+            from ..cli import wait_for_rank_zero_to_say_it
+
+            wait_for_rank_zero_to_say_it()
         return 2
     except KeyboardInterrupt:
         if int(os.environ.get("RANK", "0")) == 0:
