@@ -156,11 +156,11 @@ def _milestones(config) -> tuple[str, str] | None:
     if milestones != sorted(set(milestones)):
         return "schedule.milestones", f"must be strictly increasing, got {milestones}"
     if config.schedule.name == "step" and milestones and milestones[-1] > epochs:
-        within = [m for m in milestones if m <= epochs]
+        within = ",".join(str(m) for m in milestones if m <= epochs) or "1"
         # A short try of a recipe (schedule.epochs=2 on CIFAR's 150,225) meets this first: say what to give.
         return "schedule.milestones", (f"must lie within schedule.epochs={epochs}, got {milestones}; give them with "
-                                       f"schedule.epochs, e.g. schedule.milestones=[{','.join(map(str, within or [1]))}]"
-                                       ", or schedule.milestones=[] for no decay")
+                                       f"schedule.epochs, e.g. schedule.milestones=[{within}], or "
+                                       "schedule.milestones=[] for no decay")
     return None
 
 
@@ -206,6 +206,14 @@ def _mix_batch(config) -> tuple[str, str] | None:
 
 def _feature_layers(config) -> tuple[str, str] | None:
     if config.mix.mode not in FEATURE_MODES:
+        from .config import MixConfig
+
+        # Layers given to an input-level mode (feature_layers added to the cutmix recipe, mix.mode
+        # forgotten) trained image CutMix without a word, a layer that does not exist included.
+        if tuple(config.mix.feature_layers) != MixConfig().feature_layers:
+            return "mix.feature_layers", (f"only {' and '.join(FEATURE_MODES)} mix at layers; mix.mode="
+                                          f"{config.mix.mode} mixes the images: set mix.mode=feature_cutmix (or "
+                                          "manifold_mixup), or leave mix.feature_layers out")
         return None
     if config.mix.per != "batch":
         return "mix.per", f"mix.mode={config.mix.mode} mixes one layer per batch: needs batch, got {config.mix.per!r}"

@@ -191,3 +191,16 @@ def test_a_start_up_error_lets_rank_zero_say_it(rank, waits, capsys, monkeypatch
     err = capsys.readouterr().err
     assert slept == ([pipeline.cli.REPORT_GRACE_SECONDS] * 2 if waits else [])
     assert (err == "") == waits and (waits or err.count("error: ") == 2), err
+
+
+def test_feature_layers_with_an_input_level_mode_are_refused():
+    """feature_layers added to the cutmix recipe with mix.mode forgotten trained image CutMix, a
+    layer that does not exist included, without a word (a walkthrough); with a feature mode they
+    are checked against the model's layers."""
+    with pytest.raises(ConfigError) as raised:
+        resolve_config(config_file=REPO / "configs" / "imagenet1k" / "resnet50_cutmix.yaml",
+                       overrides=["mix.feature_layers=[input,layer9]"])
+    assert str(raised.value) == ("mix.feature_layers: only feature_cutmix and manifold_mixup mix at layers; "
+                                 "mix.mode=cutmix mixes the images: set mix.mode=feature_cutmix (or manifold_mixup), "
+                                 "or leave mix.feature_layers out")
+    resolve_config(config_file=REPO / "configs" / "imagenet1k" / "resnet50_cutmix.yaml", overrides=[])
