@@ -99,7 +99,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="DALI num_threads = torch num_workers")
     parser.add_argument("--epochs", type=int, default=5, help="timed epochs per backend, after a warm-up one")
     parser.add_argument("--device", default="cpu",
-                        help="cpu: DALI CPU backend vs torch; cuda: DALI mixed (GPU) decode vs torch with pinned memory")
+                        help="cpu: DALI CPU backend vs torch; cuda: DALI mixed (GPU) decode vs torch with pinned "
+                             "memory")
     args = parser.parse_args()
     torch.set_num_threads(1)  # the main process only collates; workers/DALI threads do the work
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
