@@ -126,6 +126,7 @@ def versions(args: argparse.Namespace) -> dict:
         else:  # a copy of the tree without its .git (the GPU machine gets one): the new code alone
             print(f"note: no git history here to read the old code ({args.baseline[:12]}) from; "
                   "timing the new code alone, as --baseline none does", file=sys.stderr)
+            args.baseline = "none"  # what the results header records: no old code was timed
     return found
 
 
@@ -338,6 +339,13 @@ def run_cuda(args: argparse.Namespace, *, device: str = "cuda", sync: Callable[[
 def main() -> None:
     args = parse_args()
     args.calls = args.calls or (64 if args.device == "cpu" else 192)
+    from pipeline.mix.sampler import LOOKAHEAD
+
+    if args.calls < 1 or args.calls % LOOKAHEAD:
+        # Fewer steps than a lookahead window per round hold its one expensive draw in fewer steps:
+        # --calls 4 reported 165-227 us per step where 16 gave 52.
+        raise SystemExit(f"error: --calls {args.calls}: a positive multiple of the sampler's LOOKAHEAD "
+                         f"({LOOKAHEAD}), so that each round holds whole windows of draws")
     if args.device == "cpu":
         # Before triton_kernel is imported (old or new): triton.jit picks the interpreter then.
         os.environ["TRITON_INTERPRET"] = "1"

@@ -29,3 +29,15 @@ def test_the_host_bench_prints_and_appends_one_row_per_mode(tmp_path):
         assert re.search(rf"^{re.escape(mode)} +{number} +{number} +{number}$", done.stdout, re.MULTILINE), mode
     assert re.search(r"^new: \d+ of 4 modes within the goal of <= 50 us per step", done.stdout, re.MULTILINE)
     assert "the step in which the sampler draws the next 16 steps at once" in done.stdout
+
+
+def test_calls_that_are_not_whole_lookahead_windows_are_refused(tmp_path):
+    """--calls 4 held one window's expensive draw in 4 steps and reported 165-227 us per step where
+    16 gave 52 (a walkthrough): refused, naming the window, before any timing or file."""
+    out = tmp_path / "host.txt"
+    command = [sys.executable, "bench/bench_mix_host.py", "--calls", "4", "--baseline", "none", "--out", str(out)]
+    done = run_process(command, timeout=300, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode != 0 and done.stderr.strip().splitlines()[-1] == (
+        "error: --calls 4: a positive multiple of the sampler's LOOKAHEAD (16), so that each round holds whole "
+        "windows of draws")
+    assert not out.exists()
