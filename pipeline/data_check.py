@@ -129,7 +129,10 @@ def check_batches(config: TrainConfig, *, world_size: int, num_classes: int) -> 
             steps_per_epoch(config.data.shards, split, batch_size=batch, world_size=world_size,
                             num_classes=num_classes, training=training, backend=loader.backend)
         except LoaderError as error:
-            raise TrainError(f"{key}={batch}: {error}") from None
+            # The eval split refusing the training batch: its own batch is the usual fix.
+            own = "; or give the evaluation a batch of its own: loader.val_batch_size" \
+                if not training and not loader.val_batch_size else ""
+            raise TrainError(f"{key}={batch}: {error}{own}") from None
 
 
 def _first_difference(train: list[str], other: list[str]) -> str:

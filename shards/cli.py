@@ -82,7 +82,9 @@ def _build_parser(sub) -> None:
                        "image (default: a LOC_val_solution.csv given as --labels gives its boxes)")
     build.add_argument("--classes", type=Path, metavar="TRAIN_MANIFEST", help="use this manifest's class "
                        "map (e.g. OUT/train.json for val); a class of SRC missing from it is an error")
-    build.add_argument("--shard-size", type=parse_size, default="512MB", help="target shard size (default 512MB)")
+    build.add_argument("--shard-size", type=parse_size, default="512MB",
+                       help="target shard size, at least 64kB: bytes, or with kB/MB/GB (or KiB/MiB/GiB) "
+                       "(default 512MB)")
     build.add_argument("--workers", type=int, default=default_workers(),
                        help="processes that read and check images (default: the cores available, %(default)s here)")
     build.add_argument("--resize-short", type=int, metavar="PX", help="shrink images whose shorter side is over "

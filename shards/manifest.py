@@ -185,7 +185,9 @@ def _check_all_parts(paths: list[Path], parts: list[dict], num_parts: int) -> No
     missing = sorted(set(range(num_parts)) - set(ids))
     doubled = sorted(i for i, n in ids.items() if n > 1)
     if missing or doubled:
-        raise ShardsError(f"parts missing: {missing}, parts doubled: {doubled} (of {num_parts})")
+        how = (f": build each missing one with --num-parts {num_parts} --part-id N (N = "
+               f"{', '.join(map(str, missing))}), then merge again" if missing else "")
+        raise ShardsError(f"parts missing: {missing}, parts doubled: {doubled} (of {num_parts}){how}")
 
 
 def _check_shards(layout: OutputLayout, records: list[dict], plan: dict, source_totals: dict) -> None:

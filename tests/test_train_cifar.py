@@ -52,7 +52,9 @@ def test_a_size_the_cifar_transform_cannot_give_and_batches_a_split_cannot_fill_
     cases = [(["data.image_size=64"], f"error: data.image_size=64: data.augmentation=cifar pads and crops the images "
                                       f"as they are, and {cifar_shards} holds CIFAR's 32 px images: set "
                                       "data.image_size=32"),
-             (["loader.batch_size=32"], f"error: loader.batch_size=32: batch_size 32 {share}"),
+             # the training batch the eval split cannot fill: its own batch is named as the fix
+             (["loader.batch_size=32"], f"error: loader.batch_size=32: batch_size 32 {share}; or give the evaluation "
+                                        "a batch of its own: loader.val_batch_size"),
              (["loader.val_batch_size=25"], f"error: loader.val_batch_size=25: batch_size 25 {share}")]
     for extra, line in cases:
         for check in (["--check"], []):
