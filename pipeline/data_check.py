@@ -45,9 +45,10 @@ def check_shards(config: TrainConfig, checkpoint: Path | None) -> list[str]:
     classes = read_classes(shards)
     split = config.data.eval_split
     try:
-        eval_classes = list(load_manifest(shards, split)["classes"])
+        eval_manifest = load_manifest(shards, split)
     except ShardsError as error:  # names the manifest and how to build it
         raise TrainError(f"data.eval_split={split}: {error}") from None
+    eval_classes = list(eval_manifest["classes"])
     if eval_classes != classes:
         raise TrainError(f"data.shards={shards}: the {split} split has another class list than train "
                          f"({_first_difference(classes, eval_classes)}): its labels would mean other classes; "
@@ -58,7 +59,7 @@ def check_shards(config: TrainConfig, checkpoint: Path | None) -> list[str]:
                          num_classes=len(classes), shakedrop=config.model.shakedrop, classes=classes, shards=shards)
     check_cifar_image_size(config, load_manifest(shards, "train"))
     if split != "train":
-        check_cifar_image_size(config, load_manifest(shards, split))
+        check_cifar_image_size(config, eval_manifest)
     return classes
 
 
