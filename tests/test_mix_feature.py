@@ -99,16 +99,19 @@ def test_mixed_features_equal_a_per_sample_loop_and_gradients_reach_both_samples
 
 
 class TwoStages(torch.nn.Module):
-    """A model small enough to compile in seconds, with two feature maps to mix at."""
+    """A model small enough to compile in seconds, with two feature maps to mix at. The BatchNorm
+    in training mode after the mixed stem is what a ResNet has there: the compiled graph updates its
+    running statistics from the mixed features as eager does."""
 
     def __init__(self) -> None:
         super().__init__()
         self.stem = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.norm = torch.nn.BatchNorm2d(4)
         self.body = torch.nn.Conv2d(4, 4, 3, padding=1)
         self.head = torch.nn.Linear(4, 3)
 
     def forward(self, images):
-        return self.head(self.body(torch.relu(self.stem(images))).mean((2, 3)))
+        return self.head(self.body(torch.relu(self.norm(self.stem(images)))).mean((2, 3)))
 
 
 @pytest.mark.slow
@@ -131,13 +134,16 @@ def test_compiled_hooks_mix_as_eager_ones_with_a_graph_per_layer_and_mode_not_pe
         params = MixParams(mode=mode, partner=torch.randperm(6), layer=layer, boxes=value if mode == "cutmix" else None,
                            lam=value if mode == "mixup" else None)
         resolved = resolve_mix(params, batch_size=6, height=8, width=8)
-        results = []
+        results, start = [], {name: buffer.clone() for name, buffer in model.named_buffers()}
         for forward in (model, compiled):
+            for name, buffer in model.named_buffers():
+                buffer.copy_(start[name])  # both forwards update the running statistics from the same start
             model.zero_grad()
             with mixer.mixing(layer, resolved):
                 logits = forward(images)
             logits.square().sum().backward()
-            results.append([logits.detach()] + [parameter.grad.clone() for parameter in model.parameters()])
+            results.append([logits.detach()] + [parameter.grad.clone() for parameter in model.parameters()]
+                           + [buffer.clone() for buffer in model.buffers()])
         for eager, traced in zip(*results):
             torch.testing.assert_close(traced, eager, rtol=1e-5, atol=1e-5)
         # A new graph only for a (layer, mode) not seen before; "none" is the unhooked forward.
