@@ -12,6 +12,7 @@ from pathlib import Path
 from shards.arguments import CommandParser
 
 from .errors import TrainError, loader_errors
+from .launcher import end_with_launcher
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -45,6 +46,7 @@ def config_keys_help() -> str:
 
 def run_cli(argv: list[str], *, default_config: Path | None) -> int:
     """Resolve the config and train; returns the exit code (2 for bad input, with one message)."""
+    end_with_launcher()  # first: an orphaned rank would run on for hours
     args = parse_args(argv)
     started = time.perf_counter()
     config = None

@@ -26,15 +26,21 @@ WORKER = REPO / "tests" / "slow_step_worker.py"
 COMMON = ("schedule.epochs=2", "run.max_train_steps=8", "loader.batch_size=32")
 
 
+# accelerate's one-process launcher (a plain child, not torchrun's agent).
+LAUNCH_ONE_CPU_PROCESS = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--num_processes", "1",
+                          "--cpu", "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
 @contextlib.contextmanager
 def start(shards: Path, tmp_path: Path, *, slow_from: int, how: str, grace: float, ddp: bool = False,
-          slow_ranks: str | None = None):
-    """The worker (one process, or two ranks through accelerate launch), its output into a file:
-    ``with start(...) as (process, output)``; killed with all it started at the end."""
+          slow_ranks: str | None = None, launch: list[str] | None = None):
+    """The worker (one process, or two ranks through accelerate launch, or under ``launch``), its
+    output into a file: ``with start(...) as (process, output)``; killed with all it started at the end."""
     run_args = small_run_args(shards, tmp_path / "run", *COMMON, f"run.stop_grace_seconds={grace}")
     args = [str(tmp_path / "markers"), str(slow_from), how, *run_args[2:]]  # [2:]: the worker adds the demo config
-    command = [*LAUNCH_TWO_CPU_RANKS, str(WORKER), *args] if ddp else [sys.executable, str(WORKER), *args]
-    env = dict(child_env(), ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1") if ddp else child_env()
+    launch = LAUNCH_TWO_CPU_RANKS if ddp else launch
+    command = [*launch, str(WORKER), *args] if launch else [sys.executable, str(WORKER), *args]
+    env = dict(child_env(), ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1") if launch else child_env()
     if slow_ranks is not None:
         env["SLOW_RANKS"] = slow_ranks
     output = tmp_path / "output.txt"
@@ -162,6 +168,49 @@ def test_under_ddp_sigterm_to_the_launcher_and_the_ranks_still_checkpoints(demo_
         process.wait(timeout=300)  # the launcher's own code reports the signal it got
     assert "second SIGTERM" not in output.read_text(), output.read_text()[-3000:]
     _assert_ddp_stopped_at_step_4(tmp_path)
+
+
+def _ended(pid: int) -> bool:
+    """Gone, or a zombie (ended; its new parent has not reaped it yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_a_sigkill_of_the_launcher_ends_its_ranks(demo_shards, tmp_path, ranks):
+    """`kill -9` of `accelerate launch` (or the OOM killer): the ranks, in sessions of their own
+    under torchrun, were left running as orphans (holding the run folder and a core each, here
+    forever: they wait in step 2). The kernel now ends them with the launcher (PR_SET_PDEATHSIG)."""
+    with start(demo_shards, tmp_path, slow_from=2, how="signal", grace=120, ddp=ranks == 2,
+               launch=LAUNCH_ONE_CPU_PROCESS) as (process, output):
+        names = ("0", "1") if ranks == 2 else ("",)
+        for rank in names:
+            wait_for(lambda: "start 2" in markers(tmp_path, rank), process, f"step 2 on rank {rank or 0}")
+        pids = [int((tmp_path / f"markers{rank}.pid").read_text()) for rank in names]
+        assert process.pid not in pids  # the ranks are the launcher's children, not the launcher
+        process.kill()
+        process.wait(timeout=60)
+        deadline = time.monotonic() + 60  # a hang guard: the kernel signals at the parent's exit
+        while not all(_ended(pid) for pid in pids):
+            assert time.monotonic() < deadline, (
+                f"ranks still running 60 s after the launcher's SIGKILL: {[p for p in pids if not _ended(p)]}\n"
+                + output.read_text()[-2000:])
+            time.sleep(0.1)
+    assert mid_epoch_checkpoints(tmp_path / "run") == []  # killed, not stopped
+
+
+def test_only_a_launchers_child_asks_to_end_with_its_parent():
+    from pipeline.launcher import started_by_launcher
+
+    accelerate = b"/venv/bin/python\0-m\0accelerate.commands.accelerate_cli\0launch\0train.py\0"
+    assert started_by_launcher({"TORCHELASTIC_RUN_ID": "none"}, parent_command=b"bash\0")  # torchrun's agent
+    assert started_by_launcher({"ACCELERATE_USE_CPU": "True"}, parent_command=accelerate)
+    assert started_by_launcher({"ACCELERATE_USE_CPU": "False"}, parent_command=b"/venv/bin/accelerate\0launch\0")
+    # A run from a shell must outlive it under nohup, even with the variable exported there.
+    assert not started_by_launcher({"ACCELERATE_USE_CPU": "True"}, parent_command=b"-bash\0")
+    assert not started_by_launcher({}, parent_command=accelerate)
 
 
 def test_a_training_into_a_run_folder_another_one_is_using_is_refused(demo_shards, tmp_path, capsys):

@@ -15,6 +15,7 @@ from pathlib import Path
 from shards.arguments import CommandParser
 
 from ..errors import EvalError, TrainError, loader_errors
+from ..launcher import end_with_launcher
 
 _DESCRIPTION = """Evaluate a trained model on the CutMix paper's claims. MODEL is a run folder (its config.yaml
 and model.safetensors), one of its checkpoints (RUN/checkpoints/epoch-NNNN: the best epoch's is kept), or an
@@ -283,6 +284,7 @@ def _label(path: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; a user mistake prints one ``error:`` line and returns 2. The arguments are
     checked before the evaluation code (torch, DALI) is imported."""
+    end_with_launcher()  # first: an orphaned rank would run on for hours
     argv = sys.argv[1:] if argv is None else argv
     request = None
     try:

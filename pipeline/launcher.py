@@ -1,0 +1,65 @@
+"""A rank ends when the launcher that started it ends, however the launcher ends.
+
+`accelerate launch` (torchrun's agent) starts every rank in a session of its own, so a SIGKILL of
+the launcher (``kill -9``, the OOM killer, a terminal that closes) reaches no rank: the ranks are
+re-parented to init and run on, holding the run folder's lock, the GPU and a CPU core each, until
+someone finds and kills them. Its one-process launcher does the same (a plain child). A launcher
+that is stopped politely (SIGTERM, Ctrl-C) stops its ranks itself; this is for the other ways.
+
+Linux has the mechanism: ``prctl(PR_SET_PDEATHSIG, sig)`` asks the kernel to send ``sig`` to this
+process when its parent dies. Only where a launcher is the parent: a run started from a shell must
+outlive that shell under ``nohup``. The signal is SIGKILL, as the launcher's own end was abrupt:
+SIGTERM would stop the run gracefully with exit 0 and a checkpoint, which no one would see (the
+launcher is gone) and which, on a launcher left in a bad state, could make a silent early stop look
+like a finished one. The last checkpoint stays valid (pipeline/checkpoint.py writes whole ones).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Mapping
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# torchrun's agent sets it in every rank's environment (accelerate launch --multi_gpu, multi-node).
+TORCHRUN_VARIABLE = "TORCHELASTIC_RUN_ID"
+# accelerate's one-process launcher sets it in its child's environment; the parent's command line
+# confirms (the variable alone might be a user's export, inherited by a run started from a shell).
+ACCELERATE_VARIABLE = "ACCELERATE_USE_CPU"
+
+
+def started_by_launcher(environ: Mapping[str, str], *, parent_command: bytes) -> bool:
+    """Whether this process is a rank a launcher started: torchrun's agent, or accelerate's
+    one-process launcher (its command line, NUL-separated as /proc gives it, names accelerate)."""
+    if TORCHRUN_VARIABLE in environ:
+        return True
+    return ACCELERATE_VARIABLE in environ and any(b"accelerate" in part for part in parent_command.split(b"\0"))
+
+
+def end_with_launcher(environ: Mapping[str, str] | None = None) -> bool:
+    """Where a launcher started this process, have the kernel SIGKILL it when the launcher dies;
+    returns whether it was set. If the launcher died before this call (this process was already
+    re-parented to init), the process ends here. Does nothing off Linux."""
+    environ = os.environ if environ is None else environ
+    if not sys.platform.startswith("linux"):
+        return False
+    parent = os.getppid()
+    try:
+        parent_command = Path(f"/proc/{parent}/cmdline").read_bytes()
+    except OSError:
+        parent_command = b""
+    if not started_by_launcher(environ, parent_command=parent_command):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return False  # not allowed here (a seccomp sandbox): the launcher's own handling is all there is
+    # The launcher may have died between the parent's id read above and the prctl: the kernel then
+    # re-parented this process (to init or a sub-reaper). Not "parent is init": in a container the
+    # launcher itself can be process 1. A launcher that died before that read (the first second of
+    # the process, before torch is imported) is not seen.
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return True
