@@ -145,6 +145,11 @@ def _splits(out: Path, split: str | None, pattern: str) -> list[str]:
         if parts:  # a build run with --num-parts, not merged yet
             raise ShardsError(f"{out}: no manifest ({wanted}), but part manifests of {', '.join(parts)}: join "
                               f"them first with python -m shards merge {out}")
+        unfinished = [s for s in SPLITS if (out / ".build" / s / "plan.json").exists()]
+        if unfinished:  # a build that stopped before its manifest (killed, or still running)
+            raise ShardsError(f"{out}: no manifest ({wanted}): the build of {', '.join(unfinished)} there has not "
+                              "finished (stopped, or still running); the same build command with --resume goes on "
+                              "from its finished shards")
         raise ShardsError(f"{out}: no manifest ({wanted}): not a folder `python -m shards build` wrote")
     return found
 

@@ -56,6 +56,12 @@ def test_resume_after_sigkill_is_byte_identical(tmp_path, layout, start_process)
     process.wait(timeout=60)
     assert not (out / "train.json").exists(), "the build finished before it could be killed"
     assert len(list(records.glob("*.json"))) >= 2
+    for command in ("verify", "inspect"):  # what a user runs first on a folder of unknown state
+        looked = run_process(cli(command, out), cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert looked.returncode == 2 and looked.stderr.strip() == (
+            f"error: {out}: no manifest (train.json, val.json, test.json): the build of train there has not "
+            "finished (stopped, or still running); the same build command with --resume goes on from its "
+            "finished shards"), looked.stderr
 
     again = run_process(cli("build", src, out, *flags), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 2 and "--resume" in again.stderr
