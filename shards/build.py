@@ -24,7 +24,7 @@ from .errors import ShardsError
 from .images import CHECKS, ImageOptions, PreparedImage, prepare_image
 from .labels import load_val_labels
 from .manifest import SHARD_FIELDS, check_samples_written, compose_manifest, read_manifest, write_manifest
-from .outdir import OutputLayout, discard_build, prepare_output, remove_build_folder
+from .outdir import OutputLayout, check_out_state, discard_build, prepare_output, remove_build_folder
 from .plan import DIGEST_MODULUS, BuildPlan, count_shards, input_digest, part_shards, shard_of
 from .sources import InputItem, TarStream, cifar_inputs, list_folder
 from .spill import SpillWriter, spill_path
@@ -75,6 +75,30 @@ def build_shards(request: BuildRequest) -> BuildResult:
     leaves no manifest; for a split build, ``merge`` applies that rule to the whole.
     """
     started = time.monotonic()
+    spec, fixed_classes = _check_request(request)
+    layout = OutputLayout(Path(request.out), request.split)
+    build = _build_cifar if spec.is_cifar else _build_streamed if spec.streaming else _build_folder
+    with build_lock(layout, request.part_id, request.num_parts):  # before OUT is read: what it finds is final
+        manifest = build(request, spec, layout, fixed_classes)
+    path = layout.manifest if request.num_parts == 1 else layout.part_manifest(request.part_id, request.num_parts)
+    return BuildResult(path, manifest, time.monotonic() - started)
+
+
+def check_build(request: BuildRequest) -> str:
+    """What a build of ``request`` checks before it reads an image, without writing anything:
+    the options, SRC's kind, the --labels/--classes/--boxes files, and whether OUT holds a build
+    that --resume or --overwrite must be given for. Returns SRC's kind; ShardsError otherwise.
+    For a launcher (slurm/build_shards.sh) to refuse a bad command before its tasks wait in a queue.
+    What needs SRC counted (whether --resume's other arguments match the unfinished build's) is
+    left to the build."""
+    spec, _ = _check_request(request)
+    check_out_state(OutputLayout(Path(request.out), request.split), resume=request.resume,
+                    overwrite=request.overwrite)
+    return spec.kind
+
+
+def _check_request(request: BuildRequest) -> tuple[SourceSpec, list[str] | None]:
+    """The options, SRC's kind and the annotation and class files: (SourceSpec, --classes' list)."""
     _validate(request)
     labels = load_val_labels(request.labels) if request.labels else None
     fixed_classes = _classes_from_manifest(request.classes) if request.classes else None
@@ -83,12 +107,7 @@ def build_shards(request: BuildRequest) -> BuildResult:
     spec = with_annotations(spec, split=request.split, boxes=request.boxes)
     if spec.cub is not None and fixed_classes is not None:  # up front: a .tgz would meet a stranger mid-stream
         _check_classes(spec.cub.classes, fixed_classes, str(request.classes))
-    layout = OutputLayout(Path(request.out), request.split)
-    build = _build_cifar if spec.is_cifar else _build_streamed if spec.streaming else _build_folder
-    with build_lock(layout, request.part_id, request.num_parts):  # before OUT is read: what it finds is final
-        manifest = build(request, spec, layout, fixed_classes)
-    path = layout.manifest if request.num_parts == 1 else layout.part_manifest(request.part_id, request.num_parts)
-    return BuildResult(path, manifest, time.monotonic() - started)
+    return spec, fixed_classes
 
 
 def _validate(request: BuildRequest) -> None:

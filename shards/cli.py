@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from .arguments import CommandParser
-from .build import LABEL_FIELDS, SPLITS, BuildRequest, build_shards, default_workers
+from .build import LABEL_FIELDS, SPLITS, BuildRequest, build_shards, check_build, default_workers
 from .errors import ShardsError
 from .images import CHECKS
 from .manifest import merge_parts
@@ -102,6 +102,11 @@ def _build_parser(sub) -> None:
     again.add_argument("--overwrite", action="store_true", help="replace a previous build of this split in OUT")
     build.add_argument("--strict", action="store_true", help="stop with an error at the first rejected input")
     build.add_argument("--quiet", action="store_true", help="no progress bars")
+    build.add_argument("--dry-run", action="store_true",
+                       help="check the options, SRC's kind, the --labels/--classes/--boxes files and OUT (a previous "
+                            "build there needs --resume or --overwrite), print one line and exit without writing: "
+                            "0 if a build would start, 2 with one error line if not (slurm/build_shards.sh runs this "
+                            "before submitting)")
 
 
 def make_parser(prog: str = "python -m shards") -> argparse.ArgumentParser:
@@ -164,6 +169,11 @@ def _run(args: argparse.Namespace) -> int:
             part_id=args.part_id, resume=args.resume, overwrite=args.overwrite, strict=args.strict,
             progress=not args.quiet,
         )
+        if args.dry_run:
+            kind = check_build(request)
+            part = f" part {request.part_id} of {request.num_parts}" if request.num_parts > 1 else ""
+            print(f"ok: SRC {request.src} ({kind}), OUT {request.out}: the {request.split} build{part} can go ahead")
+            return 0
         print_build_summary(build_shards(request))
         return 0
     if args.command == "merge":

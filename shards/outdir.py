@@ -99,6 +99,25 @@ def prepare_output(layout: OutputLayout, plan: BuildPlan, part_id: int, resume: 
     return True
 
 
+def check_out_state(layout: OutputLayout, *, resume: bool, overwrite: bool) -> None:
+    """What ``prepare_output`` refuses that shows without the plan (SRC uncounted): a complete
+    build, an unfinished one, or foreign shards of this split in OUT, with neither flag that
+    continues or replaces them. Stricter for a split build than one part's check: a shard
+    finished by any part counts as started."""
+    if resume or overwrite or not layout.out.is_dir():
+        return
+    if layout.manifest.exists():
+        raise ShardsError(f"{layout.out} already holds a complete {layout.split} build ({layout.manifest.name}): "
+                          "pass --overwrite to replace it")
+    if (layout.build_dir / "plan.json").exists():
+        if any((layout.build_dir / "shards").glob("*.json")) or layout.part_manifests():
+            raise ShardsError(f"{layout.out} holds an unfinished {layout.split} build: pass --resume to finish it "
+                              "or --overwrite to start again")
+    elif any(layout.out.glob(f"{layout.split}-*.tar")):
+        raise ShardsError(f"{layout.out} holds {layout.split} shards from another tool or an older build: "
+                          "pass --overwrite to replace them")
+
+
 def _record_plan(plan_path: Path, plan: BuildPlan, resume: bool, layout: OutputLayout) -> None:
     """Write plan.json, unless a plan is there already: then it must be this one.
 

@@ -57,6 +57,11 @@ for setting in "PARTS=$parts" "CPUS_PER_TASK=$cpus"; do
         exit 2
     fi
 done
+# The build's own checks (options, SRC's kind, label and class files, a previous build in OUT)
+# here, once, rather than in every array task after it has waited in the queue.
+if ! "$python" -m shards build "$@" --num-parts "$parts" --part-id 0 --dry-run >/dev/null; then
+    exit 2   # its one error line is above
+fi
 log_dir=${LOG_DIR:-.}
 mkdir -p "$log_dir"
 # sbatch runs a spool copy of this script: the jobs start from this folder and call it by path.

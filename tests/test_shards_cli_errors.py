@@ -427,3 +427,43 @@ def test_a_manifest_given_as_the_shards_folder_is_named(tmp_path):
     (tmp_path / "val.json").write_text("{}")
     with pytest.raises(ShardsError, match=r"val\.json: a file, not a shards folder \(give the folder holding it\)$"):
         load_manifest(tmp_path / "val.json", "val")
+
+
+# --dry-run: the checks a build makes before it reads an image, nothing written -----------------
+
+def test_dry_run_says_a_build_can_go_ahead_and_writes_nothing(src, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, printed, err = run_main(capsys, *build_args(src, out, "--num-parts", "4", "--dry-run"))
+    assert (code, err) == (0, "")
+    assert printed == f"ok: SRC {src} (imagefolder), OUT {out}: the train build part 0 of 4 can go ahead\n"
+    assert not out.exists()
+
+
+def test_dry_run_refuses_what_the_build_would(src, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, printed, err = run_main(capsys, *build_args(src, out, "--dry-run", "--label-field", "fine"))
+    assert_user_error(code, printed, err, "--label-field is for the CIFAR archives")
+    # An unfinished build (a part of two finished; the other's shards not yet), as a killed one leaves it.
+    code, _, err = run_main(capsys, *build_args(src, out, "--num-parts", "2", "--part-id", "0"))
+    assert code == 0, err
+    for extra in ((), ("--num-parts", "2", "--part-id", "1")):
+        code, printed, err = run_main(capsys, *build_args(src, out, *extra, "--dry-run"))
+        assert_user_error(code, printed, err, f"{out} holds an unfinished train build: pass --resume to finish it "
+                                              "or --overwrite to start again")
+    code, printed, err = run_main(capsys, *build_args(src, out, "--num-parts", "2", "--part-id", "1", "--resume",
+                                                      "--dry-run"))
+    assert code == 0 and printed.startswith("ok: "), err
+    # A complete build: only --overwrite (or --resume, which then has nothing to do) goes ahead.
+    code, _, err = run_main(capsys, *build_args(src, out, "--num-parts", "2", "--part-id", "1", "--resume"))
+    assert code == 0, err
+    assert run_main(capsys, "merge", out)[0] == 0
+    code, printed, err = run_main(capsys, *build_args(src, out, "--num-parts", "2", "--dry-run"))
+    assert_user_error(code, printed, err, f"{out} already holds a complete train build (train.json): pass "
+                                          "--overwrite to replace it")
+    assert run_main(capsys, *build_args(src, out, "--overwrite", "--dry-run"))[0] == 0
+    # Shards some other tool wrote, with no build record.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "train-000000.tar").write_bytes(b"")
+    code, printed, err = run_main(capsys, *build_args(src, other, "--dry-run"))
+    assert_user_error(code, printed, err, f"{other} holds train shards from another tool or an older build")

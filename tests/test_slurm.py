@@ -278,6 +278,11 @@ def test_the_script_run_without_sbatch_says_so(tmp_path):
     (["/nonexistent/src", "OUT", "--split=train"], {}, "error: SRC /nonexistent/src: no such file or folder"),
     ([".", "OUT", "--split=train"], {"PARTS": "0"}, "error: PARTS=0: a whole number >= 1 is needed"),
     ([".", "OUT", "--split=train"], {"CPUS_PER_TASK": "4x"}, "error: CPUS_PER_TASK=4x: a whole number >= 1"),
+    # The build's own checks (python -m shards build --dry-run), before anything is submitted:
+    ([".", "../OUT", "--split=train", "--shard-size=1kB"], {}, "error: --shard-size must be at least 64kB"),
+    ([".", "../OUT", "--split=train"], {}, "error: SRC .: no files in it or its class folders"),
+    ([".", "../OUT", "--split=val", "--labels", "LOC_val_solution.csv"], {},
+     "error: --labels LOC_val_solution.csv: no such file or folder"),
 ])
 def test_the_array_build_refuses_bad_arguments_before_submitting(tmp_path, args, setting, message):
     from processes import run_process
@@ -285,6 +290,19 @@ def test_the_array_build_refuses_bad_arguments_before_submitting(tmp_path, args,
     done = run_process(["bash", str(REPO / "slurm" / "build_shards.sh"), *args], cwd=tmp_path,
                        env={**job_env(), **setting}, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and done.stderr.startswith(message) and len(done.stderr.splitlines()) == 1
+
+
+def test_the_array_build_refuses_an_out_holding_a_build_before_submitting(tmp_path):
+    from processes import run_process
+
+    make_imagefolder(tmp_path / "src", num_classes=2, per_class=3)
+    out = tmp_path / "out"
+    assert shards_main(["build", str(tmp_path / "src"), str(out), "--split", "train", "--quiet"]) == 0
+    done = run_process(["bash", str(REPO / "slurm" / "build_shards.sh"), str(tmp_path / "src"), str(out), "--split",
+                        "train"], cwd=tmp_path, env=job_env(), capture_output=True, text=True, timeout=120)
+    # Without the check the script would have gone on to sbatch (no cluster here: another error).
+    assert done.returncode == 2 and done.stderr == (
+        f"error: {out} already holds a complete train build (train.json): pass --overwrite to replace it\n")
 
 
 def test_scancel_leaves_no_process_of_the_job(cluster, demo_shards, tmp_path):
