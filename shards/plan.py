@@ -54,12 +54,28 @@ class BuildPlan:
         return f"{self.split}-{shard:06d}"
 
 
+# The argument of `python -m shards build` each plan field comes from (the others are derived).
+PLAN_ARGUMENTS = {"source": "SRC", "split": "--split", "seed": "--seed", "shard_size": "--shard-size",
+                  "num_parts": "--num-parts", "resize_short": "--resize-short", "quality": "--quality",
+                  "check": "--check", "labels": "--labels", "classes_from": "--classes",
+                  "label_field": "--label-field", "boxes": "--boxes"}
+
+
 def plan_changes(stored: dict, current: dict) -> str:
-    """What differs between two plans (as ``to_json`` gives them), e.g. "num_shards: 2 -> 6,
-    shard_size: 200000 -> 64000"; a field one plan lacks (another version wrote it) counts as changed."""
+    """What differs between two plans (as ``to_json`` gives them), by the build argument each field
+    comes from, e.g. "--shard-size: 200000 -> 64000, num_shards: 2 -> 6 (follows --shard-size)";
+    a field one plan lacks (another version wrote it) counts as changed."""
     absent = "(absent)"
     changed = sorted(k for k in current.keys() | stored.keys() if stored.get(k, absent) != current.get(k, absent))
-    return ", ".join(f"{k}: {stored.get(k, absent)!r} -> {current.get(k, absent)!r}" for k in changed)
+    changed.sort(key=lambda k: k == "num_shards")  # the derived count last, after what it follows
+
+    def why(key: str) -> str:
+        if key != "num_shards":
+            return ""
+        return " (follows --shard-size)" if "shard_size" in changed else " (SRC's size or number of files changed)"
+
+    return ", ".join(f"{PLAN_ARGUMENTS.get(k, k)}: {stored.get(k, absent)!r} -> {current.get(k, absent)!r}{why(k)}"
+                     for k in changed)
 
 
 def count_shards(total_bytes: float, shard_size: int, max_shards: int | None = None) -> int:

@@ -200,6 +200,15 @@ def test_resume_with_another_seed_names_seed(src, tmp_path, capsys):
     assert_user_error(code, out_text, err, "seed", "--resume")
 
 
+def test_resume_with_another_shard_size_names_the_option_and_the_count_it_changes(src, tmp_path, capsys):
+    out = tmp_path / "out"
+    part0 = build_args(src, out, "--num-parts", "2", "--part-id", "0")  # 64kB: 2 shards of the 48 images
+    assert run_main(capsys, *part0)[0] == 0
+    code, out_text, err = run_main(capsys, *part0, "--resume", "--shard-size", "32MB")
+    assert_user_error(code, out_text, err,
+                      "(--shard-size: 64000 -> 32000000, num_shards: 2 -> 1 (follows --shard-size))")
+
+
 def test_resume_of_complete_build_with_another_seed_names_seed(src, tmp_path, capsys):
     out = tmp_path / "out"
     assert run_main(capsys, *build_args(src, out))[0] == 0
