@@ -4,6 +4,7 @@ the header naming the command. No timing is judged here (the figures are the ben
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -41,3 +42,25 @@ def test_calls_that_are_not_whole_lookahead_windows_are_refused(tmp_path):
         "error: --calls 4: a positive multiple of the sampler's LOOKAHEAD (16), so that each round holds whole "
         "windows of draws")
     assert not out.exists()
+
+
+def test_without_git_history_the_new_code_alone_is_timed_and_the_header_says_so(tmp_path):
+    """A copy of the tree without .git (what the GPU machine gets): no old code to read, so the
+    bench says so in a note and its results header records --baseline none, not the commit it could
+    not time."""
+    import shutil
+
+    tree = tmp_path / "tree"
+    for name in ("bench", "pipeline", "shards"):
+        shutil.copytree(REPO / name, tree / name, ignore=shutil.ignore_patterns("__pycache__", "results"))
+    out = tmp_path / "host.txt"
+    command = [sys.executable, "bench/bench_mix_host.py", "--batch-size", "8", "--size", "32", "--rounds", "1",
+               "--calls", "16", "--modes", "cutmix", "--out", str(out)]
+    # GIT_CEILING_DIRECTORIES: git must not find a repository above the copy (tmp_path may sit in one).
+    done = run_process(command, timeout=300, cwd=tree, capture_output=True, text=True,
+                       env={**os.environ, "GIT_CEILING_DIRECTORIES": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "note: no git history here to read the old code" in done.stderr
+    header = out.read_text().splitlines()[0]
+    assert header.endswith("--calls 16 --baseline none"), header
+    assert re.search(r"^cutmix +\d+\.\d us", done.stdout, re.MULTILINE) and "old median" not in done.stdout
