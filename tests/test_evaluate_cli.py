@@ -118,6 +118,7 @@ def test_two_cpu_ranks_give_the_same_numbers(evaluated, demo_run, tmp_path):
     assert done.returncode == 0, done.stderr[-4000:]
     double = json.loads((out / "eval.json").read_text())
     assert double["settings"]["world_size"] == 2
+    assert double["settings"]["device"] == single["settings"]["device"] == "cpu"  # the type, as training says it
     for task in tasks.split(","):
         ours = {k: v for k, v in double[task].items() if k != "seconds"}
         theirs = {k: v for k, v in single[task].items() if k != "seconds"}

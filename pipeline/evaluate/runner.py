@@ -539,7 +539,7 @@ def _settings(request: EvalRequest, accelerator) -> dict:
             "ood_splits": [_ood_split(p, request.split, request.ood_split) for p in request.ood_shards],
             "batch_size": request.batch_size, "backend": request.backend, "seed": request.seed,
             "image_size": source.image_size, "crop_pct": source.crop_pct, "augmentation": source.augmentation,
-            "world_size": accelerator.num_processes, "device": str(accelerator.device),
+            "world_size": accelerator.num_processes, "device": accelerator.device.type,  # "cuda", as training says it
             "precision": accelerator.mixed_precision}
 
 
