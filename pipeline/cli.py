@@ -27,7 +27,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="only check the config, the model name, the shards and what a resume would continue "
                              "(as a start does before any work), print one line and exit: 0 if all is in order, "
                              "2 with one error line if not (the Slurm script does this before starting its nodes)")
-    return parser.parse_args(argv)
+    # Intermixed: overrides may come before, between or after the options (`run.progress=false
+    # --config X schedule.epochs=5` was "unrecognized arguments: schedule.epochs=5").
+    return parser.parse_intermixed_args(argv)
 
 
 def config_keys_help() -> str:

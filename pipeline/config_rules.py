@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import ConfigError
-from .mix.choices import FEATURE_MODES, PARTNER_CHOICES, PER_CHOICES, SAMPLER_MODES
+from .mix.choices import FEATURE_MODES, PARTNER_CHOICES, PER_CHOICES, SAMPLER_MODES, unused_mode_option
 
 Rule = Callable[[Any], "str | None"]  # the value -> what is wrong with it, or None
 
@@ -62,9 +62,13 @@ def non_empty(value: str) -> str | None:
 
 
 def non_empty_names(names) -> str | None:
-    if names and all(name.strip() for name in names):
-        return None
-    return f"must be a non-empty list of layer names, got {list(names)!r}"
+    if not names or not all(name.strip() for name in names):
+        return f"must be a non-empty list of layer names, got {list(names)!r}"
+    # A layer named twice is drawn twice as often: a weighting nobody asks for by listing it again.
+    repeated = sorted({name for name in names if list(names).count(name) > 1})
+    if repeated:
+        return f"names {repeated} more than once (each layer is drawn with equal chance), got {list(names)!r}"
+    return None
 
 
 def known_model(name: str) -> str | None:
@@ -164,6 +168,33 @@ def _milestones(config) -> tuple[str, str] | None:
     return None
 
 
+def _unused_schedule_options(config) -> tuple[str, str] | None:
+    """A step-only or cosine-only value given to the other schedule changes nothing: refused, so
+    that schedule.name=cosine on a recipe with milestones says what it leaves out."""
+    from .config import ScheduleConfig
+
+    schedule, default = config.schedule, ScheduleConfig()
+    if schedule.name == "cosine":
+        if schedule.milestones and tuple(schedule.milestones) != default.milestones:
+            return "schedule.milestones", (f"schedule.name=cosine decays smoothly and does not use milestones, got "
+                                           f"{list(schedule.milestones)}; give schedule.milestones=[] with it")
+        if schedule.decay_factor != default.decay_factor:
+            return "schedule.decay_factor", (f"schedule.name=cosine does not use it (the step schedule's "
+                                             f"multiplier), got {schedule.decay_factor}; leave it out, or use "
+                                             "schedule.min_lr for where cosine ends")
+    if schedule.name == "step" and schedule.min_lr != default.min_lr:
+        return "schedule.min_lr", (f"schedule.name=step does not use it (where cosine ends), got {schedule.min_lr}; "
+                                   "leave it out, or set schedule.name=cosine")
+    return None
+
+
+def _unused_mix_options(config) -> tuple[str, str] | None:
+    mix = config.mix
+    found = unused_mode_option(mix.mode, said=f"mix.mode={mix.mode}", cutmix_alpha=mix.cutmix_alpha,
+                               mixup_alpha=mix.mixup_alpha, switch_prob=mix.switch_prob)
+    return None if found is None else (f"mix.{found[0]}", found[1])
+
+
 def _warmup(config) -> tuple[str, str] | None:
     if config.schedule.warmup_epochs > config.schedule.epochs:
         return "schedule.warmup_epochs", (f"must be at most schedule.epochs={config.schedule.epochs}, "
@@ -248,8 +279,8 @@ def _input_size(config) -> tuple[str, str] | None:
                                "train it at the size it is built for, or choose another model")
 
 
-CROSS_RULES = (_milestones, _warmup, _min_lr, _nesterov, _cutout, _mix_batch, _input_size, _feature_layers,
-               _model_options)
+CROSS_RULES = (_milestones, _unused_schedule_options, _warmup, _min_lr, _nesterov, _cutout, _unused_mix_options,
+               _mix_batch, _input_size, _feature_layers, _model_options)
 
 
 # Rules that import torch or timm (seconds): they run after all the others, field and cross-field

@@ -67,3 +67,15 @@ def test_train_help_lists_every_key_the_recipes_set(capsys):
             sections[current] = [key.strip() for key in rest.split(",") if key.strip()]
     assert len(recipes) > 30 and len(keys) > 40
     assert sorted(key for key in keys if key[1] not in sections.get(key[0], [])) == []
+
+
+@pytest.mark.parametrize("argv", [
+    ["run.progress=false", "--config", "r.yaml", "schedule.epochs=5", "--check"],
+    ["--config", "r.yaml", "run.progress=false", "--check", "schedule.epochs=5"],
+    ["--check", "run.progress=false", "schedule.epochs=5", "--config", "r.yaml"],
+])
+def test_train_overrides_may_come_before_between_or_after_the_options(argv):
+    # `run.progress=false --config X schedule.epochs=5` was refused: "unrecognized arguments".
+    args = train_parse_args(argv)
+    assert (args.overrides, str(args.config), args.check) == (["run.progress=false", "schedule.epochs=5"], "r.yaml",
+                                                              True)

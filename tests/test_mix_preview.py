@@ -99,6 +99,7 @@ def test_loader_reads_labels_and_pixels(shards_dir):
         ["--mode", "mixup", "--partner", "roll"],
         ["--mode", "cutout", "--cutout-size", "12"],
         ["--mode", "cutmix_or_mixup", "--per", "elem", "--label-smoothing", "0.1"],
+        ["--mode", "cutmix_or_mixup", "--cutmix-alpha", "0.5", "--mixup-alpha", "0.3", "--switch-prob", "0.2"],
     ],
 )
 def test_preview_writes_a_grid(shards_dir, tmp_path, options):
@@ -180,6 +181,10 @@ def test_caption_shows_label_weights():
         # A Cutout hole wider than the default --size 160 drew blank tiles (training refuses it).
         (["--mode", "cutout", "--cutout-size", "500"], "cutout_size"),
         (["--mode", "mixup", "--cutout-size", "0"], "cutout_size"),
+        # An option the mode never reads drew as if it were not given.
+        (["--mixup-alpha", "0.2"], "mixup_alpha"),
+        (["--mode", "mixup", "--cutmix-alpha", "0.3"], "cutmix_alpha"),
+        (["--mode", "cutout", "--cutout-size", "8", "--switch-prob", "0.9"], "switch_prob"),
     ],
 )
 def test_preview_errors_name_the_argument(shards_dir, tmp_path, capsys, options, name):
@@ -197,6 +202,13 @@ def test_size_bound_is_inclusive_and_in_the_help(shards_dir, tmp_path, capsys):
         main(["preview", "--help"])
     assert exit_info.value.code == 0
     assert "1 to 1024 pixels" in " ".join(capsys.readouterr().out.split())
+
+
+def test_an_option_of_another_mode_is_refused_saying_which_modes_use_it(shards_dir, tmp_path, capsys):
+    code, _, err = run_main([shards_dir, "--out", tmp_path / "x.png", "--mixup-alpha", "0.2"], capsys)
+    assert_one_error_line(code, err, "error: --mixup-alpha: --mode cutmix does not use it (only mixup, "
+                                     "cutmix_or_mixup, manifold_mixup do), so 0.2 would change nothing; leave it out "
+                                     "(default 1.0)")
 
 
 def test_feature_modes_are_refused_naming_the_input_level_mode(shards_dir, tmp_path, capsys):

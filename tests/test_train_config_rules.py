@@ -64,7 +64,7 @@ INVALID = {
     "mix.partner": ["reverse", "shuffle"],
     "mix.cutout_size": ["0", "-16", "500"],
     "mix.label_smoothing": ["1", "-0.1", "1.5"],
-    "mix.feature_layers": ["[]", "[layer1, ]"],
+    "mix.feature_layers": ["[]", "[layer1, ]", "[layer1, layer2, layer1]"],
     "loader.backend": ["pillow", "DALI"],
     "loader.batch_size": ["0", "-8", "big"],
     "loader.val_batch_size": ["0", "-1"],
@@ -112,6 +112,22 @@ def test_cross_field_rules_name_the_key_that_must_change():
         (["schedule.epochs=2"], "schedule.milestones: must lie within schedule.epochs=2, got [75, 150, 225]; give "
          "them with schedule.epochs, e.g. schedule.milestones=[1], or schedule.milestones=[] for no decay"),
         (["schedule.epochs=160"], "e.g. schedule.milestones=[75,150], or"),
+        # An option of another mode or schedule, set away from its default, would change nothing.
+        (["mix.mode=cutmix", "mix.mixup_alpha=0.2"], "mix.mixup_alpha: mix.mode=cutmix does not use it (only mixup, "
+         "cutmix_or_mixup, manifold_mixup do), so 0.2 would change nothing; leave it out (default 1.0)"),
+        (["mix.mode=mixup", "mix.cutmix_alpha=0.5"], "mix.cutmix_alpha: mix.mode=mixup does not use it (only cutmix, "
+         "cutmix_or_mixup, feature_cutmix do)"),
+        (["mix.mode=feature_cutmix", "mix.mixup_alpha=2"], "mix.mixup_alpha: mix.mode=feature_cutmix does not use"),
+        (["mix.mode=manifold_mixup", "mix.cutmix_alpha=2"], "mix.cutmix_alpha: mix.mode=manifold_mixup does not"),
+        (["mix.mode=none", "mix.cutmix_alpha=2"], "mix.cutmix_alpha: mix.mode=none does not use it"),
+        (["mix.mode=cutmix", "mix.switch_prob=0.3"], "mix.switch_prob: mix.mode=cutmix does not use it (only "
+         "cutmix_or_mixup do)"),
+        (["schedule.name=cosine", "schedule.milestones=[10]"], "schedule.milestones: schedule.name=cosine decays "
+         "smoothly and does not use milestones, got [10]; give schedule.milestones=[] with it"),
+        (["schedule.name=cosine", "schedule.decay_factor=0.2"], "schedule.decay_factor: schedule.name=cosine does "
+         "not use it"),
+        (["schedule.min_lr=0.001"], "schedule.min_lr: schedule.name=step does not use it (where cosine ends), got "
+         "0.001"),
     ]
     for overrides, message in cases:
         with pytest.raises(ConfigError, match=re.escape(message)):
@@ -121,6 +137,19 @@ def test_cross_field_rules_name_the_key_that_must_change():
     resolve_config(config_file=None, overrides=["optim.momentum=0", "optim.nesterov=false"])
     for milestones in ("[1]", "[]"):  # what the milestones message offers is taken
         resolve_config(config_file=None, overrides=["schedule.epochs=2", f"schedule.milestones={milestones}"])
+    # Each option with a mode (schedule) that reads it, and the defaults with any.
+    resolve_config(config_file=None, overrides=["mix.mode=cutmix_or_mixup", "mix.cutmix_alpha=0.5",
+                                                "mix.mixup_alpha=0.2", "mix.switch_prob=0.3"])
+    resolve_config(config_file=None, overrides=["mix.mode=feature_cutmix", "mix.cutmix_alpha=0.5"])
+    resolve_config(config_file=None, overrides=["mix.mode=manifold_mixup", "mix.mixup_alpha=2"])
+    resolve_config(config_file=None, overrides=["mix.mode=mixup", "mix.mixup_alpha=0.5"])
+    for mode in ("none", "cutmix", "mixup", "cutout"):
+        resolve_config(config_file=None, overrides=[f"mix.mode={mode}", "mix.cutout_size=8"] if mode == "cutout"
+                       else [f"mix.mode={mode}"])
+    resolve_config(config_file=None, overrides=["schedule.name=cosine", "schedule.milestones=[]",
+                                                "schedule.min_lr=0.001"])
+    resolve_config(config_file=None, overrides=["schedule.name=cosine"])  # the default milestones are not a choice
+    resolve_config(config_file=None, overrides=["schedule.decay_factor=0.2"])
 
 
 @pytest.mark.parametrize("text", ["no", "yes", "on", "off", "No"])

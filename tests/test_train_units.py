@@ -655,7 +655,7 @@ def test_a_mid_epoch_resume_with_changes_goes_on_at_the_saved_step(tmp_path):
     (checkpoint / COMPLETE).write_text("ok\n")
 
     config = resolve_config(config_file=None, overrides=[
-        "schedule.epochs=6", "schedule.name=cosine", "schedule.milestones=[1]", "schedule.warmup_epochs=1",
+        "schedule.epochs=6", "schedule.name=cosine", "schedule.warmup_epochs=1",
         "loader.batch_size=32", "run.resume_with_changes=true"])
     accelerator, _, optimizer, scheduler = prepared(0.3, 6)
     session = SimpleNamespace(accelerator=accelerator, optimizer=optimizer, scheduler=scheduler,

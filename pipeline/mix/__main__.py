@@ -11,7 +11,7 @@ from shards.arguments import CommandParser
 
 # torch-free at the top (PEP 562 in the package, the choices and limits in modules of their own):
 # --help and an argument mistake answer before torch is imported; run_preview imports the rest.
-from .choices import FEATURE_MODES, PARTNER_CHOICES, PER_CHOICES, SAMPLER_MODES
+from .choices import FEATURE_MODES, PARTNER_CHOICES, PER_CHOICES, SAMPLER_MODES, unused_mode_option
 from .preview_limits import DEFAULT_NAME, MAX_BATCH, MAX_SIZE
 
 
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--out", default=DEFAULT_NAME,
                          help=f"picture to write, in the format its suffix names (none: .png is added; a folder, or a "
                               f"path ending in /: {DEFAULT_NAME} in it)")
-    preview.add_argument("--split", default="train")
+    preview.add_argument("--split", default="train", help="split of SHARDS_DIR to read (default train)")
     # Every sampler mode is a choice, so that a feature-level one gets check_arguments' reason, not
     # argparse's bare "invalid choice".
     preview.add_argument("--mode", choices=SAMPLER_MODES, default="cutmix",
@@ -38,17 +38,25 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--batch-size", type=int, default=8, help=f"images in the grid, 1 to {MAX_BATCH} (default 8)")
     preview.add_argument("--size", type=int, default=160,
                          help=f"side of the centre-cropped square images, 1 to {MAX_SIZE} pixels (default 160)")
-    preview.add_argument("--cutmix-alpha", type=float, default=1.0)
-    preview.add_argument("--mixup-alpha", type=float, default=1.0)
+    # The sampler's options, as training's mix.* (same defaults, same checks).
+    preview.add_argument("--cutmix-alpha", type=float, default=1.0,
+                         help="lambda ~ Beta(a, a) for CutMix: cutmix, cutmix_or_mixup (default 1.0)")
+    preview.add_argument("--mixup-alpha", type=float, default=1.0,
+                         help="lambda ~ Beta(a, a) for Mixup: mixup, cutmix_or_mixup (default 1.0)")
     preview.add_argument("--cutout-size", type=int, default=None,
                          help="cutout box side in pixels, 1 to --size (as training's mix.cutout_size)")
-    preview.add_argument("--prob", type=float, default=1.0)
-    preview.add_argument("--switch-prob", type=float, default=0.5)
-    preview.add_argument("--per", choices=PER_CHOICES, default="batch")
-    preview.add_argument("--partner", choices=PARTNER_CHOICES, default="permutation")
-    preview.add_argument("--label-smoothing", type=float, default=0.0)
-    preview.add_argument("--seed", type=int, default=0)
-    preview.add_argument("--columns", type=int, default=4, help="images per row of the grid (>= 1)")
+    preview.add_argument("--prob", type=float, default=1.0,
+                         help="probability that the batch (a sample, with --per elem) is mixed (default 1.0)")
+    preview.add_argument("--switch-prob", type=float, default=0.5,
+                         help="cutmix_or_mixup: probability of CutMix (default 0.5)")
+    preview.add_argument("--per", choices=PER_CHOICES, default="batch",
+                         help="batch: one lambda and box for the batch, the paper (default); elem: one per sample")
+    preview.add_argument("--partner", choices=PARTNER_CHOICES, default="permutation",
+                         help="who mixes with whom: permutation (the paper, default), flip (timm), roll (torchvision)")
+    preview.add_argument("--label-smoothing", type=float, default=0.0,
+                         help="applied to each one-hot before mixing (default 0.0)")
+    preview.add_argument("--seed", type=int, default=0, help="the draw's seed (default 0)")
+    preview.add_argument("--columns", type=int, default=4, help="images per row of the grid (>= 1, default 4)")
     return parser
 
 
@@ -74,6 +82,11 @@ def check_arguments(args: argparse.Namespace) -> None:
     # same (mix.cutout_size at most data.image_size), and a side below 1 cuts nothing.
     if args.cutout_size is not None and not 1 <= args.cutout_size <= args.size:
         raise ValueError(f"cutout_size: must be 1 to --size={args.size} pixels, got {args.cutout_size}")
+    # --mixup-alpha with --mode cutmix drew CutMix boxes at alpha 1 and captioned nothing amiss.
+    unused = unused_mode_option(args.mode, said=f"--mode {args.mode}", cutmix_alpha=args.cutmix_alpha,
+                                mixup_alpha=args.mixup_alpha, switch_prob=args.switch_prob)
+    if unused is not None:
+        raise ValueError(f"{unused[0]}: {unused[1]}")
 
 
 def run_preview(args: argparse.Namespace) -> Path:
