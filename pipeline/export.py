@@ -33,6 +33,7 @@ def export_weights(model: torch.nn.Module, path: Path, *, model_name: str, num_c
     save_file(state, str(path), metadata={"model_name": model_name, "num_classes": str(num_classes),
                                           "model_options": json.dumps(options),
                                           **{key: json.dumps(value) for key, value in described.items() if value}})
+    _sort_metadata(path)
     give_umask_mode(path)  # save_file writes 0600
     extra = "".join(f"{key}={value!r}, " for key, value in options.items())
     # Our architectures (PyramidNet) are registered with timm when pipeline.models is imported.
@@ -44,3 +45,18 @@ def export_weights(model: torch.nn.Module, path: Path, *, model_name: str, num_c
                                                     **{k: v for k, v in described.items() if v}}, indent=1))
     return path
 
+
+def _sort_metadata(path: Path) -> None:
+    """Rewrite the header of the safetensors file at ``path`` with its metadata keys sorted, in
+    place. safetensors keeps the metadata in a Rust HashMap, whose order changes from one call to
+    the next: the same weights exported twice gave different bytes (and checksums). The header is
+    8 bytes of length, then JSON padded with spaces to that length; the same keys and values
+    written again in another order take no more room, so the tensors' offsets do not move."""
+    with open(path, "r+b") as file:
+        size = int.from_bytes(file.read(8), "little")
+        header = json.loads(file.read(size))
+        header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(text) <= size:  # always, as serde_json escapes no less than this; else the file stays as written
+            file.seek(8)
+            file.write(text.ljust(size, b" "))

@@ -266,3 +266,21 @@ def test_the_exported_load_line_rebuilds_the_model(tmp_path, shakedrop):
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         assert torch.equal(loaded(x), model.eval()(x))
+
+
+def test_the_same_weights_export_to_the_same_bytes(tmp_path):
+    """safetensors orders the metadata as a hash map does (differently per call): two exports of
+    one model differed. Reference: byte equality, and safetensors' own reader of the rewritten file."""
+    from safetensors import safe_open
+
+    model = timm.create_model("pyramidnet20_a48", num_classes=10)
+    options = dict(model_name="pyramidnet20_a48", num_classes=10, classes=[f"c{i}" for i in range(10)],
+                   preprocessing={"image_size": 32, "mean": [0.5] * 3})
+    files = [export_weights(model, tmp_path / f"{i}" / "model.safetensors", **options).read_bytes() for i in range(4)]
+    assert all(data == files[0] for data in files[1:])
+    with safe_open(tmp_path / "0" / "model.safetensors", framework="pt") as opened:
+        metadata = opened.metadata()
+        assert metadata["model_name"] == "pyramidnet20_a48"
+        assert json.loads(metadata["classes"]) == options["classes"] and metadata["num_classes"] == "10"
+        for key, value in model.state_dict().items():
+            assert torch.equal(opened.get_tensor(key), value)
