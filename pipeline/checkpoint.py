@@ -179,6 +179,25 @@ def is_complete_checkpoint(folder: Path) -> bool:
     return (Path(folder) / COMPLETE).is_file() and (Path(folder) / STATE).is_file()
 
 
+def resume_hint(folder: Path) -> str:
+    """What to give ``run.resume`` instead of ``folder``, which is no complete checkpoint (``; ...``
+    to append to the refusal, or ''): a run folder's own checkpoints, or those kept beside a
+    checkpoint that is gone (pruned: only the newest and the best stay) or unfinished."""
+    folder = Path(folder)
+    if (folder / "checkpoints").is_dir():  # a run folder
+        names = sorted(p.name for p in _marked_checkpoints(folder))
+        listed = f", or name one of its checkpoints ({', '.join(names)})" if names else ""
+        return (f"; {folder} is a run folder: run.resume=auto with run.out_dir={folder} resumes its newest "
+                f"checkpoint{listed}")
+    if folder.parent.name == "checkpoints":
+        names = sorted(p.name for p in _marked_checkpoints(folder.parent.parent))
+        why = ("did not finish saving" if folder.exists() else
+               "is gone (a run keeps its newest run.keep_checkpoints checkpoints and its best)")
+        there = f"complete ones there: {', '.join(names)}" if names else "no complete checkpoint is there"
+        return f"; {folder.name} {why}; {there}"
+    return "" if folder.exists() else " (no such folder)"
+
+
 def find_resume_checkpoint(resume: str, run_dir: Path) -> Path | None:
     """``auto``: the newest complete, undamaged checkpoint of the run (None if there is none);
     ``none``: None; otherwise the given folder, which must be a complete, undamaged checkpoint."""
@@ -193,7 +212,8 @@ def find_resume_checkpoint(resume: str, run_dir: Path) -> Path | None:
         return found[-1] if found else None
     folder = Path(resume)
     if not is_complete_checkpoint(folder):
-        raise TrainError(f"run.resume: {folder} is not a complete checkpoint (no {COMPLETE} and {STATE} in it)")
+        raise TrainError(f"run.resume: {folder} is not a complete checkpoint (no {COMPLETE} and {STATE} in it)"
+                         f"{resume_hint(folder)}")
     damage = checkpoint_damage(folder)
     if damage is not None:
         raise TrainError(f"run.resume: {folder} is damaged ({damage}); name an older checkpoint, or run.resume=none "

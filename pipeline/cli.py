@@ -76,7 +76,10 @@ def run_cli(argv: list[str], *, default_config: Path | None) -> int:
         return 2
     except KeyboardInterrupt:  # Ctrl-C: checkpoints are saved whole or not at all (pipeline/checkpoint.py)
         if _global_rank() == 0:
-            print(f"interrupted{'' if config is None else ': ' + _how_to_go_on(config)}", file=sys.stderr,
+            # Said, as a stop signal would have kept them: a user took Ctrl-C for the same stop.
+            lost = ("the steps since the last checkpoint are not kept (SIGTERM, `kill PID`, stops after the step "
+                    "under way with a checkpoint of it); ")
+            print(f"interrupted{'' if config is None else ': ' + lost + _how_to_go_on(config)}", file=sys.stderr,
                   flush=True)
         return 130
     if _global_rank() == 0 and not record:  # a stop signal: the run ended early with a checkpoint
@@ -96,11 +99,12 @@ def check_config(config) -> str:
     from .checkpoint import read_state
     from .data_check import check_batches, check_demo_folder, check_shards, demo_to_build
     from .models import check_model_name
-    from .run import check_before_start
+    from .run import check_before_start, later_checkpoints
     from .run_lock import check_run_folder_free
 
     check_run_folder_free(config.run.out_dir)  # first: the other checks read what that training writes
-    checkpoint, changes = check_before_start(config)
+    # world_size None: --check runs alone before the launch (Slurm), so the count is not known.
+    checkpoint, changes = check_before_start(config, world_size=None)
     check_model_name(config.model.name)
     if demo_to_build(config):  # the start builds them: their checks come after the build
         check_demo_folder(config)
@@ -111,12 +115,19 @@ def check_config(config) -> str:
         check_batches(config, world_size=int(os.environ.get("WORLD_SIZE", "1")), num_classes=len(classes))
         data = f"the demo digits in {config.data.shards}" if config.data.demo else \
             f"{len(classes)} classes in {config.data.shards}"
+    run_dir = Path(config.run.out_dir)
     if checkpoint is None:
         start = "starts fresh"
+        earlier = run_dir / "checkpoints"
+        if config.run.resume == "none" and earlier.is_dir() and any(earlier.iterdir()):
+            start += f" (the earlier run's checkpoints, metrics and export move to {run_dir}/replaced-<n>)"
     elif read_state(checkpoint).epoch >= config.schedule.epochs:  # the Slurm script reads this: no requeue
         start = f"already finished ({checkpoint})"
     else:
         start = f"resumes from {checkpoint}"
+    later = [] if checkpoint is None or config.run.resume == "auto" else later_checkpoints(run_dir, checkpoint)
+    if later:  # what the start will move: a --check before it is where a user learns it
+        start += f" (the later {', '.join(f.name for f in later)} move to {run_dir}/replaced-<n>)"
     changed = f" with changed settings ({len(changes)})" if changes else ""
     return f"config checked: {config.model.name} on {data}; {start}{changed}; run folder {config.run.out_dir}"
 

@@ -188,8 +188,15 @@ def read_yaml_chain(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, dict[
     path = path.resolve()
     if path in _seen:
         raise ConfigError(f"{path}: base files form a cycle")
-    if path.is_dir() and not _seen:  # a run folder, say, whose config.yaml was meant
-        inside = f": its {path / 'config.yaml'}?" if (path / "config.yaml").is_file() else ""
+    if path.is_dir() and not _seen:  # a run folder, say, whose config.yaml was meant, or configs/cifar100
+        recipes = sorted(found.name for found in path.glob("*.yaml") if found.is_file())
+        if (path / "config.yaml").is_file():
+            inside = f": its {path / 'config.yaml'}?"
+        elif recipes:
+            shown = ", ".join(recipes[:8]) + (f" and {len(recipes) - 8} more" if len(recipes) > 8 else "")
+            inside = f"; it holds {shown}"
+        else:
+            inside = ""
         raise ConfigError(f"--config {path}: a folder, not a YAML file{inside}")
     if not path.is_file():
         # A base named by a recipe: which recipe names it, or the user looks for the wrong file.

@@ -78,11 +78,12 @@ def known_model(name: str) -> str | None:
 
 
 def resume_choice(value: str) -> str | None:
-    from .checkpoint import is_complete_checkpoint
+    from .checkpoint import is_complete_checkpoint, resume_hint
 
     if value in ("auto", "none") or is_complete_checkpoint(Path(value)):
         return None
-    return f"must be auto, none or a complete checkpoint folder (RUN/checkpoints/epoch-NNNN), got {value!r}"
+    return (f"must be auto, none or a complete checkpoint folder (RUN/checkpoints/epoch-NNNN), got {value!r}"
+            f"{resume_hint(Path(value))}")
 
 
 TYPE_ONLY = None  # booleans: their type is their only rule

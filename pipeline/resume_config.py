@@ -81,10 +81,12 @@ def config_changes(saved: dict[str, Any], config: TrainConfig) -> list[Change]:
             if key in saved and saved[key] != value]
 
 
-def check_resume_config(config: TrainConfig, checkpoint: Path | None, recorded: dict[str, Any]) -> list[Change]:
+def check_resume_config(config: TrainConfig, checkpoint: Path | None, recorded: dict[str, Any], *,
+                        also: list[Change] = ()) -> list[Change]:
     """The changed training settings of resuming ``checkpoint`` (its recorded ``settings``, or
     its run's ``config.yaml`` for checkpoints without them) with ``config``: [] for a fresh start
-    or nothing to compare with; TrainError when there are some and ``run.resume_with_changes`` is false."""
+    or nothing to compare with; TrainError when there are some and ``run.resume_with_changes`` is
+    false, naming ``also`` (other changes the run would make: the process count) with them."""
     if checkpoint is None:
         return []
     saved = recorded or _run_config_settings(checkpoint, lenient=config.run.resume_with_changes)
@@ -97,9 +99,9 @@ def check_resume_config(config: TrainConfig, checkpoint: Path | None, recorded: 
                          "run.resume=none")
     if changes and not config.run.resume_with_changes:
         raise TrainError(
-            f"run.resume: {checkpoint} was trained with other settings ({describe(changes)}); resume with the "
-            f"same ones, train into another run.out_dir, start over with run.resume=none, or continue with the "
-            f"new ones with run.resume_with_changes=true")
+            f"run.resume: {checkpoint} was trained with other settings ({describe([*changes, *also])}); resume "
+            "with the same ones, train into another run.out_dir, start over with run.resume=none, or continue "
+            "with the new ones with run.resume_with_changes=true")
     return changes
 
 

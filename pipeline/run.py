@@ -72,7 +72,7 @@ def run_training(config: TrainConfig) -> dict:
     # First, a look (setup takes the lock): a folder another training writes is refused as such,
     # not by what checks of its checkpoints and config (which that training is changing) would say.
     check_run_folder_free(run_dir)
-    checkpoint, changes = check_before_start(config)
+    checkpoint, changes = check_before_start(config, world_size=launched_processes())
     with RunFolderLock(run_dir) as lock:  # held until the run has exported its weights
         return _train_holding(config, run_dir=run_dir, checkpoint=checkpoint, changes=changes, lock=lock)
 
@@ -122,10 +122,17 @@ def _train_holding(config: TrainConfig, *, run_dir: Path, checkpoint: Path | Non
     return record or {}
 
 
-def check_before_start(config: TrainConfig) -> tuple[Path | None, list]:
+def launched_processes() -> int:
+    """How many processes the launcher started, before the Accelerator exists: WORLD_SIZE, which
+    torchrun (accelerate launch with several) sets and Accelerate reads; 1 without it."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_before_start(config: TrainConfig, *, world_size: int | None) -> tuple[Path | None, list]:
     """What is checked before any work, the same on every rank: the run folder, which checkpoint
     a resume continues (None: a fresh start) and the training settings it would change ([] when
-    none; TrainError when that is not allowed)."""
+    none; TrainError when that is not allowed, naming another process count too where
+    ``world_size``, the processes launched, is known: None for ``--check``)."""
     run_dir = Path(config.run.out_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise TrainError(f"run.out_dir={run_dir}: a file, not a folder")
@@ -137,7 +144,12 @@ def check_before_start(config: TrainConfig) -> tuple[Path | None, list]:
         raise TrainError(f"run.out_dir={run_dir} is data.shards={config.data.shards} or inside it: the run's "
                          "checkpoints would land among the shards; give the run a folder of its own")
     checkpoint = find_resume_checkpoint(config.run.resume, run_dir)
-    changes = check_resume_config(config, checkpoint, read_state(checkpoint).settings if checkpoint else {})
+    state = read_state(checkpoint) if checkpoint else TrainState()
+    # Named in a refusal of other settings too, so that the user fixes everything at once (the
+    # process count alone is refused later, by process_count_change, with the global batches).
+    processes = [] if world_size is None else process_count_change(config, state, checkpoint=checkpoint,
+                                                                   world_size=world_size, refuse=False)
+    changes = check_resume_config(config, checkpoint, state.settings, also=processes)
     return checkpoint, changes
 
 
@@ -377,6 +389,10 @@ def resume(config: TrainConfig, checkpoint: Path | None, *, changes: list, sessi
                   flush=True)
         else:
             print(f"resumed from {checkpoint} (epoch {state.epoch}, step {saved_step}{moved})", flush=True)
+        elsewhere = Path(checkpoint).resolve().parent.parent
+        if elsewhere != run_dir.resolve():  # another run's checkpoint: this folder starts its history there
+            print(f"note: {checkpoint} is another run folder's ({elsewhere}): its metrics, config and plots up to "
+                  f"epoch {state.epoch} stay there; {run_dir} records the epochs from here on", flush=True)
     return state, read_loader_state(checkpoint, rank=accelerator.process_index), changes
 
 
@@ -427,15 +443,16 @@ def schedule_not_loaded(scheduler, *, skip: bool):
         del scheduler.load_state_dict
 
 
-def process_count_change(config: TrainConfig, state: TrainState, *, checkpoint: Path, world_size: int) -> list:
+def process_count_change(config: TrainConfig, state: TrainState, *, checkpoint: Path | None, world_size: int,
+                         refuse: bool = True) -> list:
     """``[("processes", then, now)]`` when ``checkpoint`` was trained by another number of processes
     ([] when the same, not recorded, or the run has no epoch left): the global batch, and with it
     the scaled lr and the updates per epoch, would change mid-run; TrainError unless
-    ``run.resume_with_changes``."""
+    ``run.resume_with_changes`` (or not ``refuse``: the change only)."""
     if not state.world_size or state.world_size == world_size or state.epoch >= config.schedule.epochs:
         return []  # the same, not recorded, or nothing left to train
     batch = config.loader.batch_size
-    if not config.run.resume_with_changes:
+    if refuse and not config.run.resume_with_changes:
         raise TrainError(
             f"run.resume: {checkpoint} was trained by {state.world_size} processes (a global batch of "
             f"{state.world_size * batch}), this run has {world_size} ({world_size * batch}): the lr and the "
@@ -462,16 +479,22 @@ def set_aside_export(run_dir: Path, checkpoint: Path | None) -> Path | None:
     return kept
 
 
+def later_checkpoints(run_dir: Path, checkpoint: Path) -> list[Path]:
+    """The checkpoint folders of ``run_dir`` after ``checkpoint`` (their names sort by epoch, then
+    step), which ``set_aside_later_checkpoints`` moves."""
+    root = Path(run_dir) / "checkpoints"
+    return sorted(folder for folder in root.iterdir() if folder.is_dir() and not folder.name.startswith("tmp-")
+                  and folder.name > Path(checkpoint).name
+                  and folder.resolve() != Path(checkpoint).resolve()) if root.is_dir() else []
+
+
 def set_aside_later_checkpoints(run_dir: Path, checkpoint: Path) -> Path | None:
     """``run.resume=PATH``: the run's checkpoints after ``PATH`` (by position: their names sort by
     epoch, then step) and the export of where they led are moved into ``RUN/replaced-<n>`` with a
     copy of the metrics and config until now. Left there, a ``run.resume=auto`` after a crash of
     the new branch would go back to the one the user turned away from, and ``RUN/model.safetensors``
     would be evaluated as this run's. Returns the folder, or None when nothing was later."""
-    root = Path(run_dir) / "checkpoints"
-    later = sorted(folder for folder in root.iterdir() if folder.is_dir() and not folder.name.startswith("tmp-")
-                   and folder.name > Path(checkpoint).name
-                   and folder.resolve() != Path(checkpoint).resolve()) if root.is_dir() else []
+    later = later_checkpoints(run_dir, checkpoint)
     if not later:
         return None
     aside = first_unused(lambda n: Path(run_dir) / f"replaced-{n}")

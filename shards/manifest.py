@@ -73,14 +73,35 @@ def load_manifest(out: Path, split: str) -> dict:
         hint = " (give the folder holding it)" if Path(out).suffix == ".json" else ""
         raise ShardsError(f"{out}: a file, not a shards folder{hint}")
     layout = OutputLayout(Path(out), split)
-    path, out = layout.manifest, layout.out
-    if not path.exists():
-        if layout.part_manifests():
-            raise ShardsError(f"{path}: no manifest for split {split!r} yet, but part manifests are there: "
-                              f"run `python -m shards merge {out}`")
-        raise ShardsError(f"{path}: no manifest for split {split!r}; build the shards with "
-                          f"`python -m shards build SRC {out} --split {split}`")
-    return read_manifest(path)
+    if not layout.manifest.exists():
+        raise ShardsError(_missing_manifest(layout))
+    return read_manifest(layout.manifest)
+
+
+def _missing_manifest(layout: OutputLayout) -> str:
+    """Why ``layout``'s manifest is not there, and what to do: build advice alone sent a user who
+    gave a run folder or the wrong split to build shards where they already were."""
+    from .build import SPLITS  # the build's imports are heavier than a manifest reader needs
+
+    path, out, split = layout.manifest, layout.out, layout.split
+    missing = f"{path}: no manifest for split {split!r}"
+    build = f"build the shards with `python -m shards build SRC {out} --split {split}`"
+    if not out.is_dir():
+        return f"{missing} (no folder {out}); {build}"
+    if layout.part_manifests():
+        return f"{missing} yet, but part manifests are there: run `python -m shards merge {out}`"
+    if (layout.build_dir / "plan.json").exists():  # a build that stopped before its manifest, or runs
+        return (f"{missing}: its build there has not finished (stopped, or still running); the same build "
+                "command with --resume goes on from its finished shards")
+    built = [name for name in SPLITS if (out / f"{name}.json").is_file()]
+    if built:
+        return f"{missing}; {out} has {', '.join(built)}"
+    # A run folder (the demo's shards are built in runs/demo/data/shards) or a parent of the shards.
+    deeper = sorted({found.parent for name in SPLITS for depth in ("*/", "*/*/")
+                     for found in out.glob(f"{depth}{name}.json")})
+    if deeper:
+        return f"{missing}; shards are in {', '.join(str(folder) for folder in deeper)}: give that folder"
+    return f"{missing}; {build}"
 
 
 def read_manifest(path: Path) -> dict:

@@ -204,6 +204,20 @@ def test_a_run_folder_given_as_config_names_its_config_yaml(tmp_path):
     assert str(raised.value) == f"--config {tmp_path}: a folder, not a YAML file: its {tmp_path / 'config.yaml'}?"
 
 
+def test_a_recipe_folder_given_as_config_lists_its_recipes():
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "configs" / "imagenet1k"
+    with pytest.raises(ConfigError) as raised:
+        resolve_config(config_file=folder, overrides=[])
+    listed = sorted(path.name for path in folder.iterdir() if path.suffix == ".yaml")  # the reference
+    assert len(listed) == 6
+    assert str(raised.value) == f"--config {folder}: a folder, not a YAML file; it holds {', '.join(listed)}"
+    cifar = folder.parent / "cifar100"
+    with pytest.raises(ConfigError, match=r"; it holds pyramidnet110_a48_baseline.yaml, .* and \d+ more$"):
+        resolve_config(config_file=cifar, overrides=[])
+
+
 @pytest.mark.parametrize("rank, waits", [("0", False), ("1", True)])
 def test_a_start_up_error_lets_rank_zero_say_it(rank, waits, capsys, monkeypatch):
     """Every rank meets a start-up error; rank 0 prints it and the others stay a moment before

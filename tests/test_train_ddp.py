@@ -111,6 +111,13 @@ def test_resuming_with_another_process_count(demo_shards, two_rank_run, tmp_path
             "the lr and the updates per epoch would change mid-run; launch 2 processes") in refused.stderr
     assert files_but_the_lock(out) == before
     one_process = small_run_args(demo_shards, out, *TWO_RANK_SETTINGS[:-1], "schedule.epochs=4")
+    # Refused for another setting too: every difference at once, the process count among them (it
+    # was left out, to be refused on its own after the user fixed the others).
+    refused = run_train(one_process)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    assert ("was trained with other settings (schedule.epochs=2 (now 4), processes=2 (now 1)); resume with the "
+            "same ones") in refused.stderr
+    assert files_but_the_lock(out) == before
     done = run_train([*one_process, "run.resume_with_changes=true"])
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming with changed settings: schedule.epochs=2 (now 4), processes=2 (now 1)" in done.stdout

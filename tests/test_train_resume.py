@@ -228,6 +228,14 @@ def test_resuming_a_named_earlier_checkpoint_sets_the_later_ones_aside(demo_shar
     again = run_train([*small_run_args(demo_shards, out, *EXTRA), f"run.resume={out / 'checkpoints' / 'epoch-0003'}"])
     assert again.returncode == 0 and "later checkpoints" not in again.stdout, again.stderr[-3000:]
     assert not (out / "replaced-2").exists()
+    assert "another run folder's" not in done.stdout + again.stdout
+    # Another run's checkpoint into a fresh folder: said, since that folder's history starts at epoch 3.
+    branch = tmp_path / "branch"
+    elsewhere = run_train([*small_run_args(demo_shards, branch, *EXTRA), f"run.resume={named}"])
+    assert elsewhere.returncode == 0, elsewhere.stderr[-3000:]
+    assert (f"note: {named} is another run folder's ({out}): its metrics, config and plots up to epoch 2 stay there; "
+            f"{branch} records the epochs from here on") in elsewhere.stdout
+    assert [record["epoch"] for record in read_metrics(branch)] == [3]
 
 
 @pytest.fixture(scope="module")

@@ -110,7 +110,9 @@ def test_ctrl_c_ends_the_run_in_one_line_and_the_same_command_resumes_it(demo_sh
         code = process.wait(timeout=120)
     text = output.read_text()
     assert code == 130, text[-3000:]
-    assert f"interrupted: the same command resumes from {tmp_path / 'run' / 'checkpoints' / 'epoch-0001'}\n" in text
+    assert ("interrupted: the steps since the last checkpoint are not kept (SIGTERM, `kill PID`, stops after the "
+            "step under way with a checkpoint of it); the same command resumes from "
+            f"{tmp_path / 'run' / 'checkpoints' / 'epoch-0001'}\n") in text
     assert "Traceback" not in text
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["epoch-0001"]
     done = run_train(small_run_args(demo_shards, tmp_path / "run", *COMMON, "run.stop_grace_seconds=3600"))

@@ -538,6 +538,54 @@ def test_check_says_when_the_run_has_finished(trained_demo, demo_shards, capsys,
     assert f"already finished ({run / 'checkpoints' / 'epoch-0003'})" in capsys.readouterr().out
 
 
+def test_check_says_what_a_named_resume_or_a_start_over_would_move(trained_demo, demo_shards, capsys, monkeypatch):
+    """The start moves the later checkpoints of a named resume (and a whole earlier run with
+    run.resume=none) to RUN/replaced-<n>; --check, run first, said nothing of it. It moves nothing."""
+    from train_helpers import TRAINED_DEMO_SETTINGS, small_run_args
+
+    from pipeline.cli import run_cli
+
+    monkeypatch.delenv("RANK", raising=False)
+    run = trained_demo[0]
+    before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    args = ["--check", *small_run_args(demo_shards, run, *TRAINED_DEMO_SETTINGS)]
+    assert run_cli([*args, f"run.resume={run / 'checkpoints' / 'epoch-0002'}"], default_config=None) == 0
+    assert (f"resumes from {run / 'checkpoints' / 'epoch-0002'} (the later epoch-0003 move to {run}/replaced-<n>)"
+            in capsys.readouterr().out)
+    assert run_cli([*args, "run.resume=none"], default_config=None) == 0
+    assert (f"starts fresh (the earlier run's checkpoints, metrics and export move to {run}/replaced-<n>)"
+            in capsys.readouterr().out)
+    assert run_cli([*args, f"run.resume={run / 'checkpoints' / 'epoch-0003'}"], default_config=None) == 0
+    assert "replaced" not in capsys.readouterr().out  # the newest named: nothing is later
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before
+
+
+def test_a_resume_folder_that_is_no_checkpoint_is_told_what_to_give(trained_demo, tmp_path):
+    """A run folder, a pruned checkpoint (the 3-epoch demo keeps epoch-0002 and -0003) and a save
+    that did not finish each say what run.resume takes there, listing the complete checkpoints."""
+    from pipeline.config import resolve_config
+    from pipeline.errors import ConfigError
+
+    run = trained_demo[0]
+    kept = "epoch-0002, epoch-0003"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == kept.split(", ")  # the reference
+    unfinished = tmp_path / "checkpoints" / "epoch-0001"
+    unfinished.mkdir(parents=True)
+    cases = [
+        (run, f"; {run} is a run folder: run.resume=auto with run.out_dir={run} resumes its newest checkpoint, or "
+              f"name one of its checkpoints ({kept})"),
+        (run / "checkpoints" / "epoch-0001", "; epoch-0001 is gone (a run keeps its newest run.keep_checkpoints "
+                                             f"checkpoints and its best); complete ones there: {kept}"),
+        (unfinished, "; epoch-0001 did not finish saving; no complete checkpoint is there"),
+        (tmp_path / "elsewhere", "got '" + str(tmp_path / "elsewhere") + "' (no such folder)"),
+    ]
+    for given, hint in cases:
+        with pytest.raises(ConfigError) as raised:
+            resolve_config(config_file=None, overrides=[f"run.resume={given}"])
+        assert str(raised.value).startswith("run.resume: must be auto, none or a complete checkpoint folder")
+        assert str(raised.value).endswith(hint), str(raised.value)
+
+
 def test_pruning_removes_damaged_checkpoints_older_than_the_newest_good_one(tmp_path):
     from pipeline.checkpoint import prune_checkpoints
 
