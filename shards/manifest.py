@@ -93,6 +93,9 @@ def _missing_manifest(layout: OutputLayout) -> str:
     if (layout.build_dir / "plan.json").exists():  # a build that stopped before its manifest, or runs
         return (f"{missing}: its build there has not finished (stopped, or still running); the same build "
                 "command with --resume goes on from its finished shards")
+    if any(out.glob(f"{split}-*.tar")):  # its shards without the manifest that says what they hold
+        return (f"{missing}, though {split}-*.tar shards are there (the manifest deleted or lost?); readers "
+                f"need it to check them: {build} again")
     built = [name for name in SPLITS if (out / f"{name}.json").is_file()]
     if built:
         return f"{missing}; {out} has {', '.join(built)}"

@@ -35,6 +35,12 @@ def test_each_missing_manifest_says_what_the_folder_holds(demo_shards, tmp_path)
     # A split the shards lack lists those they have.
     assert _refusal(shards, "test").endswith(f"; {shards} has train, val")
     assert _refusal(tmp_path / "run").endswith(f"; shards are in {shards}: give that folder")
+    # Shards whose manifest is gone.
+    (tmp_path / "lost").mkdir()
+    (tmp_path / "lost" / "train-000000.tar").write_bytes(b"")
+    assert _refusal(tmp_path / "lost").endswith(", though train-*.tar shards are there (the manifest deleted or "
+                                                "lost?); readers need it to check them: build the shards with "
+                                                f"`python -m shards build SRC {tmp_path / 'lost'} --split train` again")
     # A build that stopped before writing its manifest, and one of parts not merged yet.
     (tmp_path / "stopped" / ".build" / "train").mkdir(parents=True)
     (tmp_path / "stopped" / ".build" / "train" / "plan.json").write_text("{}")
