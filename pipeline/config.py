@@ -91,7 +91,7 @@ class ScheduleConfig:
     decay_factor: float = 0.1  # step: the multiplier at each milestone
     warmup_epochs: float = 0.0  # linear warmup length (both schedules); 0 = none
     warmup_start_factor: float = 0.1  # warmup starts at this fraction of the lr
-    min_lr: float = 0.0  # cosine: the lr it decays to
+    min_lr: float = 0.0  # cosine: the lr it decays to, at reference_batch (scaled with the batch as base_lr)
 
 
 @dataclass

@@ -194,7 +194,8 @@ def setup(config: TrainConfig, *, run_dir: Path, checkpoint: Path | None, lock: 
                                  weight_decay=config.optim.weight_decay,
                                  decay_norm_and_bias=config.optim.decay_norm_and_bias,
                                  fused=config.optim.fused and fused_sgd_available(accelerator.device))
-    scheduler = create_scheduler(optimizer, steps_per_epoch=steps, **schedule_options(config))
+    scheduler = create_scheduler(optimizer, steps_per_epoch=steps,
+                                 **schedule_options(config, global_batch=global_batch))
     features, shapes = feature_mixing(config, model)  # hooks on the bare model, before compile and DDP
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     # After prepare, as Accelerate's own dynamo_backend does (and not twice when that is set): DDP
@@ -300,9 +301,15 @@ def prepare_shards(config: TrainConfig, *, accelerator) -> Path:
     return shards
 
 
-def schedule_options(config: TrainConfig) -> dict:
-    """The scheduler's keyword arguments from the schedule section."""
-    return asdict(config.schedule)
+def schedule_options(config: TrainConfig, *, global_batch: int) -> dict:
+    """The scheduler's keyword arguments from the schedule section; ``min_lr`` scaled with the
+    global batch as ``optim.base_lr`` is (both are given at ``optim.reference_batch``), so that
+    cosine ends below where it starts whatever the batch (unscaled, min_lr=0.2 under a base_lr of
+    0.4 at batch 16 made it climb from 0.025 towards 0.2)."""
+    options = asdict(config.schedule)
+    options["min_lr"] = scaled_lr(base_lr=config.schedule.min_lr, global_batch=global_batch,
+                                  reference_batch=config.optim.reference_batch)
+    return options
 
 
 def make_loader(config: TrainConfig, *, shards: Path, split: str, accelerator, num_classes: int,

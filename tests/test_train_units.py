@@ -72,6 +72,28 @@ def test_cosine_decays_to_min_lr():
     assert lrs[-1] == pytest.approx(0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * 14 / 15)), abs=1e-6)
 
 
+def test_min_lr_scales_with_the_global_batch_as_base_lr_does():
+    """min_lr=0.2 under base_lr=0.4 at a global batch of 16 (peak lr 0.025) made cosine climb
+    towards 0.2. Both are at optim.reference_batch: the cosine ends at 0.2 * 16 / 256 = 0.0125,
+    below its start (closed form, by hand)."""
+    from pipeline.config import resolve_config
+    from pipeline.run import schedule_options
+
+    config = resolve_config(config_file=None, overrides=[
+        "optim.base_lr=0.4", "schedule.name=cosine", "schedule.min_lr=0.2", "schedule.epochs=3"])
+    options = schedule_options(config, global_batch=16)
+    assert options["min_lr"] == pytest.approx(0.0125, rel=1e-12)
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.025)
+    scheduler = create_scheduler(optimizer, steps_per_epoch=5, **options)
+    lrs = []
+    for _ in range(15):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(0.025) and all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert lrs[-1] == pytest.approx(0.0125 + 0.0125 * 0.5 * (1 + math.cos(math.pi * 14 / 15)), rel=1e-9)
+
+
 def test_fused_sgd_is_used_when_asked_for_and_available():
     # What setup passes (optim.fused and fused_sgd_available(device)); CPU has a fused kernel
     # since torch 2.4. Not asked: None, torch's own default (foreach on CUDA), never fused.
