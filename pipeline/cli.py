@@ -99,7 +99,7 @@ def check_config(config) -> str:
     from .checkpoint import read_state
     from .data_check import check_batches, check_demo_folder, check_shards, demo_to_build
     from .models import check_model_name
-    from .run import check_before_start, later_checkpoints
+    from .run import check_before_start, earlier_run_left, later_checkpoints
     from .run_lock import check_run_folder_free
 
     check_run_folder_free(config.run.out_dir)  # first: the other checks read what that training writes
@@ -118,9 +118,8 @@ def check_config(config) -> str:
     run_dir = Path(config.run.out_dir)
     if checkpoint is None:
         start = "starts fresh"
-        earlier = run_dir / "checkpoints"
-        if config.run.resume == "none" and earlier.is_dir() and any(earlier.iterdir()):
-            start += f" (the earlier run's checkpoints, metrics and export move to {run_dir}/replaced-<n>)"
+        if earlier_run_left(run_dir):
+            start += f" (the earlier run's files move to {run_dir}/replaced-<n>)"
     elif read_state(checkpoint).epoch >= config.schedule.epochs:  # the Slurm script reads this: no requeue
         start = f"already finished ({checkpoint})"
     else:

@@ -87,6 +87,7 @@ def _train_holding(config: TrainConfig, *, run_dir: Path, checkpoint: Path | Non
         stop.group = session.stop_group
         state, loader_state, changes = resume(config, checkpoint, changes=changes, session=session, run_dir=run_dir)
         start_trackers(config, session.accelerator)  # after resume's checks: a refused resume writes nothing
+        done_before = state.epoch >= config.schedule.epochs  # the same command again after the end
         train_loader = make_loader(config, shards=session.shards, split="train", accelerator=session.accelerator,
                                    num_classes=session.num_classes, restore=loader_state)[0]
         if session.accelerator.is_main_process:
@@ -109,7 +110,11 @@ def _train_holding(config: TrainConfig, *, run_dir: Path, checkpoint: Path | Non
         stop.close()
     accelerator = session.accelerator
     finished = state.epoch == config.schedule.epochs
-    if finished and accelerator.is_main_process:
+    # A finished run run again keeps its export: written anew from the checkpoint, it replaced good
+    # weights with a checkpoint's damaged in place (bytes flipped, size kept: no check loads them
+    # all). Exported only where it is missing (lost or moved).
+    keep_export = done_before and (run_dir / WEIGHTS_FILE).is_file()
+    if finished and accelerator.is_main_process and not keep_export:
         # keep_torch_compile=False: the model itself (its keys without _orig_mod., its own type).
         export_weights(accelerator.unwrap_model(session.model, keep_torch_compile=False), run_dir / WEIGHTS_FILE,
                        model_name=config.model.name, num_classes=session.num_classes,
@@ -350,8 +355,11 @@ def resume(config: TrainConfig, checkpoint: Path | None, *, changes: list, sessi
                        classes=classes, settings=settings, world_size=world)
     if checkpoint is None:
         if accelerator.is_main_process:
-            if config.run.resume == "none":
-                set_aside_earlier_run(run_dir)
+            # With auto: a run folder whose checkpoints were deleted (to free disk, its results kept)
+            # was taken over, its metrics cut and its config replaced, its plots and evaluations left
+            # beside the new run's.
+            set_aside_earlier_run(run_dir, why="run.resume=none" if config.run.resume == "none" else
+                                  f"no checkpoint left in {run_dir}, so this run starts fresh")
             truncate_metrics(run_dir, last_epoch=0)
         return fresh, None, changes
     state = read_state(checkpoint)  # check_shards has checked it against the model and the classes
@@ -521,14 +529,27 @@ def set_aside_later_checkpoints(run_dir: Path, checkpoint: Path) -> Path | None:
     return aside
 
 
-def set_aside_earlier_run(run_dir: Path) -> Path | None:
-    """``run.resume=none`` in a folder with checkpoints: move them, with the earlier run's metrics,
-    config and exported model, into ``RUN/replaced-<n>``, so that a later ``run.resume=auto`` never resumes the
-    earlier run's checkpoints (its later epochs would be newer than this run's) and nothing of it
-    is deleted. Returns the folder, or None when there was nothing to set aside."""
+def earlier_run_left(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a run a fresh start would mix with its own files: checkpoints,
+    epoch records or an export (a config.yaml alone is a start that ended before its first epoch)."""
     checkpoints = Path(run_dir) / "checkpoints"
-    if not checkpoints.is_dir() or not any(checkpoints.iterdir()):
+    saved = checkpoints.is_dir() and any(not p.name.startswith("tmp-") for p in checkpoints.iterdir())
+    return saved or bool(read_metrics(run_dir)) or (Path(run_dir) / WEIGHTS_FILE).is_file()
+
+
+def set_aside_earlier_run(run_dir: Path, *, why: str) -> Path | None:
+    """A fresh start in a folder with an earlier run (``earlier_run_left``: ``run.resume=none``, or
+    ``auto`` where that run's checkpoints were deleted): move its checkpoints, metrics, config and
+    exported model into ``RUN/replaced-<n>``, so that a later ``run.resume=auto`` never resumes the
+    earlier run's checkpoints (its later epochs would be newer than this run's), its epochs are
+    not cut from the metrics, and nothing of it is deleted. ``why`` starts the line that says so.
+    Returns the folder, or None when there was nothing to set aside."""
+    if not earlier_run_left(run_dir):
         return None
+    checkpoints = Path(run_dir) / "checkpoints"
+    present = {"checkpoints": checkpoints.is_dir(), "metrics": (Path(run_dir) / METRICS_FILE).is_file(),
+               "config": (Path(run_dir) / CONFIG_FILE).is_file(), "export": (Path(run_dir) / WEIGHTS_FILE).is_file()}
+    listed = [name for name, there in present.items() if there]
     aside = first_unused(lambda n: Path(run_dir) / f"replaced-{n}")
     aside.mkdir()
     for name in (METRICS_FILE, CONFIG_FILE):
@@ -549,10 +570,11 @@ def set_aside_earlier_run(run_dir: Path) -> Path | None:
             and (folder.name in (PLOTS_FOLDER, TENSORBOARD_FOLDER) or (folder / "eval.json").is_file())]
     for folder in made:
         os.replace(folder, aside / folder.name)
-    os.replace(checkpoints, aside / "checkpoints")
+    if checkpoints.is_dir():
+        os.replace(checkpoints, aside / "checkpoints")
     also = f" (with its {', '.join(folder.name + '/' for folder in made)})" if made else ""
-    print(f"run.resume=none: the earlier run's checkpoints, metrics, config and export{also} are moved to {aside}",
-          flush=True)
+    what = ", ".join(listed[:-1]) + f" and {listed[-1]}" if len(listed) > 1 else listed[0]
+    print(f"{why}: the earlier run's {what}{also} are moved to {aside}", flush=True)
     return aside
 
 

@@ -203,6 +203,55 @@ def test_starting_over_sets_the_earlier_run_aside(demo_shards, uninterrupted, tm
         in again.stdout and "resumed from" not in again.stdout
 
 
+def test_a_run_folder_without_its_checkpoints_is_set_aside_not_taken_over(demo_shards, uninterrupted, tmp_path):
+    """Checkpoints deleted to free disk, the results kept: the same command started fresh in that
+    folder, cut the earlier run's metrics, replaced its config and left its plots and evaluations
+    beside the new run's. Now they move to RUN/replaced-1 as with run.resume=none, and --check says so."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted, out)
+    shutil.rmtree(out / "checkpoints")
+    earlier = {name: (out / name).read_bytes() for name in ("metrics.jsonl", "config.yaml", "model.safetensors")}
+    (out / "plots").mkdir()
+    (out / "plots" / "loss.png").write_text("curve")
+    one_epoch = small_run_args(demo_shards, out, *EXTRA, "schedule.epochs=1")
+    checked = run_train(["--check", *one_epoch])
+    assert checked.returncode == 0, checked.stderr[-3000:]
+    assert f"starts fresh (the earlier run's files move to {out}/replaced-<n>)" in checked.stdout
+    done = run_train(one_epoch)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (f"no checkpoint left in {out}, so this run starts fresh: the earlier run's metrics, config and export "
+            f"(with its plots/) are moved to {out / 'replaced-1'}") in done.stdout
+    assert {name: (out / "replaced-1" / name).read_bytes() for name in earlier} == earlier
+    assert (out / "replaced-1" / "plots" / "loss.png").read_text() == "curve"
+    assert [r["epoch"] for r in read_metrics(out)] == [1] and not (out / "plots").exists()
+
+
+def test_a_finished_run_run_again_keeps_its_export(demo_shards, uninterrupted, tmp_path):
+    """The same command after the end: a checkpoint damaged in place (bytes flipped, size kept, so
+    the size checks pass) was exported over the good weights. The export stays; a lost one is
+    written again, byte for byte the one the run wrote (reference: the run's own export)."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted, out)
+    exported = (out / "model.safetensors").read_bytes()
+    weights = out / "checkpoints" / "epoch-0003" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 5000] = bytes(255 - b for b in data[middle:middle + 5000])
+    weights.write_bytes(bytes(data))
+    again = run_train(small_run_args(demo_shards, out, *EXTRA))
+    assert again.returncode == 0 and "already finished" in again.stdout, again.stderr[-3000:]
+    assert (out / "model.safetensors").read_bytes() == exported
+    shutil.copy2(uninterrupted / "checkpoints" / "epoch-0003" / "model.safetensors", weights)  # repaired
+    (out / "model.safetensors").unlink()
+    lost = run_train(small_run_args(demo_shards, out, *EXTRA))
+    assert lost.returncode == 0, lost.stderr[-3000:]
+    assert (out / "model.safetensors").read_bytes() == exported
+
+
 def test_resuming_a_named_earlier_checkpoint_sets_the_later_ones_aside(demo_shards, uninterrupted, tmp_path):
     """run.resume=RUN/checkpoints/epoch-0002 of a finished run: a new branch from there. The later
     checkpoint (epoch-0003) and the export it led to move to RUN/replaced-1 with a copy of the
