@@ -160,12 +160,15 @@ def _milestones(config) -> tuple[str, str] | None:
     milestones, epochs = list(config.schedule.milestones), config.schedule.epochs
     if milestones != sorted(set(milestones)):
         return "schedule.milestones", f"must be strictly increasing, got {milestones}"
-    if config.schedule.name == "step" and milestones and milestones[-1] > epochs:
-        within = ",".join(str(m) for m in milestones if m <= epochs) or "1"
+    # A decay at the end of the last epoch (a milestone equal to schedule.epochs) comes after the
+    # last update: it changes nothing, as one past the end.
+    if config.schedule.name == "step" and milestones and milestones[-1] >= epochs:
+        within = [m for m in milestones if m < epochs] or ([1] if epochs > 1 else [])
+        example = f"e.g. schedule.milestones=[{','.join(str(m) for m in within)}], or " if within else ""
         # A short try of a recipe (schedule.epochs=2 on CIFAR's 150,225) meets this first: say what to give.
-        return "schedule.milestones", (f"must lie within schedule.epochs={epochs}, got {milestones}; give them with "
-                                       f"schedule.epochs, e.g. schedule.milestones=[{within}], or "
-                                       "schedule.milestones=[] for no decay")
+        return "schedule.milestones", (f"must lie before schedule.epochs={epochs} (a decay at or after its end "
+                                       f"changes nothing), got {milestones}; give them with schedule.epochs, "
+                                       f"{example}schedule.milestones=[] for no decay")
     return None
 
 
@@ -192,14 +195,39 @@ def _unused_schedule_options(config) -> tuple[str, str] | None:
 def _unused_mix_options(config) -> tuple[str, str] | None:
     mix = config.mix
     found = unused_mode_option(mix.mode, said=f"mix.mode={mix.mode}", cutmix_alpha=mix.cutmix_alpha,
-                               mixup_alpha=mix.mixup_alpha, switch_prob=mix.switch_prob)
+                               mixup_alpha=mix.mixup_alpha, switch_prob=mix.switch_prob, prob=mix.prob, per=mix.per,
+                               partner=mix.partner)
     return None if found is None else (f"mix.{found[0]}", found[1])
 
 
+def _unused_data_options(config) -> tuple[str, str] | None:
+    """Crop options of the other augmentation: ``imagenet`` never pads, ``cifar`` takes a fixed
+    crop of the padded image (no random area or aspect) and evaluates the image as it is."""
+    from .config import DataConfig
+
+    data, default = config.data, DataConfig()
+    if data.augmentation == "imagenet" and data.crop_padding != default.crop_padding:
+        return "data.crop_padding", (f"data.augmentation=imagenet does not pad (only cifar does), so "
+                                     f"{data.crop_padding} would change nothing; leave it out")
+    if data.augmentation == "cifar":
+        for key in ("random_area", "random_aspect_ratio", "crop_pct"):
+            if getattr(data, key) != getattr(default, key):
+                return f"data.{key}", (f"data.augmentation=cifar does not use it (a random crop of the padded "
+                                       f"image, the test images as they are), so {_shown(getattr(data, key))} would "
+                                       "change nothing; leave it out")
+    return None
+
+
 def _warmup(config) -> tuple[str, str] | None:
+    from .config import ScheduleConfig
+
     if config.schedule.warmup_epochs > config.schedule.epochs:
         return "schedule.warmup_epochs", (f"must be at most schedule.epochs={config.schedule.epochs}, "
                                           f"got {config.schedule.warmup_epochs}")
+    factor = config.schedule.warmup_start_factor
+    if config.schedule.warmup_epochs == 0 and factor != ScheduleConfig().warmup_start_factor:
+        return "schedule.warmup_start_factor", (f"without a warmup (schedule.warmup_epochs=0) it changes nothing, "
+                                                f"got {factor}; give schedule.warmup_epochs with it, or leave it out")
     return None
 
 
@@ -280,8 +308,8 @@ def _input_size(config) -> tuple[str, str] | None:
                                "train it at the size it is built for, or choose another model")
 
 
-CROSS_RULES = (_milestones, _unused_schedule_options, _warmup, _min_lr, _nesterov, _cutout, _unused_mix_options,
-               _mix_batch, _input_size, _feature_layers, _model_options)
+CROSS_RULES = (_milestones, _unused_schedule_options, _warmup, _min_lr, _nesterov, _unused_data_options, _cutout,
+               _unused_mix_options, _mix_batch, _input_size, _feature_layers, _model_options)
 
 
 # Rules that import torch or timm (seconds): they run after all the others, field and cross-field

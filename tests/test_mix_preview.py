@@ -185,6 +185,8 @@ def test_caption_shows_label_weights():
         (["--mixup-alpha", "0.2"], "mixup_alpha"),
         (["--mode", "mixup", "--cutmix-alpha", "0.3"], "cutmix_alpha"),
         (["--mode", "cutout", "--cutout-size", "8", "--switch-prob", "0.9"], "switch_prob"),
+        (["--mode", "none", "--prob", "0.5"], "prob"),
+        (["--mode", "cutout", "--cutout-size", "8", "--partner", "roll"], "partner"),
     ],
 )
 def test_preview_errors_name_the_argument(shards_dir, tmp_path, capsys, options, name):

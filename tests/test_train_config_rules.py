@@ -109,9 +109,32 @@ def test_cross_field_rules_name_the_key_that_must_change():
         (["schedule.name=cosine", "schedule.min_lr=0.5"], "schedule.min_lr: must be below optim.base_lr"),
         (["data.image_size=32", "mix.cutout_size=40"], "mix.cutout_size: must be at most data.image_size=32"),
         # a short try of a recipe: the milestones to give with it (those within it, else [1]), or none
-        (["schedule.epochs=2"], "schedule.milestones: must lie within schedule.epochs=2, got [75, 150, 225]; give "
-         "them with schedule.epochs, e.g. schedule.milestones=[1], or schedule.milestones=[] for no decay"),
+        (["schedule.epochs=2"], "schedule.milestones: must lie before schedule.epochs=2 (a decay at or after its "
+         "end changes nothing), got [75, 150, 225]; give them with schedule.epochs, e.g. schedule.milestones=[1], or "
+         "schedule.milestones=[] for no decay"),
         (["schedule.epochs=160"], "e.g. schedule.milestones=[75,150], or"),
+        (["schedule.epochs=150"], "e.g. schedule.milestones=[75], or"),  # a decay at the end: none
+        (["schedule.epochs=1"], "got [75, 150, 225]; give them with schedule.epochs, schedule.milestones=[] for no"),
+        (["schedule.epochs=30", "schedule.milestones=[30]"], "schedule.milestones: must lie before "
+         "schedule.epochs=30"),
+        # Options of the other augmentation, or of a warmup that is not there.
+        (["data.crop_padding=8"], "data.crop_padding: data.augmentation=imagenet does not pad (only cifar does), so "
+         "8 would change nothing; leave it out"),
+        (["data.augmentation=cifar", "data.image_size=32", "data.random_area=[0.1,1]"], "data.random_area: "
+         "data.augmentation=cifar does not use it (a random crop of the padded image, the test images as they are), "
+         "so [0.1, 1.0] would change nothing"),
+        (["data.augmentation=cifar", "data.image_size=32", "data.crop_pct=0.9"], "data.crop_pct: data.augmentation="
+         "cifar does not use it"),
+        (["data.augmentation=cifar", "data.image_size=32", "data.random_aspect_ratio=[1,1]"],
+         "data.random_aspect_ratio: data.augmentation=cifar does not use it"),
+        (["schedule.warmup_start_factor=0.5"], "schedule.warmup_start_factor: without a warmup "
+         "(schedule.warmup_epochs=0) it changes nothing, got 0.5"),
+        # mode none mixes nothing; cutout has no partner.
+        (["mix.mode=none", "mix.prob=0.3"], "mix.prob: mix.mode=none does not use it"),
+        (["mix.mode=none", "mix.per=elem"], "mix.per: mix.mode=none does not use it (only cutmix, mixup, "
+         "cutmix_or_mixup, feature_cutmix, manifold_mixup, cutout do), so elem would change nothing"),
+        (["mix.mode=none", "mix.partner=roll"], "mix.partner: mix.mode=none does not use it"),
+        (["mix.mode=cutout", "mix.cutout_size=8", "mix.partner=flip"], "mix.partner: mix.mode=cutout does not use"),
         # An option of another mode or schedule, set away from its default, would change nothing.
         (["mix.mode=cutmix", "mix.mixup_alpha=0.2"], "mix.mixup_alpha: mix.mode=cutmix does not use it (only mixup, "
          "cutmix_or_mixup, manifold_mixup do), so 0.2 would change nothing; leave it out (default 1.0)"),
@@ -150,6 +173,16 @@ def test_cross_field_rules_name_the_key_that_must_change():
                                                 "schedule.min_lr=0.001"])
     resolve_config(config_file=None, overrides=["schedule.name=cosine"])  # the default milestones are not a choice
     resolve_config(config_file=None, overrides=["schedule.decay_factor=0.2"])
+    resolve_config(config_file=None, overrides=["schedule.epochs=30", "schedule.milestones=[29]"])
+    resolve_config(config_file=None, overrides=["schedule.epochs=1", "schedule.milestones=[]"])
+    resolve_config(config_file=None, overrides=["data.augmentation=cifar", "data.image_size=32",
+                                                "data.crop_padding=2"])
+    resolve_config(config_file=None, overrides=["data.random_area=[0.2,1]", "data.crop_pct=0.9"])
+    resolve_config(config_file=None, overrides=["schedule.warmup_epochs=1", "schedule.warmup_start_factor=0.5"])
+    resolve_config(config_file=None, overrides=["mix.mode=cutout", "mix.cutout_size=8", "mix.prob=0.5",
+                                                "mix.per=elem"])
+    resolve_config(config_file=None, overrides=["mix.mode=cutmix", "mix.prob=0.5", "mix.per=elem",
+                                                "mix.partner=roll"])
 
 
 @pytest.mark.parametrize("text", ["no", "yes", "on", "off", "No"])

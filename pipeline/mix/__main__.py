@@ -84,7 +84,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"cutout_size: must be 1 to --size={args.size} pixels, got {args.cutout_size}")
     # --mixup-alpha with --mode cutmix drew CutMix boxes at alpha 1 and captioned nothing amiss.
     unused = unused_mode_option(args.mode, said=f"--mode {args.mode}", cutmix_alpha=args.cutmix_alpha,
-                                mixup_alpha=args.mixup_alpha, switch_prob=args.switch_prob)
+                                mixup_alpha=args.mixup_alpha, switch_prob=args.switch_prob, prob=args.prob,
+                                per=args.per, partner=args.partner)
     if unused is not None:
         raise ValueError(f"{unused[0]}: {unused[1]}")
 

@@ -16,16 +16,21 @@ PARTNER_CHOICES = ("permutation", "flip", "roll")
 # Which modes draw from each mode-specific option, and the option's default (the sampler's and the
 # config's): a value other than the default given to a mode that never reads it is a mistake
 # (mixup_alpha=0.2 added to a cutmix recipe trained CutMix at alpha 1 without a word).
+_PAIRED = ("cutmix", "mixup", "cutmix_or_mixup", "feature_cutmix", "manifold_mixup")  # each sample has a partner
 _MODE_OPTIONS = {
     "cutmix_alpha": (("cutmix", "cutmix_or_mixup", "feature_cutmix"), 1.0),
     "mixup_alpha": (("mixup", "cutmix_or_mixup", "manifold_mixup"), 1.0),
     "switch_prob": (("cutmix_or_mixup",), 0.5),
+    "prob": ((*_PAIRED, "cutout"), 1.0),
+    "per": ((*_PAIRED, "cutout"), "batch"),
+    "partner": (_PAIRED, "permutation"),
 }
 
 
-def unused_mode_option(mode: str, *, said: str, **values: float) -> tuple[str, str] | None:
-    """The first of ``values`` (cutmix_alpha, mixup_alpha, switch_prob) set away from its default
-    for a ``mode`` that does not read it, as (name, why); None when every one is used or left.
+def unused_mode_option(mode: str, *, said: str, **values) -> tuple[str, str] | None:
+    """The first of ``values`` (cutmix_alpha, mixup_alpha, switch_prob, prob, per, partner) set
+    away from its default for a ``mode`` that does not read it, as (name, why); None when every
+    one is used or left.
     ``said``: how the caller's user gave the mode (``mix.mode=cutmix``, ``--mode cutmix``)."""
     for name, value in values.items():
         modes, default = _MODE_OPTIONS[name]
