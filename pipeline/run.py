@@ -403,7 +403,10 @@ def resume(config: TrainConfig, checkpoint: Path | None, *, changes: list, sessi
                   "nothing to train (a longer schedule.epochs with run.resume_with_changes=true trains it on)",
                   flush=True)
         else:
-            print(f"resumed from {checkpoint} (epoch {state.epoch}, step {saved_step}{moved})", flush=True)
+            # state.epoch counts finished epochs: "epoch 1, step 1" read as one step into epoch 1.
+            where = (f"after epoch {state.epoch}" if not saved_step else
+                     f"epoch {state.epoch + 1} after its step {saved_step}")
+            print(f"resumed from {checkpoint} ({where}{moved})", flush=True)
         elsewhere = Path(checkpoint).resolve().parent.parent
         if elsewhere != run_dir.resolve():  # another run's checkpoint: this folder starts its history there
             print(f"note: {checkpoint} is another run folder's ({elsewhere}): its metrics, config and plots up to "

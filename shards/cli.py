@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -213,3 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: run the same command with --resume to finish", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader is gone (`inspect OUT | head`): no traceback, and nothing more for stdout,
+        # whose flush at exit would fail again (Python's documented way, signal(7)'s exit status).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE

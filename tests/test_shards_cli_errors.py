@@ -476,3 +476,20 @@ def test_dry_run_refuses_what_the_build_would(src, tmp_path, capsys):
     (other / "train-000000.tar").write_bytes(b"")
     code, printed, err = run_main(capsys, *build_args(src, other, "--dry-run"))
     assert_user_error(code, printed, err, f"{other} holds train shards from another tool or an older build")
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(demo_shards):
+    """`python -m shards inspect OUT | head -3`: the pipe closed under inspect ended in a
+    BrokenPipeError traceback. Here the reader is gone before the first line: exit 141 (SIGPIPE's
+    status, as a shell tool's), nothing on stderr."""
+    import os
+    import signal
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = run_process([sys.executable, "-m", "shards", "inspect", str(demo_shards)], timeout=120,
+                           stdout=write_end, stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1])
+    finally:
+        os.close(write_end)
+    assert done.returncode == 128 + signal.SIGPIPE and done.stderr == b"", done.stderr[-2000:]

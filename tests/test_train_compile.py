@@ -215,7 +215,7 @@ def _resume_from_first_epoch(compiled, demo_shards, worker, folder, *extra):
     shutil.copytree(run_dir / "checkpoints" / "epoch-0001", folder / "run" / "checkpoints" / "epoch-0001")
     shutil.copy(run_dir / "metrics.jsonl", folder / "run" / "metrics.jsonl")  # the resume cuts it to epoch 1
     done, records = run_worker(worker, folder / "rank", small_run_args(demo_shards, folder / "run", *EXTRA, *extra))
-    assert "resumed from" in done.stdout and "(epoch 1, step 0)" in done.stdout
+    assert "resumed from" in done.stdout and "(after epoch 1)" in done.stdout
     return records[0]
 
 

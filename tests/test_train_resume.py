@@ -112,7 +112,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_and_the_run_ends_the_same(demo_s
     done = run_train(small_run_args(demo_shards, out, *EXTRA))
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"skipped damaged checkpoint {out / 'checkpoints' / 'epoch-0003'}: {problem}" in done.stdout
-    assert "resumed from" in done.stdout and "epoch 2, step 0" in done.stdout
+    assert "resumed from" in done.stdout and "(after epoch 2)" in done.stdout
     _assert_same_run(out, uninterrupted)
 
 
@@ -320,7 +320,7 @@ def test_a_stop_in_the_middle_of_an_epoch_then_resume_equals_uninterrupted(demo_
     threads = ("loader.num_threads=2",) if backend == "dali" else ()
     done = run_train(small_run_args(demo_shards, tmp_path, *extra, *threads))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "resumed from" in done.stdout and "epoch 1, step 3" in done.stdout
+    assert "resumed from" in done.stdout and "(epoch 2 after its step 3)" in done.stdout
     _assert_same_run(tmp_path, reference)
 
 
