@@ -595,6 +595,8 @@ def test_help_explains_each_task_and_metric(capsys):
                                                         "tasks run are classify"),
     (["--tasks", "classify,ood", "--epsilon", "0.01"], "--epsilon: only the fgsm task uses it, and the tasks run are "
                                                        "classify, ood"),
+    (["--tasks", "classify", "--ood-shards", "/any/ood"], "--ood-shards: only the ood task uses it, and the tasks "
+                                                          "run are classify"),
     (["--tasks", "classify", "--seed", "-1"], "--seed must be >= 0"),
     (["--tasks", "fgsm", "--epsilon", "8"], "--epsilon must be in (0, 1]"),
     (["--tasks", "classify", "--batch-size", "0"], "--batch-size must be >= 1"),

@@ -109,6 +109,10 @@ def test_a_damaged_newest_checkpoint_is_skipped_and_the_run_ends_the_same(demo_s
     run.resume=auto names it, resumes from the one before, and ends as if nothing happened."""
     out = _copy_of_finished(uninterrupted, tmp_path / "run")
     damage(out / "checkpoints" / "epoch-0003" / name)
+    checked = run_train(["--check", *small_run_args(demo_shards, out, *EXTRA)])  # says it before the start does
+    assert checked.returncode == 0, checked.stderr[-3000:]
+    assert f"resumes from {out / 'checkpoints' / 'epoch-0002'} (skipping damaged epoch-0003: {problem}" \
+        in checked.stdout
     done = run_train(small_run_args(demo_shards, out, *EXTRA))
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"skipped damaged checkpoint {out / 'checkpoints' / 'epoch-0003'}: {problem}" in done.stdout

@@ -164,8 +164,9 @@ def build_request(args: argparse.Namespace):
         tasks = tuple(dict.fromkeys(t.strip() for t in args.tasks.split(",") if t.strip()))
     else:
         tasks = tuple(t for t in TASKS if t != "localize" or _has_boxes(shards, split))
-    for option, value, task in (("--epsilon", args.epsilon, "fgsm"), ("--occlusion-steps", args.occlusion_steps,
-                                                                      "occlusion")):
+    for option, value, task in (("--epsilon", args.epsilon, "fgsm"),
+                                ("--occlusion-steps", args.occlusion_steps, "occlusion"),
+                                ("--ood-shards", args.ood_shards or None, "ood")):
         if value is not None and task not in tasks:  # as --ood-split without --ood-shards: a setting for nothing
             raise EvalError(f"{option}: only the {task} task uses it, and the tasks run are {', '.join(tasks)}")
     out = args.out or _default_out(source)
