@@ -120,7 +120,14 @@ def _validate(request: BuildRequest) -> None:
         (request.check in CHECKS, f"--check must be one of {CHECKS}"),
         (request.label_field in (None, *LABEL_FIELDS), f"--label-field must be one of {LABEL_FIELDS}"),
         (request.num_parts >= 1, "--num-parts must be at least 1"),
-        (0 <= request.part_id < request.num_parts, "--part-id must be in [0, --num-parts)"),
+        # --part-id alone (the default of one part): say what it needs, not a range of one value.
+        (request.num_parts > 1 or request.part_id == 0,
+         f"--part-id {request.part_id} needs --num-parts (how many parts the build is split into; parts count "
+         "from 0)"),
+        (0 <= request.part_id < request.num_parts,
+         f"--part-id must be in [0, --num-parts={request.num_parts}), got {request.part_id}"),
+        # The shard hash takes it as 8 signed bytes: a larger one was an OverflowError traceback.
+        (0 <= request.seed < 2**63, f"--seed must be in [0, 2**63) (it seeds the shuffle), got {request.seed}"),
         (not (request.resume and request.overwrite), "--resume and --overwrite exclude each other"),
         (not Path(request.out).exists() or Path(request.out).is_dir(), f"OUT {request.out} is a file, not a folder"),
         (not _inside(Path(request.out), Path(request.src)),
