@@ -189,6 +189,11 @@ def resume_hint(folder: Path) -> str:
         listed = f", or name one of its checkpoints ({', '.join(names)})" if names else ""
         return (f"; {folder} is a run folder: run.resume=auto with run.out_dir={folder} resumes its newest "
                 f"checkpoint{listed}")
+    if folder.name == "checkpoints" and folder.is_dir():  # RUN/checkpoints itself
+        names = sorted(p.name for p in _marked_checkpoints(folder.parent))
+        there = f"name one of them ({', '.join(names)})" if names else "it holds no complete checkpoint"
+        return (f"; {folder} holds a run's checkpoints: {there}, or run.resume=auto with "
+                f"run.out_dir={folder.parent} for its newest")
     if folder.parent.name == "checkpoints":
         names = sorted(p.name for p in _marked_checkpoints(folder.parent.parent))
         why = ("did not finish saving" if folder.exists() else

@@ -75,6 +75,11 @@ def plot_run(run_dir: Path, *, out_dir: Path | None = None) -> list[Path]:
     records = load_records(run_dir)
     split = eval_split_of(run_dir)
     out = Path(run_dir) / PLOTS_FOLDER if out_dir is None else Path(out_dir)
+    # A shards folder (as the evaluation refuses): PNGs among the tars, where a build's
+    # --overwrite removes what it finds.
+    if out.is_dir() and (any(out.glob("*-000000.tar")) or any(out.glob(".build"))):
+        raise ValueError(f"--out {out}: a shards folder; the plots need a folder of their own (default "
+                         f"{Path(run_dir) / PLOTS_FOLDER})")
     written = []
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -158,6 +158,10 @@ def _classes_from_manifest(path: Path) -> list[str]:
     try:
         return read_manifest(path)["classes"]
     except ShardsError as error:
+        if Path(path).is_file() and Path(path).suffix != ".json":
+            # A labels CSV or a class list given here: "build the shards again" does not apply.
+            raise ShardsError(f"--classes {path}: not a shard manifest; --classes takes the train.json that "
+                              "`python -m shards build` wrote for the train split (its class list, in order)") from None
         raise ShardsError(f"--classes {error}") from None
 
 

@@ -146,6 +146,10 @@ def _splits(out: Path, split: str | None, pattern: str) -> list[str]:
     if not found:
         wanted = ", ".join(pattern.format(split=s) for s in SPLITS)
         if "part" in pattern:
+            merged = [s for s in SPLITS if (out / f"{s}.json").is_file()]
+            if merged:  # merge run again after it succeeded (it removes the part manifests)
+                raise ShardsError(f"{out}: no part manifest left to merge: {', '.join(merged)} merged already "
+                                  f"({', '.join(s + '.json' for s in merged)})")
             raise ShardsError(f"{out}: no part manifest ({wanted}): merge joins the parts of a build run with "
                               "--num-parts")
         parts = [s for s in SPLITS if list(out.glob(f"{s}.part-*.json"))]

@@ -32,6 +32,10 @@ def print_build_summary(result) -> None:
         print(f"  rejected {rejected['source']}: {rejected['reason']}")
     if len(manifest["rejected"]) > 20:
         print(f"  ... {len(manifest['rejected']) - 20} more rejected inputs listed in the manifest")
+    if totals["rejected"] and totals["rejected"] >= totals["samples"]:
+        # A labels file covering a few of the images wrote a sliver of the split with exit 0.
+        print(f"warning: {totals['rejected']} of {totals['inputs']} inputs were rejected, as many as were written or "
+              "more: check the reasons above before training on this split (--strict refuses any rejection)")
     if "part" in manifest and not totals["samples"]:
         print("  note: this part wrote no sample; `merge` fails if the whole build wrote none")
     print(f"  manifest: {result.manifest_path}")

@@ -186,6 +186,7 @@ def test_caption_shows_label_weights():
         (["--mode", "mixup", "--cutmix-alpha", "0.3"], "cutmix_alpha"),
         (["--mode", "cutout", "--cutout-size", "8", "--switch-prob", "0.9"], "switch_prob"),
         (["--mode", "none", "--prob", "0.5"], "prob"),
+        (["--seed", "-1"], "seed"),  # numpy's "expected non-negative integer" named nothing
         (["--mode", "cutout", "--cutout-size", "8", "--partner", "roll"], "partner"),
     ],
 )

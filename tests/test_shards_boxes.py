@@ -193,7 +193,7 @@ def test_a_box_file_for_another_image_size_is_refused_and_counted(tmp_path, caps
         {"source": f"{stem(3)}.JPEG", "reason": "box file's image size differs (it says 96x64, the image is 48x32)"}]
 
 
-def test_a_split_build_merges_the_box_counts(tmp_path):
+def test_a_split_build_merges_the_box_counts(tmp_path, capsys):
     files = val_files()
     labels = write_csv(tmp_path / "LOC_val_solution.csv", loc_rows())
     src = write_files(tmp_path / "val", files)
@@ -202,6 +202,10 @@ def test_a_split_build_merges_the_box_counts(tmp_path):
                      "--part-id", part) == 0
     assert main(["merge", str(tmp_path / "out")]) == 0
     check_boxes(tmp_path / "out", BOXES, files)
+    # Run again: said merged, not "merge joins the parts of a build run with --num-parts".
+    assert main(["merge", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'out'}: no part manifest left to merge: val merged "
+                                       "already (val.json)\n")
 
 
 def test_a_val_imagefolder_takes_boxes_by_file_stem(tmp_path):

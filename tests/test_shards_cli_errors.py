@@ -357,6 +357,14 @@ def test_classes_manifest_without_a_class_list(src, tmp_path, capsys):
     assert_user_error(code, out, err, "--classes", "train.json")
 
 
+def test_classes_given_a_labels_csv_says_what_it_takes(src, tmp_path, capsys):
+    (tmp_path / "lab.csv").write_text("ImageId,PredictionString\nimg1,n01 1 2 3 4\n")
+    code, out, err = run_main(capsys, *build_args(src, tmp_path / "out", "--classes", tmp_path / "lab.csv"))
+    assert_user_error(code, out, err, f"--classes {tmp_path / 'lab.csv'}: not a shard manifest; --classes takes the "
+                                      "train.json that `python -m shards build` wrote")
+    assert "build the shards again" not in err
+
+
 def test_imagefolder_whose_class_folders_are_all_empty(tmp_path, capsys):
     for name in ("n01", "n02"):
         (tmp_path / "src" / name).mkdir(parents=True)

@@ -34,3 +34,22 @@ def test_counts_end_the_line_or_are_followed_by_their_reasons(tmp_path, capsys):
     built, inspected = summary_lines(capsys, mixed.parent, tmp_path / "mixed-out")
     assert built == "train: 5 images in = 4 written + 1 rejected; 2 re-encoded (1 CMYK JPEG, 1 L JPEG)"
     assert inspected == "  rejected: 1 (1 empty file); re-encoded: 2 (1 CMYK JPEG, 1 L JPEG)"
+
+
+def test_a_split_mostly_rejected_ends_with_a_warning(tmp_path, capsys):
+    """Inputs of which as many are rejected as written (a labels file covering a few images did
+    this with exit 0 and one count among others): a warning line says so; fewer rejections do not."""
+    folder = tmp_path / "src" / wnid(0)
+    folder.mkdir(parents=True)
+    (folder / "0.JPEG").write_bytes(jpeg_bytes(0))
+    for n in range(2):
+        (folder / f"empty{n}.JPEG").write_bytes(b"")
+    code, printed, err = run_shards_main(capsys, "build", tmp_path / "src", tmp_path / "out", *FLAGS)
+    assert code == 0, err
+    assert printed.splitlines()[0] == "train: 3 images in = 1 written + 2 rejected; 0 re-encoded"
+    assert ("warning: 2 of 3 inputs were rejected, as many as were written or more: check the reasons above "
+            "before training on this split (--strict refuses any rejection)") in printed.splitlines()
+    (folder / "1.JPEG").write_bytes(jpeg_bytes(1))
+    (folder / "2.JPEG").write_bytes(jpeg_bytes(2))
+    code, printed, err = run_shards_main(capsys, "build", tmp_path / "src", tmp_path / "out2", *FLAGS)
+    assert code == 0 and "warning" not in printed, err

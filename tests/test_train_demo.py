@@ -155,7 +155,12 @@ def test_plot_mistakes_are_one_error_line(tmp_path, capsys):
     metrics.write_text(METRICS)
     (tmp_path / "taken").write_text("a file, not a folder")
     (tmp_path / "config.yaml").write_text("mix: {mode: cutmix}\n")
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "train-000000.tar").write_bytes(b"")
     cases = [
+        # PNGs among shard tars (the evaluation refuses its --out there too).
+        ([metrics, "--out", tmp_path / "shards"], f"error: --out {tmp_path / 'shards'}: a shards folder; the plots "
+                                                  f"need a folder of their own (default {tmp_path / 'run' / 'plots'})"),
         # A missing path said "PATH/metrics.jsonl: no metrics to plot", as if the folder were there.
         ([tmp_path / "nope"], f"error: {tmp_path / 'nope'}: no such file or folder"),
         ([tmp_path / "config.yaml"], f"error: {tmp_path / 'config.yaml'}: not a run folder or its metrics.jsonl"),

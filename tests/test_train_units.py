@@ -598,6 +598,8 @@ def test_a_resume_folder_that_is_no_checkpoint_is_told_what_to_give(trained_demo
         (run / "checkpoints" / "epoch-0001", "; epoch-0001 is gone (a run keeps its newest run.keep_checkpoints "
                                              f"checkpoints and its best); complete ones there: {kept}"),
         (unfinished, "; epoch-0001 did not finish saving; no complete checkpoint is there"),
+        (run / "checkpoints", f"; {run / 'checkpoints'} holds a run's checkpoints: name one of them ({kept}), or "
+                              f"run.resume=auto with run.out_dir={run} for its newest"),
         (tmp_path / "elsewhere", "got '" + str(tmp_path / "elsewhere") + "' (no such folder)"),
     ]
     for given, hint in cases:

@@ -73,6 +73,8 @@ def check_arguments(args: argparse.Namespace) -> None:
     for name in ("batch_size", "size", "columns"):
         if getattr(args, name) < 1:
             raise ValueError(f"{name}: must be >= 1, got {getattr(args, name)}")
+    if not 0 <= args.seed < 2**32:  # numpy's own refusal named no option
+        raise ValueError(f"seed: must be in [0, 2**32), got {args.seed}")
     if args.batch_size > MAX_BATCH:
         raise ValueError(f"batch_size: at most {MAX_BATCH} images in one grid, got {args.batch_size}")
     if args.size > MAX_SIZE:
