@@ -743,7 +743,7 @@ def test_a_resume_whose_schedule_ends_before_the_checkpoint_is_refused(tmp_path)
     from pipeline.run import check_not_past_the_end
 
     def config(epochs):
-        return resolve_config(config_file=None, overrides=[f"schedule.epochs={epochs}", "schedule.milestones=[1]"])
+        return resolve_config(config_file=None, overrides=[f"schedule.epochs={epochs}", "schedule.milestones=[]"])
 
     check_not_past_the_end(config(3), TrainState(epoch=3), checkpoint=tmp_path)  # a finished run: nothing to do
     check_not_past_the_end(config(2), TrainState(epoch=1, step_in_epoch=3), checkpoint=tmp_path)
