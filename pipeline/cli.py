@@ -118,7 +118,7 @@ def check_config(config) -> str:
     run_dir = Path(config.run.out_dir)
     if checkpoint is None:
         start = "starts fresh"
-        if earlier_run_left(run_dir):
+        if earlier_run_left(run_dir, resume=config.run.resume):
             start += f" (the earlier run's files move to {run_dir}/replaced-<n>)"
     elif read_state(checkpoint).epoch >= config.schedule.epochs:  # the Slurm script reads this: no requeue
         start = f"already finished ({checkpoint})"

@@ -9,12 +9,13 @@ checkpoint and silently re-initializes the classifier."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from shards.durable import give_umask_mode
+from shards.durable import fsync_file, give_umask_mode, write_text_atomic
 
 
 def export_weights(model: torch.nn.Module, path: Path, *, model_name: str, num_classes: int,
@@ -30,19 +31,29 @@ def export_weights(model: torch.nn.Module, path: Path, *, model_name: str, num_c
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     described = {"classes": classes, "preprocessing": preprocessing}
-    save_file(state, str(path), metadata={"model_name": model_name, "num_classes": str(num_classes),
-                                          "model_options": json.dumps(options),
-                                          **{key: json.dumps(value) for key, value in described.items() if value}})
-    _sort_metadata(path)
-    give_umask_mode(path)  # save_file writes 0600
+    # Under a temporary name, renamed when whole (the .json last): a kill mid-export leaves no
+    # cut-short model.safetensors that a rerun of the finished run would keep as its export.
+    temporary = path.with_name(f".tmp-{path.name}.{os.getpid()}")
+    try:
+        save_file(state, str(temporary), metadata={"model_name": model_name, "num_classes": str(num_classes),
+                                                   "model_options": json.dumps(options),
+                                                   **{key: json.dumps(value) for key, value in described.items()
+                                                      if value}})
+        _sort_metadata(temporary)
+        give_umask_mode(temporary)  # save_file writes 0600
+        fsync_file(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     extra = "".join(f"{key}={value!r}, " for key, value in options.items())
     # Our architectures (PyramidNet) are registered with timm when pipeline.models is imported.
     prefix = "import pipeline.models; " if type(model).__module__.startswith("pipeline.") else ""
     how = (f"{prefix}timm.create_model({model_name!r}, pretrained=True, num_classes={num_classes}, {extra}"
            f"pretrained_cfg_overlay=dict(file={str(path)!r}, num_classes={num_classes}))")
-    path.with_suffix(".json").write_text(json.dumps({"model_name": model_name, "num_classes": num_classes,
-                                                    "model_options": options, "load": how,
-                                                    **{k: v for k, v in described.items() if v}}, indent=1))
+    write_text_atomic(path.with_suffix(".json"), json.dumps({"model_name": model_name, "num_classes": num_classes,
+                                                            "model_options": options, "load": how,
+                                                            **{k: v for k, v in described.items() if v}}, indent=1))
     return path
 
 

@@ -43,6 +43,7 @@ from .stopping import StopRequest
 from .training import MixOptions, train_one_epoch
 
 WEIGHTS_FILE = "model.safetensors"
+EXPORT_RECORD = Path(WEIGHTS_FILE).with_suffix(".json").name  # written beside it: how to load it
 TENSORBOARD_FOLDER = "tensorboard"  # RUN/tensorboard: Accelerate's tracker's project name is the folder
 
 
@@ -113,7 +114,8 @@ def _train_holding(config: TrainConfig, *, run_dir: Path, checkpoint: Path | Non
     # A finished run run again keeps its export: written anew from the checkpoint, it replaced good
     # weights with a checkpoint's damaged in place (bytes flipped, size kept: no check loads them
     # all). Exported only where it is missing (lost or moved).
-    keep_export = done_before and (run_dir / WEIGHTS_FILE).is_file()
+    # Whole: export_weights renames the weights into place, then writes the .json the same way.
+    keep_export = done_before and all((run_dir / name).is_file() for name in (WEIGHTS_FILE, EXPORT_RECORD))
     if finished and accelerator.is_main_process and not keep_export:
         # keep_torch_compile=False: the model itself (its keys without _orig_mod., its own type).
         export_weights(accelerator.unwrap_model(session.model, keep_torch_compile=False), run_dir / WEIGHTS_FILE,
@@ -358,7 +360,8 @@ def resume(config: TrainConfig, checkpoint: Path | None, *, changes: list, sessi
             # With auto: a run folder whose checkpoints were deleted (to free disk, its results kept)
             # was taken over, its metrics cut and its config replaced, its plots and evaluations left
             # beside the new run's.
-            set_aside_earlier_run(run_dir, why="run.resume=none" if config.run.resume == "none" else
+            set_aside_earlier_run(run_dir, resume=config.run.resume,
+                                  why="run.resume=none" if config.run.resume == "none" else
                                   f"no checkpoint left in {run_dir}, so this run starts fresh")
             truncate_metrics(run_dir, last_epoch=0)
         return fresh, None, changes
@@ -532,22 +535,28 @@ def set_aside_later_checkpoints(run_dir: Path, checkpoint: Path) -> Path | None:
     return aside
 
 
-def earlier_run_left(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds a run a fresh start would mix with its own files: checkpoints,
-    epoch records or an export (a config.yaml alone is a start that ended before its first epoch)."""
-    checkpoints = Path(run_dir) / "checkpoints"
-    saved = checkpoints.is_dir() and any(not p.name.startswith("tmp-") for p in checkpoints.iterdir())
-    return saved or bool(read_metrics(run_dir)) or (Path(run_dir) / WEIGHTS_FILE).is_file()
+def earlier_run_left(run_dir: Path, *, resume: str) -> bool:
+    """Whether ``run_dir`` holds a run that a fresh start (``resume``: none, or auto finding no
+    checkpoint) would mix with its own files: checkpoints, epoch records or an export. A config.yaml
+    alone is a start that ended before its first epoch; with auto, records beside an unfinished
+    first save (a ``tmp-`` checkpoint) are this run's own, killed while saving epoch 1. The records
+    are not parsed: a damaged file must not stop a start over (truncate_metrics neither reads it)."""
+    checkpoints, metrics = Path(run_dir) / "checkpoints", Path(run_dir) / METRICS_FILE
+    folders = list(checkpoints.iterdir()) if checkpoints.is_dir() else []
+    saved = any(not p.name.startswith("tmp-") for p in folders)
+    recorded = metrics.is_file() and metrics.stat().st_size > 0
+    own_first_save = resume == "auto" and any(p.name.startswith("tmp-") for p in folders)
+    return saved or (recorded and not own_first_save) or (Path(run_dir) / WEIGHTS_FILE).is_file()
 
 
-def set_aside_earlier_run(run_dir: Path, *, why: str) -> Path | None:
+def set_aside_earlier_run(run_dir: Path, *, resume: str, why: str) -> Path | None:
     """A fresh start in a folder with an earlier run (``earlier_run_left``: ``run.resume=none``, or
     ``auto`` where that run's checkpoints were deleted): move its checkpoints, metrics, config and
     exported model into ``RUN/replaced-<n>``, so that a later ``run.resume=auto`` never resumes the
     earlier run's checkpoints (its later epochs would be newer than this run's), its epochs are
     not cut from the metrics, and nothing of it is deleted. ``why`` starts the line that says so.
     Returns the folder, or None when there was nothing to set aside."""
-    if not earlier_run_left(run_dir):
+    if not earlier_run_left(run_dir, resume=resume):
         return None
     checkpoints = Path(run_dir) / "checkpoints"
     present = {"checkpoints": checkpoints.is_dir(), "metrics": (Path(run_dir) / METRICS_FILE).is_file(),

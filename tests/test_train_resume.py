@@ -234,8 +234,8 @@ def test_a_run_folder_without_its_checkpoints_is_set_aside_not_taken_over(demo_s
 
 def test_a_finished_run_run_again_keeps_its_export(demo_shards, uninterrupted, tmp_path):
     """The same command after the end: a checkpoint damaged in place (bytes flipped, size kept, so
-    the size checks pass) was exported over the good weights. The export stays; a lost one is
-    written again, byte for byte the one the run wrote (reference: the run's own export)."""
+    the size checks pass) was exported over the good weights. The export stays; an unfinished one
+    is written again, byte for byte the one the run wrote (reference: the run's own export)."""
     import shutil
 
     out = tmp_path / "run"
@@ -249,11 +249,15 @@ def test_a_finished_run_run_again_keeps_its_export(demo_shards, uninterrupted, t
     again = run_train(small_run_args(demo_shards, out, *EXTRA))
     assert again.returncode == 0 and "already finished" in again.stdout, again.stderr[-3000:]
     assert (out / "model.safetensors").read_bytes() == exported
-    shutil.copy2(uninterrupted / "checkpoints" / "epoch-0003" / "model.safetensors", weights)  # repaired
-    (out / "model.safetensors").unlink()
+    # An export cut short without its model.json (a kill mid-export before exports were renamed
+    # into place whole): written again from the (repaired) checkpoint.
+    shutil.copy2(uninterrupted / "checkpoints" / "epoch-0003" / "model.safetensors", weights)
+    (out / "model.safetensors").write_bytes(exported[:1000])
+    (out / "model.json").unlink()
     lost = run_train(small_run_args(demo_shards, out, *EXTRA))
     assert lost.returncode == 0, lost.stderr[-3000:]
-    assert (out / "model.safetensors").read_bytes() == exported
+    assert (out / "model.safetensors").read_bytes() == exported and (out / "model.json").is_file()
+    assert not list(out.glob(".tmp-*"))
 
 
 def test_resuming_a_named_earlier_checkpoint_sets_the_later_ones_aside(demo_shards, uninterrupted, tmp_path):

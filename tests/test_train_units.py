@@ -581,6 +581,26 @@ def test_check_says_what_a_named_resume_or_a_start_over_would_move(trained_demo,
     assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before
 
 
+def test_what_a_fresh_start_sets_aside(tmp_path, capsys):
+    """Written by hand: which folders hold an earlier run. A damaged metrics file is not parsed (it
+    stopped run.resume=none, whose point is to start over); epoch records beside an unfinished first
+    save are a restart's own (auto), not an earlier run's."""
+    from pipeline.run import earlier_run_left, set_aside_earlier_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("schedule: {epochs: 3}\n")
+    assert not earlier_run_left(run, resume="auto") and not earlier_run_left(run, resume="none")
+    (run / "metrics.jsonl").write_text('garbage\n{"epoch": 1}\n')
+    assert earlier_run_left(run, resume="none") and earlier_run_left(run, resume="auto")
+    (run / "checkpoints" / "tmp-epoch-0001").mkdir(parents=True)
+    assert earlier_run_left(run, resume="none") and not earlier_run_left(run, resume="auto")
+    aside = set_aside_earlier_run(run, resume="none", why="run.resume=none")
+    assert aside == run / "replaced-1" and (aside / "metrics.jsonl").read_text().startswith("garbage")
+    assert capsys.readouterr().out == (f"run.resume=none: the earlier run's checkpoints, metrics and config are "
+                                       f"moved to {aside}\n")
+
+
 def test_a_resume_folder_that_is_no_checkpoint_is_told_what_to_give(trained_demo, tmp_path):
     """A run folder, a pruned checkpoint (the 3-epoch demo keeps epoch-0002 and -0003) and a save
     that did not finish each say what run.resume takes there, listing the complete checkpoints."""
