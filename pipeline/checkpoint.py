@@ -197,7 +197,8 @@ def resume_hint(folder: Path) -> str:
     if folder.parent.name == "checkpoints":
         names = sorted(p.name for p in _marked_checkpoints(folder.parent.parent))
         why = ("did not finish saving" if folder.exists() else
-               "is gone (a run keeps its newest run.keep_checkpoints checkpoints and its best)")
+               "is not there (pruned: a run keeps its newest run.keep_checkpoints and its best; moved to "
+               "RUN/replaced-<n> by a branch or a start over; or misspelt)")
         there = f"complete ones there: {', '.join(names)}" if names else "no complete checkpoint is there"
         return f"; {folder.name} {why}; {there}"
     return "" if folder.exists() else " (no such folder)"

@@ -158,16 +158,16 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
 
-def resolve_config(*, config_file: str | Path | None, overrides: list[str]) -> TrainConfig:
+def resolve_config(*, config_file: str | Path | None, overrides: list[str], recorded: bool = False) -> TrainConfig:
     """Defaults, then the YAML file (and its ``base`` chain), then ``section.key=value`` overrides;
-    every value checked (``config_rules.validate``)."""
+    every value checked (``config_rules.validate``; ``recorded``: a run's own config.yaml read again)."""
     values: dict[str, dict[str, Any]] = {}
     if config_file is not None:
         values = read_yaml_chain(Path(config_file))
     for override in overrides:
         section, key, text = parse_override(override)
         values.setdefault(section, {})[key] = text
-    return build_config(values)
+    return build_config(values, recorded=recorded)
 
 
 def yaml_problem(error: yaml.YAMLError) -> str:
@@ -229,7 +229,7 @@ def parse_override(text: str) -> tuple[str, str, str]:
     return section, key, raw
 
 
-def build_config(values: dict[str, dict[str, Any]]) -> TrainConfig:
+def build_config(values: dict[str, dict[str, Any]], *, recorded: bool = False) -> TrainConfig:
     """A TrainConfig from nested plain values, checking every section, key, type and value."""
     sections = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
     hints = typing.get_type_hints(TrainConfig)
@@ -247,7 +247,7 @@ def build_config(values: dict[str, dict[str, Any]]) -> TrainConfig:
             checked[key] = coerce(value, field_types[key], name=f"{section}.{key}")
         built[section] = section_type(**checked)
     config = TrainConfig(**built)
-    validate(config)
+    validate(config, recorded=recorded)
     return config
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import ConfigError
-from .mix.choices import FEATURE_MODES, PARTNER_CHOICES, PER_CHOICES, SAMPLER_MODES, unused_mode_option
+from .mix.choices import (FEATURE_MODES, PARTNER_CHOICES, PER_CHOICES, SAMPLER_MODES, unread_mode_options,
+                          unused_mode_option)
 
 Rule = Callable[[Any], "str | None"]  # the value -> what is wrong with it, or None
 
@@ -160,15 +161,25 @@ def _milestones(config) -> tuple[str, str] | None:
     milestones, epochs = list(config.schedule.milestones), config.schedule.epochs
     if milestones != sorted(set(milestones)):
         return "schedule.milestones", f"must be strictly increasing, got {milestones}"
-    # A decay at the end of the last epoch (a milestone equal to schedule.epochs) comes after the
-    # last update: it changes nothing, as one past the end.
-    if config.schedule.name == "step" and milestones and milestones[-1] >= epochs:
+    if config.schedule.name == "step" and milestones and milestones[-1] > epochs:
         within = [m for m in milestones if m < epochs] or ([1] if epochs > 1 else [])
         example = f"e.g. schedule.milestones=[{','.join(str(m) for m in within)}], or " if within else ""
         # A short try of a recipe (schedule.epochs=2 on CIFAR's 150,225) meets this first: say what to give.
         return "schedule.milestones", (f"must lie before schedule.epochs={epochs} (a decay at or after its end "
                                        f"changes nothing), got {milestones}; give them with schedule.epochs, "
                                        f"{example}schedule.milestones=[] for no decay")
+    return None
+
+
+def _milestone_at_the_end(config) -> tuple[str, str] | None:
+    """A decay at the end of the last epoch (a milestone equal to schedule.epochs) comes after the
+    last update: it changes nothing. Refused as ``_milestones`` refuses one past the end."""
+    milestones, epochs = list(config.schedule.milestones), config.schedule.epochs
+    if config.schedule.name == "step" and milestones and milestones[-1] == epochs:
+        within = [m for m in milestones if m < epochs] or ([1] if epochs > 1 else [])
+        example = f"e.g. schedule.milestones=[{','.join(str(m) for m in within)}], or " if within else ""
+        return "schedule.milestones", (f"must lie before schedule.epochs={epochs} (a decay at its end changes "
+                                       f"nothing), got {milestones}; {example}schedule.milestones=[] for no decay")
     return None
 
 
@@ -184,11 +195,12 @@ def _unused_schedule_options(config) -> tuple[str, str] | None:
                                            f"{list(schedule.milestones)}; give schedule.milestones=[] with it")
         if schedule.decay_factor != default.decay_factor:
             return "schedule.decay_factor", (f"schedule.name=cosine does not use it (the step schedule's "
-                                             f"multiplier), got {schedule.decay_factor}; leave it out, or use "
+                                             f"multiplier), got {schedule.decay_factor}; give its default "
+                                             f"{default.decay_factor}, or use "
                                              "schedule.min_lr for where cosine ends")
     if schedule.name == "step" and schedule.min_lr != default.min_lr:
         return "schedule.min_lr", (f"schedule.name=step does not use it (where cosine ends), got {schedule.min_lr}; "
-                                   "leave it out, or set schedule.name=cosine")
+                                   f"give its default {default.min_lr}, or set schedule.name=cosine")
     return None
 
 
@@ -208,26 +220,32 @@ def _unused_data_options(config) -> tuple[str, str] | None:
     data, default = config.data, DataConfig()
     if data.augmentation == "imagenet" and data.crop_padding != default.crop_padding:
         return "data.crop_padding", (f"data.augmentation=imagenet does not pad (only cifar does), so "
-                                     f"{data.crop_padding} would change nothing; leave it out")
+                                     f"{data.crop_padding} would change nothing; give its default "
+                                     f"{default.crop_padding}")
     if data.augmentation == "cifar":
         for key in ("random_area", "random_aspect_ratio", "crop_pct"):
             if getattr(data, key) != getattr(default, key):
                 return f"data.{key}", (f"data.augmentation=cifar does not use it (a random crop of the padded "
                                        f"image, the test images as they are), so {_shown(getattr(data, key))} would "
-                                       "change nothing; leave it out")
+                                       f"change nothing; give its default {_shown(getattr(default, key))}")
     return None
 
 
 def _warmup(config) -> tuple[str, str] | None:
-    from .config import ScheduleConfig
-
     if config.schedule.warmup_epochs > config.schedule.epochs:
         return "schedule.warmup_epochs", (f"must be at most schedule.epochs={config.schedule.epochs}, "
                                           f"got {config.schedule.warmup_epochs}")
+    return None
+
+
+def _unused_warmup_factor(config) -> tuple[str, str] | None:
+    from .config import ScheduleConfig
+
     factor = config.schedule.warmup_start_factor
     if config.schedule.warmup_epochs == 0 and factor != ScheduleConfig().warmup_start_factor:
         return "schedule.warmup_start_factor", (f"without a warmup (schedule.warmup_epochs=0) it changes nothing, "
-                                                f"got {factor}; give schedule.warmup_epochs with it, or leave it out")
+                                                f"got {factor}; give schedule.warmup_epochs with it, or its default "
+                                                f"{ScheduleConfig().warmup_start_factor}")
     return None
 
 
@@ -308,8 +326,29 @@ def _input_size(config) -> tuple[str, str] | None:
                                "train it at the size it is built for, or choose another model")
 
 
-CROSS_RULES = (_milestones, _unused_schedule_options, _warmup, _min_lr, _nesterov, _unused_data_options, _cutout,
-               _unused_mix_options, _mix_batch, _input_size, _feature_layers, _model_options)
+CROSS_RULES = (_milestones, _milestone_at_the_end, _unused_schedule_options, _warmup, _unused_warmup_factor, _min_lr,
+               _nesterov, _unused_data_options, _cutout, _unused_mix_options, _mix_batch, _input_size,
+               _feature_layers, _model_options)
+# Rules against a value that would train as if it were not there: a new command's mistake. A run's
+# recorded config.yaml (read again to evaluate it) skips them: runs made before a rule existed
+# stay evaluable, and what they trained with is what they trained with.
+INTENT_RULES = (_milestone_at_the_end, _unused_schedule_options, _unused_warmup_factor, _unused_data_options,
+                _unused_mix_options)
+
+
+def unread_keys(config) -> frozenset[str]:
+    """The settings that ``config``'s mode, augmentation and schedule never read (those the intent
+    rules keep at their defaults): a resume does not compare them, as no value there trains."""
+    keys = {f"mix.{name}" for name in unread_mode_options(config.mix.mode)}
+    if config.data.augmentation == "imagenet":
+        keys.add("data.crop_padding")
+    else:
+        keys |= {"data.random_area", "data.random_aspect_ratio", "data.crop_pct"}
+    cosine = config.schedule.name == "cosine"
+    keys |= {"schedule.milestones", "schedule.decay_factor"} if cosine else {"schedule.min_lr"}
+    if config.schedule.warmup_epochs == 0:
+        keys.add("schedule.warmup_start_factor")
+    return frozenset(keys)
 
 
 # Rules that import torch or timm (seconds): they run after all the others, field and cross-field
@@ -318,11 +357,13 @@ IMPORTING_RULES = ("model.name", "run.resume")
 IMPORTING_CROSS_RULES = (_input_size, _feature_layers, _model_options)
 
 
-def validate(config) -> None:
+def validate(config, *, recorded: bool = False) -> None:
     """Every rule of every field, then the cross-field rules (those that import torch or timm
-    last); the first problem is a ConfigError naming the key and the value."""
+    last); the first problem is a ConfigError naming the key and the value. ``recorded``: a run's
+    own config.yaml, read again, without the ``INTENT_RULES``."""
     fields = [name for name in RULES if name not in IMPORTING_RULES]
-    crosses = [rule for rule in CROSS_RULES if rule not in IMPORTING_CROSS_RULES]
+    crosses = [rule for rule in CROSS_RULES if rule not in IMPORTING_CROSS_RULES
+               and not (recorded and rule in INTENT_RULES)]
     for check in (*fields, *crosses, *IMPORTING_RULES, *IMPORTING_CROSS_RULES):
         found = _field_problem(config, check) if isinstance(check, str) else check(config)
         if found:

@@ -76,9 +76,23 @@ def _flat(sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def config_changes(saved: dict[str, Any], config: TrainConfig) -> list[Change]:
     """The training settings of ``config`` that differ from ``saved`` (``training_settings``' form),
-    in declaration order; a key ``saved`` lacks (a setting newer than the checkpoint) is not compared."""
-    return [(key, saved[key], value) for key, value in training_settings(config).items()
-            if key in saved and saved[key] != value]
+    in declaration order; a key ``saved`` lacks (a setting newer than the checkpoint) is not compared,
+    nor one that ``config`` never reads (``unread_keys``: mixup_alpha under cutmix), and milestones
+    compare by the decays that happen (one at the last epoch's end does not), so a run recorded
+    with a value the config rules now refuse resumes once the command drops it."""
+    from .config_rules import unread_keys
+
+    unread, settings = unread_keys(config), training_settings(config)
+    effective = {"schedule.milestones": lambda values, epochs: [m for m in values if m < epochs]}
+
+    def same(key, old, new) -> bool:
+        if key in effective:
+            return effective[key](old, saved.get("schedule.epochs", float("inf"))) == \
+                effective[key](new, settings["schedule.epochs"])
+        return old == new
+
+    return [(key, saved[key], value) for key, value in settings.items()
+            if key in saved and key not in unread and not same(key, saved[key], value)]
 
 
 def check_resume_config(config: TrainConfig, checkpoint: Path | None, recorded: dict[str, Any], *,

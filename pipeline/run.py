@@ -398,6 +398,7 @@ def resume(config: TrainConfig, checkpoint: Path | None, *, changes: list, sessi
             for damaged, problem in damaged_checkpoints(run_dir):
                 if damaged.name > checkpoint.name:
                     print(f"skipped damaged checkpoint {damaged}: {problem}", flush=True)
+        fresh_folder = not (run_dir / METRICS_FILE).is_file() or not (run_dir / METRICS_FILE).stat().st_size
         truncate_metrics(run_dir, last_epoch=state.epoch)
         moved = f"; at the new global batch and epoch length it goes on from step {state.step_in_epoch}" \
             if state.step_in_epoch != saved_step else ""
@@ -411,7 +412,8 @@ def resume(config: TrainConfig, checkpoint: Path | None, *, changes: list, sessi
                      f"epoch {state.epoch + 1} after its step {saved_step}")
             print(f"resumed from {checkpoint} ({where}{moved})", flush=True)
         elsewhere = Path(checkpoint).resolve().parent.parent
-        if elsewhere != run_dir.resolve():  # another run's checkpoint: this folder starts its history there
+        # Another run's checkpoint into a folder with no history yet: it starts its history there.
+        if Path(checkpoint).parent.name == "checkpoints" and elsewhere != run_dir.resolve() and fresh_folder:
             print(f"note: {checkpoint} is another run folder's ({elsewhere}): its metrics, config and plots up to "
                   f"epoch {state.epoch} stay there; {run_dir} records the epochs from here on", flush=True)
     return state, read_loader_state(checkpoint, rank=accelerator.process_index), changes

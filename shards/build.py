@@ -121,11 +121,9 @@ def _validate(request: BuildRequest) -> None:
         (request.label_field in (None, *LABEL_FIELDS), f"--label-field must be one of {LABEL_FIELDS}"),
         (request.num_parts >= 1, "--num-parts must be at least 1"),
         # --part-id alone (the default of one part): say what it needs, not a range of one value.
-        (request.num_parts > 1 or request.part_id == 0,
-         f"--part-id {request.part_id} needs --num-parts (how many parts the build is split into; parts count "
-         "from 0)"),
         (0 <= request.part_id < request.num_parts,
-         f"--part-id must be in [0, --num-parts={request.num_parts}), got {request.part_id}"),
+         f"--part-id must be in [0, --num-parts={request.num_parts}), got {request.part_id}"
+         + (" (give --num-parts: how many parts the build is split into)" if request.num_parts == 1 else "")),
         # The shard hash takes it as 8 signed bytes: a larger one was an OverflowError traceback.
         (0 <= request.seed < 2**63, f"--seed must be in [0, 2**63) (it seeds the shuffle), got {request.seed}"),
         (not (request.resume and request.overwrite), "--resume and --overwrite exclude each other"),

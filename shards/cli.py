@@ -148,7 +148,7 @@ def _splits(out: Path, split: str | None, pattern: str) -> list[str]:
         if "part" in pattern:
             merged = [s for s in SPLITS if (out / f"{s}.json").is_file()]
             if merged:  # merge run again after it succeeded (it removes the part manifests)
-                raise ShardsError(f"{out}: no part manifest left to merge: {', '.join(merged)} merged already "
+                raise ShardsError(f"{out}: no part manifest left to merge; {', '.join(merged)} complete "
                                   f"({', '.join(s + '.json' for s in merged)})")
             raise ShardsError(f"{out}: no part manifest ({wanted}): merge joins the parts of a build run with "
                               "--num-parts")
@@ -220,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: run the same command with --resume to finish", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        if args.command not in ("inspect", "verify"):  # the reports people pipe; elsewhere it is a fault
+            raise
         # The reader is gone (`inspect OUT | head`): no traceback, and nothing more for stdout,
         # whose flush at exit would fail again (Python's documented way, signal(7)'s exit status).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -210,8 +210,8 @@ def test_size_bound_is_inclusive_and_in_the_help(shards_dir, tmp_path, capsys):
 def test_an_option_of_another_mode_is_refused_saying_which_modes_use_it(shards_dir, tmp_path, capsys):
     code, _, err = run_main([shards_dir, "--out", tmp_path / "x.png", "--mixup-alpha", "0.2"], capsys)
     assert_one_error_line(code, err, "error: --mixup-alpha: --mode cutmix does not use it (only mixup, "
-                                     "cutmix_or_mixup, manifold_mixup do), so 0.2 would change nothing; leave it out "
-                                     "(default 1.0)")
+                                     "cutmix_or_mixup, manifold_mixup do), so 0.2 would change nothing; give its "
+                                     "default 1.0 or a mode that uses it")
 
 
 def test_feature_modes_are_refused_naming_the_input_level_mode(shards_dir, tmp_path, capsys):

@@ -202,10 +202,10 @@ def test_a_split_build_merges_the_box_counts(tmp_path, capsys):
                      "--part-id", part) == 0
     assert main(["merge", str(tmp_path / "out")]) == 0
     check_boxes(tmp_path / "out", BOXES, files)
-    # Run again: said merged, not "merge joins the parts of a build run with --num-parts".
+    # Run again: said complete, not "merge joins the parts of a build run with --num-parts".
     assert main(["merge", str(tmp_path / "out")]) == 2
-    assert capsys.readouterr().err == (f"error: {tmp_path / 'out'}: no part manifest left to merge: val merged "
-                                       "already (val.json)\n")
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'out'}: no part manifest left to merge; val complete "
+                                       "(val.json)\n")
 
 
 def test_a_val_imagefolder_takes_boxes_by_file_stem(tmp_path):

@@ -226,7 +226,7 @@ def test_resume_and_overwrite_together_is_an_argparse_error(src, tmp_path, capsy
 
 @pytest.mark.parametrize("flags, named", [
     (["--part-id", "3", "--num-parts", "2"], "--part-id must be in [0, --num-parts=2), got 3"),
-    (["--part-id", "1"], "--part-id 1 needs --num-parts (how many parts the build is split into"),
+    (["--part-id", "1"], "--part-id must be in [0, --num-parts=1), got 1 (give --num-parts: how many parts"),
     (["--seed", "-1"], "--seed must be in [0, 2**63)"),
     (["--seed", str(2**63)], "--seed must be in [0, 2**63)"),
     (["--num-parts", "0"], "--num-parts"),

@@ -119,7 +119,7 @@ def test_cross_field_rules_name_the_key_that_must_change():
          "schedule.epochs=30"),
         # Options of the other augmentation, or of a warmup that is not there.
         (["data.crop_padding=8"], "data.crop_padding: data.augmentation=imagenet does not pad (only cifar does), so "
-         "8 would change nothing; leave it out"),
+         "8 would change nothing; give its default 4"),
         (["data.augmentation=cifar", "data.image_size=32", "data.random_area=[0.1,1]"], "data.random_area: "
          "data.augmentation=cifar does not use it (a random crop of the padded image, the test images as they are), "
          "so [0.1, 1.0] would change nothing"),
@@ -137,7 +137,7 @@ def test_cross_field_rules_name_the_key_that_must_change():
         (["mix.mode=cutout", "mix.cutout_size=8", "mix.partner=flip"], "mix.partner: mix.mode=cutout does not use"),
         # An option of another mode or schedule, set away from its default, would change nothing.
         (["mix.mode=cutmix", "mix.mixup_alpha=0.2"], "mix.mixup_alpha: mix.mode=cutmix does not use it (only mixup, "
-         "cutmix_or_mixup, manifold_mixup do), so 0.2 would change nothing; leave it out (default 1.0)"),
+         "cutmix_or_mixup, manifold_mixup do), so 0.2 would change nothing; give its default 1.0"),
         (["mix.mode=mixup", "mix.cutmix_alpha=0.5"], "mix.cutmix_alpha: mix.mode=mixup does not use it (only cutmix, "
          "cutmix_or_mixup, feature_cutmix do)"),
         (["mix.mode=feature_cutmix", "mix.mixup_alpha=2"], "mix.mixup_alpha: mix.mode=feature_cutmix does not use"),
@@ -280,3 +280,32 @@ def test_feature_layers_with_an_input_level_mode_are_refused():
                                  "mix.mode=cutmix mixes the images: set mix.mode=feature_cutmix (or manifold_mixup), "
                                  "or leave mix.feature_layers out")
     resolve_config(config_file=REPO / "configs" / "imagenet1k" / "resnet50_cutmix.yaml", overrides=[])
+
+
+def test_a_recorded_config_skips_the_rules_against_unused_options(tmp_path):
+    """A run made before those rules (its config.yaml: cosine with milestones, mixup_alpha under
+    cutmix, a decay at the last epoch's end) stays evaluable: read as recorded, it resolves; as a
+    new command, each is refused."""
+    for text, key in [("schedule: {name: cosine, milestones: [10]}\n", "schedule.milestones"),
+                      ("mix: {mode: cutmix, mixup_alpha: 0.2}\n", "mix.mixup_alpha"),
+                      ("schedule: {epochs: 150, milestones: [75, 150]}\n", "schedule.milestones")]:
+        (tmp_path / "config.yaml").write_text(text)
+        resolve_config(config_file=tmp_path / "config.yaml", overrides=[], recorded=True)
+        with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: "):
+            resolve_config(config_file=tmp_path / "config.yaml", overrides=[])
+
+
+def test_a_resume_does_not_compare_what_the_config_never_reads():
+    """Reference: the settings written by hand. A run recorded with mixup_alpha=0.2 under cutmix and
+    a decay at its last epoch resumes with the command that drops them, without resume_with_changes;
+    what is read still counts."""
+    from pipeline.resume_config import config_changes, training_settings
+
+    config = resolve_config(config_file=None, overrides=["mix.mode=cutmix", "schedule.epochs=150",
+                                                         "schedule.milestones=[75]"])
+    saved = {**training_settings(config), "mix.mixup_alpha": 0.2, "schedule.milestones": [75, 150]}
+    assert config_changes(saved, config) == []
+    saved["schedule.milestones"] = [80, 150]
+    assert config_changes(saved, config) == [("schedule.milestones", [80, 150], [75])]
+    saved = {**training_settings(config), "mix.cutmix_alpha": 0.5}
+    assert config_changes(saved, config) == [("mix.cutmix_alpha", 0.5, 1.0)]

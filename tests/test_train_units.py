@@ -615,8 +615,9 @@ def test_a_resume_folder_that_is_no_checkpoint_is_told_what_to_give(trained_demo
     cases = [
         (run, f"; {run} is a run folder: run.resume=auto with run.out_dir={run} resumes its newest checkpoint, or "
               f"name one of its checkpoints ({kept})"),
-        (run / "checkpoints" / "epoch-0001", "; epoch-0001 is gone (a run keeps its newest run.keep_checkpoints "
-                                             f"checkpoints and its best); complete ones there: {kept}"),
+        (run / "checkpoints" / "epoch-0001", "; epoch-0001 is not there (pruned: a run keeps its newest "
+                                             "run.keep_checkpoints and its best; moved to RUN/replaced-<n> by a "
+                                             f"branch or a start over; or misspelt); complete ones there: {kept}"),
         (unfinished, "; epoch-0001 did not finish saving; no complete checkpoint is there"),
         (run / "checkpoints", f"; {run / 'checkpoints'} holds a run's checkpoints: name one of them ({kept}), or "
                               f"run.resume=auto with run.out_dir={run} for its newest"),

@@ -146,7 +146,8 @@ def _run_source(config_file: Path, weights: Path, metadata: dict, *, run_dir: Pa
     from ..config import resolve_config
 
     try:
-        config = resolve_config(config_file=config_file, overrides=[])
+        # recorded: a run made before a rule against unused options came in stays evaluable.
+        config = resolve_config(config_file=config_file, overrides=[], recorded=True)
     except TrainError as error:
         raise EvalError(f"{config_file}: {error}") from None
     data = config.data

@@ -36,5 +36,10 @@ def unused_mode_option(mode: str, *, said: str, **values) -> tuple[str, str] | N
         modes, default = _MODE_OPTIONS[name]
         if mode not in modes and value != default:
             return name, (f"{said} does not use it (only {', '.join(modes)} do), so {value} would change nothing; "
-                          f"leave it out (default {default}) or choose a mode that uses it")
+                          f"give its default {default} or a mode that uses it")
     return None
+
+
+def unread_mode_options(mode: str) -> tuple[str, ...]:
+    """The mode-specific options (``_MODE_OPTIONS``) that ``mode`` never reads."""
+    return tuple(name for name, (modes, _) in _MODE_OPTIONS.items() if mode not in modes)
