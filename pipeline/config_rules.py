@@ -162,13 +162,17 @@ def _milestones(config) -> tuple[str, str] | None:
     if milestones != sorted(set(milestones)):
         return "schedule.milestones", f"must be strictly increasing, got {milestones}"
     if config.schedule.name == "step" and milestones and milestones[-1] > epochs:
-        within = [m for m in milestones if m < epochs] or ([1] if epochs > 1 else [])
-        example = f"e.g. schedule.milestones=[{','.join(str(m) for m in within)}], or " if within else ""
         # A short try of a recipe (schedule.epochs=2 on CIFAR's 150,225) meets this first: say what to give.
         return "schedule.milestones", (f"must lie before schedule.epochs={epochs} (a decay at or after its end "
                                        f"changes nothing), got {milestones}; give them with schedule.epochs, "
-                                       f"{example}schedule.milestones=[] for no decay")
+                                       f"{_milestones_example(milestones, epochs)}schedule.milestones=[] for no decay")
     return None
+
+
+def _milestones_example(milestones: list[int], epochs: int) -> str:
+    """``e.g. schedule.milestones=[75,150], or `` with those before the end (else [1]), or ''."""
+    within = [m for m in milestones if m < epochs] or ([1] if epochs > 1 else [])
+    return f"e.g. schedule.milestones=[{','.join(str(m) for m in within)}], or " if within else ""
 
 
 def _milestone_at_the_end(config) -> tuple[str, str] | None:
@@ -176,10 +180,9 @@ def _milestone_at_the_end(config) -> tuple[str, str] | None:
     last update: it changes nothing. Refused as ``_milestones`` refuses one past the end."""
     milestones, epochs = list(config.schedule.milestones), config.schedule.epochs
     if config.schedule.name == "step" and milestones and milestones[-1] == epochs:
-        within = [m for m in milestones if m < epochs] or ([1] if epochs > 1 else [])
-        example = f"e.g. schedule.milestones=[{','.join(str(m) for m in within)}], or " if within else ""
         return "schedule.milestones", (f"must lie before schedule.epochs={epochs} (a decay at its end changes "
-                                       f"nothing), got {milestones}; {example}schedule.milestones=[] for no decay")
+                                       f"nothing), got {milestones}; {_milestones_example(milestones, epochs)}"
+                                       "schedule.milestones=[] for no decay")
     return None
 
 

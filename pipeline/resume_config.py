@@ -83,12 +83,11 @@ def config_changes(saved: dict[str, Any], config: TrainConfig) -> list[Change]:
     from .config_rules import unread_keys
 
     unread, settings = unread_keys(config), training_settings(config)
-    effective = {"schedule.milestones": lambda values, epochs: [m for m in values if m < epochs]}
 
     def same(key, old, new) -> bool:
-        if key in effective:
-            return effective[key](old, saved.get("schedule.epochs", float("inf"))) == \
-                effective[key](new, settings["schedule.epochs"])
+        if key == "schedule.milestones":  # the decays that happen: those before the end
+            old_end, new_end = saved.get("schedule.epochs", float("inf")), settings["schedule.epochs"]
+            return [m for m in old if m < old_end] == [m for m in new if m < new_end]
         return old == new
 
     return [(key, saved[key], value) for key, value in settings.items()
