@@ -92,6 +92,11 @@ def damaged_checkpoints(run_dir: Path) -> list[tuple[Path, str]]:
     return survey_checkpoints(run_dir)[1]
 
 
+def damaged_after(run_dir: Path, checkpoint: Path) -> list[tuple[Path, str]]:
+    """``damaged_checkpoints`` newer than ``checkpoint``: those ``run.resume=auto`` passed over."""
+    return [(folder, problem) for folder, problem in damaged_checkpoints(run_dir) if folder.name > checkpoint.name]
+
+
 def survey_checkpoints(run_dir: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     """``valid_checkpoints`` and ``damaged_checkpoints`` from one look at each folder (the RNG
     and loader files of each are loaded once)."""

@@ -96,7 +96,7 @@ def run_cli(argv: list[str], *, default_config: Path | None) -> int:
 def check_config(config) -> str:
     """``--check``: what a start checks before any work, plus the model name and (unless the demo
     builds them) the shards; one line saying what the run would do. TrainError on a problem."""
-    from .checkpoint import damaged_checkpoints, read_state
+    from .checkpoint import damaged_after, read_state
     from .data_check import check_batches, check_demo_folder, check_shards, demo_to_build
     from .models import check_model_name
     from .run import check_before_start, earlier_run_left, later_checkpoints
@@ -125,8 +125,8 @@ def check_config(config) -> str:
     else:
         start = f"resumes from {checkpoint}"
     if config.run.resume == "auto" and checkpoint is not None:  # the start says it too ("skipped damaged ...")
-        skipped = [(path, problem) for path, problem in damaged_checkpoints(run_dir) if path.name > checkpoint.name]
-        start += "".join(f" (skipping damaged {path.name}: {problem})" for path, problem in skipped)
+        start += "".join(f" (skipping damaged {path.name}: {problem})"
+                         for path, problem in damaged_after(run_dir, checkpoint))
     later = [] if checkpoint is None or config.run.resume == "auto" else later_checkpoints(run_dir, checkpoint)
     if later:  # what the start will move: a --check before it is where a user learns it
         start += f" (the later {', '.join(f.name for f in later)} move to {run_dir}/replaced-<n>)"

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from .checkpoint import (TrainState, damaged_checkpoints, find_resume_checkpoint, read_loader_state,
+from .checkpoint import (TrainState, damaged_after, find_resume_checkpoint, read_loader_state,
                          read_state, save_checkpoint)
 from .config import TrainConfig, config_to_dict, write_config
 from .data import Augmentation, LoaderError, LoaderOptions, create_loader, steps_per_epoch
@@ -395,9 +395,8 @@ def resume(config: TrainConfig, checkpoint: Path | None, *, changes: list, sessi
         if config.run.resume != "auto":  # a checkpoint named: the run goes on from it, a new branch
             set_aside_later_checkpoints(run_dir, checkpoint)
         if config.run.resume == "auto":  # the newer ones it passed over (older damaged ones are pruned)
-            for damaged, problem in damaged_checkpoints(run_dir):
-                if damaged.name > checkpoint.name:
-                    print(f"skipped damaged checkpoint {damaged}: {problem}", flush=True)
+            for damaged, problem in damaged_after(run_dir, checkpoint):
+                print(f"skipped damaged checkpoint {damaged}: {problem}", flush=True)
         fresh_folder = not (run_dir / METRICS_FILE).is_file() or not (run_dir / METRICS_FILE).stat().st_size
         truncate_metrics(run_dir, last_epoch=state.epoch)
         moved = f"; at the new global batch and epoch length it goes on from step {state.step_in_epoch}" \
@@ -526,7 +525,7 @@ def set_aside_later_checkpoints(run_dir: Path, checkpoint: Path) -> Path | None:
         if (Path(run_dir) / name).is_file():
             shutil.copy2(Path(run_dir) / name, aside / name)
     exported = (Path(run_dir) / WEIGHTS_FILE).is_file()
-    for name in (WEIGHTS_FILE, Path(WEIGHTS_FILE).with_suffix(".json").name):
+    for name in (WEIGHTS_FILE, EXPORT_RECORD):
         if (Path(run_dir) / name).is_file():
             os.replace(Path(run_dir) / name, aside / name)
     for folder in later:
@@ -569,7 +568,7 @@ def set_aside_earlier_run(run_dir: Path, *, resume: str, why: str) -> Path | Non
     for name in (METRICS_FILE, CONFIG_FILE):
         if (Path(run_dir) / name).is_file():
             shutil.copy2(Path(run_dir) / name, aside / name)
-    for name in (WEIGHTS_FILE, Path(WEIGHTS_FILE).with_suffix(".json").name):  # its export, if it finished
+    for name in (WEIGHTS_FILE, EXPORT_RECORD):  # its export, if it finished
         if (Path(run_dir) / name).is_file():
             os.replace(Path(run_dir) / name, aside / name)
     # What its resumes with changes kept (config.before-<checkpoint>.yaml, model.before-...): of

@@ -120,7 +120,7 @@ def _validate(request: BuildRequest) -> None:
         (request.check in CHECKS, f"--check must be one of {CHECKS}"),
         (request.label_field in (None, *LABEL_FIELDS), f"--label-field must be one of {LABEL_FIELDS}"),
         (request.num_parts >= 1, "--num-parts must be at least 1"),
-        # --part-id alone (the default of one part): say what it needs, not a range of one value.
+        # --part-id alone (the default of one part): the range, and that --num-parts is what it lacks.
         (0 <= request.part_id < request.num_parts,
          f"--part-id must be in [0, --num-parts={request.num_parts}), got {request.part_id}"
          + (" (give --num-parts: how many parts the build is split into)" if request.num_parts == 1 else "")),
