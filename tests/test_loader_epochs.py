@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from loader_fixtures import make_labelled_shards, open_loader
+from pipeline.data import LoaderError
 
 BACKENDS = ["dali", "torch"]
 BATCH = 8
@@ -166,3 +167,33 @@ def test_an_epoch_cut_short_is_not_decoded_to_its_end(shards, monkeypatch):
     second = list(loader.iter_epoch(1))
     assert len(runs) == 2 + 8  # epoch 1: 7 steps + the 1 padded batch of its pass, run to reach the next
     assert same(second, list(loader_of(shards, "dali").iter_epoch(1)))  # = a loader started at epoch 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS + ["synthetic"])
+def test_an_iterator_replaced_by_a_later_one_refuses_to_read(shards, backend):
+    # Two iterators of one loader share its one position: read in turns, each took part of the same
+    # stream, and samples came twice or never (both made before the first read passed every check).
+    reference = list(loader_of(shards, backend).iter_epoch(0)) if backend != "synthetic" else None
+    loader = open_loader(shards, "train", batch_size=BATCH, rank=1, world_size=WORLD, seed=7, backend=backend,
+                         sample_ids=backend != "synthetic", random_area=(0.3, 1.0))[0]
+    first, second = iter(loader), iter(loader)
+    with pytest.raises(LoaderError, match=r"replaced by a later iter\(\) or iter_epoch\(\)"):
+        next(first)
+    batches = list(second)
+    assert len(batches) == len(loader)
+    if reference is not None:
+        assert same(batches, reference)  # the latest iterator reads the epoch whole, in order
+    # One left in the middle of an epoch: the next epoch's iterator replaces it.
+    middle = iter(loader)
+    next(middle)
+    following = loader.iter_epoch(2)
+    with pytest.raises(LoaderError, match="replaced"):
+        next(middle)
+    assert len(list(following)) == len(loader)
+
+
+@pytest.mark.parametrize("epoch, start_step", [(-1, 0), (1.0, 0), (0, -2), (0, "3"), (True, 0)])
+def test_iter_epoch_takes_integer_positions(shards, epoch, start_step):
+    loader = open_loader(shards, "train", batch_size=BATCH, world_size=WORLD, backend="synthetic")[0]
+    with pytest.raises(LoaderError, match=r"iter_epoch: (epoch|start_step) must be an integer >= 0"):
+        loader.iter_epoch(epoch, start_step)

@@ -9,6 +9,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from loader_fixtures import make_labelled_shards
 from pipeline.data import Augmentation, LoaderError, LoaderOptions, create_loader
@@ -97,6 +98,18 @@ def test_batch_larger_than_a_rank_share(shards, backend):
     (dict(image_size=0), "image_size must be >= 1"),
     (dict(random_area=(0.5, 0.1)), "random_area must satisfy"),
     (dict(batch_size=0), "batch_size must be an integer >= 1"),
+    # Each of these was accepted and failed at the first batch inside numpy, DALI or a worker (seed),
+    # was silently ignored (a restore that is not a state), or said "4 classes but the model has 4".
+    (dict(seed=None), r"seed must be an integer >= 0, got None"),
+    (dict(seed=-1), r"seed must be an integer >= 0, got -1"),
+    (dict(seed="abc"), r"seed must be an integer >= 0, got 'abc'"),
+    (dict(seed=1.5), r"seed must be an integer >= 0, got 1\.5"),
+    (dict(num_classes="13"), r"num_classes must be a positive integer .* got '13'"),
+    (dict(restore="state.json"), r"restore must be a loader's state_dict\(\) .* got str"),
+    (dict(device="tpu"), r"device: "),
+    (dict(image_size=32.5), r"image_size must be an integer number of pixels, got 32\.5"),
+    (dict(image_size="32"), r"image_size must be an integer number of pixels, got '32'"),
+    (dict(random_area=0.5), r"random_area must be a \(low, high\) pair of numbers, got 0\.5"),
 ])
 def test_bad_arguments(shards, overrides, message):
     with pytest.raises(LoaderError, match=message):
@@ -213,3 +226,34 @@ def test_dali_reads_what_the_index_lists(shards):
     count = len(first_keys)
     assert count > 2 and len(after) == len(before)
     assert after[:count] == before[:count][::-1] and after[count:] == before[count:]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where torch sees no GPU")
+def test_a_cuda_device_without_a_gpu_is_refused_before_any_read(shards):
+    with pytest.raises(LoaderError, match="device cuda: torch sees no CUDA GPU here; use device='cpu'"):
+        start(shards, device="cuda")
+
+
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+@pytest.mark.parametrize("split, kind, error", [("train", "cifar", True), ("val", "cifar", False),
+                                                ("train", "imagenet", False)])
+def test_the_cifar_kind_trains_only_on_images_of_its_size_in_both_backends(shards, backend, split, kind, error):
+    # The fixture's images are 40x30. torchvision's crop had cropped them anywhere, DALI's near the top-left
+    # corner, silently; at 64 px torchvision failed in a worker and DALI returned 64x64 images a third zeros.
+    for size in (32, 64):
+        loader, steps = create_loader(shards, split, augmentation=Augmentation(image_size=size, kind=kind),
+                                      options=LoaderOptions(batch_size=8, backend=backend, num_threads=1), rank=0,
+                                      world_size=1, device="cpu", seed=0)
+        if error:
+            message = (rf": sample n\d+_\d+ is 40x30, but the cifar augmentation trains on images as they are "
+                       rf"\(pads and crops {size}x{size}, no resize\)")
+            with pytest.raises(LoaderError, match=message):
+                next(iter(loader))
+        else:
+            images, labels = next(iter(loader))
+            assert images.shape == (8, size, size, 3)
+
+
+def test_augmentation_padding_must_be_whole_pixels():
+    with pytest.raises(LoaderError, match=r"padding must be an integer number of pixels, got 4\.5"):
+        Augmentation(image_size=32, kind="cifar", padding=4.5)

@@ -61,6 +61,13 @@ def test_valid_call_passes():
         (dict(memory_format=torch.channels_last_3d), "memory_format"),
         (dict(label_smoothing=1.0), "label_smoothing"),
         (dict(backend="cuda"), "backend"),
+        # Each of these ran without a word: 0..255 floats, normalized images, a mean in 0..255 units.
+        (dict(images=torch.full((4, 3, 6, 5), 200.0)), "images"),
+        (dict(images=torch.full((4, 3, 6, 5), -2.1)), "images"),
+        (dict(images=torch.full((4, 3, 6, 5), float("nan"))), "images"),
+        (dict(mean=(123.7, 116.3, 103.5), std=(58.4, 57.1, 57.4)), "mean"),
+        (dict(params=None), "params"),
+        (dict(params={"mode": "cutmix"}), "params"),
     ],
 )
 def test_apply_mix_names_the_bad_argument(overrides, name):
@@ -83,6 +90,14 @@ def test_apply_mix_names_the_bad_argument(overrides, name):
         (dict(mode="cutmiks"), "mode"),
         (dict(per="pair"), "per"),
         (dict(partner="shuffle"), "partner"),
+        (dict(seed=None), "seed"),  # numpy would seed from the OS: no run would repeat
+        (dict(seed=-5), "seed"),
+        (dict(seed=1.5), "seed"),
+        (dict(rank=-1), "rank"),
+        (dict(cutmix_alpha="1.0"), "cutmix_alpha"),
+        (dict(prob=None), "prob"),
+        (dict(mode="mixup", cutout_size=4.5), "cutout_size"),
+        (dict(cutmix_minmax=("0.2", "0.8")), "cutmix_minmax"),
     ],
 )
 def test_sampler_names_the_bad_argument(options, name):
@@ -133,3 +148,30 @@ def test_batch_of_one_without_partner_is_fine():
     images, targets = apply_mix(torch.zeros(1, 8, 8, 3, dtype=torch.uint8), torch.tensor([2]), params=params,
                                 mean=MEAN, std=STD, num_classes=3)  # fmt: skip
     assert torch.equal(targets, torch.tensor([[0.0, 0.0, 1.0]]))
+
+
+@pytest.mark.parametrize("name, value", [("height", 0), ("height", -5), ("width", 32.0), ("batch_size", -1),
+                                         ("batch_size", 4.0)])
+def test_the_sampler_refuses_a_batch_shape_that_is_not_one(name, value):
+    # height 0 drew NaN lambdas, -5 boxes outside the image, both with at most a numpy warning.
+    arguments = dict(batch_size=4, height=8, width=8) | {name: value}
+    with pytest.raises(ValueError, match=rf"^{name}: must be an integer >= [01] \(the batch's shape\)"):
+        MixSampler(seed=1).sample(**arguments)
+
+
+def test_float_images_slightly_outside_0_1_are_taken():
+    # A bicubic or antialiased resize overshoots [0, 1] a little: not a mistake of units.
+    images = torch.linspace(-0.2, 1.2, 4 * 3 * 6 * 5).reshape(4, 3, 6, 5)
+    mixed, _ = call_apply_mix(images=images, params=MixParams(mode="none"))
+    expected = (images - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(mixed, expected)
+    # The check off: a hot loop over trusted data does not pay for it.
+    call_apply_mix(images=torch.full((4, 3, 6, 5), 200.0), params=MixParams(mode="none"), check_range=False)
+
+
+def test_a_draw_applied_to_images_of_another_size_says_to_draw_for_them():
+    sampler = MixSampler(mode="cutmix", seed=3)
+    params = sampler.sample(batch_size=4, height=64, width=64)
+    with pytest.raises(ValueError, match=r"^params: drawn for 4 images of 64x64, applied to 4 of 6x5: draw them "
+                                         r"with MixSampler.sample\(batch_size=4, height=6, width=5\)"):
+        call_apply_mix(params=params)

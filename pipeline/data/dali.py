@@ -20,7 +20,7 @@ import torch
 
 from ..mix.staging import to_device
 from ..seeds import DALI_PIPELINE_STREAM, DALI_READER_STREAM, epoch_seed, stream_seed
-from .augment import Augmentation
+from .augment import Augmentation, check_train_size
 from .checks import LoaderError, SplitShards
 from .epochs import EpochLoader, as_saved
 from .host_resize import finish_on_host
@@ -42,10 +42,17 @@ def decoder_for(device: torch.device) -> str:
     return "mixed" if device.type == "cuda" else "cpu"
 
 
-def output_names(*, training: bool, sample_ids: bool) -> tuple[str, ...]:
+def output_names(*, training: bool, sample_ids: bool, sizes: bool = False) -> tuple[str, ...]:
     """The pipeline's outputs, by name, whatever the decoder: ``mirror`` (the drawn flips) for
-    training only, ``ids`` (each sample's ``.json``) only when asked."""
-    return ("images",) + (("mirror",) if training else ()) + ("labels",) + (("ids",) if sample_ids else ())
+    training only, ``ids`` (each sample's ``.json``) only when asked, ``sizes`` (each encoded
+    image's HWC shape, read from its header) where the augmentation checks training sizes."""
+    return (("images",) + (("mirror",) if training else ()) + ("labels",) + (("ids",) if sample_ids else ())
+            + (("sizes",) if sizes else ()))
+
+
+def reads_sizes(*, training: bool, augmentation: Augmentation) -> bool:
+    """Whether the pipeline outputs ``sizes`` (``augment.check_train_size``)."""
+    return training and augmentation.checks_train_sizes
 
 
 def finishes_on_host(decoder: str, augmentation: Augmentation) -> bool:
@@ -119,7 +126,7 @@ def define_dali_pipeline(shards: SplitShards, *, training: bool, batch_size: int
     """The DALI pipeline of one rank, defined (every operator argument checked against DALI's
     schema) but not built. Its reader starts at rank part ``part``; ``seed`` is the seed of the
     epoch it is built for; ``checkpoint`` (from ``Pipeline.checkpoint()``) restores a position.
-    Outputs: ``output_names(training, sample_ids)``."""
+    Outputs: ``output_names(training, sample_ids, sizes=reads_sizes(...))``."""
     from nvidia.dali import fn, pipeline_def
 
     # "jpg;png": a sample's image is its .jpg or its .png member (CIFAR is stored losslessly).
@@ -139,7 +146,9 @@ def define_dali_pipeline(shards: SplitShards, *, training: bool, batch_size: int
         images, mirror = image_graph(encoded, training=training, augmentation=augmentation, decoder=decoder,
                                      hw_decoder_load=hw_decoder_load, preallocate_hint=preallocate_hint)
         flips = () if mirror is None else (mirror,)
-        return (images, *flips, *(fn.pad(member, fill_value=0) for member in others))
+        # peek_image_shape reads the header on the CPU, without decoding.
+        sizes = (fn.peek_image_shape(encoded),) if reads_sizes(training=training, augmentation=augmentation) else ()
+        return (images, *flips, *(fn.pad(member, fill_value=0) for member in others), *sizes)
 
     return pipeline(checkpoint=checkpoint) if checkpoint is not None else pipeline()
 
@@ -161,7 +170,8 @@ class DaliLoader(EpochLoader):
             device = torch.device("cuda", torch.cuda.current_device())
         self.shards, self.training, self.batch_size, self.device = shards, training, batch_size, device
         self.rank, self.world_size, self.seed, self.augmentation = rank, world_size, seed, augmentation
-        self.names = output_names(training=training, sample_ids=sample_ids or metadata)
+        self.names = output_names(training=training, sample_ids=sample_ids or metadata,
+                                  sizes=reads_sizes(training=training, augmentation=augmentation))
         self._define = dict(
             training=training, batch_size=batch_size, rank=rank, world_size=world_size, decoder=self.decoder,
             device_id=device.index if self.decoder == "mixed" else None, num_threads=num_threads,
@@ -183,6 +193,9 @@ class DaliLoader(EpochLoader):
                   "batch_size": self.batch_size, "steps": self.steps, "rank": self.rank, "world_size": self.world_size,
                   "seed": self.seed, "shuffle_buffer": self._define["shuffle_buffer"],
                   "augmentation": asdict(self.augmentation), "shards": self.shards.listing()}
+        if reads_sizes(training=self.training, augmentation=self.augmentation):
+            # The graph has one more operator: a DALI state saved without it does not restore.
+            values["reads_sizes"] = True
         return as_saved(values)
 
     def state_dict(self) -> dict:
@@ -280,6 +293,9 @@ class DaliLoader(EpochLoader):
 
         labels = parse_ascii_labels(np.asarray(members.as_tensor()), source=source,
                                     folder=self.folder)
+        if "sizes" in outputs:
+            for row, (height, width, _) in enumerate(np.asarray(outputs["sizes"].as_tensor()).tolist()):
+                check_train_size(self.augmentation, height=height, width=width, where=source(row))
         if not self.training:  # padding duplicates are marked so that metrics skip them
             labels = np.where(first + np.arange(len(labels)) < part_samples, labels, -1)
         # Checked here, on the host, where it costs no device sync.
@@ -312,4 +328,4 @@ def _gpu_images_to_torch(images, device: torch.device) -> torch.Tensor:
 
 
 __all__ = ["DaliLoader", "LoaderError", "decoder_for", "define_dali_pipeline", "finishes_on_host", "image_graph",
-           "output_names"]
+           "output_names", "reads_sizes"]

@@ -10,6 +10,8 @@ import json
 import sys
 from dataclasses import asdict, dataclass
 
+from .checks import LoaderError
+
 STATE_FORMAT = 1  # of state_dict(); a state of another format is not used
 
 
@@ -61,6 +63,7 @@ class EpochLoader:
         self.steps = steps
         self.cursor = EpochCursor()
         self._restored = False  # a saved position, not yet checked against the first request
+        self._reader = 0  # counts the iterators handed out; only the latest one may read
 
     def __len__(self) -> int:
         return self.steps
@@ -69,7 +72,11 @@ class EpochLoader:
         return self.iter_epoch(self.cursor.next_epoch)
 
     def iter_epoch(self, epoch: int, start_step: int = 0):
-        """Batches ``start_step .. steps-1`` of ``epoch`` (checked now, read lazily)."""
+        """Batches ``start_step .. steps-1`` of ``epoch`` (checked now, read lazily). The iterator
+        replaces any earlier one: reading an earlier one afterwards raises LoaderError."""
+        for name, value in (("epoch", epoch), ("start_step", start_step)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise LoaderError(f"iter_epoch: {name} must be an integer >= 0, got {value!r}")
         if self._restored:
             self._restored = False
             try:
@@ -79,7 +86,22 @@ class EpochLoader:
                 warn(f"the saved loader state does not fit ({error}); epoch {epoch} is read from its seed")
                 self._forget_state()
         self.cursor.check(epoch, start_step, steps=self.steps)
-        return self._read(epoch, start_step)
+        self._reader += 1
+        return self._owned(self._reader, self._read(epoch, start_step))
+
+    def _owned(self, reader: int, batches):
+        """``batches`` while this iterator is the loader's latest. One loader has one reading
+        position (a DALI pipeline, a DataLoader's workers, the cursor): two iterators read in turns
+        would each take batches of one stream, and samples would come twice or never, silently."""
+        while True:
+            if reader != self._reader:
+                raise LoaderError("this iterator of the loader was replaced by a later iter() or iter_epoch(): a "
+                                  "loader reads one position at a time, so read each epoch through one iterator")
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            yield batch
 
     def _read(self, epoch: int, start_step: int):
         raise NotImplementedError

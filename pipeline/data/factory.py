@@ -5,6 +5,7 @@ epoch per ``iter()`` (or ``iter_epoch(epoch, start_step)``; see ``epochs.EpochLo
 
 from __future__ import annotations
 
+from numbers import Integral
 from pathlib import Path
 
 import torch
@@ -47,8 +48,9 @@ def _create_loader(shards_dir, split: str, *, augmentation: Augmentation, option
     (from its ``.json``), which the tests use to check coverage and order."""
     if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
         raise LoaderError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    device = check_arguments(split=split, augmentation=augmentation, options=options, device=device, seed=seed,
+                             num_classes=num_classes, restore=restore)
     training = split == "train" if training is None else training
-    device = torch.device(device)
     shards, steps = _checked_shards(shards_dir, split=split, batch_size=options.batch_size, world_size=world_size,
                                     num_classes=num_classes, training=training,
                                     check_indexes=options.backend != "synthetic")
@@ -73,6 +75,41 @@ def _create_loader(shards_dir, split: str, *, augmentation: Augmentation, option
                                  num_classes=shards.num_classes, device=device, seed=seed, rank=rank,
                                  restore=restore)
     return loader, steps
+
+
+def check_arguments(*, split, augmentation, options, device, seed, num_classes, restore) -> torch.device:
+    """Raise LoaderError for an argument of the wrong kind before anything is read (each of these
+    otherwise failed at the first batch, inside a worker or DALI, or was silently ignored: a
+    ``restore`` that is not a state). Returns ``device`` as a torch.device."""
+    if not isinstance(split, str) or not split:
+        raise LoaderError(f"split must be a split name such as 'train' or 'val', got {split!r}")
+    for name, value, kind in (("augmentation", augmentation, Augmentation), ("options", options, LoaderOptions)):
+        if not isinstance(value, kind):
+            raise LoaderError(f"{name} must be a pipeline.data.{kind.__name__}, got {type(value).__name__}")
+    check_seed(seed)
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, Integral)
+                                    or num_classes < 1):
+        raise LoaderError(f"num_classes must be a positive integer (the model's class count) or None, "
+                          f"got {num_classes!r}")
+    if restore is not None and not isinstance(restore, dict):
+        raise LoaderError(f"restore must be a loader's state_dict() (a dict, as saved with a checkpoint) or None, "
+                          f"got {type(restore).__name__}")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise LoaderError(f"device: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LoaderError(f"device {device}: torch sees no CUDA GPU here; use device='cpu'")
+    if device.type not in ("cpu", "cuda"):
+        raise LoaderError(f"device must be a CPU or CUDA device, got {device}")
+    return device
+
+
+def check_seed(seed) -> None:
+    """The run's seed: a non-negative integer (numpy, DALI and torch derive theirs from it; None
+    would draw an unrepeatable one from the OS)."""
+    if isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
+        raise LoaderError(f"seed must be an integer >= 0, got {seed!r}")
 
 
 def _checked_shards(shards_dir, *, split: str, batch_size: int, world_size: int, num_classes: int | None,

@@ -14,10 +14,10 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..seeds import torch_worker_seed
-from .augment import Augmentation
+from .augment import Augmentation, check_train_size
 from .checks import LoaderError, SplitShards
 from .epochs import EpochLoader, as_saved
-from .labels import check_label_range, sample_label
+from .labels import check_label_range, sample_label, sample_place
 from .sharding import epoch_part, rank_range
 
 
@@ -52,6 +52,7 @@ class _EpochSamples(IterableDataset):
         self.shuffle_buffer, self.seed, self.sample_ids, self.metadata = shuffle_buffer, seed, sample_ids, metadata
         # Built here so that torchvision is imported once, before the workers fork.
         self.transform = _transform(augmentation, training=training)
+        self.size_rule = augmentation if training and augmentation.checks_train_sizes else None
         self.epoch = 0
 
     def __iter__(self):
@@ -72,7 +73,8 @@ class _EpochSamples(IterableDataset):
             samples = _buffer_shuffle(samples, size=self.shuffle_buffer, rng=rng)
         chunk = []
         for sample in samples:
-            chunk.append(_prepare(sample, self.transform, num_classes=self.shards.num_classes))
+            chunk.append(_prepare(sample, self.transform, num_classes=self.shards.num_classes,
+                                  size_rule=self.size_rule))
             if len(chunk) == self.batch_size:
                 yield self._collate(chunk, valid=len(chunk))
                 chunk, batches = [], batches - 1
@@ -148,7 +150,8 @@ def _transform(augmentation: Augmentation, *, training: bool):
     return v2.Compose([v2.Resize(augmentation.val_resize, antialias=True), v2.CenterCrop(size)])
 
 
-def _prepare(sample: dict, transform, *, num_classes: int) -> tuple[torch.Tensor, int, dict]:
+def _prepare(sample: dict, transform, *, num_classes: int,
+             size_rule: Augmentation | None = None) -> tuple[torch.Tensor, int, dict]:
     from torchvision.io import ImageReadMode, decode_image
 
     # bytearray: a writable buffer (torch warns on read-only ones); the copy is ~0.1 MB.
@@ -161,6 +164,8 @@ def _prepare(sample: dict, transform, *, num_classes: int) -> tuple[torch.Tensor
         shard = sample.get("__url__", "a shard")
         raise LoaderError(f"{shard}: sample {sample['__key__']} does not decode ({error}): the shard is damaged "
                           f"(python -m shards verify {Path(shard).parent} --decode finds every such shard)") from None
+    if size_rule is not None:
+        check_train_size(size_rule, height=image.shape[1], width=image.shape[2], where=sample_place(sample))
     pixels = transform(image).permute(1, 2, 0).contiguous()  # CHW -> HWC, as DALI returns
     record = json.loads(sample["json"]) if "json" in sample else {}
     record.setdefault("source", sample["__key__"])

@@ -50,6 +50,7 @@ def apply_mix(
     backend: str = "auto",
     check_labels: bool = True,
     color: Tensor | None = None,
+    check_range: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Mix, normalize and cast a batch; return (images [B, C, H, W], soft targets float32 [B, K]).
 
@@ -67,7 +68,13 @@ def apply_mix(
         the ImageNet recipe's jitter and lighting: ``pipeline.data.color.ColorAugment.maps``), in
         [0, 1] units: every pixel read from an image goes through that image's map before it is
         mixed and normalized (RGB images only). None: no colour change.
+    check_range: check float images lie in [0, 1] (within a margin for a resize's overshoot): 0..255
+        floats, or images normalized already, come out silently wrong. A pass over the batch and,
+        on CUDA, a device sync; uint8 images are not checked (every value is valid).
     """
+    if not isinstance(params, MixParams):
+        raise ValueError(f"params: expected the MixParams of this batch (MixSampler.sample draws them), "
+                         f"got {type(params).__name__}")
     if params.layer is not None:
         raise ValueError(f"params: these mix layer {params.layer!r} of the model, not the images: "
                          "use pipeline.mix.feature.FeatureMixer")
@@ -77,6 +84,8 @@ def apply_mix(
         labels, batch_size=batch_size, num_classes=num_classes, device=images.device, check_values=check_labels
     )
     _check_options(out_dtype=out_dtype, memory_format=memory_format, label_smoothing=label_smoothing, backend=backend)
+    if check_range and source.dtype != torch.uint8 and source.numel():
+        _check_float_range(source)
     if color is not None:
         check_maps(color, batch_size=batch_size, channels=channels, device=images.device)
     resolved = resolve_mix(params, batch_size=batch_size, height=height, width=width)
@@ -159,6 +168,10 @@ def normalization_affine(*, mean: Sequence[float], std: Sequence[float], from_ui
         raise ValueError(f"mean, std: need two sequences of equal length, got {list(mean)} and {list(std)}")
     if not bool((std_t > 0).all()):
         raise ValueError(f"std: all values must be > 0, got {list(std)}")
+    if not bool(((mean_t >= 0) & (mean_t <= 1)).all()):
+        # ImageNet's mean is also written in 0..255 units (123.7, ...): then every output is nearly constant.
+        raise ValueError(f"mean: values are in [0, 1] units (ImageNet: 0.485, 0.456, 0.406; std 0.229, 0.224, "
+                         f"0.225), got {list(mean)}: divide 0..255 values (and their std) by 255")
     value_range = 255.0 if from_uint8 else 1.0
     scale = 1.0 / (std_t * value_range)
     shift = -mean_t / std_t
@@ -185,6 +198,20 @@ def _as_nchw(images: Tensor, *, channels: int) -> Tensor:
             )
         return images
     raise ValueError(f"images: dtype must be uint8 (NHWC) or float32/bfloat16/float16 (NCHW), got {images.dtype}")
+
+
+# Float images may leave [0, 1] a little (a bicubic or antialiased resize overshoots); beyond this
+# margin they are in other units: 0..255, or normalized already (ImageNet's normalized range is
+# about [-2.1, 2.6]).
+FLOAT_RANGE_MARGIN = 0.5
+
+
+def _check_float_range(source: Tensor) -> None:
+    low, high = (float(v) for v in torch.aminmax(source))
+    if low < -FLOAT_RANGE_MARGIN or high > 1 + FLOAT_RANGE_MARGIN or low != low or high != high:
+        raise ValueError(f"images: float images must hold values in [0, 1], got min {low:g} and max {high:g}: "
+                         "divide 0..255 values by 255, and do not normalize before apply_mix (it normalizes "
+                         "with mean and std); uint8 NHWC images are taken as they are")
 
 
 def _check_labels(

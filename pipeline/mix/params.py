@@ -69,8 +69,20 @@ def resolve_mix(params: MixParams, *, batch_size: int, height: int, width: int) 
     `cutout_boxes` are not part of it (the callers that mix layers or cut holes handle them).
     """
     drawn = params._drawn
-    if drawn is not None and (len(drawn.rows), drawn.height, drawn.width) == (batch_size, height, width):
+    if drawn is None:
+        return _resolve(params, batch_size=batch_size, height=height, width=width)
+    if (len(drawn.rows), drawn.height, drawn.width) == (batch_size, height, width):
         return drawn
+    try:
+        return _resolve(params, batch_size=batch_size, height=height, width=width)
+    except ValueError as error:  # what is wrong is the draw's shape, not the field that says so
+        raise ValueError(f"params: drawn for {len(drawn.rows)} images of {drawn.height}x{drawn.width}, applied to "
+                         f"{batch_size} of {height}x{width}: draw them with MixSampler.sample(batch_size="
+                         f"{batch_size}, height={height}, width={width}) ({error})") from None
+
+
+def _resolve(params: MixParams, *, batch_size: int, height: int, width: int) -> ResolvedMix:
+    """``resolve_mix`` of params that are not a draw for this batch shape: every field checked."""
     if isinstance(params.mode, str) and np.ndim(params.lam) == 0 and (params.boxes is None
                                                                       or np.shape(params.boxes) == (4,)):
         if params.partner is None:  # nothing per sample: one packing per (mode, lam, box, batch shape)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from numbers import Integral, Real
 from typing import Optional, Sequence
 
 import numpy as np
@@ -59,6 +60,10 @@ class MixSampler:
         layers: Sequence[str] = (INPUT_LAYER,),
         layer_shapes: Optional[dict[str, tuple[int, int]]] = None,
     ) -> None:
+        for name, value in (("seed", seed), ("rank", rank)):
+            # None would draw from the OS's entropy: a run that never repeats.
+            if not _is_integer(value) or value < 0:
+                raise ValueError(f"{name}: must be an integer >= 0, got {value!r}")
         _check_sampler_options(
             mode=mode, cutmix_alpha=cutmix_alpha, mixup_alpha=mixup_alpha, cutmix_minmax=cutmix_minmax,
             cutout_size=cutout_size, prob=prob, switch_prob=switch_prob, per=per, partner=partner,
@@ -84,6 +89,9 @@ class MixSampler:
         """Draw the parameters of one batch of `batch_size` images of `height` x `width`."""
         block = self._block
         if block is None or self._next == LOOKAHEAD or block.shape != (batch_size, height, width):
+            for name, value, least in (("batch_size", batch_size, 0), ("height", height, 1), ("width", width, 1)):
+                if not _is_integer(value) or value < least:
+                    raise ValueError(f"{name}: must be an integer >= {least} (the batch's shape), got {value!r}")
             self._check_batch(batch_size)
             block = self._block = self._draw_block(batch_size, height=height, width=width)
             self._next = 0
@@ -301,6 +309,10 @@ def draw_partners(kind: str, *, steps: int, batch_size: int, generator: np.rando
     return np.tile((np.arange(batch_size) - 1) % max(batch_size, 1), (steps, 1))
 
 
+def _is_integer(value) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
 @functools.lru_cache(maxsize=64)
 def _column(*values: int) -> np.ndarray:
     """int64 [len(values), 1] (read-only, shared): per-row constants that broadcast over draws."""
@@ -312,6 +324,10 @@ def _column(*values: int) -> np.ndarray:
 def _check_sampler_options(
     *, mode, cutmix_alpha, mixup_alpha, cutmix_minmax, cutout_size, prob, switch_prob, per, partner
 ) -> None:
+    for name, value in (("cutmix_alpha", cutmix_alpha), ("mixup_alpha", mixup_alpha), ("prob", prob),
+                        ("switch_prob", switch_prob)):
+        if isinstance(value, bool) or not isinstance(value, Real):
+            raise ValueError(f"{name}: must be a number, got {value!r}")
     choices_of = {"mode": SAMPLER_MODES, "per": PER_CHOICES, "partner": PARTNER_CHOICES}
     for name, value in (("mode", mode), ("per", per), ("partner", partner)):
         choices = choices_of[name]
@@ -321,10 +337,14 @@ def _check_sampler_options(
         raise ValueError(f"cutmix_alpha: must be > 0 with mode={mode!r}, got {cutmix_alpha}")
     if mode in ("mixup", "cutmix_or_mixup", "manifold_mixup") and not mixup_alpha > 0:
         raise ValueError(f"mixup_alpha: must be > 0 with mode={mode!r}, got {mixup_alpha}")
-    if cutmix_minmax is not None and not (len(cutmix_minmax) == 2 and 0 < cutmix_minmax[0] < cutmix_minmax[1] <= 1):
+    if cutmix_minmax is not None and not (isinstance(cutmix_minmax, (tuple, list)) and len(cutmix_minmax) == 2
+                                          and all(isinstance(v, Real) for v in cutmix_minmax)
+                                          and 0 < cutmix_minmax[0] < cutmix_minmax[1] <= 1):
         raise ValueError(f"cutmix_minmax: need (min, max) with 0 < min < max <= 1, got {cutmix_minmax}")
-    if mode == "cutout" and not (isinstance(cutout_size, int) and cutout_size > 0):
-        raise ValueError(f"cutout_size: mode='cutout' needs a positive int box side in pixels, got {cutout_size!r}")
+    if mode == "cutout" and cutout_size is None:
+        raise ValueError("cutout_size: mode='cutout' needs a positive int box side in pixels, got None")
+    if cutout_size is not None and not (_is_integer(cutout_size) and cutout_size > 0):
+        raise ValueError(f"cutout_size: must be a positive int box side in pixels, got {cutout_size!r}")
     if cutout_size is not None and mode not in ("cutout", *WITH_CUTOUT):
         raise ValueError(f"cutout_size: Cutout goes alone (mode='cutout') or before {list(WITH_CUTOUT)}, "
                          f"not with mode={mode!r}")
