@@ -175,3 +175,14 @@ def test_a_draw_applied_to_images_of_another_size_says_to_draw_for_them():
     with pytest.raises(ValueError, match=r"^params: drawn for 4 images of 64x64, applied to 4 of 6x5: draw them "
                                          r"with MixSampler.sample\(batch_size=4, height=6, width=5\)"):
         call_apply_mix(params=params)
+
+
+@pytest.mark.parametrize("options, name", [(dict(mode="cutmix", mixup_alpha=0.2), "mixup_alpha"),
+                                           (dict(mode="mixup", switch_prob=0.3), "switch_prob"),
+                                           (dict(mode="none", partner="roll"), "partner"),
+                                           (dict(mode="cutout", cutout_size=4, partner="flip"), "partner")])
+def test_the_sampler_refuses_an_option_its_mode_never_reads(options, name):
+    # As the config and the preview CLI do: the value would change nothing.
+    with pytest.raises(ValueError, match=rf"^{name}: mode='{options['mode']}' does not use it \(only .* do\), so "):
+        MixSampler(**options)
+    MixSampler(**{**options, name: MixSampler.__init__.__kwdefaults__[name]})  # its default is fine

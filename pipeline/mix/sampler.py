@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from ..seeds import generator_seed
-from .choices import FEATURE_MODES, INPUT_LAYER, PARTNER_CHOICES, PER_CHOICES, SAMPLER_MODES, WITH_CUTOUT
+from .choices import (FEATURE_MODES, INPUT_LAYER, PARTNER_CHOICES, PER_CHOICES, SAMPLER_MODES, WITH_CUTOUT,
+                      unused_mode_option)
 from .params import MixParams, area_lambda, drawn_params
 from .rows import (LAM_COLUMN, MODE_CODES, MODES, PARTNER_COLUMN, ROW_COLUMNS, USES_PARTNER, RowBlock, pack_rows,
                    same_codes)
@@ -70,6 +71,11 @@ class MixSampler:
         )  # fmt: skip
         _check_layers(mode=mode, per=per, layers=layers, layer_shapes=layer_shapes or {},
                       cutmix_minmax=cutmix_minmax)
+        # As the config and the preview CLI: mixup_alpha=0.2 with mode="cutmix" would change nothing.
+        unused = unused_mode_option(mode, said=f"mode={mode!r}", cutmix_alpha=cutmix_alpha, mixup_alpha=mixup_alpha,
+                                    switch_prob=switch_prob, prob=prob, per=per, partner=partner)
+        if unused is not None:
+            raise ValueError(f"{unused[0]}: {unused[1]}")
         self.layers = tuple(layers)
         self.layer_shapes = dict(layer_shapes or {})
         self.mode = mode
