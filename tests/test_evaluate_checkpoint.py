@@ -115,6 +115,12 @@ def test_a_checkpoints_weights_file_and_a_relative_path_name_the_checkpoint(unfi
     shutil.copy(checkpoint / "model.safetensors", run)
     with pytest.raises(EvalError, match="not weights exported by pipeline/train.py"):  # a run's check, as before
         build_request(make_parser().parse_args([str(run), "--tasks", "classify"]))
+    # A checkpoint's weights copied out of it: where the model's description is.
+    alone = tmp_path / "copied.safetensors"
+    shutil.copy(checkpoint / "model.safetensors", alone)
+    with pytest.raises(EvalError, match=r"not weights exported by pipeline/train.py \(a checkpoint's own "
+                                        r"model.safetensors has none: evaluate its folder, RUN/checkpoints/epoch-NNNN"):
+        build_request(make_parser().parse_args([str(alone), "--tasks", "classify", "--shards", str(tmp_path)]))
 
 
 def test_a_checkpoint_saved_under_ddp_loads_without_the_wrapper_prefix(unfinished_run, tmp_path):

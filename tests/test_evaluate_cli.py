@@ -169,7 +169,10 @@ def one_error_line(capsys, argv: list[str]) -> str:
 
 def test_a_run_folder_without_weights(demo_run, tmp_path, capsys):
     (tmp_path / "config.yaml").write_text((demo_run / "config.yaml").read_text())
-    assert "no model.safetensors" in one_error_line(capsys, [str(tmp_path), "--split", "test"])
+    # No checkpoint either: nothing to resume from (it said "its training command resumes it").
+    assert one_error_line(capsys, [str(tmp_path), "--split", "test"]) == (
+        f"error: {tmp_path}: no model.safetensors and no complete checkpoint: the run stopped (or is still) before "
+        "the end of its first checkpointed epoch, so it has no weights to evaluate yet")
 
 
 def test_an_unknown_task(demo_run, capsys):
@@ -450,6 +453,42 @@ def test_compare_warns_when_evaluations_are_of_other_splits_or_sizes():
     assert "different shards" not in table
 
 
+def test_compare_warns_when_fgsm_or_in_between_ran_at_other_settings():
+    # FGSM at 0.001 and at 8/255 side by side (1.39 vs 14.76) and in-between pairs made in batches
+    # of 16 and 64 were shown without a word.
+    from pipeline.evaluate.report import compare_markdown
+
+    def run(epsilon, batch):
+        return {"settings": {"split": "val", "batch_size": batch, "world_size": 1}, "fgsm": {
+            "epsilon_255": epsilon * 255, "fgsm_top1_err": 1.0}, "in-between": {}}
+
+    table = compare_markdown({"a": run(0.001, 16), "b": run(8 / 255, 64)})
+    assert "**Warning**: the evaluations have different FGSM epsilons (a: 0.255/255, b: 8/255)" in table
+    assert ("**Warning**: the evaluations have different in-between pairings (pairs are made inside each batch of "
+            "each process: batch size x processes) (a: 16x1, b: 64x1)") in table
+    assert "Warning" not in compare_markdown({"a": run(8 / 255, 64), "b": run(8 / 255, 64)})
+
+
+def test_compare_out_that_is_a_file(evaluated, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    out = evaluated[0]
+    line = one_error_line(capsys, ["compare", str(out), str(out), "--labels", "a,b", "--out", str(tmp_path / "file")])
+    assert line == f"error: --out {tmp_path / 'file'}: exists and is not a folder"
+    line = one_error_line(capsys, ["compare", str(out), str(out), "--labels", "a,b", "--out",
+                                   str(tmp_path / "file" / "under")])
+    assert line.startswith(f"error: --out {tmp_path / 'file' / 'under'}: cannot make the folder"), line
+
+
+def test_fgsm_at_epsilon_0_is_the_clean_error_and_a_fraction_is_taken(demo_run, tmp_path):
+    out = tmp_path / "fgsm"
+    common = [str(demo_run), "--tasks", "fgsm", "--quiet", "--num-threads", "1", "--out", str(out)]
+    assert main([*common, "--epsilon", "0"]) == 0
+    fgsm = json.loads((out / "eval.json").read_text())["fgsm"]
+    assert fgsm["epsilon"] == 0 and fgsm["fgsm_top1_err"] == fgsm["clean_top1_err"]
+    assert main([*common, "--epsilon", "8/255"]) == 0
+    assert json.loads((out / "eval.json").read_text())["fgsm"]["epsilon"] == 8 / 255
+
+
 def test_precision_bf16_on_a_cpu(evaluated, demo_run, tmp_path, monkeypatch, request):
     """--precision bf16 evaluates under bf16 autocast even where auto means float32 (a CPU): the
     convolutions compute in bfloat16, eval.json says so, and bfloat16's 8-bit mantissa may flip a
@@ -598,7 +637,7 @@ def test_help_explains_each_task_and_metric(capsys):
     (["--tasks", "classify", "--ood-shards", "/any/ood"], "--ood-shards: only the ood task uses it, and the tasks "
                                                           "run are classify"),
     (["--tasks", "classify", "--seed", "-1"], "--seed must be >= 0"),
-    (["--tasks", "fgsm", "--epsilon", "8"], "--epsilon must be in (0, 1]"),
+    (["--tasks", "fgsm", "--epsilon", "8"], "--epsilon must be in [0, 1]"),
     (["--tasks", "classify", "--batch-size", "0"], "--batch-size must be >= 1"),
     (["--tasks", "classify", "--split", "nosuch"], "no split 'nosuch'; it has test, train, val (--split)"),
     (["--tasks", "classify", "--num-threads", "0"], "--num-threads must be >= 1"),
@@ -723,6 +762,32 @@ def test_ctrl_c_keeps_the_finished_tasks_in_one_line(evaluated, demo_run, tmp_pa
     assert not (out / "in_between.png").exists()
 
 
+def test_sigterm_ends_it_as_ctrl_c_does_with_the_finished_tasks_plots(demo_run, tmp_path, capsys, monkeypatch):
+    """Slurm's stop or `kill`: the default action ended the process with no plots and no word."""
+    import os
+    import signal
+    import time
+
+    from pipeline.evaluate import tasks
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+        raise AssertionError("SIGTERM did not stop the task")
+
+    monkeypatch.setattr(tasks, "fgsm", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "term"
+    assert main([str(demo_run), "--tasks", "occlusion,fgsm", "--occlusion-steps", "2", "--quiet", "--num-threads",
+                 "1", "--out", str(out)]) == 143
+    assert capsys.readouterr().err == (f"terminated (SIGTERM): {out / 'eval.json'} holds the tasks finished so far, "
+                                       "marked unfinished\n")
+    results = json.loads((out / "eval.json").read_text())
+    assert results["settings"]["finished"] is False and results["plots"] == ["occlusion.png"]
+    assert (out / "occlusion.png").is_file()
+    assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler is back
+
+
 def test_a_new_evaluation_replaces_the_old_one_in_its_folder(evaluated, tmp_path, capsys):
     """Evaluating again into a folder of an earlier evaluation: its plots of tasks not run this
     time are removed (they would pass for this model's), anything else in the folder is kept."""
@@ -766,7 +831,7 @@ def test_a_second_evaluation_into_a_folder_in_use_is_refused(demo_run, tmp_path,
     assert (out / "eval.json").is_file()
 
 
-def test_a_partial_evaluation_keeps_the_earlier_tasks_of_the_same_weights(demo_run, tmp_path, capsys):
+def test_a_partial_evaluation_keeps_the_earlier_tasks_of_the_same_weights(demo_run, tmp_path, capsys, monkeypatch):
     """`--tasks occlusion` into a folder holding a finished evaluation of the same weights and
     settings: its other tasks (classify here) stay in eval.json and eval.md, beside the new one (the
     whole evaluation was replaced). Another seed (any compared setting; the weights' sha256 is one):
@@ -784,6 +849,15 @@ def test_a_partial_evaluation_keeps_the_earlier_tasks_of_the_same_weights(demo_r
     assert both["settings"]["finished"] is True and both["plots"] == ["occlusion.png"]
     markdown = (out / "eval.md").read_text()
     assert "top-1 err" in markdown and "Occlusion" in markdown
+    # The same run and folder spelt another way (relative, from elsewhere): the same evaluation.
+    monkeypatch.chdir(demo_run.parent)
+    assert main([demo_run.name, "--quiet", "--num-threads", "1", "--out", str(out), "--tasks", "in-between"]) == 0
+    assert "keeping the earlier evaluation's classify, occlusion" in capsys.readouterr().out
+    assert json.loads((out / "eval.json").read_text())["settings"]["weights"] == str(demo_run / "model.safetensors")
+    # In-between at another batch size pairs other images: its earlier result does not stay.
+    assert main([*common, "--tasks", "classify", "--batch-size", "16"]) == 0
+    kept = json.loads((out / "eval.json").read_text())
+    assert kept["settings"]["kept_tasks"] == ["occlusion"] and "in-between" not in kept
     # Another seed: nothing of the earlier evaluation stands for this one.
     assert main([*common, "--tasks", "fgsm", "--seed", "1"]) == 0
     assert f"replacing the earlier evaluation in {out}" in capsys.readouterr().out
@@ -795,7 +869,9 @@ def test_argument_mistakes_are_reported_before_torch_is_loaded():
     """A model path that is not there, a bad option value, a misspelt compare: one line, exit 2,
     and neither torch nor DALI was imported (they take seconds)."""
     script = ("import sys; from pipeline.evaluate.cli import main\n"
-              "for argv in (['/nonexistent/run'], ['--batch-size', 'x', '.'], ['compar']):\n"
+              "for argv in (['/nonexistent/run'], ['--batch-size', 'x', '.'], ['compar'], ['.', '--epsilon', '5'],\n"
+              "             ['.', '--batch-size', '0'], ['.', '--tasks', 'foo'], ['.', '--image-size', '0'],\n"
+              "             ['.', '--occlusion-steps', '1']):\n"
               "    try:\n        code = main(argv)\n    except SystemExit as exit:\n        code = exit.code\n"
               "    print(code, file=sys.stderr)\n"
               "print('torch' in sys.modules, 'nvidia.dali' in sys.modules)")
@@ -804,4 +880,9 @@ def test_argument_mistakes_are_reported_before_torch_is_loaded():
     lines = done.stderr.splitlines()
     assert lines == ["error: /nonexistent/run: no such run folder or weights file", "2",
                      "error: argument --batch-size: invalid int value: 'x' (see python -m pipeline.evaluate --help)",
-                     "2", "error: compar: no such run folder or weights file (did you mean compare?)", "2"], lines
+                     "2", "error: compar: no such run folder or weights file (did you mean compare?)", "2",
+                     "error: --epsilon must be in [0, 1] (pixel units: 8/255 = 0.0314), got 5.0", "2",
+                     "error: --batch-size must be >= 1, got 0", "2",
+                     "error: --tasks: unknown task 'foo'; choose from classify, localize, occlusion, in-between, "
+                     "fgsm, ood", "2", "error: --image-size must be in [1, 2048], got 0", "2",
+                     "error: --occlusion-steps must be >= 2 (sides 0 .. the image size), got 1", "2"], lines

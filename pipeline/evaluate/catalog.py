@@ -18,3 +18,33 @@ TASKS = {
 
 # --precision: training's run.mixed_precision values (auto: bf16 where the process computes on a GPU)
 PRECISIONS = ("auto", "bf16", "no")
+
+
+def option_value_problem(*, tasks: tuple[str, ...] | None, precision: str, batch_size: int, epsilon: float,
+                         seed: int, num_threads: int) -> str | None:
+    """What is wrong with these option values, as the ``error:`` line says it; None when nothing.
+    Without torch, so that the command line says it in a fraction of a second (``tasks`` None:
+    the default list)."""
+    if tasks is not None:
+        unknown = [t for t in tasks if t not in TASKS]
+        if unknown or not tasks:
+            return (f"--tasks: unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}" if unknown
+                    else f"--tasks: name at least one of {', '.join(TASKS)}")
+    if precision not in PRECISIONS:
+        return f"--precision: one of {', '.join(PRECISIONS)}, got {precision!r}"
+    if batch_size < 1:
+        return f"--batch-size must be >= 1, got {batch_size}"
+    if not 0 <= epsilon <= 1:  # 0: the clean error, a sanity check of the attack's plumbing
+        return f"--epsilon must be in [0, 1] (pixel units: 8/255 = 0.0314), got {epsilon}"
+    if seed < 0:
+        return f"--seed must be >= 0, got {seed}"
+    if num_threads < 1:
+        return f"--num-threads must be >= 1, got {num_threads}"
+    return None
+
+
+def pixel_fraction(text: str) -> float:
+    """An --epsilon value: a number, or a fraction as the tables print it (8/255)."""
+    top, slash, bottom = text.partition("/")
+    return float(top) / float(bottom) if slash else float(text)
+

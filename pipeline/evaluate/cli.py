@@ -8,14 +8,17 @@ import dataclasses
 import difflib
 import json
 import os
+import signal
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 from shards.arguments import CommandParser
 
 from ..errors import EvalError, TrainError, loader_errors
 from ..launcher import end_with_launcher
+from .catalog import option_value_problem
 
 _DESCRIPTION = """Evaluate a trained model on the CutMix paper's claims. MODEL is a run folder (its config.yaml
 and model.safetensors), one of its checkpoints (RUN/checkpoints/epoch-NNNN: the best epoch's is kept), or an
@@ -55,7 +58,7 @@ MAX_IMAGE_SIZE = 2048  # larger inputs exhaust memory before they tell anything 
 
 def make_parser() -> argparse.ArgumentParser:
     """The evaluation's arguments."""
-    from .catalog import PRECISIONS, TASKS
+    from .catalog import PRECISIONS, TASKS, pixel_fraction
 
     tasks = "\n".join(textwrap.fill(text, width=100, initial_indent=f"  {name:<11}  ", subsequent_indent=" " * 15)
                       for name, text in TASKS.items())
@@ -86,7 +89,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="the model's arithmetic: bf16 autocast, or no (float32); auto (default): bf16 on a "
                         "GPU, float32 on a CPU, as training's run.mixed_precision")
-    parser.add_argument("--epsilon", type=float, help="FGSM step in pixel units (default 8/255)")
+    parser.add_argument("--epsilon", type=pixel_fraction, help="FGSM step in pixel units, a number or a fraction "
+                        "(default 8/255; 0 gives the clean error)")
     parser.add_argument("--occlusion-steps", type=int, help="square sides from 0 to the image size (default 9, "
                         "fewer for images under 8 px)")
     parser.add_argument("--seed", type=int, default=0, help="in-between pairs and boxes, noise images (default 0)")
@@ -120,7 +124,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"the following arguments are required: RUN_DIR|MODEL.safetensors{taken}")
     if not args.model.exists():  # before torch is imported (seconds); resolve_source checks it again
         raise EvalError(f"{args.model}: no such run folder or weights file{_checkpoints_there(args.model)}")
+    epsilon = 8 / 255 if args.epsilon is None else args.epsilon
+    problem = option_value_problem(tasks=chosen_tasks(args.tasks), precision=args.precision,
+                                   batch_size=args.batch_size, epsilon=epsilon, seed=args.seed,
+                                   num_threads=args.num_threads)
+    if problem is None and args.image_size is not None and not 1 <= args.image_size <= MAX_IMAGE_SIZE:
+        problem = f"--image-size must be in [1, {MAX_IMAGE_SIZE}], got {args.image_size}"
+    if problem is None and args.occlusion_steps is not None and args.occlusion_steps < 2:
+        problem = f"--occlusion-steps must be >= 2 (sides 0 .. the image size), got {args.occlusion_steps}"
+    if problem is not None:  # also before torch: the model's image size bounds --occlusion-steps later
+        raise EvalError(problem)
     return args
+
+
+def chosen_tasks(text: str | None) -> tuple[str, ...] | None:
+    """--tasks as a tuple in the order given, repeats dropped; None when not given (the default list)."""
+    if text is None:
+        return None
+    return tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
 
 
 def _checkpoints_there(missing: Path) -> str:
@@ -161,7 +182,7 @@ def build_request(args: argparse.Namespace):
                         "give --shards")
     split = args.split or source.eval_split or _default_split(Path(shards))
     if args.tasks is not None:  # an empty list is refused by the request check
-        tasks = tuple(dict.fromkeys(t.strip() for t in args.tasks.split(",") if t.strip()))
+        tasks = chosen_tasks(args.tasks)
     else:
         tasks = tuple(t for t in TASKS if t != "localize" or _has_boxes(shards, split))
     for option, value, task in (("--epsilon", args.epsilon, "fgsm"),
@@ -239,7 +260,12 @@ def compare(argv: list[str]) -> int:
         repeated = sorted({label for label in labels if labels.count(label) > 1})
         raise EvalError(f"two evaluations would both be labelled {repeated[0]!r}: name them with --labels a,b,...")
     runs = {label: read_results(path) for label, path in zip(labels, args.evaluations)}
-    args.out.mkdir(parents=True, exist_ok=True)
+    if args.out.exists() and not args.out.is_dir():
+        raise EvalError(f"--out {args.out}: exists and is not a folder")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file where a parent folder should be, no permission
+        raise EvalError(f"--out {args.out}: cannot make the folder ({error.strerror})") from None
     try:
         table = compare_markdown(runs)
     except KeyError as error:
@@ -282,11 +308,29 @@ def _label(path: Path) -> str:
     return path.name
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (Slurm's stop, ``kill``, ``timeout``): ends the evaluation as Ctrl-C does, with the
+    finished tasks' reports and plots, where the default action ended it with neither plots nor a word."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; a user mistake prints one ``error:`` line and returns 2. The arguments are
     checked before the evaluation code (torch, DALI) is imported."""
     end_with_launcher()  # first: an orphaned rank would run on for hours
-    argv = sys.argv[1:] if argv is None else argv
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str]) -> int:
     request = None
     try:
         if argv[:1] == ["compare"]:
@@ -309,10 +353,12 @@ def main(argv: list[str] | None = None) -> int:
 
             wait_for_rank_zero_to_say_it()
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
+        terminated = isinstance(stop, Terminated)
         if int(os.environ.get("RANK", "0")) == 0:
-            print(f"interrupted{_what_is_kept(request)}", file=sys.stderr, flush=True)
-        return 130
+            print(f"{'terminated (SIGTERM)' if terminated else 'interrupted'}{_what_is_kept(request)}",
+                  file=sys.stderr, flush=True)
+        return 143 if terminated else 130
     if int(os.environ.get("RANK", "0")) == 0:
         print((request.out / "eval.md").read_text())
         print(f"wrote {request.out / 'eval.json'}, {request.out / 'eval.md'} and {len(results.get('plots', []))} "

@@ -139,6 +139,17 @@ def compare_markdown(runs: dict[str, dict]) -> str:
             lines += [f"**Warning**: the evaluations are of different {what} "
                       f"({', '.join(f'{label}: {value}' for label, value in values.items())}): their numbers do not "
                       "compare directly.", ""]
+    # Settings of one task: its numbers (and curves) side by side only mean something at the same ones.
+    for task, what, value_of in (
+            ("fgsm", "FGSM epsilons", lambda r: f"{r['fgsm']['epsilon_255']:.3g}/255"),
+            ("in-between", "in-between pairings (pairs are made inside each batch of each process: batch size x "
+                           "processes)", lambda r: f"{r['settings'].get('batch_size')}x"
+                                                   f"{r['settings'].get('world_size')}")):
+        values = {label: value_of(r) for label, r in runs.items() if task in r}
+        if len(set(values.values())) > 1:
+            lines += [f"**Warning**: the evaluations have different {what} "
+                      f"({', '.join(f'{label}: {value}' for label, value in values.items())}): their {task} numbers "
+                      "do not compare directly.", ""]
     ood_sets = sorted({name for r in runs.values() for name in r.get("ood", {}).get("sets", {})})
     lacking = {label: [name for name in ood_sets if name not in r["ood"]["sets"]] for label, r in runs.items()
                if "ood" in r}

@@ -25,7 +25,7 @@ from ..errors import EvalError
 from ..precision import resolve_precision
 from ..run_lock import RunFolderLock
 from . import tasks
-from .catalog import PRECISIONS, TASKS
+from .catalog import TASKS, option_value_problem
 from .ood import noise_images, ood_metrics
 from .report import unfinished
 from .source import ModelSource, check_classes, load_model
@@ -58,24 +58,14 @@ class EvalRequest:
 
 def check_request(request: EvalRequest) -> dict:
     """Every check that needs no model run; returns the split's manifest. EvalError on the first problem."""
-    unknown = [t for t in request.tasks if t not in TASKS]
-    if unknown or not request.tasks:
-        raise EvalError(f"--tasks: unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}" if unknown
-                        else f"--tasks: name at least one of {', '.join(TASKS)}")
-    if request.precision not in PRECISIONS:
-        raise EvalError(f"--precision: one of {', '.join(PRECISIONS)}, got {request.precision!r}")
-    if request.batch_size < 1:
-        raise EvalError(f"--batch-size must be >= 1, got {request.batch_size}")
-    if not 0 < request.epsilon <= 1:
-        raise EvalError(f"--epsilon must be in (0, 1] (pixel units: 8/255 = 0.0314), got {request.epsilon}")
+    problem = option_value_problem(tasks=request.tasks, precision=request.precision, batch_size=request.batch_size,
+                                   epsilon=request.epsilon, seed=request.seed, num_threads=request.num_threads)
+    if problem is not None:
+        raise EvalError(problem)
     size = request.source.image_size
     if not 2 <= request.occlusion_steps <= size + 1:
         raise EvalError(f"--occlusion-steps must be in [2, {size + 1}] (sides 0 .. {size} px), got "
                         f"{request.occlusion_steps}")
-    if request.seed < 0:
-        raise EvalError(f"--seed must be >= 0, got {request.seed}")
-    if request.num_threads < 1:
-        raise EvalError(f"--num-threads must be >= 1, got {request.num_threads}")
     if request.out.exists() and not request.out.is_dir():
         raise EvalError(f"--out {request.out}: exists and is not a folder")
     manifest = _manifest(request.shards, request.split, what="--shards")
@@ -311,6 +301,10 @@ TASK_PLOTS = {"occlusion": ("occlusion.png",), "in-between": ("in_between.png",)
               "localize": ("localization.png", "cam_grid.png"), "ood": ("ood_scores.png",)}
 
 
+# What else a task's numbers depend on: in-between pairs images inside each batch of each rank.
+_SAME_FOR_TASK = {"in-between": ("batch_size", "world_size")}
+
+
 def earlier_to_keep(out: Path, settings: dict, tasks: tuple[str, ...]) -> tuple[dict, dict]:
     """The results of a finished earlier evaluation in ``out`` of the same weights (by sha256)
     and settings, for the tasks this one does not run (``--tasks ood`` into RUN/eval replaced the
@@ -318,14 +312,33 @@ def earlier_to_keep(out: Path, settings: dict, tasks: tuple[str, ...]) -> tuple[
     describe them (a kept ood's OOD folders)."""
     try:
         earlier = json.loads((Path(out) / "eval.json").read_text())
-        if unfinished(earlier) or any(earlier["settings"].get(key) != settings.get(key) for key in _SAME_EVALUATION):
+        before = earlier["settings"]
+        if unfinished(earlier) or not all(same_setting(key, before.get(key), settings.get(key))
+                                          for key in _SAME_EVALUATION):
             return {}, {}
-        kept = {task: earlier[task] for task in earlier["settings"]["tasks"] if task not in tasks and task in earlier}
+        kept = {task: earlier[task] for task in before["tasks"] if task not in tasks and task in earlier
+                and all(before.get(key) == settings.get(key) for key in _SAME_FOR_TASK.get(task, ()))}
         carried = {key: earlier["settings"][key] for key in ("ood_shards", "ood_splits")
                    if "ood" in kept and key in earlier["settings"]}
         return kept, carried
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}, {}  # none there, or not one this version wrote: replaced as a whole
+
+
+def same_setting(key: str, earlier, now) -> bool:
+    """Whether a recorded setting is the one of this evaluation: paths by the folder or file they
+    name (``runs/cub`` and ``/home/me/runs/cub`` are the same weights; a relative path recorded by
+    an older version is read from here), the rest as recorded."""
+    if key in ("weights", "shards") and isinstance(earlier, str) and isinstance(now, str):
+        return _resolved(earlier) == _resolved(now)
+    if key == "checkpoint" and isinstance(earlier, dict) and isinstance(now, dict):
+        return ({**earlier, "folder": _resolved(earlier.get("folder"))}
+                == {**now, "folder": _resolved(now.get("folder"))})
+    return earlier == now
+
+
+def _resolved(path) -> str | None:
+    return None if path is None else str(Path(path).resolve())
 
 
 def _plot_names(written: list[Path], *, out: Path, kept: list[str]) -> list[str]:
@@ -532,10 +545,12 @@ def _sha256(path: Path) -> str:
 
 def _settings(request: EvalRequest, accelerator) -> dict:
     source = request.source
-    return {"model": source.model_name, "weights": str(source.weights), "weights_sha256": _sha256(source.weights),
-            "run_dir": None if source.run_dir is None else str(source.run_dir), "checkpoint": source.checkpoint,
-            "shards": str(request.shards),
-            "split": request.split, "tasks": list(request.tasks), "ood_shards": [str(p) for p in request.ood_shards],
+    # Paths as absolute ones: compare and a later evaluation into the same folder read them from elsewhere.
+    return {"model": source.model_name, "weights": _resolved(source.weights), "weights_sha256": _sha256(source.weights),
+            "run_dir": _resolved(source.run_dir), "checkpoint": source.checkpoint,
+            "shards": _resolved(request.shards),
+            "split": request.split, "tasks": list(request.tasks),
+            "ood_shards": [_resolved(p) for p in request.ood_shards],
             "ood_splits": [_ood_split(p, request.split, request.ood_split) for p in request.ood_shards],
             "batch_size": request.batch_size, "backend": request.backend, "seed": request.seed,
             "image_size": source.image_size, "crop_pct": source.crop_pct, "augmentation": source.augmentation,

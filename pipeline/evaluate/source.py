@@ -80,10 +80,13 @@ def _from_run(run_dir: Path) -> ModelSource:
         from ..checkpoint import valid_checkpoints
 
         found = valid_checkpoints(run_dir)
-        where = f"; its newest checkpoint is {found[-1].name}" if found else ""
-        raise EvalError(f"{run_dir}: no {WEIGHTS_FILE}: the run has not finished{where} (weights are "
-                        "exported when its last epoch ends; if it is not running any more, its training command "
-                        "resumes it; or evaluate a checkpoint: RUN/checkpoints/epoch-NNNN)")
+        if not found:  # nothing to resume from or to evaluate: "resumes it" would promise what is not there
+            raise EvalError(f"{run_dir}: no {WEIGHTS_FILE} and no complete checkpoint: the run stopped (or is "
+                            "still) before the end of its first checkpointed epoch, so it has no weights to "
+                            "evaluate yet")
+        raise EvalError(f"{run_dir}: no {WEIGHTS_FILE}: the run has not finished; its newest checkpoint is "
+                        f"{found[-1].name} (weights are exported when its last epoch ends; if it is not running any "
+                        "more, its training command resumes it; or evaluate a checkpoint: RUN/checkpoints/epoch-NNNN)")
     return _run_source(config_file, weights, _read_metadata(weights), run_dir=run_dir)
 
 
@@ -176,7 +179,10 @@ def _read_metadata(path: Path) -> dict:
         raise EvalError(f"{path}: not readable safetensors ({error})") from None
     for key in ("model_name", "num_classes"):
         if key not in metadata:
-            raise EvalError(f"{path}: no {key!r} in its metadata; not weights exported by pipeline/train.py")
+            # A checkpoint's model.safetensors has no metadata: its state.json beside it says the model.
+            raise EvalError(f"{path}: no {key!r} in its metadata: not weights exported by pipeline/train.py (a "
+                            "checkpoint's own model.safetensors has none: evaluate its folder, "
+                            "RUN/checkpoints/epoch-NNNN, or the run's export, RUN/model.safetensors)")
     return metadata
 
 
