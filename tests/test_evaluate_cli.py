@@ -656,6 +656,15 @@ def test_an_unknown_precision_is_argparses_one_line(demo_run, capsys):
     assert err[0].startswith("error: argument --precision: invalid choice: 'fp16'")
 
 
+@pytest.mark.parametrize("value", ["8/0", "x/255", "eight"])
+def test_an_epsilon_that_is_no_number_is_argparses_one_line(demo_run, capsys, value):
+    with pytest.raises(SystemExit) as stop:
+        main([str(demo_run), "--tasks", "fgsm", "--epsilon", value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and err == [f"error: argument --epsilon: invalid pixel_fraction value: '{value}' "
+                                            "(see python -m pipeline.evaluate --help)"], err
+
+
 def test_a_misspelt_compare_is_named(capsys):
     assert "compre: no such run folder or weights file (did you mean compare?)" in one_error_line(
         capsys, ["compre", "a", "b"])

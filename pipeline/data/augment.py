@@ -90,4 +90,3 @@ def check_train_size(augmentation: Augmentation, *, height: int, width: int, whe
         raise LoaderError(f"{where} is {width}x{height}, but the cifar augmentation trains on images as they are "
                           f"(pads and crops {size}x{size}, no resize): use kind='imagenet' (resize and crop) or "
                           f"shards of {size}x{size} images")
-

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict, dataclass
+from numbers import Integral
 
 from .checks import LoaderError
 
@@ -75,7 +76,7 @@ class EpochLoader:
         """Batches ``start_step .. steps-1`` of ``epoch`` (checked now, read lazily). The iterator
         replaces any earlier one: reading an earlier one afterwards raises LoaderError."""
         for name, value in (("epoch", epoch), ("start_step", start_step)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            if isinstance(value, bool) or not isinstance(value, Integral) or value < 0:
                 raise LoaderError(f"iter_epoch: {name} must be an integer >= 0, got {value!r}")
         if self._restored:
             self._restored = False

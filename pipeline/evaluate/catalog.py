@@ -46,5 +46,8 @@ def option_value_problem(*, tasks: tuple[str, ...] | None, precision: str, batch
 def pixel_fraction(text: str) -> float:
     """An --epsilon value: a number, or a fraction as the tables print it (8/255)."""
     top, slash, bottom = text.partition("/")
-    return float(top) / float(bottom) if slash else float(text)
-
+    if not slash:
+        return float(text)
+    if float(bottom) == 0:
+        raise ValueError(f"{text}: a fraction over 0")  # argparse: "invalid pixel_fraction value"
+    return float(top) / float(bottom)
