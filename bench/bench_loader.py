@@ -55,12 +55,15 @@ def pillow_transform(augmentation, *, training: bool):
         transforms.RandomHorizontalFlip(augmentation.flip_probability), transforms.PILToTensor()])
 
 
-def pillow_prepare(sample: dict, transform, *, num_classes: int):
+def pillow_prepare(sample: dict, transform, *, num_classes: int, size_rule=None):
     """torch_backend._prepare's contract (HWC pixels, checked label, the sample's record) with
-    PIL decoding."""
+    PIL decoding (``size_rule``: the cifar kind's size check, which this ImageNet-style bench never needs)."""
     from PIL import Image
 
     image = Image.open(io.BytesIO(sample["jpg"])).convert("RGB")
+    if size_rule is not None:
+        torch_backend.check_train_size(size_rule, height=image.height, width=image.width,
+                                       where=torch_backend.sample_place(sample))
     label = torch_backend.sample_label(sample, num_classes=num_classes)
     return transform(image).permute(1, 2, 0).contiguous(), label, {"source": sample["__key__"]}
 

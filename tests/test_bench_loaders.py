@@ -38,5 +38,13 @@ def test_the_pil_row_returns_what_the_backend_returns():
     assert ours[1] == theirs[1] == 2 and ours[2]["source"] == theirs[2]["source"] == "k0"
 
 
+def test_the_pil_row_takes_every_argument_the_backend_passes():
+    # The backend's workers call _prepare(..., size_rule=...): the swapped-in function raised TypeError.
+    import inspect
+
+    assert inspect.signature(pillow_prepare).parameters.keys() == \
+        inspect.signature(torch_backend._prepare).parameters.keys()
+
+
 def test_the_augment_bench_runs_the_backends_prepare():
     tensor_augment([_jpeg(), _jpeg()])()  # raised a TypeError (num_classes) before

@@ -785,6 +785,16 @@ def test_sigterm_ends_it_as_ctrl_c_does_with_the_finished_tasks_plots(demo_run, 
         raise AssertionError("SIGTERM did not stop the task")
 
     monkeypatch.setattr(tasks, "fgsm", terminated)
+    # Under Slurm a second SIGTERM comes from accelerate launch: it must not cut the plots short.
+    from pipeline.evaluate import runner
+
+    plots = runner._plots_of_what_is_done
+
+    def again(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        plots(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "_plots_of_what_is_done", again)
     before = signal.getsignal(signal.SIGTERM)
     out = tmp_path / "term"
     assert main([str(demo_run), "--tasks", "occlusion,fgsm", "--occlusion-steps", "2", "--quiet", "--num-threads",

@@ -106,6 +106,7 @@ def test_batch_larger_than_a_rank_share(shards, backend):
     (dict(seed=1.5), r"seed must be an integer >= 0, got 1\.5"),
     (dict(num_classes="13"), r"num_classes must be a positive integer .* got '13'"),
     (dict(restore="state.json"), r"restore must be a loader's state_dict\(\) .* got str"),
+    (dict(restore={"epoch": 3, "step": 9}), r"restore must be .* got a dict with keys \['epoch', 'step'\]"),
     (dict(device="tpu"), r"device: "),
     (dict(image_size=32.5), r"image_size must be an integer number of pixels, got 32\.5"),
     (dict(image_size="32"), r"image_size must be an integer number of pixels, got '32'"),
@@ -257,3 +258,23 @@ def test_the_cifar_kind_trains_only_on_images_of_its_size_in_both_backends(shard
 def test_augmentation_padding_must_be_whole_pixels():
     with pytest.raises(LoaderError, match=r"padding must be an integer number of pixels, got 4\.5"):
         Augmentation(image_size=32, kind="cifar", padding=4.5)
+
+
+@pytest.mark.parametrize("backend", ["dali", "torch", "synthetic"])
+def test_numpy_numbers_are_taken_and_the_state_stays_json(shards, backend):
+    # They passed the checks and then failed in json.dumps of the saved state (the first checkpoint).
+    import numpy as np
+
+    loader, steps = create_loader(shards, "train", augmentation=Augmentation(image_size=np.int64(32),
+                                                                             flip_probability=np.float32(0.5)),
+                                  options=LoaderOptions(batch_size=8, backend=backend, num_threads=1), rank=0,
+                                  world_size=1, device="cpu", seed=np.int64(3), num_classes=np.int64(13))
+    next(loader.iter_epoch(np.int64(0)))
+    state = json.loads(json.dumps(loader.state_dict()))
+    assert state["cursor"]["open_epoch"] == 0 and state["fingerprint"]["seed"] == 3
+
+
+def test_a_state_of_before_formats_is_still_taken(shards):
+    loader, _ = start(shards, "torch", restore={"cursor": {"started": True, "next_epoch": 1, "open_epoch": None,
+                                                           "consumed": 0}})
+    assert len(list(loader.iter_epoch(0))) == len(loader)  # not used: the loader starts as a fresh one

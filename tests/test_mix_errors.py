@@ -1,5 +1,6 @@
 """Bad arguments give a ValueError whose message starts with the argument's name."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -160,8 +161,9 @@ def test_the_sampler_refuses_a_batch_shape_that_is_not_one(name, value):
 
 
 def test_float_images_slightly_outside_0_1_are_taken():
-    # A bicubic or antialiased resize overshoots [0, 1] a little: not a mistake of units.
-    images = torch.linspace(-0.2, 1.2, 4 * 3 * 6 * 5).reshape(4, 3, 6, 5)
+    # A resize overshoots [0, 1] a little, and the ImageNet recipe's colour step as a step of its own
+    # (unclamped, as the paper's code) reached -0.84 and 2.23: not a mistake of units.
+    images = torch.linspace(-0.9, 2.3, 4 * 3 * 6 * 5).reshape(4, 3, 6, 5)
     mixed, _ = call_apply_mix(images=images, params=MixParams(mode="none"))
     expected = (images - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
     torch.testing.assert_close(mixed, expected)
@@ -186,3 +188,20 @@ def test_the_sampler_refuses_an_option_its_mode_never_reads(options, name):
     with pytest.raises(ValueError, match=rf"^{name}: mode='{options['mode']}' does not use it \(only .* do\), so "):
         MixSampler(**options)
     MixSampler(**{**options, name: MixSampler.__init__.__kwdefaults__[name]})  # its default is fine
+
+
+def test_cutmix_minmax_may_be_an_array_or_a_tensor():
+    for pair in (np.array([0.2, 0.8]), torch.tensor([0.2, 0.8]), [0.2, 0.8]):
+        boxes = MixSampler(mode="cutmix", cutmix_minmax=pair, seed=3).sample(batch_size=4, height=20, width=20).boxes
+        assert ((boxes[:, 1] - boxes[:, 0] >= 4) & (boxes[:, 1] - boxes[:, 0] < 16)).all()
+
+
+def test_a_layer_draw_resolved_on_another_grid_names_the_layer_shapes():
+    from pipeline.mix import resolve_mix
+
+    sampler = MixSampler(mode="feature_cutmix", layers=("layer2",), layer_shapes={"layer2": (8, 8)}, seed=3)
+    params = sampler.sample(batch_size=4, height=64, width=64)
+    assert params.layer == "layer2"
+    with pytest.raises(ValueError, match=r"^params: drawn on a 8x8 grid for layer 'layer2', whose output here is "
+                                         r"4x4: give MixSampler layer_shapes=\{'layer2': \(4, 4\)\}"):
+        resolve_mix(params, batch_size=4, height=4, width=4)

@@ -79,6 +79,11 @@ def _check_types(augmentation: Augmentation) -> None:
         if not (isinstance(value, (tuple, list)) and len(value) == 2
                 and all(isinstance(v, Real) and not isinstance(v, bool) for v in value)):
             raise LoaderError(f"{name} must be a (low, high) pair of numbers, got {value!r}")
+    # As Python numbers (numpy's pass the checks, and the loaders' saved states are JSON).
+    for name, kind in (("image_size", int), ("padding", int), ("flip_probability", float), ("crop_pct", float)):
+        object.__setattr__(augmentation, name, kind(getattr(augmentation, name)))
+    for name in ("random_area", "random_aspect_ratio"):
+        object.__setattr__(augmentation, name, tuple(float(v) for v in getattr(augmentation, name)))
 
 
 def check_train_size(augmentation: Augmentation, *, height: int, width: int, where: str) -> None:

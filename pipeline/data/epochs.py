@@ -78,6 +78,7 @@ class EpochLoader:
         for name, value in (("epoch", epoch), ("start_step", start_step)):
             if isinstance(value, bool) or not isinstance(value, Integral) or value < 0:
                 raise LoaderError(f"iter_epoch: {name} must be an integer >= 0, got {value!r}")
+        epoch, start_step = int(epoch), int(start_step)  # the cursor is saved as JSON: Python ints
         if self._restored:
             self._restored = False
             try:
@@ -125,8 +126,12 @@ class EpochLoader:
         if restore.get("format") != STATE_FORMAT or restore.get("fingerprint") != self.fingerprint():
             theirs = restore.get("fingerprint") or {}
             differ = sorted(k for k, v in self.fingerprint().items() if theirs.get(k) != v) or ["format"]
-            warn(f"the saved loader state was made with other settings ({', '.join(differ)} differ); "
-                 "the data order restarts from the epoch's seed")
+            if differ == ["reads_sizes"]:  # the same settings; the graph of an earlier version
+                warn("the saved loader state was made by an earlier version of the DALI loader (before it read each "
+                     "training image's size for the cifar augmentation); the data order restarts from the epoch's seed")
+            else:
+                warn(f"the saved loader state was made with other settings ({', '.join(differ)} differ); "
+                     "the data order restarts from the epoch's seed")
             return None
         self.cursor, self._restored = EpochCursor(**restore["cursor"]), True
         return restore

@@ -50,6 +50,8 @@ def _create_loader(shards_dir, split: str, *, augmentation: Augmentation, option
         raise LoaderError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
     device = check_arguments(split=split, augmentation=augmentation, options=options, device=device, seed=seed,
                              num_classes=num_classes, restore=restore)
+    # numpy integers pass the checks; the saved states are JSON, which takes Python ints only.
+    seed, num_classes = int(seed), None if num_classes is None else int(num_classes)
     training = split == "train" if training is None else training
     shards, steps = _checked_shards(shards_dir, split=split, batch_size=options.batch_size, world_size=world_size,
                                     num_classes=num_classes, training=training,
@@ -91,9 +93,11 @@ def check_arguments(*, split, augmentation, options, device, seed, num_classes, 
                                     or num_classes < 1):
         raise LoaderError(f"num_classes must be a positive integer (the model's class count) or None, "
                           f"got {num_classes!r}")
-    if restore is not None and not isinstance(restore, dict):
+    # A state without "format" is one of before formats ({"cursor": ...} alone), which is not used.
+    if restore is not None and not (isinstance(restore, dict) and ("format" in restore or set(restore) == {"cursor"})):
+        what = f"a dict with keys {sorted(restore)[:5]}" if isinstance(restore, dict) else type(restore).__name__
         raise LoaderError(f"restore must be a loader's state_dict() (a dict, as saved with a checkpoint) or None, "
-                          f"got {type(restore).__name__}")
+                          f"got {what}")
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as error:

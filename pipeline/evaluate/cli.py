@@ -314,6 +314,9 @@ class Terminated(KeyboardInterrupt):
 
 
 def _terminate(signum, frame) -> None:
+    # Once: under Slurm every rank gets SIGTERM from Slurm and again from accelerate launch, and a
+    # second one would cut short the plots the first one writes (main restores the handler).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated()
 
 

@@ -135,7 +135,9 @@ def compare_markdown(runs: dict[str, dict]) -> str:
     for key, what in (("split", "splits"), ("shards", "shards"), ("image_size", "image sizes"),
                       ("precision", "precisions")):
         values = {label: r.get("settings", {}).get(key) for label, r in runs.items()}
-        if len(set(map(str, values.values()))) > 1:
+        # Shards by the folder they name: an older eval.json recorded the path as typed (relative).
+        named = {str(Path(v).resolve()) if key == "shards" and isinstance(v, str) else str(v) for v in values.values()}
+        if len(named) > 1:
             lines += [f"**Warning**: the evaluations are of different {what} "
                       f"({', '.join(f'{label}: {value}' for label, value in values.items())}): their numbers do not "
                       "compare directly.", ""]

@@ -68,9 +68,10 @@ def apply_mix(
         the ImageNet recipe's jitter and lighting: ``pipeline.data.color.ColorAugment.maps``), in
         [0, 1] units: every pixel read from an image goes through that image's map before it is
         mixed and normalized (RGB images only). None: no colour change.
-    check_range: check float images lie in [0, 1] (within a margin for a resize's overshoot): 0..255
-        floats, or images normalized already, come out silently wrong. A pass over the batch and,
-        on CUDA, a device sync; uint8 images are not checked (every value is valid).
+    check_range: check float images are in [0, 1] units (within ``FLOAT_RANGE``: a resize's
+        overshoot and an unclamped colour step stay inside): 0..255 floats, or images normalized
+        already, come out silently wrong. A pass over the batch and, on CUDA, a device sync; uint8
+        images are not checked (every value is valid).
     """
     if not isinstance(params, MixParams):
         raise ValueError(f"params: expected the MixParams of this batch (MixSampler.sample draws them), "
@@ -200,18 +201,20 @@ def _as_nchw(images: Tensor, *, channels: int) -> Tensor:
     raise ValueError(f"images: dtype must be uint8 (NHWC) or float32/bfloat16/float16 (NCHW), got {images.dtype}")
 
 
-# Float images may leave [0, 1] a little (a bicubic or antialiased resize overshoots); beyond this
-# margin they are in other units: 0..255, or normalized already (ImageNet's normalized range is
-# about [-2.1, 2.6]).
-FLOAT_RANGE_MARGIN = 0.5
+# Float images in [0, 1] units may leave [0, 1]: a resize overshoots a little, and the ImageNet
+# recipe's colour step as a separate step (pipeline/data/color.py, unclamped as the paper's code)
+# reached -0.84 and 2.23 on random images. Beyond these bounds the units are others: 0..255 (a
+# maximum above 4 is a pixel above 4/255 in a whole batch), or normalized already (ImageNet's
+# normalized black is -2.1; a normalized batch without dark pixels stays within and is not told).
+FLOAT_RANGE = (-1.5, 4.0)
 
 
 def _check_float_range(source: Tensor) -> None:
     low, high = (float(v) for v in torch.aminmax(source))
-    if low < -FLOAT_RANGE_MARGIN or high > 1 + FLOAT_RANGE_MARGIN or low != low or high != high:
-        raise ValueError(f"images: float images must hold values in [0, 1], got min {low:g} and max {high:g}: "
-                         "divide 0..255 values by 255, and do not normalize before apply_mix (it normalizes "
-                         "with mean and std); uint8 NHWC images are taken as they are")
+    if not (FLOAT_RANGE[0] <= low and high <= FLOAT_RANGE[1]):  # NaN fails too
+        raise ValueError(f"images: float images must hold values in [0, 1] units, got min {low:g} and max {high:g}: "
+                         "divide 0..255 values by 255, and pass images before their normalization (apply_mix "
+                         "normalizes with mean and std); uint8 NHWC images are taken as they are")
 
 
 def _check_labels(

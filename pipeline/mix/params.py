@@ -76,6 +76,11 @@ def resolve_mix(params: MixParams, *, batch_size: int, height: int, width: int) 
     try:
         return _resolve(params, batch_size=batch_size, height=height, width=width)
     except ValueError as error:  # what is wrong is the draw's shape, not the field that says so
+        if params.layer is not None:  # drawn on the grid the sampler was told for that layer
+            raise ValueError(f"params: drawn on a {drawn.height}x{drawn.width} grid for layer {params.layer!r}, "
+                             f"whose output here is {height}x{width}: give MixSampler layer_shapes="
+                             f"{{{params.layer!r}: ({height}, {width})}} (pipeline.mix.feature.layer_shapes "
+                             f"measures them) ({error})") from None
         raise ValueError(f"params: drawn for {len(drawn.rows)} images of {drawn.height}x{drawn.width}, applied to "
                          f"{batch_size} of {height}x{width}: draw them with MixSampler.sample(batch_size="
                          f"{batch_size}, height={height}, width={width}) ({error})") from None

@@ -343,8 +343,8 @@ def _check_sampler_options(
         raise ValueError(f"cutmix_alpha: must be > 0 with mode={mode!r}, got {cutmix_alpha}")
     if mode in ("mixup", "cutmix_or_mixup", "manifold_mixup") and not mixup_alpha > 0:
         raise ValueError(f"mixup_alpha: must be > 0 with mode={mode!r}, got {mixup_alpha}")
-    if cutmix_minmax is not None and not (isinstance(cutmix_minmax, (tuple, list)) and len(cutmix_minmax) == 2
-                                          and all(isinstance(v, Real) for v in cutmix_minmax)
+    if cutmix_minmax is not None and not (np.shape(cutmix_minmax) == (2,)  # a tuple, list, array or tensor
+                                          and np.asarray(cutmix_minmax).dtype.kind in "fiu"
                                           and 0 < cutmix_minmax[0] < cutmix_minmax[1] <= 1):
         raise ValueError(f"cutmix_minmax: need (min, max) with 0 < min < max <= 1, got {cutmix_minmax}")
     if mode == "cutout" and cutout_size is None:
