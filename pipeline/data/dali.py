@@ -293,9 +293,13 @@ class DaliLoader(EpochLoader):
 
         labels = parse_ascii_labels(np.asarray(members.as_tensor()), source=source,
                                     folder=self.folder)
-        if "sizes" in outputs:
-            for row, (height, width, _) in enumerate(np.asarray(outputs["sizes"].as_tensor()).tolist()):
-                check_train_size(self.augmentation, height=height, width=width, where=source(row))
+        if "sizes" in outputs:  # per batch: one comparison of the whole [B, 3] array, the message for the first misfit
+            sizes = np.asarray(outputs["sizes"].as_tensor())
+            misfits = np.flatnonzero((sizes[:, :2] != self.augmentation.image_size).any(axis=1))
+            if misfits.size:
+                row = int(misfits[0])
+                check_train_size(self.augmentation, height=int(sizes[row, 0]), width=int(sizes[row, 1]),
+                                 where=source(row))
         if not self.training:  # padding duplicates are marked so that metrics skip them
             labels = np.where(first + np.arange(len(labels)) < part_samples, labels, -1)
         # Checked here, on the host, where it costs no device sync.
