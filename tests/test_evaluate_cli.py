@@ -453,6 +453,18 @@ def test_compare_warns_when_evaluations_are_of_other_splits_or_sizes():
     assert "different shards" not in table
 
 
+def test_compare_takes_shards_spelt_relative_and_absolute_as_the_same(tmp_path, monkeypatch):
+    # An older eval.json recorded --shards as typed; a newer one records it absolute.
+    from pipeline.evaluate.report import compare_markdown
+
+    monkeypatch.chdir(tmp_path)
+    table = compare_markdown({"a": {"settings": {"shards": "data/cub"}},
+                              "b": {"settings": {"shards": str(tmp_path / "data" / "cub")}}})
+    assert "different shards" not in table
+    assert "different shards" in compare_markdown({"a": {"settings": {"shards": "data/cub"}},
+                                                   "b": {"settings": {"shards": "data/inet"}}})
+
+
 def test_compare_warns_when_fgsm_or_in_between_ran_at_other_settings():
     # FGSM at 0.001 and at 8/255 side by side (1.39 vs 14.76) and in-between pairs made in batches
     # of 16 and 64 were shown without a word.

@@ -278,3 +278,17 @@ def test_a_state_of_before_formats_is_still_taken(shards):
     loader, _ = start(shards, "torch", restore={"cursor": {"started": True, "next_epoch": 1, "open_epoch": None,
                                                            "consumed": 0}})
     assert len(list(loader.iter_epoch(0))) == len(loader)  # not used: the loader starts as a fresh one
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(options={"batch_size": 8}), r"options must be a pipeline.data.LoaderOptions, got dict"),
+    (dict(augmentation=224), r"augmentation must be a pipeline.data.Augmentation, got int"),
+    (dict(split=None), r"split must be a split name such as 'train' or 'val', got None"),
+])
+def test_arguments_of_the_wrong_type_are_named(shards, overrides, message):
+    # Each was an AttributeError or TypeError from inside the loader (with DALI, at the first batch).
+    arguments = dict(split="train", augmentation=Augmentation(image_size=32),
+                     options=LoaderOptions(batch_size=8, backend="dali"), rank=0, world_size=1, device="cpu", seed=0)
+    arguments.update(overrides)
+    with pytest.raises(LoaderError, match=message):
+        create_loader(shards, arguments.pop("split"), **arguments)

@@ -19,6 +19,9 @@ TASKS = {
 # --precision: training's run.mixed_precision values (auto: bf16 where the process computes on a GPU)
 PRECISIONS = ("auto", "bf16", "no")
 
+# FGSM's step in pixel units ([0, 1] images): 8 of 255 grey levels.
+DEFAULT_EPSILON = 8 / 255
+
 
 def option_value_problem(*, tasks: tuple[str, ...] | None, precision: str, batch_size: int, epsilon: float,
                          seed: int, num_threads: int) -> str | None:

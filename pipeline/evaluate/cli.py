@@ -18,7 +18,7 @@ from shards.arguments import CommandParser
 
 from ..errors import EvalError, TrainError, loader_errors
 from ..launcher import end_with_launcher
-from .catalog import option_value_problem
+from .catalog import DEFAULT_EPSILON, option_value_problem
 
 _DESCRIPTION = """Evaluate a trained model on the CutMix paper's claims. MODEL is a run folder (its config.yaml
 and model.safetensors), one of its checkpoints (RUN/checkpoints/epoch-NNNN: the best epoch's is kept), or an
@@ -124,7 +124,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"the following arguments are required: RUN_DIR|MODEL.safetensors{taken}")
     if not args.model.exists():  # before torch is imported (seconds); resolve_source checks it again
         raise EvalError(f"{args.model}: no such run folder or weights file{_checkpoints_there(args.model)}")
-    epsilon = 8 / 255 if args.epsilon is None else args.epsilon
+    epsilon = DEFAULT_EPSILON if args.epsilon is None else args.epsilon
     problem = option_value_problem(tasks=chosen_tasks(args.tasks), precision=args.precision,
                                    batch_size=args.batch_size, epsilon=epsilon, seed=args.seed,
                                    num_threads=args.num_threads)
@@ -163,9 +163,7 @@ def build_request(args: argparse.Namespace):
     from .source import resolve_source
 
     source = resolve_source(args.model)
-    if args.image_size is not None:
-        if not 1 <= args.image_size <= MAX_IMAGE_SIZE:
-            raise EvalError(f"--image-size must be in [1, {MAX_IMAGE_SIZE}], got {args.image_size}")
+    if args.image_size is not None:  # its range: parse_args
         if source.augmentation == "cifar" and args.image_size != source.image_size:
             # CIFAR's validation transform takes images as they are: another size would pad them
             # with black or crop them, not resize them, and the numbers would say nothing.
@@ -196,7 +194,7 @@ def build_request(args: argparse.Namespace):
                        ood_shards=tuple(args.ood_shards), ood_split=args.ood_split, batch_size=args.batch_size,
                        backend=args.backend, precision=args.precision,
                        num_threads=args.num_threads, seed=args.seed,
-                       epsilon=8 / 255 if args.epsilon is None else args.epsilon,
+                       epsilon=DEFAULT_EPSILON if args.epsilon is None else args.epsilon,
                        occlusion_steps=min(9, source.image_size + 1) if args.occlusion_steps is None
                        else args.occlusion_steps, progress=not args.quiet, tasks_chosen=args.tasks is not None)
 

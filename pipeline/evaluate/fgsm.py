@@ -8,9 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..mix.core import normalization_on
-
-# The step in pixel units ([0, 1] images): 8 of 255 grey levels.
-DEFAULT_EPSILON = 8 / 255
+from .catalog import DEFAULT_EPSILON
 
 
 def fgsm_pixels(model: torch.nn.Module, pixels: torch.Tensor, labels: torch.Tensor, *,

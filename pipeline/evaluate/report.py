@@ -136,7 +136,7 @@ def compare_markdown(runs: dict[str, dict]) -> str:
                       ("precision", "precisions")):
         values = {label: r.get("settings", {}).get(key) for label, r in runs.items()}
         # Shards by the folder they name: an older eval.json recorded the path as typed (relative).
-        named = {str(Path(v).resolve()) if key == "shards" and isinstance(v, str) else str(v) for v in values.values()}
+        named = {named_path(v) if key == "shards" and isinstance(v, str) else str(v) for v in values.values()}
         if len(named) > 1:
             lines += [f"**Warning**: the evaluations are of different {what} "
                       f"({', '.join(f'{label}: {value}' for label, value in values.items())}): their numbers do not "
@@ -165,6 +165,12 @@ def compare_markdown(runs: dict[str, dict]) -> str:
         table = [[label] + [_ood_cell(r, name) for name in ood_sets] for label, r in runs.items()]
         lines += _table(["run"] + ood_sets, table) + [""]
     return "\n".join(lines)
+
+
+def named_path(path) -> str | None:
+    """A recorded path as the absolute one it names from here (None stays None): eval.json records
+    paths absolute; an older one recorded them as typed, read from the current folder."""
+    return None if path is None else str(Path(path).resolve())
 
 
 def _ood_cell(results: dict, name: str) -> str:

@@ -25,9 +25,9 @@ from ..errors import EvalError
 from ..precision import resolve_precision
 from ..run_lock import RunFolderLock
 from . import tasks
-from .catalog import TASKS, option_value_problem
+from .catalog import DEFAULT_EPSILON, TASKS, option_value_problem
 from .ood import noise_images, ood_metrics
-from .report import unfinished
+from .report import named_path, unfinished
 from .source import ModelSource, check_classes, load_model
 
 NOISE_SETS = ("uniform", "gaussian")
@@ -49,7 +49,7 @@ class EvalRequest:
     precision: str = "auto"  # "bf16", "no" (float32), or "auto": bf16 where the process computes on a GPU
     num_threads: int = 4
     seed: int = 0
-    epsilon: float = 8 / 255
+    epsilon: float = DEFAULT_EPSILON
     occlusion_steps: int = 9
     cam_examples: int = 16
     progress: bool = True
@@ -330,15 +330,11 @@ def same_setting(key: str, earlier, now) -> bool:
     name (``runs/cub`` and ``/home/me/runs/cub`` are the same weights; a relative path recorded by
     an older version is read from here), the rest as recorded."""
     if key in ("weights", "shards") and isinstance(earlier, str) and isinstance(now, str):
-        return _resolved(earlier) == _resolved(now)
+        return named_path(earlier) == named_path(now)
     if key == "checkpoint" and isinstance(earlier, dict) and isinstance(now, dict):
-        return ({**earlier, "folder": _resolved(earlier.get("folder"))}
-                == {**now, "folder": _resolved(now.get("folder"))})
+        return ({**earlier, "folder": named_path(earlier.get("folder"))}
+                == {**now, "folder": named_path(now.get("folder"))})
     return earlier == now
-
-
-def _resolved(path) -> str | None:
-    return None if path is None else str(Path(path).resolve())
 
 
 def _plot_names(written: list[Path], *, out: Path, kept: list[str]) -> list[str]:
@@ -546,11 +542,11 @@ def _sha256(path: Path) -> str:
 def _settings(request: EvalRequest, accelerator) -> dict:
     source = request.source
     # Paths as absolute ones: compare and a later evaluation into the same folder read them from elsewhere.
-    return {"model": source.model_name, "weights": _resolved(source.weights), "weights_sha256": _sha256(source.weights),
-            "run_dir": _resolved(source.run_dir), "checkpoint": source.checkpoint,
-            "shards": _resolved(request.shards),
+    return {"model": source.model_name, "weights": named_path(source.weights),
+            "weights_sha256": _sha256(source.weights), "run_dir": named_path(source.run_dir),
+            "checkpoint": source.checkpoint, "shards": named_path(request.shards),
             "split": request.split, "tasks": list(request.tasks),
-            "ood_shards": [_resolved(p) for p in request.ood_shards],
+            "ood_shards": [named_path(p) for p in request.ood_shards],
             "ood_splits": [_ood_split(p, request.split, request.ood_split) for p in request.ood_shards],
             "batch_size": request.batch_size, "backend": request.backend, "seed": request.seed,
             "image_size": source.image_size, "crop_pct": source.crop_pct, "augmentation": source.augmentation,
