@@ -13,7 +13,11 @@ HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent))
 
-from pipeline.cli import exit_cleanly, run_cli  # noqa: E402
+from shards.errors import dependencies_required  # noqa: E402
 
 if __name__ == "__main__":
-    exit_cleanly(run_cli(sys.argv[1:], default_config=HERE.parent / "configs" / "demo.yaml"))
+    with dependencies_required():
+        from pipeline.cli import exit_cleanly, run_cli
+
+        code = run_cli(sys.argv[1:], default_config=HERE.parent / "configs" / "demo.yaml")
+    exit_cleanly(code)

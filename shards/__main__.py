@@ -1,6 +1,10 @@
 """``python -m shards``: see shards/cli.py."""
 
-from shards.cli import main
+from shards.errors import dependencies_required
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    with dependencies_required():
+        from shards.cli import main
+
+        code = main()
+    raise SystemExit(code)

@@ -101,7 +101,10 @@ def _build_parser(sub) -> None:
     build.add_argument("--part-id", type=int, default=0, metavar="I", help="which part this process builds (0..P-1)")
     again = build.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="finish an interrupted build with the same arguments")
-    again.add_argument("--overwrite", action="store_true", help="replace a previous build of this split in OUT")
+    again.add_argument("--overwrite", action="store_true",
+                       help="remove a previous build of this split in OUT, then build (the old shards are gone "
+                            "even if this build then fails, e.g. on a --strict rejection; to keep them until the "
+                            "new build is complete, build into another OUT)")
     build.add_argument("--strict", action="store_true", help="stop with an error at the first rejected input")
     build.add_argument("--quiet", action="store_true", help="no progress bars")
     build.add_argument("--dry-run", action="store_true",

@@ -2,14 +2,20 @@
 ``error:`` line naming it and the --help to read, exit 2, no usage block; under several
 processes only rank 0 says it."""
 
+import sys
+from pathlib import Path
+
 import pytest
 
+from processes import run_process
 from pipeline.cli import parse_args as train_parse_args
 from pipeline.evaluate.cli import main as evaluate_main
 from pipeline.mix.__main__ import main as mix_main
 from pipeline.plot import main as plot_main
 from shards.cli import main as shards_main
 from shards.demo import main as demo_main
+
+REPO = Path(__file__).resolve().parents[1]
 
 CASES = [
     (shards_main, ["build", "src", "out", "--workers", "x"],
@@ -79,3 +85,28 @@ def test_train_overrides_may_come_before_between_or_after_the_options(argv):
     args = train_parse_args(argv)
     assert (args.overrides, str(args.config), args.check) == (["run.progress=false", "schedule.epochs=5"], "r.yaml",
                                                               True)
+
+
+@pytest.mark.parametrize("command, missing", [(["pipeline/train.py"], "torch"), (["-m", "shards", "--help"], "tqdm"),
+                                              (["-m", "pipeline.evaluate", "WEIGHTS"], "torch")])
+def test_a_python_without_the_dependencies_says_so_in_one_line(command, missing, tmp_path):
+    """A system ``python`` run instead of the environment's (the README's commonest mistake): one
+    ``error:`` line naming the missing package and the way out, exit 2, not an import traceback.
+    The dependency is hidden from a real interpreter (None in sys.modules: its import fails as a
+    missing module does)."""
+    weights = tmp_path / "model.safetensors"  # passes the evaluation's checks made before torch
+    weights.write_bytes(b"")
+    command = [str(weights) if part == "WEIGHTS" else part for part in command]
+    script = ("import runpy, sys\n"
+              f"sys.modules[{missing!r}] = None\n"
+              f"sys.argv = {command!r}\n"
+              "if sys.argv[0] == '-m':\n"
+              "    sys.argv = sys.argv[1:]\n"
+              "    runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n"
+              "else:\n"
+              "    runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    done = run_process([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.splitlines() == [
+        f"error: this Python ({sys.executable}) has no {missing}, which the project needs: run the project's "
+        "environment's python (source .venv/bin/activate after the README's install command)"]

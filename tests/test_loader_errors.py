@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 import tarfile
 from pathlib import Path
 
@@ -292,3 +293,56 @@ def test_arguments_of_the_wrong_type_are_named(shards, overrides, message):
     arguments.update(overrides)
     with pytest.raises(LoaderError, match=message):
         create_loader(shards, arguments.pop("split"), **arguments)
+
+
+_READ_DAMAGED = """
+import sys
+from pipeline.data import Augmentation, LoaderError, LoaderOptions, create_loader
+for attempt in range(3):
+    for training in (True, False):
+        loader, _ = create_loader(sys.argv[1], "train", augmentation=Augmentation(image_size=32), training=training,
+                                  options=LoaderOptions(batch_size=8, backend="dali", num_threads=1), rank=0,
+                                  world_size=1, device="cpu", seed=attempt)
+        try:
+            for _ in loader:
+                pass
+            print("no error")
+        except LoaderError as error:
+            print(error)
+"""
+
+
+def test_a_jpeg_header_damaged_in_place_is_an_error_not_a_crash(shards):
+    """A JPEG's markers overwritten (same size, found by a user): DALI 2.4's CPU decoder died with
+    SIGSEGV in about a third of the runs, training and evaluation alike, with no error line. The
+    header is now read (and refused) before the decoder sees it, in either graph; a subprocess, so
+    that a crash fails the test instead of ending pytest."""
+    from processes import run_process
+
+    with tarfile.open(shards / "train-000000.tar") as archive:
+        member = [m for m in archive.getmembers() if m.name.endswith(".jpg")][3]
+    with open(shards / "train-000000.tar", "r+b") as file:
+        file.seek(member.offset_data + 2)  # past the start-of-image marker
+        file.write(bytes(400))
+    done = run_process([sys.executable, "-c", _READ_DAMAGED, str(shards)], timeout=300, capture_output=True,
+                       text=True, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    expected = (f"DALI could not read the shards in {shards}: an image's header does not parse (nvImageCodec "
+                f"failure: '#3'); a shard may be damaged (python -m shards verify {shards} --decode finds it)")
+    assert done.stdout.splitlines() == [expected] * 6
+
+
+def test_more_torch_workers_than_cores_read_without_torchs_warning(shards):
+    """The worker count is the user's (and part of the data order): torch's multi-line UserWarning
+    that it exceeds the cores was noise on every evaluation with the default 4 on a 2-core machine."""
+    import os
+    import warnings
+
+    workers = len(os.sched_getaffinity(0)) + 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loader, steps = create_loader(shards, "train", augmentation=Augmentation(image_size=32),
+                                      options=LoaderOptions(batch_size=8, backend="torch", num_threads=workers),
+                                      rank=0, world_size=1, device="cpu", seed=0)
+        assert sum(1 for _ in loader) == steps
+    assert [str(w.message) for w in caught if "worker processes" in str(w.message)] == []

@@ -35,6 +35,10 @@ from .sharding import epoch_part, part_sizes, reader_batches
 # rest of the pass.
 DRAIN_LIMIT = 1
 
+# The version of define_dali_pipeline's operators, in the loader's fingerprint: 2 reads every
+# image's header before decoding it (1, unnamed, did not; its CIFAR training graph read sizes).
+DALI_GRAPH = 2
+
 
 def decoder_for(device: torch.device) -> str:
     """The one place that decides where DALI decodes: "mixed" (nvJPEG, outputs on the GPU) for a
@@ -127,7 +131,7 @@ def define_dali_pipeline(shards: SplitShards, *, training: bool, batch_size: int
     schema) but not built. Its reader starts at rank part ``part``; ``seed`` is the seed of the
     epoch it is built for; ``checkpoint`` (from ``Pipeline.checkpoint()``) restores a position.
     Outputs: ``output_names(training, sample_ids, sizes=reads_sizes(...))``."""
-    from nvidia.dali import fn, pipeline_def
+    from nvidia.dali import fn, pipeline_def, types
 
     # "jpg;png": a sample's image is its .jpg or its .png member (CIFAR is stored losslessly).
     extensions = ["jpg;png", "cls"] + (["json"] if sample_ids else [])
@@ -143,11 +147,17 @@ def define_dali_pipeline(shards: SplitShards, *, training: bool, batch_size: int
             pad_last_batch=True, stick_to_shard=not training, random_shuffle=training,
             initial_fill=shuffle_buffer, seed=stream_seed(seed=seed, rank=rank, stream=DALI_READER_STREAM))
         encoded, others = members[0], members[1:]
+        # DALI 2.4's CPU image decoder crashes the process (SIGSEGV in ImageDecoder<CPUBackend>, in a
+        # third of the runs on a JPEG whose markers were overwritten) where peek_image_shape, reading
+        # the same header, fails cleanly. Feeding the decoder through a reshape to the same shape (no
+        # copy) whose argument comes from the peek makes DALI run the peek first: a damaged header
+        # stops the pipeline with an error, never the process. The peek also gives the CIFAR sizes.
+        shapes = fn.peek_image_shape(encoded)
+        encoded = fn.reshape(encoded, rel_shape=fn.cast(shapes[0:1] * 0 + 1, dtype=types.FLOAT))
         images, mirror = image_graph(encoded, training=training, augmentation=augmentation, decoder=decoder,
                                      hw_decoder_load=hw_decoder_load, preallocate_hint=preallocate_hint)
         flips = () if mirror is None else (mirror,)
-        # peek_image_shape reads the header on the CPU, without decoding.
-        sizes = (fn.peek_image_shape(encoded),) if reads_sizes(training=training, augmentation=augmentation) else ()
+        sizes = (shapes,) if reads_sizes(training=training, augmentation=augmentation) else ()
         return (images, *flips, *(fn.pad(member, fill_value=0) for member in others), *sizes)
 
     return pipeline(checkpoint=checkpoint) if checkpoint is not None else pipeline()
@@ -194,8 +204,10 @@ class DaliLoader(EpochLoader):
                   "seed": self.seed, "shuffle_buffer": self._define["shuffle_buffer"],
                   "augmentation": asdict(self.augmentation), "shards": self.shards.listing()}
         if reads_sizes(training=self.training, augmentation=self.augmentation):
-            # The graph has one more operator: a DALI state saved without it does not restore.
             values["reads_sizes"] = True
+        # A DALI state restores only into a graph of the same operators: states of an earlier graph
+        # (no "graph": before the header check) are not used (EpochLoader._restore says why).
+        values["graph"] = DALI_GRAPH
         return as_saved(values)
 
     def state_dict(self) -> dict:
@@ -318,7 +330,9 @@ def _dali_cause(error: RuntimeError) -> str:
     is the pipeline definition's traceback)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     if "encountered:" in lines and lines.index("encountered:") + 1 < len(lines):
-        return lines[lines.index("encountered:") + 1]
+        cause = lines[lines.index("encountered:") + 1]
+        # The header check before every decode (define_dali_pipeline) is what usually fails first.
+        return f"an image's header does not parse ({cause})" if "peek_image_shape" in str(error) else cause
     return lines[0] if lines else type(error).__name__
 
 

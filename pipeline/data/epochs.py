@@ -126,9 +126,10 @@ class EpochLoader:
         if restore.get("format") != STATE_FORMAT or restore.get("fingerprint") != self.fingerprint():
             theirs = restore.get("fingerprint") or {}
             differ = sorted(k for k, v in self.fingerprint().items() if theirs.get(k) != v) or ["format"]
-            if differ == ["reads_sizes"]:  # the same settings; the graph of an earlier version
-                warn("the saved loader state was made by an earlier version of the DALI loader (before it read each "
-                     "training image's size for the cifar augmentation); the data order restarts from the epoch's seed")
+            if set(differ) <= {"graph", "reads_sizes"}:  # the same settings; the graph of an earlier version
+                warn("the saved loader state was made by an earlier version of the DALI loader (its graph has other "
+                     "operators since: it reads each image's header before decoding it); the data order restarts "
+                     "from the epoch's seed")
             else:
                 warn(f"the saved loader state was made with other settings ({', '.join(differ)} differ); "
                      "the data order restarts from the epoch's seed")

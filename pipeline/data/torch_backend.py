@@ -5,7 +5,9 @@ yields whole batches; the DataLoader takes them round-robin, so an epoch has exa
 
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -37,6 +39,17 @@ def worker_plan(*, begin: int, end: int, steps: int, batch_size: int, num_worker
         first = stop
     return plan
 
+
+
+@contextlib.contextmanager
+def _any_worker_count():
+    """Without torch's multi-line warning (at the DataLoader's creation and at each iter()) when
+    the workers outnumber the cores: the count is the user's choice (loader.num_threads,
+    --num-threads) and part of the data order (worker_plan), not something to change per machine;
+    more workers than cores only share the cores."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
+        yield
 
 class _EpochSamples(IterableDataset):
     """The epochs of one rank: each ``iter()`` is the next epoch, in which every worker yields its
@@ -203,9 +216,10 @@ class TorchLoader(EpochLoader):
         # generator=: without one, every iter() draws the workers' base seed from torch's global RNG,
         # which the model also draws from (drop path): a resumed run, whose first iter() comes at
         # another point, would then diverge. The workers seed themselves (torch_worker_seed).
-        self.loader = DataLoader(self.dataset, batch_size=None, num_workers=num_workers,
-                                 persistent_workers=num_workers > 0, pin_memory=device.type == "cuda",
-                                 prefetch_factor=4 if num_workers else None, generator=torch.Generator())
+        with _any_worker_count():
+            self.loader = DataLoader(self.dataset, batch_size=None, num_workers=num_workers,
+                                     persistent_workers=num_workers > 0, pin_memory=device.type == "cuda",
+                                     prefetch_factor=4 if num_workers else None, generator=torch.Generator())
         self._batches = None  # the DataLoader iterator of the open epoch; None until the workers start
         # The worker count is part of the order: each worker streams its own run of the part.
         self._fingerprint = as_saved({
@@ -235,7 +249,8 @@ class TorchLoader(EpochLoader):
             if self._batches is None:
                 self.dataset.epoch = epoch  # copied into the workers when they start, just below
             self.cursor.begin(epoch)
-            self._batches = iter(self.loader)
+            with _any_worker_count():
+                self._batches = iter(self.loader)
             for _ in range(start_step):
                 self._next_batch()
         while self.cursor.consumed < self.steps:

@@ -1,6 +1,10 @@
 """``python -m pipeline.evaluate``: see ``pipeline.evaluate.cli``."""
 
-from ..cli import exit_cleanly
-from .cli import main
+from shards.errors import dependencies_required
 
-exit_cleanly(main())
+with dependencies_required():
+    from ..cli import exit_cleanly
+    from .cli import main
+
+    code = main()
+exit_cleanly(code)
