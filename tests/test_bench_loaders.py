@@ -48,3 +48,17 @@ def test_the_pil_row_takes_every_argument_the_backend_passes():
 
 def test_the_augment_bench_runs_the_backends_prepare():
     tensor_augment([_jpeg(), _jpeg()])()  # raised a TypeError (num_classes) before
+
+
+def test_the_header_check_bench_times_both_graphs(capsys):
+    """A short run prints both rows and their ratio; both graphs decode the same images (a graph
+    that failed or read nothing would not print a rate)."""
+    import re
+
+    from bench_header_check import main
+
+    assert main(["--images", "64", "--batch-size", "16", "--rounds", "1", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    rates = re.findall(r"^(decode \+ crop \(no header check\)|header check \+ decode \+ crop)\s+(\d+)$", out, re.M)
+    assert [name for name, _ in rates] == ["decode + crop (no header check)", "header check + decode + crop"]
+    assert all(int(rate) > 0 for _, rate in rates) and re.search(r"^ratio checked / plain: \d\.\d{3}$", out, re.M)
