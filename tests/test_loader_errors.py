@@ -95,7 +95,9 @@ def test_batch_larger_than_a_rank_share(shards, backend):
 
 @pytest.mark.parametrize("overrides, message", [
     (dict(backend="jax"), "unknown backend 'jax'"),
-    (dict(rank=2), "need 0 <= rank < world_size"),
+    (dict(rank=2), r"need integers 0 <= rank < world_size, got rank=2, world_size=2"),
+    (dict(rank=True), r"need integers 0 <= rank < world_size, got rank=True"),
+    (dict(world_size=2.0), r"need integers 0 <= rank < world_size, got rank=0, world_size=2\.0"),
     (dict(image_size=0), "image_size must be >= 1"),
     (dict(random_area=(0.5, 0.1)), "random_area must satisfy"),
     (dict(batch_size=0), "batch_size must be an integer >= 1"),
@@ -268,11 +270,13 @@ def test_numpy_numbers_are_taken_and_the_state_stays_json(shards, backend):
 
     loader, steps = create_loader(shards, "train", augmentation=Augmentation(image_size=np.int64(32),
                                                                              flip_probability=np.float32(0.5)),
-                                  options=LoaderOptions(batch_size=8, backend=backend, num_threads=1), rank=0,
-                                  world_size=1, device="cpu", seed=np.int64(3), num_classes=np.int64(13))
+                                  options=LoaderOptions(batch_size=8, backend=backend, num_threads=1),
+                                  rank=np.int64(1), world_size=np.int32(2), device="cpu", seed=np.int64(3),
+                                  num_classes=np.int64(13))
     next(loader.iter_epoch(np.int64(0)))
     state = json.loads(json.dumps(loader.state_dict()))
     assert state["cursor"]["open_epoch"] == 0 and state["fingerprint"]["seed"] == 3
+    assert state["fingerprint"]["rank"] == 1 and state["fingerprint"].get("world_size", 2) == 2  # synthetic: none
 
 
 def test_a_state_of_before_formats_is_still_taken(shards):

@@ -46,12 +46,13 @@ def _create_loader(shards_dir, split: str, *, augmentation: Augmentation, option
                    restore: dict | None = None, sample_ids: bool = False, metadata: bool = False):
     """``create_loader`` plus ``sample_ids``: each batch also carries every sample's source path
     (from its ``.json``), which the tests use to check coverage and order."""
-    if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
-        raise LoaderError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    if not (_is_integer(world_size) and world_size >= 1 and _is_integer(rank) and 0 <= rank < world_size):
+        raise LoaderError(f"need integers 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
     device = check_arguments(split=split, augmentation=augmentation, options=options, device=device, seed=seed,
                              num_classes=num_classes, restore=restore)
     # numpy integers pass the checks; the saved states are JSON, which takes Python ints only.
     seed, num_classes = int(seed), None if num_classes is None else int(num_classes)
+    rank, world_size = int(rank), int(world_size)
     training = split == "train" if training is None else training
     shards, steps = _checked_shards(shards_dir, split=split, batch_size=options.batch_size, world_size=world_size,
                                     num_classes=num_classes, training=training,
@@ -89,8 +90,7 @@ def check_arguments(*, split, augmentation, options, device, seed, num_classes, 
         if not isinstance(value, kind):
             raise LoaderError(f"{name} must be a pipeline.data.{kind.__name__}, got {type(value).__name__}")
     check_seed(seed)
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, Integral)
-                                    or num_classes < 1):
+    if num_classes is not None and (not _is_integer(num_classes) or num_classes < 1):
         raise LoaderError(f"num_classes must be a positive integer (the model's class count) or None, "
                           f"got {num_classes!r}")
     # A state without "format" is one of before formats ({"cursor": ...} alone), which is not used.
@@ -109,10 +109,15 @@ def check_arguments(*, split, augmentation, options, device, seed, num_classes, 
     return device
 
 
+def _is_integer(value) -> bool:
+    """An int or a numpy integer, not a bool."""
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
 def check_seed(seed) -> None:
     """The run's seed: a non-negative integer (numpy, DALI and torch derive theirs from it; None
     would draw an unrepeatable one from the OS)."""
-    if isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
+    if not _is_integer(seed) or seed < 0:
         raise LoaderError(f"seed must be an integer >= 0, got {seed!r}")
 
 
