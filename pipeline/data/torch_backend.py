@@ -40,7 +40,6 @@ def worker_plan(*, begin: int, end: int, steps: int, batch_size: int, num_worker
     return plan
 
 
-
 @contextlib.contextmanager
 def _any_worker_count():
     """Without torch's multi-line warning (at the DataLoader's creation and at each iter()) when
@@ -50,6 +49,7 @@ def _any_worker_count():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
         yield
+
 
 class _EpochSamples(IterableDataset):
     """The epochs of one rank: each ``iter()`` is the next epoch, in which every worker yields its
