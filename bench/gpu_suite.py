@@ -19,7 +19,8 @@ Sections, each a function returning table rows (a section that cannot run gives 
           fused, and against the colour as a separate step before the kernel.
   host    the host side of a step (the sampler's draw to the kernel launch, batch 256): the time to
           enqueue a step (goal <= 50 us), and the whole apply_mix call back to back against the kernel alone.
-  loader  DALI mixed (GPU) decode against the torch loader, same shards and augmentation (goal >= 1.5x).
+  loader  DALI mixed (GPU) decode against the torch loader, same shards and augmentation (goal >= 1.5x);
+          the DALI graph's header check against the same decode without it (bench_header_check.py).
   train   ResNet-50, bf16, batch 256, channels-last, CutMix: the bare step (the same model, optimizer and
           compiled graph on a batch already mixed on the GPU) eager and compiled, then ours (loader ->
           sampler -> apply_mix -> train_step) on synthetic and DALI batches, eager and compiled; goal for
@@ -717,7 +718,31 @@ def loader_section(suite: Suite) -> list[Row]:
         measured("loader", f"{name}, second half of epochs", rates["dali"][1], "img/s", baseline=rates["torch"][1],
                  goal=("ratio", ">=", 1.5), judge=not plan.smoke),
         Row("loader", "torch loader, whole epochs (baseline)", rates["torch"][0], "img/s"),
+        header_check_row(suite, shards, decoder="mixed" if device.type == "cuda" else "cpu"),
     ]
+
+
+def header_check_row(suite: Suite, shards: Path, *, decoder: str) -> Row:
+    """What the loader's header check (pipeline/data/dali.py) costs the training decode: the graphs
+    of bench_header_check.py with and without it, round-robin passes over the shards."""
+    from bench_header_check import pipeline as header_graph
+    from bench_header_check import time_pass
+
+    plan = suite.plan
+    batches = max(1, plan.photos // plan.batch_size)
+    graphs = {checked: header_graph(shards, checked=checked, batch_size=plan.batch_size, threads=plan.loader_threads,
+                                    decoder=decoder) for checked in (False, True)}
+    seconds = {checked: [] for checked in graphs}
+    for timed in range(plan.loader_epochs + 1):  # the first pass of each is a warm-up
+        for checked, graph in graphs.items():
+            took = time_pass(graph, batches=batches)
+            if timed:
+                seconds[checked].append(took)
+    del graphs
+    gc.collect()
+    rate = {checked: batches * plan.batch_size / statistics.median(values) for checked, values in seconds.items()}
+    return measured("loader", f"DALI {decoder} decode + crop with the header check (vs without)", rate[True], "img/s",
+                    baseline=rate[False])
 
 
 # ---------------------------------------------------------------- train
