@@ -326,8 +326,8 @@ def test_a_jpeg_header_damaged_in_place_is_an_error_not_a_crash(shards):
     with tarfile.open(shards / "train-000000.tar") as archive:
         member = [m for m in archive.getmembers() if m.name.endswith(".jpg")][3]
     with open(shards / "train-000000.tar", "r+b") as file:
-        file.seek(member.offset_data + 2)  # past the start-of-image marker
-        file.write(bytes(400))
+        file.seek(member.offset_data + 2)  # past the start-of-image marker, inside this member
+        file.write(bytes(min(400, member.size - 2)))
     done = run_process([sys.executable, "-c", _READ_DAMAGED, str(shards)], timeout=300, capture_output=True,
                        text=True, cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
