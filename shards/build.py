@@ -18,7 +18,7 @@ from .buildlock import build_lock
 from .cifar import PIXELS as CIFAR_PIXELS
 from .cifar import SIDE as CIFAR_SIDE
 from .cifar import read_cifar_split
-from .detect import SourceSpec, detect_source
+from .detect import SPLIT_NAMES, SourceSpec, detect_source
 from .durable import write_text_atomic
 from .errors import ShardsError
 from .images import CHECKS, ImageOptions, PreparedImage, prepare_image
@@ -220,6 +220,44 @@ def _check_classes(wnids: Iterable[str | None], classes: list[str], origin: str)
         raise ShardsError(f"{len(missing)} classes of SRC are not in {origin}: {', '.join(missing[:10])}")
 
 
+def _refuse_split_classes(classes: Iterable[str], src: Path) -> None:
+    """SRC read as classes train and val (test, validation): the folder or tar above a data set's
+    splits, e.g. ``train/<wnid>/`` beside a flat ``val/`` (the official tars extracted without
+    sorting val), or Kaggle's ``CLS-LOC``; one split-named class among others (CIFAR-100 and COCO
+    have a "train") is a class."""
+    splits = sorted(name for name in classes if name.lower() in SPLIT_NAMES)
+    if len(splits) >= 2:
+        raise ShardsError(f"SRC {src}: its classes {', '.join(splits)} are split folders: SRC is the folder above "
+                          f"a data set's splits; give the split's own folder as SRC (e.g. {src / splits[-1]})")
+
+
+def _train_classes(layout: OutputLayout) -> list[str] | None:
+    """The class list of the train split already built in OUT, if any."""
+    if layout.split == "train" or not layout.out.joinpath("train.json").is_file():
+        return None
+    return list(read_manifest(layout.out / "train.json")["classes"])
+
+
+def _check_fits_train(layout: OutputLayout, classes: list[str], *, origin: str, hint: str = "") -> None:
+    """A val or test split built into an OUT that holds the train split has the train split's
+    class list: otherwise its labels mean other classes (training would refuse it only later)."""
+    train = _train_classes(layout)
+    if train is None or classes == train:
+        return
+    index = next((i for i, (a, b) in enumerate(zip(train, classes)) if a != b), None)
+    differ = (f"{len(train)} classes there, {len(classes)} in {origin}" if index is None
+              else f"class {index} is {train[index]!r} there, {classes[index]!r} in {origin}")
+    raise ShardsError(f"{layout.out / 'train.json'}: the train split has another class list ({differ}): this "
+                      f"{layout.split} split's labels would mean other classes; build it with --classes "
+                      f"{layout.out / 'train.json'}{hint}")
+
+
+def _label_field_hint(class_names: dict[str, list[str]], wanted: list[str] | None) -> str:
+    """For a CIFAR-100 archive: the --label-field whose classes are ``wanted``, if one is."""
+    fields = [field for field, names in class_names.items() if names == wanted]
+    return f" (they are its {fields[0]} labels: give --label-field {fields[0]})" if fields else ""
+
+
 def _build_folder(request, spec, layout, fixed_classes) -> dict | None:
     items, folder_classes, total_bytes = list_folder(spec)
     if not items:
@@ -228,6 +266,9 @@ def _build_folder(request, spec, layout, fixed_classes) -> dict | None:
     classes = given or folder_classes
     if given is not None:
         _check_classes((i.wnid for i in items), given, origin)
+    else:
+        _refuse_split_classes(folder_classes, spec.path)
+    _check_fits_train(layout, classes, origin=origin or f"SRC {spec.path}'s class folders")
     readable = (read_locator(i.locator) for i in items if not i.rejected)
     options = ImageOptions(request.resize_short, request.quality, request.check)
     estimate = _estimate_output_bytes(readable, options, total_bytes, len(items))
@@ -260,7 +301,14 @@ def _build_streamed(request, spec, layout, fixed_classes) -> dict | None:
         return None
     mine = part_shards(plan.num_shards, plan.num_parts, request.part_id)
     if not layout.spill_done(request.part_id).exists():
-        _spill_tar(spec, plan, layout, mine, fixed_classes, request)
+        try:
+            _spill_tar(spec, plan, layout, mine, fixed_classes, request)
+        except ShardsError:
+            # A damaged archive, a class of SRC not in --classes: nothing of pass 1 can be resumed
+            # (it starts over), and a build left behind made the mended command "a different build".
+            if plan.num_parts == 1:
+                discard_build(layout, plan)
+            raise
     return _write_spilled(request, plan, layout, mine, fixed_classes)
 
 
@@ -269,7 +317,10 @@ def _build_cifar(request, spec, layout, fixed_classes) -> dict | None:
     split = read_cifar_split(spec.path, spec.kind, request.split, request.label_field)
     if fixed_classes is not None and fixed_classes != split.classes:
         raise ShardsError(f"--classes {request.classes}: its {len(fixed_classes)} classes are not the "
-                          f"{len(split.classes)} of {split.class_source}, in the same order")
+                          f"{len(split.classes)} of {split.class_source}, in the same order"
+                          f"{_label_field_hint(split.class_names, fixed_classes)}")
+    _check_fits_train(layout, split.classes, origin=split.class_source,
+                      hint=_label_field_hint(split.class_names, _train_classes(layout)))
     for warning in split.unofficial_counts():  # after the checks, before the work: the user can stop it
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     pixels = (data for _, data in cifar_inputs(split))
@@ -309,13 +360,17 @@ def _spill_tar(spec, plan, layout, mine, fixed_classes, request) -> None:
             if allowed is not None and item.wnid is not None and item.wnid not in allowed:
                 # Checked while streaming: a 140 GB tar fails at its first stranger, not at its end.
                 raise ShardsError(f"{item.source}: class {item.wnid} of SRC is not in {origin}")
+            if given is None and item.wnid is not None and item.wnid.lower() in SPLIT_NAMES:
+                _refuse_split_classes(stream.class_names, spec.path)  # at the second split-named "class"
             yield item, data
             bar.update(stream.bytes_read - bar.n)
 
     counts = _spill(checked(), plan, layout, mine)
     bar.close()
-    given_by_source, _ = _given_classes(request, spec, None)
+    given_by_source, source_origin = _given_classes(request, spec, None)
     classes = given_by_source or sorted(stream.class_names)
+    _check_fits_train(layout, fixed_classes or classes,
+                      origin=str(request.classes) if fixed_classes else source_origin or f"SRC {spec.path}'s classes")
     _mark_spilled(layout, request.part_id, counts, classes, spec.path.stat().st_size)
 
 

@@ -33,6 +33,7 @@ _SAMPLE_FILES = 32  # files looked at before deciding that SRC holds no images..
 _SAMPLE_BYTES = 64 << 20  # ...nor further into a tar than this (a .tar.gz is decompressed to get there)
 # Folder names of a data set's splits, and the --split each one is.
 _SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
+SPLIT_NAMES = frozenset(_SPLIT_FOLDERS)  # folder names (lower case) that name a split, not a class
 _KNOWN_LAYOUTS = ("not a layout `shards build` knows (an ImageFolder tree SRC/<wnid>/<image>, a tar of class "
                   "tars, a tar of <wnid>/<image>, a flat folder or tar of images with --labels, an official "
                   "CIFAR archive, CUB_200_2011.tgz or the folder either extracts to)")
@@ -73,6 +74,10 @@ def detect_source(path: Path, labels: ValLabels | None, split: str | None = None
         cub = find_cub_root(path)
         if cub:
             return SourceSpec("cub-folder", cub, labels)
+        if find_cub_root(path.resolve().parent) == path.resolve().parent and path.name == "images":
+            # Read as an ImageFolder it would give both CUB splits as one, without boxes.
+            raise ShardsError(f"SRC {path}: the images folder of an extracted CUB-200-2011; give the folder above it, "
+                              f"{path.resolve().parent}, as SRC (--split picks the images of train_test_split.txt)")
         kind, first_image = _folder_kind(path)
         if kind == "imagefolder":
             _refuse_split_folders(path, split)

@@ -69,6 +69,8 @@ def list_folder(spec: SourceSpec) -> tuple[list[InputItem], list[str], int]:
             path = os.path.join(directory, name)
             total += os.path.getsize(path)
             items.append(_folder_item(spec, relative_dir, name, path))
+    if spec.kind == "flat-folder":
+        items += missing_labelled_items(spec.labels, {label_stem(PurePosixPath(i.source).name) for i in items})
     return items, classes, total
 
 
@@ -83,9 +85,14 @@ def _folder_item(spec: SourceSpec, relative_dir: PurePosixPath, name: str, path:
     return InputItem(sample_key(wnid, inside), wnid, source, locator, boxes=_boxes_of(spec, name))
 
 
+def label_stem(name: str) -> str:
+    """What --labels knows an image by: its file name up to the first dot."""
+    return name.split(".")[0]
+
+
 def _labelled_item(spec: SourceSpec, source: str, name: str, locator) -> InputItem:
     labels: ValLabels = spec.labels
-    stem = name.split(".")[0]
+    stem = label_stem(name)
     wnid = labels.wnid_by_stem.get(stem)
     reason = None if wnid else f"no label: {stem} is not in {labels.source}"
     return InputItem(sample_key(None, name), wnid, source, locator, reason, boxes=_boxes_of(spec, name))
@@ -122,6 +129,13 @@ def cub_item(cub: CubSplit, relative: str, source: str, locator) -> InputItem | 
         return None if relative in cub.others else InputItem(key, None, source, locator, "not listed in images.txt")
     details = {"class": image.class_name, "image_id": image.image_id}
     return InputItem(key, image.class_name, source, locator, details=details, boxes=Annotation([image.box]))
+
+
+def missing_labelled_items(labels: ValLabels, seen: set[str]) -> list[InputItem]:
+    """The images --labels lists but SRC lacks (a val set extracted in part), as rejected inputs:
+    the build's summary counts and names them, as a CUB image missing from SRC."""
+    return [InputItem(sample_key(None, stem), wnid, stem, ("", 0, 0), f"listed in {labels.source}, missing from SRC")
+            for stem, wnid in sorted(labels.wnid_by_stem.items()) if stem not in seen]
 
 
 def missing_cub_items(cub: CubSplit, seen: set[str]) -> list[InputItem]:
@@ -165,6 +179,7 @@ class TarStream:
         self.class_names: set[str] = set()
         self._reader = _CountingReader(spec.path)
         self._cub_seen: set[str] = set()
+        self._label_seen: set[str] = set()  # a flat tar's file stems, for missing_labelled_items
 
     @property
     def bytes_read(self) -> int:
@@ -182,6 +197,8 @@ class TarStream:
                 _check_ended_at_marker(archive, f"SRC {self.spec.path}", images=images)
             if self.spec.cub is not None:
                 yield from ((item, b"") for item in missing_cub_items(self.spec.cub, self._cub_seen))
+            if self.spec.kind == "flat-tar":
+                yield from ((item, b"") for item in missing_labelled_items(self.spec.labels, self._label_seen))
         except (tarfile.TarError, EOFError, OSError) as error:
             raise ShardsError(f"SRC {self.spec.path}: the archive is damaged ({error})") from None
         finally:
@@ -197,6 +214,7 @@ class TarStream:
             return
         data = archive.extractfile(member).read()
         if self.spec.kind == "flat-tar":
+            self._label_seen.add(label_stem(PurePosixPath(name).name))
             yield _labelled_item(self.spec, name, PurePosixPath(name).name, ("", 0, 0)), data
             return
         wnid, _, inside = name.partition("/")
