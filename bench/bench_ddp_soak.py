@@ -21,6 +21,7 @@ listed, then killed; so is any leftover. Exit status 1 unless every run was clea
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import shlex
@@ -130,14 +131,19 @@ def summary(runs: list[SoakRun]) -> str:
             f"hangs {hangs}, runs with leftovers {leaking}{times}")
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--steps", type=int, default=3, help="training steps per run (run.max_train_steps)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds before a run counts as hung")
     parser.add_argument("--out", type=Path, default=None, help="also write the report here (e.g. "
                         "bench/results/ddp_soak_cpu.txt)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    for name in ("runs", "steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if not 0 < args.timeout < math.inf:
+        parser.error(f"--timeout must be a finite number of seconds > 0, got {args.timeout}")
     from shards.demo import build_demo_shards
 
     lines = [f"=== {time.strftime('%Y-%m-%d %H:%M')}: {shlex.join([Path(sys.executable).name, *sys.argv])}",

@@ -95,7 +95,7 @@ def time_epoch(loader, *, steps: int, batch_size: int, device: str) -> tuple[flo
     return steps * batch_size / (ended - started), (steps - steps // 2 - 1) * batch_size / (ended - middle)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -104,7 +104,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu",
                         help="cpu: DALI CPU backend vs torch; cuda: DALI mixed (GPU) decode vs torch with pinned "
                              "memory")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    for name in ("batch_size", "threads", "epochs"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.images < 3 * args.batch_size:
+        parser.error(f"--images must be >= {3 * args.batch_size} (3 x --batch-size), got {args.images}: each epoch "
+                     "is timed whole and over its second half, which needs at least 3 full batches")
     torch.set_num_threads(1)  # the main process only collates; workers/DALI threads do the work
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"cuda={'yes: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no'}")

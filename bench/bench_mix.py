@@ -35,7 +35,7 @@ SMOOTHING = 0.1
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -43,7 +43,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=15, help="timed calls per method (median reported)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results/mix_<device>.txt")
-    return parser.parse_args()
+    args = parser.parse_args(argv)
+    for name in ("size", "repeats", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.batch_size < 2:
+        parser.error(f"--batch-size must be >= 2, got {args.batch_size}: cutmix mixes each image with a partner "
+                     "from the same batch")
+    if args.device == "cpu" and args.batch_size % 2:
+        parser.error(f"--batch-size must be even on the CPU, got {args.batch_size}: timm's Mixup in batch mode "
+                     "pairs each image with its mirror in the batch")
+    return args
 
 
 def make_batch(*, batch_size: int, size: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,8 +196,8 @@ def cpu_name() -> str:
     return platform.processor() or "cpu"
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv=None) -> None:
+    args = parse_args(argv)
     lines = run_cuda(args) if args.device == "cuda" else run_cpu(args)
     if args.device == "cuda":
         device = torch.cuda.get_device_name()

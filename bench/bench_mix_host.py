@@ -68,7 +68,7 @@ MODES = {
 GOAL_US = 50
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -80,7 +80,31 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
     parser.add_argument("--baseline", default=BASELINE_COMMIT, help="commit of the old code ('none': new only)")
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results/mix_host_<device>.txt")
-    return parser.parse_args()
+    args = parser.parse_args(argv)
+    for name in ("batch_size", "size", "rounds"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    modes = args.modes.split(",")
+    unknown = [mode for mode in modes if mode not in MODES]
+    if unknown:
+        parser.error(f"--modes: unknown mode {unknown[0]!r}; choose from {','.join(MODES)}")
+    from pipeline.mix import MixSampler
+    from pipeline.mix.sampler import LOOKAHEAD
+
+    for mode in modes:  # the sampler's own batch rules (a partner for each image, an even batch for flip)
+        try:
+            MixSampler(seed=0, **MODES[mode]).sample(batch_size=args.batch_size, height=args.size, width=args.size)
+        except ValueError as error:
+            parser.error(f"--batch-size {args.batch_size} does not suit mode {mode}: "
+                         f"{str(error).removeprefix('batch_size: ')}")
+    args.calls = args.calls if args.calls is not None else (64 if args.device == "cpu" else 192)
+    if args.calls < 1 or args.calls % LOOKAHEAD:
+        # Fewer steps than a lookahead window per round hold its one expensive draw in fewer steps:
+        # --calls 4 reported 165-227 us per step where 16 gave 52.
+        parser.print_usage(sys.stderr)
+        parser.exit(2, f"error: --calls {args.calls}: a positive multiple of the sampler's LOOKAHEAD "
+                       f"({LOOKAHEAD}), so that each round holds whole windows of draws\n")
+    return args
 
 
 def has_git_history() -> bool:
@@ -336,16 +360,8 @@ def run_cuda(args: argparse.Namespace, *, device: str = "cuda", sync: Callable[[
     return lines
 
 
-def main() -> None:
-    args = parse_args()
-    args.calls = args.calls or (64 if args.device == "cpu" else 192)
-    from pipeline.mix.sampler import LOOKAHEAD
-
-    if args.calls < 1 or args.calls % LOOKAHEAD:
-        # Fewer steps than a lookahead window per round hold its one expensive draw in fewer steps:
-        # --calls 4 reported 165-227 us per step where 16 gave 52.
-        raise SystemExit(f"error: --calls {args.calls}: a positive multiple of the sampler's LOOKAHEAD "
-                         f"({LOOKAHEAD}), so that each round holds whole windows of draws")
+def main(argv=None) -> None:
+    args = parse_args(argv)
     if args.device == "cpu":
         # Before triton_kernel is imported (old or new): triton.jit picks the interpreter then.
         os.environ["TRITON_INTERPRET"] = "1"

@@ -142,16 +142,26 @@ def check_cost(blobs: list[bytes], check: str) -> None:
         prepare_image(blob, ImageOptions(check=check))
 
 
-def main() -> None:
+SECTIONS = ("passthrough", "reencode", "check", "writer")
+
+
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=4000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--sections", default="passthrough,reencode,check,writer",
-                        help="comma-separated subset of passthrough,reencode,check,writer")
-    args = parser.parse_args()
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help="comma-separated subset of " + ",".join(SECTIONS))
+    args = parser.parse_args(argv)
+    for name in ("images", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    sections = args.sections.split(",")
+    unknown = [name for name in sections if name not in SECTIONS]
+    if unknown:
+        parser.error(f"--sections: unknown section {unknown[0]!r}; choose from {','.join(SECTIONS)}")
     work = Path(tempfile.mkdtemp(prefix="bench_shards_", dir=os.environ.get("BENCH_DIR")))
     try:
-        report(work, args.images, args.repeats, set(args.sections.split(",")))
+        report(work, args.images, args.repeats, set(sections))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -196,9 +206,20 @@ def passthrough(work: Path, src: Path, paths: list[Path], total_mb: float, repea
     for name, seconds in rows.items():
         print(f"  {name:48s} {seconds:6.2f} s {total_mb / seconds:7.1f} MB/s  "
               f"ratio {base / seconds:5.2f}  durable ratio {durable / seconds:5.2f}")
-    steady = rows["shards build, pass-through, 2 workers"] - startup
-    print(f"  fixed start-up (a build of 20 images, 2 workers) {startup:6.2f} s; without it the 2-worker build "
-          f"runs at {total_mb / steady:.0f} MB/s: ratio {base / steady:.2f}, durable ratio {durable / steady:.2f}")
+    print(startup_line(startup, rows["shards build, pass-through, 2 workers"], total_mb=total_mb, base=base,
+                       durable=durable))
+
+
+def startup_line(startup: float, build: float, *, total_mb: float, base: float, durable: float) -> str:
+    """The 2-worker build's rate without its fixed start-up (``build`` - ``startup`` seconds), and
+    its ratios to tar's ``base`` and ``durable`` seconds; n/a when the build took no longer than
+    the start-up alone (a small run), where the difference would give negative figures."""
+    steady = build - startup
+    line = (f"  fixed start-up (a build of 20 images, 2 workers) {startup:6.2f} s; without it the 2-worker build "
+            "runs at ")
+    if steady <= 0:
+        return line + "n/a (the run is shorter than the start-up; use more --images)"
+    return line + f"{total_mb / steady:.0f} MB/s: ratio {base / steady:.2f}, durable ratio {durable / steady:.2f}"
 
 
 

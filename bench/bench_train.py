@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_loader import build  # noqa: E402
 from pipeline.data import Augmentation, LoaderOptions, create_loader  # noqa: E402
+from pipeline.data.options import BACKENDS  # noqa: E402
 from pipeline.mix import MixSampler  # noqa: E402
 from pipeline.models import create_model  # noqa: E402
 from pipeline.optim import create_optimizer  # noqa: E402
@@ -66,7 +67,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", default="resnet18")
@@ -78,8 +79,20 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--backends", default="synthetic,dali,torch")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.num_classes = 20  # make_photos writes 20 class folders
+    for name in ("image_size", "batch_size", "threads", "steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.warmup < 0:
+        parser.error(f"--warmup must be >= 0, got {args.warmup}")
+    if args.images < max(args.num_classes, args.batch_size):
+        parser.error(f"--images must be >= {max(args.num_classes, args.batch_size)}, got {args.images}: the model "
+                     f"has {args.num_classes} classes (one folder each) and an epoch needs one full batch "
+                     f"(--batch-size {args.batch_size})")
+    unknown = [name for name in args.backends.split(",") if name not in BACKENDS]
+    if unknown:
+        parser.error(f"--backends: unknown backend {unknown[0]!r}; choose from {','.join(BACKENDS)}")
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=args.device == "cpu", mixed_precision=args.precision)

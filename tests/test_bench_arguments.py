@@ -1,0 +1,152 @@
+"""The benchmark scripts refuse a bad command-line value before any work, with argparse's one-line
+error (usage, then ``error: ...`` naming the option; exit status 2). Each of these values gave a
+traceback after minutes of set-up (``--images 0``: ZeroDivisionError, ``--repeats 0``:
+StatisticsError, ``--batch-size 3``: timm's AssertionError) or a run that reported nothing
+(``--sections bogus``, ``--runs 0``). Nothing may be made first: the temporary folder (and
+BENCH_DIR) stay empty, no results file is written, and the functions that build or time are
+replaced by ones that fail the test if called. Also: bench_shards' start-up line says n/a instead
+of negative figures when the build took no longer than the start-up alone."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+import bench_ddp_soak  # noqa: E402
+import bench_loader  # noqa: E402
+import bench_mix  # noqa: E402
+import bench_mix_host  # noqa: E402
+import bench_shards  # noqa: E402
+import bench_train  # noqa: E402
+
+
+def _work_started(*args, **kwargs):
+    raise AssertionError("the bench started its work before refusing the arguments")
+
+
+# Per script: the functions that start its work (building images or shards, timing, the header).
+WORK = {
+    "bench_shards": [(bench_shards, "report"), (bench_shards, "make_photos")],
+    "bench_mix": [(bench_mix, "run_cpu"), (bench_mix, "run_cuda"), (bench_mix, "publish")],
+    "bench_mix_host": [(bench_mix_host, "run_cpu"), (bench_mix_host, "run_cuda"), (bench_mix_host, "versions"),
+                       (bench_mix_host, "publish")],
+    "bench_train": [(bench_train, "build"), (bench_train, "steps_per_second")],
+    "bench_loader": [(bench_loader, "build"), (bench_loader, "started_loader")],
+    "bench_ddp_soak": [(bench_ddp_soak, "machine"), (bench_ddp_soak, "launch_once"),
+                       ("shards.demo", "build_demo_shards")],
+}
+MAINS = {"bench_shards": bench_shards.main, "bench_mix": bench_mix.main, "bench_mix_host": bench_mix_host.main,
+         "bench_train": bench_train.main, "bench_loader": bench_loader.main, "bench_ddp_soak": bench_ddp_soak.main}
+
+# (script, arguments, the option the error line names, a phrase it must hold)
+REFUSED = [
+    ("bench_shards", ["--images", "0"], "--images", ">= 1"),
+    ("bench_shards", ["--images", "-5"], "--images", ">= 1"),
+    ("bench_shards", ["--repeats", "0"], "--repeats", ">= 1"),
+    ("bench_shards", ["--sections", "bogus"], "--sections", "passthrough,reencode,check,writer"),
+    ("bench_shards", ["--sections", "passthrough,"], "--sections", "passthrough,reencode,check,writer"),
+    ("bench_mix", ["--batch-size", "0"], "--batch-size", ">= 2"),
+    ("bench_mix", ["--batch-size", "1"], "--batch-size", "partner"),
+    ("bench_mix", ["--batch-size", "3"], "--batch-size", "even"),
+    ("bench_mix", ["--size", "-3"], "--size", ">= 1"),
+    ("bench_mix", ["--size", "0"], "--size", ">= 1"),
+    ("bench_mix", ["--repeats", "0"], "--repeats", ">= 1"),
+    ("bench_mix", ["--threads", "0"], "--threads", ">= 1"),
+    ("bench_mix", ["--device", "cuda", "--batch-size", "1"], "--batch-size", "partner"),
+    ("bench_mix_host", ["--rounds", "0"], "--rounds", ">= 1"),
+    ("bench_mix_host", ["--batch-size", "0"], "--batch-size", ">= 1"),
+    ("bench_mix_host", ["--batch-size", "1"], "--batch-size", "needs a partner"),
+    ("bench_mix_host", ["--batch-size", "3"], "--batch-size", "even batch"),
+    ("bench_mix_host", ["--size", "0"], "--size", ">= 1"),
+    ("bench_mix_host", ["--modes", "cutmix,bogus"], "--modes", "cutmix,mixup"),
+    ("bench_mix_host", ["--calls", "0"], "--calls", "LOOKAHEAD"),
+    ("bench_mix_host", ["--calls", "4"], "--calls", "LOOKAHEAD"),
+    ("bench_train", ["--steps", "0"], "--steps", ">= 1"),
+    ("bench_train", ["--images", "-1"], "--images", ">= 32"),
+    ("bench_train", ["--images", "19", "--batch-size", "8"], "--images", "20 classes"),
+    ("bench_train", ["--images", "31"], "--images", "--batch-size 32"),
+    ("bench_train", ["--image-size", "0"], "--image-size", ">= 1"),
+    ("bench_train", ["--batch-size", "0"], "--batch-size", ">= 1"),
+    ("bench_train", ["--threads", "0"], "--threads", ">= 1"),
+    ("bench_train", ["--warmup", "-1"], "--warmup", ">= 0"),
+    ("bench_train", ["--backends", "synthetic,bogus"], "--backends", "synthetic"),
+    ("bench_loader", ["--images", "0"], "--images", ">= 96"),
+    ("bench_loader", ["--images", "95"], "--images", "3 full batches"),
+    ("bench_loader", ["--images", "20", "--batch-size", "8"], "--images", ">= 24"),
+    ("bench_loader", ["--batch-size", "0"], "--batch-size", ">= 1"),
+    ("bench_loader", ["--threads", "0"], "--threads", ">= 1"),
+    ("bench_loader", ["--epochs", "0"], "--epochs", ">= 1"),
+    ("bench_ddp_soak", ["--runs", "0"], "--runs", ">= 1"),
+    ("bench_ddp_soak", ["--steps", "0"], "--steps", ">= 1"),
+    ("bench_ddp_soak", ["--timeout", "0"], "--timeout", "> 0"),
+    ("bench_ddp_soak", ["--timeout", "-1"], "--timeout", "> 0"),
+    ("bench_ddp_soak", ["--timeout", "nan"], "--timeout", "> 0"),
+    ("bench_ddp_soak", ["--timeout", "inf"], "--timeout", "finite"),
+]
+
+
+@pytest.fixture
+def no_work(monkeypatch, tmp_path):
+    """An empty temporary folder (tempfile's and BENCH_DIR) and the work functions replaced by
+    failing ones; yields the folder, to check that it is still empty."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    monkeypatch.setenv("BENCH_DIR", str(temporary))
+    for functions in WORK.values():
+        for module, name in functions:
+            if isinstance(module, str):
+                monkeypatch.setattr(f"{module}.{name}", _work_started)
+            else:
+                monkeypatch.setattr(module, name, _work_started)
+    yield temporary
+
+
+@pytest.mark.parametrize("script, argv, option, phrase", REFUSED,
+                         ids=[f"{script} {' '.join(argv)}" for script, argv, _, _ in REFUSED])
+def test_a_bad_value_is_refused_before_any_work(script, argv, option, phrase, no_work, tmp_path, capsys):
+    out = tmp_path / "results.txt"
+    extra = ["--out", str(out)] if script in ("bench_mix", "bench_mix_host", "bench_ddp_soak") else []
+    with pytest.raises(SystemExit) as exited:
+        MAINS[script](argv + extra)
+    captured = capsys.readouterr()
+    assert exited.value.code == 2, captured.err
+    errors = [line for line in captured.err.splitlines() if "error:" in line]
+    assert len(errors) == 1, captured.err
+    assert f"error: {option}" in errors[0] and phrase in errors[0], errors[0]
+    assert captured.err.startswith("usage: "), captured.err
+    assert captured.out == ""  # not even the run's header
+    assert list(no_work.iterdir()) == [] and not out.exists()
+
+
+@pytest.mark.parametrize("parse, argv", [
+    (bench_mix.parse_args, []),
+    (bench_mix.parse_args, ["--device", "cuda", "--batch-size", "3"]),  # no timm on CUDA: an odd batch runs
+    (bench_mix_host.parse_args, []),
+    (bench_mix_host.parse_args, ["--batch-size", "1", "--modes", "cutout,cutout_elem"]),  # cutout has no partner
+    (bench_mix_host.parse_args, ["--batch-size", "3", "--modes", "cutmix,mixup"]),  # a permutation partner
+], ids=["mix defaults", "mix cuda odd batch", "host defaults", "host cutout batch 1", "host odd batch"])
+def test_values_that_run_are_accepted(parse, argv, no_work):
+    parse(argv)
+    assert list(no_work.iterdir()) == []
+
+
+STARTUP_LINE = "  fixed start-up (a build of 20 images, 2 workers) {:6.2f} s; without it the 2-worker build runs at "
+
+
+@pytest.mark.parametrize("startup, build", [(0.40, 0.30), (0.35, 0.35)])
+def test_a_build_no_longer_than_the_startup_has_no_steady_rate(startup, build):
+    """A small run (--images 60) printed "runs at -66 MB/s: ratio -0.43, durable ratio -0.58"."""
+    line = bench_shards.startup_line(startup, build, total_mb=4.0, base=0.01, durable=0.02)
+    assert line == STARTUP_LINE.format(startup) + "n/a (the run is shorter than the start-up; use more --images)"
+
+
+def test_a_longer_build_reports_its_rate_without_the_startup():
+    line = bench_shards.startup_line(0.40, 2.40, total_mb=100.0, base=1.0, durable=2.0)
+    assert line == STARTUP_LINE.format(0.40) + "50 MB/s: ratio 0.50, durable ratio 1.00"
