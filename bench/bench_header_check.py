@@ -39,7 +39,7 @@ def pipeline(shards: Path, *, checked: bool, batch_size: int, threads: int, deco
                                                 initial_fill=1024, name="reader")
         if checked:  # as define_dali_pipeline
             shapes = fn.peek_image_shape(encoded)
-            encoded = fn.reshape(encoded, rel_shape=fn.cast(shapes[0:1] * 0 + 1, dtype=types.FLOAT))
+            encoded = fn.reshape(encoded, rel_shape=fn.cast(shapes[0:1] * 0 - 1, dtype=types.FLOAT))
         images = fn.decoders.image_random_crop(encoded, device=decoder, output_type=types.RGB, num_attempts=100,
                                                random_area=[0.08, 1.0], random_aspect_ratio=[0.75, 4 / 3])
         return images, labels
@@ -69,7 +69,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     for name in ("images", "batch_size", "threads", "rounds"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.images < args.batch_size:
+        parser.error(f"--images must be >= --batch-size ({args.batch_size}), got {args.images}: a pass times whole "
+                     "batches")
     decoder = "mixed" if args.device == "cuda" else "cpu"
     with tempfile.TemporaryDirectory() as tmp:
         shards = build(Path(tmp), args.images)

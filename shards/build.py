@@ -26,7 +26,7 @@ from .labels import load_val_labels
 from .manifest import SHARD_FIELDS, check_samples_written, compose_manifest, read_manifest, write_manifest
 from .outdir import OutputLayout, check_out_state, discard_build, prepare_output, remove_build_folder
 from .plan import DIGEST_MODULUS, BuildPlan, count_shards, input_digest, part_shards, shard_of
-from .sources import InputItem, TarStream, cifar_inputs, list_folder
+from .sources import InputItem, TarStream, cifar_inputs, is_missing, list_folder
 from .spill import SpillWriter, spill_path
 from .writing import ShardJob, read_locator, write_shards
 
@@ -220,15 +220,29 @@ def _check_classes(wnids: Iterable[str | None], classes: list[str], origin: str)
         raise ShardsError(f"{len(missing)} classes of SRC are not in {origin}: {', '.join(missing[:10])}")
 
 
-def _refuse_split_classes(classes: Iterable[str], src: Path) -> None:
+def _refuse_split_classes(classes: Iterable[str], src: Path, *, split: str, in_tar: bool) -> None:
     """SRC read as classes train and val (test, validation): the folder or tar above a data set's
     splits, e.g. ``train/<wnid>/`` beside a flat ``val/`` (the official tars extracted without
     sorting val), or Kaggle's ``CLS-LOC``; one split-named class among others (CIFAR-100 and COCO
     have a "train") is a class."""
     splits = sorted(name for name in classes if name.lower() in SPLIT_NAMES)
-    if len(splits) >= 2:
-        raise ShardsError(f"SRC {src}: its classes {', '.join(splits)} are split folders: SRC is the folder above "
-                          f"a data set's splits; give the split's own folder as SRC (e.g. {src / splits[-1]})")
+    if len(splits) < 2:
+        return
+    wanted = next((name for name in splits if SPLIT_NAMES[name.lower()] == split), None)
+    if in_tar:
+        advice = f"extract it and give its {wanted or split}/ folder as SRC"
+    else:
+        advice = f"give the split's own folder as SRC ({src / (wanted or split)})"
+    raise ShardsError(f"SRC {src}: its classes {', '.join(splits)} are split folders: SRC is the "
+                      f"{'tar' if in_tar else 'folder'} above a data set's splits; {advice}")
+
+
+def _without_others_missing(items: list[InputItem], classes: list[str]) -> list[InputItem]:
+    """``items`` less the images a list names but SRC lacks whose class is not among ``classes``
+    (the full val labels and --classes of a train subset: the other classes' images are not
+    missing, they are not wanted)."""
+    wanted = set(classes)
+    return [item for item in items if not (is_missing(item) and item.wnid not in wanted)]
 
 
 def _train_classes(layout: OutputLayout) -> list[str] | None:
@@ -265,9 +279,10 @@ def _build_folder(request, spec, layout, fixed_classes) -> dict | None:
     given, origin = _given_classes(request, spec, fixed_classes)
     classes = given or folder_classes
     if given is not None:
+        items = _without_others_missing(items, given)
         _check_classes((i.wnid for i in items), given, origin)
     else:
-        _refuse_split_classes(folder_classes, spec.path)
+        _refuse_split_classes(folder_classes, spec.path, split=request.split, in_tar=False)
     _check_fits_train(layout, classes, origin=origin or f"SRC {spec.path}'s class folders")
     readable = (read_locator(i.locator) for i in items if not i.rejected)
     options = ImageOptions(request.resize_short, request.quality, request.check)
@@ -355,13 +370,19 @@ def _spill_tar(spec, plan, layout, mine, fixed_classes, request) -> None:
     bar = tqdm(total=spec.path.stat().st_size, unit="B", unit_scale=True, desc=f"{plan.split}: reading SRC",
                disable=not request.progress)
 
+    if given is not None:  # known before the stream: a mismatch costs no pass over the archive
+        _check_fits_train(layout, given, origin=origin)
+
     def checked() -> Iterator[tuple[InputItem, bytes]]:
         for item, data in stream:
+            if allowed is not None and is_missing(item) and item.wnid not in allowed:
+                continue  # listed by --labels for a class this build leaves out (_without_others_missing)
             if allowed is not None and item.wnid is not None and item.wnid not in allowed:
                 # Checked while streaming: a 140 GB tar fails at its first stranger, not at its end.
                 raise ShardsError(f"{item.source}: class {item.wnid} of SRC is not in {origin}")
             if given is None and item.wnid is not None and item.wnid.lower() in SPLIT_NAMES:
-                _refuse_split_classes(stream.class_names, spec.path)  # at the second split-named "class"
+                # at the second split-named "class"
+                _refuse_split_classes(stream.class_names, spec.path, split=request.split, in_tar=True)
             yield item, data
             bar.update(stream.bytes_read - bar.n)
 

@@ -33,7 +33,7 @@ _SAMPLE_FILES = 32  # files looked at before deciding that SRC holds no images..
 _SAMPLE_BYTES = 64 << 20  # ...nor further into a tar than this (a .tar.gz is decompressed to get there)
 # Folder names of a data set's splits, and the --split each one is.
 _SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
-SPLIT_NAMES = frozenset(_SPLIT_FOLDERS)  # folder names (lower case) that name a split, not a class
+SPLIT_NAMES = _SPLIT_FOLDERS  # folder name (lower case) -> the split it names
 _KNOWN_LAYOUTS = ("not a layout `shards build` knows (an ImageFolder tree SRC/<wnid>/<image>, a tar of class "
                   "tars, a tar of <wnid>/<image>, a flat folder or tar of images with --labels, an official "
                   "CIFAR archive, CUB_200_2011.tgz or the folder either extracts to)")

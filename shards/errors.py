@@ -2,13 +2,13 @@
 the one line for the commonest set-up mistake, a Python without the project's dependencies."""
 
 import contextlib
+import importlib.util
 import sys
 from collections.abc import Iterator
 
-# What the project imports of its dependencies (pyproject.toml's), by top-level import name.
-DEPENDENCY_MODULES = frozenset({"torch", "torchvision", "nvidia", "timm", "accelerate", "webdataset", "PIL", "numpy",
-                                "scipy", "sklearn", "tqdm", "yaml", "safetensors", "matplotlib"})
-
+# The project's dependencies (pyproject.toml's), by the name they are imported as.
+DEPENDENCY_MODULES = ("torch", "torchvision", "nvidia.dali", "timm", "accelerate", "webdataset", "PIL", "numpy",
+                      "scipy", "sklearn", "tqdm", "yaml", "safetensors", "matplotlib", "cv2", "tensorboard", "triton")
 
 class ShardsError(Exception):
     """A problem with the user's input or output folder, explained in the message."""
@@ -22,9 +22,22 @@ def dependencies_required() -> Iterator[None]:
     try:
         yield
     except ModuleNotFoundError as error:
-        top = (error.name or "").split(".")[0]
-        if top not in DEPENDENCY_MODULES:
+        missing = _missing_dependency(error.name or "")
+        if missing is None:
             raise
-        print(f"error: this Python ({sys.executable}) has no {top}, which the project needs: run the project's "
+        print(f"error: this Python ({sys.executable}) has no {missing}, which the project needs: run the project's "
               "environment's python (source .venv/bin/activate after the README's install command)", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _missing_dependency(name: str) -> str | None:
+    """The dependency a failed import of ``name`` shows missing; None when ``name`` is none of
+    them, or a part of one that is there (a broken install or a bug: its traceback is the news)."""
+    dependency = next((d for d in DEPENDENCY_MODULES if name == d or name.startswith(d + ".")), None)
+    if dependency is None:
+        return None
+    try:
+        present = importlib.util.find_spec(dependency) is not None
+    except ImportError:  # a parent package missing too (nvidia.dali without nvidia)
+        present = False
+    return None if present else dependency

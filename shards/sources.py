@@ -131,17 +131,28 @@ def cub_item(cub: CubSplit, relative: str, source: str, locator) -> InputItem | 
     return InputItem(key, image.class_name, source, locator, details=details, boxes=Annotation([image.box]))
 
 
+MISSING_FROM_SRC = "missing from SRC"  # the end of the reason of an input listed but not in SRC
+
+
+def is_missing(item: InputItem) -> bool:
+    """Whether ``item`` is an image a list (--labels, CUB's images.txt) names but SRC lacks."""
+    return bool(item.rejected) and item.rejected.endswith(MISSING_FROM_SRC)
+
+
 def missing_labelled_items(labels: ValLabels, seen: set[str]) -> list[InputItem]:
     """The images --labels lists but SRC lacks (a val set extracted in part), as rejected inputs:
-    the build's summary counts and names them, as a CUB image missing from SRC."""
-    return [InputItem(sample_key(None, stem), wnid, stem, ("", 0, 0), f"listed in {labels.source}, missing from SRC")
+    the build's summary counts and names them, as a CUB image missing from SRC. A build with
+    --classes keeps only those of its classes (``build.py``): a val subset of a train subset's
+    classes lacks the others' images by design."""
+    return [InputItem(sample_key(None, stem), wnid, stem, ("", 0, 0),
+                      f"listed in {labels.source}, {MISSING_FROM_SRC}")
             for stem, wnid in sorted(labels.wnid_by_stem.items()) if stem not in seen]
 
 
 def missing_cub_items(cub: CubSplit, seen: set[str]) -> list[InputItem]:
     """The images of the split that images.txt lists but SRC lacks, as rejected inputs."""
     return [InputItem(sample_key(None, relative), image.class_name, f"{cub.root}images/{relative}", ("", 0, 0),
-                      "listed in images.txt, missing from SRC")
+                      f"listed in images.txt, {MISSING_FROM_SRC}")
             for relative, image in sorted(cub.images.items()) if relative not in seen]
 
 

@@ -62,3 +62,15 @@ def test_the_header_check_bench_times_both_graphs(capsys):
     rates = re.findall(r"^(decode \+ crop \(no header check\)|header check \+ decode \+ crop)\s+(\d+)$", out, re.M)
     assert [name for name, _ in rates] == ["decode + crop (no header check)", "header check + decode + crop"]
     assert all(int(rate) > 0 for _, rate in rates) and re.search(r"^ratio checked / plain: \d\.\d{3}$", out, re.M)
+
+
+def test_the_header_check_bench_refuses_fewer_images_than_a_batch(capsys):
+    import pytest
+
+    from bench_header_check import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--images", "8", "--batch-size", "16"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        "error: --images must be >= --batch-size (16), got 8: a pass times whole batches")

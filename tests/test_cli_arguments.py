@@ -110,3 +110,14 @@ def test_a_python_without_the_dependencies_says_so_in_one_line(command, missing,
     assert done.stderr.splitlines() == [
         f"error: this Python ({sys.executable}) has no {missing}, which the project needs: run the project's "
         "environment's python (source .venv/bin/activate after the README's install command)"]
+
+
+def test_a_missing_part_of_an_installed_dependency_is_not_blamed_on_the_python():
+    """Only a dependency that is really absent gets the one line: a missing submodule of an
+    installed one (a broken install, a bug) or a module that is no dependency keeps its traceback."""
+    from shards.errors import dependencies_required
+
+    for name in ("torch.no_such_part", "no_such_package"):
+        with pytest.raises(ModuleNotFoundError):
+            with dependencies_required():
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)

@@ -26,7 +26,7 @@ def test_train_class_folders_beside_a_flat_val_folder_are_refused(tmp_path, caps
     code, _, err = run_shards_main(capsys, "build", raw, tmp_path / "out", "--split", "train", "--quiet")
     assert code == 2 and not (tmp_path / "out" / "train.json").exists()
     assert err.strip() == (f"error: SRC {raw}: its classes train, val are split folders: SRC is the folder above a "
-                           f"data set's splits; give the split's own folder as SRC (e.g. {raw / 'val'})")
+                           f"data set's splits; give the split's own folder as SRC ({raw / 'train'})")
 
 
 def test_a_tar_of_split_folders_is_refused_while_streaming_and_leaves_no_build(tmp_path, capsys):
@@ -39,7 +39,9 @@ def test_a_tar_of_split_folders_is_refused_while_streaming_and_leaves_no_build(t
     source = make_folder_tar(tmp_path / "clsloc.tar", files)
     out = tmp_path / "out"
     code, _, err = run_shards_main(capsys, "build", source, out, "--split", "train", "--quiet")
-    assert code == 2 and "its classes test, train are split folders" in err, err
+    assert code == 2 and err.strip() == (f"error: SRC {source}: its classes test, train are split folders: SRC is "
+                                         "the tar above a data set's splits; extract it and give its train/ folder "
+                                         "as SRC"), err
     # Pass 1 failed: nothing of it can be resumed, and nothing is left to make the mended command
     # "a different build in progress".
     assert not (out / ".build" / "train").exists() and not list(out.glob("train-*"))
@@ -126,3 +128,24 @@ def test_the_images_folder_of_cub_is_refused_naming_its_parent(tmp_path, capsys)
     assert code == 2 and not (tmp_path / "out").exists()
     assert err.strip() == (f"error: SRC {images}: the images folder of an extracted CUB-200-2011; give the folder "
                            f"above it, {images.parent}, as SRC (--split picks the images of train_test_split.txt)")
+
+
+def test_a_val_subset_with_the_full_labels_and_the_train_subsets_classes_builds(tmp_path, capsys):
+    # A 2-class train subset; the full val labels (8 images of 4 classes), of which only the subset's
+    # classes' images are extracted. The other classes' images are not missing, they are not wanted:
+    # they were counted as inputs of classes outside --classes and the build was refused (a review).
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    make_imagefolder(raw / "train", 2, 2)
+    assert run_shards_main(capsys, "build", raw / "train", out, "--split", "train", "--quiet")[0] == 0
+    labels = {f"ILSVRC2012_val_{n:08d}": wnid(n % 4) for n in range(1, 9)}
+    csv = write_loc_csv(tmp_path / "LOC_val_solution.csv", labels)
+    wanted = sorted(stem for stem, label in labels.items() if label in (wnid(0), wnid(1)))
+    kept = {f"{stem}.JPEG": jpeg_bytes(500 + n) for n, stem in enumerate(wanted[1:])}  # one of them missing
+    write_files(tmp_path / "val", kept)
+    flat = make_flat_tar(tmp_path / "val.tar", kept)
+    for source in (tmp_path / "val", flat):
+        code, stdout, err = run_shards_main(capsys, "build", source, out, "--split", "val", "--labels", csv,
+                                            "--classes", out / "train.json", "--quiet", "--overwrite")
+        assert code == 0, err
+        assert "4 images in = 3 written + 1 rejected" in stdout, stdout
+        assert _missing_rejections(out) == wanted[:1]
