@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 from processes import TAG_VARIABLE, describe, processes_with, started_process  # noqa: E402
+from cli_checks import at_least  # noqa: E402
 from train_helpers import LAUNCH_TWO_CPU_RANKS, TRAIN, child_env, small_run_args  # noqa: E402
 
 # One epoch (so no warmup: the demo's would not fit), a few steps, then evaluation and teardown.
@@ -139,9 +140,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="also write the report here (e.g. "
                         "bench/results/ddp_soak_cpu.txt)")
     args = parser.parse_args(argv)
-    for name in ("runs", "steps"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    at_least(parser, args, 1, "runs", "steps")
     if not 0 < args.timeout < math.inf:
         parser.error(f"--timeout must be a finite number of seconds > 0, got {args.timeout}")
     from shards.demo import build_demo_shards

@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_shards import make_photos  # noqa: E402
+from cli_checks import at_least  # noqa: E402
 from pipeline.data import Augmentation, LoaderOptions, create_loader, torch_backend  # noqa: E402
 from shards.cli import main as shards_main  # noqa: E402
 
@@ -105,9 +106,7 @@ def main(argv=None) -> None:
                         help="cpu: DALI CPU backend vs torch; cuda: DALI mixed (GPU) decode vs torch with pinned "
                              "memory")
     args = parser.parse_args(argv)
-    for name in ("batch_size", "threads", "epochs"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    at_least(parser, args, 1, "batch_size", "threads", "epochs")
     if args.images < 3 * args.batch_size:
         parser.error(f"--images must be >= {3 * args.batch_size} (3 x --batch-size), got {args.images}: each epoch "
                      "is timed whole and over its second half, which needs at least 3 full batches")

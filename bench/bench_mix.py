@@ -26,6 +26,7 @@ from typing import Callable
 
 import torch
 
+from cli_checks import at_least  # bench/ is on the path when run as a script
 from pipeline.mix import MixSampler, apply_mix, normalization_affine, resolve_mix, soft_targets
 
 MEAN = (0.485, 0.456, 0.406)
@@ -44,9 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results/mix_<device>.txt")
     args = parser.parse_args(argv)
-    for name in ("size", "repeats", "threads"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    at_least(parser, args, 1, "size", "repeats", "threads")
     if args.batch_size < 2:
         parser.error(f"--batch-size must be >= 2, got {args.batch_size}: cutmix mixes each image with a partner "
                      "from the same batch")

@@ -38,6 +38,7 @@ from typing import Callable
 
 import torch
 from bench_mix import cpu_name, publish  # bench/ is on the path when run as a script
+from cli_checks import at_least, listed
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -81,13 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--baseline", default=BASELINE_COMMIT, help="commit of the old code ('none': new only)")
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results/mix_host_<device>.txt")
     args = parser.parse_args(argv)
-    for name in ("batch_size", "size", "rounds"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    modes = args.modes.split(",")
-    unknown = [mode for mode in modes if mode not in MODES]
-    if unknown:
-        parser.error(f"--modes: unknown mode {unknown[0]!r}; choose from {','.join(MODES)}")
+    at_least(parser, args, 1, "batch_size", "size", "rounds")
+    modes = listed(parser, "modes", args.modes, MODES, "mode")
     from pipeline.mix import MixSampler
     from pipeline.mix.sampler import LOOKAHEAD
 

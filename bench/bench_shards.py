@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cli_checks import at_least, listed  # noqa: E402
 from shards.images import ImageOptions, prepare_image  # noqa: E402
 from shards.tarwriter import ShardTarWriter  # noqa: E402
 
@@ -152,13 +153,8 @@ def main(argv=None) -> None:
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help="comma-separated subset of " + ",".join(SECTIONS))
     args = parser.parse_args(argv)
-    for name in ("images", "repeats"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    sections = args.sections.split(",")
-    unknown = [name for name in sections if name not in SECTIONS]
-    if unknown:
-        parser.error(f"--sections: unknown section {unknown[0]!r}; choose from {','.join(SECTIONS)}")
+    at_least(parser, args, 1, "images", "repeats")
+    sections = listed(parser, "sections", args.sections, SECTIONS, "section")
     work = Path(tempfile.mkdtemp(prefix="bench_shards_", dir=os.environ.get("BENCH_DIR")))
     try:
         report(work, args.images, args.repeats, set(sections))

@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_loader import build  # noqa: E402
+from cli_checks import at_least, listed  # noqa: E402
 from pipeline.data import Augmentation, LoaderOptions, create_loader  # noqa: E402
 from pipeline.data.options import BACKENDS  # noqa: E402
 from pipeline.mix import MixSampler  # noqa: E402
@@ -81,18 +82,14 @@ def main(argv=None) -> None:
     parser.add_argument("--backends", default="synthetic,dali,torch")
     args = parser.parse_args(argv)
     args.num_classes = 20  # make_photos writes 20 class folders
-    for name in ("image_size", "batch_size", "threads", "steps"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    at_least(parser, args, 1, "image_size", "batch_size", "threads", "steps")
     if args.warmup < 0:
         parser.error(f"--warmup must be >= 0, got {args.warmup}")
     if args.images < max(args.num_classes, args.batch_size):
         parser.error(f"--images must be >= {max(args.num_classes, args.batch_size)}, got {args.images}: the model "
                      f"has {args.num_classes} classes (one folder each) and an epoch needs one full batch "
                      f"(--batch-size {args.batch_size})")
-    unknown = [name for name in args.backends.split(",") if name not in BACKENDS]
-    if unknown:
-        parser.error(f"--backends: unknown backend {unknown[0]!r}; choose from {','.join(BACKENDS)}")
+    listed(parser, "backends", args.backends, BACKENDS, "backend")
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=args.device == "cpu", mixed_precision=args.precision)
