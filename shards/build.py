@@ -367,11 +367,10 @@ def _spill_tar(spec, plan, layout, mine, fixed_classes, request) -> None:
     stream = TarStream(spec)
     given, origin = _given_classes(request, spec, fixed_classes)
     allowed = None if given is None else set(given)  # tested once per image: a set, not a list
-    bar = tqdm(total=spec.path.stat().st_size, unit="B", unit_scale=True, desc=f"{plan.split}: reading SRC",
-               disable=not request.progress)
-
     if given is not None:  # known before the stream: a mismatch costs no pass over the archive
         _check_fits_train(layout, given, origin=origin)
+    bar = tqdm(total=spec.path.stat().st_size, unit="B", unit_scale=True, desc=f"{plan.split}: reading SRC",
+               disable=not request.progress)
 
     def checked() -> Iterator[tuple[InputItem, bytes]]:
         for item, data in stream:
