@@ -234,6 +234,10 @@ def test_a_training_into_a_run_folder_another_one_is_using_is_refused(demo_shard
             code, out, err = cli_here([*args[:2], *check, *args[2:]] if check[:1] == ["--check"] else
                                       [*args, *check], capsys)
             assert (code, err.splitlines()) == (2, [refusal]), (check, out + err)
+        # The resume check below needs a checkpoint: the kill waits for the first complete one (it
+        # came after the checks above in most runs, not all: a fresh clone's run once had none yet).
+        wait_for(lambda: any((p / "COMPLETE").exists() for p in (run / "checkpoints").glob("epoch-*")), first,
+                 "a complete checkpoint")
         first.kill()
         first.wait(timeout=60)
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
