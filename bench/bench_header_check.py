@@ -58,6 +58,20 @@ def time_pass(built, *, batches: int) -> float:
     return time.perf_counter() - start
 
 
+def compare(shards: Path, *, batch_size: int, threads: int, decoder: str, rounds: int, batches: int) -> dict:
+    """{"plain": images/s, "checked": images/s}: medians of ``rounds`` passes of ``batches`` each,
+    the two graphs in turns after a warm-up pass of each (page cache, DALI's buffers)."""
+    graphs = {name: pipeline(shards, checked=name == "checked", batch_size=batch_size, threads=threads,
+                             decoder=decoder) for name in ("plain", "checked")}
+    for built in graphs.values():
+        time_pass(built, batches=batches)
+    rates = {name: [] for name in graphs}
+    for _ in range(rounds):
+        for name, built in graphs.items():
+            rates[name].append(batches * batch_size / time_pass(built, batches=batches))
+    return {name: statistics.median(values) for name, values in rates.items()}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,19 +89,11 @@ def main(argv=None) -> int:
     decoder = "mixed" if args.device == "cuda" else "cpu"
     with tempfile.TemporaryDirectory() as tmp:
         shards = build(Path(tmp), args.images)
-        batches = args.images // args.batch_size
-        graphs = {name: pipeline(shards, checked=name == "checked", batch_size=args.batch_size,
-                                 threads=args.threads, decoder=decoder) for name in ("plain", "checked")}
-        for built in graphs.values():  # warm-up: page cache, DALI's buffers
-            time_pass(built, batches=batches)
-        rates = {name: [] for name in graphs}
-        for _ in range(args.rounds):
-            for name, built in graphs.items():
-                rates[name].append(batches * args.batch_size / time_pass(built, batches=batches))
+        median = compare(shards, batch_size=args.batch_size, threads=args.threads, decoder=decoder,
+                         rounds=args.rounds, batches=args.images // args.batch_size)
     print(f"# {platform.processor() or platform.machine()}, {args.device}, decoder {decoder}, {args.images} photos, "
           f"batch {args.batch_size}, {args.threads} DALI threads, median of {args.rounds} passes")
     print(f"{'graph':<34} {'images/s':>9}")
-    median = {name: statistics.median(values) for name, values in rates.items()}
     print(f"{'decode + crop (no header check)':<34} {median['plain']:>9.0f}")
     print(f"{'header check + decode + crop':<34} {median['checked']:>9.0f}")
     print(f"ratio checked / plain: {median['checked'] / median['plain']:.3f}")

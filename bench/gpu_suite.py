@@ -725,24 +725,14 @@ def loader_section(suite: Suite) -> list[Row]:
 def header_check_row(suite: Suite, shards: Path, *, decoder: str) -> Row:
     """What the loader's header check (pipeline/data/dali.py) costs the training decode: the graphs
     of bench_header_check.py with and without it, round-robin passes over the shards."""
-    from bench_header_check import pipeline as header_graph
-    from bench_header_check import time_pass
+    from bench_header_check import compare
 
     plan = suite.plan
-    batches = max(1, plan.photos // plan.batch_size)
-    graphs = {checked: header_graph(shards, checked=checked, batch_size=plan.batch_size, threads=plan.loader_threads,
-                                    decoder=decoder) for checked in (False, True)}
-    seconds = {checked: [] for checked in graphs}
-    for timed in range(plan.loader_epochs + 1):  # the first pass of each is a warm-up
-        for checked, graph in graphs.items():
-            took = time_pass(graph, batches=batches)
-            if timed:
-                seconds[checked].append(took)
-    del graphs
-    gc.collect()
-    rate = {checked: batches * plan.batch_size / statistics.median(values) for checked, values in seconds.items()}
-    return measured("loader", f"DALI {decoder} decode + crop with the header check (vs without)", rate[True], "img/s",
-                    baseline=rate[False])
+    rate = compare(shards, batch_size=plan.batch_size, threads=plan.loader_threads, decoder=decoder,
+                   rounds=plan.loader_epochs, batches=max(1, plan.photos // plan.batch_size))
+    gc.collect()  # the two pipelines' threads and buffers
+    return measured("loader", f"DALI {decoder} decode + crop with the header check (vs without)", rate["checked"],
+                    "img/s", baseline=rate["plain"])
 
 
 # ---------------------------------------------------------------- train

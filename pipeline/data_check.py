@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from shards.errors import ShardsError
-from shards.manifest import load_manifest
+from shards.manifest import class_list_difference, load_manifest
 
 from .checkpoint import check_compatible, read_state
 from .config import TrainConfig
@@ -50,8 +50,9 @@ def check_shards(config: TrainConfig, checkpoint: Path | None) -> list[str]:
         raise TrainError(f"data.eval_split={split}: {error}") from None
     eval_classes = list(eval_manifest["classes"])
     if eval_classes != classes:
+        differ = class_list_difference(classes, eval_classes, first_where="in train", second_where="there")
         raise TrainError(f"data.shards={shards}: the {split} split has another class list than train "
-                         f"({_first_difference(classes, eval_classes)}): its labels would mean other classes; "
+                         f"({differ}): its labels would mean other classes; "
                          f"build it again with the train split's list: python -m shards build SRC {shards} --split "
                          f"{split} --classes {shards / 'train.json'} --overwrite")
     if checkpoint is not None:
@@ -136,8 +137,3 @@ def check_batches(config: TrainConfig, *, world_size: int, num_classes: int) -> 
             raise TrainError(f"{key}={batch}: {error}{own}") from None
 
 
-def _first_difference(train: list[str], other: list[str]) -> str:
-    index = next((i for i, (a, b) in enumerate(zip(train, other)) if a != b), None)
-    if index is None:
-        return f"{len(train)} classes in train, {len(other)} there"
-    return f"class {index} is {train[index]!r} in train, {other[index]!r} there"

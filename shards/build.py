@@ -23,7 +23,8 @@ from .durable import write_text_atomic
 from .errors import ShardsError
 from .images import CHECKS, ImageOptions, PreparedImage, prepare_image
 from .labels import load_val_labels
-from .manifest import SHARD_FIELDS, check_samples_written, compose_manifest, read_manifest, write_manifest
+from .manifest import (SHARD_FIELDS, check_samples_written, class_list_difference, compose_manifest, read_manifest,
+                       write_manifest)
 from .outdir import OutputLayout, check_out_state, discard_build, prepare_output, remove_build_folder
 from .plan import DIGEST_MODULUS, BuildPlan, count_shards, input_digest, part_shards, shard_of
 from .sources import InputItem, TarStream, cifar_inputs, is_missing, list_folder
@@ -258,9 +259,7 @@ def _check_fits_train(layout: OutputLayout, classes: list[str], *, origin: str, 
     train = _train_classes(layout)
     if train is None or classes == train:
         return
-    index = next((i for i, (a, b) in enumerate(zip(train, classes)) if a != b), None)
-    differ = (f"{len(train)} classes there, {len(classes)} in {origin}" if index is None
-              else f"class {index} is {train[index]!r} there, {classes[index]!r} in {origin}")
+    differ = class_list_difference(train, classes, first_where="there", second_where=f"in {origin}")
     raise ShardsError(f"{layout.out / 'train.json'}: the train split has another class list ({differ}): this "
                       f"{layout.split} split's labels would mean other classes; build it with --classes "
                       f"{layout.out / 'train.json'}{hint}")

@@ -67,6 +67,15 @@ def write_manifest(path: Path, manifest: dict) -> None:
     write_text_atomic(path, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
+def class_list_difference(first: list[str], second: list[str], *, first_where: str, second_where: str) -> str:
+    """Where two class lists part, for a message: the first class that differs, else the counts
+    (one list a prefix of the other), e.g. "class 3 is 'n02' in train, 'n03' there"."""
+    index = next((i for i, (a, b) in enumerate(zip(first, second)) if a != b), None)
+    if index is None:
+        return f"{len(first)} classes {first_where}, {len(second)} {second_where}"
+    return f"class {index} is {first[index]!r} {first_where}, {second[index]!r} {second_where}"
+
+
 def load_manifest(out: Path, split: str) -> dict:
     """Read the manifest ``OUT/<split>.json``; a missing one is a ShardsError saying how to make it."""
     if Path(out).is_file():  # `--shards OUT/val.json`: the manifest instead of its folder
