@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tqdm import tqdm
-
 from .errors import TrainError
 
 METRICS_FILE = "metrics.jsonl"
@@ -59,6 +57,10 @@ class Progress:
     """A tqdm bar per epoch on the main process only; the other ranks get a no-op."""
 
     def __init__(self, *, enabled: bool, total: int, epoch: int, epochs: int, initial: int = 0) -> None:
+        # Imported here: `python -m pipeline.plot`, which reads metrics through this module, then
+        # reaches its one-line answer to a Python without the project's packages.
+        from tqdm import tqdm
+
         self.bar = tqdm(total=total, initial=initial, desc=f"epoch {epoch}/{epochs}", dynamic_ncols=True,
                         leave=False) if enabled else None
 

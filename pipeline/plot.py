@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from shards.arguments import CommandParser
+from shards.errors import dependencies_required
 
 from .errors import TrainError
 from .logs import METRICS_FILE, read_metrics
@@ -111,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder for the PNGs, created if missing (default: RUN_DIR/plots)")
     args = parser.parse_args(argv)
     try:
-        for path in plot_run(find_run_dir(args.run), out_dir=args.out):
-            print(path)
+        with dependencies_required():  # yaml and matplotlib, imported where they are used
+            for path in plot_run(find_run_dir(args.run), out_dir=args.out):
+                print(path)
     except (ValueError, TrainError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -11,15 +11,17 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import numpy as np
-from PIL import Image
-
+# numpy, Pillow, the manifest (numpy) and the build (tqdm) are imported where they are used:
+# `python -m shards.demo` run by a Python without the project's packages then ends in main's one
+# error line, not an import traceback from this module's top.
 from .arguments import CommandParser
-from .cli import main as shards_main
-from .errors import ShardsError
-from .manifest import load_manifest
+from .errors import ShardsError, dependencies_required
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
 
 IMAGE_SIZE = 32  # the 8x8 scans are upscaled so that crops and CutMix boxes have room
 # The test split's localization images: a digit of DIGIT_SIDES px (square) at a random place on a
@@ -39,11 +41,16 @@ INK_THRESHOLD = 64  # a pixel is ink above this (of 255): the scans' faint edges
 
 def _split_order(count: int, *, val_fraction: float, seed: int) -> tuple[np.ndarray, int]:
     """The seeded order of the scans and how many of its first ones are val."""
+    import numpy as np
+
     return np.random.default_rng(seed).permutation(count), int(count * val_fraction)
 
 
 def _scan_image(pixels: np.ndarray, side: int) -> Image.Image:
     """An 8x8 scan (values 0..16) as a ``side`` x ``side`` greyscale image."""
+    import numpy as np
+    from PIL import Image
+
     return Image.fromarray((pixels * (255 / 16)).astype(np.uint8), "L").resize((side, side), Image.Resampling.BICUBIC)
 
 
@@ -74,6 +81,8 @@ def write_digits_cub(folder: Path, *, val_fraction: float = VAL_FRACTION, seed: 
     test image, images/digit_K/NNNN.jpg): each digit at a seeded random size and place on a black
     CANVAS, its box the tight box of its ink, measured before JPEG encoding. Returns the images
     written. The folder appears whole or not at all."""
+    import numpy as np
+    from PIL import Image
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -109,6 +118,8 @@ def not_a_demo_folder(folder: Path) -> str | None:
     """Why the demo must not be built into ``folder`` (training with data.demo=true replaces it):
     it holds something other than an earlier demo build. None when it is missing, empty or a
     demo build (whose train manifest lists the ten digit classes)."""
+    from .manifest import load_manifest
+
     folder = Path(folder)
     if not folder.exists():
         return None
@@ -179,6 +190,8 @@ def build_demo_shards(out: Path, *, quiet: bool = False) -> Path:
     """Raw digits -> shards in ``out/shards`` through the real CLI (train, val, and test: the val
     digits with boxes, from a CUB-200-2011 folder); returns the shards folder. Refuses (ShardsError)
     an ``out`` holding other data than an earlier demo's, and writes the digits it lacks."""
+    from .cli import main as shards_main
+
     raw, shards = Path(out) / "raw", Path(out) / "shards"
     expected = _expected_raw_files()
     _check_demo_output(raw, shards, expected)
@@ -200,11 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = CommandParser(prog="python -m shards.demo", description=__doc__)
     parser.add_argument("out", type=Path, nargs="?", default=Path("runs/demo"), help="default runs/demo")
     args = parser.parse_args(argv)
-    try:
-        shards = build_demo_shards(args.out)
-    except ShardsError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    with dependencies_required():
+        from .cli import main as shards_main
+
+        try:
+            shards = build_demo_shards(args.out)
+        except ShardsError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     for command in (["verify", str(shards), "--decode"], ["inspect", str(shards)]):
         if shards_main(command):
             return 1

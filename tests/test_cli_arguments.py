@@ -88,7 +88,11 @@ def test_train_overrides_may_come_before_between_or_after_the_options(argv):
 
 
 @pytest.mark.parametrize("command, missing", [(["pipeline/train.py"], "torch"), (["-m", "shards", "--help"], "tqdm"),
-                                              (["-m", "pipeline.evaluate", "WEIGHTS"], "torch")])
+                                              (["-m", "pipeline.evaluate", "WEIGHTS"], "torch"),
+                                              (["-m", "shards.demo", "OUT"], "numpy"),
+                                              (["-m", "shards.demo", "OUT"], "PIL"),
+                                              (["-m", "pipeline.plot", "RUN"], "matplotlib"),
+                                              (["-m", "pipeline.mix", "preview", "OUT"], "torch")])
 def test_a_python_without_the_dependencies_says_so_in_one_line(command, missing, tmp_path):
     """A system ``python`` run instead of the environment's (the README's commonest mistake): one
     ``error:`` line naming the missing package and the way out, exit 2, not an import traceback.
@@ -96,7 +100,10 @@ def test_a_python_without_the_dependencies_says_so_in_one_line(command, missing,
     missing module does)."""
     weights = tmp_path / "model.safetensors"  # passes the evaluation's checks made before torch
     weights.write_bytes(b"")
-    command = [str(weights) if part == "WEIGHTS" else part for part in command]
+    (tmp_path / "run").mkdir()  # a run folder with an epoch to plot
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": 2.5}\n')
+    places = {"WEIGHTS": weights, "RUN": tmp_path / "run", "OUT": tmp_path / "out"}
+    command = [str(places[part]) if part in places else part for part in command]
     script = ("import runpy, sys\n"
               f"sys.modules[{missing!r}] = None\n"
               f"sys.argv = {command!r}\n"

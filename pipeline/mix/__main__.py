@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from shards.arguments import CommandParser
+from shards.errors import dependencies_required
 
 # torch-free at the top (PEP 562 in the package, the choices and limits in modules of their own):
 # --help and an argument mistake answer before torch is imported; run_preview imports the rest.
@@ -137,7 +138,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     (a LoaderError is a ValueError); argparse's own refusals (not an int) exit 2 with one line too (CommandParser)."""
     args = build_parser().parse_args(argv)
     try:
-        out_path = run_preview(args)
+        with dependencies_required():  # torch and the rest, imported by run_preview
+            out_path = run_preview(args)
     except ValueError as error:
         print(f"error: {as_option(str(error), args)}", file=sys.stderr)
         return 2
