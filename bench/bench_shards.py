@@ -29,6 +29,9 @@ from shards.images import ImageOptions, prepare_image  # noqa: E402
 from shards.tarwriter import ShardTarWriter  # noqa: E402
 
 
+STARTUP_IMAGES = 20  # the build timed as the fixed start-up
+
+
 def make_photos(root: Path, count: int, classes: int = 20, seed: int = 0) -> list[Path]:
     """Natural-image JPEGs of ImageNet's typical size from scikit-learn's sample photos."""
     from sklearn.datasets import load_sample_images
@@ -193,7 +196,7 @@ def passthrough(work: Path, src: Path, paths: list[Path], total_mb: float, repea
         lambda: shards_build(class_tars, work / "o", "--workers", "2"), repeats)
     rows["webdataset ShardWriter loop (no checks)"] = timed(lambda: webdataset_loop(paths, work / "w"), repeats)
     tiny = src.parent / "tiny"
-    for path in paths[:20]:
+    for path in paths[:STARTUP_IMAGES]:
         (tiny / path.parent.name).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, tiny / path.parent.name / path.name)
     startup = timed(lambda: shards_build(tiny, work / "o", "--workers", "2"), repeats)
@@ -203,16 +206,18 @@ def passthrough(work: Path, src: Path, paths: list[Path], total_mb: float, repea
         print(f"  {name:48s} {seconds:6.2f} s {total_mb / seconds:7.1f} MB/s  "
               f"ratio {base / seconds:5.2f}  durable ratio {durable / seconds:5.2f}")
     print(startup_line(startup, rows["shards build, pass-through, 2 workers"], total_mb=total_mb, base=base,
-                       durable=durable))
+                       durable=durable, images=min(STARTUP_IMAGES, len(paths))))
 
 
-def startup_line(startup: float, build: float, *, total_mb: float, base: float, durable: float) -> str:
+def startup_line(startup: float, build: float, *, total_mb: float, base: float, durable: float,
+                 images: int = STARTUP_IMAGES) -> str:
     """The 2-worker build's rate without its fixed start-up (``build`` - ``startup`` seconds), and
     its ratios to tar's ``base`` and ``durable`` seconds; n/a when the build took no longer than
-    the start-up alone (a small run), where the difference would give negative figures."""
+    the start-up alone (a small run), where the difference would give negative figures. ``images``:
+    how many the start-up build had (every image of a run of fewer than STARTUP_IMAGES)."""
     steady = build - startup
-    line = (f"  fixed start-up (a build of 20 images, 2 workers) {startup:6.2f} s; without it the 2-worker build "
-            "runs at ")
+    line = (f"  fixed start-up (a build of {images} images, 2 workers) {startup:6.2f} s; "
+            "without it the 2-worker build runs at ")
     if steady <= 0:
         return line + "n/a (the run is shorter than the start-up; use more --images)"
     return line + f"{total_mb / steady:.0f} MB/s: ratio {base / steady:.2f}, durable ratio {durable / steady:.2f}"

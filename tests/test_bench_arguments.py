@@ -150,3 +150,9 @@ def test_a_build_no_longer_than_the_startup_has_no_steady_rate(startup, build):
 def test_a_longer_build_reports_its_rate_without_the_startup():
     line = bench_shards.startup_line(0.40, 2.40, total_mb=100.0, base=1.0, durable=2.0)
     assert line == STARTUP_LINE.format(0.40) + "50 MB/s: ratio 0.50, durable ratio 1.00"
+
+
+def test_the_startup_line_counts_the_images_a_small_run_had():
+    # --images 12 timed a start-up build of its 12 images and called it "a build of 20 images".
+    line = bench_shards.startup_line(0.40, 0.30, total_mb=4.0, base=0.01, durable=0.02, images=12)
+    assert line.startswith("  fixed start-up (a build of 12 images, 2 workers)   0.40 s;")
