@@ -184,6 +184,20 @@ def is_complete_checkpoint(folder: Path) -> bool:
     return (Path(folder) / COMPLETE).is_file() and (Path(folder) / STATE).is_file()
 
 
+def checkpoint_around(folder: Path) -> tuple[Path, str] | None:
+    """The checkpoint, or a run's ``checkpoints`` folder, that ``folder`` is or lies inside, with
+    what it is ("checkpoint" or "checkpoints"); None when it is neither. A run folder there would
+    write its config, metrics and export among a run's checkpoints: a checkpoint's own
+    model.safetensors was taken for an earlier export and replaced."""
+    folder = Path(folder).resolve()
+    for place in (folder, *folder.parents):
+        if is_complete_checkpoint(place):
+            return place, "checkpoint"
+        if place.name == "checkpoints" and place.is_dir() and _marked_checkpoints(place.parent):
+            return place, "checkpoints"
+    return None
+
+
 def resume_hint(folder: Path) -> str:
     """What to give ``run.resume`` instead of ``folder``, which is no complete checkpoint (``; ...``
     to append to the refusal, or ''): a run folder's own checkpoints, or those kept beside a

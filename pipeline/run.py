@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from .checkpoint import (TrainState, damaged_after, find_resume_checkpoint, read_loader_state,
+from .checkpoint import (TrainState, checkpoint_around, damaged_after, find_resume_checkpoint, read_loader_state,
                          read_state, save_checkpoint)
 from .config import TrainConfig, config_to_dict, write_config
 from .data import Augmentation, LoaderError, LoaderOptions, create_loader, steps_per_epoch
@@ -31,6 +31,7 @@ from .mix import MixSampler
 from .mix.feature import FeatureMixer, layer_shapes
 from .mix.sampler import FEATURE_MODES, INPUT_LAYER
 from .models import create_model
+from .paths import file_in_the_way
 from .optim import (create_optimizer, create_scheduler, follow_config, fused_sgd_available, keep_kernel_choice,
                     scaled_lr, schedule_snapshot)
 from .plot import PLOTS_FOLDER
@@ -141,8 +142,23 @@ def check_before_start(config: TrainConfig, *, world_size: int | None) -> tuple[
     none; TrainError when that is not allowed, naming another process count too where
     ``world_size``, the processes launched, is known: None for ``--check``)."""
     run_dir = Path(config.run.out_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise TrainError(f"run.out_dir={run_dir}: a file, not a folder")
+    blocker = file_in_the_way(run_dir)
+    if blocker is not None:  # found now, not as a traceback where the run folder is made
+        where = "" if blocker == run_dir else f"{blocker} is "
+        raise TrainError(f"run.out_dir={run_dir}: {where}a file, not a folder")
+    around = checkpoint_around(run_dir)
+    if around is not None:
+        place, kind = around
+        same = place == run_dir.resolve()
+        if kind == "checkpoint":
+            owner = place.parent.parent if place.parent.name == "checkpoints" else None
+            go_on = f"continue that run with run.out_dir={owner}, or " if owner else ""
+            raise TrainError(f"run.out_dir={run_dir} is {'a checkpoint' if same else f'inside the checkpoint {place}'}"
+                             f": this run's files would land in it (its model.safetensors taken for an old export "
+                             f"and replaced); {go_on}start from it with run.resume={place} and a run folder of its own")
+        where = "holds" if same else f"is inside {place}, which holds"
+        raise TrainError(f"run.out_dir={run_dir} {where} the checkpoints of the run in {place.parent}: continue that "
+                         f"run with run.out_dir={place.parent}, or give this one a folder of its own")
     shards = Path(config.data.shards).resolve()
     if run_dir.resolve() == shards or shards in run_dir.resolve().parents:
         # Checkpoints, config.yaml and metrics among the shard tars (a build's --overwrite would

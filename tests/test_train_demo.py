@@ -219,6 +219,52 @@ def test_a_run_folder_that_is_the_shards_folder_or_inside_it_is_refused(demo_sha
     assert not (demo_shards / "run").exists() and not (demo_shards / "checkpoints").exists()
 
 
+def test_a_run_folder_in_a_runs_checkpoints_is_refused_and_the_checkpoint_left_alone(demo_run, demo_shards, capsys,
+                                                                                         monkeypatch):
+    """A checkpoint pasted into run.out_dir instead of run.resume (walkthrough): the run started
+    there, took the checkpoint's model.safetensors for an earlier export, moved it away and wrote its
+    own, and the original run then skipped that checkpoint as damaged."""
+    monkeypatch.delenv("RANK", raising=False)
+    run, _ = demo_run
+    checkpoints = run / "checkpoints"
+    newest = checkpoints / "epoch-0003"
+    before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    go_on = f"continue that run with run.out_dir={run}"
+    cases = [
+        (newest, f"is a checkpoint: this run's files would land in it (its model.safetensors taken for an old export "
+                 f"and replaced); {go_on}, or start from it with run.resume={newest} and a run folder of its own"),
+        (newest / "sub", f"is inside the checkpoint {newest}: this run's files would land in it (its "
+                         f"model.safetensors taken for an old export and replaced); {go_on}, or start from it with "
+                         f"run.resume={newest} and a run folder of its own"),
+        (checkpoints, f"holds the checkpoints of the run in {run}: {go_on}, or give this one a folder of its own"),
+        (checkpoints / "new", f"is inside {checkpoints}, which holds the checkpoints of the run in {run}: {go_on}, or "
+                              "give this one a folder of its own"),
+    ]
+    for out, message in cases:
+        for check in ([], ["--check"]):
+            code, _, err = cli_here([*check, *small_run_args(demo_shards, out, *TRAINED_DEMO_SETTINGS)], capsys)
+            assert (code, err.splitlines()) == (2, [f"error: run.out_dir={out} {message}"]), err[-3000:]
+    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
+
+
+def test_a_folder_under_a_file_is_one_line_before_any_work(demo_shards, tmp_path, capsys, monkeypatch):
+    """``--check`` passed both, then the run ended in mkdir's traceback (walkthrough)."""
+    monkeypatch.delenv("RANK", raising=False)
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for check in ([], ["--check"]):
+        code, _, err = cli_here([*check, *small_run_args(demo_shards, afile / "run")], capsys)
+        assert (code, err.splitlines()) == (2, [f"error: run.out_dir={afile / 'run'}: {afile} is a file, not a "
+                                                "folder"]), err[-3000:]
+        # The default demo config builds its shards where data.shards says.
+        code, _, err = cli_here([*check, "--config", str(REPO / "configs" / "demo.yaml"),
+                                 f"run.out_dir={tmp_path / 'run'}", f"data.shards={afile / 'x' / 'shards'}"], capsys)
+        assert (code, err.splitlines()) == (2, [f"error: data.shards={afile / 'x' / 'shards'}: {afile} is a file, not "
+                                                "a folder: data.demo=true builds the demo digits into a folder "
+                                                "there"]), err[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # no run folder made for a refused run
+
+
 def test_the_script_says_bad_input_in_one_line_and_exits_2(demo_run, demo_shards):
     out, _ = demo_run
     done = run_train([*small_run_args(demo_shards, out, *TRAINED_DEMO_SETTINGS), "optim.lr=0.1"])
