@@ -325,3 +325,27 @@ def test_damaged_shard_exits_2_with_one_line_from_the_shell(shards_dir, tmp_path
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.splitlines() == [result.stderr.strip()] and result.stderr.startswith(f"error: {tar}: ")
     assert key in result.stderr
+
+
+def test_label_smoothing_spreads_over_every_class_of_the_data_set(shards_dir, tmp_path, monkeypatch):
+    """The share went to the classes of the batch alone (labels.max() + 1): two digits of ten
+    showed 0.95 where training gives 0.9 + 0.1 / 10 = 0.91."""
+    import pipeline.mix.preview as preview
+
+    drawn = {}
+
+    def recording_grid(mixed, targets, **kwargs):
+        drawn["targets"] = targets
+        return kwargs["out_path"]
+
+    monkeypatch.setattr(preview, "draw_preview_grid", recording_grid)
+    labels = load_preview_batch(shards_dir, split="train", batch_size=NUM_SAMPLES, size=8)[1].tolist()
+    # The first samples, in the preview's order, up to just before the first of the last class.
+    batch = labels.index(len(COLOURS) - 1)
+    assert batch >= 2, "the fixture's order puts the last class first: pick another seed"
+    assert main(["preview", str(shards_dir), "--out", str(tmp_path / "p.png"), "--batch-size", str(batch),
+                 "--mode", "none", "--label-smoothing", "0.2"]) == 0
+    # Hand-computed: 1 - 0.2 + 0.2 / 4 for the true class, 0.2 / 4 for each of the other three.
+    expected = torch.full((batch, len(COLOURS)), 0.05)
+    expected[torch.arange(batch), torch.tensor(labels[:batch])] = 0.85
+    assert torch.allclose(drawn["targets"].float(), expected)
