@@ -62,6 +62,10 @@ on_usr1() {
     resender=$!
 }
 trap on_usr1 USR1
+# SIGTERM (scancel, a preemption, a requeue): Slurm signals the tasks too, which pass it on to the
+# training processes; this shell goes on waiting for srun, which carries their last lines (the
+# checkpoint) into the log until the step ends. Bash's default would end the shell at once.
+trap 'trapped=1' TERM
 
 # Under sbatch the script runs from a spool copy: the repository is the job's working folder
 # (sbatch --chdir=REPO) or else the submission folder (a --chdir given for the logs' sake).
@@ -262,6 +266,10 @@ srun --export=ALL --kill-on-bad-exit=1 --ntasks-per-node=1 --ntasks="$SLURM_NNOD
         --main_process_port "$PORT" --rdzv_backend static --dynamo_backend no pipeline/train.py "$@" ) &
     launcher=$!
     trap "trapped=1; pkill -USR1 -P $launcher" USR1
+    # scancel, a preemption, a requeue: Slurm sends SIGTERM to this task (here only it: seen with
+    # proctrack/cgroup, Slurm 22.05), whose end then gets the rest of the step SIGKILLed: pass it
+    # to the training processes, which checkpoint and exit, and wait for them (until KillWait).
+    trap "trapped=1; pkill -TERM -P $launcher" TERM
     # wait returns early (> 128) when the trap runs: wait again. After a wait that returned the
     # status (the USR1 came just after the launcher ended), a second finds nothing: 127 in bash
     # before 5.2 (5.2 says the status again): keep the first.

@@ -305,11 +305,16 @@ def test_the_array_build_refuses_an_out_holding_a_build_before_submitting(tmp_pa
         f"error: {out} already holds a complete train build (train.json): pass --overwrite to replace it\n")
 
 
-def test_scancel_leaves_no_process_of_the_job(cluster, demo_shards, tmp_path):
-    # Far more epochs than it gets to: the job is cancelled while it trains.
+def test_scancel_checkpoints_and_leaves_no_process_of_the_job(cluster, demo_shards, tmp_path):
+    """The SIGTERM of scancel (a preemption, a requeue) reached only each task's bash, which died of
+    it, and Slurm SIGKILLed the rest of the step: no checkpoint (walkthrough, strace). The tasks
+    pass it on to the training processes, the batch shell waits for srun, which carries their
+    last lines into the log."""
+    # Far more epochs than it gets to: the job is cancelled while it trains (epochs of 40 steps:
+    # the signal lands in the second one).
     out = tmp_path / "run"
     job = submit_training(cluster, tmp_path, small_run_args(demo_shards, out, "schedule.epochs=1000",
-                                                            "run.max_train_steps=5", "loader.batch_size=16"))
+                                                            "run.max_train_steps=40", "loader.batch_size=16"))
     log_path = tmp_path / f"cutmix-{job}.out"
     wait_for_log(cluster, log_path, "epoch 1/")
     # Batch shell, srun, each task's bash, `accelerate launch` and the ranks (SLURM_CONF, SLURM_JOB_ID).
@@ -327,6 +332,12 @@ def test_scancel_leaves_no_process_of_the_job(cluster, demo_shards, tmp_path):
     kill_processes(left)
     assert not left, "processes of the cancelled job still ran:\n" + "\n".join(described) + "\n" + \
         log_path.read_text()[-3000:]
+    log = log_path.read_text()
+    assert log.count("SIGTERM received: stopping after this step with a checkpoint") == 2, log[-3000:]  # both ranks
+    stopped = re.findall(r"^stopped with a checkpoint: the same command resumes from (\S+)$", log, re.M)
+    assert len(stopped) == 1 and Path(stopped[0]).parent == out / "checkpoints", log[-3000:]
+    # Newer than the first epoch's, which was there before the scancel, and complete.
+    assert Path(stopped[0]).name != "epoch-0001" and (Path(stopped[0]) / "COMPLETE").is_file()
 
 
 def test_shard_array_and_merge_equal_a_single_process_build(cluster, tmp_path):
