@@ -64,8 +64,15 @@ on_usr1() {
 trap on_usr1 USR1
 # SIGTERM (scancel, a preemption, a requeue): Slurm signals the tasks too, which pass it on to the
 # training processes; this shell goes on waiting for srun, which carries their last lines (the
-# checkpoint) into the log until the step ends. Bash's default would end the shell at once.
-trap 'trapped=1' TERM
+# checkpoint) into the log until the step ends. Bash's default would end the shell at once, as
+# it still should before srun starts or after it ended.
+on_term() {
+    trapped=1
+    if [[ -z $srun_pid ]]; then
+        exit 143
+    fi
+}
+trap on_term TERM
 
 # Under sbatch the script runs from a spool copy: the repository is the job's working folder
 # (sbatch --chdir=REPO) or else the submission folder (a --chdir given for the logs' sake).
