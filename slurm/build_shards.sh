@@ -52,11 +52,12 @@ out=$2
 parts=${PARTS:-8}
 cpus=${CPUS_PER_TASK:-16}
 for setting in "PARTS=$parts" "CPUS_PER_TASK=$cpus"; do
-    if [[ ! ${setting#*=} =~ ^[1-9][0-9]*$ ]]; then
+    if [[ ! ${setting#*=} =~ ^0*[1-9][0-9]*$ ]]; then
         echo "error: $setting: a whole number >= 1 is needed" >&2
         exit 2
     fi
 done
+parts=$((10#$parts)) cpus=$((10#$cpus))   # 08 is 8 (bash arithmetic would read it as octal)
 # The build's own checks (options, SRC's kind, label and class files, a previous build in OUT)
 # here, once, rather than in every array task after it has waited in the queue.
 if ! "$python" -m shards build "$@" --num-parts "$parts" --part-id 0 --dry-run >/dev/null; then

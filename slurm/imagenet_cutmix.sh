@@ -113,7 +113,9 @@ done
 # run.resume=auto before the user's overrides (theirs win on the first start); after a requeue
 # also after them: a restart must continue from the newest checkpoint, not start over again
 # (run.resume=none) or go back to the checkpoint the first start named (run.resume=PATH).
-train_args=(--config "$config" run.resume=auto ${overrides[@]+"${overrides[@]}"})
+# run.progress=false, also before them: the bar's redraws garble a log file (the epoch lines carry
+# the same figures); run.progress=true brings it back.
+train_args=(--config "$config" run.resume=auto run.progress=false ${overrides[@]+"${overrides[@]}"})
 if ((${SLURM_RESTART_COUNT:-0} > 0)); then
     train_args+=(run.resume=auto)
 fi
@@ -215,8 +217,10 @@ else
     export MULTI=
 fi
 export HEAD_ADDR=$head_addr PORT=$port PROCS_PER_NODE=$procs_per_node
-echo "job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}): $SLURM_NNODES nodes x $procs_per_node" \
-     "processes, head $head_node ($head_addr:$port), pipeline/train.py ${train_args[*]}"
+nodes_said="$SLURM_NNODES node$( ((SLURM_NNODES == 1)) || echo s)"
+procs_said="$procs_per_node process$( ((procs_per_node == 1)) || echo es)"
+echo "job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}): $nodes_said x $procs_said" \
+     "per node, head $head_node ($head_addr:$port), pipeline/train.py ${train_args[*]}"
 
 if ((requeue)); then
     # The warning came before any training: the time limit leaves no time to train after it, and

@@ -98,7 +98,7 @@ def test_training_runs_with_world_size_two_across_two_nodes(cluster, demo_shards
     log = (tmp_path / f"cutmix-{job}.out").read_text()
     assert record["JobState"] == "COMPLETED", log[-4000:]
     assert record["NodeList"] == "n[1-2]" and record["NumNodes"] == "2"
-    assert "2 nodes x 1 processes" in log and ": 2 processes on cpu, precision no, global batch 32" in log
+    assert "2 nodes x 1 process per node" in log and ": 2 processes on cpu, precision no, global batch 32" in log
     [port] = head_ports(log)
     assert port != derived and 20000 <= port < 30000, log[-4000:]
     # Gloo bound to the interface each node reaches the other through (here lo: NodeAddr 127.0.0.1).
@@ -191,13 +191,16 @@ def test_one_node_with_one_process(cluster, demo_shards, tmp_path):
     out = tmp_path / "run"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    job = submit_training(cluster, tmp_path, small_run_args(demo_shards, out, "schedule.epochs=2",
-                                                            "run.max_train_steps=3", "loader.batch_size=16"), nodes=1,
-                          options=(f"--chdir={REPO}",), env={**job_env(), "HF_HOME": str(home)}, cwd=elsewhere)
+    # Without run.progress=false: the script turns the bar off, whose redraws garbled the log.
+    args = [a for a in small_run_args(demo_shards, out, "schedule.epochs=2", "run.max_train_steps=3",
+                                      "loader.batch_size=16") if a != "run.progress=false"]
+    job = submit_training(cluster, tmp_path, args, nodes=1, options=(f"--chdir={REPO}",),
+                          env={**job_env(), "HF_HOME": str(home)}, cwd=elsewhere)
     record = cluster.wait(job, timeout=600)
     log = (tmp_path / f"cutmix-{job}.out").read_text()
     assert record["JobState"] == "COMPLETED", log[-4000:]
-    assert "1 nodes x 1 processes" in log
+    assert "1 node x 1 process per node" in log
+    assert "\r" not in log and "it/s" not in log and "epoch 1/2: loss " in log, log[-4000:]
     assert "training resnet10t on 10 classes of " in log and ": 1 process on cpu, precision no, global batch 16" in log
     assert [(r["epoch"], r["world_size"]) for r in read_metrics(out)] == [(1, 1), (2, 1)]
 
@@ -277,6 +280,7 @@ def test_the_script_run_without_sbatch_says_so(tmp_path):
     (["SRC", "OUT"], {}, "error: --split is needed"),
     (["/nonexistent/src", "OUT", "--split=train"], {}, "error: SRC /nonexistent/src: no such file or folder"),
     ([".", "OUT", "--split=train"], {"PARTS": "0"}, "error: PARTS=0: a whole number >= 1 is needed"),
+    ([".", "OUT", "--split=train"], {"PARTS": "00"}, "error: PARTS=00: a whole number >= 1 is needed"),
     ([".", "OUT", "--split=train"], {"CPUS_PER_TASK": "4x"}, "error: CPUS_PER_TASK=4x: a whole number >= 1"),
     # The build's own checks (python -m shards build --dry-run), before anything is submitted:
     ([".", "../OUT", "--split=train", "--shard-size=1kB"], {}, "error: --shard-size must be at least 64kB"),
@@ -349,7 +353,7 @@ def test_shard_array_and_merge_equal_a_single_process_build(cluster, tmp_path):
     submitted = cluster.run(
         ["bash", str(REPO / "slurm" / "build_shards.sh"), str(tmp_path / "src"), str(parted), "--split", "train",
          "--shard-size", "100kB"],
-        env={**cluster.env, **job_env(), "PARTS": "2", "CPUS_PER_TASK": "1", "TIME": "10",
+        env={**cluster.env, **job_env(), "PARTS": "02", "CPUS_PER_TASK": "1", "TIME": "10",
              "LOG_DIR": str(tmp_path / "logs")}, cwd=tmp_path)
     array_id, merge_id = map(int, submitted.stdout.split()[-2:])
     merge = cluster.wait(merge_id, timeout=300)
