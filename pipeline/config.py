@@ -14,6 +14,7 @@ is the text "no", not YAML 1.1's boolean.
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,6 +159,10 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
 
+# Keys that name a file or folder: "~" there is the user's home, as in a shell.
+PATH_KEYS = ("data.shards", "run.out_dir", "run.resume")
+
+
 def resolve_config(*, config_file: str | Path | None, overrides: list[str], recorded: bool = False) -> TrainConfig:
     """Defaults, then the YAML file (and its ``base`` chain), then ``section.key=value`` overrides;
     every value checked (``config_rules.validate``; ``recorded``: a run's own config.yaml read again)."""
@@ -245,6 +250,10 @@ def build_config(values: dict[str, dict[str, Any]], *, recorded: bool = False) -
             if key not in known:
                 raise ConfigError(f"unknown config key {section}.{key}; {section} has {sorted(known)}")
             checked[key] = coerce(value, field_types[key], name=f"{section}.{key}")
+            if f"{section}.{key}" in PATH_KEYS and checked[key].startswith("~"):
+                # The shell leaves run.out_dir=~/x as it is (no tilde expansion after a key with a
+                # dot), and YAML does too: a folder named "~" appeared under the working folder.
+                checked[key] = os.path.expanduser(checked[key])
         built[section] = section_type(**checked)
     config = TrainConfig(**built)
     validate(config, recorded=recorded)

@@ -149,3 +149,22 @@ def test_yaml_mistakes_and_a_missing_base_name_the_file_and_line(tmp_path):
         with pytest.raises(ConfigError) as error:
             resolve_config(config_file=tmp_path / name, overrides=[])
         assert str(error.value) == f"{tmp_path / name}: {problem}"
+
+
+def test_a_tilde_in_a_path_key_is_the_home_folder(tmp_path, monkeypatch):
+    """``run.out_dir=~/x`` (the shell does not expand it after a dotted key) and ``out_dir: ~/x``
+    in YAML made a folder named "~" in the working folder (walkthrough)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "c.yaml").write_text("data:\n  shards: ~/data/inet\n")
+    checkpoint = tmp_path / "home" / "runs" / "b" / "checkpoints" / "epoch-0003"
+    checkpoint.mkdir(parents=True)  # a complete checkpoint's marker and state: run.resume is checked
+    (checkpoint / "COMPLETE").write_text("ok\n")
+    (checkpoint / "state.json").write_text("{}")
+    config = resolve_config(config_file=tmp_path / "c.yaml",
+                            overrides=["run.out_dir=~/runs/a", "run.resume=~/runs/b/checkpoints/epoch-0003"])
+    home = tmp_path / "home"
+    assert (config.data.shards, config.run.out_dir, config.run.resume) == (
+        f"{home}/data/inet", f"{home}/runs/a", f"{home}/runs/b/checkpoints/epoch-0003")
+    # Elsewhere in a path, and in keys that are no paths, a "~" is only a character.
+    config = resolve_config(config_file=None, overrides=["run.out_dir=runs/~a", "run.resume=auto"])
+    assert (config.run.out_dir, config.run.resume) == ("runs/~a", "auto")
