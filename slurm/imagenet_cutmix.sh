@@ -36,20 +36,19 @@ fi
 # then requeue. Trapped from the start: bash's default for USR1 ends the shell, and the job
 # with it, without a word.
 requeue=0
+termed=0
 srun_pid=
+srun_ended=0
 resender=
 trapped=0
-on_usr1() {
-    requeue=1
-    trapped=1
-    if [[ -z $srun_pid || -n $resender ]]; then
-        return   # not started yet (said below, before srun), or already asked
+# Asks every step's processes (not this shell) to stop with a checkpoint, with USR1; and again
+# every 10 s until they end: a training process still starting ignores USR1 (the launcher's
+# `trap ""` is inherited) until its own handler is in place, so a single signal in that window
+# would be lost. A stop already under way ignores the repeats.
+start_resender() {
+    if [[ -n $resender ]]; then
+        return
     fi
-    echo "USR1: asking the training processes to checkpoint; the job will requeue"
-    # Every step's processes, not this shell; and again every 10 s until they end: a training
-    # process still starting ignores USR1 (the launcher's `trap ""` is inherited) until its own
-    # handler is in place, so a single signal in that window would be lost. A stop already under
-    # way ignores the repeats.
     (
         pause=
         trap 'kill $pause 2>/dev/null; exit 0' TERM
@@ -61,16 +60,37 @@ on_usr1() {
     ) &
     resender=$!
 }
+on_usr1() {
+    requeue=1
+    trapped=1
+    if [[ -z $srun_pid || -n $resender ]]; then
+        return   # not started yet (said below, before srun), or already asked
+    fi
+    echo "USR1: asking the training processes to checkpoint; the job will requeue"
+    start_resender
+}
 trap on_usr1 USR1
-# SIGTERM (scancel, a preemption, a requeue): Slurm signals the tasks too, which pass it on to the
-# training processes; this shell goes on waiting for srun, which carries their last lines (the
-# checkpoint) into the log until the step ends. Bash's default would end the shell at once, as
-# it still should before srun starts or after it ended.
+# SIGTERM: scancel, a preemption or `scontrol requeue` (Slurm signals each node's task too, which
+# passes it on), or a TERM sent to this shell alone (`scancel --signal=TERM --batch`, `kill`).
+# Either way the training processes are asked to checkpoint as for USR1, and this shell goes on
+# waiting for srun, which carries their last lines into the log; it does not requeue the job (a
+# cancel stays a cancel; Slurm requeues a preempted or requeued job itself). Before srun starts the
+# shell ends, as bash's default would (once the command in the foreground, if any, returns: bash
+# runs a trap after it); after srun ended it ends with the training's status, not requeued.
 on_term() {
     trapped=1
     if [[ -z $srun_pid ]]; then
-        exit 143
+        if ((!srun_ended)); then
+            exit 143
+        fi
+        termed=1
+        return
     fi
+    if ((!termed)); then
+        echo "SIGTERM: asking the training processes to checkpoint; the job will not requeue itself"
+    fi
+    termed=1
+    start_resender
 }
 trap on_term TERM
 
@@ -217,6 +237,11 @@ else
     export MULTI=
 fi
 export HEAD_ADDR=$head_addr PORT=$port PROCS_PER_NODE=$procs_per_node
+# Where the launcher itself gets a SIGTERM (a cluster that signals every process of the step, or
+# proctrack/pgid), torchrun's agent passes it on and SIGKILLs its ranks after this many seconds
+# (torch's default 30, short for a checkpoint on a slow file system): run.stop_grace_seconds'
+# default; set it in the environment to change it.
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-120}
 nodes_said="$SLURM_NNODES node$( ((SLURM_NNODES == 1)) || echo s)"
 procs_said="$procs_per_node process$( ((procs_per_node == 1)) || echo es)"
 echo "job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}): $nodes_said x $procs_said" \
@@ -280,7 +305,10 @@ srun --export=ALL --kill-on-bad-exit=1 --ntasks-per-node=1 --ntasks="$SLURM_NNOD
     # scancel, a preemption, a requeue: Slurm sends SIGTERM to this task (here only it: seen with
     # proctrack/cgroup, Slurm 22.05), whose end then gets the rest of the step SIGKILLed: pass it
     # to the training processes, which checkpoint and exit, and wait for them (until KillWait).
-    trap "trapped=1; pkill -TERM -P $launcher" TERM
+    # None there yet (the launcher still starting): USR1 every 2 s until the launcher ends, which
+    # reaches them once their handler is in place (a stop under way ignores the repeats; a second
+    # SIGTERM would end them at once).
+    trap "trapped=1; pkill -TERM -P $launcher || { (while kill -0 $launcher 2>/dev/null; do sleep 2; pkill -USR1 -P $launcher; done) & }" TERM
     # wait returns early (> 128) when the trap runs: wait again. After a wait that returned the
     # status (the USR1 came just after the launcher ended), a second finds nothing: 127 in bash
     # before 5.2 (5.2 says the status again): keep the first.
@@ -316,6 +344,7 @@ while :; do
     fi
 done
 srun_pid=   # a USR1 from now on starts no repeats: the training processes have ended
+srun_ended=1
 if [[ -n $resender ]]; then
     kill "$resender" 2>/dev/null || true
     wait "$resender" 2>/dev/null || true
@@ -332,7 +361,7 @@ if ((status != 0)); then
     fi
     echo "error: the training ended with exit status $status${cause:+: ${cause#error: }}" >&2
 fi
-if ((requeue)) && ((status == 0)); then
+if ((requeue)) && ((status == 0)) && ((!termed)); then
     # A USR1 during the last epoch's evaluation or export: the run ended, nothing to requeue for.
     if python pipeline/train.py --check "${train_args[@]}" run.resume=auto 2>/dev/null | grep -q "already finished"; then
         echo "the run has finished: no requeue"
