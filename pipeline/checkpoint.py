@@ -22,6 +22,7 @@ from pathlib import Path
 from shards.durable import fsync_directory, fsync_tree, give_umask_mode, write_text_atomic
 
 from .errors import TrainError
+from .logs import METRICS_FILE
 
 COMPLETE = "COMPLETE"
 STATE = "state.json"
@@ -193,9 +194,20 @@ def checkpoint_around(folder: Path) -> tuple[Path, str] | None:
     for place in (folder, *folder.parents):
         if is_complete_checkpoint(place):
             return place, "checkpoint"
-        if place.name == "checkpoints" and place.is_dir() and _marked_checkpoints(place.parent):
+        # Only a run's: a user's own folder named checkpoints (run folders, checkpoints kept by
+        # hand) is a place for a run folder like any other.
+        if place.name == "checkpoints" and is_run_folder(place.parent) and _marked_checkpoints(place.parent):
             return place, "checkpoints"
     return None
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a training's run folder: beside its checkpoints/ it holds the
+    config.yaml that every run writes first (resume_config.CONFIG_FILE: that module's import of
+    the config would import this one) or its metrics."""
+    folder = Path(folder)
+    marks = ("config.yaml", METRICS_FILE)
+    return (folder / "checkpoints").is_dir() and any((folder / name).is_file() for name in marks)
 
 
 def resume_hint(folder: Path) -> str:

@@ -254,6 +254,10 @@ def build_config(values: dict[str, dict[str, Any]], *, recorded: bool = False) -
                 # The shell leaves run.out_dir=~/x as it is (no tilde expansion after a key with a
                 # dot), and YAML does too: a folder named "~" appeared under the working folder.
                 checked[key] = os.path.expanduser(checked[key])
+                if checked[key].startswith("~"):  # ~name of no user: it stays as it is
+                    user = checked[key][1:].split("/", 1)[0]
+                    raise ConfigError(f"{section}.{key}: {checked[key]}: this machine has no user {user!r} whose "
+                                      "home folder ~ could name")
         built[section] = section_type(**checked)
     config = TrainConfig(**built)
     validate(config, recorded=recorded)

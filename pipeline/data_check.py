@@ -19,7 +19,7 @@ from .checkpoint import check_compatible, read_state
 from .config import TrainConfig
 from .errors import TrainError
 from .models.factory import read_classes
-from .paths import file_in_the_way
+from .paths import in_the_way
 
 
 def demo_to_build(config: TrainConfig) -> bool:
@@ -34,10 +34,9 @@ def check_demo_folder(config: TrainConfig) -> None:
     from shards.demo import not_a_demo_folder
 
     shards = Path(config.data.shards)
-    blocker = file_in_the_way(shards)
-    if blocker is not None and blocker != shards:  # the folder itself a file: not_a_demo_folder says so
-        raise TrainError(f"data.shards={shards}: {blocker} is a file, not a folder: data.demo=true builds the "
-                         "demo digits into a folder there")
+    blocked = in_the_way("data.shards", shards)
+    if blocked and not shards.is_file():  # the folder itself a file: not_a_demo_folder says so, with advice
+        raise TrainError(f"{blocked}: data.demo=true builds the demo digits into a folder there")
     why = not_a_demo_folder(shards)
     if why:
         raise TrainError(f"data.shards={shards}: {why}; data.demo=true builds the demo digits only into a "

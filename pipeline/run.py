@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from .checkpoint import (TrainState, checkpoint_around, damaged_after, find_resume_checkpoint, read_loader_state,
-                         read_state, save_checkpoint)
+from .checkpoint import (TrainState, checkpoint_around, damaged_after, find_resume_checkpoint, is_run_folder,
+                         read_loader_state, read_state, save_checkpoint)
 from .config import TrainConfig, config_to_dict, write_config
 from .data import Augmentation, LoaderError, LoaderOptions, create_loader, steps_per_epoch
 from .data.color import ColorAugment
@@ -31,7 +31,7 @@ from .mix import MixSampler
 from .mix.feature import FeatureMixer, layer_shapes
 from .mix.sampler import FEATURE_MODES, INPUT_LAYER
 from .models import create_model
-from .paths import file_in_the_way
+from .paths import in_the_way
 from .optim import (create_optimizer, create_scheduler, follow_config, fused_sgd_available, keep_kernel_choice,
                     scaled_lr, schedule_snapshot)
 from .plot import PLOTS_FOLDER
@@ -142,16 +142,16 @@ def check_before_start(config: TrainConfig, *, world_size: int | None) -> tuple[
     none; TrainError when that is not allowed, naming another process count too where
     ``world_size``, the processes launched, is known: None for ``--check``)."""
     run_dir = Path(config.run.out_dir)
-    blocker = file_in_the_way(run_dir)
-    if blocker is not None:  # found now, not as a traceback where the run folder is made
-        where = "" if blocker == run_dir else f"{blocker} is "
-        raise TrainError(f"run.out_dir={run_dir}: {where}a file, not a folder")
+    blocked = in_the_way("run.out_dir", run_dir)
+    if blocked:  # found now, not as a traceback where the run folder is made
+        raise TrainError(blocked)
     around = checkpoint_around(run_dir)
     if around is not None:
         place, kind = around
         same = place == run_dir.resolve()
         if kind == "checkpoint":
-            owner = place.parent.parent if place.parent.name == "checkpoints" else None
+            owner = place.parent.parent
+            owner = owner if place.parent.name == "checkpoints" and is_run_folder(owner) else None
             go_on = f"continue that run with run.out_dir={owner}, or " if owner else ""
             raise TrainError(f"run.out_dir={run_dir} is {'a checkpoint' if same else f'inside the checkpoint {place}'}"
                              f": this run's files would land in it (its model.safetensors taken for an old export "

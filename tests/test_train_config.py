@@ -168,3 +168,9 @@ def test_a_tilde_in_a_path_key_is_the_home_folder(tmp_path, monkeypatch):
     # Elsewhere in a path, and in keys that are no paths, a "~" is only a character.
     config = resolve_config(config_file=None, overrides=["run.out_dir=runs/~a", "run.resume=auto"])
     assert (config.run.out_dir, config.run.resume) == ("runs/~a", "auto")
+
+
+def test_a_tilde_of_no_user_is_refused():
+    # It stayed as it was: a folder named "~nosuchuser" would have appeared in the working folder (review).
+    with pytest.raises(ConfigError, match="run.out_dir: ~nosuchuser_x/r: this machine has no user 'nosuchuser_x'"):
+        resolve_config(config_file=None, overrides=["run.out_dir=~nosuchuser_x/r"])

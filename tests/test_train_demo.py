@@ -2,6 +2,7 @@
 and one clear message for each kind of bad input."""
 
 import json
+from pathlib import Path
 import os
 import stat
 import sys
@@ -263,6 +264,41 @@ def test_a_folder_under_a_file_is_one_line_before_any_work(demo_shards, tmp_path
                                                 "a folder: data.demo=true builds the demo digits into a folder "
                                                 "there"]), err[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # no run folder made for a refused run
+
+
+def test_a_users_own_checkpoints_folder_is_a_place_for_a_run_like_any_other(demo_run, demo_shards, tmp_path,
+                                                                           capsys, monkeypatch):
+    """A folder named checkpoints holding run folders and a checkpoint kept by hand, no run's own:
+    a fine-tune there was refused as "inside the checkpoints of the run in STORE" (review)."""
+    import shutil
+
+    monkeypatch.delenv("RANK", raising=False)
+    run, _ = demo_run
+    store = tmp_path / "store" / "checkpoints"
+    kept = Path(shutil.copytree(run / "checkpoints" / "epoch-0003", store / "r10-final"))
+    code, out, err = cli_here(["--check", *small_run_args(demo_shards, store / "finetune", *TRAINED_DEMO_SETTINGS),
+                               f"run.resume={kept}"], capsys)
+    assert code == 0 and f"finished ({kept})" in out, err[-3000:]  # its 3 epochs are all the settings ask
+    # The checkpoint kept there is still refused as a run folder, without naming STORE as a run.
+    code, _, err = cli_here(["--check", *small_run_args(demo_shards, kept, *TRAINED_DEMO_SETTINGS)], capsys)
+    assert (code, err.splitlines()) == (2, [
+        f"error: run.out_dir={kept} is a checkpoint: this run's files would land in it (its model.safetensors taken "
+        f"for an old export and replaced); start from it with run.resume={kept} and a run folder of its own"])
+
+
+def test_a_broken_link_in_the_way_is_named_as_one(demo_shards, tmp_path, capsys, monkeypatch):
+    """It was called "a file"; as data.shards itself it passed --check, and the demo build then
+    ended in a traceback (review)."""
+    monkeypatch.delenv("RANK", raising=False)
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    gone = tmp_path / "gone"
+    code, _, err = cli_here(["--check", *small_run_args(demo_shards, gone / "run")], capsys)
+    assert (code, err.splitlines()) == (2, [f"error: run.out_dir={gone / 'run'}: {gone} is a broken link, not a "
+                                            "folder"])
+    code, _, err = cli_here(["--check", "--config", str(REPO / "configs" / "demo.yaml"),
+                             f"run.out_dir={tmp_path / 'run'}", f"data.shards={gone}"], capsys)
+    assert (code, err.splitlines()) == (2, [f"error: data.shards={gone}: a broken link, not a folder: data.demo=true "
+                                            "builds the demo digits into a folder there"])
 
 
 def test_the_script_says_bad_input_in_one_line_and_exits_2(demo_run, demo_shards):
