@@ -747,6 +747,14 @@ def test_a_task_that_fails_mid_run_keeps_the_finished_ones(demo_run, tmp_path, c
         (out / "eval.md").read_text()
     assert main(["compare", str(out), "--out", str(tmp_path / "cmp")]) == 2
     assert not (tmp_path / "cmp" / "compare.md").exists()
+    # The missing task run next, as the Unfinished line suggests: classify stays (it was deleted).
+    capsys.readouterr()
+    assert main([str(demo_run), "--tasks", "occlusion", "--occlusion-steps", "2", "--num-threads", "1", "--quiet",
+                 "--out", str(out)]) == 0
+    assert f"keeping the earlier evaluation's classify in {out}" in capsys.readouterr().out
+    both = json.loads((out / "eval.json").read_text())
+    assert both["classify"] == results["classify"] and both["settings"]["kept_tasks"] == ["classify"]
+    assert both["settings"]["tasks"] == ["classify", "occlusion"] and both["settings"]["finished"] is True
 
 
 @pytest.mark.parametrize("interrupted_task", ["occlusion", "fgsm"])

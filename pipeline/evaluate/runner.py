@@ -306,15 +306,15 @@ _SAME_FOR_TASK = {"in-between": ("batch_size", "world_size")}
 
 
 def earlier_to_keep(out: Path, settings: dict, tasks: tuple[str, ...]) -> tuple[dict, dict]:
-    """The results of a finished earlier evaluation in ``out`` of the same weights (by sha256)
-    and settings, for the tasks this one does not run (``--tasks ood`` into RUN/eval replaced the
-    whole evaluation, its classification and localization numbers with it), and the settings that
-    describe them (a kept ood's OOD folders)."""
+    """The results of an earlier evaluation in ``out`` of the same weights (by sha256) and
+    settings, for the tasks this one does not run (``--tasks ood`` into RUN/eval replaced the whole
+    evaluation, its classification and localization numbers with it), and the settings that
+    describe them (a kept ood's OOD folders). An unfinished one (a Ctrl-C, a failed task) counts
+    with the tasks it finished: running the missing ones next deleted them."""
     try:
         earlier = json.loads((Path(out) / "eval.json").read_text())
         before = earlier["settings"]
-        if unfinished(earlier) or not all(same_setting(key, before.get(key), settings.get(key))
-                                          for key in _SAME_EVALUATION):
+        if not all(same_setting(key, before.get(key), settings.get(key)) for key in _SAME_EVALUATION):
             return {}, {}
         kept = {task: earlier[task] for task in before["tasks"] if task not in tasks and task in earlier
                 and all(before.get(key) == settings.get(key) for key in _SAME_FOR_TASK.get(task, ()))}
