@@ -158,6 +158,15 @@ def test_compare_writes_one_table_and_plots(evaluated, tmp_path, capsys):
         abs=0.005)
     assert (tmp_path / "cmp" / "compare_occlusion.png").is_file()
     assert (tmp_path / "cmp" / "compare_in_between.png").is_file()
+    # A later comparison of evaluations without those tasks into the same folder: the earlier
+    # curves (of other runs) no longer sit beside its table.
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "eval.json").write_text(json.dumps(
+            {**{k: v for k, v in results.items() if k not in ("occlusion", "in-between")},
+             "settings": {**results["settings"], "tasks": ["classify", "localize", "fgsm", "ood"]}}))
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "cmp")]) == 0
+    assert sorted(p.name for p in (tmp_path / "cmp").iterdir()) == ["compare.md"]
 
 
 def one_error_line(capsys, argv: list[str]) -> str:
@@ -574,6 +583,22 @@ def test_a_runs_relative_shards_from_another_folder_name_the_config(demo_run, tm
         "path is read from the folder training ran in: run from there); or give --shards")
 
 
+def test_the_default_tasks_say_when_localize_is_left_out_for_want_of_boxes(demo_run, demo_shards, capsys,
+                                                                             monkeypatch):
+    """The demo's val split has no boxes: every other task, and a note (there was none, though the
+    README promised one as for a model without a CAM; walkthrough). Its test split has boxes."""
+    from pipeline.evaluate.cli import build_request, make_parser
+
+    monkeypatch.delenv("RANK", raising=False)
+    capsys.readouterr()
+    request = build_request(make_parser().parse_args([str(demo_run)]))
+    assert request.split == "val" and request.tasks == ("classify", "occlusion", "in-between", "fgsm", "ood")
+    assert capsys.readouterr().err.splitlines() == [
+        f"note: the val split of {demo_shards} has no boxes; localize is left out (asked for by name, it is an error)"]
+    assert "localize" in build_request(make_parser().parse_args([str(demo_run), "--split", "test"])).tasks
+    assert capsys.readouterr().err == ""
+
+
 def test_weights_alone_read_test_where_the_shards_have_no_val(demo_run, demo_shards, tmp_path):
     """CIFAR and CUB shards have train and test: exported weights evaluated on them default to test,
     and to val where there is one."""
@@ -602,7 +627,12 @@ def test_out_that_is_the_run_or_its_checkpoints_is_refused(demo_run, demo_shards
     assert f"--out {demo_run / 'checkpoints' / 'e'}: inside the run's checkpoints folder" in refused(
         "--out", str(demo_run / "checkpoints" / "e"))
     assert f"--out {demo_shards}: the shards folder itself" in refused("--out", str(demo_shards))
+    # Inside it (walkthrough: was written there): among the tars that a rebuild removes whole.
+    assert refused("--out", str(demo_shards / "ev")) == (
+        f"error: --out {demo_shards / 'ev'}: inside the shards folder {demo_shards}, which a shards build's "
+        f"--overwrite removes whole; the evaluation needs a folder of its own (default {demo_run / 'eval'})")
     assert not (demo_run / "checkpoints" / "e").exists() and not (demo_run / "eval.json").exists()
+    assert not (demo_shards / "ev").exists()
 
 
 def test_ood_shards_with_no_folder_or_a_missing_one(demo_run, capsys):

@@ -183,6 +183,9 @@ def build_request(args: argparse.Namespace):
         tasks = chosen_tasks(args.tasks)
     else:
         tasks = tuple(t for t in TASKS if t != "localize" or _has_boxes(shards, split))
+        if "localize" not in tasks and int(os.environ.get("RANK", "0")) == 0:  # said, as a model without a CAM is
+            print(f"note: the {split} split of {shards} has no boxes; localize is left out (asked for by name, it "
+                  "is an error)", file=sys.stderr, flush=True)
     for option, value, task in (("--epsilon", args.epsilon, "fgsm"),
                                 ("--occlusion-steps", args.occlusion_steps, "occlusion"),
                                 ("--ood-shards", args.ood_shards or None, "ood")):
@@ -226,6 +229,10 @@ def _check_out(out: Path, *, source, shards: Path, ood_shards: list[Path]) -> No
         if folder is not None and target == Path(folder).resolve():
             default = f" (default {_default_out(source)})" if what != "the shards folder" else ""
             raise EvalError(f"--out {out}: {what} itself; the evaluation needs a folder of its own{default}")
+    for what, folder in owners[2:]:  # inside: among the tars, removed by the next build's --overwrite
+        if Path(folder).resolve() in target.parents:
+            raise EvalError(f"--out {out}: inside {what} {folder}, which a shards build's --overwrite removes "
+                            f"whole; the evaluation needs a folder of its own (default {_default_out(source)})")
     checkpoints = source.run_dir and (source.run_dir / "checkpoints").resolve()
     if checkpoints is not None and (target == checkpoints or checkpoints in target.parents):
         raise EvalError(f"--out {out}: inside the run's checkpoints folder, which training prunes; "

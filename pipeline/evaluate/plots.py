@@ -41,14 +41,22 @@ def write_plots(results: dict, examples: dict, *, out: Path, classes: list[str] 
     return written
 
 
+COMPARE_PLOTS = ("compare_occlusion.png", "compare_in_between.png")
+
+
 def write_compare_plots(runs: dict[str, dict], *, out: Path) -> list[Path]:
-    """Occlusion and in-between curves of several evaluations (label -> eval.json) on shared axes."""
+    """Occlusion and in-between curves of several evaluations (label -> eval.json) on shared axes.
+    An earlier comparison's plot that this one does not draw is removed: its curves of other runs
+    sat beside the new table."""
     plt = _pyplot()
     written = []
     if any("occlusion" in r for r in runs.values()):
-        written.append(_curves(plt, runs, out / "compare_occlusion.png"))
+        written.append(_curves(plt, runs, out / COMPARE_PLOTS[0]))
     if any("in-between" in r for r in runs.values()):
-        written.append(_in_between(plt, runs, out / "compare_in_between.png"))
+        written.append(_in_between(plt, runs, out / COMPARE_PLOTS[1]))
+    for name in COMPARE_PLOTS:
+        if out / name not in written:
+            (out / name).unlink(missing_ok=True)
     return written
 
 
