@@ -41,13 +41,16 @@ srun_pid=
 srun_ended=0
 resender=
 trapped=0
+# The handlers below end in `return 0`: a bare return inside a trap gives back the status from
+# before the trap (138 or 143 from an interrupted wait), which `set -e` took for a failure and
+# ended the shell while srun ran.
 # Asks every step's processes (not this shell) to stop with a checkpoint, with USR1; and again
 # every 10 s until they end: a training process still starting ignores USR1 (the launcher's
 # `trap ""` is inherited) until its own handler is in place, so a single signal in that window
 # would be lost. A stop already under way ignores the repeats.
 start_resender() {
     if [[ -n $resender ]]; then
-        return
+        return 0
     fi
     (
         pause=
@@ -64,7 +67,7 @@ on_usr1() {
     requeue=1
     trapped=1
     if [[ -z $srun_pid || -n $resender ]]; then
-        return   # not started yet (said below, before srun), or already asked
+        return 0   # not started yet (said below, before srun), or already asked
     fi
     echo "USR1: asking the training processes to checkpoint; the job will requeue"
     start_resender
@@ -84,7 +87,7 @@ on_term() {
             exit 143
         fi
         termed=1
-        return
+        return 0
     fi
     if ((!termed)); then
         echo "SIGTERM: asking the training processes to checkpoint; the job will not requeue itself"
@@ -343,8 +346,8 @@ while :; do
         break
     fi
 done
+srun_ended=1   # first: a TERM between the two lines must not take srun for not started
 srun_pid=   # a USR1 from now on starts no repeats: the training processes have ended
-srun_ended=1
 if [[ -n $resender ]]; then
     kill "$resender" 2>/dev/null || true
     wait "$resender" 2>/dev/null || true
@@ -365,6 +368,8 @@ if ((requeue)) && ((status == 0)) && ((!termed)); then
     # A USR1 during the last epoch's evaluation or export: the run ended, nothing to requeue for.
     if python pipeline/train.py --check "${train_args[@]}" run.resume=auto 2>/dev/null | grep -q "already finished"; then
         echo "the run has finished: no requeue"
+    elif ((termed)); then   # came during the check (bash runs a trap after the command in the foreground)
+        echo "SIGTERM: no requeue"
     else
         echo "checkpoint written: requeueing job $SLURM_JOB_ID"
         scontrol requeue "$SLURM_JOB_ID"

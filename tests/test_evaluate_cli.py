@@ -167,6 +167,11 @@ def test_compare_writes_one_table_and_plots(evaluated, tmp_path, capsys):
              "settings": {**results["settings"], "tasks": ["classify", "localize", "fgsm", "ood"]}}))
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "cmp")]) == 0
     assert sorted(p.name for p in (tmp_path / "cmp").iterdir()) == ["compare.md"]
+    # A folder without an earlier compare.md: a file of that name is the user's, not removed.
+    (tmp_path / "own").mkdir()
+    (tmp_path / "own" / "compare_occlusion.png").write_bytes(b"mine")
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "own")]) == 0
+    assert (tmp_path / "own" / "compare_occlusion.png").read_bytes() == b"mine"
 
 
 def one_error_line(capsys, argv: list[str]) -> str:
@@ -597,6 +602,8 @@ def test_the_default_tasks_say_when_localize_is_left_out_for_want_of_boxes(demo_
         f"note: the val split of {demo_shards} has no boxes; localize is left out (asked for by name, it is an error)"]
     assert "localize" in build_request(make_parser().parse_args([str(demo_run), "--split", "test"])).tasks
     assert capsys.readouterr().err == ""
+    # A split the shards lack: the request check's error alone, no note about its boxes (review).
+    assert one_error_line(capsys, [str(demo_run), "--split", "vall"]).startswith("error: ")
 
 
 def test_weights_alone_read_test_where_the_shards_have_no_val(demo_run, demo_shards, tmp_path):

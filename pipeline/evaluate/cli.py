@@ -182,8 +182,9 @@ def build_request(args: argparse.Namespace):
     if args.tasks is not None:  # an empty list is refused by the request check
         tasks = chosen_tasks(args.tasks)
     else:
-        tasks = tuple(t for t in TASKS if t != "localize" or _has_boxes(shards, split))
-        if "localize" not in tasks and int(os.environ.get("RANK", "0")) == 0:  # said, as a model without a CAM is
+        boxes = _has_boxes(shards, split)
+        tasks = tuple(t for t in TASKS if t != "localize" or boxes is not False)
+        if boxes is False and int(os.environ.get("RANK", "0")) == 0:  # said, as for a model without a CAM
             print(f"note: the {split} split of {shards} has no boxes; localize is left out (asked for by name, it "
                   "is an error)", file=sys.stderr, flush=True)
     for option, value, task in (("--epsilon", args.epsilon, "fgsm"),
@@ -239,7 +240,7 @@ def _check_out(out: Path, *, source, shards: Path, ood_shards: list[Path]) -> No
                         f"the evaluation needs a folder of its own (default {_default_out(source)})")
 
 
-def _has_boxes(shards: Path, split: str) -> bool:
+def _has_boxes(shards: Path, split: str) -> bool | None:
     from shards.errors import ShardsError
     from shards.manifest import load_manifest
 
@@ -248,7 +249,7 @@ def _has_boxes(shards: Path, split: str) -> bool:
     try:
         return has_boxes(load_manifest(Path(shards), split))
     except ShardsError:
-        return False  # the request check reports the missing manifest
+        return None  # no such split or folder: the request check reports the missing manifest
 
 
 def compare(argv: list[str]) -> int:
@@ -275,8 +276,9 @@ def compare(argv: list[str]) -> int:
         table = compare_markdown(runs)
     except KeyError as error:
         raise EvalError(f"an eval.json lacks {error} (written by another version?): re-run the evaluation") from None
+    earlier = (args.out / "compare.md").is_file()  # its plots are ours to replace; a user's own files are not
     (args.out / "compare.md").write_text(table)
-    plots = write_compare_plots(runs, out=args.out)
+    plots = write_compare_plots(runs, out=args.out, remove_others=earlier)
     print((args.out / "compare.md").read_text())
     print("\n".join(str(p) for p in [args.out / "compare.md", *plots]))
     return 0

@@ -44,17 +44,17 @@ def write_plots(results: dict, examples: dict, *, out: Path, classes: list[str] 
 COMPARE_PLOTS = ("compare_occlusion.png", "compare_in_between.png")
 
 
-def write_compare_plots(runs: dict[str, dict], *, out: Path) -> list[Path]:
+def write_compare_plots(runs: dict[str, dict], *, out: Path, remove_others: bool = True) -> list[Path]:
     """Occlusion and in-between curves of several evaluations (label -> eval.json) on shared axes.
-    An earlier comparison's plot that this one does not draw is removed: its curves of other runs
-    sat beside the new table."""
+    ``remove_others`` (``out`` holds an earlier comparison): its plot that this one does not draw is
+    removed, whose curves of other runs sat beside the new table."""
     plt = _pyplot()
     written = []
     if any("occlusion" in r for r in runs.values()):
         written.append(_curves(plt, runs, out / COMPARE_PLOTS[0]))
     if any("in-between" in r for r in runs.values()):
         written.append(_in_between(plt, runs, out / COMPARE_PLOTS[1]))
-    for name in COMPARE_PLOTS:
+    for name in COMPARE_PLOTS if remove_others else ():
         if out / name not in written:
             (out / name).unlink(missing_ok=True)
     return written
