@@ -23,6 +23,7 @@ from shards.durable import fsync_directory, fsync_tree, give_umask_mode, write_t
 
 from .errors import TrainError
 from .logs import METRICS_FILE
+from .resume_config import CONFIG_FILE
 
 COMPLETE = "COMPLETE"
 STATE = "state.json"
@@ -203,11 +204,9 @@ def checkpoint_around(folder: Path) -> tuple[Path, str] | None:
 
 def is_run_folder(folder: Path) -> bool:
     """Whether ``folder`` is a training's run folder: beside its checkpoints/ it holds the
-    config.yaml that every run writes first (resume_config.CONFIG_FILE: that module's import of
-    the config would import this one) or its metrics."""
+    config.yaml that every run writes first, or its metrics."""
     folder = Path(folder)
-    marks = ("config.yaml", METRICS_FILE)
-    return (folder / "checkpoints").is_dir() and any((folder / name).is_file() for name in marks)
+    return (folder / "checkpoints").is_dir() and any((folder / name).is_file() for name in (CONFIG_FILE, METRICS_FILE))
 
 
 def resume_hint(folder: Path) -> str:
