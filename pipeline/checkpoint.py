@@ -186,19 +186,26 @@ def is_complete_checkpoint(folder: Path) -> bool:
     return (Path(folder) / COMPLETE).is_file() and (Path(folder) / STATE).is_file()
 
 
-def checkpoint_around(folder: Path) -> tuple[Path, str] | None:
-    """The checkpoint, or a run's ``checkpoints`` folder, that ``folder`` is or lies inside, with
-    what it is ("checkpoint" or "checkpoints"); None when it is neither. A run folder there would
-    write its config, metrics and export among a run's checkpoints: a checkpoint's own
-    model.safetensors was taken for an earlier export and replaced."""
-    folder = Path(folder).resolve()
-    for place in (folder, *folder.parents):
+def among_checkpoints(run_dir: Path) -> str | None:
+    """Why ``run_dir`` (run.out_dir) cannot be a run folder: it is or lies inside a checkpoint, or
+    a run's ``checkpoints`` folder, where its config, metrics and export would land among a run's
+    checkpoints (a checkpoint's own model.safetensors was taken for an earlier export and
+    replaced); None when it is neither."""
+    resolved = Path(run_dir).resolve()
+    for place in (resolved, *resolved.parents):
+        inside = "" if place == resolved else "inside "
         if is_complete_checkpoint(place):
-            return place, "checkpoint"
+            owner = place.parent.parent if place.parent.name == "checkpoints" else None
+            go_on = f"continue that run with run.out_dir={owner}, or " if owner and is_run_folder(owner) else ""
+            return (f"run.out_dir={run_dir} is {'a checkpoint' if not inside else f'inside the checkpoint {place}'}: "
+                    f"this run's files would land in it (its model.safetensors taken for an old export and replaced); "
+                    f"{go_on}start from it with run.resume={place} and a run folder of its own")
         # Only a run's: a user's own folder named checkpoints (run folders, checkpoints kept by
         # hand) is a place for a run folder like any other.
         if place.name == "checkpoints" and is_run_folder(place.parent) and _marked_checkpoints(place.parent):
-            return place, "checkpoints"
+            where = "holds" if not inside else f"is inside {place}, which holds"
+            return (f"run.out_dir={run_dir} {where} the checkpoints of the run in {place.parent}: continue that run "
+                    f"with run.out_dir={place.parent}, or give this one a folder of its own")
     return None
 
 

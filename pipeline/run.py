@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from .checkpoint import (TrainState, checkpoint_around, damaged_after, find_resume_checkpoint, is_run_folder,
-                         read_loader_state, read_state, save_checkpoint)
+from .checkpoint import (TrainState, among_checkpoints, damaged_after, find_resume_checkpoint, read_loader_state,
+                         read_state, save_checkpoint)
 from .config import TrainConfig, config_to_dict, write_config
 from .data import Augmentation, LoaderError, LoaderOptions, create_loader, steps_per_epoch
 from .data.color import ColorAugment
@@ -145,20 +145,9 @@ def check_before_start(config: TrainConfig, *, world_size: int | None) -> tuple[
     blocked = in_the_way("run.out_dir", run_dir)
     if blocked:  # found now, not as a traceback where the run folder is made
         raise TrainError(blocked)
-    around = checkpoint_around(run_dir)
-    if around is not None:
-        place, kind = around
-        same = place == run_dir.resolve()
-        if kind == "checkpoint":
-            owner = place.parent.parent
-            owner = owner if place.parent.name == "checkpoints" and is_run_folder(owner) else None
-            go_on = f"continue that run with run.out_dir={owner}, or " if owner else ""
-            raise TrainError(f"run.out_dir={run_dir} is {'a checkpoint' if same else f'inside the checkpoint {place}'}"
-                             f": this run's files would land in it (its model.safetensors taken for an old export "
-                             f"and replaced); {go_on}start from it with run.resume={place} and a run folder of its own")
-        where = "holds" if same else f"is inside {place}, which holds"
-        raise TrainError(f"run.out_dir={run_dir} {where} the checkpoints of the run in {place.parent}: continue that "
-                         f"run with run.out_dir={place.parent}, or give this one a folder of its own")
+    among = among_checkpoints(run_dir)
+    if among:
+        raise TrainError(among)
     shards = Path(config.data.shards).resolve()
     if run_dir.resolve() == shards or shards in run_dir.resolve().parents:
         # Checkpoints, config.yaml and metrics among the shard tars (a build's --overwrite would

@@ -281,6 +281,8 @@ def test_the_script_run_without_sbatch_says_so(tmp_path):
     (["/nonexistent/src", "OUT", "--split=train"], {}, "error: SRC /nonexistent/src: no such file or folder"),
     ([".", "OUT", "--split=train"], {"PARTS": "0"}, "error: PARTS=0: a whole number >= 1 is needed"),
     ([".", "OUT", "--split=train"], {"PARTS": "00"}, "error: PARTS=00: a whole number >= 1 is needed"),
+    # 08 is 8 (was refused as no whole number): it passes to the build's own checks.
+    ([".", "../OUT", "--split=train"], {"PARTS": "08"}, "error: SRC .: no files in it or its class folders"),
     ([".", "OUT", "--split=train"], {"CPUS_PER_TASK": "4x"}, "error: CPUS_PER_TASK=4x: a whole number >= 1"),
     # The build's own checks (python -m shards build --dry-run), before anything is submitted:
     ([".", "../OUT", "--split=train", "--shard-size=1kB"], {}, "error: --shard-size must be at least 64kB"),

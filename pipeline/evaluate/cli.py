@@ -224,13 +224,14 @@ def _check_out(out: Path, *, source, shards: Path, ood_shards: list[Path]) -> No
     folder, a checkpoint or a shards folder would mix with what is there (and a run folder's
     eval.json would stand for its evaluation in compare)."""
     target = out.resolve()
+    data = [("the shards folder", shards), *(("an --ood-shards folder", folder) for folder in ood_shards)]
     owners = [("the run folder", source.run_dir), ("the checkpoint", source.checkpoint and source.checkpoint["folder"]),
-              ("the shards folder", shards), *(("an --ood-shards folder", folder) for folder in ood_shards)]
+              *data]
     for what, folder in owners:
         if folder is not None and target == Path(folder).resolve():
             default = f" (default {_default_out(source)})" if what != "the shards folder" else ""
             raise EvalError(f"--out {out}: {what} itself; the evaluation needs a folder of its own{default}")
-    for what, folder in owners[2:]:  # inside: among the tars, removed by the next build's --overwrite
+    for what, folder in data:  # inside: among the tars, removed by the next build's --overwrite
         if Path(folder).resolve() in target.parents:
             raise EvalError(f"--out {out}: inside {what} {folder}, which a shards build's --overwrite removes "
                             f"whole; the evaluation needs a folder of its own (default {_default_out(source)})")
