@@ -165,7 +165,7 @@ def _classes_from_manifest(path: Path) -> list[str]:
 
 
 def _make_plan(request: BuildRequest, spec: SourceSpec, num_shards: int, *, classes_from: str | None = None,
-               label_field: str | None = None) -> BuildPlan:
+               label_field: str | None = None, source_files: str | None = None) -> BuildPlan:
     return BuildPlan(
         split=request.split, source=str(Path(request.src).resolve()), source_kind=spec.kind,
         seed=request.seed, shard_size=request.shard_size, num_shards=num_shards,
@@ -174,6 +174,7 @@ def _make_plan(request: BuildRequest, spec: SourceSpec, num_shards: int, *, clas
         classes_from=classes_from or _resolved(request.classes) or (spec.cub.class_source if spec.cub else None),
         label_field=label_field,
         boxes=box_origin(spec),
+        source_files=source_files,
     )
 
 
@@ -272,7 +273,7 @@ def _label_field_hint(class_names: dict[str, list[str]], wanted: list[str] | Non
 
 
 def _build_folder(request, spec, layout, fixed_classes) -> dict | None:
-    items, folder_classes, total_bytes = list_folder(spec)
+    items, folder_classes, total_bytes, source_files = list_folder(spec)
     if not items:
         raise ShardsError(f"SRC {spec.path}: no files in it or its class folders")
     given, origin = _given_classes(request, spec, fixed_classes)
@@ -286,7 +287,7 @@ def _build_folder(request, spec, layout, fixed_classes) -> dict | None:
     readable = (read_locator(i.locator) for i in items if not i.rejected)
     options = ImageOptions(request.resize_short, request.quality, request.check)
     estimate = _estimate_output_bytes(readable, options, total_bytes, len(items))
-    plan = _make_plan(request, spec, count_shards(estimate, request.shard_size, len(items)))
+    plan = _make_plan(request, spec, count_shards(estimate, request.shard_size, len(items)), source_files=source_files)
     if not prepare_output(layout, plan, request.part_id, request.resume, request.overwrite):
         return None
     mine = part_shards(plan.num_shards, plan.num_parts, request.part_id)

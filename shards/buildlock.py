@@ -58,7 +58,8 @@ def _acquire(path: Path, layout: OutputLayout, what: str) -> int | None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except FileNotFoundError:  # a build that just ended removed the folder: make it again
+        except FileNotFoundError as error:  # a build that just ended removed the folder: make it again
+            missing = error
             continue
         except OSError as error:
             if layout.out.is_dir() and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -84,7 +85,9 @@ def _acquire(path: Path, layout: OutputLayout, what: str) -> int | None:
             os.write(descriptor, f"{os.getpid()} {socket.gethostname()}\n".encode())
             return descriptor
         os.close(descriptor)
-    raise ShardsError(f"{path}: could not take the build lock ({_ATTEMPTS} attempts)")
+    # Each attempt found a folder missing: not a race with a build ending but a place where folders
+    # cannot be made (e.g. under /proc).
+    raise ShardsError(f"OUT {layout.out}: cannot create {path} ({missing.strerror}, {_ATTEMPTS} attempts)")
 
 
 def _is_current(descriptor: int, path: Path) -> bool:

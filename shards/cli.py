@@ -98,7 +98,8 @@ def _build_parser(sub) -> None:
                        "and end-of-image marker of each kept JPEG; 'decode': decode every image fully (slower)")
     build.add_argument("--seed", type=int, default=0, help="shuffle seed; the same seed gives byte-identical shards")
     build.add_argument("--num-parts", type=int, default=1, metavar="P", help="split the build into P independent parts")
-    build.add_argument("--part-id", type=int, default=0, metavar="I", help="which part this process builds (0..P-1)")
+    build.add_argument("--part-id", type=int, metavar="I", help="which part this process builds (0..P-1); "
+                       "needed with --num-parts")
     again = build.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="finish an interrupted build with the same arguments")
     again.add_argument("--overwrite", action="store_true",
@@ -170,12 +171,15 @@ def _splits(out: Path, split: str | None, pattern: str) -> list[str]:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "build":
+        if args.part_id is None and args.num_parts > 1:  # every task of an array would build part 0
+            raise ShardsError(f"--num-parts {args.num_parts} needs --part-id I (0..{args.num_parts - 1}): the part "
+                              "this command builds (in a Slurm array: --part-id $SLURM_ARRAY_TASK_ID)")
         request = BuildRequest(
             src=args.src, out=args.out, split=args.split, labels=args.labels, boxes=args.boxes, classes=args.classes,
             label_field=args.label_field,
             shard_size=args.shard_size, workers=args.workers, resize_short=args.resize_short,
             quality=args.quality, check=args.check, seed=args.seed, num_parts=args.num_parts,
-            part_id=args.part_id, resume=args.resume, overwrite=args.overwrite, strict=args.strict,
+            part_id=args.part_id or 0, resume=args.resume, overwrite=args.overwrite, strict=args.strict,
             progress=not args.quiet,
         )
         if args.dry_run:

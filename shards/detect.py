@@ -23,6 +23,7 @@ from .cifar import KIND_BY_FOLDER, LAYOUTS
 from .cub import CubSplit, find_cub_root, is_cub_member
 from .errors import ShardsError
 from .labels import ValLabels
+from .walk import walk_files
 
 # The extension is only a hint (ImageNet has a PNG named .JPEG): a file named otherwise still
 # counts as an image when its first bytes are those of a format Pillow reads.
@@ -202,9 +203,8 @@ def _folder_kind(path: Path) -> tuple[str, str]:
 
 def _folder_files(folder: Path) -> Iterator[tuple[str, str]]:
     """(path relative to ``folder``, full path) of its files, in the order the build lists them."""
-    for directory, dirnames, filenames in os.walk(folder):
-        dirnames.sort()
-        for name in sorted(filenames):
+    for directory, _, filenames in walk_files(folder):
+        for name in filenames:
             full = os.path.join(directory, name)
             yield os.path.relpath(full, folder), full
 

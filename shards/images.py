@@ -171,7 +171,7 @@ def _reencode_reason(
     if not _has_end_marker(data):
         # A decodable file with bytes after its end marker is re-encoded; a truncated one
         # fails the full decode in _reencode and is rejected.
-        return "no end-of-image marker"
+        return "data after its end-of-image marker"
     return None
 
 

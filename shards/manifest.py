@@ -220,7 +220,9 @@ def _check_all_parts(paths: list[Path], parts: list[dict], num_parts: int) -> No
     if missing or doubled:
         how = (f": build each missing one with --num-parts {num_parts} --part-id N (N = "
                f"{', '.join(map(str, missing))}), then merge again" if missing else "")
-        raise ShardsError(f"parts missing: {missing}, parts doubled: {doubled} (of {num_parts}){how}")
+        found = "; ".join(f"parts {what}: {', '.join(map(str, ids))}"
+                          for what, ids in (("missing", missing), ("doubled", doubled)) if ids)
+        raise ShardsError(f"{found} (of {num_parts}){how}")
 
 
 def _check_shards(layout: OutputLayout, records: list[dict], plan: dict, source_totals: dict) -> None:

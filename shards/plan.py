@@ -40,6 +40,11 @@ class BuildPlan:
     classes_from: str | None  # the --classes manifest, or the CIFAR meta file the classes come from
     label_field: str | None = None  # CIFAR-100: which label is the class, "fine" or "coarse"
     boxes: str | None = None  # the file the ground-truth boxes come from (--boxes, a LOC csv, bounding_boxes.txt)
+    # A folder source's files (their paths and sizes, "N files, digest D"): a resume into shards
+    # some of which hold a listing that has since changed would mix two data sets (files moved
+    # between classes keep the count, the size and so the shard count). A tar or CIFAR source
+    # needs none: its shards are written from the spill of one complete pass over it.
+    source_files: str | None = None
 
     @property
     def image_options(self) -> ImageOptions:
@@ -58,7 +63,8 @@ class BuildPlan:
 PLAN_ARGUMENTS = {"source": "SRC", "split": "--split", "seed": "--seed", "shard_size": "--shard-size",
                   "num_parts": "--num-parts", "resize_short": "--resize-short", "quality": "--quality",
                   "check": "--check", "labels": "--labels", "classes_from": "--classes",
-                  "label_field": "--label-field", "boxes": "--boxes"}
+                  "label_field": "--label-field", "boxes": "--boxes",
+                  "source_files": "SRC's files (added, removed, moved or resized since)"}
 
 
 def plan_changes(stored: dict, current: dict) -> str:
@@ -98,6 +104,14 @@ def shard_order(count: int, seed: int, shard: int) -> np.ndarray:
 def part_shards(num_shards: int, num_parts: int, part_id: int) -> range:
     """The contiguous block of shards that part ``part_id`` of ``num_parts`` writes."""
     return range(part_id * num_shards // num_parts, (part_id + 1) * num_shards // num_parts)
+
+
+def listing_summary(files: list[tuple[str, int]]) -> str:
+    """What ``source_files`` holds for the (path relative to SRC, size) of a folder's files."""
+    digest = hashlib.blake2b(digest_size=8)
+    for relative, size in files:
+        digest.update(f"{relative}\0{size}\n".encode(errors="surrogateescape"))
+    return f"{len(files)} files, digest {digest.hexdigest()}"
 
 
 def input_digest(source: str) -> int:

@@ -24,9 +24,12 @@ from .cub import CubSplit
 from .detect import SourceSpec
 from .errors import ShardsError
 from .labels import ValLabels
+from .plan import listing_summary
 from .tarends import EndCheckedTarInfo, end_problem
+from .walk import walk_files
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_LOSSY = re.compile(r"[^A-Za-z0-9_./-]")  # what _UNSAFE replaces besides the dots and slashes of paths
 _MAX_KEY = 80  # keeps "<key>.json" within a plain USTAR name (100 bytes), which every reader parses
 
 
@@ -46,32 +49,61 @@ class InputItem(NamedTuple):
 def sample_key(wnid: str | None, relative: str) -> str:
     """A WebDataset key (no dots, ASCII) for an input, unique within its class."""
     stem = relative.rsplit(".", 1)[0] if "." in PurePosixPath(relative).name else relative
-    key = _UNSAFE.sub("_", stem).strip("_") or "unnamed"
+    key = _ascii(stem) or "unnamed"
     if wnid and not key.startswith(wnid):
-        key = f"{_UNSAFE.sub('_', wnid)}_{key}"
+        key = f"{_ascii(wnid)}_{key}"
     if len(key) > _MAX_KEY:
         key = f"{key[:_MAX_KEY - 17]}_{hashlib.blake2b(key.encode(), digest_size=8).hexdigest()}"
     return key
 
 
-def list_folder(spec: SourceSpec) -> tuple[list[InputItem], list[str], int]:
-    """All inputs of a folder source in sorted order, its class folders, and its total bytes."""
+def _ascii(name: str) -> str:
+    """``name`` with what a key cannot hold replaced by ``_``; a name that loses more than dots and
+    slashes (other letters than ASCII, spaces: "猫" and "狗" both became "unnamed", "a b" and "a_b"
+    one key, and the second image was rejected as a duplicate) ends in a hash of itself."""
+    safe = _UNSAFE.sub("_", name).strip("_")
+    if not _LOSSY.search(name):
+        return safe
+    return f"{safe}_{hashlib.blake2b(name.encode(), digest_size=4).hexdigest()}".lstrip("_")
+
+
+class FolderListing(NamedTuple):
+    items: list[InputItem]  # in sorted order
+    classes: list[str]  # its class folders
+    total_bytes: int
+    files: str  # the plan's source_files: its files' paths and sizes summed up (plan.listing_summary)
+
+
+def list_folder(spec: SourceSpec) -> FolderListing:
+    """All inputs of a folder source, its class folders, its total bytes and a summary of its files."""
     if spec.cub is not None:
         return _list_cub_folder(spec.path, spec.cub)
-    items, total = [], 0
+    items, total, sizes = [], 0, []
     classes: list[str] = []
-    for directory, dirnames, filenames in os.walk(spec.path):
-        dirnames.sort()
+    for directory, dirnames, filenames in walk_files(spec.path):
         relative_dir = PurePosixPath(os.path.relpath(directory, spec.path))
         if relative_dir == PurePosixPath("."):
             classes = list(dirnames)
-        for name in sorted(filenames):
+        for name in filenames:
             path = os.path.join(directory, name)
-            total += os.path.getsize(path)
-            items.append(_folder_item(spec, relative_dir, name, path))
+            size, unreadable = _size(path)
+            total += size
+            item = _folder_item(spec, relative_dir, name, path)
+            items.append(item._replace(rejected=unreadable) if unreadable and not item.rejected else item)
+            sizes.append((item.source, size))
     if spec.kind == "flat-folder":
         items += missing_labelled_items(spec.labels, {label_stem(PurePosixPath(i.source).name) for i in items})
-    return items, classes, total
+    return FolderListing(items, classes, total, listing_summary(sizes))
+
+
+def _size(path: str) -> tuple[int, str | None]:
+    """A file's size, or 0 and why it cannot be read (a broken link, no permission): a reason
+    to reject that input, not to stop the build."""
+    try:
+        return os.path.getsize(path), None
+    except OSError as error:
+        broken = os.path.islink(path) and not os.path.exists(path)
+        return 0, f"unreadable: {'a broken link' if broken else error.strerror or error}"
 
 
 def _folder_item(spec: SourceSpec, relative_dir: PurePosixPath, name: str, path: str) -> InputItem:
@@ -103,22 +135,23 @@ def _boxes_of(spec: SourceSpec, name: str) -> Annotation | None:
     return spec.boxes.by_stem.get(PurePosixPath(name).name.split(".")[0]) if spec.boxes else None
 
 
-def _list_cub_folder(root: Path, cub: CubSplit) -> tuple[list[InputItem], list[str], int]:
+def _list_cub_folder(root: Path, cub: CubSplit) -> FolderListing:
     """The inputs of an extracted CUB-200-2011: its split's images, then what images.txt and
     images/ disagree on."""
-    items, total, seen = [], 0, set()
+    items, total, seen, sizes = [], 0, set(), []
     images = root / "images"
-    for directory, dirnames, filenames in os.walk(images):
-        dirnames.sort()
-        for name in sorted(filenames):
+    for directory, _, filenames in walk_files(images):
+        for name in filenames:
             path = os.path.join(directory, name)
             relative = PurePosixPath(os.path.relpath(path, images)).as_posix()
             item = cub_item(cub, relative, f"{cub.root}images/{relative}", (path, 0, -1))
             if item is not None:
                 seen.add(relative)
-                items.append(item)
-                total += 0 if item.rejected else os.path.getsize(path)
-    return items + missing_cub_items(cub, seen), cub.classes, total
+                size, unreadable = (0, None) if item.rejected else _size(path)
+                items.append(item._replace(rejected=unreadable) if unreadable else item)
+                total += size
+                sizes.append((relative, size))
+    return FolderListing(items + missing_cub_items(cub, seen), cub.classes, total, listing_summary(sizes))
 
 
 def cub_item(cub: CubSplit, relative: str, source: str, locator) -> InputItem | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
+from collections import Counter
 from pathlib import Path
 
 from PIL import Image
@@ -20,26 +21,62 @@ _IMAGE_FORMATS = {"jpg": "JPEG", "png": "PNG"}  # image member extension -> its 
 
 
 def verify_shards(out: Path, split: str, *, decode: bool = False, progress: bool = True) -> int:
-    """Check every shard of a split; prints one line per bad shard and returns their number."""
+    """Check every shard of a split and the manifest's own sums; prints one line per bad shard
+    (or bad manifest) and returns their number."""
     manifest = load_manifest(out, split)
-    bad = 0
+    bad = checked = 0
+    labels: Counter = Counter()
     for shard in tqdm(manifest["shards"], desc=f"{split}: verifying", unit="shard", disable=not progress):
-        problem = check_shard(Path(out), shard, manifest["num_classes"], decode)
+        problem = check_shard(Path(out), shard, manifest["num_classes"], decode, labels)
         if problem:
             bad += 1
             print(f"BAD {shard['name']}: {problem}")
+        else:
+            checked += shard["samples"]
+    for problem in manifest_problems(manifest, labels if not bad else None):
+        bad += 1
+        print(f"BAD {split}.json: {problem}")
     listed = {s["name"] for s in manifest["shards"]}
     for stray in sorted(p.name for p in Path(out).glob(f"{split}-*.tar") if p.name not in listed):
         print(f"note: {stray} is not in {split}.json (left from another build?)")
-    total = manifest["totals"]["samples"]
     verdict = "OK" if not bad else f"{bad} BAD"
-    print(f"{split}: {verdict}: {len(manifest['shards'])} shards, {total} samples checked"
+    # The samples counted in shards that passed, not the manifest's total: a shard missing from
+    # the list, or a total raised by hand, would otherwise be reported as checked.
+    print(f"{split}: {verdict}: {len(manifest['shards'])} shards, {checked} samples checked"
           f"{' and decoded' if decode else ''}")
     return bad
 
 
-def check_shard(out: Path, shard: dict, num_classes: int, decode: bool) -> str | None:
-    """The first problem found with one shard, or None."""
+def manifest_problems(manifest: dict, labels: Counter | None) -> list[str]:
+    """What in a manifest disagrees with itself or with the shards' labels (``labels``: the count
+    of each label read from every listed shard; None when some shard was bad, so not all were read)."""
+    problems = []
+    listed = [s["name"] for s in manifest["shards"]]
+    made = manifest["build"].get("num_shards")
+    if isinstance(made, int):
+        expected = {f"{manifest['split']}-{i:06d}.tar" for i in range(made)}
+        missing, foreign = sorted(expected - set(listed)), sorted(set(listed) - expected)
+        if missing or foreign or len(listed) != len(set(listed)):
+            details = "; ".join(f"{what}: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
+                                for what, names in (("not listed", missing), ("not of this build", foreign),
+                                                    ("listed twice", sorted(n for n in set(listed)
+                                                                            if listed.count(n) > 1))) if names)
+            problems.append(f"lists {len(listed)} shards, its build wrote {made} ({details})")
+    samples = sum(s["samples"] for s in manifest["shards"])
+    if manifest["totals"].get("samples") != samples:
+        problems.append(f"its totals say {manifest['totals'].get('samples')} samples, its shards hold {samples}")
+    counts = manifest.get("class_counts")
+    if labels is not None and isinstance(counts, list):
+        found = [labels.get(i, 0) for i in range(manifest["num_classes"])]
+        if counts != found:
+            first = next(i for i, (a, b) in enumerate(zip(counts + [None] * len(found), found)) if a != b)
+            problems.append(f"its class_counts are not the labels in its shards (class {first}: "
+                            f"{counts[first] if first < len(counts) else 'none'} there, {found[first]} in the shards)")
+    return problems
+
+
+def check_shard(out: Path, shard: dict, num_classes: int, decode: bool, labels: Counter | None = None) -> str | None:
+    """The first problem found with one shard, or None; ``labels`` counts its samples' labels."""
     tar_path, index_path = out / shard["name"], out / shard["index"]
     for path in (tar_path, index_path):
         if not path.exists():
@@ -53,7 +90,11 @@ def check_shard(out: Path, shard: dict, num_classes: int, decode: bool) -> str |
         index = read_index(index_path)
     except (tarfile.TarError, ValueError, IndexError, OSError) as error:
         return f"unreadable: {error}"
-    return _check_samples(tar_path, members, index, shard["samples"], num_classes, decode)
+    found: Counter = Counter()
+    problem = _check_samples(tar_path, members, index, shard["samples"], num_classes, decode, found)
+    if problem is None and labels is not None:
+        labels.update(found)
+    return problem
 
 
 def _sha256(path: Path) -> str:
@@ -69,7 +110,7 @@ def _tar_members(path: Path) -> list[tuple[str, int, int, str]]:
         return [(m.name.split(".", 1)[1], m.offset_data, m.size, m.name) for m in archive if m.isfile()]
 
 
-def _check_samples(tar_path, members, index, expected, num_classes, decode) -> str | None:
+def _check_samples(tar_path, members, index, expected, num_classes, decode, labels: Counter) -> str | None:
     flat_index = [entry for sample in index for entry in sample]
     if flat_index != members:
         mismatch = next((i, m) for i, m in enumerate(members + [None]) if i >= len(flat_index) or flat_index[i] != m)
@@ -85,6 +126,7 @@ def _check_samples(tar_path, members, index, expected, num_classes, decode) -> s
             label = _read(file, *entries["cls"][:2])
             if not label.isdigit() or int(label) >= num_classes:
                 return f"{entries['cls'][2]}: label {label!r} is not in [0, {num_classes})"
+            labels[int(label)] += 1
             if decode:
                 offset, size, name = entries[images[0]]
                 problem = _decode(_read(file, offset, size), _IMAGE_FORMATS[images[0]])

@@ -9,6 +9,10 @@ import functools
 import json
 import itertools
 import multiprocessing
+import os
+import select
+import threading
+import time
 from collections import Counter, deque
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -78,7 +82,8 @@ def _write_in_processes(jobs, plan, layout, class_index, processes, strict, on_p
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["shards.writing"])
     counters = (context.Value("q", 0), context.Value("q", 0))  # images, bytes written so far
-    with ProcessPoolExecutor(processes, mp_context=context, initializer=_keep_counters, initargs=counters) as pool:
+    with ProcessPoolExecutor(processes, mp_context=context, initializer=_start_worker,
+                             initargs=(*counters, os.getpid())) as pool:
         futures = [pool.submit(_write_counted, job, plan, layout, class_index, strict) for job in jobs]
         reported = (0, 0)
         while futures:
@@ -91,12 +96,41 @@ def _write_in_processes(jobs, plan, layout, class_index, processes, strict, on_p
             futures = list(pending)
 
 
-_counters: tuple = ()  # set in each worker process by _keep_counters (multiprocessing's idiom)
+_counters: tuple = ()  # set in each worker process by _start_worker (multiprocessing's idiom)
 
 
-def _keep_counters(images, size) -> None:
+def _start_worker(images, size, build_pid: int) -> None:
     global _counters
     _counters = (images, size)
+    threading.Thread(target=_end_with, args=(build_pid,), name="end-with-the-build", daemon=True).start()
+
+
+def _end_with(build_pid: int) -> None:
+    """Ends this worker when the build process is gone. A build killed by SIGKILL or SIGTERM (a
+    scheduler's, ``kill PID``) left its workers and the forkserver running for good: the workers
+    hold the write ends of their own task queue and of the forkserver's "alive" pipe, so neither
+    ever reads an end of file. A pidfd wakes this thread the moment the build ends (Linux 5.3);
+    elsewhere it looks once a second."""
+    try:
+        descriptor = os.pidfd_open(build_pid)
+    except ProcessLookupError:
+        os._exit(1)
+    except (AttributeError, OSError):  # no pidfd: not Linux, or an older kernel
+        while _alive(build_pid):
+            time.sleep(1.0)
+        os._exit(1)
+    select.select([descriptor], [], [])
+    os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's: the pid was reused, the build is gone
+        return False
+    return True
 
 
 def _write_counted(job, plan, layout, class_index, strict) -> None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shard_fixtures import bad_inputs, make_imagefolder, wnid
+from shard_fixtures import bad_inputs, jpeg_bytes, make_imagefolder, wnid
 from shard_readers import manifest, read_labels_with_dali, read_with_webdataset, reference_index
 from shards.cli import main
 
@@ -110,3 +110,51 @@ def test_shards_are_shuffled_across_classes(tmp_path):
     order = [s["json"]["source"] for s in samples]
     assert order != sorted(order)
     assert built["totals"]["samples"] == 600
+
+
+def test_linked_class_folders_are_read_and_a_loop_is_not_followed(tmp_path):
+    """ImageNet subsets are often folders of links to class folders: their images were left out
+    without a word (a class of 0 images), or "no files" when every class was a link."""
+    files = make_imagefolder(tmp_path / "full", num_classes=3, per_class=4)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / wnid(0)).symlink_to(tmp_path / "full" / wnid(0))
+    (mixed / wnid(1)).mkdir()
+    for name in sorted((tmp_path / "full" / wnid(1)).iterdir()):
+        (mixed / wnid(1) / name.name).write_bytes(name.read_bytes())
+    (mixed / wnid(1) / "loop").symlink_to(mixed)  # a link to a folder above: walked, it never ends
+    only_links = tmp_path / "links"
+    only_links.mkdir()
+    for c in range(3):
+        (only_links / wnid(c)).symlink_to(tmp_path / "full" / wnid(c))
+    for src, counts in ((mixed, [4, 4]), (only_links, [4, 4, 4])):
+        built = build(src, tmp_path / f"out-{src.name}")
+        assert built["class_counts"] == counts and built["totals"]["rejected"] == 0
+        read = {s["json"]["source"]: s["jpg"] for s in read_with_webdataset(tmp_path / f"out-{src.name}")}
+        wanted = {wnid(c) for c in range(len(counts))}
+        assert read == {name: data for name, data in files.items() if name.split("/")[0] in wanted}
+
+
+def test_a_broken_link_is_a_rejected_input(tmp_path):
+    # It was a FileNotFoundError traceback from the listing.
+    make_imagefolder(tmp_path / "src", num_classes=2, per_class=2)
+    (tmp_path / "src" / wnid(0) / "gone.JPEG").symlink_to(tmp_path / "nowhere.JPEG")
+    built = build(tmp_path / "src", tmp_path / "out")
+    assert built["rejected"] == [{"source": f"{wnid(0)}/gone.JPEG", "reason": "unreadable: a broken link"}]
+    assert built["totals"]["samples"] == 4
+
+
+def test_names_beyond_ascii_keep_their_images_apart(tmp_path):
+    """Keys are ASCII: "猫.jpg" and "狗.jpg" both became <class>_unnamed, "a b" and "a_b" one key, and
+    all but one of each were rejected as duplicates; so were classes "café" and "cafè"."""
+    names = {"café/猫.jpg": 1, "café/狗.jpg": 2, "café/a b.jpg": 3, "café/a_b.jpg": 4, "cafè/猫.jpg": 5,
+             "cafè/猫 1.jpg": 6, "cafè/狗 1.jpg": 7}
+    for name, seed in names.items():
+        (tmp_path / "src" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "src" / name).write_bytes(jpeg_bytes(seed))
+    built = build(tmp_path / "src", tmp_path / "out")
+    assert built["rejected"] == [] and built["totals"]["samples"] == len(names)
+    samples = read_with_webdataset(tmp_path / "out")
+    assert {s["json"]["source"] for s in samples} == set(names)
+    keys = [s["key"] for s in samples]
+    assert len(set(keys)) == len(names) and all(key.isascii() and "." not in key for key in keys)

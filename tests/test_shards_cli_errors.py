@@ -453,9 +453,20 @@ def test_a_manifest_given_as_the_shards_folder_is_named(tmp_path):
 
 def test_dry_run_says_a_build_can_go_ahead_and_writes_nothing(src, tmp_path, capsys):
     out = tmp_path / "out"
-    code, printed, err = run_main(capsys, *build_args(src, out, "--num-parts", "4", "--dry-run"))
+    code, printed, err = run_main(capsys, *build_args(src, out, "--num-parts", "4", "--part-id", "2", "--dry-run"))
     assert (code, err) == (0, "")
-    assert printed == f"ok: SRC {src} (imagefolder), OUT {out}: the train build part 0 of 4 can go ahead\n"
+    assert printed == f"ok: SRC {src} (imagefolder), OUT {out}: the train build part 2 of 4 can go ahead\n"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
+def test_parts_without_a_part_id_are_refused(src, tmp_path, capsys, dry_run):
+    # It built part 0 (exit 0, "this part wrote no sample"): every task of an array that forgot
+    # --part-id would have built the same part.
+    out = tmp_path / "out"
+    code, printed, err = run_main(capsys, *build_args(src, out, "--num-parts", "3", *dry_run))
+    assert_user_error(code, printed, err, "--num-parts 3 needs --part-id I (0..2): the part this command builds "
+                                          "(in a Slurm array: --part-id $SLURM_ARRAY_TASK_ID)")
     assert not out.exists()
 
 
@@ -477,7 +488,7 @@ def test_dry_run_refuses_what_the_build_would(src, tmp_path, capsys):
     code, _, err = run_main(capsys, *build_args(src, out, "--num-parts", "2", "--part-id", "1", "--resume"))
     assert code == 0, err
     assert run_main(capsys, "merge", out)[0] == 0
-    code, printed, err = run_main(capsys, *build_args(src, out, "--num-parts", "2", "--dry-run"))
+    code, printed, err = run_main(capsys, *build_args(src, out, "--num-parts", "2", "--part-id", "0", "--dry-run"))
     assert_user_error(code, printed, err, f"{out} already holds a complete train build (train.json): pass "
                                           "--overwrite to replace it")
     assert run_main(capsys, *build_args(src, out, "--overwrite", "--dry-run"))[0] == 0

@@ -82,3 +82,16 @@ def test_a_running_build_refuses_resume_and_a_killed_one_resumes(tmp_path, start
     assert resumed.returncode == 0, resumed.stderr
     assert manifest(out, "train")["totals"]["samples"] == CLASSES * PER_CLASS
     assert [name for name in files_in(out) if not name.startswith("train-")] == ["train.json"]
+
+
+def test_an_out_where_no_folder_can_be_made_says_so(tmp_path, capsys):
+    # Under /proc no folder can be made, whoever runs it: "could not take the build lock (100
+    # attempts)" did not say what was wrong.
+    from shards.cli import main
+
+    (tmp_path / "src" / wnid(0)).mkdir(parents=True)
+    (tmp_path / "src" / wnid(0) / "0.JPEG").write_bytes(jpeg_bytes(0))
+    out = Path("/proc/cutmix-test-no-such-folder")
+    assert main(["build", str(tmp_path / "src"), str(out), "--split", "train", "--quiet"]) == 2
+    assert capsys.readouterr().err == (f"error: OUT {out}: cannot create {out}/.build/train.part-0000.lock (No such "
+                                       "file or directory, 100 attempts)\n")

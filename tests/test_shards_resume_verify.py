@@ -184,3 +184,106 @@ def test_verify_refuses_a_label_equal_to_the_class_count(tmp_path, capsys):
     capsys.readouterr()
     assert main(["verify", str(out), "--quiet"]) == 1
     assert f"{name}: label b'2' is not in [0, 2)" in capsys.readouterr().out
+
+
+def test_resume_refuses_a_source_folder_whose_files_changed(tmp_path, capsys):
+    """Files moved between classes keep SRC's size and file count (and so the shard count): the
+    finished shards kept images no longer there and the rest went on from the new listing, a
+    build of neither listing that `verify` passed."""
+    tree = tmp_path / "tree"
+    make_imagefolder(tree, num_classes=3, per_class=12)
+    out = tmp_path / "out"
+    args = ["build", str(tree), str(out), "--split", "train", "--quiet", "--shard-size", "64kB", "--num-parts", "2"]
+    assert main([*args, "--part-id", "0"]) == 0  # an unfinished build: part 1's shards are not written yet
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    # The last files of class 2 moved to class 1 under names sorted after its own: the first
+    # images, which the size estimate reads, stay the same.
+    moved = sorted((tree / wnid(2)).iterdir())[-3:]
+    for path in moved:
+        path.rename(tree / wnid(1) / f"zz-{path.name}")
+    capsys.readouterr()
+    for part in ("0", "1"):
+        assert main([*args, "--part-id", part, "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert "SRC's files (added, removed, moved or resized since): '36 files, digest " in err, err
+        assert "num_shards" not in err, err  # the listing is what tells the change here
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+    for path in moved:  # put back: the build goes on, to what one uninterrupted build writes
+        (tree / wnid(1) / f"zz-{path.name}").rename(path)
+    assert main([*args, "--part-id", "1", "--resume"]) == 0 and main(["merge", str(out)]) == 0
+    assert main(["build", str(tree), str(tmp_path / "whole"), "--split", "train", "--quiet", "--shard-size",
+                 "64kB"]) == 0
+    assert manifest(out)["shards"] == manifest(tmp_path / "whole")["shards"]
+
+
+@pytest.mark.parametrize("kill", [signal.SIGKILL, signal.SIGTERM])
+def test_a_killed_build_leaves_no_worker_running(tmp_path, start_process, kill):
+    # Its --workers processes and the forkserver ran on for good, reparented to init (they hold
+    # the write ends of their own queue and of the forkserver's "alive" pipe).
+    from processes import TAG_VARIABLE, processes_with
+
+    slow_tree(tmp_path / "tree", classes=6, per_class=30)
+    out = tmp_path / "out"
+    process = start_process(cli("build", tmp_path / "tree", out, "--split", "train", "--quiet", "--workers", "2",
+                                "--resize-short", "200", "--shard-size", "64kB"), cwd=REPO)
+    records = out / ".build" / "train" / "shards"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(records.glob("*.json")):
+        time.sleep(0.01)
+    assert len(processes_with(TAG_VARIABLE, process.test_tag)) >= 3, "no workers running to be left behind"
+    process.send_signal(kill)
+    process.wait(timeout=60)
+    assert not (out / "train.json").exists(), "the build finished before it could be killed"
+    deadline = time.monotonic() + 60  # a hang guard: the workers end within a moment
+    while time.monotonic() < deadline and processes_with(TAG_VARIABLE, process.test_tag):
+        time.sleep(0.1)
+    assert processes_with(TAG_VARIABLE, process.test_tag) == []
+
+
+def _shuffled_build(tmp_path, capsys) -> Path:
+    make_imagefolder(tmp_path / "tree", num_classes=4, per_class=20)
+    out = tmp_path / "out"
+    assert main(["build", str(tmp_path / "tree"), str(out), "--split", "train", "--quiet",
+                 "--shard-size", "64kB"]) == 0
+    assert len(manifest(out)["shards"]) >= 3
+    capsys.readouterr()
+    return out
+
+
+def _spoil(out: Path, change) -> None:
+    written = read_manifest(out / "train.json")
+    change(written)
+    write_manifest(out / "train.json", written)
+
+
+def test_verify_counts_the_samples_it_checked_and_finds_a_shard_left_out_of_the_list(tmp_path, capsys):
+    out = _shuffled_build(tmp_path, capsys)
+    shards = manifest(out)["shards"]
+    assert main(["verify", str(out), "--quiet"]) == 0
+    assert capsys.readouterr().out == f"train: OK: {len(shards)} shards, 80 samples checked\n"
+    dropped = shards[1]
+    _spoil(out, lambda m: m["shards"].remove(dropped))
+    assert main(["verify", str(out), "--quiet"]) == 1
+    left = 80 - dropped["samples"]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == [f"BAD train.json: lists {len(shards) - 1} shards, its build wrote {len(shards)} (not "
+                         f"listed: {dropped['name']})",
+                         f"BAD train.json: its totals say 80 samples, its shards hold {left}"]
+    # The dropped shard's labels are not in the listed ones: the per-class counts differ too.
+    assert lines[2].startswith("BAD train.json: its class_counts are not the labels in its shards (class ")
+    assert lines[3:] == [f"note: {dropped['name']} is not in train.json (left from another build?)",
+                         f"train: 3 BAD: {len(shards) - 1} shards, {left} samples checked"]
+
+
+def test_verify_finds_manifest_sums_that_are_not_its_shards(tmp_path, capsys):
+    out = _shuffled_build(tmp_path, capsys)
+    _spoil(out, lambda m: m["totals"].update(samples=81))
+    assert main(["verify", str(out), "--quiet"]) == 1
+    assert "BAD train.json: its totals say 81 samples, its shards hold 80\n" in capsys.readouterr().out
+    _spoil(out, lambda m: m["totals"].update(samples=80))
+    assert manifest(out)["class_counts"] == [20, 20, 20, 20]  # make_imagefolder's, counted by hand
+    _spoil(out, lambda m: m.update(class_counts=[20, 25, 20, 20]))
+    assert main(["verify", str(out), "--quiet"]) == 1
+    assert capsys.readouterr().out == ("BAD train.json: its class_counts are not the labels in its shards "
+                                       f"(class 1: 25 there, 20 in the shards)\n"
+                                       f"train: 1 BAD: {len(manifest(out)['shards'])} shards, 80 samples checked\n")

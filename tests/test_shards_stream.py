@@ -89,7 +89,7 @@ def test_merge_refuses_a_missing_or_foreign_part(files, tmp_path, capsys):
     out = tmp_path / "out"
     assert part(out, 0) == 0 and part(out, 2) == 0
     assert main(["merge", str(out)]) == 2
-    assert "parts missing: [1], parts doubled: [] (of 3): build each missing one with --num-parts 3 --part-id N " \
+    assert "parts missing: 1 (of 3): build each missing one with --num-parts 3 --part-id N " \
         "(N = 1), then merge again" in capsys.readouterr().err
     # A part with other arguments is refused while this build is in progress...
     assert part(out, 1, "--seed", "5") == 2

@@ -53,3 +53,22 @@ def test_a_split_mostly_rejected_ends_with_a_warning(tmp_path, capsys):
     (folder / "2.JPEG").write_bytes(jpeg_bytes(2))
     code, printed, err = run_shards_main(capsys, "build", tmp_path / "src", tmp_path / "out2", *FLAGS)
     assert code == 0 and "warning" not in printed, err
+
+
+def test_a_class_without_images_is_a_warning(tmp_path, capsys):
+    """An empty class folder became a class with 0 images without a word (ImageFolder refuses it)."""
+    src = tmp_path / "src"
+    for c in (0, 2):
+        (src / wnid(c)).mkdir(parents=True)
+        (src / wnid(c) / "0.JPEG").write_bytes(jpeg_bytes(c))
+    (src / wnid(1)).mkdir()
+    (src / wnid(3)).mkdir()
+    (src / wnid(3) / "empty.JPEG").write_bytes(b"")  # its only image rejected
+    code, printed, err = run_shards_main(capsys, "build", src, tmp_path / "out", *FLAGS)
+    assert code == 0, err
+    assert (f"warning: 2 of 4 classes have no image in this split: {wnid(1)}, {wnid(3)} (an empty class folder, "
+            "or all its images rejected?)") in printed.splitlines()
+    (src / wnid(1) / "0.JPEG").write_bytes(jpeg_bytes(1))
+    (src / wnid(3) / "1.JPEG").write_bytes(jpeg_bytes(3))
+    code, printed, err = run_shards_main(capsys, "build", src, tmp_path / "out2", *FLAGS)
+    assert code == 0 and "classes have no image" not in printed, err
