@@ -94,16 +94,34 @@ def test_cpu_smoke_run_shows_every_section_and_row(tmp_path):
         assert re.search(rf"(^|, ){kind} [1-9]", covered), (kind, covered)
 
 
-def test_without_a_gpu_every_section_says_why_it_is_skipped(tmp_path):
+def test_without_a_gpu_it_refuses_rather_than_skip_every_section(tmp_path):
+    """A table of "skipped: no CUDA device" rows with exit 0 (written into bench/results/) would pass
+    for a GPU run, e.g. on a machine whose driver is older than torch's CUDA, that measured nothing."""
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: the sections run")
     out = tmp_path / "gpu.txt"
     done = run_process([sys.executable, "bench/gpu_suite.py", "--out", str(out)], timeout=300, cwd=REPO,
                        capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = parse_table(out.read_text())
-    assert [row["section"] for row in rows] == list(gpu_suite.SECTIONS)
-    assert all(row["value"].startswith("skipped: no CUDA device") and row["result"] == "skipped" for row in rows)
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr[-3000:]
+    assert re.fullmatch(r"error: torch sees no CUDA device \(.+\): nothing would be measured; --cpu-smoke runs "
+                        r"every section's plumbing on the CPU\n", done.stderr), done.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--dali-threads", "abc"], "--dali-threads: expected whole numbers separated by commas (e.g. 2,4,8), got 'abc'"),
+    (["--dali-threads", "2,0"], "--dali-threads: must be at least 1, got 2,0"),
+    (["--threads", "0"], "--threads: must be at least 1, got 0"),
+    (["--time-budget", "-5"], "--time-budget: must be a positive number of seconds, got -5.0"),
+    (["--time-budget", "nan"], "--time-budget: must be a positive number of seconds, got nan"),
+    (["--sections", ""], "--sections: none given; choose from kernel,host,loader,train,tests"),
+    (["--sections", "kernel,gpu"], "--sections: unknown ['gpu']; choose from kernel,host,loader,train,tests"),
+])
+def test_bad_options_are_one_error_line_before_any_work(flags, message, capsys):
+    with pytest.raises(SystemExit) as exited:
+        gpu_suite.parse_args(flags)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.splitlines()[-1].endswith(f": error: {message}"), err
 
 
 def suite_case(seed: str, **overrides) -> gpu_suite.MixCase:
