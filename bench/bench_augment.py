@@ -33,6 +33,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_loader import build, pillow_transform  # noqa: E402
+from cli_checks import at_least  # noqa: E402
 from pipeline.data.augment import Augmentation  # noqa: E402
 from pipeline.data import torch_backend  # noqa: E402
 from pipeline.data.dali import image_graph  # noqa: E402
@@ -184,6 +185,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=256, help="a multiple of 32 (DALI's batch)")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    at_least(parser, args, 1, "repeats")
     if args.images < BATCH or args.images % BATCH:
         parser.error(f"--images must be a positive multiple of {BATCH}")
     torch.set_num_threads(1)

@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_loader import build  # noqa: E402
-from cli_checks import at_least  # noqa: E402
+from cli_checks import at_least, device_present  # noqa: E402
 
 
 def pipeline(shards: Path, *, checked: bool, batch_size: int, threads: int, decoder: str):
@@ -83,6 +83,7 @@ def main(argv=None) -> int:
                         "cuda: its mixed (nvJPEG) decoder on GPU 0")
     args = parser.parse_args(argv)
     at_least(parser, args, 1, "images", "batch_size", "threads", "rounds")
+    device_present(parser, args.device)
     if args.images < args.batch_size:
         parser.error(f"--images must be >= --batch-size ({args.batch_size}), got {args.images}: a pass times whole "
                      "batches")

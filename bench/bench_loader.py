@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_shards import make_photos  # noqa: E402
-from cli_checks import at_least  # noqa: E402
+from cli_checks import at_least, device_present  # noqa: E402
 from pipeline.data import Augmentation, LoaderOptions, create_loader, torch_backend  # noqa: E402
 from shards.cli import main as shards_main  # noqa: E402
 
@@ -102,11 +102,12 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2, help="DALI num_threads = torch num_workers")
     parser.add_argument("--epochs", type=int, default=5, help="timed epochs per backend, after a warm-up one")
-    parser.add_argument("--device", default="cpu",
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="cpu: DALI CPU backend vs torch; cuda: DALI mixed (GPU) decode vs torch with pinned "
                              "memory")
     args = parser.parse_args(argv)
     at_least(parser, args, 1, "batch_size", "threads", "epochs")
+    device_present(parser, args.device)
     if args.images < 3 * args.batch_size:
         parser.error(f"--images must be >= {3 * args.batch_size} (3 x --batch-size), got {args.images}: each epoch "
                      "is timed whole and over its second half, which needs at least 3 full batches")

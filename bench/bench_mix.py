@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from cli_checks import at_least  # bench/ is on the path when run as a script
+from cli_checks import at_least, device_present  # bench/ is on the path when run as a script
 from pipeline.mix import MixSampler, apply_mix, normalization_affine, resolve_mix, soft_targets
 
 MEAN = (0.485, 0.456, 0.406)
@@ -52,6 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.device == "cpu" and args.batch_size % 2:
         parser.error(f"--batch-size must be even on the CPU, got {args.batch_size}: timm's Mixup in batch mode "
                      "pairs each image with its mirror in the batch")
+    device_present(parser, args.device)
     return args
 
 

@@ -38,7 +38,7 @@ from typing import Callable
 
 import torch
 from bench_mix import cpu_name, publish  # bench/ is on the path when run as a script
-from cli_checks import at_least, listed
+from cli_checks import at_least, device_present, listed
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -100,6 +100,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.print_usage(sys.stderr)
         parser.exit(2, f"error: --calls {args.calls}: a positive multiple of the sampler's LOOKAHEAD "
                        f"({LOOKAHEAD}), so that each round holds whole windows of draws\n")
+    device_present(parser, args.device)
     return args
 
 

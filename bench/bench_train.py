@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_loader import build  # noqa: E402
-from cli_checks import at_least, listed  # noqa: E402
+from cli_checks import at_least, device_present, listed, timm_model  # noqa: E402
 from pipeline.data import Augmentation, LoaderOptions, create_loader  # noqa: E402
 from pipeline.data.options import BACKENDS  # noqa: E402
 from pipeline.mix import MixSampler  # noqa: E402
@@ -70,7 +70,7 @@ def _sync(device: torch.device) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--image-size", type=int, default=112)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -82,7 +82,10 @@ def main(argv=None) -> None:
     parser.add_argument("--backends", default="synthetic,dali,torch")
     args = parser.parse_args(argv)
     args.num_classes = 20  # make_photos writes 20 class folders
-    at_least(parser, args, 1, "image_size", "batch_size", "threads", "steps")
+    at_least(parser, args, 1, "image_size", "threads", "steps")
+    at_least(parser, args, 2, "batch_size")  # CutMix mixes each image with a partner from its batch
+    device_present(parser, args.device)
+    timm_model(parser, args.model)
     if args.warmup < 0:
         parser.error(f"--warmup must be >= 0, got {args.warmup}")
     if args.images < max(args.num_classes, args.batch_size):

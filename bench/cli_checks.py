@@ -21,3 +21,20 @@ def listed(parser: argparse.ArgumentParser, option: str, text: str, choices, nou
     if unknown:
         parser.error(f"--{option}: unknown {noun} {unknown[0]!r}; choose from {','.join(choices)}")
     return items
+
+
+def device_present(parser: argparse.ArgumentParser, device: str) -> None:
+    """Refuse ``--device cuda`` where torch sees no CUDA device (torch's error came after the set-up,
+    as a traceback: "Found no NVIDIA driver", or DALI's failed assert)."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device on this machine")
+
+
+def timm_model(parser: argparse.ArgumentParser, name: str) -> None:
+    """Refuse a ``--model`` timm does not have, before the shards are built."""
+    import timm
+
+    if not timm.is_model(name):
+        parser.error(f"--model: timm has no model {name!r} (timm.list_models() lists them)")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from bench_mix import cpu_name, publish  # bench/ is on the path when run as a script
+from cli_checks import timm_model
 
 import pipeline.models  # noqa: F401 - registers our models with timm
 from pipeline.mix.feature import FeatureMixer, layer_shapes
@@ -53,6 +54,7 @@ def parse_args() -> argparse.Namespace:
         parser.error("--batch-size must be at least 2 (CutMix needs a partner)")
     if not args.lr > 0:
         parser.error("--lr must be positive")
+    timm_model(parser, args.model)
     args.layers = tuple(name.strip() for name in args.layers.split(",") if name.strip())
     if not args.layers:
         parser.error("--layers must name at least one layer (or input)")

@@ -72,7 +72,11 @@ REFUSED = [
     ("bench_train", ["--images", "19", "--batch-size", "8"], "--images", "20 classes"),
     ("bench_train", ["--images", "31"], "--images", "--batch-size 32"),
     ("bench_train", ["--image-size", "0"], "--image-size", ">= 1"),
-    ("bench_train", ["--batch-size", "0"], "--batch-size", ">= 1"),
+    ("bench_train", ["--batch-size", "0"], "--batch-size", ">= 2"),
+    ("bench_train", ["--batch-size", "1"], "--batch-size", ">= 2"),  # CutMix's partner: after the shard build
+    ("bench_train", ["--model", "bogus"], "--model", "timm has no model 'bogus'"),  # a traceback, after it
+    ("bench_train", ["--device", "gpu"], "argument --device", "invalid choice"),  # anything but cpu ran on the CPU
+    ("bench_loader", ["--device", "bogus"], "argument --device", "invalid choice"),  # a traceback after the build
     ("bench_train", ["--threads", "0"], "--threads", ">= 1"),
     ("bench_train", ["--warmup", "-1"], "--warmup", ">= 0"),
     ("bench_train", ["--backends", "synthetic,bogus"], "--backends", "synthetic"),
@@ -125,6 +129,27 @@ def test_a_bad_value_is_refused_before_any_work(script, argv, option, phrase, no
     assert list(no_work.iterdir()) == [] and not out.exists()
 
 
+# Where torch sees no CUDA device (tested where none is): torch's "Found no NVIDIA driver" or DALI's
+# failed assert came as a traceback, bench_train ran on the CPU and called it a GPU comparison.
+NO_CUDA = [("bench_train", ["--device", "cuda"]), ("bench_loader", ["--device", "cuda"]),
+           ("bench_mix", ["--device", "cuda"]), ("bench_mix_host", ["--device", "cuda"])]
+
+
+@pytest.mark.parametrize("script, argv", NO_CUDA, ids=[script for script, _ in NO_CUDA])
+def test_cuda_without_a_cuda_device_is_refused_before_any_work(script, argv, no_work, tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "results.txt"
+    extra = ["--out", str(out)] if script in ("bench_mix", "bench_mix_host") else []
+    with pytest.raises(SystemExit) as exited:
+        MAINS[script](argv + extra)
+    captured = capsys.readouterr()
+    assert exited.value.code == 2 and captured.out == ""
+    assert captured.err.splitlines()[-1].endswith("error: --device cuda: torch sees no CUDA device on this machine")
+    assert list(no_work.iterdir()) == [] and not out.exists()
+
+
 @pytest.mark.parametrize("parse, argv", [
     (bench_mix.parse_args, []),
     (bench_mix.parse_args, ["--device", "cuda", "--batch-size", "3"]),  # no timm on CUDA: an odd batch runs
@@ -132,7 +157,10 @@ def test_a_bad_value_is_refused_before_any_work(script, argv, option, phrase, no
     (bench_mix_host.parse_args, ["--batch-size", "1", "--modes", "cutout,cutout_elem"]),  # cutout has no partner
     (bench_mix_host.parse_args, ["--batch-size", "3", "--modes", "cutmix,mixup"]),  # a permutation partner
 ], ids=["mix defaults", "mix cuda odd batch", "host defaults", "host cutout batch 1", "host odd batch"])
-def test_values_that_run_are_accepted(parse, argv, no_work):
+def test_values_that_run_are_accepted(parse, argv, no_work, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the CUDA cases, on any machine
     parse(argv)
     assert list(no_work.iterdir()) == []
 
