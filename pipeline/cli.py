@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from shards.arguments import CommandParser
+from shards.arguments import CommandParser, path
 
 from .errors import TrainError, loader_errors
 from .launcher import end_with_launcher
@@ -21,7 +21,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="pipeline/train.py", description="Train a timm model on shards with CutMix (see configs/).",
         epilog="With no arguments: the embedded demo (configs/demo.yaml), on CPU in a few minutes.\n\n"
                + config_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=None, help="YAML recipe (default: configs/demo.yaml)")
+    parser.add_argument("--config", type=path, default=None, help="YAML recipe (default: configs/demo.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. optim.base_lr=0.2")
     parser.add_argument("--check", action="store_true",
                         help="only check the config, the model name, the shards and what a resume would continue "

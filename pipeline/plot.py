@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from shards.arguments import CommandParser
+from shards.arguments import CommandParser, path
 from shards.errors import dependencies_required
 
 from .errors import TrainError
@@ -106,15 +106,15 @@ def plot_run(run_dir: Path, *, out_dir: Path | None = None) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry: plot a run folder (or its metrics file)."""
     parser = CommandParser(prog="python -m pipeline.plot", description=__doc__)
-    parser.add_argument("run", type=Path, metavar=f"RUN_DIR|{METRICS_FILE}",
+    parser.add_argument("run", type=path, metavar=f"RUN_DIR|{METRICS_FILE}",
                         help=f"a run folder of pipeline/train.py, or its {METRICS_FILE}")
-    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+    parser.add_argument("--out", type=path, default=None, metavar="DIR",
                         help="folder for the PNGs, created if missing (default: RUN_DIR/plots)")
     args = parser.parse_args(argv)
     try:
         with dependencies_required():  # yaml and matplotlib, imported where they are used
-            for path in plot_run(find_run_dir(args.run), out_dir=args.out):
-                print(path)
+            for written in plot_run(find_run_dir(args.run), out_dir=args.out):
+                print(written)
     except (ValueError, TrainError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

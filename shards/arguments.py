@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -16,3 +17,16 @@ class CommandParser(argparse.ArgumentParser):
     def error(self, message: str):
         text = f"error: {message} (see {self.prog} --help)\n" if os.environ.get("RANK", "0") == "0" else None
         self.exit(2, text)
+
+
+def path(text: str) -> Path:
+    """A path argument (``type=path``). An empty one, an unset shell variable's (``--out $OUT``), is
+    refused: as ``Path("")`` it was the current folder, where a build or a report then wrote."""
+    return Path(nonempty(text))
+
+
+def nonempty(text: str) -> str:
+    """A path argument kept as text (a trailing ``/`` means a folder), refused when empty as ``path``."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path (an unset shell variable?)")
+    return text

@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .arguments import CommandParser
+from .arguments import CommandParser, path
 from .build import LABEL_FIELDS, SPLITS, BuildRequest, build_shards, check_build, default_workers
 from .errors import ShardsError
 from .images import CHECKS
@@ -66,23 +66,23 @@ def _build_parser(sub) -> None:
         "and the manifest <split>.json from raw ImageNet, CUB-200-2011 or the CIFAR archives.",
         epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    build.add_argument("src", type=Path, metavar="SRC", help="an ImageFolder tree SRC/<wnid>/<file>; a flat "
+    build.add_argument("src", type=path, metavar="SRC", help="an ImageFolder tree SRC/<wnid>/<file>; a flat "
                        "folder or tar of val images (with --labels); ILSVRC2012_img_train.tar (a tar of "
                        "class tars); the ImageNet-21k tar or tar.gz of synset tars; an official CIFAR archive "
                        "(cifar-10-binary.tar.gz, cifar-100-python.tar.gz, ...), CUB_200_2011.tgz, or the folder either "
                        "extracts to")
-    build.add_argument("out", type=Path, metavar="OUT", help="output folder (created if missing)")
+    build.add_argument("out", type=path, metavar="OUT", help="output folder (created if missing)")
     build.add_argument("--split", required=True, choices=SPLITS, help="names the shards and manifest; a CIFAR "
                        "archive's training batches are 'train', its test batch 'test'; CUB-200-2011's images "
                        "marked 1 in train_test_split.txt are 'train', the others 'test'")
     build.add_argument("--label-field", choices=LABEL_FIELDS, help="CIFAR-100: the label that is the class, "
                        "fine (100 classes, the default) or coarse (20); each sample's .json keeps both")
-    build.add_argument("--labels", type=Path, help="val labels: LOC_val_solution.csv, the devkit folder or "
+    build.add_argument("--labels", type=path, help="val labels: LOC_val_solution.csv, the devkit folder or "
                        "ILSVRC2012_devkit_t12.tar.gz (ids mapped to wnids through meta.mat)")
-    build.add_argument("--boxes", type=Path, metavar="XML", help="ImageNet val boxes: the ILSVRC2012_bbox_val_v3 "
+    build.add_argument("--boxes", type=path, metavar="XML", help="ImageNet val boxes: the ILSVRC2012_bbox_val_v3 "
                        "folder of PASCAL VOC XML files or its .tgz; each sample's .json gets all boxes of its "
                        "image (default: a LOC_val_solution.csv given as --labels gives its boxes)")
-    build.add_argument("--classes", type=Path, metavar="TRAIN_MANIFEST", help="use this manifest's class "
+    build.add_argument("--classes", type=path, metavar="TRAIN_MANIFEST", help="use this manifest's class "
                        "map (e.g. OUT/train.json for val); a class of SRC missing from it is an error")
     build.add_argument("--shard-size", type=parse_size, default="512MB",
                        help="target shard size, at least 64kB: bytes, or with kB/MB/GB (or KiB/MiB/GiB) "
@@ -124,15 +124,15 @@ def make_parser(prog: str = "python -m shards") -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _build_parser(sub)
     merge = sub.add_parser("merge", help="combine the part manifests of a split build (--num-parts)")
-    merge.add_argument("out", type=Path, metavar="OUT")
+    merge.add_argument("out", type=path, metavar="OUT")
     merge.add_argument("--split", choices=SPLITS, help="default: every split with part manifests")
     verify = sub.add_parser("verify", help="check sha256, tar structure and index files; exit 1 naming bad shards")
-    verify.add_argument("out", type=Path, metavar="OUT")
+    verify.add_argument("out", type=path, metavar="OUT")
     verify.add_argument("--split", choices=SPLITS, help="default: every split with a manifest")
     verify.add_argument("--decode", action="store_true", help="also decode every image (slow)")
     verify.add_argument("--quiet", action="store_true", help="no progress bars")
     inspect = sub.add_parser("inspect", help="counts, class histogram, sizes and shuffle quality")
-    inspect.add_argument("out", type=Path, metavar="OUT")
+    inspect.add_argument("out", type=path, metavar="OUT")
     inspect.add_argument("--split", choices=SPLITS)
     return parser
 

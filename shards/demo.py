@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Iterator
 # numpy, Pillow, the manifest (numpy) and the build (tqdm) are imported where they are used:
 # `python -m shards.demo` run by a Python without the project's packages then ends in main's one
 # error line, not an import traceback from this module's top.
-from .arguments import CommandParser
+from .arguments import CommandParser, path
 from .errors import ShardsError, dependencies_required
 
 if TYPE_CHECKING:
@@ -211,7 +211,7 @@ def build_demo_shards(out: Path, *, quiet: bool = False) -> Path:
 def main(argv: list[str] | None = None) -> int:
     """Write the demo data, build, verify and inspect its shards."""
     parser = CommandParser(prog="python -m shards.demo", description=__doc__)
-    parser.add_argument("out", type=Path, nargs="?", default=Path("runs/demo"), help="default runs/demo")
+    parser.add_argument("out", type=path, nargs="?", default=Path("runs/demo"), help="default runs/demo")
     args = parser.parse_args(argv)
     with dependencies_required():
         from .cli import main as shards_main

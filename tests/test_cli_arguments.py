@@ -31,6 +31,23 @@ CASES = [
     (plot_main, ["a", "b"], "error: unrecognized arguments: b (see python -m pipeline.plot --help)"),
     (demo_main, ["a", "b"], "error: unrecognized arguments: b (see python -m shards.demo --help)"),
 ]
+# An empty path, an unset shell variable's (`--out $OUT`), was Path(""): the current folder, where the
+# command then built shards, wrote reports or pictures.
+EMPTY = "an empty path (an unset shell variable?)"
+CASES += [
+    (shards_main, ["build", "src", "", "--split", "train"], f"error: argument OUT: {EMPTY} (see python -m shards build "
+                                                              "--help)"),
+    (shards_main, ["verify", ""], f"error: argument OUT: {EMPTY} (see python -m shards verify --help)"),
+    (shards_main, ["build", "src", "out", "--split", "val", "--labels", ""],
+     f"error: argument --labels: {EMPTY} (see python -m shards build --help)"),
+    (train_parse_args, ["--config", ""], f"error: argument --config: {EMPTY} (see pipeline/train.py --help)"),
+    (evaluate_main, ["run", "--shards", ""], f"error: argument --shards: {EMPTY} (see python -m pipeline.evaluate "
+                                             "--help)"),
+    (mix_main, ["preview", "shards", "--out", ""], f"error: argument --out: {EMPTY} (see python -m pipeline.mix "
+                                                   "preview --help)"),
+    (plot_main, ["run", "--out", ""], f"error: argument --out: {EMPTY} (see python -m pipeline.plot --help)"),
+    (demo_main, [""], f"error: argument out: {EMPTY} (see python -m shards.demo --help)"),
+]
 
 
 @pytest.mark.parametrize("main, argv, line", CASES, ids=[f"{m.__module__}:{' '.join(a)}" for m, a, _ in CASES])

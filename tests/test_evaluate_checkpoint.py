@@ -210,8 +210,11 @@ def test_compare_takes_an_evaluated_checkpoint(tmp_path):
     results = {"settings": {"model": "resnet10t", "finished": True}, "classify": {"top1_err": 12.5}}
     (tmp_path / "run" / f"eval-{CHECKPOINT}" / "eval.json").write_text(json.dumps(results))
     assert read_results(tmp_path / "run" / "checkpoints" / CHECKPOINT) == results
-    with pytest.raises(EvalError, match="no eval.json"):
+    (tmp_path / "run" / "checkpoints" / "epoch-0001").mkdir()  # a checkpoint not evaluated
+    with pytest.raises(EvalError, match="epoch-0001: no eval.json"):
         read_results(tmp_path / "run" / "checkpoints" / "epoch-0001")
+    with pytest.raises(EvalError, match="epoch-0009: no such file or folder"):
+        read_results(tmp_path / "run" / "checkpoints" / "epoch-0009")
 
 
 def test_a_checkpoint_that_is_not_there_names_those_that_are(unfinished_run, capsys):

@@ -505,6 +505,51 @@ def test_compare_out_that_is_a_file(evaluated, tmp_path, capsys):
     assert line.startswith(f"error: --out {tmp_path / 'file' / 'under'}: cannot make the folder"), line
 
 
+def test_compare_out_in_a_run_its_checkpoints_or_shards_is_refused(evaluated, demo_run, demo_shards, tmp_path,
+                                                                      capsys):
+    """compare wrote compare.md and its plots wherever --out named, where the evaluation's own --out
+    refuses (walkthrough): a run folder, among its checkpoints, among a split's shards."""
+    out = evaluated[0]
+    checkpoint = next(p for p in sorted((demo_run / "checkpoints").iterdir()) if p.is_dir())
+    own = "the comparison needs a folder of its own (default eval-compare)"
+    cases = {demo_run: "a run folder; ",
+             demo_run / "checkpoints": "a run's checkpoints, which training prunes; ",
+             checkpoint: "a run's checkpoint, which training prunes; ",
+             checkpoint / "cmp": f"inside {checkpoint}, a run's checkpoint, which training prunes; ",
+             demo_shards: "a shards folder (the reports would lie among its shards); ",
+             demo_shards / "cmp": f"inside {demo_shards}, a shards folder (the reports would lie among its shards); "}
+    before = {p: p.stat().st_mtime_ns for folder in (demo_run, demo_shards) for p in folder.rglob("*")}
+    for where, why in cases.items():
+        line = one_error_line(capsys, ["compare", str(out), str(out), "--labels", "a,b", "--out", str(where)])
+        assert line == f"error: --out {where}: {why}{own}", line
+    assert {p: p.stat().st_mtime_ns for folder in (demo_run, demo_shards) for p in folder.rglob("*")} == before
+    # Beside the evaluations, inside a run folder (as the evaluation's own RUN/eval): a place of its own.
+    assert main(["compare", str(out), str(out), "--labels", "a,b", "--out", str(tmp_path / "run-like" / "cmp")]) == 0
+
+
+def test_compare_of_a_missing_path_says_so(evaluated, tmp_path, capsys):
+    # It said "no eval.json (run python -m pipeline.evaluate on it first)" of a misspelt folder.
+    out = evaluated[0]
+    assert one_error_line(capsys, ["compare", str(out), str(tmp_path / "nope"), "--out", str(tmp_path / "c")]) == (
+        f"error: {tmp_path / 'nope'}: no such file or folder")
+    (tmp_path / "empty").mkdir()
+    assert one_error_line(capsys, ["compare", str(out), str(tmp_path / "empty"), "--out", str(tmp_path / "c")]) == (
+        f"error: {tmp_path / 'empty'}: no eval.json (run python -m pipeline.evaluate on it first)")
+
+
+@pytest.mark.parametrize("command", [["RUN", "--tasks", "classify"], ["compare", "RUN", "RUN", "--labels", "a,b"]])
+def test_an_empty_out_is_refused_not_the_current_folder(demo_run, command, tmp_path, monkeypatch, capsys):
+    """`--out $OUT` with OUT unset: Path("") is the current folder, where eval.json, eval.md and
+    .lock (or compare.md) were written."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        main([str(demo_run) if a == "RUN" else a for a in command] + ["--out", ""])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith("error: argument --out: an empty path (an unset shell variable?)"), err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_fgsm_at_epsilon_0_is_the_clean_error_and_a_fraction_is_taken(demo_run, tmp_path):
     out = tmp_path / "fgsm"
     common = [str(demo_run), "--tasks", "fgsm", "--quiet", "--num-threads", "1", "--out", str(out)]
@@ -634,10 +679,10 @@ def test_out_that_is_the_run_or_its_checkpoints_is_refused(demo_run, demo_shards
     assert f"--out {demo_run / 'checkpoints' / 'e'}: inside the run's checkpoints folder" in refused(
         "--out", str(demo_run / "checkpoints" / "e"))
     assert f"--out {demo_shards}: the shards folder itself" in refused("--out", str(demo_shards))
-    # Inside it (walkthrough: was written there): among the tars that a rebuild removes whole.
+    # Inside it (walkthrough: was written there): among the tars.
     assert refused("--out", str(demo_shards / "ev")) == (
-        f"error: --out {demo_shards / 'ev'}: inside the shards folder {demo_shards}, which a shards build's "
-        f"--overwrite removes whole; the evaluation needs a folder of its own (default {demo_run / 'eval'})")
+        f"error: --out {demo_shards / 'ev'}: inside the shards folder {demo_shards} (the reports would lie among "
+        f"its shards); the evaluation needs a folder of its own (default {demo_run / 'eval'})")
     assert not (demo_run / "checkpoints" / "e").exists() and not (demo_run / "eval.json").exists()
     assert not (demo_shards / "ev").exists()
 

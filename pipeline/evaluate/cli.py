@@ -14,7 +14,7 @@ import textwrap
 import threading
 from pathlib import Path
 
-from shards.arguments import CommandParser
+from shards.arguments import CommandParser, path
 
 from ..errors import EvalError, TrainError, loader_errors
 from ..launcher import end_with_launcher
@@ -67,10 +67,10 @@ def make_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     # nargs="?": checked in parse_args, which can say that --ood-shards took it (it takes every
     # path after it, so `--ood-shards A B RUN` leaves no model: argparse would only say "required").
-    parser.add_argument("model", type=Path, nargs="?", metavar="RUN_DIR|MODEL.safetensors",
+    parser.add_argument("model", type=path, nargs="?", metavar="RUN_DIR|MODEL.safetensors",
                         help="a run folder (config.yaml + model.safetensors), one of its checkpoints "
                         "(RUN/checkpoints/epoch-NNNN) or exported weights")
-    parser.add_argument("--shards", type=Path, help="shards folder (default: the run's data.shards)")
+    parser.add_argument("--shards", type=path, help="shards folder (default: the run's data.shards)")
     parser.add_argument("--split", help="the split to evaluate (default: the one the run evaluated while training, "
                         "its data.eval_split; for exported weights val, or test where the shards have no val: CIFAR, "
                         "CUB)")
@@ -79,7 +79,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=int, help="evaluate at this input size instead of the training one "
                         "(the val resize follows the run's crop_pct; for fully convolutional models, e.g. the demo's "
                         "localization canvases at 64 px)")
-    parser.add_argument("--ood-shards", type=Path, nargs="+", default=[], metavar="DIR",
+    parser.add_argument("--ood-shards", type=path, nargs="+", default=[], metavar="DIR",
                         help="out-of-distribution shards folders (read at --ood-split)")
     parser.add_argument("--ood-split", metavar="SPLIT", help="the split of the --ood-shards folders to read "
                         "(default: --split where a folder has it, else its only split)")
@@ -94,7 +94,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--occlusion-steps", type=int, help="square sides from 0 to the image size (default 9, "
                         "fewer for images under 8 px)")
     parser.add_argument("--seed", type=int, default=0, help="in-between pairs and boxes, noise images (default 0)")
-    parser.add_argument("--out", type=Path, help="output folder (default RUN_DIR/eval; RUN_DIR/eval-epoch-NNNN for "
+    parser.add_argument("--out", type=path, help="output folder (default RUN_DIR/eval; RUN_DIR/eval-epoch-NNNN for "
                         "a checkpoint; eval-<name> beside exported weights)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
@@ -104,12 +104,12 @@ def make_compare_parser() -> argparse.ArgumentParser:
     """The arguments of ``compare``."""
     parser = CommandParser(prog="python -m pipeline.evaluate compare",
                                      description="Several evaluations side by side: compare.md and plots.")
-    parser.add_argument("evaluations", type=Path, nargs="+", metavar="EVAL",
+    parser.add_argument("evaluations", type=path, nargs="+", metavar="EVAL",
                         help="an eval.json, the folder holding it, a run folder with eval/eval.json, or a "
                         "checkpoint RUN/checkpoints/epoch-NNNN evaluated into RUN/eval-epoch-NNNN")
     parser.add_argument("--labels", help="comma-separated names (default: the run's name for a run's evaluation, "
                         "RUN/epoch-NNNN for a checkpoint's, else the folder's name)")
-    parser.add_argument("--out", type=Path, default=Path("eval-compare"), help="default eval-compare")
+    parser.add_argument("--out", type=path, default=Path("eval-compare"), help="default eval-compare")
     return parser
 
 
@@ -231,14 +231,34 @@ def _check_out(out: Path, *, source, shards: Path, ood_shards: list[Path]) -> No
         if folder is not None and target == Path(folder).resolve():
             default = f" (default {_default_out(source)})" if what != "the shards folder" else ""
             raise EvalError(f"--out {out}: {what} itself; the evaluation needs a folder of its own{default}")
-    for what, folder in data:  # inside: among the tars, removed by the next build's --overwrite
+    for what, folder in data:  # inside: among the tars and manifests
         if Path(folder).resolve() in target.parents:
-            raise EvalError(f"--out {out}: inside {what} {folder}, which a shards build's --overwrite removes "
-                            f"whole; the evaluation needs a folder of its own (default {_default_out(source)})")
+            raise EvalError(f"--out {out}: inside {what} {folder} (the reports would lie among its shards); the "
+                            f"evaluation needs a folder of its own (default {_default_out(source)})")
     checkpoints = source.run_dir and (source.run_dir / "checkpoints").resolve()
     if checkpoints is not None and (target == checkpoints or checkpoints in target.parents):
         raise EvalError(f"--out {out}: inside the run's checkpoints folder, which training prunes; "
                         f"the evaluation needs a folder of its own (default {_default_out(source)})")
+
+
+def _check_compare_out(out: Path) -> None:
+    """compare's --out needs a folder of its own too (see _check_out): compare.md and its plots
+    were written into a run folder, among its checkpoints, or among a split's shards."""
+    from shards.build import SPLITS
+
+    from ..checkpoint import is_complete_checkpoint, is_run_folder
+
+    target = out.resolve()
+    own = "the comparison needs a folder of its own (default eval-compare)"
+    if is_run_folder(target):
+        raise EvalError(f"--out {out}: a run folder; {own}")
+    for place in (target, *target.parents):
+        where = "" if place == target else f"inside {place}, "
+        if is_complete_checkpoint(place) or (place.name == "checkpoints" and is_run_folder(place.parent)):
+            raise EvalError(f"--out {out}: {where}a run's checkpoint{'s' if place.name == 'checkpoints' else ''}, "
+                            f"which training prunes; {own}")
+        if any((place / f"{split}.json").is_file() for split in SPLITS) or (place / ".build").is_dir():
+            raise EvalError(f"--out {out}: {where}a shards folder (the reports would lie among its shards); {own}")
 
 
 def _has_boxes(shards: Path, split: str) -> bool | None:
@@ -267,6 +287,7 @@ def compare(argv: list[str]) -> int:
         repeated = sorted({label for label in labels if labels.count(label) > 1})
         raise EvalError(f"two evaluations would both be labelled {repeated[0]!r}: name them with --labels a,b,...")
     runs = {label: read_results(path) for label, path in zip(labels, args.evaluations)}
+    _check_compare_out(args.out)
     if args.out.exists() and not args.out.is_dir():
         raise EvalError(f"--out {args.out}: exists and is not a folder")
     try:

@@ -575,6 +575,8 @@ def read_results(path: Path) -> dict:
             if unfinished(results):
                 raise EvalError(f"{candidate}: that evaluation did not finish ({unfinished(results)}); run it again")
             return results
+    if not path.exists():  # a misspelt path: "evaluate it first" sent users to evaluate nothing
+        raise EvalError(f"{path}: no such file or folder")
     raise EvalError(f"{path}: no eval.json (run python -m pipeline.evaluate on it first)")
 
 

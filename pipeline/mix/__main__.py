@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from shards.arguments import CommandParser
+from shards.arguments import CommandParser, nonempty, path
 from shards.errors import dependencies_required
 
 # torch-free at the top (PEP 562 in the package, the choices and limits in modules of their own):
@@ -25,9 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(prog="python -m pipeline.mix", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     preview = commands.add_parser("preview", help="draw a grid of one mixed batch with its label weights")
-    preview.add_argument("shards_dir", type=Path, metavar="SHARDS_DIR",
+    preview.add_argument("shards_dir", type=path, metavar="SHARDS_DIR",
                          help="folder built by `python -m shards build`: <split>.json and its <split>-NNNNNN.tar")
-    preview.add_argument("--out", default=DEFAULT_NAME,
+    preview.add_argument("--out", type=nonempty, default=DEFAULT_NAME,
                          help=f"picture to write, in the format its suffix names (none: .png is added; a folder, or a "
                               f"path ending in /: {DEFAULT_NAME} in it)")
     preview.add_argument("--split", default="train", help="split of SHARDS_DIR to read (default train)")
