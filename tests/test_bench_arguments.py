@@ -18,6 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
+import bench_compile_start  # noqa: E402
 import bench_ddp_soak  # noqa: E402
 import bench_loader  # noqa: E402
 import bench_mix  # noqa: E402
@@ -40,9 +41,11 @@ WORK = {
     "bench_loader": [(bench_loader, "build"), (bench_loader, "started_loader")],
     "bench_ddp_soak": [(bench_ddp_soak, "machine"), (bench_ddp_soak, "launch_once"),
                        ("shards.demo", "build_demo_shards")],
+    "bench_compile_start": [(bench_compile_start, "train"), (bench_compile_start, "publish")],
 }
 MAINS = {"bench_shards": bench_shards.main, "bench_mix": bench_mix.main, "bench_mix_host": bench_mix_host.main,
-         "bench_train": bench_train.main, "bench_loader": bench_loader.main, "bench_ddp_soak": bench_ddp_soak.main}
+         "bench_train": bench_train.main, "bench_loader": bench_loader.main, "bench_ddp_soak": bench_ddp_soak.main,
+         "bench_compile_start": bench_compile_start.main}
 
 # (script, arguments, the option the error line names, a phrase it must hold)
 REFUSED = [
@@ -92,6 +95,9 @@ REFUSED = [
     ("bench_ddp_soak", ["--timeout", "-1"], "--timeout", "> 0"),
     ("bench_ddp_soak", ["--timeout", "nan"], "--timeout", "> 0"),
     ("bench_ddp_soak", ["--timeout", "inf"], "--timeout", "finite"),
+    ("bench_compile_start", ["--epochs", "0"], "--epochs", ">= 1"),
+    ("bench_compile_start", ["--steps", "0"], "--steps", ">= 1"),
+    ("bench_compile_start", ["--batch-size", "1"], "--batch-size", ">= 2"),
 ]
 
 
@@ -116,7 +122,8 @@ def no_work(monkeypatch, tmp_path):
                          ids=[f"{script} {' '.join(argv)}" for script, argv, _, _ in REFUSED])
 def test_a_bad_value_is_refused_before_any_work(script, argv, option, phrase, no_work, tmp_path, capsys):
     out = tmp_path / "results.txt"
-    extra = ["--out", str(out)] if script in ("bench_mix", "bench_mix_host", "bench_ddp_soak") else []
+    extra = ["--out", str(out)] if script in ("bench_mix", "bench_mix_host", "bench_ddp_soak",
+                                              "bench_compile_start") else []
     with pytest.raises(SystemExit) as exited:
         MAINS[script](argv + extra)
     captured = capsys.readouterr()
