@@ -58,8 +58,9 @@ class ModelConfig:
     name: str = "resnet50"  # any timm model name (timm.list_models()), ours included (pipeline/models: pyramidnet*)
     pretrained: bool = False  # start from timm's pretrained weights (downloads; classifier re-initialized)
     channels_last: bool = True  # NHWC memory format: what tensor cores and the mix kernel want
-    # torch.compile the model (inductor) after DDP wrapping: about a minute of compiling first on a
-    # CPU, faster steps on GPU; the feature-level mix modes compile a graph per mixed layer
+    # torch.compile the model (inductor) after DDP wrapping: tens of seconds of compiling first on a
+    # CPU with an empty cache (bench/bench_compile_start.py), faster steps on GPU; the feature-level
+    # mix modes compile a graph per mixed layer
     compile: bool = False
     drop_path_rate: float = 0.0  # stochastic depth, for models that support it (0 = off, the paper's ResNet)
     # DropBlock (Ghiasi et al. 2018) drop rate: our PyramidNets (last two stages, block 7) and timm's
