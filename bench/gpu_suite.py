@@ -1107,6 +1107,7 @@ def main(argv=None) -> int:
     command = " ".join(sys.argv[1:] if argv is None else argv)
     out = args.out or RESULTS / f"gpu_{re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f"{out.stem}.partial{out.suffix}")
 
     def results(rows: list[Row], seconds: dict[str, float], test_output: str, *, done: bool) -> str:
         header = [f"# python bench/gpu_suite.py {command}".rstrip(),
@@ -1123,13 +1124,17 @@ def main(argv=None) -> int:
         text = "\n".join(header) + "\n" + table(rows) + "\n"
         tests_failed = any(row.section == "tests" and row.status == "fail" for row in rows)
         tail = "\n".join(test_output.splitlines()[-80:])
-        out.write_text(text + (f"\n# pytest output (last 80 lines):\n{tail}\n" if tests_failed else ""))
+        # Unfinished, beside the results file: a run cut short does not replace a complete one.
+        (out if done else partial).write_text(text + (f"\n# pytest output (last 80 lines):\n{tail}\n"
+                                                      if tests_failed else ""))
+        if done:
+            partial.unlink(missing_ok=True)
         return text
 
     with tempfile.TemporaryDirectory(prefix="gpu_suite_") as workdir:
         suite = Suite(plan, Budget(args.time_budget), args, Path(workdir))
-        # The file is rewritten after each section: a run cut short (its time on a lent GPU spent)
-        # keeps the sections it finished.
+        # OUT's .partial twin is rewritten after each section: a run cut short (its time on a lent
+        # GPU spent) keeps the sections it finished.
         rows, seconds = run_sections(suite, lambda rows, seconds: results(rows, seconds, suite.test_output,
                                                                            done=False))
     text = results(rows, seconds, suite.test_output, done=True)

@@ -54,6 +54,7 @@ def build_lock(layout: OutputLayout, part_id: int, num_parts: int) -> Iterator[N
 
 def _acquire(path: Path, layout: OutputLayout, what: str) -> int | None:
     """The open, locked lock file; None where the file system has no locks (the build goes on)."""
+    missing = None
     for _ in range(_ATTEMPTS):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,6 +88,8 @@ def _acquire(path: Path, layout: OutputLayout, what: str) -> int | None:
         os.close(descriptor)
     # Each attempt found a folder missing: not a race with a build ending but a place where folders
     # cannot be made (e.g. under /proc).
+    if missing is None:  # each lock taken was of a file that a build ending meanwhile had removed
+        raise ShardsError(f"{path}: could not take the build lock ({_ATTEMPTS} attempts)")
     raise ShardsError(f"OUT {layout.out}: cannot create {path} ({missing.strerror}, {_ATTEMPTS} attempts)")
 
 

@@ -16,7 +16,7 @@ from .errors import ShardsError
 from .images import CHECKS
 from .manifest import merge_parts
 from .outdir import OutputLayout
-from .report import inspect_shards, print_build_summary
+from .report import empty_classes_warning, inspect_shards, print_build_summary
 from .verify import verify_shards
 
 # A raw string: its backslashes are the shell's line continuations, printed as they are.
@@ -194,6 +194,8 @@ def _run(args: argparse.Namespace) -> int:
             manifest = merge_parts(OutputLayout(args.out, split))
             print(f"{split}: merged {len(manifest['shards'])} shards, {manifest['totals']['samples']} samples "
                   f"-> {args.out / f'{split}.json'}")
+            if empty_classes_warning(manifest):  # the parts' summaries could not tell
+                print(empty_classes_warning(manifest))
         return 0
     if args.command == "verify":
         problems = 0

@@ -15,7 +15,7 @@ from pathlib import Path
 from .durable import write_text_atomic
 from .errors import ShardsError
 from .outdir import OutputLayout, remove_build_folder
-from .plan import DIGEST_MODULUS, PLAN_FORMAT, plan_changes
+from .plan import DIGEST_MODULUS, PLAN_FORMAT, plan_changes, same_plan
 
 SHARD_FIELDS = ("name", "index", "samples", "bytes", "sha256")
 _SHARD_TYPES = {"name": str, "index": str, "samples": int, "bytes": int, "sha256": str}
@@ -192,7 +192,7 @@ def merge_parts(layout: OutputLayout) -> dict:
     plan = {k: v for k, v in first["build"].items()}
     for path, part in zip(paths, parts):
         for field in ("build", "classes", "source_totals"):
-            if part[field] != first[field]:
+            if not (same_plan(part[field], first[field]) if field == "build" else part[field] == first[field]):
                 # Name the differing settings: the part to rebuild is the one whose arguments were wrong.
                 details = f" ({plan_changes(first[field], part[field])})" if field == "build" else ""
                 raise ShardsError(f"{path.name}: its {field} differ from {paths[0].name}'s{details}: "

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .durable import write_text_exclusive
 from .errors import ShardsError
-from .plan import BuildPlan, part_shards, plan_changes
+from .plan import BuildPlan, part_shards, plan_changes, same_plan
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ def _stored_plan(path: Path, field: str | None = None, advice: str = "pass --ove
 
 def _check_same_plan(stored: dict, plan: BuildPlan, resume: bool, layout: OutputLayout) -> None:
     current = plan.to_json()
-    if stored == current:
+    if same_plan(stored, current):
         return
     verb = "--resume needs the same arguments" if resume else "a different build is in progress"
     raise ShardsError(f"{layout.out}: {verb} ({plan_changes(stored, current)}); pass --overwrite to start again")
@@ -167,7 +167,7 @@ def _recorded_plans(layout: OutputLayout) -> list[tuple[Path, dict]]:
 def _check_part_fits(stored: dict, path: Path, plan: BuildPlan, resume: bool, layout: OutputLayout) -> None:
     """Refuse a part whose plan is not the one recorded in ``path``: the build it would join."""
     current = plan.to_json()
-    if stored == current:
+    if same_plan(stored, current):
         return
     split = plan.split
     recorded = f"the {split} build recorded in {path.relative_to(layout.out)} has other arguments than this part"

@@ -67,12 +67,30 @@ PLAN_ARGUMENTS = {"source": "SRC", "split": "--split", "seed": "--seed", "shard_
                   "source_files": "SRC's files (added, removed, moved or resized since)"}
 
 
+RECORDED_LATER = ("source_files",)  # plan fields an earlier version's plan.json or manifest lacks
+
+
+def changed_fields(stored: dict, current: dict) -> list[str]:
+    """The fields whose values differ between two plans (as ``to_json`` gives them), sorted; a field
+    one plan lacks counts as changed, except one recorded only since a later version, which a build
+    begun before it lacks (its listing is unknown, no sign that SRC changed)."""
+    absent = "(absent)"
+    unrecorded = {k for k in RECORDED_LATER if k not in stored or k not in current}
+    return sorted(k for k in current.keys() | stored.keys()
+                  if k not in unrecorded and stored.get(k, absent) != current.get(k, absent))
+
+
+def same_plan(stored: dict, current: dict) -> bool:
+    """Whether two plans are of one build (``changed_fields`` finds nothing)."""
+    return not changed_fields(stored, current)
+
+
 def plan_changes(stored: dict, current: dict) -> str:
     """What differs between two plans (as ``to_json`` gives them), by the build argument each field
     comes from, e.g. "--shard-size: 200000 -> 64000, num_shards: 2 -> 6 (follows --shard-size)";
     a field one plan lacks (another version wrote it) counts as changed."""
     absent = "(absent)"
-    changed = sorted(k for k in current.keys() | stored.keys() if stored.get(k, absent) != current.get(k, absent))
+    changed = changed_fields(stored, current)
     changed.sort(key=lambda k: k == "num_shards")  # the derived count last, after what it follows
 
     def why(key: str) -> str:

@@ -36,15 +36,22 @@ def print_build_summary(result) -> None:
         # A labels file covering a few of the images wrote a sliver of the split with exit 0.
         print(f"warning: {totals['rejected']} of {totals['inputs']} inputs were rejected, as many as were written or "
               "more: check the reasons above before training on this split (--strict refuses any rejection)")
-    empty = [name for name, count in zip(manifest["classes"], manifest["class_counts"]) if not count]
-    if empty and "part" not in manifest:  # a part holds some shards only: merge's manifest has the counts
-        # ImageFolder refuses an empty class folder; here it is a class the model still has an output for.
-        print(f"warning: {len(empty)} of {manifest['num_classes']} classes have no image in this split: "
-              f"{', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''} (an empty class folder, or all its "
-              "images rejected?)")
+    if "part" not in manifest and empty_classes_warning(manifest):  # a part holds some shards: merge says it
+        print(empty_classes_warning(manifest))
     if "part" in manifest and not totals["samples"]:
         print("  note: this part wrote no sample; `merge` fails if the whole build wrote none")
     print(f"  manifest: {result.manifest_path}")
+
+
+def empty_classes_warning(manifest: dict) -> str | None:
+    """The warning line for classes without an image in a whole split, or None. ImageFolder refuses
+    an empty class folder; here it is a class the model still has an output for."""
+    empty = [name for name, count in zip(manifest["classes"], manifest["class_counts"]) if not count]
+    if not empty:
+        return None
+    return (f"warning: {len(empty)} of {manifest['num_classes']} classes have no image in this split: "
+            f"{', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''} (an empty class folder, or all its "
+            "images rejected?)")
 
 
 def _counts(counter: dict) -> str:

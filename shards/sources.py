@@ -49,22 +49,19 @@ class InputItem(NamedTuple):
 def sample_key(wnid: str | None, relative: str) -> str:
     """A WebDataset key (no dots, ASCII) for an input, unique within its class."""
     stem = relative.rsplit(".", 1)[0] if "." in PurePosixPath(relative).name else relative
-    key = _ascii(stem) or "unnamed"
+    key = (_UNSAFE.sub("_", stem).strip("_") or "unnamed") + _hash_if_lossy(stem)
     if wnid and not key.startswith(wnid):
-        key = f"{_ascii(wnid)}_{key}"
+        key = f"{_UNSAFE.sub('_', wnid)}{_hash_if_lossy(wnid)}_{key}"
     if len(key) > _MAX_KEY:
         key = f"{key[:_MAX_KEY - 17]}_{hashlib.blake2b(key.encode(), digest_size=8).hexdigest()}"
     return key
 
 
-def _ascii(name: str) -> str:
-    """``name`` with what a key cannot hold replaced by ``_``; a name that loses more than dots and
-    slashes (other letters than ASCII, spaces: "猫" and "狗" both became "unnamed", "a b" and "a_b"
-    one key, and the second image was rejected as a duplicate) ends in a hash of itself."""
-    safe = _UNSAFE.sub("_", name).strip("_")
-    if not _LOSSY.search(name):
-        return safe
-    return f"{safe}_{hashlib.blake2b(name.encode(), digest_size=4).hexdigest()}".lstrip("_")
+def _hash_if_lossy(name: str) -> str:
+    """``_<hash of name>`` for a name that loses more than dots and slashes to ``_UNSAFE`` (other
+    letters than ASCII, spaces: "猫" and "狗" both became "unnamed", "a b" and "a_b" one key, and
+    the second image was rejected as a duplicate); '' for the others, whose keys stay as before."""
+    return f"_{hashlib.blake2b(name.encode(), digest_size=4).hexdigest()}" if _LOSSY.search(name) else ""
 
 
 class FolderListing(NamedTuple):

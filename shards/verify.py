@@ -68,10 +68,12 @@ def manifest_problems(manifest: dict, labels: Counter | None) -> list[str]:
     counts = manifest.get("class_counts")
     if labels is not None and isinstance(counts, list):
         found = [labels.get(i, 0) for i in range(manifest["num_classes"])]
-        if counts != found:
-            first = next(i for i, (a, b) in enumerate(zip(counts + [None] * len(found), found)) if a != b)
+        if len(counts) != len(found):
+            problems.append(f"its class_counts count {len(counts)} classes, its class list {len(found)}")
+        elif counts != found:
+            first = next(i for i, (a, b) in enumerate(zip(counts, found)) if a != b)
             problems.append(f"its class_counts are not the labels in its shards (class {first}: "
-                            f"{counts[first] if first < len(counts) else 'none'} there, {found[first]} in the shards)")
+                            f"{counts[first]} there, {found[first]} in the shards)")
     return problems
 
 

@@ -523,8 +523,16 @@ def test_compare_out_in_a_run_its_checkpoints_or_shards_is_refused(evaluated, de
         line = one_error_line(capsys, ["compare", str(out), str(out), "--labels", "a,b", "--out", str(where)])
         assert line == f"error: --out {where}: {why}{own}", line
     assert {p: p.stat().st_mtime_ns for folder in (demo_run, demo_shards) for p in folder.rglob("*")} == before
-    # Beside the evaluations, inside a run folder (as the evaluation's own RUN/eval): a place of its own.
-    assert main(["compare", str(out), str(out), "--labels", "a,b", "--out", str(tmp_path / "run-like" / "cmp")]) == 0
+    # Inside a run folder (as the evaluation's own RUN/eval), or beside files that only look like
+    # shards (another tool's train.json, Swift's .build): places of their own.
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("model: {}\n")
+    (tmp_path / "project" / ".build").mkdir(parents=True)
+    (tmp_path / "project" / "train.json").write_text('{"images": []}')
+    for where in (run / "cmp", tmp_path / "project" / "results" / "cmp"):
+        assert main(["compare", str(out), str(out), "--labels", "a,b", "--out", str(where)]) == 0
+        assert (where / "compare.md").is_file()
 
 
 def test_compare_of_a_missing_path_says_so(evaluated, tmp_path, capsys):

@@ -124,6 +124,37 @@ def test_bad_options_are_one_error_line_before_any_work(flags, message, capsys):
     assert exited.value.code == 2 and err.splitlines()[-1].endswith(f": error: {message}"), err
 
 
+def test_a_run_cut_short_keeps_its_sections_beside_the_results_file(tmp_path, monkeypatch, capsys):
+    """Written after each section into OUT's .partial twin (a run killed by its time limit on a
+    lent GPU kept nothing, as the table was written last), never over a complete OUT."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # main sets it for --cpu-smoke: undone after the test
+    out = tmp_path / "gpu.txt"
+    out.write_text("an earlier complete run\n")
+    partial = tmp_path / "gpu.partial.txt"
+
+    def cut_after_the_kernel(suite, after):
+        after([gpu_suite.measured("kernel", "cases checked", 3)], {"kernel": 1.0})
+        raise KeyboardInterrupt  # the time limit's kill
+
+    monkeypatch.setattr(gpu_suite, "run_sections", cut_after_the_kernel)
+    with pytest.raises(KeyboardInterrupt):
+        gpu_suite.main(["--cpu-smoke", "--out", str(out)])
+    assert out.read_text() == "an earlier complete run\n"
+    kept = partial.read_text()
+    assert "# UNFINISHED: written after each section; still to run: host, loader, train, tests" in kept
+    assert [row["name"] for row in parse_table(kept)] == ["cases checked"]
+
+    def whole(suite, after):
+        rows, seconds = [gpu_suite.measured("kernel", "cases checked", 3)], {name: 1.0 for name in gpu_suite.SECTIONS}
+        after(rows, seconds)
+        return rows, seconds
+
+    monkeypatch.setattr(gpu_suite, "run_sections", whole)
+    assert gpu_suite.main(["--cpu-smoke", "--out", str(out)]) == 0
+    assert not partial.exists() and "UNFINISHED" not in out.read_text()
+    assert [row["name"] for row in parse_table(out.read_text())] == ["cases checked"]
+
+
 def suite_case(seed: str, **overrides) -> gpu_suite.MixCase:
     options = dict(device="cpu", batch=5, height=9, width=13, mode="mixed", per="elem", source="uint8",
                    out_dtype=torch.float32, memory_format=torch.channels_last, num_classes=7, label_smoothing=0.1)

@@ -158,3 +158,17 @@ def test_names_beyond_ascii_keep_their_images_apart(tmp_path):
     assert {s["json"]["source"] for s in samples} == set(names)
     keys = [s["key"] for s in samples]
     assert len(set(keys)) == len(names) and all(key.isascii() and "." not in key for key in keys)
+
+
+def test_keys_of_ascii_names_are_what_they_were():
+    """Builds stay byte-identical across versions only if the keys (which choose the shards) do:
+    by hand, the keys of the earlier versions for ImageNet, CUB and odd-but-ASCII class names."""
+    from shards.sources import sample_key
+
+    assert sample_key("n01440764", "n01440764_10026.JPEG") == "n01440764_10026"
+    assert sample_key(None, "ILSVRC2012_val_00000001.JPEG") == "ILSVRC2012_val_00000001"
+    assert sample_key(None, "001.Black_footed_Albatross/Black_Footed_Albatross_0046_18.jpg") == (
+        "001_Black_footed_Albatross_Black_Footed_Albatross_0046_18")
+    assert sample_key("_background_", "img1.jpg") == "_background__img1"
+    assert sample_key("Jr.", "x-1.jpg") == "Jr__x-1"
+    assert sample_key("n1", "sub/dir/x.y.jpg") == "n1_sub_dir_x_y"

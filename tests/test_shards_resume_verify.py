@@ -1,6 +1,7 @@
 """Crash safety (SIGKILL then --resume gives the uninterrupted bytes) and `verify`."""
 
 import hashlib
+import json
 import signal
 import sys
 import tarfile
@@ -287,3 +288,39 @@ def test_verify_finds_manifest_sums_that_are_not_its_shards(tmp_path, capsys):
     assert capsys.readouterr().out == ("BAD train.json: its class_counts are not the labels in its shards "
                                        f"(class 1: 25 there, 20 in the shards)\n"
                                        f"train: 1 BAD: {len(manifest(out)['shards'])} shards, 80 samples checked\n")
+
+
+@pytest.mark.parametrize("layout", ["folder", "tar"])
+def test_a_build_begun_by_the_previous_version_resumes_and_merges(tmp_path, capsys, layout):
+    """Its plan.json and part manifests have no source_files: every --resume was refused, blaming
+    SRC's files ("'(absent)' -> None" for a tar), and so was --resume of its complete build."""
+    files = make_imagefolder(tmp_path / "tree", num_classes=3, per_class=12)
+    src = tmp_path / "tree" if layout == "folder" else make_tar_of_tars(tmp_path / "src.tar", files)
+    out = tmp_path / "out"
+    args = ["build", str(src), str(out), "--split", "train", "--quiet", "--shard-size", "64kB", "--num-parts", "2"]
+    assert main([*args, "--part-id", "0"]) == 0
+
+    def as_the_previous_version_wrote_it(path, field=None):
+        data = json.loads(path.read_text())
+        (data[field] if field else data).pop("source_files", None)
+        path.write_text(json.dumps(data))
+
+    as_the_previous_version_wrote_it(out / ".build" / "train" / "plan.json")
+    as_the_previous_version_wrote_it(out / "train.part-0000-of-0002.json", "build")
+    capsys.readouterr()
+    assert main([*args, "--part-id", "1", "--resume"]) == 0, capsys.readouterr().err
+    assert main(["merge", str(out)]) == 0, capsys.readouterr().err
+    as_the_previous_version_wrote_it(out / "train.json", "build")
+    assert main([*args, "--part-id", "0", "--resume"]) == 0  # complete: nothing to do
+    assert "the build is already complete; nothing to do" in capsys.readouterr().out
+    assert main(["build", str(src), str(tmp_path / "whole"), "--split", "train", "--quiet", "--shard-size",
+                 "64kB"]) == 0
+    assert manifest(out)["shards"] == manifest(tmp_path / "whole")["shards"]
+
+
+def test_verify_names_class_counts_of_another_length(tmp_path, capsys):
+    # A StopIteration traceback: the first difference was looked for in the shorter list only.
+    out = _shuffled_build(tmp_path, capsys)
+    _spoil(out, lambda m: m["class_counts"].append(0))
+    assert main(["verify", str(out), "--quiet"]) == 1
+    assert "BAD train.json: its class_counts count 5 classes, its class list 4\n" in capsys.readouterr().out

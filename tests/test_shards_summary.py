@@ -72,3 +72,21 @@ def test_a_class_without_images_is_a_warning(tmp_path, capsys):
     (src / wnid(3) / "1.JPEG").write_bytes(jpeg_bytes(3))
     code, printed, err = run_shards_main(capsys, "build", src, tmp_path / "out2", *FLAGS)
     assert code == 0 and "classes have no image" not in printed, err
+
+
+
+def test_a_split_build_says_at_merge_which_classes_have_no_image(tmp_path, capsys):
+    # A part holds some shards only, so its summary cannot tell: merge's line said nothing either.
+    src = tmp_path / "src"
+    for c in range(3):
+        (src / wnid(c)).mkdir(parents=True)
+        for n in range(2 if c != 1 else 0):
+            (src / wnid(c) / f"{n}.JPEG").write_bytes(jpeg_bytes(c * 10 + n))
+    for part in ("0", "1"):
+        code, printed, err = run_shards_main(capsys, "build", src, tmp_path / "out", *FLAGS, "--num-parts", "2",
+                                             "--part-id", part)
+        assert code == 0 and "classes have no image" not in printed, err
+    code, printed, err = run_shards_main(capsys, "merge", tmp_path / "out")
+    assert code == 0, err
+    assert printed.splitlines()[-1] == (f"warning: 1 of 3 classes have no image in this split: {wnid(1)} (an empty "
+                                        "class folder, or all its images rejected?)")

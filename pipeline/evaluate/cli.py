@@ -257,8 +257,24 @@ def _check_compare_out(out: Path) -> None:
         if is_complete_checkpoint(place) or (place.name == "checkpoints" and is_run_folder(place.parent)):
             raise EvalError(f"--out {out}: {where}a run's checkpoint{'s' if place.name == 'checkpoints' else ''}, "
                             f"which training prunes; {own}")
-        if any((place / f"{split}.json").is_file() for split in SPLITS) or (place / ".build").is_dir():
+        if _is_shards_folder(place, SPLITS):
             raise EvalError(f"--out {out}: {where}a shards folder (the reports would lie among its shards); {own}")
+
+
+def _is_shards_folder(folder: Path, splits) -> bool:
+    """Whether ``folder`` holds a split's shard manifest or an unfinished build of one (a train.json
+    of other tools, or a .build folder of Swift's, is no sign)."""
+    from shards.plan import PLAN_FORMAT
+
+    for split in splits:
+        if (folder / ".build" / split / "plan.json").is_file():
+            return True
+        try:
+            if json.loads((folder / f"{split}.json").read_text()).get("format") == PLAN_FORMAT:
+                return True
+        except (OSError, ValueError, AttributeError):  # none, unreadable, not JSON, not an object
+            continue
+    return False
 
 
 def _has_boxes(shards: Path, split: str) -> bool | None:
