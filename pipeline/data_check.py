@@ -51,7 +51,13 @@ def check_shards(config: TrainConfig, checkpoint: Path | None) -> list[str]:
     try:
         eval_manifest = load_manifest(shards, split)
     except ShardsError as error:  # names the manifest and how to build it
-        raise TrainError(f"data.eval_split={split}: {error}") from None
+        # A data set without an official split to evaluate on (ImageNet-21k): what to build.
+        only_train = not any((shards / f"{name}.json").is_file() or any(shards.glob(f"{name}-*.tar"))
+                             for name in ("val", "test"))
+        hint = (f"; a data set without one (ImageNet-21k): hold images out of SRC and build them with "
+                f"`python -m shards build HELD_OUT {shards} --split {split} --classes {shards / 'train.json'}`"
+                if only_train and (shards / "train.json").is_file() else "")
+        raise TrainError(f"data.eval_split={split}: {error}{hint}") from None
     eval_classes = list(eval_manifest["classes"])
     if eval_classes != classes:
         differ = class_list_difference(classes, eval_classes, first_where="in train", second_where="there")

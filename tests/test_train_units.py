@@ -526,6 +526,9 @@ def test_check_reports_what_the_start_would_refuse(trained_demo, demo_shards, tm
                            lambda split, m: m.update(classes=[f"class_{i}" for i in range(10)]))
     no_test = _shards_copy(demo_shards, tmp_path / "no_test", lambda split, m: None)
     (no_test / "test.json").unlink()
+    only_train = _shards_copy(demo_shards, tmp_path / "only_train", lambda split, m: None)
+    for path in [*only_train.glob("val*"), *only_train.glob("test*")]:
+        path.unlink()
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("my data")
     trained = small_run_args(demo_shards, run, *TRAINED_DEMO_SETTINGS)
@@ -536,6 +539,11 @@ def test_check_reports_what_the_start_would_refuse(trained_demo, demo_shards, tm
          "model.name=resnet10t (now resnet14t), which a resume cannot change"),
         (["data.demo=false", f"data.shards={no_test}", "data.eval_split=test", f"run.out_dir={tmp_path / 'r'}"],
          f"data.eval_split=test: {no_test / 'test.json'}: no manifest for split 'test'"),
+        # ImageNet-21k has no val split (walkthrough): what to build.
+        (["data.demo=false", f"data.shards={only_train}", f"run.out_dir={tmp_path / 'r'}"],
+         f"data.eval_split=val: {only_train / 'val.json'}: no manifest for split 'val'; {only_train} has train; a "
+         "data set without one (ImageNet-21k): hold images out of SRC and build them with `python -m shards build "
+         f"HELD_OUT {only_train} --split val --classes {only_train / 'train.json'}`"),
         (["data.demo=true", f"data.shards={tmp_path / 'mine'}", f"run.out_dir={tmp_path / 'r'}"],
          f"data.shards={tmp_path / 'mine'}: it holds files but no train manifest of a demo build"),
         # 1,438 train digits: one process cannot make a batch of 2,000 of them.
