@@ -50,7 +50,7 @@ def export_weights(model: torch.nn.Module, path: Path, *, model_name: str, num_c
     # Our architectures (PyramidNet) are registered with timm when pipeline.models is imported.
     prefix = "import pipeline.models; " if type(model).__module__.startswith("pipeline.") else ""
     how = (f"{prefix}timm.create_model({model_name!r}, pretrained=True, num_classes={num_classes}, {extra}"
-           f"pretrained_cfg_overlay=dict(file={str(path)!r}, num_classes={num_classes}))")
+           f"pretrained_cfg_overlay=dict(file={str(path.absolute())!r}, num_classes={num_classes}))")  # any folder
     write_text_atomic(path.with_suffix(".json"), json.dumps({"model_name": model_name, "num_classes": num_classes,
                                                             "model_options": options, "load": how,
                                                             **{k: v for k, v in described.items() if v}}, indent=1))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import timm
@@ -250,14 +251,18 @@ def test_exported_weights_load_in_timm_with_identical_logits(tmp_path, shakedrop
 
 
 @pytest.mark.parametrize("shakedrop", [False, True])
-def test_the_exported_load_line_rebuilds_the_model(tmp_path, shakedrop):
-    # The .json beside the weights says how to load them; run that line as a user would.
+def test_the_exported_load_line_rebuilds_the_model(tmp_path, shakedrop, monkeypatch):
+    # The .json beside the weights says how to load them; run that line as a user would, from
+    # another folder than the export's (a relative path in it was the training's folder's).
     torch.manual_seed(0)
     model = timm.create_model("pyramidnet20_a48", num_classes=10, shakedrop=shakedrop)
     randomize_batch_norm(model, seed=4)
-    path = export_weights(model, tmp_path / "model.safetensors", model_name="pyramidnet20_a48", num_classes=10,
+    monkeypatch.chdir(tmp_path)
+    path = export_weights(model, Path("run") / "model.safetensors", model_name="pyramidnet20_a48", num_classes=10,
                           model_options={"shakedrop": True} if shakedrop else {})
     line = json.loads(path.with_suffix(".json").read_text())["load"]
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
     assert line.startswith("import pipeline.models; timm.create_model(")
     statement, expression = line.split("; ", 1)
     namespace = {"timm": timm}

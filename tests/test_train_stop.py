@@ -244,3 +244,21 @@ def test_a_training_into_a_run_folder_another_one_is_using_is_refused(demo_shard
     assert epochs == list(range(1, len(epochs) + 1))  # the refused starts wrote nothing
     code, out, err = cli_here(["--check", *args], capsys)
     assert code == 0 and " resumes from " in out, err
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_the_interrupted_line_starts_a_line_of_its_own_after_a_progress_bar(progress, tmp_path, capsys,
+                                                                            monkeypatch):
+    # The bar, cut off mid-line by Ctrl-C, left the cursor after itself: "... 4/10 [...] interrupted: ...".
+    import pipeline.run
+    from pipeline.cli import run_cli
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setattr(pipeline.run, "run_training", interrupted)
+    assert run_cli([f"run.out_dir={tmp_path / 'run'}", f"run.progress={str(progress).lower()}"],
+                   default_config=None) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("\ninterrupted: " if progress else "interrupted: "), err
