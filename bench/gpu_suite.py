@@ -7,6 +7,8 @@
 
 On the lent H200 (../shared/gpu/README.md: DALI and webdataset come from the kit; without them the
 DALI rows and tests say why they are skipped): `source .dx/install.sh && python3 bench/gpu_suite.py`.
+Where torch sees no CUDA device it stops at once with torch's reason (exit 2); the table is written
+after each section to OUT's `.partial` twin, replaced by OUT when the run ends.
 
 Sections, each a function returning table rows (a section that cannot run gives a "skipped: why" row):
   kernel  the Triton kernel against a float64 reference written here (a per-sample loop: normalize,
