@@ -79,10 +79,8 @@ def run_cli(argv: list[str], *, default_config: Path | None) -> int:
             # Said, as a stop signal would have kept them: a user took Ctrl-C for the same stop.
             lost = ("the steps since the last checkpoint are not kept (SIGTERM, `kill PID`, stops after the step "
                     "under way with a checkpoint of it); ")
-            # On a line of its own: the progress bar, cut off mid-line, left the cursor after itself.
-            bar = config is not None and config.run.progress
-            print(f"{chr(10) if bar else ''}interrupted{'' if config is None else ': ' + lost + _how_to_go_on(config)}",
-                  file=sys.stderr, flush=True)
+            print(f"interrupted{'' if config is None else ': ' + lost + _how_to_go_on(config)}", file=sys.stderr,
+                  flush=True)
         return 130
     if _global_rank() == 0 and not record:  # a stop signal: the run ended early with a checkpoint
         print(f"stopped with a checkpoint: {_how_to_go_on(config)}", flush=True)

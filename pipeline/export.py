@@ -46,15 +46,38 @@ def export_weights(model: torch.nn.Module, path: Path, *, model_name: str, num_c
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    extra = "".join(f"{key}={value!r}, " for key, value in options.items())
     # Our architectures (PyramidNet) are registered with timm when pipeline.models is imported.
-    prefix = "import pipeline.models; " if type(model).__module__.startswith("pipeline.") else ""
-    how = (f"{prefix}timm.create_model({model_name!r}, pretrained=True, num_classes={num_classes}, {extra}"
-           f"pretrained_cfg_overlay=dict(file={str(path.absolute())!r}, num_classes={num_classes}))")  # any folder
+    how = load_line(model_name, num_classes, options, path, ours=type(model).__module__.startswith("pipeline."))
     write_text_atomic(path.with_suffix(".json"), json.dumps({"model_name": model_name, "num_classes": num_classes,
                                                             "model_options": options, "load": how,
                                                             **{k: v for k, v in described.items() if v}}, indent=1))
     return path
+
+
+_OURS = "import pipeline.models; "  # the load line's start for our architectures (PyramidNet)
+
+
+def load_line(model_name: str, num_classes: int, options: dict, path: Path, *, ours: bool) -> str:
+    """The Python line that loads the weights at ``path``, named by their absolute path: it runs from
+    any folder (relative, it was the training's folder's)."""
+    extra = "".join(f"{key}={value!r}, " for key, value in options.items())
+    return (f"{_OURS if ours else ''}timm.create_model({model_name!r}, pretrained=True, num_classes={num_classes}, "
+            f"{extra}pretrained_cfg_overlay=dict(file={str(Path(path).absolute())!r}, num_classes={num_classes}))")
+
+
+def point_record_at(weights: Path) -> None:
+    """Make the load line of ``weights``' .json name ``weights`` where they are now: a run folder
+    moved (a finished run run again keeps its export), an export set aside as model.before-*
+    (its line named model.safetensors, which the new export then replaced)."""
+    record = Path(weights).with_suffix(".json")
+    try:
+        data = json.loads(record.read_text())
+        line = load_line(data["model_name"], data["num_classes"], data.get("model_options") or {}, weights,
+                         ours=data["load"].startswith(_OURS))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # none, or not ours to mend
+        return
+    if line != data["load"]:
+        write_text_atomic(record, json.dumps({**data, "load": line}, indent=1))
 
 
 def _sort_metadata(path: Path) -> None:

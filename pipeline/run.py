@@ -25,7 +25,7 @@ from .data.color import ColorAugment
 from .data_check import check_batches, check_demo_folder, check_shards, demo_to_build
 from .errors import TrainError
 from .evaluate import evaluate
-from .export import export_weights
+from .export import export_weights, point_record_at
 from .logs import METRICS_FILE, Progress, append_metrics, format_epoch, read_metrics, truncate_metrics
 from .mix import MixSampler
 from .mix.feature import FeatureMixer, layer_shapes
@@ -117,6 +117,8 @@ def _train_holding(config: TrainConfig, *, run_dir: Path, checkpoint: Path | Non
     # all). Exported only where it is missing (lost or moved).
     # Whole: export_weights renames the weights into place, then writes the .json the same way.
     keep_export = done_before and all((run_dir / name).is_file() for name in (WEIGHTS_FILE, EXPORT_RECORD))
+    if finished and accelerator.is_main_process and keep_export:
+        point_record_at(run_dir / WEIGHTS_FILE)  # the run folder may have moved since its export
     if finished and accelerator.is_main_process and not keep_export:
         # keep_torch_compile=False: the model itself (its keys without _orig_mod., its own type).
         export_weights(accelerator.unwrap_model(session.model, keep_torch_compile=False), run_dir / WEIGHTS_FILE,
@@ -501,6 +503,7 @@ def set_aside_export(run_dir: Path, checkpoint: Path | None) -> Path | None:
     for source, target in ((weights.with_suffix(".json"), kept.with_suffix(".json")), (weights, kept)):
         if source.is_file():
             os.replace(source, target)
+    point_record_at(kept)  # its load line named model.safetensors, which this run's export replaces
     print(f"the exported model of the run until now is renamed to {kept} (this run exports anew at its end)",
           flush=True)
     return kept
@@ -535,6 +538,7 @@ def set_aside_later_checkpoints(run_dir: Path, checkpoint: Path) -> Path | None:
             os.replace(Path(run_dir) / name, aside / name)
     for folder in later:
         os.replace(folder, aside / "checkpoints" / folder.name)
+    point_record_at(aside / WEIGHTS_FILE)  # its load line named RUN/model.safetensors, the new run's
     export = " and the export they led to" if exported else ""
     print(f"run.resume={checkpoint}: the run's later checkpoints ({', '.join(f.name for f in later)}){export} are "
           f"moved to {aside}, with a copy of its metrics and config", flush=True)
@@ -581,6 +585,8 @@ def set_aside_earlier_run(run_dir: Path, *, resume: str, why: str) -> Path | Non
     for kept in Path(run_dir).glob("*.before-*"):
         if kept.is_file():
             os.replace(kept, aside / kept.name)
+    for weights in aside.glob("*.safetensors"):  # their load lines named the places the new run writes
+        point_record_at(weights)
     # What was made of the earlier run: its curves (python -m pipeline.plot), TensorBoard events
     # and evaluations (a folder holding an eval.json, whatever its name): left beside the new run's
     # files, they would pass for the new run's (and TensorBoard would draw both runs as one).
@@ -616,13 +622,15 @@ def train_epochs(config: TrainConfig, *, session: Session, loader, state: TrainS
                             total=session.steps_per_epoch, epoch=epoch + 1, epochs=config.schedule.epochs,
                             initial=state.step_in_epoch)
         started = time.perf_counter()
-        result = train_one_epoch(model=session.model, optimizer=session.optimizer, scheduler=session.scheduler,
-                                 batches=loader.iter_epoch(epoch, state.step_in_epoch),
-                                 steps=session.steps_per_epoch, sampler=sampler, accelerator=accelerator,
-                                 mix=session.mix, start_step=state.step_in_epoch,
-                                 carried_loss=carried_loss(state, rank=accelerator.process_index), stop=stop,
-                                 progress=progress, log_every=config.run.log_every, color=color)
-        progress.close()
+        try:
+            result = train_one_epoch(model=session.model, optimizer=session.optimizer, scheduler=session.scheduler,
+                                     batches=loader.iter_epoch(epoch, state.step_in_epoch),
+                                     steps=session.steps_per_epoch, sampler=sampler, accelerator=accelerator,
+                                     mix=session.mix, start_step=state.step_in_epoch,
+                                     carried_loss=carried_loss(state, rank=accelerator.process_index), stop=stop,
+                                     progress=progress, log_every=config.run.log_every, color=color)
+        finally:  # also on Ctrl-C or an error: the bar, cut off mid-line, would run into their message
+            progress.close()
         state.global_step += result.steps
         if result.stopped:
             state.step_in_epoch = result.last_step

@@ -15,7 +15,7 @@ from pathlib import Path
 from .durable import write_text_atomic
 from .errors import ShardsError
 from .outdir import OutputLayout, remove_build_folder
-from .plan import DIGEST_MODULUS, PLAN_FORMAT, plan_changes, same_plan
+from .plan import DIGEST_MODULUS, PLAN_FORMAT, RECORDED_LATER, plan_changes, same_plan
 
 SHARD_FIELDS = ("name", "index", "samples", "bytes", "sha256")
 _SHARD_TYPES = {"name": str, "index": str, "samples": int, "bytes": int, "sha256": str}
@@ -190,12 +190,16 @@ def merge_parts(layout: OutputLayout) -> dict:
     parts = [read_manifest(p) for p in paths]
     first = parts[0]
     plan = {k: v for k, v in first["build"].items()}
+    # Against a part that records every plan field (one of an earlier version lacks source_files,
+    # and with it as the reference two parts of different listings were not compared).
+    reference = next((i for i, part in enumerate(parts) if all(k in part["build"] for k in RECORDED_LATER)), 0)
     for path, part in zip(paths, parts):
         for field in ("build", "classes", "source_totals"):
-            if not (same_plan(part[field], first[field]) if field == "build" else part[field] == first[field]):
+            ours, theirs = parts[reference][field], part[field]
+            if not (same_plan(ours, theirs) if field == "build" else ours == theirs):
                 # Name the differing settings: the part to rebuild is the one whose arguments were wrong.
-                details = f" ({plan_changes(first[field], part[field])})" if field == "build" else ""
-                raise ShardsError(f"{path.name}: its {field} differ from {paths[0].name}'s{details}: "
+                details = f" ({plan_changes(ours, theirs)})" if field == "build" else ""
+                raise ShardsError(f"{path.name}: its {field} differ from {paths[reference].name}'s{details}: "
                                   "parts of different builds")
     _check_all_parts(paths, parts, plan["num_parts"])
     records = [dict(shard, **_part_detail(part, shard)) for part in parts for shard in part["shards"]]

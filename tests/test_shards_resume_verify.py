@@ -324,3 +324,27 @@ def test_verify_names_class_counts_of_another_length(tmp_path, capsys):
     _spoil(out, lambda m: m["class_counts"].append(0))
     assert main(["verify", str(out), "--quiet"]) == 1
     assert "BAD train.json: its class_counts count 5 classes, its class list 4\n" in capsys.readouterr().out
+
+
+def test_merge_compares_parts_of_other_listings_whatever_part_lacks_the_field(tmp_path, capsys):
+    # With part 0 of an earlier version (no source_files) as the only reference, parts 1 and 2 of
+    # different listings were never compared with each other (a review).
+    make_imagefolder(tmp_path / "tree", num_classes=3, per_class=12)
+    out = tmp_path / "out"
+    for part in range(3):
+        assert main(["build", str(tmp_path / "tree"), str(out), "--split", "train", "--quiet", "--shard-size", "64kB",
+                     "--num-parts", "3", "--part-id", str(part)]) == 0
+    first, last = out / "train.part-0000-of-0003.json", out / "train.part-0002-of-0003.json"
+    _spoil_part(first, lambda m: m["build"].pop("source_files"))
+    _spoil_part(last, lambda m: m["build"].update(source_files="36 files, digest 0123456789abcdef"))
+    capsys.readouterr()
+    assert main(["merge", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "train.part-0002-of-0003.json: its build differ from train.part-0001-of-0003.json's (SRC's files" in err
+    assert not (out / "train.json").exists()
+
+
+def _spoil_part(path: Path, change) -> None:
+    written = read_manifest(path)
+    change(written)
+    write_manifest(path, written)

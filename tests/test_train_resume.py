@@ -164,6 +164,43 @@ def test_a_resume_with_other_training_settings_is_refused_or_kept_on_record(demo
     # The 3-epoch export is renamed as the run trains on (nothing evaluates it as the 5-epoch model).
     assert (out / "model.before-epoch-0003.safetensors").read_bytes() == before[Path("model.safetensors")]
     assert (out / "model.safetensors").read_bytes() != before[Path("model.safetensors")]
+    # Each load line names its own weights (the set-aside one named model.safetensors: the new ones).
+    assert loaded_by_its_line(out / "model.before-epoch-0003.safetensors")
+    assert loaded_by_its_line(out / "model.safetensors")
+
+
+def loaded_by_its_line(weights: Path) -> bool:
+    """Whether the load line of ``weights``' .json, run from another folder, names these weights
+    (by their absolute path) and builds a model holding exactly them."""
+    import json
+    import os
+
+    import timm
+
+    line = json.loads(weights.with_suffix(".json").read_text())["load"]
+    assert f"file={str(weights.absolute())!r}" in line, line
+    here = os.getcwd()
+    try:
+        os.chdir("/")
+        model = eval(line, {"timm": timm})
+    finally:
+        os.chdir(here)
+    expected, state = load_file(weights), model.state_dict()
+    return set(expected) <= set(state) and all(torch.equal(state[key], value) for key, value in expected.items())
+
+
+def test_a_moved_run_folder_run_again_names_its_weights_where_they_are(demo_shards, uninterrupted, tmp_path):
+    """A finished run run again keeps its export; its model.json's load line went on naming the
+    weights where the folder had been (a review)."""
+    import shutil
+
+    out = tmp_path / "moved"
+    shutil.copytree(uninterrupted, out)  # a move, for the run folder: the old place is another run's
+    assert f"file={str(uninterrupted / 'model.safetensors')!r}" in (out / "model.json").read_text()
+    done = run_train(small_run_args(demo_shards, out, *EXTRA))
+    assert done.returncode == 0 and "the run has already finished" in done.stdout, done.stderr[-3000:]
+    assert (out / "model.safetensors").read_bytes() == (uninterrupted / "model.safetensors").read_bytes()
+    assert loaded_by_its_line(out / "model.safetensors")
 
 
 def test_starting_over_sets_the_earlier_run_aside(demo_shards, uninterrupted, tmp_path):

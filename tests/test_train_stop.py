@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -246,19 +247,22 @@ def test_a_training_into_a_run_folder_another_one_is_using_is_refused(demo_shard
     assert code == 0 and " resumes from " in out, err
 
 
-@pytest.mark.parametrize("progress", [True, False])
-def test_the_interrupted_line_starts_a_line_of_its_own_after_a_progress_bar(progress, tmp_path, capsys,
-                                                                            monkeypatch):
-    # The bar, cut off mid-line by Ctrl-C, left the cursor after itself: "... 4/10 [...] interrupted: ...".
+def test_the_interrupted_line_is_not_run_into_the_progress_bar(demo_shards, tmp_path, capsys, monkeypatch):
+    # The bar, cut off mid-line by Ctrl-C, was left on the screen with the cursor after itself:
+    # "epoch 2/2:  40%|####  | 4/10 [...] interrupted: ...". Now the bar is closed (removed) first.
     import pipeline.run
     from pipeline.cli import run_cli
+    from train_helpers import small_run_args
 
-    def interrupted(config):
+    def interrupted_mid_epoch(*, progress, **kwargs):
+        progress.update(1, loss=1.0)
         raise KeyboardInterrupt
 
     monkeypatch.delenv("RANK", raising=False)
-    monkeypatch.setattr(pipeline.run, "run_training", interrupted)
-    assert run_cli([f"run.out_dir={tmp_path / 'run'}", f"run.progress={str(progress).lower()}"],
-                   default_config=None) == 130
+    monkeypatch.setattr(pipeline.run, "train_one_epoch", interrupted_mid_epoch)
+    args = small_run_args(demo_shards, tmp_path / "run", "run.progress=true")
+    assert run_cli(args, default_config=None) == 130
     err = capsys.readouterr().err
-    assert err.startswith("\ninterrupted: " if progress else "interrupted: "), err
+    assert "epoch 1/30" in err  # the bar was drawn
+    # At the start of a line (after the bar's erasing carriage return), not after the bar's text.
+    assert re.search(r"(^|[\r\n])interrupted: the steps since the last checkpoint are not kept", err), repr(err)
