@@ -77,6 +77,7 @@ from pipeline.mix import (MixParams, MixSampler, apply_mix, normalization_affine
                           soft_target_cross_entropy)
 from pipeline.mix.color import maps_in_units  # noqa: E402
 from shards.cli import main as shards_main  # noqa: E402
+from shards.durable import write_text_atomic  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 SECTIONS = ("kernel", "host", "loader", "train", "tests")
@@ -1126,9 +1127,10 @@ def main(argv=None) -> int:
         text = "\n".join(header) + "\n" + table(rows) + "\n"
         tests_failed = any(row.section == "tests" and row.status == "fail" for row in rows)
         tail = "\n".join(test_output.splitlines()[-80:])
-        # Unfinished, beside the results file: a run cut short does not replace a complete one.
-        (out if done else partial).write_text(text + (f"\n# pytest output (last 80 lines):\n{tail}\n"
-                                                      if tests_failed else ""))
+        # Unfinished, beside the results file: a run cut short does not replace a complete one;
+        # atomic, so that a kill during the write cuts neither short.
+        write_text_atomic(out if done else partial,
+                          text + (f"\n# pytest output (last 80 lines):\n{tail}\n" if tests_failed else ""))
         if done:
             partial.unlink(missing_ok=True)
         return text
