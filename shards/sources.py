@@ -57,6 +57,15 @@ def sample_key(wnid: str | None, relative: str) -> str:
     return key
 
 
+def second_key(key: str, source: str) -> str:
+    """The key of an input whose ``sample_key`` an earlier input of its class already took: names
+    that differ only in what keys drop ("y.jpg" and "y.png", "x.1.jpg" and "x_1.jpg") kept one of
+    the two images and rejected the other as a duplicate. A hash of the whole source path tells
+    them apart; only the second one's key changes, so every other key stays as it was."""
+    suffix = hashlib.blake2b(source.encode(), digest_size=8).hexdigest()
+    return f"{key[:_MAX_KEY - 17]}_{suffix}"
+
+
 def _hash_if_lossy(name: str) -> str:
     """``_<hash of name>`` for a name that loses more than dots and slashes to ``_UNSAFE`` (other
     letters than ASCII, spaces: "猫" and "狗" both became "unnamed", "a b" and "a_b" one key, and

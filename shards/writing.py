@@ -25,7 +25,7 @@ from .errors import ShardsError
 from .images import ImageOptions, PreparedImage, RejectedImage, prepare_image
 from .outdir import OutputLayout
 from .plan import DIGEST_MODULUS, BuildPlan, input_digest, shard_order
-from .sources import InputItem
+from .sources import InputItem, second_key
 from .spill import read_spill
 from .tarwriter import ShardTarWriter
 
@@ -197,7 +197,7 @@ def _write_one(job, plan, layout, class_index, results, strict, on_image) -> Non
     with ShardTarWriter(*layout.shard_files(name)) as writer:
         while (prepared := next(results)) is not None:
             item, result, input_size = prepared
-            reason = tally.add(item, result, input_size)
+            key, reason = tally.add(item, result, input_size)
             if reason:
                 if strict:
                     raise ShardsError(f"--strict: {item.source} rejected: {reason}")
@@ -205,7 +205,7 @@ def _write_one(job, plan, layout, class_index, results, strict, on_image) -> Non
                 index = class_index[item.wnid]
                 tally.class_counts[index] += 1
                 meta = _sample_json(item, result, tally.box_fields(item, result))
-                writer.add_sample(item.key, [("cls", str(index).encode()), (result.extension, result.data), ("json", meta)])
+                writer.add_sample(key, [("cls", str(index).encode()), (result.extension, result.data), ("json", meta)])
             on_image(len(result.data) if isinstance(result, PreparedImage) else 0)
     record = {**vars(writer.written), **tally.as_record()}
     write_text_atomic(layout.record(name), json.dumps(record, sort_keys=True))
@@ -230,20 +230,26 @@ class _ShardTally:
         self.boxes_refused: list[list[str]] = []
         self._sources_by_key: dict[str, str] = {}
 
-    def add(self, item: InputItem, result, input_size: int) -> str | None:
+    def add(self, item: InputItem, result, input_size: int) -> tuple[str, str | None]:
+        """The key to write the input under, and why it is rejected (None: it is written). Inputs
+        with one key always share a shard (the key chooses it), so this sees every clash."""
         self.inputs += 1
         self.input_bytes += input_size
         self.digest = (self.digest + input_digest(item.source)) % DIGEST_MODULUS
         reason = result.reason if isinstance(result, RejectedImage) else None
-        if reason is None and item.key in self._sources_by_key:
-            reason = f"duplicate sample key: {item.key} (also {self._sources_by_key[item.key]})"
+        key = item.key
+        if reason is None and key in self._sources_by_key:
+            key = second_key(item.key, item.source)
+            if self._sources_by_key[item.key] == item.source or key in self._sources_by_key:
+                # the same path twice (a tar can hold a member twice): one image, written once
+                reason = f"duplicate sample key: {item.key} (also {self._sources_by_key[item.key]})"
         if reason:
             self.rejected.append([item.source, reason])
-            return reason
-        self._sources_by_key[item.key] = item.source
+            return key, reason
+        self._sources_by_key[key] = item.source
         if result.reencoded:
             self.reencoded[result.reencoded] += 1
-        return None
+        return key, None
 
     def box_fields(self, item: InputItem, result: PreparedImage) -> dict:
         """The .json fields of a written sample's boxes ({} without), counted."""

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shard_fixtures import bad_inputs, jpeg_bytes, make_imagefolder, wnid
+from shard_fixtures import bad_inputs, jpeg_bytes, make_imagefolder, png_bytes, wnid
 from shard_readers import manifest, read_labels_with_dali, read_with_webdataset, reference_index
 from shards.cli import main
 
@@ -158,6 +158,35 @@ def test_names_beyond_ascii_keep_their_images_apart(tmp_path):
     assert {s["json"]["source"] for s in samples} == set(names)
     keys = [s["key"] for s in samples]
     assert len(set(keys)) == len(names) and all(key.isascii() and "." not in key for key in keys)
+
+
+def test_names_that_differ_only_in_what_keys_drop_keep_both_images(tmp_path):
+    """"y.jpg" and "y.png", "x.1.jpg" and "x_1.jpg" shared a key: the second of each was rejected
+    as a duplicate. The first keeps its key (by hand, as before); the second gets a hash of its path."""
+    import hashlib
+    import tarfile
+
+    names = {"n1/y.jpg": jpeg_bytes(1), "n1/y.png": png_bytes(2), "n1/x.1.jpg": jpeg_bytes(3),
+             "n1/x_1.jpg": jpeg_bytes(4), "n2/y.jpg": jpeg_bytes(5)}
+    for name, data in names.items():
+        (tmp_path / "src" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "src" / name).write_bytes(data)
+    built = build(tmp_path / "src", tmp_path / "out")
+    assert built["rejected"] == [] and built["totals"]["samples"] == len(names)
+    keys = {s["json"]["source"]: s["key"] for s in read_with_webdataset(tmp_path / "out")}
+    second = {source: f"{key}_{hashlib.blake2b(source.encode(), digest_size=8).hexdigest()}"
+              for source, key in [("n1/y.png", "n1_y"), ("n1/x_1.jpg", "n1_x_1")]}
+    assert keys == {"n1/y.jpg": "n1_y", "n1/x.1.jpg": "n1_x_1", "n2/y.jpg": "n2_y", **second}
+
+    # The same path twice in a tar is one image written once, not two.
+    with tarfile.open(tmp_path / "twice.tar", "w") as archive:
+        for name, data in [("n1/a.jpg", jpeg_bytes(6)), ("n1/a.jpg", jpeg_bytes(7)), ("n2/b.jpg", jpeg_bytes(8))]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    built = build(tmp_path / "twice.tar", tmp_path / "out2")
+    assert built["totals"]["samples"] == 2
+    assert built["rejected"] == [{"source": "n1/a.jpg", "reason": "duplicate sample key: n1_a (also n1/a.jpg)"}]
 
 
 def test_keys_of_ascii_names_are_what_they_were():
