@@ -108,8 +108,17 @@ def _train_holding(config: TrainConfig, *, run_dir: Path, checkpoint: Path | Non
         except LoaderError as error:
             error.during_pass = True  # may be this rank's alone (a damaged shard in its part): the CLI says it
             raise
+        stop.settle()
+        return _finish(config, session=session, state=state, record=record, run_dir=run_dir, done_before=done_before)
     finally:
+        # After the last barrier and the process group's end: a stop signal meanwhile is taken
+        # as one, not by its default action (StopRequest.settle).
         stop.close()
+
+
+def _finish(config: TrainConfig, *, session: Session, state, record: dict | None, run_dir: Path,
+            done_before: bool) -> dict:
+    """After the training loop: the export of a finished run, the last barrier, the group's end."""
     accelerator = session.accelerator
     finished = state.epoch == config.schedule.epochs
     # A finished run run again keeps its export: written anew from the checkpoint, it replaced good

@@ -51,6 +51,7 @@ class StopRequest:
         self._received_at = 0.0
         self._deadline: float | None = None  # end the process then, unless there is progress first
         self._pending = None  # (work, flag) of the all-reduce posted at the previous poll
+        self._loop_over = False  # settle() was called: the training loop has ended
         self._closing = False
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._write_fd, False)
@@ -94,6 +95,17 @@ class StopRequest:
         """The loop is stopping: the grace period no longer applies (the checkpoint may take as
         long as it needs; a second SIGTERM still ends the process)."""
         self._deadline = None
+
+    def settle(self) -> None:
+        """The training loop has ended: finish the all-reduce it posted while the process group
+        still exists. The handlers stay until ``close``, after the last barrier and the group's
+        end: a stop agreed on because another rank was signalled ends this loop at once, and this
+        rank's own copy of the signal (Slurm signals every node) could then land after the
+        handlers went back, where its default action killed the process (exit -15: the job
+        failed after a good checkpoint; seen under load)."""
+        self._loop_over = True
+        if self.group is not None:
+            self._collect()
 
     def close(self) -> None:
         """Finish any posted all-reduce, put back the handlers and the wakeup fd, stop the thread."""
@@ -148,7 +160,9 @@ class StopRequest:
         if self.received is None:
             self.received, self._received_at = signum, now
             self._deadline = now + self.grace_seconds
-            print(f"{signal.Signals(signum).name} received: stopping after this step with a checkpoint "
+            doing = "the training has ended, finishing" if self._loop_over else \
+                "stopping after this step with a checkpoint"
+            print(f"{signal.Signals(signum).name} received: {doing} "
                   f"(a SIGTERM sent again {REPEAT_AFTER_SECONDS:g} s or more later ends the process at once)",
                   file=sys.stderr, flush=True)
         elif signum == signal.SIGTERM and now - self._received_at >= REPEAT_AFTER_SECONDS:

@@ -4,11 +4,15 @@ are slow, as on a CPU without native bf16: HOW is a number of seconds to sleep b
 step, or ``signal``: wait (in the step) until the stop watchdog has noted a signal, so that the
 step a signal lands in is known exactly. ``SLOW_RANKS=1`` (environment) makes only rank 1 slow.
 Each step appends ``start N`` and ``end N`` to MARKERS (N counts updates of this process from 0;
-under DDP MARKERS gets the rank appended; MARKERS.pid holds the process id)."""
+under DDP MARKERS gets the rank appended; MARKERS.pid holds the process id). ``SIGNAL_AT_END=1``
+sends the process a SIGTERM of its own as the run ends (in Accelerate's end_training, after the
+training loop and the last barrier) and waits until the watchdog has noted it: a late copy of a
+stop signal, as Slurm's arrive on a loaded node."""
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -55,6 +59,18 @@ def main() -> None:
         return loss
 
     training.train_step = slow_step
+    if os.environ.get("SIGNAL_AT_END"):
+        import accelerate
+
+        end_training = accelerate.Accelerator.end_training
+
+        def signalled_end(self):
+            noted.clear()
+            os.kill(os.getpid(), signal.SIGTERM)
+            noted.wait(HANG_GUARD)
+            end_training(self)
+
+        accelerate.Accelerator.end_training = signalled_end
     exit_cleanly(run_cli(["--config", str(REPO / "configs" / "demo.yaml"), *argv], default_config=None))
 
 

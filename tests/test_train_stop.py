@@ -34,7 +34,7 @@ LAUNCH_ONE_CPU_PROCESS = [sys.executable, "-m", "accelerate.commands.accelerate_
 
 @contextlib.contextmanager
 def start(shards: Path, tmp_path: Path, *, slow_from: int, how: str, grace: float, ddp: bool = False,
-          slow_ranks: str | None = None, launch: list[str] | None = None):
+          slow_ranks: str | None = None, launch: list[str] | None = None, signal_at_end: bool = False):
     """The worker (one process, or two ranks through accelerate launch, or under ``launch``), its
     output into a file: ``with start(...) as (process, output)``; killed with all it started at the end."""
     run_args = small_run_args(shards, tmp_path / "run", *COMMON, f"run.stop_grace_seconds={grace}")
@@ -44,6 +44,8 @@ def start(shards: Path, tmp_path: Path, *, slow_from: int, how: str, grace: floa
     env = dict(child_env(), ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1") if launch else child_env()
     if slow_ranks is not None:
         env["SLOW_RANKS"] = slow_ranks
+    if signal_at_end:
+        env["SIGNAL_AT_END"] = "1"
     output = tmp_path / "output.txt"
     with open(output, "w") as stream, started_process(command, cwd=REPO, env=env, stdout=stream,
                                                       stderr=stream) as process:
@@ -86,6 +88,31 @@ def test_sigterm_during_a_slow_step_checkpoints_after_that_step(demo_shards, tmp
     assert output.read_text().rstrip().splitlines()[-1] == (
         f"stopped with a checkpoint: the same command resumes from "
         f"{tmp_path / 'run' / 'checkpoints' / 'epoch-0000-step-000003'}")
+
+
+def test_a_copy_of_the_signal_after_the_training_loop_does_not_kill_the_run(demo_shards, tmp_path):
+    """A stop agreed on because another rank was signalled ends the loop at once; this rank's own
+    copy (Slurm signals every node) then came after the handlers went back, and its default action
+    killed the process: exit -15 after a good checkpoint, and the Slurm job failed (seen under load).
+    Here the copy lands as the run ends (in end_training): the run still ends 0, said as before."""
+    with start(demo_shards, tmp_path, slow_from=2, how="signal", grace=120, signal_at_end=True) as (process, output):
+        wait_for(lambda: "start 2" in markers(tmp_path), process, "step 2")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=300) == 0, output.read_text()[-3000:]
+    assert mid_epoch_checkpoints(tmp_path / "run") == ["epoch-0000-step-000003"]
+    assert output.read_text().rstrip().splitlines()[-1] == (
+        f"stopped with a checkpoint: the same command resumes from "
+        f"{tmp_path / 'run' / 'checkpoints' / 'epoch-0000-step-000003'}")
+
+
+def test_a_signal_after_the_last_epoch_lets_the_run_finish_its_export(demo_shards, tmp_path):
+    """A SIGTERM as a finished run ends (its export written, the last barrier passed) is said as
+    such, and the run ends 0 with its weights, where the default action killed it (exit -15)."""
+    with start(demo_shards, tmp_path, slow_from=10 ** 6, how="0", grace=120, signal_at_end=True) as (process, output):
+        assert process.wait(timeout=300) == 0, output.read_text()[-3000:]
+    assert ("SIGTERM received: the training has ended, finishing (a SIGTERM sent again 5 s or more later ends the "
+            "process at once)") in output.read_text()
+    assert (tmp_path / "run" / "model.safetensors").is_file()
 
 
 def test_no_progress_within_the_grace_period_ends_the_process(demo_shards, tmp_path):
