@@ -30,3 +30,11 @@ def nonempty(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path (an unset shell variable?)")
     return text
+
+
+def nonblank(text: str) -> str:
+    """A value that is not a path (a split name, a list of labels), refused when empty as ``path``
+    is: ``--split $SPLIT`` with SPLIT unset read as the default split, without a word."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty value (an unset shell variable?)")
+    return text

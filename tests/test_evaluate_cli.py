@@ -228,12 +228,15 @@ def test_a_head_without_a_cam(demo_shards, tmp_path, capsys):
     assert "vit_tiny_patch16_224" in line and "do not fit" not in line
 
 
-def test_localize_on_a_one_cell_feature_map_is_refused(demo_run, capsys):
+def test_localize_on_a_one_cell_feature_map_is_refused(demo_run, tmp_path, capsys):
     """resnet10t (stride 32) at the demo's 32 px: a 1x1 feature map, a CAM of one value, every box
-    the whole image; it reported zero localization without a word (a walkthrough, at 8 px)."""
-    line = one_error_line(capsys, [str(demo_run), "--split", "test", "--tasks", "localize"])
+    the whole image; it reported zero localization without a word (a walkthrough, at 8 px). The
+    refusal leaves no --out folder (it left an empty one: the folder was made before this check)."""
+    line = one_error_line(capsys, [str(demo_run), "--split", "test", "--tasks", "localize", "--out",
+                                   str(tmp_path / "o")])
     assert line == ("error: localize: at 32 px the model's last feature map is 1x1, so its CAM is a single value and "
                     "every CAM box the whole image; evaluate localize at a larger --image-size")
+    assert not (tmp_path / "o").exists()
 
 
 def test_the_default_tasks_leave_localize_out_for_a_head_without_a_cam(demo_shards, tmp_path, capsys, monkeypatch):
@@ -693,6 +696,58 @@ def test_out_that_is_the_run_or_its_checkpoints_is_refused(demo_run, demo_shards
         f"its shards); the evaluation needs a folder of its own (default {demo_run / 'eval'})")
     assert not (demo_run / "checkpoints" / "e").exists() and not (demo_run / "eval.json").exists()
     assert not (demo_shards / "ev").exists()
+
+
+def test_out_in_another_run_or_among_other_shards_is_refused(demo_run, ood_shards, tmp_path, capsys):
+    """`evaluate runs/cutmix --out runs/base/eval` (a copy-paste slip) replaced base's evaluation
+    with cutmix's, which compare then labelled base; --out in a shards folder not evaluated put
+    eval.json beside its tars (walkthrough). A folder of the evaluated run's own stays allowed."""
+    base = tmp_path / "base"
+    (base / "checkpoints").mkdir(parents=True)
+    (base / "config.yaml").write_text("model: {}\n")
+    default = demo_run / "eval"
+    for out, where in [(base, ""), (base / "eval", "inside ")]:
+        assert one_error_line(capsys, [str(demo_run), "--tasks", "classify", "--out", str(out)]) == (
+            f"error: --out {out}: {where}another run's folder, {base} (its evaluation would then be this model's, and "
+            f"compare would label it with that run's name); the evaluation needs a folder of its own (default "
+            f"{default})")
+    assert one_error_line(capsys, [str(demo_run), "--tasks", "classify", "--out", str(ood_shards / "ev")]) == (
+        f"error: --out {ood_shards / 'ev'}: inside a shards folder, {ood_shards} (the reports would lie among its "
+        f"shards); the evaluation needs a folder of its own (default {default})")
+    assert not (base / "eval").exists() and not (ood_shards / "ev").exists()
+
+
+@pytest.mark.parametrize("option", [["--split"], ["--tasks", "ood", "--ood-shards", "OOD", "--ood-split"],
+                                    ["compare", "RUN", "RUN", "--labels"]])
+def test_an_empty_split_or_labels_is_refused_not_the_default(demo_run, ood_shards, option, capsys):
+    """`--split $SPLIT` with SPLIT unset evaluated the default split without a word (walkthrough);
+    so did --ood-split, and an empty --labels meant the default labels."""
+    argv = [{"RUN": str(demo_run), "OOD": str(ood_shards)}.get(a, a) for a in option] + [""]
+    with pytest.raises(SystemExit) as stop:
+        main(argv if argv[0] == "compare" else [str(demo_run), *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: argument {option[-1]}: an empty value (an unset shell variable?)"), err
+
+
+def test_compare_says_when_a_run_folder_holds_another_runs_evaluation(evaluated, tmp_path, capsys):
+    """An eval.json in base/eval whose settings.run_dir is cutmix (written there with --out by an
+    older version, or copied) is labelled base by its folder: compare says so, and notes two rows
+    of one sha256."""
+    _, results, _ = evaluated
+    for name in ("base", "cutmix"):
+        (tmp_path / name / "eval").mkdir(parents=True)
+        (tmp_path / name / "config.yaml").write_text("model: {}\n")
+        recorded = {**results["settings"], "run_dir": str(tmp_path / "cutmix")}
+        (tmp_path / name / "eval" / "eval.json").write_text(json.dumps({**results, "settings": recorded}))
+    assert main(["compare", str(tmp_path / "base"), str(tmp_path / "cutmix"), "--out", str(tmp_path / "c")]) == 0
+    table = (tmp_path / "c" / "compare.md").read_text()
+    assert (f"**Warning**: {tmp_path / 'base'} holds an evaluation of the run {tmp_path / 'cutmix'} (its "
+            f"settings.run_dir), not of {tmp_path / 'base'}: its row is labelled 'base' by the folder it lies in.\n"
+            ) in table
+    assert "**Note**: base and cutmix are evaluations of the same weights (one sha256).\n" in table
+    assert table.count("**Warning**") == 1  # cutmix's own evaluation is its own
+    capsys.readouterr()
 
 
 def test_ood_shards_with_no_folder_or_a_missing_one(demo_run, capsys):

@@ -14,7 +14,7 @@ import textwrap
 import threading
 from pathlib import Path
 
-from shards.arguments import CommandParser, path
+from shards.arguments import CommandParser, nonblank, path
 
 from ..errors import EvalError, TrainError, loader_errors
 from ..launcher import end_with_launcher
@@ -71,7 +71,8 @@ def make_parser() -> argparse.ArgumentParser:
                         help="a run folder (config.yaml + model.safetensors), one of its checkpoints "
                         "(RUN/checkpoints/epoch-NNNN) or exported weights")
     parser.add_argument("--shards", type=path, help="shards folder (default: the run's data.shards)")
-    parser.add_argument("--split", help="the split to evaluate (default: the one the run evaluated while training, "
+    parser.add_argument("--split", type=nonblank,
+                        help="the split to evaluate (default: the one the run evaluated while training, "
                         "its data.eval_split; for exported weights val, or test where the shards have no val: CIFAR, "
                         "CUB)")
     parser.add_argument("--tasks", help=f"comma-separated, from: {', '.join(TASKS)} (default: all; localize only "
@@ -81,7 +82,8 @@ def make_parser() -> argparse.ArgumentParser:
                         "localization canvases at 64 px)")
     parser.add_argument("--ood-shards", type=path, nargs="+", default=[], metavar="DIR",
                         help="out-of-distribution shards folders (read at --ood-split)")
-    parser.add_argument("--ood-split", metavar="SPLIT", help="the split of the --ood-shards folders to read "
+    parser.add_argument("--ood-split", type=nonblank, metavar="SPLIT",
+                        help="the split of the --ood-shards folders to read "
                         "(default: --split where a folder has it, else its only split)")
     parser.add_argument("--batch-size", type=int, default=64, help="per process (default 64)")
     parser.add_argument("--backend", choices=("dali", "torch"), default="dali", help="loader (default dali)")
@@ -107,7 +109,8 @@ def make_compare_parser() -> argparse.ArgumentParser:
     parser.add_argument("evaluations", type=path, nargs="+", metavar="EVAL",
                         help="an eval.json, the folder holding it, a run folder with eval/eval.json, or a "
                         "checkpoint RUN/checkpoints/epoch-NNNN evaluated into RUN/eval-epoch-NNNN")
-    parser.add_argument("--labels", help="comma-separated names (default: the run's name for a run's evaluation, "
+    parser.add_argument("--labels", type=nonblank,
+                        help="comma-separated names (default: the run's name for a run's evaluation, "
                         "RUN/epoch-NNNN for a checkpoint's, else the folder's name)")
     parser.add_argument("--out", type=path, default=Path("eval-compare"), help="default eval-compare")
     return parser
@@ -239,6 +242,28 @@ def _check_out(out: Path, *, source, shards: Path, ood_shards: list[Path]) -> No
     if checkpoints is not None and (target == checkpoints or checkpoints in target.parents):
         raise EvalError(f"--out {out}: inside the run's checkpoints folder, which training prunes; "
                         f"the evaluation needs a folder of its own (default {_default_out(source)})")
+    _check_not_elsewhere(out, source)
+
+
+def _check_not_elsewhere(out: Path, source) -> None:
+    """--out in another run's folder, or among another split's shards: `evaluate runs/cutmix --out
+    runs/base/eval` replaced base's evaluation with cutmix's, which compare then labelled "base";
+    a shards folder got eval.json and eval.md beside its tars."""
+    from shards.build import SPLITS
+
+    from ..checkpoint import is_run_folder
+
+    target = out.resolve()
+    own = {Path(folder).resolve() for folder in (source.run_dir, source.weights.parent) if folder is not None}
+    for place in (target, *target.parents):
+        where = "" if place == target else "inside "
+        if is_run_folder(place) and place not in own:
+            raise EvalError(f"--out {out}: {where}another run's folder, {place} (its evaluation would then be this "
+                            f"model's, and compare would label it with that run's name); the evaluation needs a "
+                            f"folder of its own (default {_default_out(source)})")
+        if _is_shards_folder(place, SPLITS):
+            raise EvalError(f"--out {out}: {where}a shards folder, {place} (the reports would lie among its shards); "
+                            f"the evaluation needs a folder of its own (default {_default_out(source)})")
 
 
 def _check_compare_out(out: Path) -> None:
@@ -310,8 +335,9 @@ def compare(argv: list[str]) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as error:  # a file where a parent folder should be, no permission
         raise EvalError(f"--out {args.out}: cannot make the folder ({error.strerror})") from None
+    foreign = [_foreign(path, results) for path, results in zip(args.evaluations, runs.values())]
     try:
-        table = compare_markdown(runs)
+        table = compare_markdown(runs, warnings=[w for w in foreign if w])
     except KeyError as error:
         raise EvalError(f"an eval.json lacks {error} (written by another version?): re-run the evaluation") from None
     earlier = (args.out / "compare.md").is_file()  # its plots are ours to replace; a user's own files are not
@@ -335,6 +361,23 @@ def _what_is_kept(request) -> str:
     if not isinstance(results, dict) or "settings" not in results or not unfinished(results):
         return ""
     return f": {report} holds the tasks finished so far, marked unfinished"
+
+
+def _foreign(path: Path, results: dict) -> str | None:
+    """A warning where the run folder ``path`` names holds another run's evaluation (written there
+    with --out before evaluate refused that, or copied): its row would carry the wrong run's name."""
+    path = Path(path).absolute()
+    folder = path.parent if path.name == "eval.json" else path
+    run = folder if (folder / "config.yaml").is_file() else folder.parent
+    if run == folder.parent and not (folder.name == "eval" or folder.name.startswith("eval-epoch-")):
+        return None
+    if run.parent.name == "checkpoints":  # RUN/checkpoints/epoch-NNNN, read from RUN/eval-epoch-NNNN
+        run = run.parent.parent
+    recorded = results.get("settings", {}).get("run_dir")
+    if not (run / "config.yaml").is_file() or not recorded or Path(recorded).name == run.name:
+        return None
+    return (f"{path} holds an evaluation of the run {recorded} (its settings.run_dir), not of {run}: its row "
+            f"is labelled {_label(path)!r} by the folder it lies in")
 
 
 def _label(path: Path) -> str:

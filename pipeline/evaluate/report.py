@@ -110,8 +110,9 @@ def _ood(r: dict) -> list[str]:
         + _table(header, rows) + ([""] + notes if notes else [])
 
 
-def compare_markdown(runs: dict[str, dict]) -> str:
-    """One table per claim, a row per evaluation (``runs``: label -> eval.json contents)."""
+def compare_markdown(runs: dict[str, dict], *, warnings: list[str] = ()) -> str:
+    """One table per claim, a row per evaluation (``runs``: label -> eval.json contents), then the
+    given ``warnings`` and those of the settings that differ."""
     lines = ["# Comparison", ""]
     rows = []
     for label, r in runs.items():
@@ -132,6 +133,12 @@ def compare_markdown(runs: dict[str, dict]) -> str:
     legend = ("Errors: lower is better; Loc, MaxBoxAccV2 and the OOD metrics: higher is better. OOD columns "
               "average over the OOD sets of each run, as the paper's table averages over its seven.")
     lines += ["", legend, ""]
+    lines += [line for warning in warnings for line in (f"**Warning**: {warning}.", "")]
+    by_weights: dict[str, list[str]] = {}
+    for label, r in runs.items():
+        by_weights.setdefault(r.get("settings", {}).get("weights_sha256") or label, []).append(label)
+    for labels in (labels for labels in by_weights.values() if len(labels) > 1):
+        lines += [f"**Note**: {' and '.join(labels)} are evaluations of the same weights (one sha256).", ""]
     for key, what in (("split", "splits"), ("shards", "shards"), ("image_size", "image sizes"),
                       ("precision", "precisions")):
         values = {label: r.get("settings", {}).get(key) for label, r in runs.items()}

@@ -100,11 +100,16 @@ def check_request(request: EvalRequest) -> dict:
             raise EvalError(f"--ood-shards {folder}: the same shards as {twin} (byte-identical); name each OOD set "
                             "once")
         ood_digests[folder] = digests
-    try:  # last: a refused request leaves nothing behind
-        request.out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise EvalError(f"--out {request.out}: cannot create it ({error.strerror})") from None
     return manifest
+
+
+def make_out(out: Path) -> None:
+    """The output folder, made after every check, the model's too: a refused request leaves
+    nothing behind (a refusal of the model's CAM at this size left an empty RUN/eval)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise EvalError(f"--out {out}: cannot create it ({error.strerror})") from None
 
 
 def cifar_fit(source: ModelSource, folder: Path, manifest: dict) -> str | None:
@@ -235,6 +240,7 @@ def run_evaluation(request: EvalRequest) -> dict:
             if int(os.environ.get("RANK", "0")) == 0:
                 print(f"note: {error}; localize is left out (asked for by name, it is an error)", file=sys.stderr,
                       flush=True)
+    make_out(request.out)
     accelerator = Accelerator(mixed_precision=resolve_precision(request.precision))
     # Two evaluations into one folder both ran to the end, saying they wrote it: the later one's
     # numbers stood beside the other's plots. Held until this one has written its reports.
