@@ -64,7 +64,7 @@ def run_cli(argv: list[str], *, default_config: Path | None) -> int:
             if _global_rank() == 0:
                 print(check_config(config), flush=True)
             return 0
-        record = run_training(config)
+        record = run_training(config, config_file=args.config or default_config)
     except (TrainError, *loader_errors()) as error:
         rank = _global_rank()
         # Checks before training are the same on every rank (rank 0 says it); a loader error while

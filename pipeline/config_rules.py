@@ -319,6 +319,18 @@ def _model_options(config) -> tuple[str, str] | None:
     return found
 
 
+def _pretrained(config) -> tuple[str, str] | None:
+    """A model timm has no weights for (PyramidNet, many others): the start failed, after the
+    set-up, in timm's RuntimeError. Whether the weights can be fetched is the start's to find
+    (create_model says it in one line: a compute node without internet)."""
+    import timm
+
+    if not config.model.pretrained or timm.is_model_pretrained(config.model.name):
+        return None
+    return "model.pretrained", (f"timm has no pretrained weights for {config.model.name}; set "
+                                "model.pretrained=false (or choose a model timm.list_models(pretrained=True) names)")
+
+
 def _input_size(config) -> tuple[str, str] | None:
     from .models import input_size_problem
 
@@ -331,7 +343,7 @@ def _input_size(config) -> tuple[str, str] | None:
 
 CROSS_RULES = (_milestones, _milestone_at_the_end, _unused_schedule_options, _warmup, _unused_warmup_factor, _min_lr,
                _nesterov, _unused_data_options, _cutout, _unused_mix_options, _mix_batch, _input_size,
-               _feature_layers, _model_options)
+               _feature_layers, _model_options, _pretrained)
 # Rules against a value that would train as if it were not there: a new command's mistake. A run's
 # recorded config.yaml (read again to evaluate it) skips them: runs made before a rule existed
 # stay evaluable, and what they trained with is what they trained with.
@@ -357,7 +369,7 @@ def unread_keys(config) -> frozenset[str]:
 # Rules that import torch or timm (seconds): they run after all the others, field and cross-field
 # rules alike, so that any other mistake is reported before they load.
 IMPORTING_RULES = ("model.name", "run.resume")
-IMPORTING_CROSS_RULES = (_input_size, _feature_layers, _model_options)
+IMPORTING_CROSS_RULES = (_input_size, _feature_layers, _model_options, _pretrained)
 
 
 def validate(config, *, recorded: bool = False) -> None:

@@ -152,6 +152,21 @@ def keep_previous_config(checkpoint: Path, run_dir: Path) -> Path | None:
     return kept
 
 
+def keep_given_config(given: Path | None, run_dir: Path, text: str) -> Path | None:
+    """Where ``--config`` names the run folder's own config.yaml, which the run rewrites with its
+    resolved config (``text``), a copy of the user's file as ``RUN/config.given.yaml`` (``-2`` and
+    so on after the first): its comments and ``base:`` line were replaced without a word. None
+    when ``given`` is another file or already says exactly ``text`` (the run's own record)."""
+    target = Path(run_dir) / CONFIG_FILE
+    if given is None or not target.is_file() or Path(given).resolve() != target.resolve():
+        return None
+    if target.read_text() == text:
+        return None
+    kept = first_unused(lambda n: Path(run_dir) / ("config.given.yaml" if n == 1 else f"config.given-{n}.yaml"))
+    shutil.copyfile(target, kept)
+    return kept
+
+
 def first_unused(name: Callable[[int], Path]) -> Path:
     """``name(1)``, ``name(2)``, ...: the first that does not exist. What a run keeps aside (an
     earlier config, run or export) never goes over what an earlier resume kept."""

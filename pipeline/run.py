@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 
 from .checkpoint import (TrainState, among_checkpoints, damaged_after, find_resume_checkpoint, read_loader_state,
                          read_state, save_checkpoint)
-from .config import TrainConfig, config_to_dict, write_config
+from .config import TrainConfig, config_text, config_to_dict, write_config
 from .data import Augmentation, LoaderError, LoaderOptions, create_loader, steps_per_epoch
 from .data.color import ColorAugment
 from .data_check import check_batches, check_demo_folder, check_shards, demo_to_build
@@ -36,8 +36,8 @@ from .optim import (create_optimizer, create_scheduler, follow_config, fused_sgd
                     scaled_lr, schedule_snapshot)
 from .plot import PLOTS_FOLDER
 from .precision import resolve_precision
-from .resume_config import (CONFIG_FILE, check_resume_config, describe, first_unused, keep_previous_config,
-                            training_settings)
+from .resume_config import (CONFIG_FILE, check_resume_config, describe, first_unused, keep_given_config,
+                            keep_previous_config, training_settings)
 from .run_lock import RunFolderLock, check_run_folder_free
 from .seeds import MODEL_STREAM, epoch_seed, stream_seed
 from .stopping import StopRequest
@@ -68,19 +68,21 @@ class Session:
         return len(self.classes)
 
 
-def run_training(config: TrainConfig) -> dict:
-    """Train as ``config`` says; returns the last epoch's metrics record (with the best so far)."""
+def run_training(config: TrainConfig, *, config_file: Path | None = None) -> dict:
+    """Train as ``config`` says (read from ``config_file`` plus overrides, where a file was given);
+    returns the last epoch's metrics record (with the best so far)."""
     run_dir = Path(config.run.out_dir)
     # First, a look (setup takes the lock): a folder another training writes is refused as such,
     # not by what checks of its checkpoints and config (which that training is changing) would say.
     check_run_folder_free(run_dir)
     checkpoint, changes = check_before_start(config, world_size=launched_processes())
     with RunFolderLock(run_dir) as lock:  # held until the run has exported its weights
-        return _train_holding(config, run_dir=run_dir, checkpoint=checkpoint, changes=changes, lock=lock)
+        return _train_holding(config, run_dir=run_dir, checkpoint=checkpoint, changes=changes, lock=lock,
+                              config_file=config_file)
 
 
 def _train_holding(config: TrainConfig, *, run_dir: Path, checkpoint: Path | None, changes: list,
-                   lock: RunFolderLock) -> dict:
+                   lock: RunFolderLock, config_file: Path | None = None) -> dict:
     """``run_training`` within the run folder's lock (``setup`` takes it)."""
     # First of all: a stop signal during the set-up is then honoured at the first step.
     stop = StopRequest(grace_seconds=config.run.stop_grace_seconds)
@@ -99,6 +101,10 @@ def _train_holding(config: TrainConfig, *, run_dir: Path, checkpoint: Path | Non
                 kept = keep_previous_config(checkpoint, run_dir)
                 print(f"resuming with changed settings: {describe(changes)}"
                       + (f" (the run's config until now is kept as {kept})" if kept else ""), flush=True)
+            given = keep_given_config(config_file, run_dir, config_text(config))
+            if given:
+                print(f"note: --config {config_file} is the run folder's {CONFIG_FILE}, which the run rewrites with "
+                      f"its resolved config; your file is kept as {given}", flush=True)
             write_config(config, run_dir / CONFIG_FILE)
             if state.epoch < config.schedule.epochs:
                 print(start_line(config, session=session, state=state, run_dir=run_dir), flush=True)

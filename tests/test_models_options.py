@@ -121,3 +121,31 @@ def test_a_model_that_takes_an_option_and_ignores_it_is_refused(monkeypatch):
     assert raised.value.key == "model.shakedrop"
     with pytest.raises(UnsupportedOption, match="model.drop_block_rate: swallower"):
         build_timm_model("swallower", options={"drop_block_rate": 0.1})
+
+
+def test_pretrained_on_a_model_timm_has_no_weights_for_is_a_config_error():
+    """PyramidNet has no pretrained weights: the start failed after the set-up in timm's
+    RuntimeError; now the config says it, as --check does."""
+    with pytest.raises(ConfigError, match="model.pretrained: timm has no pretrained weights for pyramidnet110_a48; "
+                                          "set model.pretrained=false"):
+        resolve_config(config_file=None, overrides=["model.name=pyramidnet110_a48", "model.pretrained=true",
+                                                    "data.augmentation=cifar", "data.image_size=32"])
+    resolve_config(config_file=None, overrides=["model.name=resnet10t", "model.pretrained=true"])  # timm has them
+
+
+def test_pretrained_weights_out_of_reach_are_one_error_line(demo_shards, tmp_path):
+    """A compute node without internet: huggingface_hub retried for a minute, then the run ended in
+    its traceback (walkthrough). HF_HUB_OFFLINE=1 with an empty cache: the same refusal at once."""
+    from processes import run_process
+    from train_helpers import child_env, small_run_args, train_command
+
+    env = dict(child_env(), HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    env.pop("HF_HUB_CACHE", None)
+    done = run_process(train_command(small_run_args(demo_shards, tmp_path / "run", "model.pretrained=true")),
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert lines[-1].startswith("error: model.pretrained=true: timm could not load the pretrained weights of "
+                                "resnet10t (LocalEntryNotFoundError: "), lines
+    assert lines[-1].endswith("into a Hugging Face cache the nodes share (HF_HOME) and run with HF_HUB_OFFLINE=1; "
+                              "or set model.pretrained=false"), lines

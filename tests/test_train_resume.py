@@ -383,3 +383,30 @@ def test_a_deterministic_run_trains_on_cuda(demo_shards, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     (record,) = read_metrics(tmp_path / "run")
     assert record["global_step"] == 4 and math.isfinite(record["train_loss"])
+
+
+def test_a_config_file_kept_in_the_run_folder_is_not_lost(demo_shards, tmp_path):
+    """`--config RUN/config.yaml` with the user's own file there: the run rewrote it with its
+    resolved config, comments and base: line gone, without a word (walkthrough). It is kept as
+    RUN/config.given.yaml; the run's own record given back (the same command again) is not."""
+    import yaml
+
+    from train_helpers import DEMO_CONFIG
+
+    out = tmp_path / "run"
+    out.mkdir()
+    mine = (f"# my notes: try a short run\nbase: {DEMO_CONFIG}\nschedule: {{epochs: 1}}\n"
+            f"run: {{max_train_steps: 2, progress: false}}\n")
+    (out / "config.yaml").write_text(mine)
+    args = ["--config", str(out / "config.yaml"), f"data.shards={demo_shards}", "data.demo=false",
+            f"run.out_dir={out}", "loader.num_threads=1"]
+    done = run_train(args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (f"note: --config {out / 'config.yaml'} is the run folder's config.yaml, which the run rewrites with its "
+            f"resolved config; your file is kept as {out / 'config.given.yaml'}") in done.stdout
+    assert (out / "config.given.yaml").read_text() == mine
+    written = yaml.safe_load((out / "config.yaml").read_text())
+    assert written["schedule"]["epochs"] == 1 and "base" not in written
+    again = run_train(args)
+    assert again.returncode == 0 and "already finished" in again.stdout, again.stderr[-3000:]
+    assert "note: --config" not in again.stdout and not (out / "config.given-2.yaml").exists()

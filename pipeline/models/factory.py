@@ -148,6 +148,17 @@ def input_size_problem(name: str, *, image_size: int) -> str | None:
     return None
 
 
+def pretrained_problem(name: str, error: BaseException) -> str:
+    """Why ``model.pretrained=true`` failed, in one line: a compute node without internet retried
+    the Hugging Face Hub for a minute and then ended in huggingface_hub's traceback."""
+    text = " ".join(str(error).split())
+    text = text if len(text) <= 240 else text[:237] + "..."
+    return (f"model.pretrained=true: timm could not load the pretrained weights of {name} ({type(error).__name__}: "
+            f"{text}); where the nodes have no internet, download them once on a machine that has (python -c "
+            f"\"import timm; timm.create_model('{name}', pretrained=True)\") into a Hugging Face cache the nodes "
+            f"share (HF_HOME) and run with HF_HUB_OFFLINE=1; or set model.pretrained=false")
+
+
 def create_model(*, name: str, num_classes: int, pretrained: bool, channels_last: bool, drop_path_rate: float,
                  drop_block_rate: float = 0.0, shakedrop: bool = False,
                  zero_init_last: bool | None = None) -> torch.nn.Module:
@@ -158,7 +169,14 @@ def create_model(*, name: str, num_classes: int, pretrained: bool, channels_last
     check_model_name(name)
     options = regularization_options(drop_path_rate=drop_path_rate, drop_block_rate=drop_block_rate,
                                      shakedrop=shakedrop, zero_init_last=zero_init_last)
-    model = build_timm_model(name, options=options, pretrained=pretrained, num_classes=num_classes)
+    try:
+        model = build_timm_model(name, options=options, pretrained=pretrained, num_classes=num_classes)
+    except (UnsupportedOption, TrainError):
+        raise
+    except Exception as error:  # noqa: BLE001 - pretrained only: the download or the file failed
+        if not pretrained:
+            raise
+        raise TrainError(pretrained_problem(name, error)) from None
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
