@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -65,6 +67,7 @@ def run_cli(argv: list[str], *, default_config: Path | None) -> int:
                 print(check_config(config), flush=True)
             return 0
         record = run_training(config, config_file=args.config or default_config)
+        previous = _ignore_ctrl_c()  # the run's work is written: a Ctrl-C now must not make it a failure
     except (TrainError, *loader_errors()) as error:
         rank = _global_rank()
         # Checks before training are the same on every rank (rank 0 says it); a loader error while
@@ -82,14 +85,18 @@ def run_cli(argv: list[str], *, default_config: Path | None) -> int:
             print(f"interrupted{'' if config is None else ': ' + lost + _how_to_go_on(config)}", file=sys.stderr,
                   flush=True)
         return 130
-    if _global_rank() == 0 and not record:  # a stop signal: the run ended early with a checkpoint
-        print(f"stopped with a checkpoint: {_how_to_go_on(config)}", flush=True)
-    if _global_rank() == 0 and "best_top1_err" in record:
-        print(f"done in {time.perf_counter() - started:.0f} s: {config.data.eval_split} top-1 error "
-              f"{record['top1_err']:.2f}% "
-              f"top-5 error {record['top5_err']:.2f}% (best top-1 {record['best_top1_err']:.2f}% at epoch "
-              f"{record['best_epoch']}{_best_checkpoint(config, record['best_epoch'])}); run folder "
-              f"{config.run.out_dir}", flush=True)
+    try:
+        if _global_rank() == 0 and not record:  # a stop signal: the run ended early with a checkpoint
+            print(f"stopped with a checkpoint: {_how_to_go_on(config)}", flush=True)
+        if _global_rank() == 0 and "best_top1_err" in record:
+            print(f"done in {time.perf_counter() - started:.0f} s: {config.data.eval_split} top-1 error "
+                  f"{record['top1_err']:.2f}% "
+                  f"top-5 error {record['top5_err']:.2f}% (best top-1 {record['best_top1_err']:.2f}% at epoch "
+                  f"{record['best_epoch']}{_best_checkpoint(config, record['best_epoch'])}); run folder "
+                  f"{config.run.out_dir}", flush=True)
+    finally:
+        if previous is not None:  # exit_cleanly takes it from here (an in-process caller gets it back)
+            signal.signal(signal.SIGINT, previous)
     return 0
 
 
@@ -167,11 +174,24 @@ def wait_for_rank_zero_to_say_it() -> None:
     time.sleep(REPORT_GRACE_SECONDS)
 
 
+def _ignore_ctrl_c():
+    """While the finished run says so: a Ctrl-C (SIGINT) is let pass (one landing as the run
+    printed its last line ended the process with 130 and no word; walkthrough); the handler it
+    replaced (None outside the main thread, where handlers cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def exit_cleanly(code: int) -> None:
     """End the process group, flush, and exit with ``code``. Under DDP the process leaves through
     ``os._exit``: after a finished run, gloo/NCCL and DALI threads torn down during interpreter
     shutdown have aborted the process (SIGABRT, 3 of 27 two-process runs) and turned success into
     a failure; everything worth keeping is written and flushed before this point."""
+    if threading.current_thread() is threading.main_thread():
+        # A Ctrl-C during the teardown below (DALI's threads, the process group) ends the process
+        # at once with the code already decided, not with a KeyboardInterrupt from inside it.
+        signal.signal(signal.SIGINT, lambda signum, frame: _exit_now(code))
     dist = sys.modules.get("torch.distributed")  # not imported (a config error): no process group
     distributed = dist is not None and dist.is_available() and dist.is_initialized()
     if distributed:
@@ -184,6 +204,12 @@ def exit_cleanly(code: int) -> None:
     if distributed or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         os._exit(code)
     sys.exit(code)
+
+
+def _exit_now(code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _global_rank() -> int:

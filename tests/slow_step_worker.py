@@ -7,7 +7,8 @@ Each step appends ``start N`` and ``end N`` to MARKERS (N counts updates of this
 under DDP MARKERS gets the rank appended; MARKERS.pid holds the process id). ``SIGNAL_AT_END=1``
 sends the process a SIGTERM of its own as the run ends (in Accelerate's end_training, after the
 training loop and the last barrier) and waits until the watchdog has noted it: a late copy of a
-stop signal, as Slurm's arrive on a loaded node."""
+stop signal, as Slurm's arrive on a loaded node. ``SIGINT_AT_DONE=1`` sends it a SIGINT (Ctrl-C)
+while the finished run prints its last line."""
 
 from __future__ import annotations
 
@@ -71,6 +72,17 @@ def main() -> None:
             end_training(self)
 
         accelerate.Accelerator.end_training = signalled_end
+    if os.environ.get("SIGINT_AT_DONE"):  # a Ctrl-C as the finished run prints its last line
+        import pipeline.cli as cli
+
+        best_checkpoint = cli._best_checkpoint
+
+        def interrupted_there(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)  # where a KeyboardInterrupt would be raised, it has been by now
+            return best_checkpoint(*args, **kwargs)
+
+        cli._best_checkpoint = interrupted_there
     exit_cleanly(run_cli(["--config", str(REPO / "configs" / "demo.yaml"), *argv], default_config=None))
 
 

@@ -34,7 +34,8 @@ LAUNCH_ONE_CPU_PROCESS = [sys.executable, "-m", "accelerate.commands.accelerate_
 
 @contextlib.contextmanager
 def start(shards: Path, tmp_path: Path, *, slow_from: int, how: str, grace: float, ddp: bool = False,
-          slow_ranks: str | None = None, launch: list[str] | None = None, signal_at_end: bool = False):
+          slow_ranks: str | None = None, launch: list[str] | None = None, signal_at_end: bool = False,
+          sigint_at_done: bool = False):
     """The worker (one process, or two ranks through accelerate launch, or under ``launch``), its
     output into a file: ``with start(...) as (process, output)``; killed with all it started at the end."""
     run_args = small_run_args(shards, tmp_path / "run", *COMMON, f"run.stop_grace_seconds={grace}")
@@ -46,6 +47,8 @@ def start(shards: Path, tmp_path: Path, *, slow_from: int, how: str, grace: floa
         env["SLOW_RANKS"] = slow_ranks
     if signal_at_end:
         env["SIGNAL_AT_END"] = "1"
+    if sigint_at_done:
+        env["SIGINT_AT_DONE"] = "1"
     output = tmp_path / "output.txt"
     with open(output, "w") as stream, started_process(command, cwd=REPO, env=env, stdout=stream,
                                                       stderr=stream) as process:
@@ -112,6 +115,16 @@ def test_a_signal_after_the_last_epoch_lets_the_run_finish_its_export(demo_shard
         assert process.wait(timeout=300) == 0, output.read_text()[-3000:]
     assert ("SIGTERM received: the training has ended, finishing (a SIGTERM sent again 5 s or more later ends the "
             "process at once)") in output.read_text()
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_a_ctrl_c_as_a_finished_run_prints_its_last_line_leaves_it_finished(demo_shards, tmp_path):
+    """A Ctrl-C landing as the finished run said "done ..." ended it with 130 and no word
+    (walkthrough): the run's work is all written by then, so it ends 0 with its last line."""
+    with start(demo_shards, tmp_path, slow_from=10 ** 6, how="0", grace=120, sigint_at_done=True) as (process, output):
+        assert process.wait(timeout=300) == 0, output.read_text()[-3000:]
+    text = output.read_text()
+    assert text.rstrip().splitlines()[-1].startswith("done in ") and "Traceback" not in text, text[-3000:]
     assert (tmp_path / "run" / "model.safetensors").is_file()
 
 
