@@ -348,7 +348,7 @@ CROSS_RULES = (_milestones, _milestone_at_the_end, _unused_schedule_options, _wa
 # recorded config.yaml (read again to evaluate it) skips them: runs made before a rule existed
 # stay evaluable, and what they trained with is what they trained with.
 INTENT_RULES = (_milestone_at_the_end, _unused_schedule_options, _unused_warmup_factor, _unused_data_options,
-                _unused_mix_options)
+                _unused_mix_options, _pretrained)
 
 
 def unread_keys(config) -> frozenset[str]:
@@ -379,7 +379,8 @@ def validate(config, *, recorded: bool = False) -> None:
     fields = [name for name in RULES if name not in IMPORTING_RULES]
     crosses = [rule for rule in CROSS_RULES if rule not in IMPORTING_CROSS_RULES
                and not (recorded and rule in INTENT_RULES)]
-    for check in (*fields, *crosses, *IMPORTING_RULES, *IMPORTING_CROSS_RULES):
+    importing = [rule for rule in IMPORTING_CROSS_RULES if not (recorded and rule in INTENT_RULES)]
+    for check in (*fields, *crosses, *IMPORTING_RULES, *importing):
         found = _field_problem(config, check) if isinstance(check, str) else check(config)
         if found:
             raise ConfigError(f"{found[0]}: {found[1]}")

@@ -13,6 +13,7 @@ continues with the new settings and the config it had is kept beside the new ``c
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -156,11 +157,14 @@ def keep_given_config(given: Path | None, run_dir: Path, text: str) -> Path | No
     """Where ``--config`` names the run folder's own config.yaml, which the run rewrites with its
     resolved config (``text``), a copy of the user's file as ``RUN/config.given.yaml`` (``-2`` and
     so on after the first): its comments and ``base:`` line were replaced without a word. None
-    when ``given`` is another file or already says exactly ``text`` (the run's own record)."""
+    when ``given`` is another file or has neither (a record of the run's own, edited or not)."""
     target = Path(run_dir) / CONFIG_FILE
     if given is None or not target.is_file() or Path(given).resolve() != target.resolve():
         return None
-    if target.read_text() == text:
+    mine = target.read_text()
+    # A record of the run's own (this version's or an earlier one's, edited or not) holds nothing
+    # the new record loses; comments and a base: line are what was lost.
+    if mine == text or not re.search(r"^\s*#|^base\s*:", mine, re.MULTILINE):
         return None
     kept = first_unused(lambda n: Path(run_dir) / ("config.given.yaml" if n == 1 else f"config.given-{n}.yaml"))
     shutil.copyfile(target, kept)

@@ -104,6 +104,7 @@ class StopRequest:
         handlers went back, where its default action killed the process (exit -15: the job
         failed after a good checkpoint; seen under load)."""
         self._loop_over = True
+        self._deadline = None  # no steps to make progress with now: a slow export or barrier is not a hang
         if self.group is not None:
             self._collect()
 
@@ -159,7 +160,9 @@ class StopRequest:
         now = time.monotonic()
         if self.received is None:
             self.received, self._received_at = signum, now
-            self._deadline = now + self.grace_seconds
+            # After the loop (settle) no grace period: nothing marks progress there, and the
+            # export or the last barrier may be slow; a second SIGTERM still ends the process.
+            self._deadline = None if self._loop_over else now + self.grace_seconds
             doing = "the training has ended, finishing" if self._loop_over else \
                 "stopping after this step with a checkpoint"
             print(f"{signal.Signals(signum).name} received: {doing} "

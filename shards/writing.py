@@ -239,10 +239,11 @@ class _ShardTally:
         reason = result.reason if isinstance(result, RejectedImage) else None
         key = item.key
         if reason is None and key in self._sources_by_key:
-            key = second_key(item.key, item.source)
-            if self._sources_by_key[item.key] == item.source or key in self._sources_by_key:
+            if self._sources_by_key[key] != item.source:
+                key = second_key(item.key, item.source)
+            if key in self._sources_by_key:
                 # the same path twice (a tar can hold a member twice): one image, written once
-                reason = f"duplicate sample key: {item.key} (also {self._sources_by_key[item.key]})"
+                reason = f"duplicate sample key: {key} (also {self._sources_by_key[key]})"
         if reason:
             self.rejected.append([item.source, reason])
             return key, reason

@@ -717,6 +717,25 @@ def test_out_in_another_run_or_among_other_shards_is_refused(demo_run, ood_shard
     assert not (base / "eval").exists() and not (ood_shards / "ev").exists()
 
 
+def test_a_run_set_aside_in_its_successors_folder_evaluates_into_its_own(tmp_path):
+    """RUN/replaced-1 (a run set aside by a fresh start) is a run folder inside a run folder: its
+    own default --out, RUN/replaced-1/eval, is its own (a review: refused as another run's)."""
+    from types import SimpleNamespace
+
+    from pipeline.errors import EvalError
+    from pipeline.evaluate.cli import _check_out
+
+    run, old = tmp_path / "run", tmp_path / "run" / "replaced-1"
+    for folder in (run, old):
+        (folder / "checkpoints").mkdir(parents=True)
+        (folder / "config.yaml").write_text("model: {}\n")
+    source = SimpleNamespace(run_dir=old, weights=old / "model.safetensors", checkpoint=None)
+    for out in (old / "eval", old / "eval-epoch-0003", old / "mine" / "eval"):
+        _check_out(out, source=source, shards=tmp_path / "shards", ood_shards=[])
+    with pytest.raises(EvalError, match=f"--out {run / 'eval'}: inside another run's folder, {run} "):
+        _check_out(run / "eval", source=source, shards=tmp_path / "shards", ood_shards=[])
+
+
 @pytest.mark.parametrize("option", [["--split"], ["--tasks", "ood", "--ood-shards", "OOD", "--ood-split"],
                                     ["compare", "RUN", "RUN", "--labels"]])
 def test_an_empty_split_or_labels_is_refused_not_the_default(demo_run, ood_shards, option, capsys):
@@ -747,6 +766,11 @@ def test_compare_says_when_a_run_folder_holds_another_runs_evaluation(evaluated,
             ) in table
     assert "**Note**: base and cutmix are evaluations of the same weights (one sha256).\n" in table
     assert table.count("**Warning**") == 1  # cutmix's own evaluation is its own
+    # A run moved since its evaluation (nothing where it was recorded, the same name): its own.
+    moved = {**results["settings"], "run_dir": str(tmp_path / "gone" / "base")}
+    (tmp_path / "base" / "eval" / "eval.json").write_text(json.dumps({**results, "settings": moved}))
+    assert main(["compare", str(tmp_path / "base"), str(tmp_path / "cutmix"), "--out", str(tmp_path / "c")]) == 0
+    assert "**Warning**" not in (tmp_path / "c" / "compare.md").read_text()
     capsys.readouterr()
 
 

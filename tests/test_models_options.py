@@ -131,6 +131,9 @@ def test_pretrained_on_a_model_timm_has_no_weights_for_is_a_config_error():
         resolve_config(config_file=None, overrides=["model.name=pyramidnet110_a48", "model.pretrained=true",
                                                     "data.augmentation=cifar", "data.image_size=32"])
     resolve_config(config_file=None, overrides=["model.name=resnet10t", "model.pretrained=true"])  # timm has them
+    # A run's own record read again (evaluate): what it trained with stays readable.
+    resolve_config(config_file=None, overrides=["model.name=pyramidnet110_a48", "model.pretrained=true",
+                                                "data.augmentation=cifar", "data.image_size=32"], recorded=True)
 
 
 def test_pretrained_weights_out_of_reach_are_one_error_line(demo_shards, tmp_path):
@@ -149,3 +152,10 @@ def test_pretrained_weights_out_of_reach_are_one_error_line(demo_shards, tmp_pat
                                 "resnet10t (LocalEntryNotFoundError: "), lines
     assert lines[-1].endswith("into a Hugging Face cache the nodes share (HF_HOME) and run with HF_HUB_OFFLINE=1; "
                               "or set model.pretrained=false"), lines
+    # One node's alone (no internet there, its own HF_HOME): that rank says it, where only rank 0's
+    # errors were printed and the others waited silently for it.
+    done = run_process(train_command(small_run_args(demo_shards, tmp_path / "run1", "model.pretrained=true")),
+                       cwd=REPO, env=dict(env, RANK="1"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1].startswith("error: (rank 1) model.pretrained=true: timm could not "
+                                                           "load"), done.stderr[-3000:]

@@ -178,15 +178,38 @@ def test_names_that_differ_only_in_what_keys_drop_keep_both_images(tmp_path):
               for source, key in [("n1/y.png", "n1_y"), ("n1/x_1.jpg", "n1_x_1")]}
     assert keys == {"n1/y.jpg": "n1_y", "n1/x.1.jpg": "n1_x_1", "n2/y.jpg": "n2_y", **second}
 
-    # The same path twice in a tar is one image written once, not two.
+    # The same path twice in a tar is one image written once, not two; the refusal names the
+    # input whose key it would take (a.jpg's second key, not a.png's first).
     with tarfile.open(tmp_path / "twice.tar", "w") as archive:
-        for name, data in [("n1/a.jpg", jpeg_bytes(6)), ("n1/a.jpg", jpeg_bytes(7)), ("n2/b.jpg", jpeg_bytes(8))]:
+        for name, data in [("n1/b.jpg", jpeg_bytes(6)), ("n1/b.jpg", jpeg_bytes(7)), ("n1/a.png", png_bytes(8)),
+                           ("n1/a.jpg", jpeg_bytes(9)), ("n1/a.jpg", jpeg_bytes(10)), ("n2/c.jpg", jpeg_bytes(11))]:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
     built = build(tmp_path / "twice.tar", tmp_path / "out2")
-    assert built["totals"]["samples"] == 2
-    assert built["rejected"] == [{"source": "n1/a.jpg", "reason": "duplicate sample key: n1_a (also n1/a.jpg)"}]
+    assert built["totals"]["samples"] == 4  # b.jpg, a.png, a.jpg, c.jpg
+    keys = {"n1_a", f"n1_a_{hashlib.blake2b(b'n1/a.jpg', digest_size=8).hexdigest()}"}  # its key in either order
+    refused = {r["source"]: r["reason"] for r in built["rejected"]}
+    assert refused.keys() == {"n1/b.jpg", "n1/a.jpg"}
+    assert refused["n1/b.jpg"] == "duplicate sample key: n1_b (also n1/b.jpg)"
+    assert refused["n1/a.jpg"] in {f"duplicate sample key: {key} (also n1/a.jpg)" for key in keys}
+
+
+def test_a_repeated_input_is_refused_naming_itself_not_the_first_clash():
+    """The shard's order decides which of y.png and y.jpg keeps the plain key; a second y.jpg is
+    refused naming y.jpg, whose key it would take (it named y.png; a review). By hand, in that order."""
+    import hashlib
+
+    from shards.images import PreparedImage
+    from shards.sources import InputItem
+    from shards.writing import _ShardTally
+
+    tally = _ShardTally()
+    image = PreparedImage(data=b"x", extension="jpg", width=1, height=1, reencoded=None)
+    second = f"n1_y_{hashlib.blake2b(b'n1/y.jpg', digest_size=8).hexdigest()}"
+    outcomes = [tally.add(InputItem("n1_y", "n1", source, ("", 0, -1)), image, 1)
+                for source in ("n1/y.png", "n1/y.jpg", "n1/y.jpg")]
+    assert outcomes == [("n1_y", None), (second, None), (second, f"duplicate sample key: {second} (also n1/y.jpg)")]
 
 
 def test_keys_of_ascii_names_are_what_they_were():

@@ -410,3 +410,8 @@ def test_a_config_file_kept_in_the_run_folder_is_not_lost(demo_shards, tmp_path)
     again = run_train(args)
     assert again.returncode == 0 and "already finished" in again.stdout, again.stderr[-3000:]
     assert "note: --config" not in again.stdout and not (out / "config.given-2.yaml").exists()
+    # The run's record given back with a change (a longer run): the record holds nothing lost.
+    longer = run_train([*args, "schedule.epochs=2", "run.resume_with_changes=true"])
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    assert "note: --config" not in longer.stdout and not (out / "config.given-2.yaml").exists()
+    assert yaml.safe_load((out / "config.yaml").read_text())["schedule"]["epochs"] == 2

@@ -128,6 +128,25 @@ def test_a_ctrl_c_as_a_finished_run_prints_its_last_line_leaves_it_finished(demo
     assert (tmp_path / "run" / "model.safetensors").is_file()
 
 
+@pytest.mark.parametrize("signal_first", [False, True])
+def test_after_the_loop_no_grace_period_ends_a_slow_export(signal_first):
+    """Once the loop has ended (settle), nothing marks progress: a signal then, or one that came in
+    the last steps, must not end a slow export or last barrier after the grace period (a review:
+    exit 143, "no progress"). A second SIGTERM 5 s or more later still ends it."""
+    from processes import run_process
+
+    code = ("import os, signal, sys, time; sys.path.insert(0, sys.argv[1]); "
+            "from pipeline.stopping import StopRequest; stop = StopRequest(grace_seconds=0.5); "
+            f"first = {signal_first}; "
+            "first and (os.kill(os.getpid(), signal.SIGTERM), time.sleep(0.2)); stop.settle(); "
+            "first or os.kill(os.getpid(), signal.SIGTERM); time.sleep(2); print('still here', flush=True); "
+            "stop.close()")
+    done = run_process([sys.executable, "-c", code, str(REPO)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == "still here\n", done.stderr[-2000:]
+    doing = "stopping after this step with a checkpoint" if signal_first else "the training has ended, finishing"
+    assert f"SIGTERM received: {doing}" in done.stderr
+
+
 def test_no_progress_within_the_grace_period_ends_the_process(demo_shards, tmp_path):
     with start(demo_shards, tmp_path, slow_from=2, how="3600", grace=2) as (process, output):
         wait_for(lambda: "start 2" in markers(tmp_path), process, "step 2")

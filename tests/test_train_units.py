@@ -437,7 +437,7 @@ def test_a_loader_error_while_training_is_said_by_the_rank_that_met_it(rank, dur
     from pipeline.cli import run_cli
     from pipeline.data import LoaderError
 
-    def failing(config):
+    def failing(config, **kwargs):
         error = LoaderError("a damaged shard" if during_training else "no shards")
         if during_training:
             error.during_pass = True  # as run_training marks the errors of its epochs

@@ -255,12 +255,16 @@ def _check_not_elsewhere(out: Path, source) -> None:
 
     target = out.resolve()
     own = {Path(folder).resolve() for folder in (source.run_dir, source.weights.parent) if folder is not None}
+    # The nearest run folder is the one --out belongs to: RUN/replaced-1 (a run set aside inside
+    # its successor's folder) evaluates into RUN/replaced-1/eval.
+    owner = next((place for place in (target, *target.parents) if is_run_folder(place)), None)
+    if owner is not None and owner not in own:
+        where = "" if owner == target else "inside "
+        raise EvalError(f"--out {out}: {where}another run's folder, {owner} (its evaluation would then be this "
+                        f"model's, and compare would label it with that run's name); the evaluation needs a "
+                        f"folder of its own (default {_default_out(source)})")
     for place in (target, *target.parents):
         where = "" if place == target else "inside "
-        if is_run_folder(place) and place not in own:
-            raise EvalError(f"--out {out}: {where}another run's folder, {place} (its evaluation would then be this "
-                            f"model's, and compare would label it with that run's name); the evaluation needs a "
-                            f"folder of its own (default {_default_out(source)})")
         if _is_shards_folder(place, SPLITS):
             raise EvalError(f"--out {out}: {where}a shards folder, {place} (the reports would lie among its shards); "
                             f"the evaluation needs a folder of its own (default {_default_out(source)})")
@@ -374,8 +378,10 @@ def _foreign(path: Path, results: dict) -> str | None:
     if run.parent.name == "checkpoints":  # RUN/checkpoints/epoch-NNNN, read from RUN/eval-epoch-NNNN
         run = run.parent.parent
     recorded = results.get("settings", {}).get("run_dir")
-    if not (run / "config.yaml").is_file() or not recorded or Path(recorded).name == run.name:
+    if not (run / "config.yaml").is_file() or not recorded or Path(recorded).resolve() == run.resolve():
         return None
+    if Path(recorded).name == run.name and not (Path(recorded) / "config.yaml").is_file():
+        return None  # moved since (no run where it was recorded)
     return (f"{path} holds an evaluation of the run {recorded} (its settings.run_dir), not of {run}: its row "
             f"is labelled {_label(path)!r} by the folder it lies in")
 

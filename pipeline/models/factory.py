@@ -171,12 +171,12 @@ def create_model(*, name: str, num_classes: int, pretrained: bool, channels_last
                                      shakedrop=shakedrop, zero_init_last=zero_init_last)
     try:
         model = build_timm_model(name, options=options, pretrained=pretrained, num_classes=num_classes)
-    except (UnsupportedOption, TrainError):
-        raise
-    except Exception as error:  # noqa: BLE001 - pretrained only: the download or the file failed
+    except (OSError, RuntimeError) as error:  # huggingface_hub's errors are OSErrors; timm's no-weights a RuntimeError
         if not pretrained:
             raise
-        raise TrainError(pretrained_problem(name, error)) from None
+        problem = TrainError(pretrained_problem(name, error))
+        problem.during_pass = True  # one node's alone, maybe (no internet, its own HF_HOME): that rank says it
+        raise problem from error
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
