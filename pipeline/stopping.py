@@ -52,6 +52,7 @@ class StopRequest:
         self._deadline: float | None = None  # end the process then, unless there is progress first
         self._pending = None  # (work, flag) of the all-reduce posted at the previous poll
         self._loop_over = False  # settle() was called: the training loop has ended
+        self._honoured = False  # the loop acted on a stop (this rank's signal or another's)
         self._closing = False
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._write_fd, False)
@@ -95,6 +96,7 @@ class StopRequest:
         """The loop is stopping: the grace period no longer applies (the checkpoint may take as
         long as it needs; a second SIGTERM still ends the process)."""
         self._deadline = None
+        self._honoured = True
 
     def settle(self) -> None:
         """The training loop has ended: finish the all-reduce it posted while the process group
@@ -163,8 +165,11 @@ class StopRequest:
             # After the loop (settle) no grace period: nothing marks progress there, and the
             # export or the last barrier may be slow; a second SIGTERM still ends the process.
             self._deadline = None if self._loop_over else now + self.grace_seconds
-            doing = "the training has ended, finishing" if self._loop_over else \
-                "stopping after this step with a checkpoint"
+            if not self._loop_over:
+                doing = "stopping after this step with a checkpoint"
+            else:  # the loop ended: by a stop another rank's signal started, or at the run's end
+                doing = "stopping with a checkpoint (already under way)" if self._honoured else \
+                    "the training has ended, finishing"
             print(f"{signal.Signals(signum).name} received: {doing} "
                   f"(a SIGTERM sent again {REPEAT_AFTER_SECONDS:g} s or more later ends the process at once)",
                   file=sys.stderr, flush=True)

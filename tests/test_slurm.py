@@ -339,7 +339,8 @@ def test_scancel_checkpoints_and_leaves_no_process_of_the_job(cluster, demo_shar
     assert not left, "processes of the cancelled job still ran:\n" + "\n".join(described) + "\n" + \
         log_path.read_text()[-3000:]
     log = log_path.read_text()
-    assert log.count("SIGTERM received: stopping after this step with a checkpoint") == 2, log[-3000:]  # both ranks
+    # Both ranks; one whose signal came after a stop the other's had started: "(already under way)".
+    assert log.count("SIGTERM received: stopping") == 2, log[-3000:]
     stopped = re.findall(r"^stopped with a checkpoint: the same command resumes from (\S+)$", log, re.M)
     assert len(stopped) == 1 and Path(stopped[0]).parent == out / "checkpoints", log[-3000:]
     # Complete (the signal may land in the first epoch's checkpoint save: then it is that one).

@@ -102,6 +102,7 @@ def test_a_copy_of_the_signal_after_the_training_loop_does_not_kill_the_run(demo
         wait_for(lambda: "start 2" in markers(tmp_path), process, "step 2")
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=300) == 0, output.read_text()[-3000:]
+    assert output.read_text().count("SIGTERM received: ") == 1  # the copy within 5 s: the same request
     assert mid_epoch_checkpoints(tmp_path / "run") == ["epoch-0000-step-000003"]
     assert output.read_text().rstrip().splitlines()[-1] == (
         f"stopped with a checkpoint: the same command resumes from "
@@ -145,6 +146,20 @@ def test_after_the_loop_no_grace_period_ends_a_slow_export(signal_first):
     assert done.returncode == 0 and done.stdout == "still here\n", done.stderr[-2000:]
     doing = "stopping after this step with a checkpoint" if signal_first else "the training has ended, finishing"
     assert f"SIGTERM received: {doing}" in done.stderr
+
+
+def test_a_rank_signalled_after_another_ranks_stop_says_it_is_already_stopping():
+    """Rank 0's loop ended by the stop rank 1's signal started (honour), then rank 0's own copy
+    arrives: it is the same stop, said as such, and ends nothing."""
+    from processes import run_process
+
+    code = ("import os, signal, sys, time; sys.path.insert(0, sys.argv[1]); "
+            "from pipeline.stopping import StopRequest; stop = StopRequest(grace_seconds=0.5); "
+            "stop.honour(); stop.settle(); os.kill(os.getpid(), signal.SIGTERM); time.sleep(1.5); "
+            "print('still here', flush=True); stop.close()")
+    done = run_process([sys.executable, "-c", code, str(REPO)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == "still here\n", done.stderr[-2000:]
+    assert "SIGTERM received: stopping with a checkpoint (already under way)" in done.stderr
 
 
 def test_no_progress_within_the_grace_period_ends_the_process(demo_shards, tmp_path):
