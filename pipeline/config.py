@@ -284,11 +284,6 @@ def write_config(config: TrainConfig, path: Path) -> None:
     ``run.resume`` is written as auto and ``run.resume_with_changes`` as false, so that a run
     started from this file does not resume a named checkpoint or take changes unasked."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, config_text(config))
-
-
-def config_text(config: TrainConfig) -> str:
-    """What ``write_config`` writes."""
     values = config_to_dict(config)
     values["run"].update(resume="auto", resume_with_changes=False)
-    return yaml.safe_dump(values, sort_keys=False)
+    write_text_atomic(path, yaml.safe_dump(values, sort_keys=False))

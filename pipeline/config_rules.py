@@ -377,9 +377,9 @@ def validate(config, *, recorded: bool = False) -> None:
     last); the first problem is a ConfigError naming the key and the value. ``recorded``: a run's
     own config.yaml, read again, without the ``INTENT_RULES``."""
     fields = [name for name in RULES if name not in IMPORTING_RULES]
-    crosses = [rule for rule in CROSS_RULES if rule not in IMPORTING_CROSS_RULES
-               and not (recorded and rule in INTENT_RULES)]
-    importing = [rule for rule in IMPORTING_CROSS_RULES if not (recorded and rule in INTENT_RULES)]
+    skipped = INTENT_RULES if recorded else ()
+    crosses = [rule for rule in CROSS_RULES if rule not in IMPORTING_CROSS_RULES and rule not in skipped]
+    importing = [rule for rule in IMPORTING_CROSS_RULES if rule not in skipped]
     for check in (*fields, *crosses, *IMPORTING_RULES, *importing):
         found = _field_problem(config, check) if isinstance(check, str) else check(config)
         if found:

@@ -153,18 +153,17 @@ def keep_previous_config(checkpoint: Path, run_dir: Path) -> Path | None:
     return kept
 
 
-def keep_given_config(given: Path | None, run_dir: Path, text: str) -> Path | None:
+def keep_given_config(given: Path | None, run_dir: Path) -> Path | None:
     """Where ``--config`` names the run folder's own config.yaml, which the run rewrites with its
-    resolved config (``text``), a copy of the user's file as ``RUN/config.given.yaml`` (``-2`` and
+    resolved config, a copy of the user's file as ``RUN/config.given.yaml`` (``-2`` and
     so on after the first): its comments and ``base:`` line were replaced without a word. None
     when ``given`` is another file or has neither (a record of the run's own, edited or not)."""
     target = Path(run_dir) / CONFIG_FILE
     if given is None or not target.is_file() or Path(given).resolve() != target.resolve():
         return None
-    mine = target.read_text()
     # A record of the run's own (this version's or an earlier one's, edited or not) holds nothing
     # the new record loses; comments and a base: line are what was lost.
-    if mine == text or not re.search(r"^\s*#|^base\s*:", mine, re.MULTILINE):
+    if not re.search(r"^\s*#|^base\s*:", target.read_text(), re.MULTILINE):
         return None
     kept = first_unused(lambda n: Path(run_dir) / ("config.given.yaml" if n == 1 else f"config.given-{n}.yaml"))
     shutil.copyfile(target, kept)

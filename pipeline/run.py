@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 
 from .checkpoint import (TrainState, among_checkpoints, damaged_after, find_resume_checkpoint, read_loader_state,
                          read_state, save_checkpoint)
-from .config import TrainConfig, config_text, config_to_dict, write_config
+from .config import TrainConfig, config_to_dict, write_config
 from .data import Augmentation, LoaderError, LoaderOptions, create_loader, steps_per_epoch
 from .data.color import ColorAugment
 from .data_check import check_batches, check_demo_folder, check_shards, demo_to_build
@@ -101,7 +101,7 @@ def _train_holding(config: TrainConfig, *, run_dir: Path, checkpoint: Path | Non
                 kept = keep_previous_config(checkpoint, run_dir)
                 print(f"resuming with changed settings: {describe(changes)}"
                       + (f" (the run's config until now is kept as {kept})" if kept else ""), flush=True)
-            given = keep_given_config(config_file, run_dir, config_text(config))
+            given = keep_given_config(config_file, run_dir)
             if given:
                 print(f"note: --config {config_file} is the run folder's {CONFIG_FILE}, which the run rewrites with "
                       f"its resolved config; your file is kept as {given}", flush=True)

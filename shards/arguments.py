@@ -27,14 +27,16 @@ def path(text: str) -> Path:
 
 def nonempty(text: str) -> str:
     """A path argument kept as text (a trailing ``/`` means a folder), refused when empty as ``path``."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("an empty path (an unset shell variable?)")
-    return text
+    return _not_blank(text, "path")
 
 
 def nonblank(text: str) -> str:
     """A value that is not a path (a split name, a list of labels), refused when empty as ``path``
     is: ``--split $SPLIT`` with SPLIT unset read as the default split, without a word."""
+    return _not_blank(text, "value")
+
+
+def _not_blank(text: str, what: str) -> str:
     if not text.strip():
-        raise argparse.ArgumentTypeError("an empty value (an unset shell variable?)")
+        raise argparse.ArgumentTypeError(f"an empty {what} (an unset shell variable?)")
     return text

@@ -771,6 +771,15 @@ def test_compare_says_when_a_run_folder_holds_another_runs_evaluation(evaluated,
     (tmp_path / "base" / "eval" / "eval.json").write_text(json.dumps({**results, "settings": moved}))
     assert main(["compare", str(tmp_path / "base"), str(tmp_path / "cutmix"), "--out", str(tmp_path / "c")]) == 0
     assert "**Warning**" not in (tmp_path / "c" / "compare.md").read_text()
+    # A checkpoint named as RUN/checkpoints/epoch-NNNN, read from RUN/eval-epoch-NNNN: the same.
+    (tmp_path / "base" / "eval-epoch-0002").mkdir()
+    foreign = {**results["settings"], "run_dir": str(tmp_path / "cutmix")}
+    (tmp_path / "base" / "eval-epoch-0002" / "eval.json").write_text(json.dumps({**results, "settings": foreign}))
+    checkpoint = tmp_path / "base" / "checkpoints" / "epoch-0002"
+    assert main(["compare", str(checkpoint), str(tmp_path / "cutmix"), "--out", str(tmp_path / "c")]) == 0
+    assert (f"**Warning**: {checkpoint} holds an evaluation of the run {tmp_path / 'cutmix'} (its settings.run_dir), "
+            f"not of {tmp_path / 'base'}: its row is labelled 'base/epoch-0002'") in (tmp_path / "c" / "compare.md"
+                                                                                   ).read_text()
     capsys.readouterr()
 
 

@@ -249,8 +249,6 @@ def _check_not_elsewhere(out: Path, source) -> None:
     """--out in another run's folder, or among another split's shards: `evaluate runs/cutmix --out
     runs/base/eval` replaced base's evaluation with cutmix's, which compare then labelled "base";
     a shards folder got eval.json and eval.md beside its tars."""
-    from shards.build import SPLITS
-
     from ..checkpoint import is_run_folder
 
     target = out.resolve()
@@ -263,11 +261,18 @@ def _check_not_elsewhere(out: Path, source) -> None:
         raise EvalError(f"--out {out}: {where}another run's folder, {owner} (its evaluation would then be this "
                         f"model's, and compare would label it with that run's name); the evaluation needs a "
                         f"folder of its own (default {_default_out(source)})")
-    for place in (target, *target.parents):
-        where = "" if place == target else "inside "
-        if _is_shards_folder(place, SPLITS):
-            raise EvalError(f"--out {out}: {where}a shards folder, {place} (the reports would lie among its shards); "
-                            f"the evaluation needs a folder of its own (default {_default_out(source)})")
+    shards = _enclosing_shards_folder(target)
+    if shards is not None:
+        where = "" if shards == target else "inside "
+        raise EvalError(f"--out {out}: {where}a shards folder, {shards} (the reports would lie among its shards); "
+                        f"the evaluation needs a folder of its own (default {_default_out(source)})")
+
+
+def _enclosing_shards_folder(target: Path) -> Path | None:
+    """``target`` or the nearest folder above it that is a shards folder (``_is_shards_folder``)."""
+    from shards.build import SPLITS
+
+    return next((place for place in (target, *target.parents) if _is_shards_folder(place, SPLITS)), None)
 
 
 def _check_compare_out(out: Path) -> None:
@@ -372,11 +377,14 @@ def _foreign(path: Path, results: dict) -> str | None:
     with --out before evaluate refused that, or copied): its row would carry the wrong run's name."""
     path = Path(path).absolute()
     folder = path.parent if path.name == "eval.json" else path
-    run = folder if (folder / "config.yaml").is_file() else folder.parent
-    if run == folder.parent and not (folder.name == "eval" or folder.name.startswith("eval-epoch-")):
+    if (folder / "config.yaml").is_file():  # RUN, read from RUN/eval
+        run = folder
+    elif folder.name == "eval" or folder.name.startswith("eval-epoch-"):  # RUN/eval, RUN/eval-epoch-NNNN
+        run = folder.parent
+    elif folder.parent.name == "checkpoints":  # RUN/checkpoints/epoch-NNNN, read from RUN/eval-epoch-NNNN
+        run = folder.parent.parent
+    else:
         return None
-    if run.parent.name == "checkpoints":  # RUN/checkpoints/epoch-NNNN, read from RUN/eval-epoch-NNNN
-        run = run.parent.parent
     recorded = results.get("settings", {}).get("run_dir")
     if not (run / "config.yaml").is_file() or not recorded or Path(recorded).resolve() == run.resolve():
         return None
