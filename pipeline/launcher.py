@@ -63,3 +63,23 @@ def end_with_launcher(environ: Mapping[str, str] | None = None) -> bool:
     if os.getppid() != parent:
         os.kill(os.getpid(), signal.SIGKILL)
     return True
+
+
+def lone_process_problem(num_processes: int, environ: Mapping[str, str] | None = None) -> str:
+    """Why this process would run alone although WORLD_SIZE names more ("" when it would not):
+    ``num_processes`` is the count Accelerate joined it into. Accelerate forms a process group on
+    GPUs, or on CPUs when ACCELERATE_USE_CPU says so; on a machine without a visible GPU and without
+    it, every rank torchrun started ran as a training of its own (seen: two ranks, each "1 process",
+    into one run folder, the second refused by the lock as "another training", the first killed by
+    the launcher mid-compile)."""
+    environ = os.environ if environ is None else environ
+    launched = int(environ.get("WORLD_SIZE", "1"))
+    if launched <= 1 or num_processes == launched:
+        return ""
+    if "LOCAL_RANK" not in environ:
+        return (f"WORLD_SIZE={launched} is set but no launcher started this process (no LOCAL_RANK): unset "
+                "WORLD_SIZE, or start the processes with `accelerate launch`")
+    return (f"the launcher started {launched} processes but each runs alone, as a training of its own: Accelerate "
+            "joins processes on GPUs (torch sees none here) or on CPUs when ACCELERATE_USE_CPU=true says so; "
+            f"on CPUs: `ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes {launched} ...`, "
+            "on GPU nodes check that `python -c 'import torch; print(torch.cuda.device_count())'` sees the GPUs")

@@ -26,6 +26,7 @@ from .data_check import check_batches, check_demo_folder, check_shards, demo_to_
 from .errors import TrainError
 from .evaluate import evaluate
 from .export import export_weights, point_record_at
+from .launcher import lone_process_problem
 from .logs import METRICS_FILE, Progress, append_metrics, format_epoch, read_metrics, truncate_metrics
 from .mix import MixSampler
 from .mix.feature import FeatureMixer, layer_shapes
@@ -189,6 +190,9 @@ def setup(config: TrainConfig, *, run_dir: Path, checkpoint: Path | None, lock: 
     from accelerate.utils import is_compiled_module, set_seed
 
     accelerator = create_accelerator(config, run_dir=run_dir)
+    alone = lone_process_problem(accelerator.num_processes)
+    if alone:  # before the lock: each rank would take it as a training of its own
+        raise TrainError(alone)
     if config.run.tensorboard:
         from accelerate.utils import is_tensorboard_available
 

@@ -130,3 +130,23 @@ def test_resuming_with_another_process_count(demo_shards, two_rank_run, tmp_path
     lr = 0.4 * 16 / 256
     assert records[2]["lr"] == pytest.approx(lr * 0.5 * (1 + math.cos(math.pi * 9 / 15)), rel=1e-9)
     assert records[3]["lr"] == pytest.approx(lr * 0.5 * (1 + math.cos(math.pi * 14 / 15)), rel=1e-9)
+
+
+def test_two_cpu_ranks_launched_without_accelerate_use_cpu_are_one_error(demo_shards, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` on a machine without a GPU and without
+    ACCELERATE_USE_CPU: Accelerate joins no process group and each rank ran as a training of its
+    own into the same run folder (one refused by the lock as "another training", the other killed
+    by the launcher). One error line says why and how to launch, nothing is written."""
+    out = tmp_path / "run"
+    env = child_env()  # no GPU visible
+    env.pop("ACCELERATE_USE_CPU", None)
+    done = run_process([*LAUNCH_TWO_CPU_RANKS, str(REPO / "pipeline" / "train.py"), *small_run_args(demo_shards, out)],
+                       cwd=REPO, env=dict(env, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: the launcher started 2 processes but each runs alone, as a training of its own: "
+                      "Accelerate joins processes on GPUs (torch sees none here) or on CPUs when "
+                      "ACCELERATE_USE_CPU=true says so; on CPUs: `ACCELERATE_USE_CPU=true accelerate launch "
+                      "--multi_gpu --num_processes 2 ...`, on GPU nodes check that `python -c 'import torch; "
+                      "print(torch.cuda.device_count())'` sees the GPUs"], done.stderr[-3000:]
+    assert "training resnet10t" not in done.stdout and not out.exists()

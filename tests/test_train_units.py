@@ -425,6 +425,45 @@ def test_auto_precision_follows_the_device_accelerate_will_use(monkeypatch, gpu_
     assert (resolve_precision("bf16"), resolve_precision("no")) == ("bf16", "no")  # explicit settings stand
 
 
+@pytest.mark.parametrize("environ, joined, expected", [
+    ({}, 1, ""),  # plain python
+    ({"WORLD_SIZE": "2", "LOCAL_RANK": "1"}, 2, ""),  # joined: DDP on GPUs, or on CPUs with ACCELERATE_USE_CPU
+    ({"WORLD_SIZE": "1", "LOCAL_RANK": "0"}, 1, ""),  # accelerate launch of one process
+    ({"WORLD_SIZE": "2", "LOCAL_RANK": "0"}, 1, "the launcher started 2 processes but each runs alone"),
+    ({"WORLD_SIZE": "4"}, 1, "WORLD_SIZE=4 is set but no launcher started this process"),
+])
+def test_processes_a_launcher_started_that_would_each_run_alone(environ, joined, expected):
+    from pipeline.launcher import lone_process_problem
+
+    problem = lone_process_problem(joined, environ)
+    assert problem.startswith(expected) if expected else problem == ""
+    if environ.get("LOCAL_RANK") == "0" and expected:
+        assert "`ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 ...`" in problem
+
+
+def test_a_world_size_left_in_the_shell_is_refused_before_the_run_folder(demo_shards, trained_demo, tmp_path, capsys,
+                                                                          monkeypatch):
+    """WORLD_SIZE=2 with no launcher: Accelerate runs one process (it joins processes only when a
+    launcher set LOCAL_RANK), while the checks read 2; the start says so before writing anything.
+    The evaluator the same, before --out is made."""
+    from train_helpers import cli_here, small_run_args
+
+    from pipeline.evaluate.cli import main as evaluate_main
+
+    for name in ("LOCAL_RANK", "RANK", "ACCELERATE_USE_CPU"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "run"
+    code, _, err = cli_here(small_run_args(demo_shards, out), capsys)
+    assert code == 2 and err == ("error: WORLD_SIZE=2 is set but no launcher started this process (no LOCAL_RANK): "
+                                 "unset WORLD_SIZE, or start the processes with `accelerate launch`\n")
+    assert not out.exists()
+    evaluated = trained_demo[0] / "eval-alone"
+    assert evaluate_main([str(trained_demo[0]), "--tasks", "classify", "--quiet", "--out", str(evaluated)]) == 2
+    assert capsys.readouterr().err.startswith("error: WORLD_SIZE=2 is set but no launcher started this process")
+    assert not evaluated.exists()
+
+
 @pytest.mark.parametrize("rank, during_training, line", [
     ("0", False, "error: no shards\n"),  # a check before training: the same on every rank, rank 0 says it
     ("1", False, ""),

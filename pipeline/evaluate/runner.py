@@ -22,6 +22,7 @@ from shards.manifest import load_manifest
 from ..data import LoaderError, LoaderOptions, create_loader
 from ..data.sharding import part_sizes
 from ..errors import EvalError
+from ..launcher import lone_process_problem
 from ..precision import resolve_precision
 from ..run_lock import RunFolderLock
 from . import tasks
@@ -240,8 +241,11 @@ def run_evaluation(request: EvalRequest) -> dict:
             if int(os.environ.get("RANK", "0")) == 0:
                 print(f"note: {error}; localize is left out (asked for by name, it is an error)", file=sys.stderr,
                       flush=True)
-    make_out(request.out)
     accelerator = Accelerator(mixed_precision=resolve_precision(request.precision))
+    alone = lone_process_problem(accelerator.num_processes)
+    if alone:  # each rank would evaluate the whole split into the same --out
+        raise EvalError(alone)
+    make_out(request.out)
     # Two evaluations into one folder both ran to the end, saying they wrote it: the later one's
     # numbers stood beside the other's plots. Held until this one has written its reports.
     with RunFolderLock(request.out, refusal=_out_in_use, error=EvalError) as lock:
