@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 from bench_mix import cpu_name, publish  # bench/ is on the path when run as a script
-from cli_checks import at_least
+from cli_checks import at_least, writable_out
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -44,6 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     at_least(parser, args, 1, "epochs", "steps")
     at_least(parser, args, 2, "batch_size")  # CutMix's partner
+    writable_out(parser, args.out)
     return args
 
 

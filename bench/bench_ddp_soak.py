@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 from processes import TAG_VARIABLE, describe, processes_with, started_process  # noqa: E402
-from cli_checks import at_least  # noqa: E402
+from cli_checks import at_least, writable_out  # noqa: E402
 from train_helpers import LAUNCH_TWO_CPU_RANKS, TRAIN, child_env, small_run_args  # noqa: E402
 
 # One epoch (so no warmup: the demo's would not fit), a few steps, then evaluation and teardown.
@@ -137,12 +137,14 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--steps", type=int, default=3, help="training steps per run (run.max_train_steps)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds before a run counts as hung")
-    parser.add_argument("--out", type=Path, default=None, help="also write the report here (e.g. "
+    parser.add_argument("--out", type=Path, default=None, help="also append the report to this file (e.g. "
                         "bench/results/ddp_soak_cpu.txt)")
     args = parser.parse_args(argv)
     at_least(parser, args, 1, "runs", "steps")
     if not 0 < args.timeout < math.inf:
         parser.error(f"--timeout must be a finite number of seconds > 0, got {args.timeout}")
+    if args.out is not None:
+        writable_out(parser, args.out)
     from shards.demo import build_demo_shards
 
     lines = [f"=== {time.strftime('%Y-%m-%d %H:%M')}: {shlex.join([Path(sys.executable).name, *sys.argv])}",
@@ -161,7 +163,9 @@ def main(argv=None) -> int:
     print(lines[-1])
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n")
+        # Appended, as every bench script's results: a short look (--runs 2) replaced the recorded soak.
+        with args.out.open("a") as results:
+            results.write("\n".join(lines) + "\n\n")
     return 0 if all(run.clean for run in runs) else 1
 
 

@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from cli_checks import at_least, device_present  # bench/ is on the path when run as a script
+from cli_checks import at_least, device_present, writable_out  # bench/ is on the path when run as a script
 from pipeline.mix import MixSampler, apply_mix, normalization_affine, resolve_mix, soft_targets
 
 MEAN = (0.485, 0.456, 0.406)
@@ -53,6 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--batch-size must be even on the CPU, got {args.batch_size}: timm's Mixup in batch mode "
                      "pairs each image with its mirror in the batch")
     device_present(parser, args.device)
+    args.out = args.out or RESULTS / f"mix_{args.device}.txt"
+    writable_out(parser, args.out)
     return args
 
 
@@ -214,7 +216,7 @@ def main(argv=None) -> None:
         f"# batch: {args.batch_size}x3x{args.size}x{args.size} uint8 -> cutmix (alpha 1, batch mode), "
         f"smoothing {SMOOTHING}, {NUM_CLASSES} classes",
     ]
-    publish(header + lines, args.out or RESULTS / f"mix_{args.device}.txt")
+    publish(header + lines, args.out)
 
 
 def publish(lines: list[str], out: Path) -> None:

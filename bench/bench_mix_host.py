@@ -38,7 +38,7 @@ from typing import Callable
 
 import torch
 from bench_mix import cpu_name, publish  # bench/ is on the path when run as a script
-from cli_checks import at_least, device_present, listed
+from cli_checks import at_least, device_present, listed, writable_out
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -101,6 +101,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.exit(2, f"error: --calls {args.calls}: a positive multiple of the sampler's LOOKAHEAD "
                        f"({LOOKAHEAD}), so that each round holds whole windows of draws\n")
     device_present(parser, args.device)
+    args.out = args.out or RESULTS / f"mix_host_{args.device}.txt"
+    writable_out(parser, args.out)
     return args
 
 
@@ -375,7 +377,7 @@ def main(argv=None) -> None:
         f"# a step: sampler.sample + apply_mix(check_labels=False), {args.batch_size}x{args.size}x{args.size}x3 uint8 "
         f"-> bf16 channels-last, {NUM_CLASSES} classes; microseconds per step",
     ]
-    publish(header + lines, args.out or RESULTS / f"mix_host_{args.device}.txt")
+    publish(header + lines, args.out)
 
 
 if __name__ == "__main__":

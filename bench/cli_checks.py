@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 
 def at_least(parser: argparse.ArgumentParser, args: argparse.Namespace, minimum: int, *names: str) -> None:
@@ -38,3 +40,29 @@ def timm_model(parser: argparse.ArgumentParser, name: str) -> None:
 
     if not timm.is_model(name):
         parser.error(f"--model: timm has no model {name!r} (timm.list_models() lists them)")
+
+
+def out_problem(path: Path) -> str:
+    """Why the results file ``path`` could not be written ("" when it can): a folder, a parent
+    that is a file, or a folder this process may not write. Checked before the work whose figures
+    it keeps: found at the end, it was a traceback after minutes of work (a lent GPU's whole run)."""
+    if path.is_dir():
+        return f"{path} is a folder; give a file"
+    if path.exists() and not os.access(path, os.W_OK):
+        return f"{path} may not be written"
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:  # the missing ones are made
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder"
+    # A temporary file beside it (the atomic writes) as well as the file itself.
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{folder} may not be written"
+    return ""
+
+
+def writable_out(parser: argparse.ArgumentParser, path: Path) -> None:
+    """Refuse ``--out`` (or its default) where ``out_problem`` finds one."""
+    problem = out_problem(path)
+    if problem:
+        parser.error(f"--out {path}: {problem}")

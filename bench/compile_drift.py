@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 from bench_mix import cpu_name, publish  # bench/ is on the path when run as a script
-from cli_checks import timm_model
+from cli_checks import timm_model, writable_out
 
 import pipeline.models  # noqa: F401 - registers our models with timm
 from pipeline.mix.feature import FeatureMixer, layer_shapes
@@ -55,6 +55,7 @@ def parse_args() -> argparse.Namespace:
     if not args.lr > 0:
         parser.error("--lr must be positive")
     timm_model(parser, args.model)
+    writable_out(parser, args.out)
     args.layers = tuple(name.strip() for name in args.layers.split(",") if name.strip())
     if not args.layers:
         parser.error("--layers must name at least one layer (or input)")

@@ -72,6 +72,7 @@ sys.path.insert(0, str(REPO))
 from bench_loader import started_loader, time_epoch  # noqa: E402
 from bench_mix_host import time_back_to_back  # noqa: E402
 from bench_shards import make_photos  # noqa: E402
+from cli_checks import out_problem  # noqa: E402
 from pipeline.data import Augmentation, LoaderOptions, create_loader  # noqa: E402
 from pipeline.mix import (MixParams, MixSampler, apply_mix, normalization_affine, resolve_mix,  # noqa: E402
                           soft_target_cross_entropy)
@@ -1109,8 +1110,12 @@ def main(argv=None) -> int:
     name = device_name(plan)
     command = " ".join(sys.argv[1:] if argv is None else argv)
     out = args.out or RESULTS / f"gpu_{re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')}.txt"
-    out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f"{out.stem}.partial{out.suffix}")
+    problem = out_problem(out) or out_problem(partial)
+    if problem:  # now, not when the first section's table is written
+        print(f"error: --out {out}: {problem}", file=sys.stderr)
+        return 2
+    out.parent.mkdir(parents=True, exist_ok=True)
 
     def results(rows: list[Row], seconds: dict[str, float], test_output: str, *, done: bool) -> str:
         header = [f"# python bench/gpu_suite.py {command}".rstrip(),

@@ -136,6 +136,35 @@ def test_a_bad_value_is_refused_before_any_work(script, argv, option, phrase, no
     assert list(no_work.iterdir()) == [] and not out.exists()
 
 
+@pytest.mark.parametrize("kind", ["folder", "under a file"])
+@pytest.mark.parametrize("script", ["bench_mix", "bench_mix_host", "bench_ddp_soak", "bench_compile_start",
+                                    "compile_drift"])
+def test_an_out_that_cannot_be_written_is_refused_before_any_work(script, kind, no_work, tmp_path, capsys,
+                                                                   monkeypatch):
+    """It was found when the results were written: a traceback after all the work (walkthrough)."""
+    if kind == "folder":
+        out = tmp_path / "results"
+        out.mkdir()
+        expected = f"error: --out {out}: {out} is a folder; give a file"
+    else:
+        (tmp_path / "file").write_text("a file\n")
+        out = tmp_path / "file" / "results.txt"
+        expected = f"error: --out {out}: {tmp_path / 'file'} is a file, not a folder"
+    with pytest.raises(SystemExit) as exited:
+        if script == "compile_drift":  # its parse_args reads sys.argv
+            import compile_drift
+
+            monkeypatch.setattr(sys, "argv", ["compile_drift.py", "--out", str(out)])
+            compile_drift.parse_args()
+        else:
+            MAINS[script](["--out", str(out)])
+    captured = capsys.readouterr()
+    assert exited.value.code == 2 and captured.out == ""
+    assert captured.err.splitlines()[-1].endswith(expected), captured.err
+    assert list(no_work.iterdir()) == []
+    assert list(out.iterdir()) == [] if kind == "folder" else (tmp_path / "file").read_text() == "a file\n"
+
+
 # Where torch sees no CUDA device (tested where none is): torch's "Found no NVIDIA driver" or DALI's
 # failed assert came as a traceback, bench_train ran on the CPU and called it a GPU comparison.
 NO_CUDA = [("bench_train", ["--device", "cuda"]), ("bench_loader", ["--device", "cuda"]),

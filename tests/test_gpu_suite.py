@@ -155,6 +155,24 @@ def test_a_run_cut_short_keeps_its_sections_beside_the_results_file(tmp_path, mo
     assert [row["name"] for row in parse_table(out.read_text())] == ["cases checked"]
 
 
+@pytest.mark.parametrize("kind", ["folder", "under a file"])
+def test_an_out_that_cannot_be_written_is_refused_before_any_section(kind, tmp_path, monkeypatch, capsys):
+    """Found when the first section's table was written: a traceback after 100 s here, after
+    minutes of a lent GPU's time there (walkthrough)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # main sets it for --cpu-smoke: undone after the test
+    monkeypatch.setattr(gpu_suite, "run_sections", lambda *args: pytest.fail("a section ran"))
+    if kind == "folder":
+        out = tmp_path / "gpu"
+        out.mkdir()
+        problem = f"{out} is a folder; give a file"
+    else:
+        (tmp_path / "file").write_text("a file\n")
+        out, problem = tmp_path / "file" / "gpu.txt", f"{tmp_path / 'file'} is a file, not a folder"
+    assert gpu_suite.main(["--cpu-smoke", "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == f"error: --out {out}: {problem}\n"
+
+
 def suite_case(seed: str, **overrides) -> gpu_suite.MixCase:
     options = dict(device="cpu", batch=5, height=9, width=13, mode="mixed", per="elem", source="uint8",
                    out_dtype=torch.float32, memory_format=torch.channels_last, num_classes=7, label_smoothing=0.1)
