@@ -245,6 +245,8 @@ def setup(config: TrainConfig, *, run_dir: Path, checkpoint: Path | None, lock: 
             mixed_layers = set(config.mix.feature_layers) - {INPUT_LAYER}  # the input is the unmixed graph
             limit = len(mixed_layers) + 2
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
+        if accelerator.num_processes > 1:
+            quiet_ddp_buffer_broadcast_warning()
         model = torch.compile(model, dynamic=False)
     val_loader = make_loader(config, shards=shards, split=config.data.eval_split, accelerator=accelerator,
                              num_classes=num_classes)[0]
@@ -256,6 +258,19 @@ def setup(config: TrainConfig, *, run_dir: Path, checkpoint: Path | None, lock: 
     return Session(accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
                    val_loader=val_loader, shards=shards, steps_per_epoch=steps, classes=classes, mix=mix,
                    stop_group=stop_group(accelerator))
+
+
+def quiet_ddp_buffer_broadcast_warning() -> None:
+    """DDP sends rank 0's buffers (BatchNorm's running statistics) to the other ranks before each
+    forward, through a C++ call dynamo cannot trace: the compiled DDP module breaks its graph there,
+    before the model's own graph, by design (tests/test_train_compile.py counts the model's graphs).
+    Dynamo says so once per rank in a 4-line UserWarning that reads like a fault in the run; this
+    warning alone is silenced, others stay."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning,
+                            message=r"Dynamo does not know how to trace the builtin `torch\._C\._distributed_c10d\."
+                                    r"[^`]*_broadcast_coalesced")
 
 
 def start_trackers(config: TrainConfig, accelerator) -> None:

@@ -94,7 +94,7 @@ def check_build(request: BuildRequest) -> str:
     left to the build."""
     spec, _ = _check_request(request)
     check_out_state(OutputLayout(Path(request.out), request.split), resume=request.resume,
-                    overwrite=request.overwrite)
+                    overwrite=request.overwrite, num_parts=request.num_parts, part_id=request.part_id)
     return spec.kind
 
 

@@ -8,6 +8,7 @@ OUT. An OUT/raw or OUT/shards holding anything but an earlier demo's files is re
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -114,10 +115,20 @@ def write_digits_cub(folder: Path, *, val_fraction: float = VAL_FRACTION, seed: 
     return len(val)
 
 
+# The build settings build_demo_shards gives, as a manifest records them: an earlier demo build is
+# told from a user's build of digit_0..digit_9 folders by them and its images per class.
+DEMO_BUILD = {"shard_size": 256_000, "seed": 0, "num_parts": 1}
+# What a demo build (train, val and test splits) leaves in its shards folder: manifests, shards and
+# their indexes, the build's state folder and atomic writes' temporary files (named .tmp-...).
+_DEMO_BUILD_FILE = re.compile(r"(train|val|test)(\.json|-\d{6}\.(tar|idx)|\.part-\d{4}-of-\d{4}\.json)")
+
+
 def not_a_demo_folder(folder: Path) -> str | None:
     """Why the demo must not be built into ``folder`` (training with data.demo=true replaces it):
     it holds something other than an earlier demo build. None when it is missing, empty or a
-    demo build (whose train manifest lists the ten digit classes)."""
+    demo build: only files a build writes, and a train manifest of the ten digit classes with the
+    demo's images per class. Class names alone let a user's own build of digit_0..digit_9 folders
+    (MNIST laid out so) be replaced, with a notes file beside it (walkthrough)."""
     from .manifest import load_manifest
 
     folder = Path(folder)
@@ -125,15 +136,46 @@ def not_a_demo_folder(folder: Path) -> str | None:
         return None
     if not folder.is_dir():
         return "it is a file"
-    if not any(folder.iterdir()):
+    entries = sorted(folder.iterdir())
+    if not entries:
         return None
+    stray = next((entry.name for entry in entries if not (
+        entry.is_dir() if entry.name == ".build" else
+        entry.is_file() and (_DEMO_BUILD_FILE.fullmatch(entry.name) or entry.name.startswith(".tmp-")))), None)
+    if stray is not None:
+        return f"it holds {stray}, which a demo build does not write"
     try:
-        classes = list(load_manifest(folder, "train")["classes"])
+        manifest = load_manifest(folder, "train")
     except ShardsError:
         return "it holds files but no train manifest of a demo build"
+    classes = list(manifest["classes"])
     if classes != list(DEMO_CLASSES):
         return f"it holds another build ({len(classes)} classes: {', '.join(classes[:3])}, ...)"
+    built = {key: manifest["build"].get(key) for key in DEMO_BUILD}
+    if built != DEMO_BUILD:
+        settings = ", ".join(f"{key} {value}" for key, value in built.items())
+        return f"it holds another build of classes named as the demo's ({settings}; the demo's: {_demo_settings()})"
+    demo = _demo_train_counts()
+    if list(manifest["class_counts"]) != demo:
+        return (f"it holds another build of classes named as the demo's ({manifest['totals']['samples']} train "
+                f"images, {', '.join(map(str, manifest['class_counts'][:3]))}, ... per class; the demo's "
+                f"{sum(demo)}: {', '.join(map(str, demo[:3]))}, ...)")
     return None
+
+
+def _demo_settings() -> str:
+    return ", ".join(f"{key} {value}" for key, value in DEMO_BUILD.items())
+
+
+def _demo_train_counts() -> list[int]:
+    """Train images per class of the demo's split of the digits (every scan is written and built)."""
+    from sklearn.datasets import load_digits
+
+    counts = [0] * len(DEMO_CLASSES)
+    targets = load_digits().target
+    for index, split, _ in _digit_files(targets, val_fraction=VAL_FRACTION, seed=SEED):
+        counts[int(targets[index])] += split == "train"
+    return counts
 
 
 _CUB_FILES = ("images.txt", "image_class_labels.txt", "bounding_boxes.txt", "train_test_split.txt", "classes.txt")
@@ -199,7 +241,8 @@ def build_demo_shards(out: Path, *, quiet: bool = False) -> Path:
         write_digits_imagefolder(raw)  # missing or cut short (an interrupted demo): all of it, same bytes
     if not (raw / "test_cub").exists():
         write_digits_cub(raw / "test_cub")
-    flags = ["--shard-size", "256kB", "--overwrite", *(["--quiet"] if quiet else [])]
+    flags = ["--shard-size", str(DEMO_BUILD["shard_size"]), "--seed", str(DEMO_BUILD["seed"]), "--overwrite",
+             *(["--quiet"] if quiet else [])]
     same_classes = ["--classes", str(shards / "train.json")]
     for split, src, extra in (("train", "train", []), ("val", "val", same_classes), ("test", "test_cub", same_classes)):
         code = shards_main(["build", str(raw / src), str(shards), "--split", split, *flags, *extra])

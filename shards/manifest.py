@@ -9,6 +9,7 @@ dict whose fields ``_manifest_problem`` has checked, or one ShardsError naming t
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -207,8 +208,9 @@ def merge_parts(layout: OutputLayout) -> dict:
     manifest = compose_manifest(plan, first["classes"], records, first["source_totals"])
     check_samples_written(manifest)  # the part manifests stay: they say what each part rejected
     write_manifest(layout.manifest, manifest)
-    for path in paths:
-        path.unlink()
+    layout.merged_parts_dir.mkdir(parents=True, exist_ok=True)
+    for path in paths:  # kept aside, not deleted: a part built again later turns the build back into them
+        os.replace(path, layout.merged_parts_dir / path.name)
     remove_build_folder(layout)
     return manifest
 

@@ -5,11 +5,13 @@ OUT/<split>.json              the manifest, written last: its presence means "co
 OUT/<split>.part-I-of-P.json  a finished part of a split build (until `merge`)
 OUT/.build/<split>/           plan.json, one record per finished shard, spill files
 OUT/.build/<split>.part-IIII.lock   held by the process building that part (shards/buildlock.py)
+OUT/.build/<split>.merged-parts/  the part manifests `merge` joined (a part rebuilt later needs them)
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,13 @@ class OutputLayout:
         return self.out / ".build" / self.split
 
     @property
+    def merged_parts_dir(self) -> Path:
+        """Where ``merge`` keeps the part manifests it joined: a part built again with --overwrite
+        turns the merged build back into its parts (the merged manifest cannot: it sums the
+        per-shard details merge checks), so that ``merge`` can join them again."""
+        return self.out / ".build" / f"{self.split}.merged-parts"
+
+    @property
     def spill_dir(self) -> Path:
         return self.build_dir / "spill"
 
@@ -70,6 +79,8 @@ def prepare_output(layout: OutputLayout, plan: BuildPlan, part_id: int, resume: 
     if plan.num_parts > 1:
         for path, stored in _recorded_plans(layout):
             _check_part_fits(stored, path, plan, resume, layout)
+    if overwrite:
+        _check_parts_kept(layout, plan.num_parts, part_id)
     layout.out.mkdir(parents=True, exist_ok=True)
     plan_path = layout.build_dir / "plan.json"
     if overwrite:
@@ -99,11 +110,15 @@ def prepare_output(layout: OutputLayout, plan: BuildPlan, part_id: int, resume: 
     return True
 
 
-def check_out_state(layout: OutputLayout, *, resume: bool, overwrite: bool) -> None:
+def check_out_state(layout: OutputLayout, *, resume: bool, overwrite: bool, num_parts: int = 1,
+                    part_id: int = 0) -> None:
     """What ``prepare_output`` refuses that shows without the plan (SRC uncounted): a complete
     build, an unfinished one, or foreign shards of this split in OUT, with neither flag that
-    continues or replaces them. Stricter for a split build than one part's check: a shard
-    finished by any part counts as started."""
+    continues or replaces them; with --overwrite, one part of a merged build whose parts were not
+    kept. Stricter for a split build than one part's check: a shard finished by any part counts
+    as started."""
+    if overwrite:
+        _check_parts_kept(layout, num_parts, part_id)
     if resume or overwrite or not layout.out.is_dir():
         return
     if layout.manifest.exists():
@@ -186,10 +201,57 @@ def _part_started(layout: OutputLayout, plan: BuildPlan, part_id: int) -> bool:
     return any(layout.record(n).exists() or layout.shard_files(n)[0].exists() for n in names)
 
 
+def _parts_not_kept(layout: OutputLayout, num_parts: int, part_id: int) -> list[int]:
+    """The other parts of a merged build of ``num_parts`` whose part manifests are neither kept by
+    ``merge`` nor back in OUT already (another part, rebuilt at the same time, moved them)."""
+    return [i for i in range(num_parts) if i != part_id and not (layout.merged_parts_dir / layout.part_manifest(
+        i, num_parts).name).exists() and not layout.part_manifest(i, num_parts).exists()]
+
+
+def _check_parts_kept(layout: OutputLayout, num_parts: int, part_id: int) -> None:
+    """Refuse --overwrite of one part of a merged build that cannot become parts again: merged by
+    a version that deleted the part manifests, rebuilding one part removed the merged manifest and
+    left the others unmergeable (walkthrough: every part had to be built again)."""
+    if num_parts == 1 or not layout.manifest.exists():
+        return
+    lost = _parts_not_kept(layout, num_parts, part_id)
+    if lost:
+        split = layout.split
+        raise ShardsError(
+            f"{layout.out} holds the merged {split} build ({split}.json) without the part manifests of parts "
+            f"{', '.join(map(str, lost))} (merged by an older version, which deleted them): part {part_id} alone "
+            f"could not be merged with them again; to build the split anew, delete {split}.json and build every "
+            f"part with --overwrite (or the whole split in one process with --overwrite)")
+
+
+def _unmerge(layout: OutputLayout, plan: BuildPlan, part_id: int) -> None:
+    """A merged build whose part ``part_id`` is built again becomes its parts, waiting for that one
+    and ``merge``: the other parts' manifests back in OUT, the merged manifest removed. This part's
+    kept manifest goes first, and a manifest another part moved or removed is skipped: parts of an
+    array rebuilt at once each do this."""
+    kept = layout.merged_parts_dir
+    (kept / layout.part_manifest(part_id, plan.num_parts).name).unlink(missing_ok=True)
+    for other in range(plan.num_parts):
+        if other != part_id:
+            try:
+                os.replace(kept / layout.part_manifest(other, plan.num_parts).name,
+                           layout.part_manifest(other, plan.num_parts))
+            except FileNotFoundError:
+                pass
+    layout.manifest.unlink(missing_ok=True)
+    try:
+        kept.rmdir()
+    except OSError:  # not empty yet (another part's turn), or gone
+        pass
+
+
 def _remove_previous(layout: OutputLayout, plan: BuildPlan, part_id: int) -> None:
+    if plan.num_parts > 1:
+        _unmerge(layout, plan, part_id)
     layout.manifest.unlink(missing_ok=True)
     if plan.num_parts == 1:
         shutil.rmtree(layout.build_dir, ignore_errors=True)
+        shutil.rmtree(layout.merged_parts_dir, ignore_errors=True)
         for path in [*layout.out.glob(f"{plan.split}-*.tar"), *layout.out.glob(f"{plan.split}-*.idx"),
                      *layout.part_manifests(), *layout.out.glob(f".tmp-{plan.split}-*")]:
             path.unlink()

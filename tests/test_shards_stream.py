@@ -194,6 +194,69 @@ def test_a_part_with_other_arguments_may_not_join_a_complete_build(files, tmp_pa
     assert (out / "train-000001.tar").read_bytes() == before["train-000001.tar"]
 
 
+def three_part_args(src, out, part_id, *extra):
+    return ["build", src, out, "--split", "train", "--quiet", "--workers", "1", "--shard-size", "64kB",
+            "--num-parts", "3", "--part-id", str(part_id), *extra]
+
+
+def test_a_part_built_again_after_merge_turns_the_build_back_into_parts(files, tmp_path, capsys):
+    """A merged build with a damaged shard: its part built again with --overwrite (what the README
+    says replaces only that part's own shards) removed the merged manifest while merge had deleted
+    the other parts' manifests, so the build could no longer be merged (walkthrough). Now merge
+    keeps them aside and the part rebuilt turns the build back into its parts; merged again, it is
+    the build it was, byte for byte."""
+    tree = tmp_path / "tree"
+    make_imagefolder(tree, num_classes=11, per_class=12)
+    out = tmp_path / "out"
+
+    def part(part_id, *extra):
+        return run_shards_main(capsys, *three_part_args(tree, out, part_id, *extra))
+
+    for part_id in range(3):
+        assert part(part_id)[0] == 0
+    assert main(["merge", str(out)]) == 0
+    merged = {name: data for name, data in every_file(out).items() if not name.startswith(".build/")}
+    assert sorted(p.name for p in out.glob("train.part-*")) == []
+    damaged = manifest(out)["shards"][len(manifest(out)["shards"]) // 2]["name"]  # a shard of part 1
+    (out / damaged).write_bytes(merged[damaged][:1000])
+    assert main(["verify", str(out), "--quiet"]) == 1
+    capsys.readouterr()
+    code, _, err = part(1, "--overwrite")
+    assert code == 0, err
+    assert sorted(p.name for p in out.glob("train.part-*")) == [f"train.part-000{i}-of-0003.json" for i in range(3)]
+    assert not (out / "train.json").exists()  # parts again, until merge
+    assert main(["merge", str(out)]) == 0
+    assert {name: data for name, data in every_file(out).items() if not name.startswith(".build/")} == merged
+    assert main(["verify", str(out), "--quiet"]) == 0
+    # One process with --overwrite replaces the whole build, the kept part manifests with it.
+    assert run_shards_main(capsys, "build", tree, out, "--split", "train", "--quiet", "--shard-size", "64kB",
+                           "--overwrite")[0] == 0
+    assert not (out / ".build").exists()
+
+
+def test_a_part_of_a_build_merged_without_its_parts_kept_is_refused(files, tmp_path, capsys):
+    """Merged by the version that deleted the part manifests: one part built again could not be
+    merged with the others, so it is refused before anything changes, saying how to build anew."""
+    import shutil
+
+    tree = tmp_path / "tree"
+    make_imagefolder(tree, num_classes=11, per_class=12)
+    out = tmp_path / "out"
+    for part_id in range(3):
+        assert run_shards_main(capsys, *three_part_args(tree, out, part_id))[0] == 0
+    assert main(["merge", str(out)]) == 0
+    shutil.rmtree(out / ".build")  # as the previous version left a merged build
+    before = every_file(out)
+    for dry_run in ([], ["--dry-run"]):
+        code, _, err = run_shards_main(capsys, *three_part_args(tree, out, 1, "--overwrite", *dry_run))
+        assert code == 2 and one_error_line(err) == (
+            f"error: {out} holds the merged train build (train.json) without the part manifests of parts 0, 2 "
+            "(merged by an older version, which deleted them): part 1 alone could not be merged with them again; "
+            "to build the split anew, delete train.json and build every part with --overwrite (or the whole split "
+            "in one process with --overwrite)")
+        assert every_file(out) == before
+
+
 def test_of_parts_started_at_once_with_other_arguments_only_the_first_writes(files, tmp_path, capsys, monkeypatch):
     # Both parts found no plan.json and passed the checks; the other one recorded its plan first.
     # This one must then be refused when it comes to record its own, not replace it.

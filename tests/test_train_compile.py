@@ -247,10 +247,14 @@ def test_two_ranks_compiled(demo_shards, worker, tmp_path):
     out = tmp_path / "run"
     args = small_run_args(demo_shards, out, "model.compile=true", "schedule.epochs=2", "run.max_train_steps=3",
                           "loader.batch_size=16", "loader.val_batch_size=40")
-    _, ranks = run_worker(worker, tmp_path / "rank", args, launch=(*LAUNCH_TWO_CPU_RANKS,),
-                          env=dict(child_env(), ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1"))
+    # Warnings shown, as a user sees them: dynamo's about DDP's buffer broadcast (a break outside
+    # the model's graph, by design) is silenced, 4 lines per rank that read like a fault.
+    env = {key: value for key, value in child_env().items() if key != "PYTHONWARNINGS"}
+    done, ranks = run_worker(worker, tmp_path / "rank", args, launch=(*LAUNCH_TWO_CPU_RANKS,),
+                             env=dict(env, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1"))
     assert [(r["rank"], r["world_size"], r["code"], r["compiled"]) for r in ranks] == [(0, 2, 0, True),
                                                                                        (1, 2, 0, True)]
+    assert "_broadcast_coalesced" not in done.stderr, done.stderr[-3000:]
     assert ranks[0]["params"] == ranks[1]["params"]
     assert [r["phases"] for r in ranks] == [ONE_GRAPH_PER_MODE] * 2
     assert [(r["world_size"], r["global_batch"], r["val_samples"]) for r in read_metrics(out)] == [(2, 32, 359)] * 2

@@ -311,6 +311,59 @@ def test_the_script_says_bad_input_in_one_line_and_exits_2(demo_run, demo_shards
     assert "Traceback" not in done.stdout
 
 
+def _digit_folders(root, per_class: int):
+    """digit_0..digit_9 class folders of ``per_class`` small JPEGs each: a user's own digits (MNIST
+    laid out so), named as the demo's classes."""
+    from PIL import Image
+
+    for digit in range(10):
+        (root / f"digit_{digit}").mkdir(parents=True)
+        for index in range(per_class):
+            Image.new("RGB", (16, 16), (20 * digit, 7 * index, 90)).save(root / f"digit_{digit}" / f"{index}.jpg")
+    return root
+
+
+def test_a_users_build_of_digit_classes_is_not_taken_for_the_demo(demo_shards, tmp_path, capsys):
+    """The classes digit_0..digit_9 were all that marked an earlier demo build: a user's own build of
+    such folders, without a test split, was deleted by a start with data.demo=true (the demo config,
+    the default without --config) and the digits trained in its place (walkthrough)."""
+    import shutil
+
+    from shards.cli import main as shards_main
+    from shards.demo import not_a_demo_folder
+
+    assert not_a_demo_folder(demo_shards) is None  # the demo's own build
+    digits = _digit_folders(tmp_path / "digits", per_class=2)
+    for name, extra in (("mine", []), ("same_settings", ["--shard-size", "256kB"])):
+        for split in ("train", "val"):
+            assert shards_main(["build", str(digits), str(tmp_path / name), "--split", split, "--quiet",
+                                *extra]) == 0
+    (tmp_path / "mine" / "NOTES.txt").write_text("my notes\n")
+    before = sorted(path.name for path in (tmp_path / "mine").iterdir())
+    capsys.readouterr()  # the builds' summaries
+    run = ["--config", str(REPO / "configs" / "demo.yaml"), "run.progress=false", "schedule.epochs=1",
+           "run.max_train_steps=1", "loader.num_threads=1"]
+    code, out, err = cli_here([*run, f"data.shards={tmp_path / 'mine'}", f"run.out_dir={tmp_path / 'run'}"], capsys)
+    assert (code, out) == (2, "")
+    assert err.strip().splitlines() == [
+        f"error: data.shards={tmp_path / 'mine'}: it holds NOTES.txt, which a demo build does not write; "
+        "data.demo=true builds the demo digits only into a missing or empty folder or an earlier demo build: "
+        "set data.demo=false to train on it"]
+    assert sorted(path.name for path in (tmp_path / "mine").iterdir()) == before
+    assert (tmp_path / "mine" / "NOTES.txt").read_text() == "my notes\n" and not (tmp_path / "run").exists()
+    (tmp_path / "mine" / "NOTES.txt").unlink()
+    assert not_a_demo_folder(tmp_path / "mine") == (
+        "it holds another build of classes named as the demo's (shard_size 512000000, seed 0, num_parts 1; the "
+        "demo's: shard_size 256000, seed 0, num_parts 1)")
+    # Built as the demo builds, but 2 images per class: the demo's split has 1,438 train digits.
+    assert not_a_demo_folder(tmp_path / "same_settings") == (
+        "it holds another build of classes named as the demo's (20 train images, 2, 2, 2, ... per class; the "
+        "demo's 1438: 150, 144, 144, ...)")
+    copy = shutil.copytree(demo_shards, tmp_path / "demo_copy")
+    (copy / "val.json.orig").write_bytes((copy / "val.json").read_bytes())  # a user's backup: not the demo's
+    assert not_a_demo_folder(copy) == "it holds val.json.orig, which a demo build does not write"
+
+
 def test_no_arguments_means_demo():
     from pipeline.cli import parse_args
     from pipeline.config import resolve_config
