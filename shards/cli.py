@@ -151,7 +151,7 @@ def _splits(out: Path, split: str | None, pattern: str) -> list[str]:
         wanted = ", ".join(pattern.format(split=s) for s in SPLITS)
         if "part" in pattern:
             merged = [s for s in SPLITS if (out / f"{s}.json").is_file()]
-            if merged:  # merge run again after it succeeded (it removes the part manifests)
+            if merged:  # merge run again after it succeeded (it moves the part manifests aside)
                 raise ShardsError(f"{out}: no part manifest left to merge; {', '.join(merged)} complete "
                                   f"({', '.join(s + '.json' for s in merged)})")
             raise ShardsError(f"{out}: no part manifest ({wanted}): merge joins the parts of a build run with "

@@ -207,10 +207,14 @@ def merge_parts(layout: OutputLayout) -> dict:
     _check_shards(layout, records, plan, first["source_totals"])
     manifest = compose_manifest(plan, first["classes"], records, first["source_totals"])
     check_samples_written(manifest)  # the part manifests stay: they say what each part rejected
-    write_manifest(layout.manifest, manifest)
-    layout.merged_parts_dir.mkdir(parents=True, exist_ok=True)
-    for path in paths:  # kept aside, not deleted: a part built again later turns the build back into them
-        os.replace(path, layout.merged_parts_dir / path.name)
+    try:
+        write_manifest(layout.manifest, manifest)
+        layout.merged_parts_dir.mkdir(parents=True, exist_ok=True)
+        for path in paths:  # kept aside, not deleted: a part built again later turns the build back into them
+            os.replace(path, layout.merged_parts_dir / path.name)
+    except OSError as error:  # a folder the user may not write: one line, not write_text_atomic's traceback
+        raise ShardsError(f"{layout.out}: cannot write the merged manifest there ({error.strerror or error}); "
+                          "the part manifests stay: merge again once it can be written") from None
     remove_build_folder(layout)
     return manifest
 

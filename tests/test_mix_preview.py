@@ -258,6 +258,20 @@ def test_output_name_without_suffix_is_reported_with_it(shards_dir, tmp_path, ca
     assert not (tmp_path / "grid").exists()
 
 
+def test_pgf_without_latex_is_refused_before_the_shards_are_read(shards_dir, tmp_path, capsys, monkeypatch):
+    """matplotlib lists pgf among its formats but runs xelatex to write one: without it, a
+    RuntimeError traceback once the grid was drawn (walkthrough)."""
+    import pipeline.mix.preview as preview
+
+    monkeypatch.setattr(preview.shutil, "which", lambda name: None)  # no LaTeX here, wherever this runs
+    code, _, err = run_main([shards_dir, "--out", tmp_path / "grid.pgf", "--batch-size", "2"], capsys)
+    assert_one_error_line(code, err, f"error: --out: {tmp_path / 'grid.pgf'}: .pgf is not a picture format "
+                                     "matplotlib writes here (")
+    listed = err.strip().rsplit("(", 1)[1].rstrip(")").split(", ")  # matplotlib's list, by its version
+    assert "png" in listed and "svg" in listed and "pgf" not in listed
+    assert not (tmp_path / "grid.pgf").exists()
+
+
 def test_output_under_a_file_is_one_error_line(shards_dir, tmp_path, capsys):
     (tmp_path / "taken").write_text("a file, not a folder")
     code, _, err = run_main([shards_dir, "--out", tmp_path / "taken" / "grid.png", "--batch-size", "2"], capsys)

@@ -257,6 +257,32 @@ def test_a_part_of_a_build_merged_without_its_parts_kept_is_refused(files, tmp_p
         assert every_file(out) == before
 
 
+def test_a_merge_that_cannot_write_its_manifest_is_one_error_and_keeps_the_parts(files, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """A folder the user may not write (read-only, immutable, a full disk): write_text_atomic's
+    PermissionError came as a traceback (walkthrough). Simulated here: root writes anywhere."""
+    import shards.manifest
+
+    tree = tmp_path / "tree"
+    make_imagefolder(tree, num_classes=11, per_class=12)
+    out = tmp_path / "out"
+    for part_id in range(3):
+        assert run_shards_main(capsys, *three_part_args(tree, out, part_id))[0] == 0
+    before = every_file(out)
+
+    def refused(path, manifest):
+        raise PermissionError(1, "Operation not permitted", str(path))
+
+    monkeypatch.setattr(shards.manifest, "write_manifest", refused)
+    code, _, err = run_shards_main(capsys, "merge", out)
+    assert code == 2 and one_error_line(err) == (
+        f"error: {out}: cannot write the merged manifest there (Operation not permitted); the part manifests "
+        "stay: merge again once it can be written")
+    assert every_file(out) == before
+    monkeypatch.undo()
+    assert run_shards_main(capsys, "merge", out)[0] == 0
+
+
 def test_of_parts_started_at_once_with_other_arguments_only_the_first_writes(files, tmp_path, capsys, monkeypatch):
     # Both parts found no plan.json and passed the checks; the other one recorded its plan first.
     # This one must then be refused when it comes to record its own, not replace it.

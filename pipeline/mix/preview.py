@@ -13,6 +13,7 @@ import io
 import itertools
 import math
 import os
+import shutil
 import tarfile
 from pathlib import Path
 from typing import Sequence
@@ -124,10 +125,23 @@ def output_file(out_path: str | Path) -> Path:
         return out_path / DEFAULT_NAME
     if not out_path.suffix:
         return out_path.with_name(out_path.name + ".png")
-    if out_path.suffix[1:].lower() not in FigureCanvasBase.get_supported_filetypes():
-        formats = ", ".join(sorted(FigureCanvasBase.get_supported_filetypes()))
-        raise ValueError(f"out: {out_path}: {out_path.suffix} is not a picture format matplotlib writes ({formats})")
+    formats = picture_formats()
+    if out_path.suffix[1:].lower() not in formats:
+        raise ValueError(f"out: {out_path}: {out_path.suffix} is not a picture format matplotlib writes here "
+                         f"({', '.join(formats)})")
     return out_path
+
+
+def picture_formats() -> list[str]:
+    """The suffixes matplotlib writes here: its own formats, pgf only with the LaTeX program it runs
+    to write one (``pgf.texsystem``, xelatex by default), which it looks for only as it saves:
+    a RuntimeError traceback after the shards were read (walkthrough)."""
+    import matplotlib
+
+    formats = set(FigureCanvasBase.get_supported_filetypes())
+    if shutil.which(matplotlib.rcParams["pgf.texsystem"]) is None:
+        formats.discard("pgf")
+    return sorted(formats)
 
 
 def draw_preview_grid(
