@@ -206,7 +206,8 @@ def read_yaml_chain(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, dict[
         raise ConfigError(f"--config {path}: a folder, not a YAML file{inside}")
     if not path.is_file():
         # A base named by a recipe: which recipe names it, or the user looks for the wrong file.
-        raise ConfigError(f"{_seen[-1]}: its base file {path} is not found" if _seen else
+        missing = "is a folder, not a YAML file" if path.is_dir() else "is not found"
+        raise ConfigError(f"{_seen[-1]}: its base file {path} {missing}" if _seen else
                           f"config file not found: {path}")
     try:
         loaded = load_yaml(path.read_text(encoding="utf-8")) or {}
@@ -216,7 +217,12 @@ def read_yaml_chain(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, dict[
         raise ConfigError(f"{path}: not a UTF-8 text file (a YAML config is expected)") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
+    has_base = "base" in loaded
     base = loaded.pop("base", None)
+    if has_base and (not isinstance(base, str) or not base.strip()):
+        # A list, number or mapping was a TypeError traceback; an empty text was ignored unsaid.
+        raise ConfigError(f"{path}: base: must name one YAML file (a path, relative to this file's folder), got "
+                          f"{base!r}")
     merged = read_yaml_chain(path.parent / base, (*_seen, path)) if base else {}
     for section, entries in loaded.items():
         if not isinstance(entries, dict):

@@ -92,8 +92,8 @@ TYPE_ONLY = None  # booleans: their type is their only rule
 RULES: dict[str, Rule | None] = {
     "data.shards": non_empty,
     "data.demo": TYPE_ONLY,
-    "data.image_size": at_least(8),
-    "data.crop_pct": between(0, 1, low_open=True),
+    "data.image_size": between(8, 2048),  # the evaluator's bound; 10^6 px was a traceback of the allocator
+    "data.crop_pct": between(0.25, 1),  # val images resized to image_size / crop_pct: 1e-9 overflowed
     "data.random_area": ordered_pair(0, 1),
     "data.random_aspect_ratio": ordered_pair(0),
     "data.flip_probability": between(0, 1),
@@ -140,7 +140,7 @@ RULES: dict[str, Rule | None] = {
     "loader.batch_size": at_least(1),
     "loader.val_batch_size": optional(at_least(1)),
     "loader.num_threads": at_least(1),
-    "loader.shuffle_buffer": at_least(1),
+    "loader.shuffle_buffer": between(1, 2**20),  # samples held per rank: 2^31 crashed DALI, 10^8 hung
     "run.out_dir": non_empty,
     "run.seed": between(0, 2**32 - 1),  # Accelerate's set_seed (numpy's global RNG) takes 32 bits
     "run.mixed_precision": one_of(("auto", "bf16", "no")),
@@ -235,9 +235,26 @@ def _unused_data_options(config) -> tuple[str, str] | None:
 
 
 def _warmup(config) -> tuple[str, str] | None:
-    if config.schedule.warmup_epochs > config.schedule.epochs:
-        return "schedule.warmup_epochs", (f"must be at most schedule.epochs={config.schedule.epochs}, "
-                                          f"got {config.schedule.warmup_epochs}")
+    schedule = config.schedule
+    if schedule.warmup_epochs > schedule.epochs:
+        return "schedule.warmup_epochs", (f"must be at most schedule.epochs={schedule.epochs}, "
+                                          f"got {schedule.warmup_epochs}")
+    early = [m for m in schedule.milestones if m < schedule.warmup_epochs]
+    if schedule.name == "step" and early:
+        # The warm-up ramps to base_lr and the step decays follow it: a decay inside it came all at
+        # once at its end, or never (a warm-up to the last epoch), without a word (walkthrough).
+        return "schedule.milestones", (f"must not lie inside the warm-up (schedule.warmup_epochs="
+                                       f"{schedule.warmup_epochs}), got {list(schedule.milestones)}: a decay there "
+                                       "would come at its end, or never; move them after it or shorten the warm-up")
+    return None
+
+
+def _crop_padding(config) -> tuple[str, str] | None:
+    data = config.data
+    if data.augmentation == "cifar" and data.crop_padding >= data.image_size:
+        # A crop could then hold padding only: 10^6 px trained on black images (loss ln 10) unsaid.
+        return "data.crop_padding", (f"must be less than data.image_size={data.image_size} (a crop could hold no "
+                                     f"pixel of the image), got {data.crop_padding}; CIFAR's is 4 at 32 px")
     return None
 
 
@@ -278,7 +295,7 @@ def _cutout(config) -> tuple[str, str] | None:
 
 def _mix_batch(config) -> tuple[str, str] | None:
     mode, batch = config.mix.mode, config.loader.batch_size
-    if mode in ("cutmix", "mixup", "cutmix_or_mixup") and batch < 2:
+    if mode in ("cutmix", "mixup", "cutmix_or_mixup", *FEATURE_MODES) and batch < 2:
         return "loader.batch_size", f"mix.mode={mode} mixes each sample with a partner: needs >= 2, got {batch}"
     if config.mix.partner == "flip" and mode != "none" and batch % 2:
         return "loader.batch_size", f"mix.partner=flip pairs sample i with B-1-i: needs an even batch, got {batch}"
@@ -341,9 +358,9 @@ def _input_size(config) -> tuple[str, str] | None:
                                "train it at the size it is built for, or choose another model")
 
 
-CROSS_RULES = (_milestones, _milestone_at_the_end, _unused_schedule_options, _warmup, _unused_warmup_factor, _min_lr,
-               _nesterov, _unused_data_options, _cutout, _unused_mix_options, _mix_batch, _input_size,
-               _feature_layers, _model_options, _pretrained)
+CROSS_RULES = (_milestones, _milestone_at_the_end, _crop_padding, _unused_schedule_options, _warmup,
+               _unused_warmup_factor, _min_lr, _nesterov, _unused_data_options, _cutout, _unused_mix_options,
+               _mix_batch, _input_size, _feature_layers, _model_options, _pretrained)
 # Rules against a value that would train as if it were not there: a new command's mistake. A run's
 # recorded config.yaml (read again to evaluate it) skips them: runs made before a rule existed
 # stay evaluable, and what they trained with is what they trained with.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import types
 import typing
 from typing import Any, Union
@@ -84,7 +85,11 @@ def coerce(value: Any, expected: Any, *, name: str) -> Any:
     if expected is bool and isinstance(value, bool):
         return value
     if expected in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
-        if expected is int and not float(value).is_integer():
+        if isinstance(value, int):  # YAML's ints have no size limit: float() of a 400-digit one overflowed
+            if expected is float and abs(value) > sys.float_info.max:
+                raise ConfigError(f"{name}: expected a finite number, got a {len(str(abs(value)))}-digit one")
+            return expected(value)
+        if expected is int and not value.is_integer():
             raise ConfigError(f"{name}: expected a whole number, got {value!r}")
         if not math.isfinite(value):
             raise ConfigError(f"{name}: expected a finite number, got {value!r}")

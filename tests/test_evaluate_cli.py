@@ -561,6 +561,20 @@ def test_an_empty_out_is_refused_not_the_current_folder(demo_run, command, tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_batch_of_one_for_in_between_is_refused_before_any_pass(demo_run, tmp_path, capsys):
+    """It pairs two images of one batch: with one image a batch, the error came after the pass
+    (and after classify and occlusion, with the default tasks)."""
+    out = tmp_path / "ev"
+    assert one_error_line(capsys, [str(demo_run), "--split", "test", "--batch-size", "1", "--quiet", "--out",
+                                   str(out)]) == (
+        "error: --batch-size 1: the in-between task pairs two images of a batch: give --batch-size 2 or more, or "
+        "--tasks classify,localize,occlusion,fgsm,ood without it")
+    assert one_error_line(capsys, [str(demo_run), "--tasks", "in-between", "--batch-size", "1", "--quiet",
+                                   "--out", str(out)]) == (
+        "error: --batch-size 1: the in-between task pairs two images of a batch: give --batch-size 2 or more")
+    assert not out.exists()
+
+
 def test_fgsm_at_epsilon_0_is_the_clean_error_and_a_fraction_is_taken(demo_run, tmp_path):
     out = tmp_path / "fgsm"
     common = [str(demo_run), "--tasks", "fgsm", "--quiet", "--num-threads", "1", "--out", str(out)]

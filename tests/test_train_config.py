@@ -143,12 +143,33 @@ def test_yaml_mistakes_and_a_missing_base_name_the_file_and_line(tmp_path):
         "open.yaml": ("run:\n  seed: [1\n", "not valid YAML: line 3, column 1: expected ',' or ']', but got "
                       "'<stream end>' (while parsing a flow sequence at line 2)"),
         "based.yaml": ("base: nope.yaml\nrun:\n  seed: 1\n", f"its base file {tmp_path / 'nope.yaml'} is not found"),
+        # Not one file's name: a TypeError traceback (a list, number, mapping), or ignored unsaid (empty).
+        "list.yaml": ("base: [a.yaml]\n", "base: must name one YAML file (a path, relative to this file's folder), "
+                      "got ['a.yaml']"),
+        "number.yaml": ("base: 5\n", "base: must name one YAML file (a path, relative to this file's folder), got 5"),
+        "mapping.yaml": ("base: {x: 1}\n", "base: must name one YAML file (a path, relative to this file's folder), "
+                         "got {'x': 1}"),
+        "empty.yaml": ("base: ''\n", "base: must name one YAML file (a path, relative to this file's folder), got ''"),
+        "blank.yaml": ("base:\n", "base: must name one YAML file (a path, relative to this file's folder), got None"),
+        "folder.yaml": ("base: sub\n", f"its base file {tmp_path / 'sub'} is a folder, not a YAML file"),
     }
+    (tmp_path / "sub").mkdir()
     for name, (text, problem) in cases.items():
         (tmp_path / name).write_text(text)
         with pytest.raises(ConfigError) as error:
             resolve_config(config_file=tmp_path / name, overrides=[])
         assert str(error.value) == f"{tmp_path / name}: {problem}"
+
+
+def test_a_huge_yaml_number_is_refused_by_its_key(tmp_path):
+    """YAML's ints have no size limit: float() of a 400-digit one overflowed (an OverflowError
+    traceback), where the same number as an override was refused."""
+    (tmp_path / "huge.yaml").write_text("optim:\n  base_lr: 1" + "0" * 400 + "\n")
+    with pytest.raises(ConfigError) as error:
+        resolve_config(config_file=tmp_path / "huge.yaml", overrides=[])
+    assert str(error.value) == "optim.base_lr: expected a finite number, got a 401-digit one"
+    (tmp_path / "batch.yaml").write_text("loader:\n  batch_size: 1" + "0" * 400 + "\n")
+    assert resolve_config(config_file=tmp_path / "batch.yaml", overrides=[]).loader.batch_size == 10 ** 400
 
 
 def test_a_tilde_in_a_path_key_is_the_home_folder(tmp_path, monkeypatch):

@@ -21,8 +21,8 @@ DEMO = REPO / "configs" / "demo.yaml"
 INVALID = {
     "data.shards": ["", "  "],
     "data.demo": ["maybe", "2"],
-    "data.image_size": ["0", "4", "32.5", "big"],
-    "data.crop_pct": ["0", "1.2", "-0.5"],
+    "data.image_size": ["0", "4", "32.5", "big", "1000000"],
+    "data.crop_pct": ["0", "1.2", "-0.5", "1e-9"],
     "data.random_area": ["[0, 1]", "[0.5, 0.2]", "[0.1, 1.5]", "[0.1]"],
     "data.random_aspect_ratio": ["[0, 1]", "[2, 1]", "[-1, 1]"],
     "data.flip_probability": ["-0.1", "1.5"],
@@ -33,7 +33,7 @@ INVALID = {
     "data.std": ["[0.2, 0, 0.2]", "[0.2, -0.1, 0.2]", "[0.2, 0.2]"],
     "data.color_jitter": ["-0.1", "1.5", "lots"],
     "data.lighting_std": ["-0.1", "2"],
-    "model.name": ["resnet5O", "not_a_model"],
+    "model.name": ["resnet5O", "not_a_model", "resnet10t.a1_in1k"],
     "model.pretrained": ["maybe"],
     "model.channels_last": ["1"],
     "model.compile": ["perhaps"],
@@ -69,7 +69,7 @@ INVALID = {
     "loader.batch_size": ["0", "-8", "big"],
     "loader.val_batch_size": ["0", "-1"],
     "loader.num_threads": ["0"],
-    "loader.shuffle_buffer": ["0", "-5"],
+    "loader.shuffle_buffer": ["0", "-5", "2147483648"],
     "run.out_dir": [""],
     "run.seed": ["-1", "1.5", "4294967296"],
     "run.mixed_precision": ["fp8", "yes", "bf32"],
@@ -100,10 +100,35 @@ def test_invalid_value_names_the_key(name, value):
     assert "\n" not in message
 
 
+def test_a_pretrained_tag_timm_does_not_have_is_named_as_such():
+    """timm.is_model ignores the tag: the start then failed in the image-size check, whose error
+    blamed the size (walkthrough)."""
+    with pytest.raises(ConfigError) as raised:
+        resolve_config(config_file=None, overrides=["model.name=resnet10t.a1_in1k"])
+    assert str(raised.value) == ("model.name: timm has no pretrained tag 'a1_in1k' for resnet10t (it has c3_in1k; "
+                                 "the name without a tag works too)")
+    assert resolve_config(config_file=None, overrides=["model.name=resnet10t.c3_in1k"]).model.name == \
+        "resnet10t.c3_in1k"
+
+
 def test_cross_field_rules_name_the_key_that_must_change():
     cases = [
         (["mix.mode=cutout"], "mix.cutout_size: mix.mode=cutout needs"),
         (["mix.mode=cutmix", "loader.batch_size=1"], "loader.batch_size: mix.mode=cutmix"),
+        # Found only at the first step, as a traceback after the run folder was written (walkthrough).
+        (["mix.mode=feature_cutmix", "loader.batch_size=1"], "loader.batch_size: mix.mode=feature_cutmix mixes each "
+         "sample with a partner: needs >= 2, got 1"),
+        (["mix.mode=manifold_mixup", "loader.batch_size=1"], "loader.batch_size: mix.mode=manifold_mixup"),
+        # A decay inside the warm-up came at its end, or never (warm-up to the last epoch), unsaid.
+        (["schedule.epochs=3", "schedule.warmup_epochs=3", "schedule.milestones=[1,2]"], "schedule.milestones: must "
+         "not lie inside the warm-up (schedule.warmup_epochs=3.0), got [1, 2]: a decay there would come at its end, "
+         "or never; move them after it or shorten the warm-up"),
+        (["schedule.epochs=3", "schedule.warmup_epochs=2.5", "schedule.milestones=[1,2]"], "schedule.milestones: "
+         "must not lie inside the warm-up"),
+        # Padding as wide as the image: crops of padding alone (10^6 px trained on black, loss ln 10).
+        (["data.augmentation=cifar", "data.image_size=32", "data.random_area=[0.08,1]", "data.crop_pct=0.875",
+          "data.crop_padding=32"], "data.crop_padding: must be less than data.image_size=32 (a crop could hold no "
+         "pixel of the image), got 32; CIFAR's is 4 at 32 px"),
         (["mix.mode=cutmix", "mix.partner=flip", "loader.batch_size=7"], "loader.batch_size: mix.partner=flip"),
         (["optim.momentum=0"], "optim.nesterov: true needs optim.momentum > 0"),
         (["schedule.name=cosine", "schedule.min_lr=0.5"], "schedule.min_lr: must be below optim.base_lr"),
@@ -158,6 +183,11 @@ def test_cross_field_rules_name_the_key_that_must_change():
     # The same values are fine together with what they need.
     resolve_config(config_file=None, overrides=["mix.mode=cutout", "mix.cutout_size=112"])
     resolve_config(config_file=None, overrides=["optim.momentum=0", "optim.nesterov=false"])
+    resolve_config(config_file=None, overrides=["schedule.epochs=10", "schedule.warmup_epochs=2",
+                                                "schedule.milestones=[2,5]"])  # a decay as the warm-up ends
+    resolve_config(config_file=None, overrides=["data.augmentation=cifar", "data.image_size=32",
+                                                "data.random_area=[0.08,1]", "data.crop_pct=0.875",
+                                                "data.crop_padding=31"])
     for milestones in ("[1]", "[]"):  # what the milestones message offers is taken
         resolve_config(config_file=None, overrides=["schedule.epochs=2", f"schedule.milestones={milestones}"])
     # Each option with a mode (schedule) that reads it, and the defaults with any.

@@ -195,6 +195,13 @@ def build_request(args: argparse.Namespace):
                                 ("--ood-shards", args.ood_shards or None, "ood")):
         if value is not None and task not in tasks:  # as --ood-split without --ood-shards: a setting for nothing
             raise EvalError(f"{option}: only the {task} task uses it, and the tasks run are {', '.join(tasks)}")
+    if "in-between" in tasks and args.batch_size < 2:
+        # Its pairs are two images of one batch: found after the whole pass (minutes), the tasks before it
+        # run and the report marked unfinished (walkthrough).
+        others = [task for task in tasks if task != "in-between"]
+        without = f", or --tasks {','.join(others)} without it" if others else ""
+        raise EvalError(f"--batch-size {args.batch_size}: the in-between task pairs two images of a batch: give "
+                        f"--batch-size 2 or more{without}")
     out = args.out or _default_out(source)
     _check_out(out, source=source, shards=Path(shards), ood_shards=args.ood_shards)
     return EvalRequest(source=source, shards=Path(shards), split=split, tasks=tasks, out=out,

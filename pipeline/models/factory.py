@@ -74,6 +74,15 @@ def unknown_model_message(name: str) -> str | None:
     import timm
 
     if timm.is_model(name):
+        from timm.models import split_model_name_tag
+
+        architecture, tag = split_model_name_tag(name)
+        if tag and name not in timm.list_pretrained(f"{architecture}.*"):
+            # timm.is_model ignores the tag; create_model then refused it, said by the first check
+            # that builds the model (the image size's) as if the size were wrong (walkthrough).
+            tags = [known.split(".", 1)[1] for known in timm.list_pretrained(f"{architecture}.*")]
+            has = f"it has {', '.join(tags)}" if tags else "it has none"
+            return f"timm has no pretrained tag {tag!r} for {architecture} ({has}; the name without a tag works too)"
         return None
     close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
