@@ -81,6 +81,16 @@ def plot_run(run_dir: Path, *, out_dir: Path | None = None) -> list[Path]:
     if out.is_dir() and (any(out.glob("*-000000.tar")) or any(out.glob(".build"))):
         raise ValueError(f"--out {out}: a shards folder; the plots need a folder of their own (default "
                          f"{Path(run_dir) / PLOTS_FOLDER})")
+    from .checkpoint import is_run_folder
+
+    # Another run's folder (or its plots/): its PNGs, which name no run, then showed this run's
+    # curves without a word (walkthrough); the nearest run folder owns --out, as for evaluate.
+    target = out.resolve()
+    owner = next((place for place in (target, *target.parents) if is_run_folder(place)), None)
+    if owner is not None and owner != Path(run_dir).resolve():
+        raise ValueError(f"--out {out}: {'' if owner == target else 'inside '}another run's folder, {owner} (its "
+                         f"plots would then show this run's curves); the plots need a folder of their own (default "
+                         f"{Path(run_dir) / PLOTS_FOLDER})")
     written = []
     try:
         out.mkdir(parents=True, exist_ok=True)

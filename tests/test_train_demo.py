@@ -158,7 +158,14 @@ def test_plot_mistakes_are_one_error_line(tmp_path, capsys):
     (tmp_path / "config.yaml").write_text("mix: {mode: cutmix}\n")
     (tmp_path / "shards").mkdir()
     (tmp_path / "shards" / "train-000000.tar").write_bytes(b"")
+    other = tmp_path / "other"  # another run: its folder and its plots are its own
+    (other / "checkpoints").mkdir(parents=True)
+    (other / "metrics.jsonl").write_text(METRICS)
     cases = [
+        ([metrics, "--out", other / "plots"], f"error: --out {other / 'plots'}: inside another run's folder, {other} "
+                                              "(its plots would then show this run's curves); the plots need a folder "
+                                              f"of their own (default {tmp_path / 'run' / 'plots'})"),
+        ([metrics, "--out", other], f"error: --out {other}: another run's folder, {other} (its plots"),
         # PNGs among shard tars (the evaluation refuses its --out there too).
         ([metrics, "--out", tmp_path / "shards"], f"error: --out {tmp_path / 'shards'}: a shards folder; the plots "
                                                   f"need a folder of their own (default {tmp_path / 'run' / 'plots'})"),
@@ -172,6 +179,9 @@ def test_plot_mistakes_are_one_error_line(tmp_path, capsys):
         code, out, err = plot_here(argv, capsys)
         assert code == 2 and out == "", (argv, err)
         assert len(err.splitlines()) == 1 and err.startswith(line), (argv, err)
+    assert sorted(path.name for path in other.iterdir()) == ["checkpoints", "metrics.jsonl"]
+    (tmp_path / "run" / "checkpoints").mkdir()  # a run folder of its own: its plots/ is its own
+    assert plot_here([metrics, "--out", tmp_path / "run" / "plots"], capsys)[0] == 0
     # Lines that are not records (read_metrics names the line; it was a traceback here) and a binary file.
     for content, line in [("not json\n", f"error: {metrics}: line 1 "),
                           (b"\x89PNG\r\n\x1a\n\xff\xfe", f"error: {metrics}: not a text file")]:
