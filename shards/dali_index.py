@@ -30,13 +30,21 @@ def read_index(path: Path) -> list[list[IndexEntry]]:
     """Per sample, its entries; ValueError when the file is not a v1.2 index."""
     lines = Path(path).read_text().splitlines() or [""]
     count = len(lines) - 1
-    if lines[0].split() != [INDEX_VERSION, str(count)]:
-        raise ValueError(f"header {lines[0]!r} should be '{INDEX_VERSION} {count}' for the {count} lines below it")
+    header = lines[0].split()
+    if header != [INDEX_VERSION, str(count)]:
+        # Said as what happened: "header 'v1.2 77' should be 'v1.2 4'" sent a reader to fix the header
+        # of an index cut short (walkthrough).
+        if not "".join(lines):
+            raise ValueError("the index is empty")
+        if len(header) == 2 and header[0] == INDEX_VERSION and header[1].isdigit():
+            raise ValueError(f"the index lists {count} samples where its header says {header[1]}: cut short or "
+                             "damaged")
+        raise ValueError(f"not a {INDEX_VERSION} index: its first line is {lines[0][:60]!r}")
     samples = []
-    for line in lines[1:]:
+    for number, line in enumerate(lines[1:], start=2):
         fields = line.split()
-        if not fields or len(fields) % 4:
-            raise ValueError(f"sample line {line!r} is not groups of <extension> <offset> <size> <name>")
+        if not fields or len(fields) % 4 or not all(f.isdigit() for f in fields[1::4] + fields[2::4]):
+            raise ValueError(f"line {number} ({line[:60]!r}) is not groups of <extension> <offset> <size> <name>")
         samples.append([(fields[i], int(fields[i + 1]), int(fields[i + 2]), fields[i + 3])
                         for i in range(0, len(fields), 4)])
     return samples

@@ -115,8 +115,13 @@ def _tar_members(path: Path) -> list[tuple[str, int, int, str]]:
 def _check_samples(tar_path, members, index, expected, num_classes, decode, labels: Counter) -> str | None:
     flat_index = [entry for sample in index for entry in sample]
     if flat_index != members:
-        mismatch = next((i, m) for i, m in enumerate(members + [None]) if i >= len(flat_index) or flat_index[i] != m)
-        return f"index does not match the tar at member {mismatch[0]} ({mismatch[1]}): stale index?"
+        at, member = next((i, m) for i, m in enumerate(members + [None]) if i >= len(flat_index) or flat_index[i] != m)
+        if member is None:  # "(None): stale index?" blamed the index of a tar cut at a member's end
+            return (f"the tar holds {at} member{'' if at == 1 else 's'} where its index lists {len(flat_index)}: "
+                    "the tar cut short (or the index of another tar)")
+        if at >= len(flat_index):
+            return f"the index lists {at} members where the tar holds {len(members)}: the index cut short"
+        return f"index does not match the tar at member {at} ({member[3]}): stale index?"
     if len(index) != expected:
         return f"{len(index)} samples, the manifest says {expected}"
     with open(tar_path, "rb") as file:

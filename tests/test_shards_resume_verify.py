@@ -125,6 +125,54 @@ def test_verify_finds_a_stale_index(built, capsys):
     assert f"BAD {shards[0]['name']}: index does not match" in capsys.readouterr().out
 
 
+def _cut_index(built, shard, lines):
+    (built / shard["index"]).write_text("\n".join(lines[:2]) + "\n" + lines[2][:10])  # the header, a line, a bit
+    return f"unreadable: the index lists 2 samples where its header says {len(lines) - 1}: cut short or damaged"
+
+
+def _cut_tar(built, shard, lines):
+    """The tar cut after its first member, the manifest's size and sha256 made to match it."""
+    import hashlib
+    import json
+    import tarfile
+
+    tar = built / shard["name"]
+    with tarfile.open(tar) as archive:
+        second = archive.getmembers()[1]
+    cut = tar.read_bytes()[:second.offset]
+    tar.write_bytes(cut)
+    record = json.loads((built / "train.json").read_text())
+    entry = next(entry for entry in record["shards"] if entry["name"] == shard["name"])
+    entry.update(bytes=len(cut), sha256=hashlib.sha256(cut).hexdigest())
+    (built / "train.json").write_text(json.dumps(record))
+    members = sum(len(line.split()) // 4 for line in lines[1:])
+    return (f"the tar holds 1 member where its index lists {members}: the tar cut short (or the index of "
+            "another tar)")
+
+
+def _empty_index(built, shard, lines):
+    (built / shard["index"]).write_text("")
+    return "unreadable: the index is empty"
+
+
+def _not_an_index(built, shard, lines):
+    (built / shard["index"]).write_text("garbage\n")
+    return "unreadable: not a v1.2 index: its first line is 'garbage'"
+
+
+@pytest.mark.parametrize("damage", [_cut_index, _empty_index, _not_an_index, _cut_tar],
+                         ids=["index cut short", "empty index", "not an index", "tar cut at a member"])
+def test_verify_says_which_file_was_cut_short(built, capsys, damage):
+    """An index cut short read "header 'v1.2 77' should be 'v1.2 4' for the 4 lines below it", an
+    empty one "header '' should be 'v1.2 0'", and a tar cut at a member's end (its manifest entry
+    made to match) "index does not match the tar at member 30 (None): stale index?" (walkthrough)."""
+    shard = manifest(built)["shards"][0]
+    problem = damage(built, shard, (built / shard["index"]).read_text().splitlines())
+    assert main(["verify", str(built), "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert f"BAD {shard['name']}: {problem}\n" in out, out
+
+
 def test_inspect_reports_counts_and_shuffle(built, capsys):
     assert main(["inspect", str(built)]) == 0
     text = capsys.readouterr().out
