@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import pickle
 import shutil
@@ -730,12 +731,21 @@ def epoch_record(config: TrainConfig, *, session: Session, state: TrainState, re
     accelerator = session.accelerator
     loss = accelerator.reduce(result.loss_sum.double(), reduction="sum")
     world = accelerator.num_processes
+    train_loss = float(loss) / (result.last_step * world)
+    # The lr the epoch's last update trained with (after a resume at the epoch's very end, no update
+    # ran here: the optimizer's, which the checkpoint restored).
+    lr = session.optimizer.param_groups[0]["lr"] if result.lr is None else result.lr
+    if not math.isfinite(train_loss):
+        # Weights that went NaN stay NaN: the run went on to its end and reported the error of a
+        # constant prediction as a result, exit 0, NaN in metrics.jsonl (walkthrough). The same
+        # all-reduced value on every rank: all of them stop here, before the epoch's checkpoint.
+        raise TrainError(f"the training diverged in epoch {state.epoch}: its mean train loss is {train_loss} (lr "
+                         f"{lr:g} at its last update); nothing of this epoch is kept (the checkpoints are of the "
+                         "epochs before it): a smaller optim.base_lr, or data.mean/std of the images' scale, usually "
+                         "fixes it")
     record = {"epoch": state.epoch, "epochs": config.schedule.epochs, "global_step": state.global_step,
-              "world_size": world, "global_batch": config.loader.batch_size * world,
-              "train_loss": float(loss) / (result.last_step * world),
-              # The lr the epoch's last update trained with (after a resume at the epoch's very end, no
-              # update ran here: the optimizer's, which the checkpoint restored).
-              "lr": session.optimizer.param_groups[0]["lr"] if result.lr is None else result.lr,
+              "world_size": world, "global_batch": config.loader.batch_size * world, "train_loss": train_loss,
+              "lr": lr,
               "img_per_s": result.images * world / max(result.step_seconds, 1e-9),
               "data_wait_share": result.wait_seconds / max(result.step_seconds, 1e-9), "epoch_seconds": seconds}
     if state.epoch % config.run.eval_every == 0 or state.epoch == config.schedule.epochs:

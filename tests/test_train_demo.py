@@ -374,6 +374,20 @@ def test_a_users_build_of_digit_classes_is_not_taken_for_the_demo(demo_shards, t
     assert not_a_demo_folder(copy) == "it holds val.json.orig, which a demo build does not write"
 
 
+def test_a_diverged_training_stops_with_one_error_and_keeps_no_nan_epoch(demo_shards, tmp_path, capsys):
+    """optim.base_lr=1e10: the weights went NaN in the first steps and the run went on to its end,
+    exit 0, with "loss nan" and the error of a constant prediction as its result (walkthrough)."""
+    out = tmp_path / "run"
+    code, _, err = cli_here(small_run_args(demo_shards, out, "schedule.epochs=2", "run.max_train_steps=4",
+                                           "schedule.warmup_epochs=0", "optim.base_lr=1e10"), capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("error: the training diverged in epoch 1: its mean train loss is nan (lr "), err
+    assert lines[0].endswith("nothing of this epoch is kept (the checkpoints are of the epochs before it): a smaller "
+                             "optim.base_lr, or data.mean/std of the images' scale, usually fixes it"), err
+    assert not (out / "metrics.jsonl").exists() and not list((out / "checkpoints").glob("epoch-*"))
+
+
 def test_no_arguments_means_demo():
     from pipeline.cli import parse_args
     from pipeline.config import resolve_config
