@@ -92,8 +92,8 @@ TYPE_ONLY = None  # booleans: their type is their only rule
 RULES: dict[str, Rule | None] = {
     "data.shards": non_empty,
     "data.demo": TYPE_ONLY,
-    "data.image_size": between(8, 2048),  # the evaluator's bound; 10^6 px was a traceback of the allocator
-    "data.crop_pct": between(0.25, 1),  # val images resized to image_size / crop_pct: 1e-9 overflowed
+    "data.image_size": at_least(8),
+    "data.crop_pct": between(0, 1, low_open=True),
     "data.random_area": ordered_pair(0, 1),
     "data.random_aspect_ratio": ordered_pair(0),
     "data.flip_probability": between(0, 1),
@@ -140,7 +140,7 @@ RULES: dict[str, Rule | None] = {
     "loader.batch_size": at_least(1),
     "loader.val_batch_size": optional(at_least(1)),
     "loader.num_threads": at_least(1),
-    "loader.shuffle_buffer": between(1, 2**20),  # samples held per rank: 2^31 crashed DALI, 10^8 hung
+    "loader.shuffle_buffer": at_least(1),
     "run.out_dir": non_empty,
     "run.seed": between(0, 2**32 - 1),  # Accelerate's set_seed (numpy's global RNG) takes 32 bits
     "run.mixed_precision": one_of(("auto", "bf16", "no")),
@@ -239,6 +239,27 @@ def _warmup(config) -> tuple[str, str] | None:
     if schedule.warmup_epochs > schedule.epochs:
         return "schedule.warmup_epochs", (f"must be at most schedule.epochs={schedule.epochs}, "
                                           f"got {schedule.warmup_epochs}")
+    return None
+
+
+# Upper bounds past which a start failed later (a traceback, a crash), lower for crop_pct: val images
+# are resized to image_size / crop_pct. Intent rules: a run recorded with a value beyond them trained.
+SIZE_BOUNDS = (("data.image_size", between(8, 2048)),  # the evaluator's; 10^6 px: the allocator's traceback
+               ("data.crop_pct", between(0.25, 1)),  # 1e-9: an overflow at the first evaluation
+               ("loader.shuffle_buffer", between(1, 2**20)))  # samples per rank: 2^31 crashed DALI, 10^8 hung
+
+
+def _size_bounds(config) -> tuple[str, str] | None:
+    for name, rule in SIZE_BOUNDS:
+        section, key = name.split(".")
+        problem = rule(getattr(getattr(config, section), key))
+        if problem:
+            return name, problem
+    return None
+
+
+def _milestones_in_warmup(config) -> tuple[str, str] | None:
+    schedule = config.schedule
     early = [m for m in schedule.milestones if m < schedule.warmup_epochs]
     if schedule.name == "step" and early:
         # The warm-up ramps to base_lr and the step decays follow it: a decay inside it came all at
@@ -358,14 +379,14 @@ def _input_size(config) -> tuple[str, str] | None:
                                "train it at the size it is built for, or choose another model")
 
 
-CROSS_RULES = (_milestones, _milestone_at_the_end, _crop_padding, _unused_schedule_options, _warmup,
-               _unused_warmup_factor, _min_lr, _nesterov, _unused_data_options, _cutout, _unused_mix_options,
-               _mix_batch, _input_size, _feature_layers, _model_options, _pretrained)
-# Rules against a value that would train as if it were not there: a new command's mistake. A run's
-# recorded config.yaml (read again to evaluate it) skips them: runs made before a rule existed
-# stay evaluable, and what they trained with is what they trained with.
-INTENT_RULES = (_milestone_at_the_end, _unused_schedule_options, _unused_warmup_factor, _unused_data_options,
-                _unused_mix_options, _pretrained)
+CROSS_RULES = (_milestones, _milestone_at_the_end, _size_bounds, _crop_padding, _unused_schedule_options, _warmup,
+               _milestones_in_warmup, _unused_warmup_factor, _min_lr, _nesterov, _unused_data_options, _cutout,
+               _unused_mix_options, _mix_batch, _input_size, _feature_layers, _model_options, _pretrained)
+# Rules against a value that would train as if it were not there, or that later versions found to
+# fail: a new command's mistake. A run's recorded config.yaml (read again to evaluate it) skips them:
+# runs made before a rule existed stay evaluable, and what they trained with is what they trained with.
+INTENT_RULES = (_milestone_at_the_end, _size_bounds, _milestones_in_warmup, _unused_schedule_options,
+                _unused_warmup_factor, _unused_data_options, _unused_mix_options, _pretrained)
 
 
 def unread_keys(config) -> frozenset[str]:

@@ -84,9 +84,12 @@ def plot_run(run_dir: Path, *, out_dir: Path | None = None) -> list[Path]:
     from .checkpoint import is_run_folder
 
     # Another run's folder (or its plots/): its PNGs, which name no run, then showed this run's
-    # curves without a word (walkthrough); the nearest run folder owns --out, as for evaluate.
+    # curves without a word (walkthrough); the nearest run folder owns --out, as for evaluate. A
+    # metrics file makes one too: RUN/replaced-N keeps its metrics and plots without checkpoints
+    # where the run it set aside had none (its own default --out was refused; review).
     target = out.resolve()
-    owner = next((place for place in (target, *target.parents) if is_run_folder(place)), None)
+    owner = next((place for place in (target, *target.parents)
+                  if is_run_folder(place) or (place / METRICS_FILE).is_file()), None)
     if owner is not None and owner != Path(run_dir).resolve():
         raise ValueError(f"--out {out}: {'' if owner == target else 'inside '}another run's folder, {owner} (its "
                          f"plots would then show this run's curves); the plots need a folder of their own (default "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -209,12 +210,20 @@ def merge_parts(layout: OutputLayout) -> dict:
     check_samples_written(manifest)  # the part manifests stay: they say what each part rejected
     try:
         write_manifest(layout.manifest, manifest)
-        layout.merged_parts_dir.mkdir(parents=True, exist_ok=True)
-        for path in paths:  # kept aside, not deleted: a part built again later turns the build back into them
-            os.replace(path, layout.merged_parts_dir / path.name)
     except OSError as error:  # a folder the user may not write: one line, not write_text_atomic's traceback
         raise ShardsError(f"{layout.out}: cannot write the merged manifest there ({error.strerror or error}); "
                           "the part manifests stay: merge again once it can be written") from None
+    try:
+        shutil.rmtree(layout.merged_parts_dir, ignore_errors=True)  # an earlier build's, deleted by hand
+        layout.merged_parts_dir.mkdir(parents=True, exist_ok=True)
+        for path in paths:  # kept aside, not deleted: a part built again later turns the build back into them
+            os.replace(path, layout.merged_parts_dir / path.name)
+    except OSError as error:
+        # The build is merged (readers use it); what is lost is only turning it back into parts.
+        raise ShardsError(f"{layout.manifest} is written, but the part manifests could not be kept in "
+                          f"{layout.merged_parts_dir} ({error.strerror or error}): delete the {layout.split}"
+                          ".part-*.json left in OUT; a part built again later then needs every part built "
+                          "again") from None
     remove_build_folder(layout)
     return manifest
 

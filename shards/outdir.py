@@ -190,7 +190,8 @@ def _check_part_fits(stored: dict, path: Path, plan: BuildPlan, resume: bool, la
     raise ShardsError(
         f"{layout.out}: {verb} ({plan_changes(stored, current)}); all parts of a build need the same ones: "
         f"rerun this part with that build's, or delete that build ({split}-*.tar, {split}-*.idx, {split}.json, "
-        f"{split}.part-*.json, .build/{split}) to start a new one; --overwrite replaces only this part's shards"
+        f"{split}.part-*.json, .build/{split}, .build/{split}.merged-parts) to start a new one; --overwrite "
+        "replaces only this part's shards"
     )
 
 
@@ -225,20 +226,26 @@ def _check_parts_kept(layout: OutputLayout, num_parts: int, part_id: int) -> Non
 
 
 def _unmerge(layout: OutputLayout, plan: BuildPlan, part_id: int) -> None:
-    """A merged build whose part ``part_id`` is built again becomes its parts, waiting for that one
-    and ``merge``: the other parts' manifests back in OUT, the merged manifest removed. This part's
-    kept manifest goes first, and a manifest another part moved or removed is skipped: parts of an
-    array rebuilt at once each do this."""
+    """A part of a split build built again: where the build was merged, it becomes its parts again,
+    waiting for this one and ``merge`` (the merged manifest removed, the other parts' manifests back
+    in OUT); this part's kept manifest goes in any case. Parts of an array rebuilt at once each do
+    this, in an order that keeps every step of one right for the others: the merged manifest goes
+    first (a part that still sees it finds every other part's manifest, kept or back in OUT, as
+    ``_check_parts_kept`` asks), then this part's kept manifest (before its own in OUT, removed
+    next: a peer's move of it lands before that removal, or finds nothing), then the others' moves,
+    each skipped where a peer moved or removed it first."""
     kept = layout.merged_parts_dir
-    (kept / layout.part_manifest(part_id, plan.num_parts).name).unlink(missing_ok=True)
-    for other in range(plan.num_parts):
-        if other != part_id:
-            try:
-                os.replace(kept / layout.part_manifest(other, plan.num_parts).name,
-                           layout.part_manifest(other, plan.num_parts))
-            except FileNotFoundError:
-                pass
+    merged = layout.manifest.exists()  # only then: kept manifests without it are a deleted build's
     layout.manifest.unlink(missing_ok=True)
+    (kept / layout.part_manifest(part_id, plan.num_parts).name).unlink(missing_ok=True)
+    if merged:
+        for other in range(plan.num_parts):
+            if other != part_id:
+                try:
+                    os.replace(kept / layout.part_manifest(other, plan.num_parts).name,
+                               layout.part_manifest(other, plan.num_parts))
+                except FileNotFoundError:
+                    pass
     try:
         kept.rmdir()
     except OSError:  # not empty yet (another part's turn), or gone
@@ -246,16 +253,15 @@ def _unmerge(layout: OutputLayout, plan: BuildPlan, part_id: int) -> None:
 
 
 def _remove_previous(layout: OutputLayout, plan: BuildPlan, part_id: int) -> None:
-    if plan.num_parts > 1:
-        _unmerge(layout, plan, part_id)
-    layout.manifest.unlink(missing_ok=True)
     if plan.num_parts == 1:
+        layout.manifest.unlink(missing_ok=True)
         shutil.rmtree(layout.build_dir, ignore_errors=True)
         shutil.rmtree(layout.merged_parts_dir, ignore_errors=True)
         for path in [*layout.out.glob(f"{plan.split}-*.tar"), *layout.out.glob(f"{plan.split}-*.idx"),
                      *layout.part_manifests(), *layout.out.glob(f".tmp-{plan.split}-*")]:
             path.unlink()
         return
+    _unmerge(layout, plan, part_id)
     # One part of a split build replaces only its own files: the other parts may be running.
     layout.part_manifest(part_id, plan.num_parts).unlink(missing_ok=True)
     layout.spill_done(part_id).unlink(missing_ok=True)

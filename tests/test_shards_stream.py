@@ -228,10 +228,65 @@ def test_a_part_built_again_after_merge_turns_the_build_back_into_parts(files, t
     assert main(["merge", str(out)]) == 0
     assert {name: data for name, data in every_file(out).items() if not name.startswith(".build/")} == merged
     assert main(["verify", str(out), "--quiet"]) == 0
+    # A merged manifest deleted by hand: its kept part manifests are a deleted build's, not brought back.
+    (out / "train.json").unlink()
+    assert part(1, "--overwrite")[0] == 0
+    assert sorted(p.name for p in out.glob("train.part-*")) == ["train.part-0001-of-0003.json"]
+    for part_id in (0, 2):
+        assert part(part_id, "--overwrite")[0] == 0
+    assert main(["merge", str(out)]) == 0
+    assert {name: data for name, data in every_file(out).items() if not name.startswith(".build/")} == merged
     # One process with --overwrite replaces the whole build, the kept part manifests with it.
     assert run_shards_main(capsys, "build", tree, out, "--split", "train", "--quiet", "--shard-size", "64kB",
                            "--overwrite")[0] == 0
     assert not (out / ".build").exists()
+
+
+def test_parts_rebuilt_at_once_after_merge_never_see_a_half_unmerged_build(files, tmp_path, capsys, monkeypatch):
+    """A Slurm array rebuilding every part with --overwrite after a merge: while one part turns the
+    build back into parts, another part's check must never find a part neither kept nor back in
+    OUT (it refused the build as "merged by an older version"; review). Checked at every step."""
+    import os
+
+    import shards.outdir as outdir
+
+    tree = tmp_path / "tree"
+    make_imagefolder(tree, num_classes=11, per_class=12)
+    out = tmp_path / "out"
+    for part_id in range(3):
+        assert run_shards_main(capsys, *three_part_args(tree, out, part_id))[0] == 0
+    assert main(["merge", str(out)]) == 0
+    layout = outdir.OutputLayout(out, "train")
+    checked = []
+
+    def others_check():
+        for other in (0, 2):
+            outdir._check_parts_kept(layout, 3, other)  # raises on a half-unmerged build
+        checked.append(1)
+
+    real_replace, real_unlink = os.replace, outdir.Path.unlink
+
+    def replace(source, target):
+        others_check()
+        real_replace(source, target)
+        others_check()
+
+    def unlink(path, missing_ok=False):
+        others_check()
+        real_unlink(path, missing_ok=missing_ok)
+        others_check()
+
+    monkeypatch.setattr(outdir.os, "replace", replace)
+    monkeypatch.setattr(outdir.Path, "unlink", unlink)
+
+    class Plan:  # what _unmerge reads of a plan
+        num_parts = 3
+
+    outdir._unmerge(layout, Plan(), 1)
+    monkeypatch.undo()
+    assert len(checked) >= 8  # merged manifest, part 1's kept one, two moves: before and after each
+    assert sorted(p.name for p in out.glob("train.part-*")) == ["train.part-0000-of-0003.json",
+                                                                "train.part-0002-of-0003.json"]
 
 
 def test_a_part_of_a_build_merged_without_its_parts_kept_is_refused(files, tmp_path, capsys):

@@ -100,6 +100,22 @@ def test_invalid_value_names_the_key(name, value):
     assert "\n" not in message
 
 
+def test_a_recorded_config_beyond_the_newer_bounds_stays_readable(tmp_path):
+    """The bounds added after runs trained with such values (they trained: 0.2 is no 1e-9) are a
+    new command's: a run's recorded config.yaml, read to evaluate it, still resolves (review)."""
+    (tmp_path / "config.yaml").write_text(
+        "data:\n  crop_pct: 0.2\nloader:\n  shuffle_buffer: 2097152\n"
+        "schedule:\n  name: step\n  epochs: 10\n  warmup_epochs: 5\n  milestones: [3, 8]\n")
+    config = resolve_config(config_file=tmp_path / "config.yaml", overrides=[], recorded=True)
+    assert (config.data.crop_pct, config.loader.shuffle_buffer, config.schedule.milestones) == (0.2, 2097152, (3, 8))
+    for fixed, message in [([], "data.crop_pct: must be in [0.25, 1], got 0.2"),
+                           (["data.crop_pct=0.875"], "loader.shuffle_buffer: must be in [1, 1048576], got 2097152"),
+                           (["data.crop_pct=0.875", "loader.shuffle_buffer=4096"], "schedule.milestones: must not lie "
+                            "inside the warm-up (schedule.warmup_epochs=5.0), got [3, 8]")]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            resolve_config(config_file=tmp_path / "config.yaml", overrides=fixed)
+
+
 def test_a_pretrained_tag_timm_does_not_have_is_named_as_such():
     """timm.is_model ignores the tag: the start then failed in the image-size check, whose error
     blamed the size (walkthrough)."""
@@ -109,6 +125,9 @@ def test_a_pretrained_tag_timm_does_not_have_is_named_as_such():
                                  "the name without a tag works too)")
     assert resolve_config(config_file=None, overrides=["model.name=resnet10t.c3_in1k"]).model.name == \
         "resnet10t.c3_in1k"
+    from pipeline.models.factory import unknown_model_message
+
+    assert unknown_model_message("botnet50ts_256.untrained") is None  # a tag without weights timm builds
 
 
 def test_cross_field_rules_name_the_key_that_must_change():

@@ -182,6 +182,13 @@ def test_plot_mistakes_are_one_error_line(tmp_path, capsys):
     assert sorted(path.name for path in other.iterdir()) == ["checkpoints", "metrics.jsonl"]
     (tmp_path / "run" / "checkpoints").mkdir()  # a run folder of its own: its plots/ is its own
     assert plot_here([metrics, "--out", tmp_path / "run" / "plots"], capsys)[0] == 0
+    # A run set aside without checkpoints (RUN/replaced-1: metrics and config only) owns its plots/.
+    aside = tmp_path / "run" / "replaced-1"
+    aside.mkdir()
+    (aside / "metrics.jsonl").write_text(METRICS)
+    assert plot_here([aside], capsys)[0] == 0 and (aside / "plots" / "loss.png").is_file()
+    code, _, err = plot_here([metrics, "--out", aside / "plots"], capsys)
+    assert code == 2 and err.startswith(f"error: --out {aside / 'plots'}: inside another run's folder, {aside} "), err
     # Lines that are not records (read_metrics names the line; it was a traceback here) and a binary file.
     for content, line in [("not json\n", f"error: {metrics}: line 1 "),
                           (b"\x89PNG\r\n\x1a\n\xff\xfe", f"error: {metrics}: not a text file")]:

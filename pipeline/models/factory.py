@@ -77,10 +77,12 @@ def unknown_model_message(name: str) -> str | None:
         from timm.models import split_model_name_tag
 
         architecture, tag = split_model_name_tag(name)
-        if tag and name not in timm.list_pretrained(f"{architecture}.*"):
+        # Every tag timm registers (list_pretrained leaves out those without weights, `.untrained`).
+        known_names = timm.list_models(f"{architecture}.*", include_tags=True)
+        if tag and name not in known_names:
             # timm.is_model ignores the tag; create_model then refused it, said by the first check
             # that builds the model (the image size's) as if the size were wrong (walkthrough).
-            tags = [known.split(".", 1)[1] for known in timm.list_pretrained(f"{architecture}.*")]
+            tags = [known.split(".", 1)[1] for known in known_names]
             has = f"it has {', '.join(tags)}" if tags else "it has none"
             return f"timm has no pretrained tag {tag!r} for {architecture} ({has}; the name without a tag works too)"
         return None
