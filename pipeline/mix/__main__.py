@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="folder built by `python -m shards build`: <split>.json and its <split>-NNNNNN.tar")
     preview.add_argument("--out", type=nonempty, default=DEFAULT_NAME,
                          help=f"picture to write, in the format its suffix names (none: .png is added; a folder, or a "
-                              f"path ending in /: {DEFAULT_NAME} in it)")
+                              f"path ending in /: {DEFAULT_NAME} in it); default ./{DEFAULT_NAME}, written over "
+                              "by each run")
     preview.add_argument("--split", default="train", help="split of SHARDS_DIR to read (default train)")
     # Every sampler mode is a choice, so that a feature-level one gets check_arguments' reason, not
     # argparse's bare "invalid choice".
