@@ -133,17 +133,25 @@ def check_batches(config: TrainConfig, *, world_size: int, num_classes: int) -> 
     from .data import LoaderError, steps_per_epoch
 
     loader = config.loader
+    updates = 0
     for split, key, batch, training in (
             ("train", "loader.batch_size", loader.batch_size, True),
             (config.data.eval_split, "loader.val_batch_size" if loader.val_batch_size else "loader.batch_size",
              loader.val_batch_size or loader.batch_size, False)):
         try:
-            steps_per_epoch(config.data.shards, split, batch_size=batch, world_size=world_size,
-                            num_classes=num_classes, training=training, backend=loader.backend)
+            steps = steps_per_epoch(config.data.shards, split, batch_size=batch, world_size=world_size,
+                                    num_classes=num_classes, training=training, backend=loader.backend)
         except LoaderError as error:
             # The eval split refusing the training batch: its own batch is the usual fix.
             own = "; or give the evaluation a batch of its own: loader.val_batch_size" \
                 if not training and not loader.val_batch_size else ""
             raise TrainError(f"{key}={batch}: {error}{own}") from None
+        if training:
+            updates = steps if config.run.max_train_steps is None else min(steps, config.run.max_train_steps)
+    warmup = config.schedule.warmup_epochs
+    if warmup and round(warmup * updates) == 0:
+        # The scheduler counts the warm-up in whole updates: none ran, its start factor with it, unsaid.
+        raise TrainError(f"schedule.warmup_epochs={warmup} is {warmup * updates:.2g} of the {updates} updates per "
+                         f"epoch: no warm-up update would run; give 0, or at least {1 / updates:.3g} (one update)")
 
 

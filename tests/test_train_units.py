@@ -507,6 +507,24 @@ def test_check_only_checks_and_writes_nothing(demo_shards, tmp_path, capsys, mon
     assert not out.exists()
 
 
+def test_a_warmup_shorter_than_one_update_is_refused_before_any_work(demo_shards, tmp_path, capsys, monkeypatch):
+    """schedule.warmup_epochs=0.1 of 2 updates per epoch: the scheduler rounds it to 0 updates, and
+    the run trained without a warm-up (its start factor unused) without a word (walkthrough)."""
+    from pathlib import Path
+
+    from pipeline.cli import run_cli
+
+    monkeypatch.delenv("RANK", raising=False)
+    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    out = tmp_path / "run"
+    args = ["--check", "data.demo=false", f"run.out_dir={out}", f"data.shards={demo_shards}", "run.max_train_steps=2"]
+    assert run_cli([*args, "schedule.warmup_epochs=0.1"], default_config=demo) == 2
+    assert capsys.readouterr().err == ("error: schedule.warmup_epochs=0.1 is 0.2 of the 2 updates per epoch: no "
+                                       "warm-up update would run; give 0, or at least 0.5 (one update)\n")
+    assert run_cli([*args, "schedule.warmup_epochs=0.5"], default_config=demo) == 0  # round(1.0): one update
+    assert not out.exists()
+
+
 def _shards_copy(demo_shards, folder, change):
     """The demo shards' manifests copied into ``folder`` (the tars and indexes linked), with
     ``change(split, manifest)`` applied to each."""
