@@ -378,15 +378,20 @@ def _spill_tar(spec, plan, layout, mine, fixed_classes, request) -> None:
                 continue  # listed by --labels for a class this build leaves out (_without_others_missing)
             if allowed is not None and item.wnid is not None and item.wnid not in allowed:
                 # Checked while streaming: a 140 GB tar fails at its first stranger, not at its end.
-                raise ShardsError(f"{item.source}: class {item.wnid} of SRC is not in {origin}")
+                # (Not before: a --labels file may name classes whose images SRC does not hold.)
+                whose = f"its label in {request.labels}" if spec.labels is not None else "of SRC"
+                raise ShardsError(f"{item.source}: class {item.wnid} ({whose}) is not in {origin}: SRC holds images "
+                                  "of classes the build does not have; give SRC with only the images of its classes")
             if given is None and item.wnid is not None and item.wnid.lower() in SPLIT_NAMES:
                 # at the second split-named "class"
                 _refuse_split_classes(stream.class_names, spec.path, split=request.split, in_tar=True)
             yield item, data
             bar.update(stream.bytes_read - bar.n)
 
-    counts = _spill(checked(), plan, layout, mine)
-    bar.close()
+    try:
+        counts = _spill(checked(), plan, layout, mine)
+    finally:  # closed before an error is printed: it was printed into the bar's line, the bar drawn after it
+        bar.close()
     given_by_source, source_origin = _given_classes(request, spec, None)
     classes = given_by_source or sorted(stream.class_names)
     _check_fits_train(layout, fixed_classes or classes,

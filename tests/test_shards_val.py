@@ -323,3 +323,27 @@ def test_a_loc_csv_row_repeated_with_other_content_is_refused(tmp_path, second, 
     path.write_text(f"ImageId,PredictionString\n{stem},n01440764 10 20 30 40\n{stem},n01440764 10 20 30 40\n")
     labels = load_val_labels(path)
     assert labels.wnid_by_stem == {stem: "n01440764"} and len(labels.boxes.by_stem[stem].boxes) == 1
+
+
+def test_a_val_image_of_a_class_the_train_build_lacks_is_one_error_line_after_the_bar(tmp_path, capsys):
+    """Found while streaming (a --labels file may name classes whose images SRC lacks): the error
+    was printed into the progress bar's line and the bar drawn again after it, and it said "of SRC"
+    for a class that --labels gave (walkthrough)."""
+    truth, files = val_truth()
+    classes = sorted(set(truth.values()))
+    from shards.manifest import write_manifest
+
+    (tmp_path / "train").mkdir()
+    write_manifest(tmp_path / "train" / "train.json", {  # a train build of one class less
+        "format": "cutmix-shards/1", "split": "train", "num_classes": len(classes) - 1, "classes": classes[1:],
+        "shards": [], "totals": {}, "rejected": [], "build": {}})
+    src = make_flat_tar(tmp_path / "ILSVRC2012_img_val.tar", files)
+    labels = write_loc_csv(tmp_path / "LOC_val_solution.csv", truth)
+    capsys.readouterr()
+    code = main(["build", str(src), str(tmp_path / "out"), "--split", "val", "--labels", str(labels),
+                 "--classes", str(tmp_path / "train" / "train.json")])  # no --quiet: the bar is drawn
+    err = capsys.readouterr().err
+    last = err.rstrip("\n").split("\n")[-1]
+    assert code == 2 and last.startswith("error: ") and "\r" not in last, repr(err[-600:])
+    assert f"class {classes[0]} (its label in {labels}) is not in {tmp_path / 'train' / 'train.json'}: SRC holds " \
+        "images of classes the build does not have; give SRC with only the images of its classes" in last
