@@ -61,10 +61,16 @@ def check_shards(config: TrainConfig, checkpoint: Path | None) -> list[str]:
     eval_classes = list(eval_manifest["classes"])
     if eval_classes != classes:
         differ = class_list_difference(classes, eval_classes, first_where="in train", second_where="there")
+        # The split's own build record names its source and annotation files: the command to run,
+        # not one that fails again ("give --labels" for ImageNet's flat val; walkthrough).
+        build = eval_manifest.get("build", {})
+        source = build["source"] if build.get("source") and Path(build["source"]).exists() else "SRC"  # not moved
+        options = "".join(f" --{option} {build[key]}" for option, key in (("labels", "labels"), ("boxes", "boxes"))
+                          if build.get(key))
         raise TrainError(f"data.shards={shards}: the {split} split has another class list than train "
                          f"({differ}): its labels would mean other classes; "
-                         f"build it again with the train split's list: python -m shards build SRC {shards} --split "
-                         f"{split} --classes {shards / 'train.json'} --overwrite")
+                         f"build it again with the train split's list: python -m shards build {source} {shards} "
+                         f"--split {split}{options} --classes {shards / 'train.json'} --overwrite")
     if checkpoint is not None:
         check_compatible(read_state(checkpoint), checkpoint=checkpoint, model_name=config.model.name,
                          num_classes=len(classes), shakedrop=config.model.shakedrop, classes=classes, shards=shards)

@@ -558,6 +558,7 @@ def test_a_val_split_of_another_class_list_is_refused_before_any_work(demo_shard
     def swap(split, manifest):
         if split == "val":
             manifest["classes"][0], manifest["classes"][1] = manifest["classes"][1], manifest["classes"][0]
+            manifest["build"]["source"] = "/gone/raw/val"  # a source that is no longer there: SRC
 
     monkeypatch.delenv("RANK", raising=False)
     shards = _shards_copy(demo_shards, tmp_path / "shards", swap)
@@ -570,6 +571,19 @@ def test_a_val_split_of_another_class_list_is_refused_before_any_work(demo_shard
     assert _check_line(capsys, ["--check", *args]) == (2, expected)
     assert _check_line(capsys, args) == (2, expected)
     assert not (out / "checkpoints").exists()
+    # ImageNet's flat val needs its labels again: the command names the source and the files its build
+    # record names (SRC and no --labels made a command that failed again; walkthrough).
+    (tmp_path / "val.tar").write_bytes(b"")
+
+    def recorded(split, manifest):
+        swap(split, manifest)
+        if split == "val":
+            manifest["build"].update(source=str(tmp_path / "val.tar"), labels="/data/LOC_val_solution.csv")
+
+    labelled = _shards_copy(demo_shards, tmp_path / "labelled", recorded)
+    code, line = _check_line(capsys, ["--check", *args[:1], f"data.shards={labelled}", *args[2:]])
+    assert code == 2 and line.endswith(f"python -m shards build {tmp_path / 'val.tar'} {labelled} --split val --labels "
+                                       f"/data/LOC_val_solution.csv --classes {labelled / 'train.json'} --overwrite")
 
 
 def test_check_reports_what_the_start_would_refuse(trained_demo, demo_shards, tmp_path, capsys, monkeypatch):
