@@ -17,7 +17,7 @@ from .images import CHECKS
 from .manifest import merge_parts
 from .outdir import OutputLayout
 from .report import empty_classes_warning, inspect_shards, print_build_summary
-from .verify import verify_shards
+from .verify import verify_class_lists, verify_shards
 
 # A raw string: its backslashes are the shell's line continuations, printed as they are.
 _EXAMPLES = r"""examples:
@@ -199,8 +199,10 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "verify":
         problems = 0
-        for split in _splits(args.out, args.split, "{split}.json"):
+        splits = _splits(args.out, args.split, "{split}.json")
+        for split in splits:
             problems += verify_shards(args.out, split, decode=args.decode, progress=not args.quiet)
+        problems += verify_class_lists(args.out, splits)  # against train's, where OUT has a train split
         return 1 if problems else 0
     for split in _splits(args.out, args.split, "{split}.json"):
         inspect_shards(args.out, split)

@@ -47,6 +47,26 @@ def verify_shards(out: Path, split: str, *, decode: bool = False, progress: bool
     return bad
 
 
+def verify_class_lists(out: Path, splits: list[str]) -> int:
+    """Every split's class list against train's (a split built with another one reads each label as
+    another class); prints one line per split that differs and returns their number. Each split
+    passed on its own: val built before a train of other classes went unsaid (walkthrough)."""
+    from .manifest import class_list_difference
+
+    if not (Path(out) / "train.json").is_file():
+        return 0
+    train = load_manifest(out, "train")["classes"]
+    bad = 0
+    for split in splits:
+        classes = load_manifest(out, split)["classes"]
+        if classes != train:
+            bad += 1
+            differ = class_list_difference(train, classes, first_where="in train", second_where="there")
+            print(f"BAD {split}.json: another class list than train.json ({differ}): its labels mean other classes; "
+                  f"build it again with --classes {Path(out) / 'train.json'} --overwrite")
+    return bad
+
+
 def manifest_problems(manifest: dict, labels: Counter | None) -> list[str]:
     """What in a manifest disagrees with itself or with the shards' labels (``labels``: the count
     of each label read from every listed shard; None when some shard was bad, so not all were read)."""

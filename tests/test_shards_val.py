@@ -347,3 +347,26 @@ def test_a_val_image_of_a_class_the_train_build_lacks_is_one_error_line_after_th
     assert code == 2 and last.startswith("error: ") and "\r" not in last, repr(err[-600:])
     assert f"class {classes[0]} (its label in {labels}) is not in {tmp_path / 'train' / 'train.json'}: SRC holds " \
         "images of classes the build does not have; give SRC with only the images of its classes" in last
+
+
+def test_verify_finds_a_split_built_with_another_class_list_than_train(tmp_path, capsys):
+    """Val built first from a labels file of other classes, train built after into the same OUT:
+    each split verified OK on its own, the mismatch found only when training started (walkthrough)."""
+    truth, files = val_truth()
+    classes = sorted(set(truth.values()))
+    src = make_flat_tar(tmp_path / "ILSVRC2012_img_val.tar", files)
+    other = {stem: ("n09999999" if w == classes[0] else w) for stem, w in truth.items()}
+    assert build(src, tmp_path / "out", "--labels", write_loc_csv(tmp_path / "other.csv", other)) == 0
+    train = tmp_path / "train_tree"
+    for wnid_name in classes:  # a train tree of the val's true classes
+        (train / wnid_name).mkdir(parents=True)
+        (train / wnid_name / "a.JPEG").write_bytes(jpeg_bytes(len(wnid_name)))
+    assert build(train, tmp_path / "out", split="train") == 0
+    capsys.readouterr()
+    assert main(["verify", str(tmp_path / "out"), "--quiet"]) == 1
+    out = capsys.readouterr().out
+    moved = sorted(set(other.values()))
+    assert (f"BAD val.json: another class list than train.json (class 0 is {classes[0]!r} in train, {moved[0]!r} "
+            f"there): its labels mean other classes; build it again with --classes {tmp_path / 'out' / 'train.json'} "
+            "--overwrite") in out, out
+    assert main(["verify", str(tmp_path / "out"), "--split", "val", "--quiet"]) == 1
