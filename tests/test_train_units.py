@@ -616,7 +616,7 @@ def test_check_reports_what_the_start_would_refuse(trained_demo, demo_shards, tm
          "data set without one (ImageNet-21k): hold images out of SRC and build them with `python -m shards build "
          f"HELD_OUT {only_train} --split val --classes {only_train / 'train.json'}`"),
         (["data.demo=true", f"data.shards={tmp_path / 'mine'}", f"run.out_dir={tmp_path / 'r'}"],
-         f"data.shards={tmp_path / 'mine'}: it holds files but no train manifest of a demo build"),
+         f"data.shards={tmp_path / 'mine'}: it holds notes.txt, which a demo build does not write"),
         # 1,438 train digits: one process cannot make a batch of 2,000 of them.
         (["data.demo=false", f"data.shards={demo_shards}", "loader.batch_size=2000", f"run.out_dir={tmp_path / 'r'}"],
          "batch_size 2000 is larger than a rank's share of split 'train' (1438 samples with world_size 1)"),
