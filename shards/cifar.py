@@ -126,8 +126,11 @@ class CifarSplit:
 def resolve_label_field(source_kind: str, requested: str | None) -> str:
     """The label kind that becomes the class: ``--label-field``, fine when not given."""
     layout = LAYOUTS[source_kind]
-    if requested is None or requested in layout.labels:
+    if requested is None or (requested in layout.labels and len(layout.labels) > 1):
         return requested or next(iter(layout.labels))
+    if requested in layout.labels:  # `fine` on CIFAR-10 was taken and dropped from the record unsaid
+        raise ShardsError(f"--label-field {requested}: {layout.title} has one label per image; --label-field "
+                          "chooses between CIFAR-100's fine and coarse labels: leave it out")
     raise ShardsError(f"--label-field {requested}: {layout.title} has one label per image; "
                       "coarse labels are CIFAR-100's")
 
@@ -243,6 +246,10 @@ def _python_batch(data: bytes, layout: CifarLayout, member: str) -> CifarBatch:
     batch = _bytes_keyed(load_cifar_pickle(data, member))
     if not isinstance(batch, dict):
         raise ShardsError(f"{member}: a pickled {type(batch).__name__}, not a CIFAR batch (a dict)")
+    missing = [key for key in (b"data", *(kind.batch_key for kind in layout.labels.values())) if key not in batch]
+    if missing:  # said as missing, not as "b'data' is <class 'NoneType'>"
+        raise ShardsError(f"{member}: no {' or '.join(map(repr, missing))} in it (a CIFAR batch holds its pixels as "
+                          f"b'data' and its labels): not a batch of this archive's kind")
     pixels = batch.get(b"data")
     if not (isinstance(pixels, np.ndarray) and pixels.dtype == np.uint8 and pixels.ndim == 2
             and pixels.shape[1] == PIXELS and len(pixels)):

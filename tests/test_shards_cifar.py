@@ -351,7 +351,11 @@ ERRORS = {
         [], "cifar-10-batches-py/data_batch_1: b'data' is an array uint8 (3, 3071), not records of 3072 uint8 pixel"),
     "labels missing from a python batch": (
         "cifar-10-batches-py", spoiled("data_batch_5", python_batch(lambda b: b.pop(b"labels"))), [],
-        "cifar-10-batches-py/data_batch_5: b'labels' is not a list of 3 integer labels, one per record"),
+        "cifar-10-batches-py/data_batch_5: no b'labels' in it (a CIFAR batch holds its pixels as b'data' and its "
+        "labels): not a batch of this archive's kind"),
+    "pixels missing from a python batch": (  # said as "b'data' is <class 'NoneType'>" (walkthrough)
+        "cifar-10-batches-py", spoiled("data_batch_2", python_batch(lambda b: b.pop(b"data"))), [],
+        "cifar-10-batches-py/data_batch_2: no b'data' in it"),
     "missing meta file": (
         "cifar-10-batches-bin", spoiled("batches.meta.txt", None), [],
         "CIFAR-10 (binary version) without cifar-10-batches-bin/batches.meta.txt (its class names)"),
@@ -367,6 +371,10 @@ ERRORS = {
     "coarse labels of CIFAR-10": (
         "cifar-10-batches-py", source_as_is, ["--label-field", "coarse"],
         "--label-field coarse: CIFAR-10 (python version) has one label per image"),
+    "fine labels of CIFAR-10": (  # taken, and dropped from the record unsaid (walkthrough)
+        "cifar-10-batches-py", source_as_is, ["--label-field", "fine"],
+        "--label-field fine: CIFAR-10 (python version) has one label per image; --label-field chooses between "
+        "CIFAR-100's fine and coarse labels: leave it out"),
     "a val split": ("cifar-10-batches-bin", source_as_is, ["--split", "val"], "use --split test"),
     "resizing": ("cifar-10-batches-bin", source_as_is, ["--resize-short", "24"], "--resize-short does not apply"),
     "two extracted archives": ("cifar-10-batches-py", two_archives, [],
@@ -425,6 +433,22 @@ def test_classes_of_another_label_field_are_refused(tmp_path, capsys):
     code, _, err = build(capsys, src, out, "--classes", out / "train.json", split="test")
     assert code == 2
     assert "classes are not the 100 of cifar-100-binary/fine_label_names.txt" in one_error_line(err)
+    assert not (out / "test.json").exists()
+
+
+def test_another_data_sets_test_split_is_named_as_such(tmp_path, capsys):
+    """CIFAR-10's test batch into a CIFAR-100 folder: the advice was --classes OUT/train.json, which
+    the next build refused in turn (its classes are not SRC's): no class in common says what it is."""
+    out = tmp_path / "out"
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    assert build(capsys, make_source(tmp_path / "a", cifar_archive("cifar-100-python"), "tar.gz"), out)[0] == 0
+    code, _, err = build(capsys, make_source(tmp_path / "b", cifar_archive("cifar-10-batches-py"), "tar.gz"), out,
+                         split="test")
+    line = one_error_line(err)
+    assert code == 2 and line.startswith(f"error: {out / 'train.json'}: the train split has another class list ("), line
+    assert line.endswith("): SRC is another data set than the train split's; give that data set's test split, or "
+                         "another OUT"), line
     assert not (out / "test.json").exists()
 
 
