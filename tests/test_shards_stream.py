@@ -199,22 +199,29 @@ def three_part_args(src, out, part_id, *extra):
             "--num-parts", "3", "--part-id", str(part_id), *extra]
 
 
+def three_part_build(tmp_path, capsys, *, merged: bool):
+    """A tree of images and OUT holding its build in 3 parts, merged or not: (tree, OUT)."""
+    tree = tmp_path / "tree"
+    make_imagefolder(tree, num_classes=11, per_class=12)
+    out = tmp_path / "out"
+    for part_id in range(3):
+        assert run_shards_main(capsys, *three_part_args(tree, out, part_id))[0] == 0
+    if merged:
+        assert main(["merge", str(out)]) == 0
+    return tree, out
+
+
 def test_a_part_built_again_after_merge_turns_the_build_back_into_parts(files, tmp_path, capsys):
     """A merged build with a damaged shard: its part built again with --overwrite (what the README
     says replaces only that part's own shards) removed the merged manifest while merge had deleted
     the other parts' manifests, so the build could no longer be merged (walkthrough). Now merge
     keeps them aside and the part rebuilt turns the build back into its parts; merged again, it is
     the build it was, byte for byte."""
-    tree = tmp_path / "tree"
-    make_imagefolder(tree, num_classes=11, per_class=12)
-    out = tmp_path / "out"
+    tree, out = three_part_build(tmp_path, capsys, merged=True)
 
     def part(part_id, *extra):
         return run_shards_main(capsys, *three_part_args(tree, out, part_id, *extra))
 
-    for part_id in range(3):
-        assert part(part_id)[0] == 0
-    assert main(["merge", str(out)]) == 0
     merged = {name: data for name, data in every_file(out).items() if not name.startswith(".build/")}
     assert sorted(p.name for p in out.glob("train.part-*")) == []
     damaged = manifest(out)["shards"][len(manifest(out)["shards"]) // 2]["name"]  # a shard of part 1
@@ -250,12 +257,7 @@ def test_parts_rebuilt_at_once_after_merge_never_see_a_half_unmerged_build(files
 
     import shards.outdir as outdir
 
-    tree = tmp_path / "tree"
-    make_imagefolder(tree, num_classes=11, per_class=12)
-    out = tmp_path / "out"
-    for part_id in range(3):
-        assert run_shards_main(capsys, *three_part_args(tree, out, part_id))[0] == 0
-    assert main(["merge", str(out)]) == 0
+    tree, out = three_part_build(tmp_path, capsys, merged=True)
     layout = outdir.OutputLayout(out, "train")
     checked = []
 
@@ -294,12 +296,7 @@ def test_a_part_of_a_build_merged_without_its_parts_kept_is_refused(files, tmp_p
     merged with the others, so it is refused before anything changes, saying how to build anew."""
     import shutil
 
-    tree = tmp_path / "tree"
-    make_imagefolder(tree, num_classes=11, per_class=12)
-    out = tmp_path / "out"
-    for part_id in range(3):
-        assert run_shards_main(capsys, *three_part_args(tree, out, part_id))[0] == 0
-    assert main(["merge", str(out)]) == 0
+    tree, out = three_part_build(tmp_path, capsys, merged=True)
     shutil.rmtree(out / ".build")  # as the previous version left a merged build
     before = every_file(out)
     for dry_run in ([], ["--dry-run"]):
@@ -318,11 +315,7 @@ def test_a_merge_that_cannot_write_its_manifest_is_one_error_and_keeps_the_parts
     PermissionError came as a traceback (walkthrough). Simulated here: root writes anywhere."""
     import shards.manifest
 
-    tree = tmp_path / "tree"
-    make_imagefolder(tree, num_classes=11, per_class=12)
-    out = tmp_path / "out"
-    for part_id in range(3):
-        assert run_shards_main(capsys, *three_part_args(tree, out, part_id))[0] == 0
+    tree, out = three_part_build(tmp_path, capsys, merged=False)
     before = every_file(out)
 
     def refused(path, manifest):
