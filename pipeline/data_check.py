@@ -65,8 +65,7 @@ def check_shards(config: TrainConfig, checkpoint: Path | None) -> list[str]:
         # not one that fails again ("give --labels" for ImageNet's flat val; walkthrough).
         build = eval_manifest.get("build", {})
         source = build["source"] if build.get("source") and Path(build["source"]).exists() else "SRC"  # not moved
-        options = "".join(f" --{option} {build[key]}" for option, key in (("labels", "labels"), ("boxes", "boxes"))
-                          if build.get(key))
+        options = "".join(f" --{key} {build[key]}" for key in ("labels", "boxes") if build.get(key))
         raise TrainError(f"data.shards={shards}: the {split} split has another class list than train "
                          f"({differ}): its labels would mean other classes; "
                          f"build it again with the train split's list: python -m shards build {source} {shards} "

@@ -255,14 +255,15 @@ def _train_classes(layout: OutputLayout) -> list[str] | None:
 
 
 def _check_fits_train(layout: OutputLayout, classes: list[str], *, origin: str, hint: str = "",
-                      reorderable: bool = True) -> None:
+                      takes_classes: bool = True) -> None:
     """A val or test split built into an OUT that holds the train split has the train split's
-    class list: otherwise its labels mean other classes (training would refuse it only later)."""
+    class list: otherwise its labels mean other classes (training would refuse it only later).
+    ``takes_classes``: whether --classes can give SRC the train split's list (not a CIFAR archive's)."""
     train = _train_classes(layout)
     if train is None or classes == train:
         return
     differ = class_list_difference(train, classes, first_where="there", second_where=f"in {origin}")
-    if not hint and not reorderable:
+    if not hint and not takes_classes:
         # A CIFAR archive's --classes must be its own list, so the advice below does not apply:
         # CIFAR-10's test batch into a CIFAR-100 folder was refused in turn when it was followed
         # (walkthrough). (Elsewhere --classes takes train's list, for a SRC whose images are of its classes.)
@@ -342,7 +343,7 @@ def _build_cifar(request, spec, layout, fixed_classes) -> dict | None:
         raise ShardsError(f"--classes {request.classes}: its {len(fixed_classes)} classes are not the "
                           f"{len(split.classes)} of {split.class_source}, in the same order"
                           f"{_label_field_hint(split.class_names, fixed_classes)}")
-    _check_fits_train(layout, split.classes, origin=split.class_source, reorderable=False,
+    _check_fits_train(layout, split.classes, origin=split.class_source, takes_classes=False,
                       hint=_label_field_hint(split.class_names, _train_classes(layout)))
     for warning in split.unofficial_counts():  # after the checks, before the work: the user can stop it
         print(f"warning: {warning}", file=sys.stderr, flush=True)
