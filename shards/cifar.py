@@ -126,13 +126,10 @@ class CifarSplit:
 def resolve_label_field(source_kind: str, requested: str | None) -> str:
     """The label kind that becomes the class: ``--label-field``, fine when not given."""
     layout = LAYOUTS[source_kind]
-    if requested is None or (requested in layout.labels and len(layout.labels) > 1):
-        return requested or next(iter(layout.labels))
-    if requested in layout.labels:  # `fine` on CIFAR-10 was taken and dropped from the record unsaid
+    if requested is not None and len(layout.labels) == 1:  # `fine` on CIFAR-10 was taken and dropped unsaid
         raise ShardsError(f"--label-field {requested}: {layout.title} has one label per image; --label-field "
                           "chooses between CIFAR-100's fine and coarse labels: leave it out")
-    raise ShardsError(f"--label-field {requested}: {layout.title} has one label per image; "
-                      "coarse labels are CIFAR-100's")
+    return requested or next(iter(layout.labels))
 
 
 def read_cifar_split(path: Path, source_kind: str, split: str, label_field: str | None) -> CifarSplit:

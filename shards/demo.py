@@ -153,8 +153,8 @@ def not_a_demo_folder(folder: Path) -> str | None:
         return f"it holds another build ({len(classes)} classes: {', '.join(classes[:3])}, ...)"
     built = {key: manifest["build"].get(key) for key in DEMO_BUILD}
     if built != DEMO_BUILD:
-        settings = ", ".join(f"{key} {value}" for key, value in built.items())
-        return f"it holds another build of classes named as the demo's ({settings}; the demo's: {_demo_settings()})"
+        return (f"it holds another build of classes named as the demo's ({_settings(built)}; the demo's: "
+                f"{_settings(DEMO_BUILD)})")
     demo = _demo_train_counts()
     if list(manifest["class_counts"]) != demo:
         return (f"it holds another build of classes named as the demo's ({manifest['totals']['samples']} train "
@@ -163,8 +163,8 @@ def not_a_demo_folder(folder: Path) -> str | None:
     return None
 
 
-def _demo_settings() -> str:
-    return ", ".join(f"{key} {value}" for key, value in DEMO_BUILD.items())
+def _settings(values: dict) -> str:
+    return ", ".join(f"{key} {value}" for key, value in values.items())
 
 
 def _demo_train_counts() -> list[int]:
