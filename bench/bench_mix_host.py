@@ -370,9 +370,11 @@ def main(argv=None) -> None:
         lines = run_cuda(args)
         device = f"{torch.cuda.get_device_name()}, host {cpu_name()}"
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
+    # The command that gives this table again: --modes where a subset was timed.
+    modes = f" --modes {args.modes}" if args.modes != ",".join(MODES) else ""
     header = [
         f"# python bench/bench_mix_host.py --device {args.device} --batch-size {args.batch_size} --size {args.size} "
-        f"--rounds {args.rounds} --calls {args.calls} --baseline {args.baseline[:12]}",
+        f"--rounds {args.rounds} --calls {args.calls}{modes} --baseline {args.baseline[:12]}",
         f"# {time.strftime('%Y-%m-%d %H:%M:%S')}  device: {device}  torch {torch.__version__}  load average {load}",
         f"# a step: sampler.sample + apply_mix(check_labels=False), {args.batch_size}x{args.size}x{args.size}x3 uint8 "
         f"-> bf16 channels-last, {NUM_CLASSES} classes; microseconds per step",

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import argparse
-import os
+import tempfile
 from pathlib import Path
 
 
@@ -48,16 +48,25 @@ def out_problem(path: Path) -> str:
     it keeps: found at the end, it was a traceback after minutes of work (a lent GPU's whole run)."""
     if path.is_dir():
         return f"{path} is a folder; give a file"
-    if path.exists() and not os.access(path, os.W_OK):
-        return f"{path} may not be written"
     folder = path.parent
     while not folder.exists() and folder != folder.parent:  # the missing ones are made
         folder = folder.parent
     if not folder.is_dir():
         return f"{folder} is a file, not a folder"
-    # A temporary file beside it (the atomic writes) as well as the file itself.
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return f"{folder} may not be written"
+    # Tried, not asked with os.access: that says yes to root everywhere, /proc included, where the
+    # write then failed after the work. The file itself opened to append (nothing written, nothing
+    # changed), and a temporary file beside it (the atomic writes) made and removed.
+    if path.exists():
+        try:
+            with open(path, "ab"):
+                pass
+        except OSError as error:
+            return f"{path} may not be written ({error.strerror or error})"
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".out-check-"):
+            pass
+    except OSError as error:
+        return f"{folder} may not be written ({error.strerror or error})"
     return ""
 
 

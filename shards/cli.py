@@ -14,7 +14,7 @@ from .arguments import CommandParser, path
 from .build import LABEL_FIELDS, SPLITS, BuildRequest, build_shards, check_build, default_workers
 from .errors import ShardsError
 from .images import CHECKS
-from .manifest import merge_parts
+from .manifest import merge_parts, read_manifest
 from .outdir import OutputLayout
 from .report import empty_classes_warning, inspect_shards, print_build_summary
 from .verify import verify_class_lists, verify_shards
@@ -151,9 +151,8 @@ def _splits(out: Path, split: str | None, pattern: str) -> list[str]:
         wanted = ", ".join(pattern.format(split=s) for s in SPLITS)
         if "part" in pattern:
             merged = [s for s in SPLITS if (out / f"{s}.json").is_file()]
-            if merged:  # merge run again after it succeeded (it moves the part manifests aside)
-                raise ShardsError(f"{out}: no part manifest left to merge; {', '.join(merged)} complete "
-                                  f"({', '.join(s + '.json' for s in merged)})")
+            if merged:  # merge run again after it succeeded (it moves the part manifests aside): said complete
+                return merged
             raise ShardsError(f"{out}: no part manifest ({wanted}): merge joins the parts of a build run with "
                               "--num-parts")
         parts = [s for s in SPLITS if list(out.glob(f"{s}.part-*.json"))]
@@ -191,7 +190,15 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "merge":
         for split in _splits(args.out, args.split, "{split}.part-*.json"):
-            manifest = merge_parts(OutputLayout(args.out, split))
+            layout = OutputLayout(args.out, split)
+            if layout.manifest.is_file() and not layout.part_manifests():
+                # Merged already (a Slurm array submitted again with --resume ends in a merge job too):
+                # nothing to do, which is no failure.
+                done = read_manifest(layout.manifest)
+                print(f"{split}: complete already ({len(done['shards'])} shards, {done['totals']['samples']} "
+                      f"samples in {layout.manifest}); no part manifest left to merge")
+                continue
+            manifest = merge_parts(layout)
             print(f"{split}: merged {len(manifest['shards'])} shards, {manifest['totals']['samples']} samples "
                   f"-> {args.out / f'{split}.json'}")
             if empty_classes_warning(manifest):  # the parts' summaries could not tell

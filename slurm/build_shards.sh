@@ -77,8 +77,10 @@ echo "submitted build array $array_id ($parts tasks); logs in $log_dir"
 if ! merge_id=$(sbatch "${common[@]}" --job-name shards-merge --cpus-per-task 1 \
     --dependency "afterok:$array_id" --kill-on-invalid-dep=yes --output "$log_dir/%x-%j.out" \
     "$script" --merge "$out" --split "$split"); then
+    # %q: a command to paste, an OUT with spaces in it included
     echo "error: the merge job was not submitted (sbatch's message above); the array $array_id runs: once all" \
-         "its tasks have succeeded, merge with \`$python -m shards merge $out --split $split\`" >&2
+         "its tasks have succeeded, merge with \`$(printf '%q ' "$python" -m shards merge "$out" --split "$split" \
+         | sed 's/ $//')\`" >&2
     exit 1
 fi
 merge_id=${merge_id%%;*}

@@ -128,7 +128,12 @@ config=${CONFIG:-configs/imagenet1k/resnet50_cutmix.yaml}
 overrides=()
 while (($#)); do
     case "$1" in
-        --config) config=$2; shift 2 ;;
+        --config)
+            if (($# < 2)); then
+                echo "error: --config needs a file: --config FILE or --config=FILE" >&2
+                exit 2
+            fi
+            config=$2; shift 2 ;;
         --config=*) config=${1#--config=}; shift ;;
         *) overrides+=("$1"); shift ;;
     esac
@@ -356,7 +361,8 @@ fi
 if ((status != 0)); then
     # The training processes' own error line is somewhere above torchrun's report of the failed
     # ranks: say it again last, where a reader of the log looks first (this start's part of it).
-    log=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -o 'StdOut=[^ ]*' | cut -d= -f2- || true)
+    # StdOut= is a line of its own, the path unquoted to the line's end (it may hold spaces).
+    log=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | sed -n 's/^[[:space:]]*StdOut=//p' | head -n 1 || true)
     cause=
     if [[ -n $log && -f $log ]]; then
         cause=$(awk -v start="job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}):" \

@@ -24,7 +24,9 @@ def test_the_host_bench_prints_and_appends_one_row_per_mode(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     text = out.read_text()
     assert text.startswith("an earlier run\n") and text.endswith(done.stdout + "\n")  # appended, as printed
-    assert "# python bench/bench_mix_host.py --device cpu --batch-size 8 --size 32 --rounds 2 --calls 16" in text
+    # The command that gives this table again, the subset of modes included.
+    assert (f"# python bench/bench_mix_host.py --device cpu --batch-size 8 --size 32 --rounds 2 --calls 16 --modes "
+            f"{','.join(MODES)} --baseline none\n") in text
     number = r"\d+\.\d us"
     for mode in MODES:
         assert re.search(rf"^{re.escape(mode)} +{number} +{number} +{number}$", done.stdout, re.MULTILINE), mode
@@ -62,5 +64,5 @@ def test_without_git_history_the_new_code_alone_is_timed_and_the_header_says_so(
     assert done.returncode == 0, done.stderr[-3000:]
     assert "note: no git history here to read the old code" in done.stderr
     header = out.read_text().splitlines()[0]
-    assert header.endswith("--calls 16 --baseline none"), header
+    assert header.endswith("--calls 16 --modes cutmix --baseline none"), header
     assert re.search(r"^cutmix +\d+\.\d us", done.stdout, re.MULTILINE) and "old median" not in done.stdout

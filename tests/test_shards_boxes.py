@@ -202,10 +202,16 @@ def test_a_split_build_merges_the_box_counts(tmp_path, capsys):
                      "--part-id", part) == 0
     assert main(["merge", str(tmp_path / "out")]) == 0
     check_boxes(tmp_path / "out", BOXES, files)
-    # Run again: said complete, not "merge joins the parts of a build run with --num-parts".
-    assert main(["merge", str(tmp_path / "out")]) == 2
-    assert capsys.readouterr().err == (f"error: {tmp_path / 'out'}: no part manifest left to merge; val complete "
-                                       "(val.json)\n")
+    capsys.readouterr()
+    # Run again, with and without --split (a Slurm array submitted again with --resume ends in the
+    # merge job's `merge OUT --split val`): said complete and no failure, not "merge joins the parts
+    # of a build run with --num-parts" or "no val.part-*.json manifests to merge".
+    tars = len(list((tmp_path / "out").glob("val-*.tar")))
+    for split in ([], ["--split", "val"]):
+        assert main(["merge", str(tmp_path / "out"), *split]) == 0
+        assert capsys.readouterr().out == (f"val: complete already ({tars} shards, {len(files)} samples in "
+                                           f"{tmp_path / 'out' / 'val.json'}); no part manifest left to merge\n")
+    check_boxes(tmp_path / "out", BOXES, files)
 
 
 def test_a_val_imagefolder_takes_boxes_by_file_stem(tmp_path):

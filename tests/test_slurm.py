@@ -219,10 +219,13 @@ def test_a_config_mistake_is_one_line_before_any_node_starts(cluster, demo_shard
 def test_a_failure_inside_the_job_is_said_again_last(cluster, demo_shards, tmp_path):
     """A mistake only the training processes find (a batch larger than a rank's share of the 359
     val digits at world size 2, not at the check's 1: the check before srun passes): the log ends
-    with one error line that repeats theirs, after torchrun's report of the failed ranks."""
-    job = submit_training(cluster, tmp_path, small_run_args(demo_shards, tmp_path / "run", "loader.batch_size=200"))
+    with one error line that repeats theirs, after torchrun's report of the failed ranks. The log's
+    folder has a space in its name (scontrol prints that path unquoted)."""
+    logs = tmp_path / "job logs"
+    logs.mkdir()
+    job = submit_training(cluster, logs, small_run_args(demo_shards, tmp_path / "run", "loader.batch_size=200"))
     record = cluster.wait(job, timeout=300)
-    log = (tmp_path / f"cutmix-{job}.out").read_text()
+    log = (logs / f"cutmix-{job}.out").read_text()
     assert record["JobState"] == "FAILED", log[-4000:]
     lines = [line for line in log.splitlines() if line.strip()]
     theirs = next(line for line in lines
@@ -263,6 +266,18 @@ def test_a_job_it_cannot_start_is_one_line_before_any_node_starts(cluster, demo_
     assert record["JobState"] == "FAILED" and record["ExitCode"].startswith("2:"), log
     errors = [line for line in log.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and errors[0].startswith(message) and "node 0" not in log, log
+
+
+def test_a_config_option_without_its_file_is_one_line(tmp_path):
+    """`sbatch slurm/imagenet_cutmix.sh --config` (the file forgotten): the job's shell, as Slurm
+    starts it, says so in one line (bash's `set -u` had said `$2: unbound variable`)."""
+    from processes import run_process
+
+    env = {**job_env(), "SLURM_JOB_ID": "7", "SLURM_SUBMIT_DIR": str(REPO)}
+    done = run_process(["bash", str(REPO / "slurm" / "imagenet_cutmix.sh"), "--config"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.splitlines() == ["error: --config needs a file: --config FILE or "
+                                                                 "--config=FILE"], done.stderr
 
 
 def test_the_script_run_without_sbatch_says_so(tmp_path):
@@ -309,6 +324,33 @@ def test_the_array_build_refuses_an_out_holding_a_build_before_submitting(tmp_pa
     # Without the check the script would have gone on to sbatch (no cluster here: another error).
     assert done.returncode == 2 and done.stderr == (
         f"error: {out} already holds a complete train build (train.json): pass --overwrite to replace it\n")
+
+
+def test_a_merge_job_not_submitted_gives_a_merge_command_that_pastes(tmp_path):
+    """sbatch takes the array but refuses the merge job (a fake sbatch, no cluster): the error line
+    names the merge to run by hand, and the shell reads that command back as the merge of OUT, a
+    folder with a space in its name (it was printed unquoted)."""
+    import shlex
+
+    from processes import run_process
+
+    make_imagefolder(tmp_path / "src", num_classes=2, per_class=3)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # The array's submission answers a job id, the merge's (--dependency) fails as a full queue would.
+    (bin_dir / "sbatch").write_text('#!/bin/sh\ncase "$*" in *--dependency*) echo "sbatch: error: queue full" >&2; '
+                                    'exit 1;; esac\necho 41\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    out = tmp_path / "shards out"
+    env = job_env()
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    done = run_process(["bash", str(REPO / "slurm" / "build_shards.sh"), str(tmp_path / "src"), str(out), "--split",
+                        "train"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "submitted build array 41 (8 tasks)" in done.stdout, done.stdout + done.stderr
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith("error: the merge job was not submitted"), done.stderr
+    command = last.split("merge with `", 1)[1].rstrip("`")
+    assert shlex.split(command) == ["python", "-m", "shards", "merge", str(out), "--split", "train"], command
 
 
 def test_scancel_checkpoints_and_leaves_no_process_of_the_job(cluster, demo_shards, tmp_path):
