@@ -60,6 +60,11 @@ def run_cli(argv: list[str], *, default_config: Path | None) -> int:
         # The config before torch, DALI and the training code are imported (seconds): a mistyped
         # key or value is reported at once (the model name still loads timm to check it).
         config = resolve_config(config_file=args.config or default_config, overrides=args.overrides)
+        from .resume_config import moved_run_problem
+
+        moved = moved_run_problem(args.config, args.overrides, Path(config.run.out_dir))
+        if moved:
+            raise TrainError(moved)
         from .run import run_training
 
         if args.check:

@@ -170,6 +170,25 @@ def keep_given_config(given: Path | None, run_dir: Path) -> Path | None:
     return kept
 
 
+def moved_run_problem(config_file: Path | None, overrides: list[str], out_dir: Path) -> str:
+    """Why ``--config RUN/config.yaml`` may not go ahead ('' when it may): the record of a run
+    folder whose ``run.out_dir`` names another folder, and no ``run.out_dir=`` given. The record
+    holds the folder it was written in, so after the folder was moved (or copied) the command that
+    meant to resume it started a fresh run where the folder had been (or resumed the original)."""
+    if config_file is None or Path(config_file).name != CONFIG_FILE:
+        return ""
+    from .checkpoint import is_run_folder
+
+    folder = Path(config_file).resolve().parent
+    if not is_run_folder(folder) or any(o.split("=", 1)[0].strip() == "run.out_dir" for o in overrides):
+        return ""
+    if Path(out_dir).resolve() == folder:
+        return ""
+    return (f"--config {config_file} is the record of the run folder {folder}, but it names run.out_dir={out_dir} "
+            f"(the folder was moved or copied since?): give run.out_dir={folder} to go on with this folder, or "
+            f"run.out_dir={out_dir} to train in that one")
+
+
 def first_unused(name: Callable[[int], Path]) -> Path:
     """``name(1)``, ``name(2)``, ...: the first that does not exist. What a run keeps aside (an
     earlier config, run or export) never goes over what an earlier resume kept."""

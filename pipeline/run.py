@@ -94,8 +94,10 @@ def _train_holding(config: TrainConfig, *, run_dir: Path, checkpoint: Path | Non
         state, loader_state, changes = resume(config, checkpoint, changes=changes, session=session, run_dir=run_dir)
         start_trackers(config, session.accelerator)  # after resume's checks: a refused resume writes nothing
         done_before = state.epoch >= config.schedule.epochs  # the same command again after the end
+        # A finished run reads nothing: its loader state (of other settings, after a resume with
+        # another process count) warned of a data order that restarts, before "nothing to train".
         train_loader = make_loader(config, shards=session.shards, split="train", accelerator=session.accelerator,
-                                   num_classes=session.num_classes, restore=loader_state)[0]
+                                   num_classes=session.num_classes, restore=None if done_before else loader_state)[0]
         if session.accelerator.is_main_process:
             if state.epoch < config.schedule.epochs:
                 set_aside_export(run_dir, checkpoint)

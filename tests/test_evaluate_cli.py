@@ -498,6 +498,53 @@ def test_compare_warns_when_fgsm_or_in_between_ran_at_other_settings():
     assert "Warning" not in compare_markdown({"a": run(8 / 255, 64), "b": run(8 / 255, 64)})
 
 
+def test_compare_labels_with_an_empty_one_are_refused(evaluated, tmp_path, capsys):
+    """`--labels a,` named the second row '' (the Note read "a and  are ..."; walkthrough)."""
+    out = evaluated[0]
+    line = one_error_line(capsys, ["compare", str(out), str(out), "--labels", "a,", "--out", str(tmp_path / "c")])
+    assert line == "error: --labels 'a,': label 2 is empty; name every evaluation"
+    assert not (tmp_path / "c").exists()
+
+
+def test_compare_notes_a_checkpoint_and_the_export_of_the_same_weights(evaluated, demo_run, tmp_path):
+    """The run's export and its last checkpoint hold the same tensors in different files (the
+    export's metadata), so their sha256 differ and compare said nothing (walkthrough). The tensors
+    read by safetensors itself are the reference; the recorded digests are the evaluation's own."""
+    from safetensors.torch import load_file
+
+    from pipeline.export import tensors_sha256
+
+    export = demo_run / "model.safetensors"
+    last = sorted(p for p in (demo_run / "checkpoints").iterdir() if p.is_dir())[-1] / "model.safetensors"
+    ours, theirs = load_file(str(export)), load_file(str(last))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert export.read_bytes() != last.read_bytes()
+    assert tensors_sha256(export) == tensors_sha256(last)
+    # One tensor changed: another digest.
+    from safetensors.torch import save_file
+
+    changed = dict(theirs)
+    name = next(iter(changed))
+    changed[name] = changed[name].clone()
+    changed[name].view(-1)[0] += 1
+    save_file(changed, str(tmp_path / "changed.safetensors"))
+    assert tensors_sha256(tmp_path / "changed.safetensors") != tensors_sha256(last)
+    # compare of an evaluation of each: the Note, by the tensors' digest the evaluation records.
+    _, results, _ = evaluated
+    assert results["settings"]["tensors_sha256"] == tensors_sha256(export)
+    evaluations = []
+    for name, weights in (("export", export), ("checkpoint", last)):
+        folder = tmp_path / name
+        folder.mkdir()
+        recorded = {**results["settings"], "weights": str(weights), "weights_sha256": name,
+                    "tensors_sha256": tensors_sha256(weights)}
+        (folder / "eval.json").write_text(json.dumps({**results, "settings": recorded}))
+        evaluations.append(str(folder))
+    assert main(["compare", *evaluations, "--out", str(tmp_path / "c")]) == 0
+    assert ("**Note**: export and checkpoint are evaluations of the same weights (the same tensors).\n"
+            in (tmp_path / "c" / "compare.md").read_text())
+
+
 def test_compare_out_that_is_a_file(evaluated, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     out = evaluated[0]
@@ -519,6 +566,8 @@ def test_compare_out_in_a_run_its_checkpoints_or_shards_is_refused(evaluated, de
              demo_run / "checkpoints": "a run's checkpoints, which training prunes; ",
              checkpoint: "a run's checkpoint, which training prunes; ",
              checkpoint / "cmp": f"inside {checkpoint}, a run's checkpoint, which training prunes; ",
+             # RUN/eval-all (compare.md and its plots were written beside that run's reports: walkthrough)
+             out: "an evaluation's folder (it holds eval.json; the comparison would lie among its reports); ",
              demo_shards: "a shards folder (the reports would lie among its shards); ",
              demo_shards / "cmp": f"inside {demo_shards}, a shards folder (the reports would lie among its shards); "}
     before = {p: p.stat().st_mtime_ns for folder in (demo_run, demo_shards) for p in folder.rglob("*")}
@@ -778,7 +827,7 @@ def test_compare_says_when_a_run_folder_holds_another_runs_evaluation(evaluated,
     assert (f"**Warning**: {tmp_path / 'base'} holds an evaluation of the run {tmp_path / 'cutmix'} (its "
             f"settings.run_dir), not of {tmp_path / 'base'}: its row is labelled 'base' by the folder it lies in.\n"
             ) in table
-    assert "**Note**: base and cutmix are evaluations of the same weights (one sha256).\n" in table
+    assert "**Note**: base and cutmix are evaluations of the same weights (the same tensors).\n" in table
     assert table.count("**Warning**") == 1  # cutmix's own evaluation is its own
     # A run moved since its evaluation (nothing where it was recorded, the same name): its own.
     moved = {**results["settings"], "run_dir": str(tmp_path / "gone" / "base")}

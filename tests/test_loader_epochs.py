@@ -80,7 +80,26 @@ def test_a_restored_state_that_does_not_fit_the_first_request_is_dropped_with_a_
     capfd.readouterr()
     reference = list(loader_of(shards, backend).iter_epoch(3))
     assert same(list(loader_of(shards, backend, restore=state).iter_epoch(3)), reference)
-    assert "warning: the saved loader state does not fit (epoch 3 from step 0 asked for" in capfd.readouterr().err
+    # In the epochs a user counts: the state stood in the first epoch, the run goes on with the fourth.
+    assert ("warning: the saved loader state does not fit where the run goes on (it stood in epoch 1 after 1 steps; "
+            "the run goes on with epoch 4 from step 0); epoch 4 is read from its seed\n") in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_restored_state_asked_for_an_epoch_with_nothing_left_says_nothing(shards, backend, capfd):
+    """A resume with changes that shortened the epochs below the steps the checkpoint had trained
+    in its epoch: the run asks for that epoch from its (new) last step, nothing is read, and the
+    state's misfit is no news (it warned of an epoch read from its seed; walkthrough)."""
+    first = loader_of(shards, backend)
+    epoch0 = first.iter_epoch(0)
+    for _ in range(len(first)):
+        next(epoch0)
+    state = through_json(first.state_dict())  # after every step of epoch 0, the epoch still open
+    state["cursor"]["consumed"] += 1  # as a longer epoch's state stands one step past this epoch's end
+    capfd.readouterr()
+    again = loader_of(shards, backend, restore=state)
+    assert list(again.iter_epoch(0, len(again))) == []
+    assert "warning" not in capfd.readouterr().err
 
 
 def test_a_restored_synthetic_loader_stands_where_the_first_one_stood(shards):

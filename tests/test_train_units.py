@@ -507,6 +507,31 @@ def test_check_only_checks_and_writes_nothing(demo_shards, tmp_path, capsys, mon
     assert not out.exists()
 
 
+def test_the_config_of_a_moved_run_folder_names_both_folders(trained_demo, tmp_path, capsys, monkeypatch):
+    """`--config MOVED/config.yaml` after `mv RUN MOVED`: the record names run.out_dir=RUN, so the
+    command meant to resume MOVED started a fresh run in RUN (a copy resumed the original instead;
+    walkthrough). Refused, naming both; with run.out_dir given, either goes ahead."""
+    import shutil
+
+    from pipeline.cli import run_cli
+
+    monkeypatch.delenv("RANK", raising=False)
+    run = trained_demo[0]
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)
+    record = moved / "config.yaml"
+    assert run_cli(["--check", "--config", str(record)], default_config=None) == 2
+    assert capsys.readouterr().err == (
+        f"error: --config {record} is the record of the run folder {moved}, but it names run.out_dir={run} (the "
+        f"folder was moved or copied since?): give run.out_dir={moved} to go on with this folder, or "
+        f"run.out_dir={run} to train in that one\n")
+    assert run_cli(["--check", "--config", str(record), f"run.out_dir={moved}"], default_config=None) == 0
+    assert f"run folder {moved}" in capsys.readouterr().out
+    # The run's own record where it was written: no question.
+    assert run_cli(["--check", "--config", str(run / "config.yaml")], default_config=None) == 0
+    assert f"run folder {run}" in capsys.readouterr().out
+
+
 def test_a_warmup_shorter_than_one_update_is_refused_before_any_work(demo_shards, tmp_path, capsys, monkeypatch):
     """schedule.warmup_epochs=0.1 of 2 updates per epoch: the scheduler rounds it to 0 updates, and
     the run trained without a warm-up (its start factor unused) without a word (walkthrough)."""

@@ -83,9 +83,17 @@ class EpochLoader:
             self._restored = False
             try:
                 self.cursor.check(epoch, start_step, steps=self.steps)
-            except ValueError as error:
-                # Nothing is read yet: the loader can start anywhere, as a fresh one.
-                warn(f"the saved loader state does not fit ({error}); epoch {epoch} is read from its seed")
+            except ValueError:
+                # Nothing is read yet: the loader can start anywhere, as a fresh one. Said where some
+                # of the epoch is left to read (an epoch shortened by a resume with changes to the
+                # steps already trained reads nothing), in the epochs a user counts (from 1).
+                if start_step < self.steps:
+                    where = self.cursor
+                    stood = (f"in epoch {where.open_epoch + 1} after {where.consumed} steps"
+                             if where.open_epoch is not None else f"before epoch {where.next_epoch + 1}")
+                    warn(f"the saved loader state does not fit where the run goes on (it stood {stood}; the run "
+                         f"goes on with epoch {epoch + 1} from step {start_step}); epoch {epoch + 1} is read from "
+                         "its seed")
                 self._forget_state()
         self.cursor.check(epoch, start_step, steps=self.steps)
         self._reader += 1

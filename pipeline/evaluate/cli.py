@@ -293,6 +293,9 @@ def _check_compare_out(out: Path) -> None:
     own = "the comparison needs a folder of its own (default eval-compare)"
     if is_run_folder(target):
         raise EvalError(f"--out {out}: a run folder; {own}")
+    if (target / "eval.json").is_file():  # RUN/eval: compare.md and its plots beside that run's reports
+        raise EvalError(f"--out {out}: an evaluation's folder (it holds eval.json; the comparison would lie among "
+                        f"its reports); {own}")
     for place in (target, *target.parents):
         where = "" if place == target else f"inside {place}, "
         if is_complete_checkpoint(place) or (place.name == "checkpoints" and is_run_folder(place.parent)):
@@ -338,6 +341,8 @@ def compare(argv: list[str]) -> int:
 
     args = make_compare_parser().parse_args(argv)
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else [_label(p) for p in args.evaluations]
+    if "" in labels:  # `--labels a,` named the second row '' (the empty --labels '' is argparse's to refuse)
+        raise EvalError(f"--labels {args.labels!r}: label {labels.index('') + 1} is empty; name every evaluation")
     if len(labels) != len(args.evaluations):
         raise EvalError(f"--labels names {len(labels)} runs but {len(args.evaluations)} evaluations were given")
     if len(set(labels)) != len(labels):

@@ -136,9 +136,13 @@ def compare_markdown(runs: dict[str, dict], *, warnings: list[str] = ()) -> str:
     lines += [line for warning in warnings for line in (f"**Warning**: {warning}.", "")]
     by_weights: dict[str, list[str]] = {}
     for label, r in runs.items():
-        by_weights.setdefault(r.get("settings", {}).get("weights_sha256") or label, []).append(label)
+        # By the tensors, not the file: a checkpoint and the run's export of it are different files
+        # (metadata) of one model. An older eval.json recorded the file's digest alone.
+        settings = r.get("settings", {})
+        by_weights.setdefault(settings.get("tensors_sha256") or settings.get("weights_sha256") or label,
+                              []).append(label)
     for labels in (labels for labels in by_weights.values() if len(labels) > 1):
-        lines += [f"**Note**: {' and '.join(labels)} are evaluations of the same weights (one sha256).", ""]
+        lines += [f"**Note**: {' and '.join(labels)} are evaluations of the same weights (the same tensors).", ""]
     for key, what in (("split", "splits"), ("shards", "shards"), ("image_size", "image sizes"),
                       ("precision", "precisions")):
         values = {label: r.get("settings", {}).get(key) for label, r in runs.items()}

@@ -22,6 +22,7 @@ from shards.manifest import load_manifest
 from ..data import LoaderError, LoaderOptions, create_loader
 from ..data.sharding import part_sizes
 from ..errors import EvalError
+from ..export import tensors_sha256
 from ..launcher import lone_process_problem
 from ..precision import resolve_precision
 from ..run_lock import RunFolderLock
@@ -553,7 +554,8 @@ def _settings(request: EvalRequest, accelerator) -> dict:
     source = request.source
     # Paths as absolute ones: compare and a later evaluation into the same folder read them from elsewhere.
     return {"model": source.model_name, "weights": named_path(source.weights),
-            "weights_sha256": _sha256(source.weights), "run_dir": named_path(source.run_dir),
+            "weights_sha256": _sha256(source.weights), "tensors_sha256": tensors_sha256(source.weights),
+            "run_dir": named_path(source.run_dir),
             "checkpoint": source.checkpoint, "shards": named_path(request.shards),
             "split": request.split, "tasks": list(request.tasks),
             "ood_shards": [named_path(p) for p in request.ood_shards],
