@@ -96,23 +96,39 @@ def _sort_metadata(path: Path) -> None:
             file.write(text.ljust(size, b" "))
 
 
+def model_keys(keys) -> dict[str, str]:
+    """Each saved key -> the model's own: a checkpoint saved under DDP holds the wrapper's keys
+    (Accelerate's save_state saves the prepared model), ``module.`` before each of the model's."""
+    keys = list(keys)
+    ddp = bool(keys) and all(key.startswith("module.") for key in keys)
+    return {key: key.removeprefix("module.") if ddp else key for key in keys}
+
+
 def tensors_sha256(path: Path) -> str:
-    """A digest of the tensors a safetensors file holds: each one's name, dtype, shape and bytes,
-    in name order, and nothing of the metadata or of the order the writer laid them out. A
-    checkpoint's model.safetensors (Accelerate's, no metadata) and the run's export of the same
-    weights differ as files (their sha256 too) but not here, so ``compare`` can say they are one
-    model. Read from the header's offsets, a tensor at a time."""
+    """A digest of the tensors a safetensors file holds: each one's name (the model's own, see
+    ``model_keys``), dtype, shape and bytes, in name order, and nothing of the metadata or of the
+    order the writer laid them out. A checkpoint's model.safetensors (Accelerate's, no metadata,
+    ``module.`` keys under DDP) and the run's export of the same weights differ as files (their
+    sha256 too) but not here, so ``compare`` can say they are one model. Read from the header's
+    offsets, a tensor at a time. OSError, or ValueError for a file that is no safetensors."""
     import hashlib
 
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         size = int.from_bytes(file.read(8), "little")
-        header = json.loads(file.read(size))
+        if not 2 <= size <= 100_000_000:  # safetensors' own limit on the header
+            raise ValueError(f"{path}: not a safetensors file (a header of {size} bytes)")
+        try:
+            header = json.loads(file.read(size))
+            entries = {key: (value["dtype"], value["shape"], value["data_offsets"])
+                       for key, value in header.items() if key != "__metadata__"}
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise ValueError(f"{path}: not a safetensors file (its header)") from None
         start = 8 + size
-        for name in sorted(key for key in header if key != "__metadata__"):
-            entry = header[name]
-            begin, end = entry["data_offsets"]
-            digest.update(json.dumps([name, entry["dtype"], entry["shape"], end - begin]).encode())
+        names = model_keys(entries)
+        for key in sorted(entries, key=names.get):
+            dtype, shape, (begin, end) = entries[key]
+            digest.update(json.dumps([names[key], dtype, shape, end - begin]).encode())
             file.seek(start + begin)
             left = end - begin
             while left:

@@ -13,6 +13,7 @@ continues with the new settings and the config it had is kept beside the new ``c
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -179,14 +180,20 @@ def moved_run_problem(config_file: Path | None, overrides: list[str], out_dir: P
         return ""
     from .checkpoint import is_run_folder
 
-    folder = Path(config_file).resolve().parent
+    folder = Path(config_file).absolute().parent  # the folder named, not a linked file's
     if not is_run_folder(folder) or any(o.split("=", 1)[0].strip() == "run.out_dir" for o in overrides):
         return ""
-    if Path(out_dir).resolve() == folder:
-        return ""
-    return (f"--config {config_file} is the record of the run folder {folder}, but it names run.out_dir={out_dir} "
-            f"(the folder was moved or copied since?): give run.out_dir={folder} to go on with this folder, or "
-            f"run.out_dir={out_dir} to train in that one")
+    target = Path(out_dir)
+    try:  # one folder under two names (a link, a bind mount) is the same run
+        if target.resolve() == folder.resolve() or os.path.samefile(target, folder):
+            return ""
+    except OSError:  # out_dir is not there (the folder was moved away from it)
+        pass
+    why = ("(the folder was moved or copied since?)" if target.is_absolute() else
+           f"(relative: from this working folder {target.resolve()})")
+    return (f"--config {config_file} is the record of the run folder {folder.resolve()}, but it names "
+            f"run.out_dir={out_dir} {why}: give run.out_dir={folder.resolve()} to go on with this folder, or "
+            f"run.out_dir={target.resolve()} to train in that one")
 
 
 def first_unused(name: Callable[[int], Path]) -> Path:

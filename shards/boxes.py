@@ -219,6 +219,13 @@ def scale_box(box: list[float], *, source_size: tuple[int, int], stored_size: tu
     return [box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy]
 
 
+def _fits(box: list[float], size: tuple[int, int]) -> bool:
+    """Whether ``box`` lies in a ``size`` image (as decoded). One pixel of slack past each edge:
+    inclusive ends (ImageNet's 1-based xmax, CUB's x + width) reach the image's width."""
+    x1, y1, x2, y2 = box
+    return -1 <= x1 < size[0] and -1 <= y1 < size[1] and x2 <= size[0] + 1 and y2 <= size[1] + 1
+
+
 def stored_box_fields(annotation: Annotation, image: PreparedImage) -> dict | RefusedBoxes:
     """The sample .json fields ``boxes`` (in the stored image's pixels) and ``stored_size``
     ([width, height] of the stored image); {} for an annotation without boxes."""
@@ -228,6 +235,13 @@ def stored_box_fields(annotation: Annotation, image: PreparedImage) -> dict | Re
     if annotation.size is not None and tuple(annotation.size) != source:
         return RefusedBoxes(f"box file's image size differs (it says {annotation.size[0]}x{annotation.size[1]}, "
                             f"the image is {source[0]}x{source[1]})")
+    outside = next((box for box in annotation.boxes if not _fits(box, source)), None)
+    if outside is not None:
+        # Boxes of another copy of the image (CUB's bounding_boxes.txt kept for images resized
+        # since): stored, they were cut by the evaluation's crop and their samples dropped from
+        # the scores, which blamed the crop (walkthrough).
+        return RefusedBoxes(f"a box reaches past the image (box {' '.join(f'{v:g}' for v in outside)} of a "
+                            f"{source[0]}x{source[1]} image: the annotations of another copy of it?)")
     upright = source if image.orientation not in (5, 6, 7, 8) else (source[1], source[0])
     boxes = [scale_box(orient_box(box, orientation=image.orientation, width=source[0], height=source[1]),
                        source_size=upright, stored_size=image.stored_size) for box in annotation.boxes]

@@ -106,6 +106,8 @@ def _check_request(request: BuildRequest) -> tuple[SourceSpec, list[str] | None]
     spec = detect_source(request.src, labels, request.split)
     _check_options_fit(request, spec)
     spec = with_annotations(spec, split=request.split, boxes=request.boxes)
+    for warning in spec.cub.warnings if spec.cub is not None else ():  # before the work: the user can stop it
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     if spec.cub is not None and fixed_classes is not None:  # up front: a .tgz would meet a stranger mid-stream
         _check_classes(spec.cub.classes, fixed_classes, str(request.classes))
     return spec, fixed_classes

@@ -60,6 +60,7 @@ class CubSplit:
     classes: list[str]  # every classes.txt name, sorted
     images: dict[str, CubImage]  # this split's images by their images.txt path (under images/)
     others: frozenset[str]  # the other split's paths: not inputs of this build
+    warnings: tuple[str, ...] = ()  # said before the build: metadata lines of images images.txt lacks
 
     @property
     def class_source(self) -> str:
@@ -90,8 +91,14 @@ def read_cub_split(path: Path, kind: str, split: str) -> CubSplit:
     names = {number: fields[0] for number, (fields, _) in tables["classes.txt"].items()}
     if len(set(names.values())) != len(names):
         raise ShardsError(f"{where}classes.txt: a class name is given twice")
-    images, others = {}, set()
-    for image_id, ((relative,), _) in tables["images.txt"].items():
+    images, others, listed = {}, set(), {}
+    for image_id, ((relative,), line) in tables["images.txt"].items():
+        if relative in listed:
+            # Keyed by path, the later entry replaced the earlier (its class and box) or put one
+            # image in both splits, without a word (walkthrough).
+            raise ShardsError(f"{where}images.txt:{line}: {relative} is listed before, at line {listed[relative]}: "
+                              "one image in two entries would take another's class and box, or be in both splits")
+        listed[relative] = line
         (class_id,), label_line = _entry(tables, "image_class_labels.txt", image_id, relative, where)
         (marked,), split_line = _entry(tables, "train_test_split.txt", image_id, relative, where)
         values, box_line = _entry(tables, "bounding_boxes.txt", image_id, relative, where)
@@ -107,7 +114,20 @@ def read_cub_split(path: Path, kind: str, split: str) -> CubSplit:
     if not images:  # said here: the build would only find "no files", which is not the problem
         raise ShardsError(f"--split {split}: {where}train_test_split.txt marks none of the {len(others)} images of "
                           f"images.txt as {split} (is_training_image {_SPLITS[split]})")
-    return CubSplit(root, sorted(names.values()), images, frozenset(others))
+    return CubSplit(root, sorted(names.values()), images, frozenset(others), _unlisted(tables, where))
+
+
+def _unlisted(tables: dict, where: str) -> tuple[str, ...]:
+    """A warning per metadata file with lines for image ids images.txt does not have (images.txt cut
+    down to a subset, or ids off by one): those lines are left out."""
+    warnings = []
+    for name in ("image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt"):
+        extra = sorted((number for number in tables[name] if number not in tables["images.txt"]), key=int)
+        if extra:
+            shown = ", ".join(extra[:5]) + (", ..." if len(extra) > 5 else "")
+            warnings.append(f"{where}{name}: {len(extra)} line(s) for images that images.txt does not list "
+                            f"(image {shown}): left out")
+    return tuple(warnings)
 
 
 def _entry(tables: dict, name: str, image_id: str, relative: str, where: str):

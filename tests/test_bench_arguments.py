@@ -9,6 +9,7 @@ of negative figures when the build took no longer than the start-up alone."""
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -136,7 +137,7 @@ def test_a_bad_value_is_refused_before_any_work(script, argv, option, phrase, no
     assert list(no_work.iterdir()) == [] and not out.exists()
 
 
-@pytest.mark.parametrize("kind", ["folder", "under a file", "in /proc"])
+@pytest.mark.parametrize("kind", ["folder", "under a file", "in /proc", "a FIFO"])
 @pytest.mark.parametrize("script", ["bench_mix", "bench_mix_host", "bench_ddp_soak", "bench_compile_start",
                                     "compile_drift"])
 def test_an_out_that_cannot_be_written_is_refused_before_any_work(script, kind, no_work, tmp_path, capsys,
@@ -150,9 +151,13 @@ def test_an_out_that_cannot_be_written_is_refused_before_any_work(script, kind, 
         (tmp_path / "file").write_text("a file\n")
         out = tmp_path / "file" / "results.txt"
         expected = f"error: --out {out}: {tmp_path / 'file'} is a file, not a folder"
+    elif kind == "a FIFO":  # opened to be tried, it blocked for a reader (reviewer)
+        out = tmp_path / "fifo"
+        os.mkfifo(out)
+        expected = f"error: --out {out}: {out} is not a regular file; give a file"
     else:  # no file can be made there, for root either (whom os.access tells yes: the write failed at the end)
         out = Path("/proc/cutmix-bench-results.txt")
-        expected = f"error: --out {out}: /proc may not be written ("
+        expected = f"error: --out {out}: no file can be made in /proc ("
     with pytest.raises(SystemExit) as exited:
         if script == "compile_drift":  # its parse_args reads sys.argv
             import compile_drift
@@ -170,6 +175,8 @@ def test_an_out_that_cannot_be_written_is_refused_before_any_work(script, kind, 
         assert list(out.iterdir()) == []
     elif kind == "under a file":
         assert (tmp_path / "file").read_text() == "a file\n"
+    elif kind == "a FIFO":
+        assert out.is_fifo()
     else:
         assert not out.exists()
 

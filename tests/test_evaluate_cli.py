@@ -529,6 +529,15 @@ def test_compare_notes_a_checkpoint_and_the_export_of_the_same_weights(evaluated
     changed[name].view(-1)[0] += 1
     save_file(changed, str(tmp_path / "changed.safetensors"))
     assert tensors_sha256(tmp_path / "changed.safetensors") != tensors_sha256(last)
+    # A checkpoint saved under DDP: the wrapper's keys (module.), the model's tensors (reviewer).
+    save_file({f"module.{k}": v for k, v in theirs.items()}, str(tmp_path / "ddp.safetensors"))
+    assert tensors_sha256(tmp_path / "ddp.safetensors") == tensors_sha256(last)
+    # Not a safetensors file: ValueError (the evaluation then records no tensor digest).
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    (tmp_path / "huge.safetensors").write_bytes((1 << 62).to_bytes(8, "little") + b"{}")
+    for odd in ("empty", "huge"):
+        with pytest.raises(ValueError, match="not a safetensors file"):
+            tensors_sha256(tmp_path / f"{odd}.safetensors")
     # compare of an evaluation of each: the Note, by the tensors' digest the evaluation records.
     _, results, _ = evaluated
     assert results["settings"]["tensors_sha256"] == tensors_sha256(export)
@@ -541,8 +550,22 @@ def test_compare_notes_a_checkpoint_and_the_export_of_the_same_weights(evaluated
         (folder / "eval.json").write_text(json.dumps({**results, "settings": recorded}))
         evaluations.append(str(folder))
     assert main(["compare", *evaluations, "--out", str(tmp_path / "c")]) == 0
-    assert ("**Note**: export and checkpoint are evaluations of the same weights (the same tensors).\n"
+    assert ("**Note**: export and checkpoint are evaluations of the same weights.\n"
             in (tmp_path / "c" / "compare.md").read_text())
+
+
+def test_evaluations_of_one_model_are_grouped_by_either_digest():
+    """Rows of one model: the same tensors, or the same file (an older eval.json recorded only the
+    file's sha256: it and a newer evaluation of that file are still one model), transitively."""
+    from pipeline.evaluate.report import same_weights
+
+    runs = {"old": {"settings": {"weights_sha256": "F"}},
+            "new": {"settings": {"weights_sha256": "F", "tensors_sha256": "T"}},
+            "checkpoint": {"settings": {"weights_sha256": "G", "tensors_sha256": "T"}},
+            "other": {"settings": {"weights_sha256": "H", "tensors_sha256": "U"}},
+            "unknown": {"settings": {}}, "also unknown": {}}
+    assert same_weights(runs) == [["old", "new", "checkpoint"]]
+    assert same_weights({"a": {"settings": {"weights_sha256": "F"}}, "b": {"settings": {"weights_sha256": "G"}}}) == []
 
 
 def test_compare_out_that_is_a_file(evaluated, tmp_path, capsys):
@@ -827,7 +850,7 @@ def test_compare_says_when_a_run_folder_holds_another_runs_evaluation(evaluated,
     assert (f"**Warning**: {tmp_path / 'base'} holds an evaluation of the run {tmp_path / 'cutmix'} (its "
             f"settings.run_dir), not of {tmp_path / 'base'}: its row is labelled 'base' by the folder it lies in.\n"
             ) in table
-    assert "**Note**: base and cutmix are evaluations of the same weights (the same tensors).\n" in table
+    assert "**Note**: base and cutmix are evaluations of the same weights.\n" in table
     assert table.count("**Warning**") == 1  # cutmix's own evaluation is its own
     # A run moved since its evaluation (nothing where it was recorded, the same name): its own.
     moved = {**results["settings"], "run_dir": str(tmp_path / "gone" / "base")}

@@ -81,7 +81,7 @@ def test_a_restored_state_that_does_not_fit_the_first_request_is_dropped_with_a_
     reference = list(loader_of(shards, backend).iter_epoch(3))
     assert same(list(loader_of(shards, backend, restore=state).iter_epoch(3)), reference)
     # In the epochs a user counts: the state stood in the first epoch, the run goes on with the fourth.
-    assert ("warning: the saved loader state does not fit where the run goes on (it stood in epoch 1 after 1 steps; "
+    assert ("warning: the saved loader state does not fit where the run goes on (it stood in epoch 1 after 1 step; "
             "the run goes on with epoch 4 from step 0); epoch 4 is read from its seed\n") in capfd.readouterr().err
 
 

@@ -199,3 +199,69 @@ def test_classes_of_another_data_set_are_refused_before_streaming(tmp_path, caps
     code, err = run_main(capsys, "build", source_as("tgz, metadata last", tmp_path, files), tmp_path / "out",
                          "--split", "test", "--classes", other, *SMALL)
     assert_one_error_line(code, err, "003.Bird_Wren", str(other))
+
+
+@pytest.mark.parametrize("kind", ["folder", "tgz, metadata last"])
+@pytest.mark.parametrize("other_split", [False, True])
+def test_an_image_listed_twice_in_images_txt_is_an_error(tmp_path, capsys, kind, other_split):
+    """A second images.txt entry of one image (a new id, its own class, box and split): keyed by
+    path, it replaced the first one's class and box, or put the image in both splits, without a
+    word (walkthrough). One error line naming both lines."""
+    files, images = cub_dataset()
+    first = images[4]
+    new_id = len(images) + 1
+    flag = int(first.is_training) if not other_split else 1 - int(first.is_training)
+    for name, line in (("images.txt", f"{new_id} {first.path}"), ("image_class_labels.txt", f"{new_id} 2"),
+                       ("train_test_split.txt", f"{new_id} {flag}"), ("bounding_boxes.txt", f"{new_id} 1 1 5 5")):
+        files[f"{CUB_TOP}/{name}"] += f"{line}\n".encode()
+    src = source_as(kind, tmp_path, files)
+    split = "train" if first.is_training else "test"
+    code, err = run_main(capsys, "build", src, tmp_path / "out", "--split", split, *SMALL)
+    assert_one_error_line(code, err, f"images.txt:{len(images) + 1}: {first.path} is listed before, at line "
+                                     f"{first.image_id}")
+    assert not (tmp_path / "out" / f"{split}.json").exists()
+
+
+def test_metadata_lines_of_images_not_in_images_txt_are_said(tmp_path, capsys):
+    """images.txt cut down to a subset (or ids off by one): the other files' lines of ids it lacks
+    were left out without a word (walkthrough). A warning per file, naming the ids; the build of
+    the listed images goes ahead."""
+    files, images = cub_dataset()
+    text = files[f"{CUB_TOP}/images.txt"].decode().splitlines(keepends=True)
+    dropped = images[1]  # a train image (id 2)
+    files[f"{CUB_TOP}/images.txt"] = "".join(line for line in text if not line.startswith("2 ")).encode()
+    del files[f"{CUB_TOP}/images/{dropped.path}"]
+    code, err = run_main(capsys, "build", source_as("folder", tmp_path, files), tmp_path / "out", "--split", "train",
+                         *SMALL)
+    assert code == 0, err
+    where = tmp_path / "raw" / CUB_TOP
+    assert err.splitlines() == [f"warning: {where}/{name}: 1 line(s) for images that images.txt does not list "
+                                f"(image 2): left out" for name in ("image_class_labels.txt", "train_test_split.txt",
+                                                                    "bounding_boxes.txt")]
+    assert dropped.image_id not in {s["json"]["image_id"] for s in read_with_webdataset(tmp_path / "out", "train")}
+
+
+def test_a_box_that_does_not_fit_its_image_is_refused_and_the_image_kept(tmp_path):
+    """bounding_boxes.txt of the full-size images kept for copies resized since: the boxes reached
+    past the images, were stored, and the evaluation dropped those samples, blaming its crop
+    (walkthrough). Refused per image (recorded with the reason), the image written without it; a
+    box whose far edge is the image's edge (CUB's x + width) or one pixel past it is kept."""
+    files, images = cub_dataset()
+    train = [image for image in images if image.is_training]
+    past, edge = train[0], train[1]
+    width, height = past.size
+    boxes = {past.image_id: f"{width / 2} 2 {width} 5",  # reaches half the width past the right edge
+             edge.image_id: f"0 0 {edge.size[0] + 1} {edge.size[1]}"}
+    lines = files[f"{CUB_TOP}/bounding_boxes.txt"].decode().splitlines()
+    pairs = (line.split(" ", 1) for line in lines)
+    files[f"{CUB_TOP}/bounding_boxes.txt"] = "".join(f"{n} {boxes.get(int(n), rest)}\n" for n, rest in pairs).encode()
+    out = tmp_path / "out"
+    assert build(write_files(tmp_path / "raw", files), out, "train") == 0
+    built = manifest(out, "train")
+    reason = (f"a box reaches past the image (box {width / 2:g} 2 {1.5 * width:g} 7 of a {width}x{height} image: the "
+              "annotations of another copy of it?)")
+    assert built["boxes_refused"] == [{"source": f"{CUB_TOP}/images/{past.path}", "reason": reason}]
+    assert built["totals"]["with_boxes"] == len(train) - 1 and built["totals"]["without_boxes"] == 1
+    samples = {s["json"]["image_id"]: s["json"] for s in read_with_webdataset(out, "train")}
+    assert "boxes" not in samples[past.image_id]
+    assert samples[edge.image_id]["boxes"] == [[0.0, 0.0, edge.size[0] + 1.0, float(edge.size[1])]]

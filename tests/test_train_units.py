@@ -527,9 +527,22 @@ def test_the_config_of_a_moved_run_folder_names_both_folders(trained_demo, tmp_p
         f"run.out_dir={run} to train in that one\n")
     assert run_cli(["--check", "--config", str(record), f"run.out_dir={moved}"], default_config=None) == 0
     assert f"run folder {moved}" in capsys.readouterr().out
-    # The run's own record where it was written: no question.
-    assert run_cli(["--check", "--config", str(run / "config.yaml")], default_config=None) == 0
-    assert f"run folder {run}" in capsys.readouterr().out
+    # The run's own record where it was written, also through a link to its folder: no question.
+    (tmp_path / "link").symlink_to(run)
+    for record in (run / "config.yaml", tmp_path / "link" / "config.yaml"):
+        assert run_cli(["--check", "--config", str(record)], default_config=None) == 0
+        assert f"run folder {run}" in capsys.readouterr().out
+    # A record naming its folder relative to another working folder (reviewer): said so, with the
+    # folder it names from here.
+    text = record.read_text()
+    assert f"out_dir: {run}\n" in text
+    (moved / "config.yaml").write_text(text.replace(f"out_dir: {run}\n", "out_dir: runs/x\n"))
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(["--check", "--config", "moved/config.yaml"], default_config=None) == 2
+    assert capsys.readouterr().err == (
+        f"error: --config moved/config.yaml is the record of the run folder {moved}, but it names run.out_dir=runs/x "
+        f"(relative: from this working folder {tmp_path / 'runs' / 'x'}): give run.out_dir={moved} to go on with "
+        f"this folder, or run.out_dir={tmp_path / 'runs' / 'x'} to train in that one\n")
 
 
 def test_a_warmup_shorter_than_one_update_is_refused_before_any_work(demo_shards, tmp_path, capsys, monkeypatch):

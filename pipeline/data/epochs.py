@@ -89,7 +89,8 @@ class EpochLoader:
                 # steps already trained reads nothing), in the epochs a user counts (from 1).
                 if start_step < self.steps:
                     where = self.cursor
-                    stood = (f"in epoch {where.open_epoch + 1} after {where.consumed} steps"
+                    stood = (f"in epoch {where.open_epoch + 1} after {where.consumed} "
+                             f"step{'' if where.consumed == 1 else 's'}"
                              if where.open_epoch is not None else f"before epoch {where.next_epoch + 1}")
                     warn(f"the saved loader state does not fit where the run goes on (it stood {stood}; the run "
                          f"goes on with epoch {epoch + 1} from step {start_step}); epoch {epoch + 1} is read from "

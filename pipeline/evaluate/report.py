@@ -110,6 +110,31 @@ def _ood(r: dict) -> list[str]:
         + _table(header, rows) + ([""] + notes if notes else [])
 
 
+def same_weights(runs: dict) -> list[list[str]]:
+    """The groups (two or more labels, in row order) of evaluations of one model: rows sharing the
+    digest of their tensors (a checkpoint and the run's export of it are different files of one
+    model) or of their weights file (an older eval.json recorded that alone), joined transitively."""
+    labels = list(runs)
+    group = {label: label for label in labels}
+
+    def root(label: str) -> str:
+        while group[label] != label:
+            label = group[label]
+        return label
+
+    first: dict[tuple[str, str], str] = {}
+    for label, r in runs.items():
+        settings = r.get("settings", {})
+        for key in ("tensors_sha256", "weights_sha256"):
+            if settings.get(key):
+                other = first.setdefault((key, settings[key]), label)
+                group[root(label)] = root(other)
+    groups: dict[str, list[str]] = {}
+    for label in labels:
+        groups.setdefault(root(label), []).append(label)
+    return [members for members in groups.values() if len(members) > 1]
+
+
 def compare_markdown(runs: dict[str, dict], *, warnings: list[str] = ()) -> str:
     """One table per claim, a row per evaluation (``runs``: label -> eval.json contents), then the
     given ``warnings`` and those of the settings that differ."""
@@ -134,15 +159,8 @@ def compare_markdown(runs: dict[str, dict], *, warnings: list[str] = ()) -> str:
               "average over the OOD sets of each run, as the paper's table averages over its seven.")
     lines += ["", legend, ""]
     lines += [line for warning in warnings for line in (f"**Warning**: {warning}.", "")]
-    by_weights: dict[str, list[str]] = {}
-    for label, r in runs.items():
-        # By the tensors, not the file: a checkpoint and the run's export of it are different files
-        # (metadata) of one model. An older eval.json recorded the file's digest alone.
-        settings = r.get("settings", {})
-        by_weights.setdefault(settings.get("tensors_sha256") or settings.get("weights_sha256") or label,
-                              []).append(label)
-    for labels in (labels for labels in by_weights.values() if len(labels) > 1):
-        lines += [f"**Note**: {' and '.join(labels)} are evaluations of the same weights (the same tensors).", ""]
+    for labels in same_weights(runs):
+        lines += [f"**Note**: {' and '.join(labels)} are evaluations of the same weights.", ""]
     for key, what in (("split", "splits"), ("shards", "shards"), ("image_size", "image sizes"),
                       ("precision", "precisions")):
         values = {label: r.get("settings", {}).get(key) for label, r in runs.items()}

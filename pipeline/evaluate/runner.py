@@ -550,11 +550,20 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _tensors_sha256(path: Path) -> str | None:
+    """``tensors_sha256``, or None where the file cannot tell (changed since it loaded): compare
+    then goes by the file's sha256 alone."""
+    try:
+        return tensors_sha256(path)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
 def _settings(request: EvalRequest, accelerator) -> dict:
     source = request.source
     # Paths as absolute ones: compare and a later evaluation into the same folder read them from elsewhere.
     return {"model": source.model_name, "weights": named_path(source.weights),
-            "weights_sha256": _sha256(source.weights), "tensors_sha256": tensors_sha256(source.weights),
+            "weights_sha256": _sha256(source.weights), "tensors_sha256": _tensors_sha256(source.weights),
             "run_dir": named_path(source.run_dir),
             "checkpoint": source.checkpoint, "shards": named_path(request.shards),
             "split": request.split, "tasks": list(request.tasks),

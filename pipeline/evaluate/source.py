@@ -201,6 +201,7 @@ def load_model(source: ModelSource) -> torch.nn.Module:
     """The timm model with the exported weights (strict: every key must match), in eval mode, on CPU."""
     from safetensors.torch import load_file
 
+    from ..export import model_keys
     from ..models import create_model
 
     model = create_model(name=source.model_name, num_classes=source.num_classes, pretrained=False,
@@ -210,10 +211,9 @@ def load_model(source: ModelSource) -> torch.nn.Module:
         state = load_file(str(source.weights))
     except Exception as error:  # noqa: BLE001 - safetensors raises several types for a damaged file
         raise EvalError(f"{source.weights}: not readable safetensors ({error})") from None
-    # A checkpoint saved under DDP holds the wrapper's keys (Accelerate's save_state saves the
-    # prepared model): `module.` before each of the model's own.
-    if state and all(key.startswith("module.") for key in state):
-        state = {key.removeprefix("module."): value for key, value in state.items()}
+    # A checkpoint saved under DDP holds the wrapper's keys: the model's own (model_keys).
+    names = model_keys(state)
+    state = {names[key]: value for key, value in state.items()}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
