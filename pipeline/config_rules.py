@@ -311,6 +311,9 @@ def _cutout(config) -> tuple[str, str] | None:
     if size is not None and config.mix.mode not in ("cutout", "mixup", "manifold_mixup"):
         return "mix.cutout_size", (f"Cutout goes alone (mix.mode=cutout) or before mixup / manifold_mixup, "
                                    f"not with mix.mode={config.mix.mode}; unset it (null)")
+    if size is not None and config.mix.mode == "mixup" and config.mix.per != "batch":
+        # The sampler's rule, found here rather than as a traceback once the model and loaders were built.
+        return "mix.per", f"Cutout + mixup mixes whole batches: needs batch, got {config.mix.per!r}"
     return None
 
 
@@ -336,12 +339,23 @@ def _feature_layers(config) -> tuple[str, str] | None:
         return None
     if config.mix.per != "batch":
         return "mix.per", f"mix.mode={config.mix.mode} mixes one layer per batch: needs batch, got {config.mix.per!r}"
-    from .mix.feature import model_layer_names  # torch and timm: only when a feature-level mode is asked for
+    from .mix.feature import model_layer_shapes  # torch and timm: only when a feature-level mode is asked for
 
-    known = model_layer_names(config.model.name, image_size=config.data.image_size)
+    shapes = model_layer_shapes(config.model.name, image_size=config.data.image_size)
+    known = list(shapes)
     unknown = [name for name in config.mix.feature_layers if name not in known]
     if unknown:
         return "mix.feature_layers", f"{config.model.name} has no layers {unknown}; it has {known}"
+    if config.mix.mode == "feature_cutmix":
+        # The official box (cut // 2 on either side of its centre) is empty on a grid of side 2 or
+        # less: such a layer never mixed, without a word (resnet10t's layer4 at 32 px; walkthrough).
+        small = [name for name in config.mix.feature_layers if min(shapes[name]) <= 2]
+        if small:
+            sizes = ", ".join(f"{name} {h}x{w}" for name, (h, w) in shapes.items())
+            return "mix.feature_layers", (f"{', '.join(small)} of {config.model.name} at data.image_size="
+                                          f"{config.data.image_size} {'is' if len(small) == 1 else 'are'} too small "
+                                          f"for a CutMix box (it is empty on a side of 2 or less, so the layer would "
+                                          f"never mix); the layers: {sizes}")
     return None
 
 

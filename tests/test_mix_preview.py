@@ -152,6 +152,11 @@ def test_caption_shows_label_weights():
     assert caption(smoothed, mode="none") == "none\n1: 0.93"
     # The split's class names, as the preview passes them (it showed indices only).
     assert caption(row, mode="cutmix", names=["ant", "bee", "cat", "dog"]) == "cutmix\nbee: 0.62 | dog: 0.38"
+    # Two classes: the partner's weight is the row's minimum, not a smoothing floor (it was hidden,
+    # the caption's weights summing to 0.84; walkthrough). Smoothed, a third class gives the floor.
+    assert caption(torch.tensor([0.16, 0.84]), mode="cutmix", names=["red", "blue"]) == "cutmix\nblue: 0.84 | red: 0.16"
+    assert caption(torch.tensor([0.2, 0.75, 0.05]), mode="cutmix") == "cutmix\n1: 0.75 | 0: 0.20"
+    assert caption(torch.tensor([0.0, 1.0]), mode="cutmix") == "cutmix\n1: 1.00"  # a partner of its own class
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 from train_helpers import REPO, run_train
 
@@ -152,6 +153,9 @@ def test_cross_field_rules_name_the_key_that_must_change():
         (["optim.momentum=0"], "optim.nesterov: true needs optim.momentum > 0"),
         (["schedule.name=cosine", "schedule.min_lr=0.5"], "schedule.min_lr: must be below optim.base_lr"),
         (["data.image_size=32", "mix.cutout_size=40"], "mix.cutout_size: must be at most data.image_size=32"),
+        # The sampler's rule: passed --check, then a traceback once the model and loaders were built.
+        (["mix.mode=mixup", "mix.cutout_size=8", "mix.per=elem"], "mix.per: Cutout + mixup mixes whole batches: "
+         "needs batch, got 'elem'"),
         # a short try of a recipe: the milestones to give with it (those within it, else [1]), or none
         (["schedule.epochs=2"], "schedule.milestones: must lie before schedule.epochs=2 (a decay at or after its "
          "end changes nothing), got [75, 150, 225]; give them with schedule.epochs, e.g. schedule.milestones=[1], or "
@@ -329,6 +333,28 @@ def test_feature_layers_with_an_input_level_mode_are_refused():
                                  "mix.mode=cutmix mixes the images: set mix.mode=feature_cutmix (or manifold_mixup), "
                                  "or leave mix.feature_layers out")
     resolve_config(config_file=REPO / "configs" / "imagenet1k" / "resnet50_cutmix.yaml", overrides=[])
+
+
+def test_feature_cutmix_at_a_layer_too_small_for_a_box_is_refused():
+    """resnet10t at 32 px: layer3 is 2x2 and layer4 1x1 (stride 16 and 32). The official box puts
+    cut // 2 on either side of its centre, so on a side of 2 or less it is empty (cut is at most 1
+    but for lam = 0): such a layer never mixed, the run's loss bit-identical to no mixing
+    (walkthrough). Refused, naming the layers' sizes; manifold mixup (no box) takes them."""
+    from pipeline.mix import MixSampler
+
+    params = [MixSampler(seed=seed, mode="feature_cutmix", layers=("layer3",), layer_shapes={"layer3": (2, 2)})
+              .sample(batch_size=4, height=32, width=32) for seed in range(64)]
+    assert all(float(np.min(np.asarray(p.lam))) == 1.0 for p in params)  # the premise: never mixed
+    base = ["model.name=resnet10t", "data.image_size=32", "data.augmentation=cifar", "data.random_area=[0.08,1]",
+            "data.crop_pct=0.875", "mix.mode=feature_cutmix"]
+    with pytest.raises(ConfigError) as raised:
+        resolve_config(config_file=None, overrides=[*base, "mix.feature_layers=[layer2,layer3,layer4]"])
+    assert str(raised.value) == (
+        "mix.feature_layers: layer3, layer4 of resnet10t at data.image_size=32 are too small for a CutMix box (it is "
+        "empty on a side of 2 or less, so the layer would never mix); the layers: input 32x32, act1 16x16, layer1 "
+        "8x8, layer2 4x4, layer3 2x2, layer4 1x1")
+    resolve_config(config_file=None, overrides=[*base, "mix.feature_layers=[input,layer2]"])
+    resolve_config(config_file=None, overrides=[*base, "mix.mode=manifold_mixup", "mix.feature_layers=[layer4]"])
 
 
 def test_a_recorded_config_skips_the_rules_against_unused_options(tmp_path):

@@ -40,12 +40,19 @@ def layer_names(model: torch.nn.Module, *, image_size: int) -> list[str]:
 def model_layer_names(model_name: str, *, image_size: int) -> list[str]:
     """``layer_names`` of the timm model ``model_name``, built and run on the meta device (no
     memory, no weights, no arithmetic: a config can be checked before anything is built)."""
+    return list(model_layer_shapes(model_name, image_size=image_size))
+
+
+def model_layer_shapes(model_name: str, *, image_size: int) -> dict[str, tuple[int, int]]:
+    """``layer_shapes`` of every one of ``layer_names`` of the timm model ``model_name``, in their
+    order, on the meta device as ``model_layer_names``."""
     import timm
 
     import pipeline.models  # noqa: F401 - registers our models with timm
 
     with torch.device("meta"):
-        return layer_names(timm.create_model(model_name, pretrained=False), image_size=image_size)
+        model = timm.create_model(model_name, pretrained=False)
+        return layer_shapes(model, layer_names(model, image_size=image_size), image_size=image_size)
 
 
 def layer_shapes(model: torch.nn.Module, layers, *, image_size: int) -> dict[str, tuple[int, int]]:

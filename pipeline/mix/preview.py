@@ -109,8 +109,13 @@ def caption(targets_row: Tensor, *, mode: str, top: int = 2, names: Sequence[str
     def name(k) -> str:
         return names[int(k)] if names is not None and int(k) < len(names) else str(int(k))
 
-    # Below the smoothing floor a class is not part of the mix: show only the mixed labels.
-    shown = [f"{name(k)}: {float(w):.2f}" for w, k in zip(weights, classes) if w > targets_row.min() + 1e-6]
+    # At the smoothing floor a class is not part of the mix: show only the mixed labels. The floor is
+    # what the classes outside the top ones hold (none with two classes: the row's minimum there was
+    # the partner's weight, hidden; walkthrough).
+    rest = torch.ones(len(targets_row), dtype=torch.bool)
+    rest[classes] = False
+    floor = float(targets_row.float()[rest].min()) if bool(rest.any()) else 0.0
+    shown = [f"{name(k)}: {float(w):.2f}" for w, k in zip(weights, classes) if w > floor + 1e-6]
     return f"{mode}\n" + " | ".join(shown or [f"{name(classes[0])}: {float(weights[0]):.2f}"])
 
 
