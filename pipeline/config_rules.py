@@ -341,22 +341,30 @@ def _feature_layers(config) -> tuple[str, str] | None:
         return "mix.per", f"mix.mode={config.mix.mode} mixes one layer per batch: needs batch, got {config.mix.per!r}"
     from .mix.feature import model_layer_shapes  # torch and timm: only when a feature-level mode is asked for
 
-    shapes = model_layer_shapes(config.model.name, image_size=config.data.image_size)
-    known = list(shapes)
+    known = list(model_layer_shapes(config.model.name, image_size=config.data.image_size))
     unknown = [name for name in config.mix.feature_layers if name not in known]
     if unknown:
         return "mix.feature_layers", f"{config.model.name} has no layers {unknown}; it has {known}"
-    if config.mix.mode == "feature_cutmix":
-        # The official box (cut // 2 on either side of its centre) is empty on a grid of side 2 or
-        # less: such a layer never mixed, without a word (resnet10t's layer4 at 32 px; walkthrough).
-        small = [name for name in config.mix.feature_layers if min(shapes[name]) <= 2]
-        if small:
-            sizes = ", ".join(f"{name} {h}x{w}" for name, (h, w) in shapes.items())
-            return "mix.feature_layers", (f"{', '.join(small)} of {config.model.name} at data.image_size="
-                                          f"{config.data.image_size} {'is' if len(small) == 1 else 'are'} too small "
-                                          f"for a CutMix box (it is empty on a side of 2 or less, so the layer would "
-                                          f"never mix); the layers: {sizes}")
     return None
+
+
+def _feature_box_size(config) -> tuple[str, str] | None:
+    """The official box (cut // 2 on either side of its centre) is empty on a grid of side 2 or
+    less: a feature_cutmix layer that small never mixed, without a word (resnet10t's layer3 and
+    layer4 at 32 px; walkthrough). After _feature_layers: the layers are the model's."""
+    if config.mix.mode != "feature_cutmix":
+        return None
+    from .mix.feature import model_layer_shapes  # cached: _feature_layers built the model
+
+    shapes = model_layer_shapes(config.model.name, image_size=config.data.image_size)
+    small = [name for name in config.mix.feature_layers if min(shapes[name]) <= 2]
+    if not small:
+        return None
+    sizes = ", ".join(f"{name} {h}x{w}" for name, (h, w) in shapes.items())
+    return "mix.feature_layers", (f"{', '.join(small)} of {config.model.name} at data.image_size="
+                                  f"{config.data.image_size} {'is' if len(small) == 1 else 'are'} too small for a "
+                                  f"CutMix box (it is empty on a side of 2 or less, so the layer would never mix); "
+                                  f"the layers: {sizes}")
 
 
 def _model_options(config) -> tuple[str, str] | None:
@@ -395,12 +403,13 @@ def _input_size(config) -> tuple[str, str] | None:
 
 CROSS_RULES = (_milestones, _milestone_at_the_end, _size_bounds, _crop_padding, _unused_schedule_options, _warmup,
                _milestones_in_warmup, _unused_warmup_factor, _min_lr, _nesterov, _unused_data_options, _cutout,
-               _unused_mix_options, _mix_batch, _input_size, _feature_layers, _model_options, _pretrained)
+               _unused_mix_options, _mix_batch, _input_size, _feature_layers, _feature_box_size, _model_options,
+               _pretrained)
 # Rules against a value that would train as if it were not there, or that later versions found to
 # fail: a new command's mistake. A run's recorded config.yaml (read again to evaluate it) skips them:
 # runs made before a rule existed stay evaluable, and what they trained with is what they trained with.
 INTENT_RULES = (_milestone_at_the_end, _size_bounds, _milestones_in_warmup, _unused_schedule_options,
-                _unused_warmup_factor, _unused_data_options, _unused_mix_options, _pretrained)
+                _unused_warmup_factor, _unused_data_options, _unused_mix_options, _feature_box_size, _pretrained)
 
 
 def unread_keys(config) -> frozenset[str]:
@@ -421,7 +430,7 @@ def unread_keys(config) -> frozenset[str]:
 # Rules that import torch or timm (seconds): they run after all the others, field and cross-field
 # rules alike, so that any other mistake is reported before they load.
 IMPORTING_RULES = ("model.name", "run.resume")
-IMPORTING_CROSS_RULES = (_input_size, _feature_layers, _model_options, _pretrained)
+IMPORTING_CROSS_RULES = (_input_size, _feature_layers, _feature_box_size, _model_options, _pretrained)
 
 
 def validate(config, *, recorded: bool = False) -> None:

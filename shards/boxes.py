@@ -223,7 +223,7 @@ def _fits(box: list[float], size: tuple[int, int]) -> bool:
     """Whether ``box`` lies in a ``size`` image (as decoded). One pixel of slack past each edge:
     inclusive ends (ImageNet's 1-based xmax, CUB's x + width) reach the image's width."""
     x1, y1, x2, y2 = box
-    return -1 <= x1 < size[0] and -1 <= y1 < size[1] and x2 <= size[0] + 1 and y2 <= size[1] + 1
+    return -1 <= x1 <= size[0] and -1 <= y1 <= size[1] and x2 <= size[0] + 1 and y2 <= size[1] + 1
 
 
 def stored_box_fields(annotation: Annotation, image: PreparedImage) -> dict | RefusedBoxes:

@@ -118,16 +118,17 @@ def read_cub_split(path: Path, kind: str, split: str) -> CubSplit:
 
 
 def _unlisted(tables: dict, where: str) -> tuple[str, ...]:
-    """A warning per metadata file with lines for image ids images.txt does not have (images.txt cut
-    down to a subset, or ids off by one): those lines are left out."""
-    warnings = []
-    for name in ("image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt"):
-        extra = sorted((number for number in tables[name] if number not in tables["images.txt"]), key=int)
-        if extra:
-            shown = ", ".join(extra[:5]) + (", ..." if len(extra) > 5 else "")
-            warnings.append(f"{where}{name}: {len(extra)} line(s) for images that images.txt does not list "
-                            f"(image {shown}): left out")
-    return tuple(warnings)
+    """One warning for the lines of the other metadata files for image ids images.txt does not have
+    (images.txt cut down to a subset, or ids off by one): those lines are left out."""
+    found = {name: {number for number in tables[name] if number not in tables["images.txt"]}
+             for name in ("image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt")}
+    ids = sorted(set().union(*found.values()), key=int)
+    if not ids:
+        return ()
+    files = ", ".join(f"{name} ({len(numbers)})" for name, numbers in found.items() if numbers)
+    shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
+    return (f"{where.rstrip('/')}: lines of {files} for {len(ids)} image(s) that images.txt does not list "
+            f"(image {shown}): left out",)
 
 
 def _entry(tables: dict, name: str, image_id: str, relative: str, where: str):

@@ -235,9 +235,9 @@ def test_metadata_lines_of_images_not_in_images_txt_are_said(tmp_path, capsys):
                          *SMALL)
     assert code == 0, err
     where = tmp_path / "raw" / CUB_TOP
-    assert err.splitlines() == [f"warning: {where}/{name}: 1 line(s) for images that images.txt does not list "
-                                f"(image 2): left out" for name in ("image_class_labels.txt", "train_test_split.txt",
-                                                                    "bounding_boxes.txt")]
+    assert err.splitlines() == [f"warning: {where}: lines of image_class_labels.txt (1), train_test_split.txt (1), "
+                                "bounding_boxes.txt (1) for 1 image(s) that images.txt does not list (image 2): "
+                                "left out"]
     assert dropped.image_id not in {s["json"]["image_id"] for s in read_with_webdataset(tmp_path / "out", "train")}
 
 
@@ -245,13 +245,16 @@ def test_a_box_that_does_not_fit_its_image_is_refused_and_the_image_kept(tmp_pat
     """bounding_boxes.txt of the full-size images kept for copies resized since: the boxes reached
     past the images, were stored, and the evaluation dropped those samples, blaming its crop
     (walkthrough). Refused per image (recorded with the reason), the image written without it; a
-    box whose far edge is the image's edge (CUB's x + width) or one pixel past it is kept."""
+    box whose far edge is the image's edge (CUB's x + width) or one pixel past it is kept, and so is
+    a one-pixel box on the last column in 1-based ends (reviewer)."""
     files, images = cub_dataset()
     train = [image for image in images if image.is_training]
     past, edge = train[0], train[1]
     width, height = past.size
+    last = train[2]
     boxes = {past.image_id: f"{width / 2} 2 {width} 5",  # reaches half the width past the right edge
-             edge.image_id: f"0 0 {edge.size[0] + 1} {edge.size[1]}"}
+             edge.image_id: f"0 0 {edge.size[0] + 1} {edge.size[1]}",
+             last.image_id: f"{last.size[0]} {last.size[1]} 0 0"}
     lines = files[f"{CUB_TOP}/bounding_boxes.txt"].decode().splitlines()
     pairs = (line.split(" ", 1) for line in lines)
     files[f"{CUB_TOP}/bounding_boxes.txt"] = "".join(f"{n} {boxes.get(int(n), rest)}\n" for n, rest in pairs).encode()
@@ -265,3 +268,4 @@ def test_a_box_that_does_not_fit_its_image_is_refused_and_the_image_kept(tmp_pat
     samples = {s["json"]["image_id"]: s["json"] for s in read_with_webdataset(out, "train")}
     assert "boxes" not in samples[past.image_id]
     assert samples[edge.image_id]["boxes"] == [[0.0, 0.0, edge.size[0] + 1.0, float(edge.size[1])]]
+    assert samples[last.image_id]["boxes"] == [[float(last.size[0]), float(last.size[1])] * 2]

@@ -355,6 +355,9 @@ def test_feature_cutmix_at_a_layer_too_small_for_a_box_is_refused():
         "8x8, layer2 4x4, layer3 2x2, layer4 1x1")
     resolve_config(config_file=None, overrides=[*base, "mix.feature_layers=[input,layer2]"])
     resolve_config(config_file=None, overrides=[*base, "mix.mode=manifold_mixup", "mix.feature_layers=[layer4]"])
+    # A run that trained so (this rule is newer) stays evaluable: its recorded config keeps it (reviewer).
+    recorded = resolve_config(config_file=None, overrides=[*base, "mix.feature_layers=[layer2,layer3]"], recorded=True)
+    assert recorded.mix.feature_layers == ("layer2", "layer3")
 
 
 def test_a_recorded_config_skips_the_rules_against_unused_options(tmp_path):

@@ -17,6 +17,7 @@ the modules of its ``feature_info`` (for ResNets ``layer1`` .. ``layer4``).
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import numpy as np
 import torch
@@ -30,11 +31,20 @@ def layer_names(model: torch.nn.Module, *, image_size: int) -> list[str]:
     """The layers a feature-level mode can mix at: "input" (the image) and the modules of the
     model's ``feature_info`` (timm's description of its stages) whose output is a feature map
     [B, C, H, W] with C its ``num_chs`` (a ViT's tokens or a Swin's channels-last maps are not)."""
+    return list(_feature_maps(model, image_size=image_size))
+
+
+def _feature_maps(model: torch.nn.Module, *, image_size: int) -> dict[str, tuple[int, int]]:
+    """(height, width) of each of ``layer_names``, from one forward."""
     info = [entry for entry in (getattr(model, "feature_info", None) or [])
             if isinstance(entry, dict) and "module" in entry]
     outputs = _layer_outputs(model, [entry["module"] for entry in info], image_size=image_size)
-    return [INPUT_LAYER] + [entry["module"] for entry in info
-                            if len(outputs[entry["module"]]) == 4 and outputs[entry["module"]][1] == entry["num_chs"]]
+    maps = {INPUT_LAYER: (image_size, image_size)}
+    for entry in info:
+        shape = outputs[entry["module"]]
+        if len(shape) == 4 and shape[1] == entry["num_chs"]:
+            maps[entry["module"]] = tuple(shape[2:])
+    return maps
 
 
 def model_layer_names(model_name: str, *, image_size: int) -> list[str]:
@@ -44,15 +54,19 @@ def model_layer_names(model_name: str, *, image_size: int) -> list[str]:
 
 
 def model_layer_shapes(model_name: str, *, image_size: int) -> dict[str, tuple[int, int]]:
-    """``layer_shapes`` of every one of ``layer_names`` of the timm model ``model_name``, in their
-    order, on the meta device as ``model_layer_names``."""
+    """(height, width) of each of ``layer_names`` of the timm model ``model_name``, in their order,
+    from one forward on the meta device as ``model_layer_names``."""
+    return dict(_meta_layer_shapes(model_name, image_size))
+
+
+@functools.lru_cache(maxsize=8)  # two config rules ask, and a model takes up to a second to build
+def _meta_layer_shapes(model_name: str, image_size: int) -> tuple[tuple[str, tuple[int, int]], ...]:
     import timm
 
     import pipeline.models  # noqa: F401 - registers our models with timm
 
     with torch.device("meta"):
-        model = timm.create_model(model_name, pretrained=False)
-        return layer_shapes(model, layer_names(model, image_size=image_size), image_size=image_size)
+        return tuple(_feature_maps(timm.create_model(model_name, pretrained=False), image_size=image_size).items())
 
 
 def layer_shapes(model: torch.nn.Module, layers, *, image_size: int) -> dict[str, tuple[int, int]]:
