@@ -56,9 +56,9 @@ def out_problem(path: Path) -> str:
     # Tried, not asked with os.access: that says yes to root everywhere, /proc included, where the
     # write then failed after the work. The file itself opened to append (nothing written, nothing
     # changed), and a temporary file beside it (the atomic writes) made and removed.
-    if path.exists() and not path.is_file():  # a FIFO, a device: opened, it would block or take the table
-        return f"{path} is not a regular file; give a file"
     if path.exists():
+        if not path.is_file():  # a FIFO, a device: opened, it would block or take the table
+            return f"{path} is not a regular file; give a file"
         try:
             with open(path, "ab"):
                 pass

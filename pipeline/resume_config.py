@@ -183,17 +183,16 @@ def moved_run_problem(config_file: Path | None, overrides: list[str], out_dir: P
     folder = Path(config_file).absolute().parent  # the folder named, not a linked file's
     if not is_run_folder(folder) or any(o.split("=", 1)[0].strip() == "run.out_dir" for o in overrides):
         return ""
-    target = Path(out_dir)
     try:  # one folder under two names (a link, a bind mount) is the same run
-        if target.resolve() == folder.resolve() or os.path.samefile(target, folder):
+        if os.path.samefile(out_dir, folder):
             return ""
     except OSError:  # out_dir is not there (the folder was moved away from it)
         pass
-    why = ("(the folder was moved or copied since?)" if target.is_absolute() else
-           f"(relative: from this working folder {target.resolve()})")
-    return (f"--config {config_file} is the record of the run folder {folder.resolve()}, but it names "
-            f"run.out_dir={out_dir} {why}: give run.out_dir={folder.resolve()} to go on with this folder, or "
-            f"run.out_dir={target.resolve()} to train in that one")
+    here, there = folder.resolve(), Path(out_dir).resolve()
+    why = ("(the folder was moved or copied since?)" if Path(out_dir).is_absolute() else
+           f"(relative: from this working folder {there})")
+    return (f"--config {config_file} is the record of the run folder {here}, but it names run.out_dir={out_dir} "
+            f"{why}: give run.out_dir={here} to go on with this folder, or run.out_dir={there} to train in that one")
 
 
 def first_unused(name: Callable[[int], Path]) -> Path:
