@@ -99,6 +99,10 @@ def run_cli(argv: list[str], *, default_config: Path | None) -> int:
                   f"top-5 error {record['top5_err']:.2f}% (best top-1 {record['best_top1_err']:.2f}% at epoch "
                   f"{record['best_epoch']}{_best_checkpoint(config, record['best_epoch'])}); run folder "
                   f"{config.run.out_dir}", flush=True)
+        elif _global_rank() == 0 and record and config.loader.backend == "synthetic":
+            print(f"done in {time.perf_counter() - started:.0f} s: {record['img_per_s']:.0f} img/s in the last "
+                  f"epoch, on random images (loader.backend=synthetic: nothing evaluated); run folder "
+                  f"{config.run.out_dir}", flush=True)
     finally:
         if previous is not None:  # exit_cleanly takes it from here (an in-process caller gets it back)
             signal.signal(signal.SIGINT, previous)

@@ -11,11 +11,13 @@ from .errors import TrainError
 METRICS_FILE = "metrics.jsonl"
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
+def read_metrics(run_dir: Path, *, remedy: str = "mend or remove that line (run.resume=none starts over)"
+                 ) -> list[dict]:
     """Every epoch's record of a run, in order. A last line cut short (a kill or a full disk while
     it was written: no newline after it) is left out: its epoch's checkpoint comes after it, so a
     resume trains that epoch again and writes it anew. Any other line that is not a record is a
-    TrainError naming the file and the line."""
+    TrainError naming the file and the line, then ``remedy`` (the default is the training's: a
+    plot's reader is not helped by starting the run over)."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return []
@@ -30,10 +32,10 @@ def read_metrics(run_dir: Path) -> list[dict]:
             if number == len(lines):
                 break
             raise TrainError(f"{path}: line {number} is not a metrics record ({error.msg}): {line[:80]!r}; "
-                             "mend or remove that line (run.resume=none starts over)") from None
+                             f"{remedy}") from None
         if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
             raise TrainError(f"{path}: line {number} is not a metrics record (no epoch): {line[:80]!r}; "
-                             "mend or remove that line (run.resume=none starts over)")
+                             f"{remedy}")
         records.append(record)
     return records
 

@@ -44,12 +44,27 @@ def load_records(run_dir: Path) -> list[dict]:
     if not metrics.is_file():
         raise ValueError(f"{run_dir}: no {METRICS_FILE} (not a run folder, or no epoch has finished yet)")
     try:
-        records = read_metrics(run_dir)
+        records = read_metrics(run_dir, remedy="mend or remove that line, and the others are plotted")
     except UnicodeDecodeError:  # read as text before any line is looked at
         raise ValueError(f"{metrics}: not a text file (one JSON record per line is expected)") from None
     if not records:
         raise ValueError(f"{metrics}: no metrics to plot")
     return records
+
+
+def panel_points(records: list[dict], key: str, *, metrics: Path) -> list[tuple[int, float]]:
+    """(epoch, value) of ``key`` in the records that have it (an epoch without evaluation has no
+    error keys); a value that is not a number is a ValueError naming the file (matplotlib drew a
+    string as a category axis without a word)."""
+    points = []
+    for record in records:
+        if key in record:
+            value = record[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{metrics}: epoch {record['epoch']}'s {key} is {value!r}, not a number; mend or "
+                                 "remove that line, and the others are plotted")
+            points.append((record["epoch"], value))
+    return points
 
 
 def eval_split_of(run_dir: Path) -> str:
@@ -94,13 +109,25 @@ def plot_run(run_dir: Path, *, out_dir: Path | None = None) -> list[Path]:
         raise ValueError(f"--out {out}: {'' if owner == target else 'inside '}another run's folder, {owner} (its "
                          f"plots would then show this run's curves); the plots need a folder of their own (default "
                          f"{Path(run_dir) / PLOTS_FOLDER})")
+    metrics = Path(run_dir) / METRICS_FILE
+    drawn = {name: {key: panel_points(records, key, metrics=metrics) for key in keys}
+             for name, (_, _, keys) in PANELS.items()}
+    empty = [name for name, curves in drawn.items() if not any(curves.values())]
+    if len(empty) == len(PANELS):
+        raise ValueError(f"{metrics}: no metrics to plot (no record has any of "
+                         f"{', '.join(key for _, _, keys in PANELS.values() for key in keys)})")
+    for name in empty:  # an empty panel with an empty legend (matplotlib warned) said nothing
+        keys = PANELS[name][2]
+        print(f"note: {name} not drawn: no record of {metrics} has {' or '.join(keys)}"
+              + (" (no epoch was evaluated: run.eval_every, or loader.backend=synthetic)" if "top1_err" in keys else ""), file=sys.stderr)
     written = []
     try:
         out.mkdir(parents=True, exist_ok=True)
         for name, (title, ylabel, keys) in PANELS.items():
+            if name in empty:
+                continue
             figure, axes = plt.subplots(figsize=(6, 4))
-            for key in keys:
-                points = [(r["epoch"], r[key]) for r in records if key in r]
+            for key, points in drawn[name].items():
                 if points:
                     axes.plot(*zip(*points), marker="o", markersize=3, label=key)
             axes.set(title=title.format(split=split), xlabel="epoch", ylabel=ylabel)

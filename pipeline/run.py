@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 import os
 import pickle
@@ -92,7 +93,8 @@ def _train_holding(config: TrainConfig, *, run_dir: Path, checkpoint: Path | Non
         session = setup(config, run_dir=run_dir, checkpoint=checkpoint, lock=lock)
         stop.group = session.stop_group
         state, loader_state, changes = resume(config, checkpoint, changes=changes, session=session, run_dir=run_dir)
-        start_trackers(config, session.accelerator)  # after resume's checks: a refused resume writes nothing
+        # After resume's checks: a refused resume writes nothing.
+        start_trackers(config, session.accelerator, resumed_after=None if checkpoint is None else state.epoch)
         done_before = state.epoch >= config.schedule.epochs  # the same command again after the end
         # A finished run reads nothing: its loader state (of other settings, after a resume with
         # another process count) warned of a data order that restarts, before "nothing to train".
@@ -276,12 +278,17 @@ def quiet_ddp_buffer_broadcast_warning() -> None:
                                     r"[^`]*_broadcast_coalesced")
 
 
-def start_trackers(config: TrainConfig, accelerator) -> None:
-    """With ``run.tensorboard``: event files in RUN/tensorboard, the config as hparams (scalars only)."""
+def start_trackers(config: TrainConfig, accelerator, *, resumed_after: int | None) -> None:
+    """With ``run.tensorboard``: event files in RUN/tensorboard, the config as hparams (scalars only).
+    ``resumed_after``: the epochs a resumed run had finished (None: a fresh start). Events logged
+    for later epochs before (an epoch logged, then killed before its checkpoint; the epochs a
+    branch replaces) would be drawn beside the new ones as a second curve: TensorBoard hides
+    every event of an earlier writer at or past a writer's ``purge_step`` (steps are epochs)."""
     if config.run.tensorboard:
         flat = {f"{section}.{key}": value if isinstance(value, (int, float, str, bool)) else str(value)
                 for section, values in config_to_dict(config).items() for key, value in values.items()}
-        accelerator.init_trackers(TENSORBOARD_FOLDER, config=flat)
+        purge = {} if resumed_after is None else {"tensorboard": {"purge_step": resumed_after + 1}}
+        accelerator.init_trackers(TENSORBOARD_FOLDER, config=flat, init_kwargs=purge)
 
 
 def preprocessing(config: TrainConfig) -> dict:
@@ -576,10 +583,38 @@ def set_aside_later_checkpoints(run_dir: Path, checkpoint: Path) -> Path | None:
     for folder in later:
         os.replace(folder, aside / "checkpoints" / folder.name)
     point_record_at(aside / WEIGHTS_FILE)  # its load line named RUN/model.safetensors, the new run's
+    # What was made of the replaced epochs: the curves drawn from their metrics, and evaluations of
+    # their weights (a later checkpoint or the export); left beside the branch's files they would
+    # pass for its own. Evaluations of a checkpoint the branch keeps stay. TensorBoard's events are
+    # copied (the branch's writer hides the replaced steps in RUN/tensorboard: start_trackers).
+    made = [folder for folder in sorted(Path(run_dir).iterdir()) if folder.is_dir()
+            and (folder.name == PLOTS_FOLDER or _evaluates_replaced(folder, run_dir=run_dir, later=later))]
+    for folder in made:
+        os.replace(folder, aside / folder.name)
+    if (Path(run_dir) / TENSORBOARD_FOLDER).is_dir():
+        shutil.copytree(Path(run_dir) / TENSORBOARD_FOLDER, aside / TENSORBOARD_FOLDER)
+        made.append(aside / TENSORBOARD_FOLDER)
     export = " and the export they led to" if exported else ""
+    also = f" (with {', '.join(folder.name + '/' for folder in made)})" if made else ""
     print(f"run.resume={checkpoint}: the run's later checkpoints ({', '.join(f.name for f in later)}){export} are "
-          f"moved to {aside}, with a copy of its metrics and config", flush=True)
+          f"moved to {aside}, with a copy of its metrics and config{also}", flush=True)
     return aside
+
+
+def _evaluates_replaced(folder: Path, *, run_dir: Path, later: list[Path]) -> bool:
+    """Whether ``folder`` holds an evaluation (an eval.json) of anything but a checkpoint of
+    ``run_dir`` that stays: the export (which a branch moves aside) or one of the ``later``
+    checkpoints. An eval.json that cannot be read is taken for one (moving it loses nothing)."""
+    record = folder / "eval.json"
+    if not record.is_file():
+        return False
+    try:
+        checkpoint = json.loads(record.read_text())["settings"]["checkpoint"]
+        evaluated = Path(checkpoint["folder"]).resolve() if checkpoint else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return True
+    stays = evaluated is not None and evaluated.parent == (Path(run_dir) / "checkpoints").resolve()
+    return not stays or any(evaluated == Path(moved).resolve() for moved in later)
 
 
 def earlier_run_left(run_dir: Path, *, resume: str) -> bool:
@@ -701,7 +736,13 @@ def start_line(config: TrainConfig, *, session: Session, state: TrainState, run_
             f"{processes} process{'es' if processes > 1 else ''} on {accelerator.device.type}, "
             f"precision {accelerator.mixed_precision}, global batch {config.loader.batch_size * processes}, "
             f"{session.steps_per_epoch} steps per epoch, epochs {state.epoch + 1}-{config.schedule.epochs}; "
-            f"run folder {run_dir}")
+            f"run folder {run_dir}" + (SYNTHETIC_NOTE if config.loader.backend == "synthetic" else ""))
+
+
+# The start line's last words for loader.backend=synthetic: what such a run measures, and what not.
+SYNTHETIC_NOTE = ("; loader.backend=synthetic: one batch of random images and labels, made once on the device, "
+                  "at every step (the model-only throughput ceiling): no image is read, none of the data options "
+                  "applies, and no epoch is evaluated")
 
 
 def carried_loss(state: TrainState, *, rank: int) -> float:
@@ -750,7 +791,10 @@ def epoch_record(config: TrainConfig, *, session: Session, state: TrainState, re
               "lr": lr,
               "img_per_s": result.images * world / max(result.step_seconds, 1e-9),
               "data_wait_share": result.wait_seconds / max(result.step_seconds, 1e-9), "epoch_seconds": seconds}
-    if state.epoch % config.run.eval_every == 0 or state.epoch == config.schedule.epochs:
+    # The synthetic backend's val batches are random images with random labels (and as many as a
+    # whole batch count, not the val set's): their errors read like a result (walkthrough).
+    synthetic = config.loader.backend == "synthetic"
+    if not synthetic and (state.epoch % config.run.eval_every == 0 or state.epoch == config.schedule.epochs):
         record.update(evaluate(session.model, session.val_loader, accelerator=accelerator, mean=config.data.mean,
                                std=config.data.std, dtype=session.mix.out_dtype,
                                channels_last=config.model.channels_last, progress=progress))

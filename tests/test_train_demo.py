@@ -54,6 +54,53 @@ def test_exported_weights_load_in_timm(demo_run):
         assert not torch.allclose(fresh(images), reference(images))
 
 
+def test_timms_own_preprocessing_of_the_export_gives_the_logged_val_error(demo_run, demo_shards):
+    """model.json's load line, then timm's standard evaluation recipe (resolve_data_config +
+    create_transform) on the val images read with webdataset and PIL: the trainer's logged val
+    error. Without the preprocessing in the overlay timm used resnet10t's ImageNet input (176 px,
+    bicubic): 89% error for this 1.7% model (walkthrough)."""
+    import timm
+    import webdataset as wds
+    from timm.data import create_transform, resolve_data_config
+
+    out, _ = demo_run
+    model = eval(json.loads((out / "model.json").read_text())["load"], {"timm": timm}).eval()
+    config = resolve_data_config({}, model=model)
+    assert config["input_size"] == (3, 32, 32) and config["crop_pct"] == 1.0
+    transform = create_transform(**config)
+    tars = sorted(str(path) for path in demo_shards.glob("val-*.tar"))
+    wrong = total = 0
+    with torch.no_grad():
+        for image, label in wds.WebDataset(tars, shardshuffle=False).decode("pil").to_tuple("jpg", "cls"):
+            predicted = model(transform(image.convert("RGB")).unsqueeze(0)).argmax(1).item()
+            wrong, total = wrong + (predicted != int(label)), total + 1
+    logged = read_metrics(out)[-1]
+    assert total == logged["val_samples"] == 359
+    # PIL's bilinear resize of a 32 px image to 32 px is none; DALI's decoder may differ by a grey
+    # level, so one image of 359 may go the other way.
+    assert abs(100 * wrong / total - logged["top1_err"]) <= 100 / total + 1e-9
+
+
+def test_a_run_on_synthetic_batches_says_what_it_measures_and_evaluates_nothing(demo_shards, tmp_path):
+    """loader.backend=synthetic trains on one random batch: its 'val top-1 err 80.00%' over 40
+    random samples (the val set has 37) and its 'best' read like results (walkthrough). Now no
+    epoch is evaluated, and the start and last lines say what the run measured."""
+    out = tmp_path / "run"
+    done = run_train(small_run_args(demo_shards, out, "loader.backend=synthetic", "schedule.epochs=2",
+                                    "run.max_train_steps=2", "loader.batch_size=16", "schedule.warmup_epochs=0"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, *_, last = done.stdout.splitlines()
+    assert first.endswith(f"run folder {out}; loader.backend=synthetic: one batch of random images and labels, made "
+                          "once on the device, at every step (the model-only throughput ceiling): no image is read, "
+                          "none of the data options applies, and no epoch is evaluated"), first
+    records = read_metrics(out)
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert not any(key.endswith("_err") or key.startswith("val_") or key.startswith("best") for r in records for key in r)
+    assert last.startswith("done in ") and last.endswith(
+        f" img/s in the last epoch, on random images (loader.backend=synthetic: nothing evaluated); run folder {out}")
+    assert f"{records[-1]['img_per_s']:.0f} img/s" in last and "top-1" not in done.stdout
+
+
 def test_every_file_of_the_run_is_as_readable_as_the_umask_allows(demo_run):
     """The weights too (exported and in each checkpoint): safetensors writes them 0600, which left
     them unreadable to the rest of a team on a shared cluster."""
@@ -150,6 +197,21 @@ def test_the_error_panel_names_the_split_the_run_evaluated(tmp_path, capsys, mon
     assert titles[1] == "Test error"
 
 
+def test_a_panel_with_nothing_to_draw_is_left_out_with_a_note(tmp_path, capsys):
+    """A run that evaluated no epoch (run.eval_every past its end): its error panel was an empty
+    frame with matplotlib's legend warning; now it is not drawn, and a note says why."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text("".join(
+        json.dumps({key: value for key, value in json.loads(line).items() if not key.endswith("_err")}) + "\n"
+        for line in METRICS.splitlines()))
+    code, out, err = plot_here([tmp_path / "run"], capsys)
+    assert code == 0, err
+    assert out.splitlines() == [str(tmp_path / "run" / "plots" / name) for name in PANELS if name != "error.png"]
+    assert err == (f"note: error.png not drawn: no record of {tmp_path / 'run' / 'metrics.jsonl'} has top1_err or "
+                   "top5_err (no epoch was evaluated: run.eval_every, or loader.backend=synthetic)\n")
+    assert sorted(path.name for path in (tmp_path / "run" / "plots").iterdir()) == sorted(set(PANELS) - {"error.png"})
+
+
 def test_plot_mistakes_are_one_error_line(tmp_path, capsys):
     (tmp_path / "run").mkdir()
     metrics = tmp_path / "run" / "metrics.jsonl"
@@ -190,11 +252,23 @@ def test_plot_mistakes_are_one_error_line(tmp_path, capsys):
     code, _, err = plot_here([metrics, "--out", aside / "plots"], capsys)
     assert code == 2 and err.startswith(f"error: --out {aside / 'plots'}: inside another run's folder, {aside} "), err
     # Lines that are not records (read_metrics names the line; it was a traceback here) and a binary file.
+    # The remedy is a plot's, not the training's "run.resume=none starts over" (walkthrough).
     for content, line in [("not json\n", f"error: {metrics}: line 1 "),
-                          (b"\x89PNG\r\n\x1a\n\xff\xfe", f"error: {metrics}: not a text file")]:
+                          ('{"epoch": 1}\n[2]\n', f"error: {metrics}: line 2 is not a metrics record (no epoch): "
+                                                   "'[2]'; mend or remove that line, and the others are plotted"),
+                          (b"\x89PNG\r\n\x1a\n\xff\xfe", f"error: {metrics}: not a text file"),
+                          # Records with nothing to draw: four empty panels, exit 0 (walkthrough).
+                          ('{"epoch": 1}\n', f"error: {metrics}: no metrics to plot (no record has any of "
+                                             "train_loss, top1_err, top5_err, lr, img_per_s)"),
+                          # A string was drawn as a category axis; null as nothing.
+                          ('{"epoch": 1, "train_loss": "abc"}\n', f"error: {metrics}: epoch 1's train_loss is "
+                                                                  "'abc', not a number; mend or remove that line"),
+                          ('{"epoch": 1, "train_loss": 2.0, "lr": null}\n', f"error: {metrics}: epoch 1's lr is "
+                                                                            "None, not a number")]:
         metrics.write_bytes(content.encode() if isinstance(content, str) else content)
         code, out, err = plot_here([metrics], capsys)
         assert code == 2 and out == "" and len(err.splitlines()) == 1 and err.startswith(line), err
+        assert "run.resume" not in err, err
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -1,6 +1,7 @@
 """A run killed mid-training (SIGKILL) or stopped by Slurm's signals (SIGTERM, SIGUSR1) and resumed
 with run.resume=auto ends with exactly the metrics and weights of an uninterrupted run."""
 
+import json
 import math
 import signal
 import subprocess
@@ -315,10 +316,39 @@ def test_resuming_a_named_earlier_checkpoint_sets_the_later_ones_aside(demo_shar
     shutil.copytree(uninterrupted, out)
     earlier_metrics, earlier_export = (out / "metrics.jsonl").read_text(), (out / "model.safetensors").read_bytes()
     named = out / "checkpoints" / "epoch-0002"
-    done = run_train([*small_run_args(demo_shards, out, *EXTRA), f"run.resume={named}"])
+    # What was made of the epochs it replaces (walkthrough: they stayed beside the branch's files):
+    # the curves, evaluations of the export and of epoch-0003 (moved), one of epoch-0002 (stays), and
+    # TensorBoard events of all three epochs, written here by TensorBoard's own writer.
+    made = {"plots/loss.png": "curve", "eval/eval.json": {"settings": {"checkpoint": None}},
+            "eval-3/eval.json": {"settings": {"checkpoint": {"folder": str(out / "checkpoints" / "epoch-0003")}}},
+            "eval-2/eval.json": {"settings": {"checkpoint": {"folder": str(named)}}}}
+    for name, content in made.items():
+        (out / name).parent.mkdir()
+        (out / name).write_text(content if isinstance(content, str) else json.dumps(content))
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(out / "tensorboard") as writer:
+        for epoch in (1, 2, 3):
+            writer.add_scalar("train_loss", 100.0 + epoch, global_step=epoch)
+    done = run_train([*small_run_args(demo_shards, out, *EXTRA), f"run.resume={named}", "run.tensorboard=true"])
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"run.resume={named}: the run's later checkpoints (epoch-0003) and the export they led to are moved to " \
-        f"{out / 'replaced-1'}, with a copy of its metrics and config" in done.stdout
+        f"{out / 'replaced-1'}, with a copy of its metrics and config (with eval/, eval-3/, plots/, tensorboard/)" \
+        in done.stdout
+    assert {name: (out / "replaced-1" / name).exists() for name in made} == {
+        "plots/loss.png": True, "eval/eval.json": True, "eval-3/eval.json": True, "eval-2/eval.json": False}
+    assert (out / "eval-2" / "eval.json").is_file() and not (out / "eval").exists() and not (out / "plots").exists()
+    # TensorBoard (its own reader): the branch's epoch 3 alone in RUN; the replaced one kept aside.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def losses(folder):
+        events = EventAccumulator(str(folder))
+        events.Reload()
+        return [(event.step, event.value) for event in events.Scalars("train_loss")]
+
+    branch_loss = read_metrics(out)[-1]["train_loss"]
+    assert losses(out / "tensorboard") == [(1, 101.0), (2, 102.0), (3, pytest.approx(branch_loss))]
+    assert losses(out / "replaced-1" / "tensorboard") == [(1, 101.0), (2, 102.0), (3, 103.0)]
     assert [p.name for p in (out / "replaced-1" / "checkpoints").iterdir()] == ["epoch-0003"]
     assert (out / "replaced-1" / "metrics.jsonl").read_text() == earlier_metrics
     assert (out / "replaced-1" / "model.safetensors").read_bytes() == earlier_export
