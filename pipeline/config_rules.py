@@ -44,6 +44,14 @@ def ordered_pair(low: float, high: float | None = None) -> Rule:
     return rule
 
 
+def pair_within(low: float, high: float) -> Rule:
+    """(a, b) with low <= a <= b <= high."""
+    def rule(value):
+        a, b = value
+        return None if low <= a <= b <= high else f"must be [a, b] with {low} <= a <= b <= {high}, got {_shown(value)}"
+    return rule
+
+
 def each(inner: Rule) -> Rule:
     def rule(values):
         for value in values:
@@ -246,7 +254,10 @@ def _warmup(config) -> tuple[str, str] | None:
 # are resized to image_size / crop_pct. Intent rules: a run recorded with a value beyond them trained.
 SIZE_BOUNDS = (("data.image_size", between(8, 2048)),  # the evaluator's; 10^6 px: the allocator's traceback
                ("data.crop_pct", between(0.25, 1)),  # 1e-9: an overflow at the first evaluation
-               ("loader.shuffle_buffer", between(1, 2**20)))  # samples per rank: 2^31 crashed DALI, 10^8 hung
+               ("loader.shuffle_buffer", between(1, 2**20)),  # samples per rank: 2^31 crashed DALI, 10^8 hung
+               # [500, 1000]: the torch backend's fallback crop of a small image had no rows (a traceback);
+               # the loader's own bound (pipeline/data/augment.py ASPECT_BOUNDS: importing it imports torch)
+               ("data.random_aspect_ratio", pair_within(0.1, 10.0)))
 
 
 def _size_bounds(config) -> tuple[str, str] | None:

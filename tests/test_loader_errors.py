@@ -264,6 +264,41 @@ def test_augmentation_padding_must_be_whole_pixels():
         Augmentation(image_size=32, kind="cifar", padding=4.5)
 
 
+@pytest.mark.parametrize("arguments, message", [
+    # Of the wrong kind: a TypeError from the comparison that checked them (walkthrough).
+    (dict(hw_decoder_load="0.5"), r"hw_decoder_load must be a number in \[0, 1\], got '0\.5'"),
+    (dict(hw_decoder_load=True), r"hw_decoder_load must be a number in \[0, 1\], got True"),
+    (dict(preallocate_hint=None), r"preallocate_hint must be \(width, height\), whole numbers >= 0, got None"),
+    (dict(preallocate_hint=(1.5, 2)), r"preallocate_hint must be .* got \(1\.5, 2\)"),
+    (dict(preallocate_hint=(64, -1)), r"preallocate_hint must be .* got \(64, -1\)"),
+])
+def test_loader_options_of_the_wrong_kind_are_named(arguments, message):
+    with pytest.raises(LoaderError, match=message):
+        LoaderOptions(batch_size=8, **arguments)
+    assert LoaderOptions(batch_size=8, hw_decoder_load=1, preallocate_hint=[640, 480]).hw_decoder_load == 1
+
+
+@pytest.mark.parametrize("ratio", [(500.0, 1000.0), (0.001, 0.001), (0.05, 1.0), (2.0, 11.0)])
+def test_a_crop_aspect_ratio_past_one_tenth_to_ten_is_refused(ratio):
+    with pytest.raises(LoaderError, match=re.escape(f"random_aspect_ratio must satisfy 0.1 <= low <= high <= 10.0 "
+                                                    f"(a crop's width over its height), got {ratio}")):
+        Augmentation(image_size=32, random_aspect_ratio=ratio)
+
+
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+@pytest.mark.parametrize("ratio", [(10.0, 10.0), (0.1, 0.1)])
+def test_both_backends_crop_at_the_aspect_bounds(shards, backend, ratio):
+    """The whole area at ratio 10 fits no image: both fall back to a crop of the image's side. At
+    [500, 1000] torchvision's fallback had round(32 / 500) = 0 rows: a worker's traceback, while
+    DALI trained on (walkthrough); within the bounds both give whole batches."""
+    loader, _ = create_loader(shards, "train", augmentation=Augmentation(image_size=32, random_area=(1.0, 1.0),
+                                                                          random_aspect_ratio=ratio),
+                              options=LoaderOptions(batch_size=8, backend=backend, num_threads=1), rank=0,
+                              world_size=1, device="cpu", seed=0)
+    images, labels = next(iter(loader))
+    assert images.shape == (8, 32, 32, 3) and labels.shape == (8,)
+
+
 @pytest.mark.parametrize("backend", ["dali", "torch", "synthetic"])
 def test_numpy_numbers_are_taken_and_the_state_stays_json(shards, backend):
     # They passed the checks and then failed in json.dumps of the saved state (the first checkpoint).

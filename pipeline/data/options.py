@@ -4,6 +4,7 @@ the batch, the threads and the GPU decoder's hints. One small typed object for `
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Integral, Real
 
 from .checks import LoaderError
 
@@ -28,7 +29,11 @@ class LoaderOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise LoaderError(f"{name} must be an integer >= 1, got {value!r}")
-        if not 0.0 <= self.hw_decoder_load <= 1.0:
-            raise LoaderError(f"hw_decoder_load must be in [0, 1], got {self.hw_decoder_load}")
-        if len(self.preallocate_hint) != 2 or min(self.preallocate_hint) < 0:
-            raise LoaderError(f"preallocate_hint must be (width, height) >= 0, got {self.preallocate_hint}")
+        # Of the wrong kind ("0.5", None), these were a TypeError from the comparison itself.
+        load = self.hw_decoder_load
+        if isinstance(load, bool) or not isinstance(load, Real) or not 0.0 <= load <= 1.0:
+            raise LoaderError(f"hw_decoder_load must be a number in [0, 1], got {load!r}")
+        hint = self.preallocate_hint
+        if not (isinstance(hint, (tuple, list)) and len(hint) == 2
+                and all(isinstance(v, Integral) and not isinstance(v, bool) and v >= 0 for v in hint)):
+            raise LoaderError(f"preallocate_hint must be (width, height), whole numbers >= 0, got {hint!r}")
