@@ -93,7 +93,7 @@ def run_cli(argv: list[str], *, default_config: Path | None) -> int:
     try:
         if _global_rank() == 0 and not record:  # a stop signal: the run ended early with a checkpoint
             print(f"stopped with a checkpoint: {_how_to_go_on(config)}", flush=True)
-        if _global_rank() == 0 and "best_top1_err" in record:
+        if _global_rank() == 0 and "top1_err" in record and "best_top1_err" in record:
             print(f"done in {time.perf_counter() - started:.0f} s: {config.data.eval_split} top-1 error "
                   f"{record['top1_err']:.2f}% "
                   f"top-5 error {record['top5_err']:.2f}% (best top-1 {record['best_top1_err']:.2f}% at epoch "

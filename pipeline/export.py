@@ -1,10 +1,11 @@
 """Final weights as safetensors that timm loads:
 
     timm.create_model(name, pretrained=True, num_classes=K,
-                      pretrained_cfg_overlay=dict(file=PATH, num_classes=K))
+                      pretrained_cfg_overlay=dict(file=PATH, num_classes=K, input_size=..., crop_pct=..., ...))
 
 ``num_classes`` must be inside the overlay too: without it timm takes the file for a 1000-class
-checkpoint and silently re-initializes the classifier."""
+checkpoint and silently re-initializes the classifier. The rest of the overlay is the evaluation's
+preprocessing, for timm's own ``resolve_data_config`` (``load_line``)."""
 
 from __future__ import annotations
 
@@ -67,10 +68,14 @@ def load_line(model_name: str, num_classes: int, options: dict, path: Path, *, o
     architecture's ImageNet weights (resnet10t: 176 px, bicubic): 89% error for a demo model of 1.7%."""
     extra = "".join(f"{key}={value!r}, " for key, value in options.items())
     overlay = f"file={str(Path(path).absolute())!r}, num_classes={num_classes}"
-    given = preprocessing or {}
+    given = dict(preprocessing or {})
+    if given.get("augmentation") == "cifar":  # its val images are centre-cropped as they are: no resize
+        given["crop_pct"] = 1.0
     if "image_size" in given:
         size = given["image_size"]
         # Bilinear: what the loaders' val resize does (with antialias, which PIL's resize has too).
+        # timm resizes to floor(size / crop_pct), the loaders to the nearest: the same for whole
+        # quotients (224 / 0.875 = 256), one pixel apart for some others (224 / 0.9).
         overlay += f", input_size=(3, {size}, {size}), crop_mode='center', interpolation='bilinear'"
     overlay += "".join(f", {key}={given[key]!r}" for key in ("crop_pct",) if key in given)
     overlay += "".join(f", {key}={tuple(given[key])!r}" for key in ("mean", "std") if key in given)

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 from .errors import TrainError
@@ -47,6 +49,41 @@ def truncate_metrics(run_dir: Path, *, last_epoch: int) -> None:
     kept = [r for r in read_metrics(run_dir) if r["epoch"] <= last_epoch] if last_epoch > 0 else []
     if path.exists():
         path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def truncate_events(folder: Path, *, last_epoch: int) -> None:
+    """``truncate_metrics`` for TensorBoard (``RUN/tensorboard``, whose steps are epochs): every
+    summary logged for an epoch after ``last_epoch`` is dropped from the event files (each file
+    rewritten with TensorBoard's own writer and renamed over itself). Left there, an epoch logged
+    and then killed before its checkpoint, or the epochs a branch replaces, were drawn beside the
+    new ones. A writer's ``purge_step`` hides them only from TensorBoard's Python reader: its
+    default fast loader ignores it and went on drawing every tag not logged again (review)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    try:
+        from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    except ImportError:  # without tensorboard nothing here wrote events
+        return
+    for path in sorted(folder.rglob("events.out.tfevents.*")):
+        try:
+            events = list(LegacyEventFileLoader(str(path)).Load())  # as written: no conversion
+        except Exception as error:  # noqa: BLE001 - damage of any kind is TensorBoard's to show; the run goes on
+            print(f"warning: {path}: not read ({type(error).__name__}), so its events after epoch {last_epoch} "
+                  "stay", flush=True)
+            continue
+        kept = [event for event in events if not (event.HasField("summary") and event.step > last_epoch)]
+        if len(kept) == len(events):
+            continue
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".tmp-") as temporary:
+            writer = EventFileWriter(temporary)  # writes its own file_version event first
+            for event in kept:
+                if not event.HasField("file_version"):
+                    writer.add_event(event)
+            writer.close()
+            (written,) = Path(temporary).glob("events.out.tfevents.*")
+            os.replace(written, path)  # its name kept: TensorBoard reads a folder's files in name order
 
 
 def append_metrics(run_dir: Path, record: dict) -> None:

@@ -116,15 +116,18 @@ def plot_run(run_dir: Path, *, out_dir: Path | None = None) -> list[Path]:
     if len(empty) == len(PANELS):
         raise ValueError(f"{metrics}: no metrics to plot (no record has any of "
                          f"{', '.join(key for _, _, keys in PANELS.values() for key in keys)})")
-    for name in empty:  # an empty panel with an empty legend (matplotlib warned) said nothing
-        keys = PANELS[name][2]
-        print(f"note: {name} not drawn: no record of {metrics} has {' or '.join(keys)}"
-              + (" (no epoch was evaluated: run.eval_every, or loader.backend=synthetic)" if "top1_err" in keys else ""), file=sys.stderr)
     written = []
     try:
         out.mkdir(parents=True, exist_ok=True)
         for name, (title, ylabel, keys) in PANELS.items():
-            if name in empty:
+            if name in empty:  # an empty frame with an empty legend (matplotlib warned) said nothing
+                why = (" (no epoch was evaluated: run.eval_every, or loader.backend=synthetic)"
+                       if "top1_err" in keys else "")
+                # An earlier drawing of it there would pass for this one's.
+                stale = (out / name).is_file()
+                (out / name).unlink(missing_ok=True)
+                print(f"note: {name} not drawn: no record of {metrics} has {' or '.join(keys)}{why}"
+                      + (f"; the earlier {out / name} is removed" if stale else ""), file=sys.stderr)
                 continue
             figure, axes = plt.subplots(figsize=(6, 4))
             for key, points in drawn[name].items():

@@ -29,7 +29,8 @@ from .errors import TrainError
 from .evaluate import evaluate
 from .export import export_weights, point_record_at
 from .launcher import lone_process_problem
-from .logs import METRICS_FILE, Progress, append_metrics, format_epoch, read_metrics, truncate_metrics
+from .logs import (METRICS_FILE, Progress, append_metrics, format_epoch, read_metrics, truncate_events,
+                   truncate_metrics)
 from .mix import MixSampler
 from .mix.feature import FeatureMixer, layer_shapes
 from .mix.sampler import FEATURE_MODES, INPUT_LAYER
@@ -93,8 +94,7 @@ def _train_holding(config: TrainConfig, *, run_dir: Path, checkpoint: Path | Non
         session = setup(config, run_dir=run_dir, checkpoint=checkpoint, lock=lock)
         stop.group = session.stop_group
         state, loader_state, changes = resume(config, checkpoint, changes=changes, session=session, run_dir=run_dir)
-        # After resume's checks: a refused resume writes nothing.
-        start_trackers(config, session.accelerator, resumed_after=None if checkpoint is None else state.epoch)
+        start_trackers(config, session.accelerator)  # after resume's checks: a refused resume writes nothing
         done_before = state.epoch >= config.schedule.epochs  # the same command again after the end
         # A finished run reads nothing: its loader state (of other settings, after a resume with
         # another process count) warned of a data order that restarts, before "nothing to train".
@@ -278,17 +278,12 @@ def quiet_ddp_buffer_broadcast_warning() -> None:
                                     r"[^`]*_broadcast_coalesced")
 
 
-def start_trackers(config: TrainConfig, accelerator, *, resumed_after: int | None) -> None:
-    """With ``run.tensorboard``: event files in RUN/tensorboard, the config as hparams (scalars only).
-    ``resumed_after``: the epochs a resumed run had finished (None: a fresh start). Events logged
-    for later epochs before (an epoch logged, then killed before its checkpoint; the epochs a
-    branch replaces) would be drawn beside the new ones as a second curve: TensorBoard hides
-    every event of an earlier writer at or past a writer's ``purge_step`` (steps are epochs)."""
+def start_trackers(config: TrainConfig, accelerator) -> None:
+    """With ``run.tensorboard``: event files in RUN/tensorboard, the config as hparams (scalars only)."""
     if config.run.tensorboard:
         flat = {f"{section}.{key}": value if isinstance(value, (int, float, str, bool)) else str(value)
                 for section, values in config_to_dict(config).items() for key, value in values.items()}
-        purge = {} if resumed_after is None else {"tensorboard": {"purge_step": resumed_after + 1}}
-        accelerator.init_trackers(TENSORBOARD_FOLDER, config=flat, init_kwargs=purge)
+        accelerator.init_trackers(TENSORBOARD_FOLDER, config=flat)
 
 
 def preprocessing(config: TrainConfig) -> dict:
@@ -415,6 +410,7 @@ def resume(config: TrainConfig, checkpoint: Path | None, *, changes: list, sessi
                                   why="run.resume=none" if config.run.resume == "none" else
                                   f"no checkpoint left in {run_dir}, so this run starts fresh")
             truncate_metrics(run_dir, last_epoch=0)
+            truncate_events(run_dir / TENSORBOARD_FOLDER, last_epoch=0)  # of a first epoch killed at its save
         return fresh, None, changes
     state = read_state(checkpoint)  # check_shards has checked it against the model and the classes
     changes = [*changes, *process_count_change(config, state, checkpoint=checkpoint, world_size=world)]
@@ -450,6 +446,8 @@ def resume(config: TrainConfig, checkpoint: Path | None, *, changes: list, sessi
                 print(f"skipped damaged checkpoint {damaged}: {problem}", flush=True)
         fresh_folder = not (run_dir / METRICS_FILE).is_file() or not (run_dir / METRICS_FILE).stat().st_size
         truncate_metrics(run_dir, last_epoch=state.epoch)
+        # Whether or not this run logs to TensorBoard: RUN/tensorboard must not show epochs past it.
+        truncate_events(run_dir / TENSORBOARD_FOLDER, last_epoch=state.epoch)
         moved = f"; at the new global batch and epoch length it goes on from step {state.step_in_epoch}" \
             if state.step_in_epoch != saved_step else ""
         if state.epoch >= config.schedule.epochs:  # the same command again after the end
@@ -586,7 +584,7 @@ def set_aside_later_checkpoints(run_dir: Path, checkpoint: Path) -> Path | None:
     # What was made of the replaced epochs: the curves drawn from their metrics, and evaluations of
     # their weights (a later checkpoint or the export); left beside the branch's files they would
     # pass for its own. Evaluations of a checkpoint the branch keeps stay. TensorBoard's events are
-    # copied (the branch's writer hides the replaced steps in RUN/tensorboard: start_trackers).
+    # copied (resume then drops the replaced epochs from RUN/tensorboard: truncate_events).
     made = [folder for folder in sorted(Path(run_dir).iterdir()) if folder.is_dir()
             and (folder.name == PLOTS_FOLDER or _evaluates_replaced(folder, run_dir=run_dir, later=later))]
     for folder in made:
@@ -602,19 +600,28 @@ def set_aside_later_checkpoints(run_dir: Path, checkpoint: Path) -> Path | None:
 
 
 def _evaluates_replaced(folder: Path, *, run_dir: Path, later: list[Path]) -> bool:
-    """Whether ``folder`` holds an evaluation (an eval.json) of anything but a checkpoint of
-    ``run_dir`` that stays: the export (which a branch moves aside) or one of the ``later``
-    checkpoints. An eval.json that cannot be read is taken for one (moving it loses nothing)."""
+    """Whether ``folder`` holds an evaluation (an eval.json) of weights a branch replaces: this run's
+    export or one of its ``later`` checkpoints. Recorded paths name the run folder where it stood
+    then: one that no longer exists is taken for this one, moved since. Evaluations of other weights
+    (a kept checkpoint, another run's, a replaced-N's, a model.before-* export) stay. An eval.json
+    that cannot be read is taken for one (moving it loses nothing)."""
     record = folder / "eval.json"
     if not record.is_file():
         return False
     try:
-        checkpoint = json.loads(record.read_text())["settings"]["checkpoint"]
-        evaluated = Path(checkpoint["folder"]).resolve() if checkpoint else None
+        settings = json.loads(record.read_text())["settings"]
+        checkpoint, weights = settings["checkpoint"], Path(settings["weights"])
+        evaluated = Path(checkpoint["folder"]) if checkpoint else None
     except (OSError, ValueError, KeyError, TypeError):
         return True
-    stays = evaluated is not None and evaluated.parent == (Path(run_dir) / "checkpoints").resolve()
-    return not stays or any(evaluated == Path(moved).resolve() for moved in later)
+
+    def this_run(place: Path) -> bool:
+        return not place.exists() or place.resolve() == Path(run_dir).resolve()
+
+    if evaluated is None:
+        return weights.name == WEIGHTS_FILE and this_run(weights.parent)
+    return (evaluated.parent.name == "checkpoints" and this_run(evaluated.parent.parent)
+            and evaluated.name in {Path(moved).name for moved in later})
 
 
 def earlier_run_left(run_dir: Path, *, resume: str) -> bool:
@@ -800,7 +807,7 @@ def epoch_record(config: TrainConfig, *, session: Session, state: TrainState, re
                                channels_last=config.model.channels_last, progress=progress))
         if not state.best or record["top1_err"] < state.best["top1_err"]:
             state.best = {"top1_err": record["top1_err"], "top5_err": record["top5_err"], "epoch": state.epoch}
-    if state.best:
+    if state.best and not synthetic:  # a synthetic resume of a run with evaluations: no result of its own
         record.update(best_top1_err=state.best["top1_err"], best_top5_err=state.best["top5_err"],
                       best_epoch=state.best["epoch"])
     return record

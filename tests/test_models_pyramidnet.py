@@ -289,3 +289,39 @@ def test_the_same_weights_export_to_the_same_bytes(tmp_path):
         assert json.loads(metadata["classes"]) == options["classes"] and metadata["num_classes"] == "10"
         for key, value in model.state_dict().items():
             assert torch.equal(opened.get_tensor(key), value)
+
+
+@pytest.mark.parametrize("augmentation, size, crop_pct, image_wh", [
+    # The CIFAR recipes: images evaluated as they are (crop_pct stays at its unread default 0.875;
+    # written as such, timm zoomed in: Resize(36) then CenterCrop(32); review).
+    ("cifar", 32, 0.875, (32, 32)),
+    # ImageNet's kind: shorter side to 24 / 0.75 = 32 (60x48 to 40x32: no rounding), then the centre 24.
+    ("imagenet", 24, 0.75, (60, 48)),
+])
+def test_timms_own_transform_from_the_load_line_prepares_images_as_the_evaluation(tmp_path, augmentation, size,
+                                                                                   crop_pct, image_wh):
+    """timm.data.resolve_data_config + create_transform for the model the load line builds, against
+    the evaluation's preprocessing written out by hand with PIL: resize the shorter side (bilinear),
+    centre crop, scale to [0, 1], normalize."""
+    import numpy as np
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+
+    mean, std = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
+    preprocessing = {"image_size": size, "crop_pct": crop_pct, "augmentation": augmentation, "crop_padding": 4,
+                     "mean": mean, "std": std, "channels_last": False}
+    path = export_weights(timm.create_model("resnet10t", num_classes=10), tmp_path / "model.safetensors",
+                          model_name="resnet10t", num_classes=10, preprocessing=preprocessing)
+    model = eval(json.loads(path.with_suffix(".json").read_text())["load"], {"timm": timm})
+    transform = create_transform(**resolve_data_config({}, model=model))
+    pixels = np.random.default_rng(0).integers(0, 256, (image_wh[1], image_wh[0], 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    # By hand: the shorter side to round(size / crop_pct) (1.0 for cifar: no resize), the centre crop.
+    shorter = size if augmentation == "cifar" else round(size / crop_pct)
+    width, height = image_wh
+    scale = shorter / min(width, height)
+    resized = image.resize((round(width * scale), round(height * scale)), Image.BILINEAR)
+    left, top = (resized.width - size) // 2, (resized.height - size) // 2
+    crop = np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.float64) / 255
+    expected = torch.from_numpy((crop - mean) / std).permute(2, 0, 1).float()
+    torch.testing.assert_close(transform(image), expected, atol=1e-5, rtol=0)

@@ -317,11 +317,23 @@ def test_resuming_a_named_earlier_checkpoint_sets_the_later_ones_aside(demo_shar
     earlier_metrics, earlier_export = (out / "metrics.jsonl").read_text(), (out / "model.safetensors").read_bytes()
     named = out / "checkpoints" / "epoch-0002"
     # What was made of the epochs it replaces (walkthrough: they stayed beside the branch's files):
-    # the curves, evaluations of the export and of epoch-0003 (moved), one of epoch-0002 (stays), and
-    # TensorBoard events of all three epochs, written here by TensorBoard's own writer.
-    made = {"plots/loss.png": "curve", "eval/eval.json": {"settings": {"checkpoint": None}},
-            "eval-3/eval.json": {"settings": {"checkpoint": {"folder": str(out / "checkpoints" / "epoch-0003")}}},
-            "eval-2/eval.json": {"settings": {"checkpoint": {"folder": str(named)}}}}
+    # the curves, evaluations of the export and of epoch-0003 (moved; also one recorded where the run
+    # folder stood before a move), and TensorBoard events of all three epochs, written here by
+    # TensorBoard's own writer. Evaluations of other weights stay: epoch-0002, which the branch
+    # keeps, another run's export, an export set aside earlier.
+    (tmp_path / "other").mkdir()
+
+    def evaluation(weights, checkpoint=None):
+        return {"settings": {"weights": str(weights), "checkpoint": checkpoint and {"folder": str(checkpoint)}}}
+
+    later = out / "checkpoints" / "epoch-0003"
+    made = {"plots/loss.png": "curve", "eval/eval.json": evaluation(out / "model.safetensors"),
+            "eval-3/eval.json": evaluation(later / "model.safetensors", later),
+            "eval-moved/eval.json": evaluation("/gone/run/checkpoints/epoch-0003/model.safetensors",
+                                               "/gone/run/checkpoints/epoch-0003"),
+            "eval-2/eval.json": evaluation(named / "model.safetensors", named),
+            "eval-other/eval.json": evaluation(tmp_path / "other" / "model.safetensors"),
+            "eval-before/eval.json": evaluation(out / "model.before-epoch-0002.safetensors")}
     for name, content in made.items():
         (out / name).parent.mkdir()
         (out / name).write_text(content if isinstance(content, str) else json.dumps(content))
@@ -333,11 +345,11 @@ def test_resuming_a_named_earlier_checkpoint_sets_the_later_ones_aside(demo_shar
     done = run_train([*small_run_args(demo_shards, out, *EXTRA), f"run.resume={named}", "run.tensorboard=true"])
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"run.resume={named}: the run's later checkpoints (epoch-0003) and the export they led to are moved to " \
-        f"{out / 'replaced-1'}, with a copy of its metrics and config (with eval/, eval-3/, plots/, tensorboard/)" \
-        in done.stdout
-    assert {name: (out / "replaced-1" / name).exists() for name in made} == {
-        "plots/loss.png": True, "eval/eval.json": True, "eval-3/eval.json": True, "eval-2/eval.json": False}
-    assert (out / "eval-2" / "eval.json").is_file() and not (out / "eval").exists() and not (out / "plots").exists()
+        f"{out / 'replaced-1'}, with a copy of its metrics and config (with eval/, eval-3/, eval-moved/, plots/, " \
+        "tensorboard/)" in done.stdout
+    moved = {"plots/loss.png", "eval/eval.json", "eval-3/eval.json", "eval-moved/eval.json"}
+    assert {name for name in made if (out / "replaced-1" / name).exists()} == moved
+    assert all((out / name).exists() != (name in moved) for name in made)
     # TensorBoard (its own reader): the branch's epoch 3 alone in RUN; the replaced one kept aside.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -349,6 +361,13 @@ def test_resuming_a_named_earlier_checkpoint_sets_the_later_ones_aside(demo_shar
     branch_loss = read_metrics(out)[-1]["train_loss"]
     assert losses(out / "tensorboard") == [(1, 101.0), (2, 102.0), (3, pytest.approx(branch_loss))]
     assert losses(out / "replaced-1" / "tensorboard") == [(1, 101.0), (2, 102.0), (3, 103.0)]
+    # Gone from the files, not hidden (TensorBoard's fast loader ignores a writer's purge_step).
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    steps = [(event.step, value.simple_value) for path in (out / "tensorboard").rglob("events.out.tfevents.*")
+             for event in EventFileLoader(str(path)).Load() if event.HasField("summary")
+             for value in event.summary.value if value.tag == "train_loss"]
+    assert (3, 103.0) not in steps and sorted(step for step, _ in steps) == [1, 2, 3]
     assert [p.name for p in (out / "replaced-1" / "checkpoints").iterdir()] == ["epoch-0003"]
     assert (out / "replaced-1" / "metrics.jsonl").read_text() == earlier_metrics
     assert (out / "replaced-1" / "model.safetensors").read_bytes() == earlier_export

@@ -938,3 +938,37 @@ def test_a_metrics_line_cut_short_at_the_end_is_left_out_and_damage_elsewhere_is
             read_metrics(tmp_path)
         truncate_metrics(tmp_path, last_epoch=0)  # run.resume=none: starts over whatever the file holds
         assert metrics.read_text() == ""
+
+
+def test_tensorboard_events_after_the_resumed_epoch_leave_the_files(tmp_path, capsys):
+    """truncate_events: what truncate_metrics does to metrics.jsonl, for RUN/tensorboard. Written
+    and read back with TensorBoard's own writer and readers: tags a and b at epochs 1-5, plus the
+    hparams of Accelerate's tracker in a subfolder (step 0, kept)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from torch.utils.tensorboard import SummaryWriter
+
+    from pipeline.logs import truncate_events
+
+    folder = tmp_path / "tensorboard"
+    with SummaryWriter(folder) as writer:
+        for epoch in range(1, 6):
+            writer.add_scalar("a", float(epoch), epoch)
+            writer.add_scalar("b", 10.0 * epoch, epoch)
+        writer.add_hparams({"lr": 0.1}, {}, run_name="hparams")
+    names = sorted(path.relative_to(folder) for path in folder.rglob("events.out.tfevents.*"))
+    truncate_events(folder, last_epoch=2)
+    assert sorted(path.relative_to(folder) for path in folder.rglob("events.out.tfevents.*")) == names
+    assert sorted(path.name for path in folder.iterdir() if path.name.startswith(".tmp-")) == []
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("a")] == [(1, 1.0), (2, 2.0)]
+    assert [(e.step, e.value) for e in events.Scalars("b")] == [(1, 10.0), (2, 20.0)]
+    raw = [event.step for path in folder.rglob("events.out.tfevents.*") for event in EventFileLoader(str(path)).Load()
+           if event.HasField("summary")]
+    assert max(raw) == 2 and 0 in raw  # the hparams stay
+    truncate_events(folder, last_epoch=0)  # a fresh start where a first epoch was logged, then killed
+    assert all(event.step == 0 for path in folder.rglob("events.out.tfevents.*")
+               for event in EventFileLoader(str(path)).Load() if event.HasField("summary"))
+    truncate_events(tmp_path / "none", last_epoch=3)  # no folder: nothing to do
+    assert capsys.readouterr().out == ""
