@@ -44,9 +44,6 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 # The commit before the host side was restructured (issue 11, item 2).
 BASELINE_COMMIT = "6bfb1d689aa31bd2a3879fc31b07f3ff6fc04a24"
-BASELINE_FILES = ["seeds.py"] + [f"mix/{name}.py" for name in
-                                 ("__init__", "core", "feature", "loss", "params", "reference", "sampler",
-                                  "targets", "triton_kernel")]
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 NUM_CLASSES = 1000
@@ -118,7 +115,11 @@ def load_baseline(commit: str):
     """pipeline/mix at `commit` as the package `mix_baseline.mix` (its `..seeds` import included)."""
     root = Path(tempfile.mkdtemp(prefix="mix_baseline_"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)  # the modules stay loaded; the files can go
-    for name in BASELINE_FILES:
+    # Every module of pipeline/mix as it was then (a fixed list missed those added since: a newer
+    # --baseline failed on its import of mix/color.py), and the one outside it that they import.
+    listed = subprocess.run(["git", "ls-tree", "--name-only", f"{commit}:pipeline/mix"], cwd=REPO, check=True,
+                            capture_output=True, text=True).stdout.split()
+    for name in ["seeds.py"] + [f"mix/{name}" for name in listed if name.endswith(".py")]:
         text = subprocess.run(["git", "show", f"{commit}:pipeline/{name}"], cwd=REPO, check=True,
                               capture_output=True, text=True).stdout
         path = root / "mix_baseline" / name

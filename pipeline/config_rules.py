@@ -135,8 +135,8 @@ RULES: dict[str, Rule | None] = {
     "schedule.warmup_start_factor": between(0, 1, low_open=True),
     "schedule.min_lr": at_least(0),
     "mix.mode": one_of(SAMPLER_MODES),
-    "mix.cutmix_alpha": above(0),
-    "mix.mixup_alpha": above(0),
+    "mix.cutmix_alpha": between(0, 1e6, low_open=True),  # MixSampler's MAX_ALPHA: 1e308 drew lam 0
+    "mix.mixup_alpha": between(0, 1e6, low_open=True),
     "mix.prob": between(0, 1),
     "mix.switch_prob": between(0, 1),
     "mix.per": one_of(PER_CHOICES),

@@ -9,6 +9,7 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
 from processes import run_process
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,3 +67,23 @@ def test_without_git_history_the_new_code_alone_is_timed_and_the_header_says_so(
     header = out.read_text().splitlines()[0]
     assert header.endswith("--calls 16 --modes cutmix --baseline none"), header
     assert re.search(r"^cutmix +\d+\.\d us", done.stdout, re.MULTILINE) and "old median" not in done.stdout
+
+
+def test_the_old_code_of_any_commit_loads_with_every_module_it_had():
+    """--baseline read a fixed list of pipeline/mix files, so a commit newer than the default one
+    (its core.py imports mix/color.py) failed with a traceback (found using it). Now every module
+    of pipeline/mix at that commit comes along: HEAD's, compared with the tree's file names."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import bench_mix_host
+
+    if not bench_mix_host.has_git_history():  # a copy of the tree without .git (the GPU machine's)
+        pytest.skip("no git history in this copy of the tree")
+    script = ("import sys; sys.path.insert(0, 'bench'); import bench_mix_host\n"
+              "package = bench_mix_host.load_baseline('HEAD')\n"
+              "import pathlib; print(sorted(p.name for p in pathlib.Path(package.__file__).parent.glob('*.py')))")
+    done = run_process([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    tracked = run_process(["git", "ls-tree", "--name-only", "HEAD:pipeline/mix"], cwd=REPO, capture_output=True,
+                          text=True, timeout=60).stdout.split()
+    assert done.stdout.strip() == str(sorted(name for name in tracked if name.endswith(".py")))
+    assert "color.py" in done.stdout

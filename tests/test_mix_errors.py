@@ -99,6 +99,12 @@ def test_apply_mix_names_the_bad_argument(overrides, name):
         (dict(prob=None), "prob"),
         (dict(mode="mixup", cutout_size=4.5), "cutout_size"),
         (dict(cutmix_minmax=("0.2", "0.8")), "cutmix_minmax"),
+        # inf drew lam 0 with an inverted box (cutmix: unmixed images, the partner's target) or NaN
+        # (mixup); 1e308 drew lam 0 (walkthrough). The config refuses them too.
+        (dict(mode="cutmix", cutmix_alpha=float("inf")), "cutmix_alpha"),
+        (dict(mode="mixup", mixup_alpha=float("inf")), "mixup_alpha"),
+        (dict(mode="cutmix", cutmix_alpha=1e308), "cutmix_alpha"),
+        (dict(mode="mixup", mixup_alpha=float("nan")), "mixup_alpha"),
     ],
 )
 def test_sampler_names_the_bad_argument(options, name):
@@ -205,3 +211,29 @@ def test_a_layer_draw_resolved_on_another_grid_names_the_layer_shapes():
     with pytest.raises(ValueError, match=r"^params: drawn on a 8x8 grid for layer 'layer2', whose output here is "
                                          r"4x4: give MixSampler layer_shapes=\{'layer2': \(4, 4\)\}"):
         resolve_mix(params, batch_size=4, height=4, width=4)
+
+
+@pytest.mark.parametrize("edit", ["partner", "boxes", "lam", "cutout_boxes"])
+def test_a_draw_changed_in_place_is_checked_and_used_as_changed(edit):
+    """A draw's tensors edited in place were ignored: its packed rows were used as drawn, while
+    the params showed the edit (walkthrough). Reference: the same edit as hand-written params."""
+    from dataclasses import replace
+
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8))
+    labels = torch.tensor([0, 1, 2, 3])
+    options = dict(mode="mixup", cutout_size=4) if edit == "cutout_boxes" else dict(mode="cutmix")
+    drawn = MixSampler(seed=0, **options).sample(batch_size=4, height=8, width=8)
+    edited = {"partner": lambda p: p.partner.copy_(torch.tensor([3, 2, 1, 0])),
+              "boxes": lambda p: p.boxes.copy_(torch.tensor([[0, 4, 0, 8]] * 4)),
+              "lam": lambda p: p.lam.fill_(0.5),
+              "cutout_boxes": lambda p: p.cutout_boxes.copy_(torch.tensor([[0, 2, 0, 2]] * 4))}
+    before = apply_mix(images, labels, params=drawn, mean=MEAN, std=STD, num_classes=4)
+    edited[edit](drawn)
+    if edit in ("boxes", "lam"):  # a cutmix lambda that no longer fits its box: refused, not used
+        with pytest.raises(ValueError, match="^lam"):
+            apply_mix(images, labels, params=drawn, mean=MEAN, std=STD, num_classes=4)
+        return
+    after = apply_mix(images, labels, params=drawn, mean=MEAN, std=STD, num_classes=4)
+    expected = apply_mix(images, labels, params=replace(drawn), mean=MEAN, std=STD, num_classes=4)  # hand-written
+    assert all(torch.equal(a, b) for a, b in zip(after, expected))
+    assert not all(torch.equal(a, b) for a, b in zip(after, before))

@@ -58,8 +58,8 @@ INVALID = {
     "schedule.warmup_start_factor": ["0", "1.5"],
     "schedule.min_lr": ["-0.1"],
     "mix.mode": ["cut_mix", "CutMix"],
-    "mix.cutmix_alpha": ["0", "-1"],
-    "mix.mixup_alpha": ["0", "-0.5"],
+    "mix.cutmix_alpha": ["0", "-1", "1e7"],  # 1e308 drew lam 0 at every step (walkthrough)
+    "mix.mixup_alpha": ["0", "-0.5", "2e6"],
     "mix.prob": ["-0.1", "2"],
     "mix.switch_prob": ["1.1", "-1"],
     "mix.per": ["sample", "batches"],
@@ -392,3 +392,17 @@ def test_a_resume_does_not_compare_what_the_config_never_reads():
     assert config_changes(saved, config) == [("schedule.milestones", [80, 150], [75])]
     saved = {**training_settings(config), "mix.cutmix_alpha": 0.5}
     assert config_changes(saved, config) == [("mix.cutmix_alpha", 0.5, 1.0)]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["mix.mode=cutmix", "mix.cutmix_alpha=1e7"], "mix.cutmix_alpha: must be in (0, 1000000.0], got 10000000.0"),
+    (["mix.mode=mixup", "mix.mixup_alpha=1e308"], "mix.mixup_alpha: must be in (0, 1000000.0], got 1e+308"),
+])
+def test_an_alpha_past_a_million_is_refused_with_a_mode_that_reads_it(overrides, message):
+    """(INVALID's alphas fail with the default mode none for not being read.) Beta(a, a) is 0.5 to
+    three decimals there; 1e308 drew lambda 0 at every step: the partner's label, no mixing."""
+    with pytest.raises(ConfigError) as raised:
+        resolve_config(config_file=None, overrides=overrides)
+    assert str(raised.value) == message
+    key = overrides[1].split("=")[0]
+    resolve_config(config_file=None, overrides=[overrides[0], f"{key}=1e6"])  # the bound itself is taken

@@ -100,25 +100,27 @@ def _layer_outputs(model: torch.nn.Module, names, *, image_size: int) -> dict[st
     return {name: shapes.get(name, ()) for name in names}
 
 
-def mix_features(features: Tensor, resolved: ResolvedMix) -> Tensor:
+def mix_features(features: Tensor, resolved: ResolvedMix, *, out_dtype: torch.dtype | None = None) -> Tensor:
     """A layer's output [B, C, H, W] mixed as ``resolved`` says (one mode for the batch): CutMix
     pastes the partner's box, Mixup blends with the partner, none passes through. Differentiable
-    with respect to ``features`` (own and partner's).
+    with respect to ``features`` (own and partner's). ``out_dtype``: the result cast to it (Cutout +
+    Mixup blends float32 images and rounds once; None: the features' own).
 
     Eager: lambda and the box are read from the host rows (no device read), which takes the fewest
     launches (Cutout + Mixup runs this on every image batch; issue 11 counts the host's time per
     step). Under torch.compile the hooks use ``mix_rows`` instead, which reads nothing on the host."""
     mode = batch_mode(resolved)
+    out_dtype = out_dtype or features.dtype
     if mode == MODE_CODES["none"]:
-        return features
+        return features.to(out_dtype)
     partners = features.index_select(0, device_partner(resolved.on_device(features.device)))
     if mode == MODE_CODES["mixup"]:
         lam = float(resolved.lam[0])  # a host tensor: no device sync
-        return features * lam + partners * (1.0 - lam)
+        return (features * lam + partners * (1.0 - lam)).to(out_dtype)
     y1, y2, x1, x2 = resolved.uniform_box(np.ones(len(resolved.codes), dtype=bool))
     mixed = features.clone()
     mixed[:, :, y1:y2, x1:x2] = partners[:, :, y1:y2, x1:x2]
-    return mixed
+    return mixed.to(out_dtype)
 
 
 def batch_mode(resolved: ResolvedMix) -> int:

@@ -48,9 +48,22 @@ class MixParams:
     # A MixSampler draw carries its packed rows, and those of its Cutout holes (valid by
     # construction), which resolve_mix returns unchecked for the grid they were drawn on, and
     # resolve_holes with that draw's rows. Not arguments: hand-written params, and a draw changed
-    # with dataclasses.replace, are checked. A draw's tensors are read-only.
+    # with dataclasses.replace, are checked; so is a draw whose tensors were changed in place (it
+    # was used as drawn, unchecked, while its fields showed the change).
     _drawn: Optional[ResolvedMix] = field(default=None, init=False, repr=False, compare=False)
     _drawn_holes: Optional[ResolvedMix] = field(default=None, init=False, repr=False, compare=False)
+
+
+def _as_drawn(params: MixParams) -> bool:
+    """Whether `params` carries its draw's packed rows, its tensors as they were drawn: new tensors
+    (version 0) that no in-place op has touched (each bumps the version counter, which views of a
+    tensor share). About 0.3 us: issue 11 counts the host's time per step."""
+    return params._drawn is not None and not (_version(params.lam) or _version(params.boxes)
+                                              or _version(params.partner) or _version(params.cutout_boxes))
+
+
+def _version(value) -> int:
+    return value._version if isinstance(value, Tensor) else 0
 
 
 def drawn_params(resolved: ResolvedMix, *, holes: Optional[ResolvedMix] = None, **fields) -> MixParams:
@@ -69,7 +82,7 @@ def resolve_mix(params: MixParams, *, batch_size: int, height: int, width: int) 
     `cutout_boxes` are not part of it (the callers that mix layers or cut holes handle them).
     """
     drawn = params._drawn
-    if drawn is None:
+    if not _as_drawn(params):
         return _resolve(params, batch_size=batch_size, height=height, width=width)
     if (len(drawn.rows), drawn.height, drawn.width) == (batch_size, height, width):
         return drawn
@@ -109,7 +122,7 @@ def resolve_holes(params: MixParams, resolved: ResolvedMix, *, batch_size: int, 
     so one kernel pass cuts the holes and writes the final targets (a cutout row reads no partner
     pixel; its partner and lambda serve the targets only)."""
     drawn = params._drawn_holes
-    if drawn is not None and resolved is params._drawn:
+    if drawn is not None and resolved is params._drawn and _as_drawn(params):
         return drawn
     holes = resolve_mix(MixParams(mode="cutout", boxes=params.cutout_boxes), batch_size=batch_size, height=height,
                         width=width)
@@ -126,7 +139,7 @@ def image_holes(params: MixParams) -> MixParams:
     replaces; a cutout row reads no partner pixel), so they are neither checked nor copied again."""
     if params.cutout_boxes is None:
         return MixParams(mode="none")
-    if params._drawn_holes is None:
+    if params._drawn_holes is None or not _as_drawn(params):
         return MixParams(mode="cutout", boxes=params.cutout_boxes)
     return drawn_params(params._drawn_holes, mode="cutout", boxes=params.cutout_boxes)
 

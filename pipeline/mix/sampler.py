@@ -327,6 +327,9 @@ def _column(*values: int) -> np.ndarray:
     return column
 
 
+MAX_ALPHA = 1e6  # the alphas' upper bound (the config's too: pipeline/config_rules.py)
+
+
 def _check_sampler_options(
     *, mode, cutmix_alpha, mixup_alpha, cutmix_minmax, cutout_size, prob, switch_prob, per, partner
 ) -> None:
@@ -334,6 +337,11 @@ def _check_sampler_options(
                         ("switch_prob", switch_prob)):
         if isinstance(value, bool) or not isinstance(value, Real):
             raise ValueError(f"{name}: must be a number, got {value!r}")
+    # Beta(a, a) past 10^6 is 0.5 to 3 decimals; inf drew lam NaN (mixup) or 0 with an inverted box
+    # (cutmix), 1e308 lam 0 (the two Gamma draws' sum overflows): unmixed images, partners' targets.
+    for name, value in (("cutmix_alpha", cutmix_alpha), ("mixup_alpha", mixup_alpha)):
+        if not value <= MAX_ALPHA:  # NaN too
+            raise ValueError(f"{name}: must be at most {MAX_ALPHA:g}, got {value}")
     choices_of = {"mode": SAMPLER_MODES, "per": PER_CHOICES, "partner": PARTNER_CHOICES}
     for name, value in (("mode", mode), ("per", per), ("partner", partner)):
         choices = choices_of[name]
