@@ -147,7 +147,22 @@ def check_config(config) -> str:
     if later:  # what the start will move: a --check before it is where a user learns it
         start += f" (the later {', '.join(f.name for f in later)} move to {run_dir}/replaced-<n>)"
     changed = f" with changed settings ({len(changes)})" if changes else ""
-    return f"config checked: {config.model.name} on {data}; {start}{changed}; run folder {config.run.out_dir}"
+    return (f"config checked: {config.model.name} on {data}; {start}{changed}; {_batch_and_lr(config)}; "
+            f"run folder {config.run.out_dir}")
+
+
+def _batch_and_lr(config) -> str:
+    """The global batch and the lr it scales to: a recipe for 8 GPUs run by one process trains at an
+    eighth of its lr, which --check did not show (walkthrough). The process count is the launcher's
+    (WORLD_SIZE); a --check run alone (Slurm's, before its launch) gives the rule instead."""
+    from .run import peak_lr
+
+    if "WORLD_SIZE" in os.environ:
+        processes = int(os.environ["WORLD_SIZE"])
+        return (f"global batch {config.loader.batch_size * processes} on {processes} "
+                f"process{'es' if processes > 1 else ''}, peak lr {peak_lr(config, processes=processes):g}")
+    return (f"global batch {config.loader.batch_size} x the processes launched, peak lr "
+            f"{peak_lr(config, processes=1):g} x the processes launched")
 
 
 def _best_checkpoint(config, epoch: int) -> str:

@@ -6,7 +6,9 @@
                             overrides=["optim.base_lr=0.2", "run.out_dir=runs/x"])
 
 A YAML file may start with ``base: other.yaml`` (relative to itself): the recipes are a small base
-plus deltas. The defaults below are the paper's ImageNet ResNet-50 recipe without mixing.
+plus deltas. The defaults below are close to the paper's ImageNet ResNet-50 recipe without mixing
+(configs/imagenet1k/resnet50_baseline.yaml is that recipe: colour jitter and lighting, every
+BatchNorm starting at 1, 32 images per process on 8 GPUs).
 Values are read by each field's declared type (``config_values``): ``run.mixed_precision=no``
 is the text "no", not YAML 1.1's boolean.
 """

@@ -226,9 +226,8 @@ def setup(config: TrainConfig, *, run_dir: Path, checkpoint: Path | None, lock: 
     torch.manual_seed(stream_seed(seed=config.run.seed, rank=accelerator.process_index, stream=MODEL_STREAM))
     steps = train_steps_per_epoch(config, shards=shards, accelerator=accelerator, num_classes=num_classes)
     global_batch = config.loader.batch_size * accelerator.num_processes
-    lr = scaled_lr(base_lr=config.optim.base_lr, global_batch=global_batch,
-                   reference_batch=config.optim.reference_batch)
-    optimizer = create_optimizer(model, lr=lr, momentum=config.optim.momentum, nesterov=config.optim.nesterov,
+    optimizer = create_optimizer(model, lr=peak_lr(config, processes=accelerator.num_processes),
+                                 momentum=config.optim.momentum, nesterov=config.optim.nesterov,
                                  weight_decay=config.optim.weight_decay,
                                  decay_norm_and_bias=config.optim.decay_norm_and_bias,
                                  fused=config.optim.fused and fused_sgd_available(accelerator.device))
@@ -741,9 +740,17 @@ def start_line(config: TrainConfig, *, session: Session, state: TrainState, run_
     processes = accelerator.num_processes
     return (f"training {config.model.name} on {session.num_classes} classes of {session.shards}: "
             f"{processes} process{'es' if processes > 1 else ''} on {accelerator.device.type}, "
-            f"precision {accelerator.mixed_precision}, global batch {config.loader.batch_size * processes}, "
-            f"{session.steps_per_epoch} steps per epoch, epochs {state.epoch + 1}-{config.schedule.epochs}; "
+            f"precision {accelerator.mixed_precision}, global batch {config.loader.batch_size * processes} "
+            f"(peak lr {peak_lr(config, processes=processes):g}), {session.steps_per_epoch} steps per epoch, "
+            f"epochs {state.epoch + 1}-{config.schedule.epochs}; "
             f"run folder {run_dir}" + (SYNTHETIC_NOTE if config.loader.backend == "synthetic" else ""))
+
+
+def peak_lr(config: TrainConfig, *, processes: int) -> float:
+    """The lr after any warm-up: ``optim.base_lr`` scaled to the global batch of ``processes``
+    (``optim.reference_batch``: 256 for the ImageNet recipes, 64 for CIFAR's)."""
+    return scaled_lr(base_lr=config.optim.base_lr, global_batch=config.loader.batch_size * processes,
+                     reference_batch=config.optim.reference_batch)
 
 
 # The start line's last words for loader.backend=synthetic: what such a run measures, and what not.

@@ -498,8 +498,16 @@ def test_check_only_checks_and_writes_nothing(demo_shards, tmp_path, capsys, mon
     out = tmp_path / "run"
     args = ["--check", "data.demo=false", f"run.out_dir={out}"]
     assert run_cli([*args, f"data.shards={demo_shards}"], default_config=demo) == 0
+    # The demo: 64 per process, base lr 0.4 per 256 (by hand: 0.4 * 64 / 256 = 0.1 per process).
     assert capsys.readouterr().out == (f"config checked: resnet10t on 10 classes in {demo_shards}; starts fresh; "
-                                       f"run folder {out}\n")
+                                       "global batch 64 x the processes launched, peak lr 0.1 x the processes "
+                                       f"launched; run folder {out}\n")
+    # Under a launcher (WORLD_SIZE): the global batch and the lr it scales to (a recipe for 8 GPUs run
+    # by one process trains at an eighth of its lr, which --check did not show; walkthrough).
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert run_cli([*args, f"data.shards={demo_shards}", "optim.reference_batch=64"], default_config=demo) == 0
+    assert "; starts fresh; global batch 128 on 2 processes, peak lr 0.8; run folder" in capsys.readouterr().out
+    monkeypatch.delenv("WORLD_SIZE")
     assert run_cli([*args, "data.shards=/nonexistent/shards"], default_config=demo) == 2
     assert capsys.readouterr().err.startswith("error: no shards at /nonexistent/shards")
     assert run_cli([*args, f"data.shards={demo_shards}", "model.name=resnet5O"], default_config=demo) == 2
