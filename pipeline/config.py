@@ -81,7 +81,9 @@ class OptimConfig:
     momentum: float = 0.9  # SGD momentum
     nesterov: bool = True  # Nesterov momentum (the paper's code)
     weight_decay: float = 1e-4  # L2 via SGD's weight_decay
-    decay_norm_and_bias: bool = True  # False: no weight decay on norm weights and biases (1-d params)
+    # False: no weight decay on norm weights and biases (1-d params), nor on what the model's
+    # no_weight_decay() names (timm's ViT tokens and position embeddings), as timm's own groups
+    decay_norm_and_bias: bool = True
     # torch.optim.SGD(fused=True): the whole update in one kernel per device and dtype, where torch
     # has one for the run's device (CPU and CUDA do); elsewhere, and with false, torch's default
     fused: bool = True

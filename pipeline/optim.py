@@ -16,13 +16,17 @@ def scaled_lr(*, base_lr: float, global_batch: int, reference_batch: int) -> flo
 
 
 def parameter_groups(model: torch.nn.Module, *, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
-    """One group, or two with no weight decay on 1-d parameters (norm weights, biases)."""
+    """One group, or two with no weight decay on 1-d parameters (norm weights, biases) and on those
+    the model names in its ``no_weight_decay()`` (timm's ViTs: ``cls_token``, ``pos_embed``; Swin's
+    position bias tables), as timm's ``param_groups_weight_decay`` does. Not that helper itself: it
+    lists the groups the other way round, and a checkpoint's SGD state is per group, in order."""
     if decay_norm_and_bias:
         return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+    named = set(model.no_weight_decay()) if callable(getattr(model, "no_weight_decay", None)) else set()
     decay, no_decay = [], []
-    for parameter in model.parameters():
+    for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+            (no_decay if parameter.ndim <= 1 or name in named else decay).append(parameter)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

@@ -279,3 +279,19 @@ def test_a_feature_level_training_step_uses_the_layer_grids_lambda_for_its_targe
     # The box is half of the 2 x 2 grid: lambda 0.5 (it would be 1 - 2/1024 on the image).
     assert shapes["layer3"] == (2, 2)
     assert torch.allclose(seen["targets"], torch.tensor([[0.5, 0, 0, 0.5], [0.5, 0, 0, 0.5]]))
+
+
+@pytest.mark.parametrize("name, size", [("hrnet_w18_small", 32), ("twins_pcpvt_small", 224)])
+def test_feature_info_entries_naming_modules_a_model_lacks_are_no_layers(name, size):
+    """timm's feature_info of some models names modules they do not have (hrnet's 'stem', twins'
+    'block'): --check of any feature mode was a traceback from get_submodule (walkthrough). The
+    layers offered are those that resolve in the model, found here with plain torch."""
+    from pipeline.mix.feature import model_layer_names
+
+    with torch.device("meta"):
+        model = timm.create_model(name, num_classes=10)
+    modules = dict(model.named_modules())
+    missing = [entry["module"] for entry in model.feature_info if entry["module"] not in modules]
+    assert missing, "the model no longer shows the fault this test is about"
+    names = model_layer_names(name, image_size=size)
+    assert names[0] == "input" and all(layer in modules for layer in names[1:]) and not set(missing) & set(names)

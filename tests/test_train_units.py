@@ -29,6 +29,24 @@ def test_no_weight_decay_on_norm_and_bias():
     assert optimizer.defaults["nesterov"] and len(optimizer.param_groups) == 1
 
 
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224",
+                                  "swin_tiny_patch4_window7_224"])
+def test_no_weight_decay_on_what_the_model_names_as_timms_own_groups_do(name):
+    """ViT's cls_token and pos_embed, DeiT's dist_token, Swin's position bias tables (more than 1-d)
+    were decayed (walkthrough). Reference: timm's param_groups_weight_decay with the model's list."""
+    import timm
+    from timm.optim import param_groups_weight_decay
+
+    with torch.device("meta"):
+        model = timm.create_model(name, num_classes=10)
+    ours = parameter_groups(model, weight_decay=1e-4, decay_norm_and_bias=False)
+    theirs = {group["weight_decay"]: {id(p) for p in group["params"]}
+              for group in param_groups_weight_decay(model, 1e-4, no_weight_decay_list=model.no_weight_decay())}
+    assert [group["weight_decay"] for group in ours] == [1e-4, 0.0]  # our order: a checkpoint's SGD state
+    assert {id(p) for p in ours[0]["params"]} == theirs[1e-4] and {id(p) for p in ours[1]["params"]} == theirs[0.0]
+    assert any(p.ndim > 1 for p in ours[1]["params"])  # what the 1-d rule alone decayed
+
+
 def _lrs(name, *, epochs=6, steps=3, warmup=0.0, min_lr=0.0, **kwargs):
     optimizer = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0)
     scheduler = create_scheduler(optimizer, name=name, epochs=epochs, steps_per_epoch=steps, warmup_epochs=warmup,

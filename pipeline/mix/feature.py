@@ -36,8 +36,11 @@ def layer_names(model: torch.nn.Module, *, image_size: int) -> list[str]:
 
 def _feature_maps(model: torch.nn.Module, *, image_size: int) -> dict[str, tuple[int, int]]:
     """(height, width) of each of ``layer_names``, from one forward."""
+    # Some models' feature_info names modules they do not have (hrnet's 'stem', twins' and mvitv2's
+    # 'block'): not layers to hook (a traceback at --check; walkthrough).
+    modules = dict(model.named_modules())
     info = [entry for entry in (getattr(model, "feature_info", None) or [])
-            if isinstance(entry, dict) and "module" in entry]
+            if isinstance(entry, dict) and entry.get("module") in modules]
     outputs = _layer_outputs(model, [entry["module"] for entry in info], image_size=image_size)
     maps = {INPUT_LAYER: (image_size, image_size)}
     for entry in info:
