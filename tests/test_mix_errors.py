@@ -237,3 +237,17 @@ def test_a_draw_changed_in_place_is_checked_and_used_as_changed(edit):
     expected = apply_mix(images, labels, params=replace(drawn), mean=MEAN, std=STD, num_classes=4)  # hand-written
     assert all(torch.equal(a, b) for a, b in zip(after, expected))
     assert not all(torch.equal(a, b) for a, b in zip(after, before))
+
+
+def test_a_draw_made_under_inference_mode_is_applied_as_drawn():
+    """Inference tensors keep no version counter (reading it raised a RuntimeError from apply_mix):
+    such a draw is checked from its fields, and mixes as the same draw made outside."""
+    images = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8))
+    labels = torch.tensor([0, 1, 2, 3])
+    arguments = dict(mean=MEAN, std=STD, num_classes=4)
+    with torch.inference_mode():
+        inside = apply_mix(images, labels, params=MixSampler(mode="cutmix", seed=2).sample(batch_size=4, height=8,
+                                                                                            width=8), **arguments)
+    outside = apply_mix(images, labels, params=MixSampler(mode="cutmix", seed=2).sample(batch_size=4, height=8,
+                                                                                         width=8), **arguments)
+    assert all(torch.equal(a, b) for a, b in zip(inside, outside))

@@ -63,7 +63,11 @@ def _as_drawn(params: MixParams) -> bool:
 
 
 def _version(value) -> int:
-    return value._version if isinstance(value, Tensor) else 0
+    if not isinstance(value, Tensor):
+        return 0
+    # A draw made under torch.inference_mode: its tensors keep no counter (reading it raises), so
+    # they are taken for changed and checked.
+    return 1 if value.is_inference() else value._version
 
 
 def drawn_params(resolved: ResolvedMix, *, holes: Optional[ResolvedMix] = None, **fields) -> MixParams:
