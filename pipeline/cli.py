@@ -154,10 +154,11 @@ def check_config(config) -> str:
 def _batch_and_lr(config) -> str:
     """The global batch and the lr it scales to: a recipe for 8 GPUs run by one process trains at an
     eighth of its lr, which --check did not show (walkthrough). The process count is the launcher's
-    (WORLD_SIZE); a --check run alone (Slurm's, before its launch) gives the rule instead."""
+    (WORLD_SIZE, with the LOCAL_RANK a launcher sets: one left in a shell is no count, as the start
+    says); a --check run alone (Slurm's, before its launch) gives the rule instead."""
     from .run import peak_lr
 
-    if "WORLD_SIZE" in os.environ:
+    if "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ:
         processes = int(os.environ["WORLD_SIZE"])
         return (f"global batch {config.loader.batch_size * processes} on {processes} "
                 f"process{'es' if processes > 1 else ''}, peak lr {peak_lr(config, processes=processes):g}")

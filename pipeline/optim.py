@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import copy
+import fnmatch
 import warnings
+from pathlib import Path
 
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, MultiStepLR, SequentialLR
@@ -15,19 +17,48 @@ def scaled_lr(*, base_lr: float, global_batch: int, reference_batch: int) -> flo
     return base_lr * global_batch / reference_batch
 
 
-def parameter_groups(model: torch.nn.Module, *, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
-    """One group, or two with no weight decay on 1-d parameters (norm weights, biases) and on those
-    the model names in its ``no_weight_decay()`` (timm's ViTs: ``cls_token``, ``pos_embed``; Swin's
-    position bias tables), as timm's ``param_groups_weight_decay`` does. Not that helper itself: it
-    lists the groups the other way round, and a checkpoint's SGD state is per group, in order."""
+def parameter_groups(model: torch.nn.Module, *, weight_decay: float, decay_norm_and_bias: bool,
+                     spare_named: bool = True) -> list[dict]:
+    """One group, or two with no weight decay on 1-d parameters (norm weights, biases) and, with
+    ``spare_named``, on those the model names in its ``no_weight_decay()`` (timm's ViTs:
+    ``cls_token``, ``pos_embed``; Swin's position bias tables; XCiT's ``pos_embed.*`` patterns), as
+    timm's ``param_groups_weight_decay`` does. Not that helper itself: it lists the groups the other
+    way round, and a checkpoint's SGD state is per group, in order. ``spare_named=False``: the rule
+    before these names (1-d only), for checkpoints made by it (``legacy_groups``)."""
     if decay_norm_and_bias:
         return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-    named = set(model.no_weight_decay()) if callable(getattr(model, "no_weight_decay", None)) else set()
+    named = _no_weight_decay(model) if spare_named else set()
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            (no_decay if parameter.ndim <= 1 or name in named else decay).append(parameter)
+            spared = parameter.ndim <= 1 or any(fnmatch.fnmatch(name, pattern) for pattern in named)
+            (no_decay if spared else decay).append(parameter)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _no_weight_decay(model: torch.nn.Module) -> set[str]:
+    """The names (fnmatch patterns, as timm reads them) of ``model.no_weight_decay()``; none without it."""
+    return set(model.no_weight_decay()) if callable(getattr(model, "no_weight_decay", None)) else set()
+
+
+def legacy_groups(model: torch.nn.Module, *, checkpoint: Path | None, decay_norm_and_bias: bool) -> bool:
+    """Whether the SGD state of ``checkpoint`` was grouped by the rule before ``no_weight_decay()``
+    was read (a ViT run with ``decay_norm_and_bias=false`` from before it): its group sizes are that
+    rule's and not the new one's. Its resume then keeps that grouping; loading the state into the
+    new groups failed on their sizes, for every checkpoint of the run."""
+    if checkpoint is None or decay_norm_and_bias or not _no_weight_decay(model):
+        return False
+    sizes = {spare: [len(group["params"]) for group in parameter_groups(model, weight_decay=0.0,
+                                                                        decay_norm_and_bias=False,
+                                                                        spare_named=spare)]
+             for spare in (True, False)}
+    if sizes[True] == sizes[False]:
+        return False
+    try:
+        saved = torch.load(Path(checkpoint) / "optimizer.bin", map_location="cpu", weights_only=True)
+        return [len(group["params"]) for group in saved["param_groups"]] == sizes[False]
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError, EOFError):  # resume's load says what is wrong
+        return False
 
 
 def fused_sgd_available(device: torch.device | str) -> bool:
@@ -39,10 +70,12 @@ def fused_sgd_available(device: torch.device | str) -> bool:
 
 
 def create_optimizer(model: torch.nn.Module, *, lr: float, momentum: float, nesterov: bool, weight_decay: float,
-                     decay_norm_and_bias: bool, fused: bool = False) -> torch.optim.SGD:
+                     decay_norm_and_bias: bool, fused: bool = False, spare_named: bool = True) -> torch.optim.SGD:
     """SGD over ``model``'s parameters at the already scaled ``lr``; ``fused``: one kernel for the
-    whole update (the parameters must then be, by the first step, on a device of ``fused_sgd_available``)."""
-    groups = parameter_groups(model, weight_decay=weight_decay, decay_norm_and_bias=decay_norm_and_bias)
+    whole update (the parameters must then be, by the first step, on a device of ``fused_sgd_available``);
+    ``spare_named``: as ``parameter_groups``."""
+    groups = parameter_groups(model, weight_decay=weight_decay, decay_norm_and_bias=decay_norm_and_bias,
+                              spare_named=spare_named)
     # fused=None, not False, otherwise: torch then picks its default (foreach on CUDA).
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
                            fused=True if fused else None)

@@ -37,7 +37,7 @@ from .mix.sampler import FEATURE_MODES, INPUT_LAYER
 from .models import create_model
 from .paths import in_the_way
 from .optim import (create_optimizer, create_scheduler, follow_config, fused_sgd_available, keep_kernel_choice,
-                    scaled_lr, schedule_snapshot)
+                    legacy_groups, scaled_lr, schedule_snapshot)
 from .plot import PLOTS_FOLDER
 from .precision import resolve_precision
 from .resume_config import (CONFIG_FILE, check_resume_config, describe, first_unused, keep_given_config,
@@ -226,11 +226,16 @@ def setup(config: TrainConfig, *, run_dir: Path, checkpoint: Path | None, lock: 
     torch.manual_seed(stream_seed(seed=config.run.seed, rank=accelerator.process_index, stream=MODEL_STREAM))
     steps = train_steps_per_epoch(config, shards=shards, accelerator=accelerator, num_classes=num_classes)
     global_batch = config.loader.batch_size * accelerator.num_processes
+    legacy = legacy_groups(model, checkpoint=checkpoint, decay_norm_and_bias=config.optim.decay_norm_and_bias)
+    if legacy and accelerator.is_main_process:
+        print(f"note: {checkpoint}'s SGD state groups the parameters as before the model's no_weight_decay() "
+              "list was read (those parameters decayed): the run goes on with that grouping", flush=True)
     optimizer = create_optimizer(model, lr=peak_lr(config, processes=accelerator.num_processes),
                                  momentum=config.optim.momentum, nesterov=config.optim.nesterov,
                                  weight_decay=config.optim.weight_decay,
                                  decay_norm_and_bias=config.optim.decay_norm_and_bias,
-                                 fused=config.optim.fused and fused_sgd_available(accelerator.device))
+                                 fused=config.optim.fused and fused_sgd_available(accelerator.device),
+                                 spare_named=not legacy)
     scheduler = create_scheduler(optimizer, steps_per_epoch=steps,
                                  **schedule_options(config, global_batch=global_batch))
     features, shapes = feature_mixing(config, model)  # hooks on the bare model, before compile and DDP

@@ -30,7 +30,7 @@ def test_no_weight_decay_on_norm_and_bias():
 
 
 @pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224",
-                                  "swin_tiny_patch4_window7_224"])
+                                  "swin_tiny_patch4_window7_224", "xcit_nano_12_p16_224"])  # xcit: 'pos_embed.*'
 def test_no_weight_decay_on_what_the_model_names_as_timms_own_groups_do(name):
     """ViT's cls_token and pos_embed, DeiT's dist_token, Swin's position bias tables (more than 1-d)
     were decayed (walkthrough). Reference: timm's param_groups_weight_decay with the model's list."""
@@ -45,6 +45,27 @@ def test_no_weight_decay_on_what_the_model_names_as_timms_own_groups_do(name):
     assert [group["weight_decay"] for group in ours] == [1e-4, 0.0]  # our order: a checkpoint's SGD state
     assert {id(p) for p in ours[0]["params"]} == theirs[1e-4] and {id(p) for p in ours[1]["params"]} == theirs[0.0]
     assert any(p.ndim > 1 for p in ours[1]["params"])  # what the 1-d rule alone decayed
+
+
+def test_a_checkpoint_grouped_by_the_rule_before_no_weight_decay_keeps_its_grouping(tmp_path):
+    """A ViT run with decay_norm_and_bias=false from before no_weight_decay() was read: every one of
+    its checkpoints failed to load into the new groups (review). Its SGD state, saved as torch saves
+    it, is recognized by its group sizes; one of the new rule's is not."""
+    import timm
+
+    from pipeline.optim import legacy_groups
+
+    model = timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32)
+    for spare_named, expected in ((False, True), (True, False)):
+        optimizer = create_optimizer(model, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4,
+                                     decay_norm_and_bias=False, spare_named=spare_named)
+        torch.save(optimizer.state_dict(), tmp_path / "optimizer.bin")
+        assert legacy_groups(model, checkpoint=tmp_path, decay_norm_and_bias=False) is expected
+    assert not legacy_groups(model, checkpoint=None, decay_norm_and_bias=False)
+    assert not legacy_groups(model, checkpoint=tmp_path, decay_norm_and_bias=True)
+    # A CNN: the two rules group alike, nothing is read.
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    assert not legacy_groups(cnn, checkpoint=tmp_path / "none", decay_norm_and_bias=False)
 
 
 def _lrs(name, *, epochs=6, steps=3, warmup=0.0, min_lr=0.0, **kwargs):
@@ -522,10 +543,14 @@ def test_check_only_checks_and_writes_nothing(demo_shards, tmp_path, capsys, mon
                                        f"launched; run folder {out}\n")
     # Under a launcher (WORLD_SIZE): the global batch and the lr it scales to (a recipe for 8 GPUs run
     # by one process trains at an eighth of its lr, which --check did not show; walkthrough).
-    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # left in a shell, no launcher (no LOCAL_RANK): no count (review)
+    assert run_cli([*args, f"data.shards={demo_shards}", "optim.reference_batch=64"], default_config=demo) == 0
+    assert "; starts fresh; global batch 64 x the processes launched, peak lr 0.4 x" in capsys.readouterr().out
+    monkeypatch.setenv("LOCAL_RANK", "0")
     assert run_cli([*args, f"data.shards={demo_shards}", "optim.reference_batch=64"], default_config=demo) == 0
     assert "; starts fresh; global batch 128 on 2 processes, peak lr 0.8; run folder" in capsys.readouterr().out
     monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.delenv("LOCAL_RANK")
     assert run_cli([*args, "data.shards=/nonexistent/shards"], default_config=demo) == 2
     assert capsys.readouterr().err.startswith("error: no shards at /nonexistent/shards")
     assert run_cli([*args, f"data.shards={demo_shards}", "model.name=resnet5O"], default_config=demo) == 2

@@ -138,7 +138,7 @@ def _cutout_then_mix(source: Tensor, labels: Tensor, *, params: MixParams, resol
     out_dtype = options["out_dtype"]
     # params.mode, not batch_mode(resolved): a string compare where that is a numpy pass (host time,
     # issue 11); a per-sample mode tuple takes the first path, where mix_features refuses it.
-    if params.mode != "mixup" or out_dtype in (torch.float32, torch.float64):
+    if params.mode != "mixup" or out_dtype == torch.float32:
         holed, targets = _run_backend(source, labels, resolved=holes, **options)
         return mix_features(holed, resolved), targets  # a paste, or nothing: no arithmetic to round
     # Mixup's blend in float32, rounded once to bf16/fp16 as every other mode is: in bf16 it rounded

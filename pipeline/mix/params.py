@@ -57,7 +57,8 @@ class MixParams:
 def _as_drawn(params: MixParams) -> bool:
     """Whether `params` carries its draw's packed rows, its tensors as they were drawn: new tensors
     (version 0) that no in-place op has touched (each bumps the version counter, which views of a
-    tensor share). About 0.3 us: issue 11 counts the host's time per step."""
+    tensor share; writes through ``.numpy()`` or ``.data`` do not, and are not seen). About 0.3 us:
+    issue 11 counts the host's time per step."""
     return params._drawn is not None and not (_version(params.lam) or _version(params.boxes)
                                               or _version(params.partner) or _version(params.cutout_boxes))
 
