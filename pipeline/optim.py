@@ -54,8 +54,10 @@ def legacy_groups(model: torch.nn.Module, *, checkpoint: Path | None, decay_norm
              for spare in (True, False)}
     if sizes[True] == sizes[False]:
         return False
-    try:
-        saved = torch.load(Path(checkpoint) / "optimizer.bin", map_location="cpu", weights_only=True)
+    from accelerate.utils.constants import OPTIMIZER_NAME
+
+    try:  # the file Accelerate's save_state writes for a run's one optimizer
+        saved = torch.load(Path(checkpoint) / f"{OPTIMIZER_NAME}.bin", map_location="cpu", weights_only=True)
         return [len(group["params"]) for group in saved["param_groups"]] == sizes[False]
     except (OSError, RuntimeError, ValueError, KeyError, TypeError, EOFError):  # resume's load says what is wrong
         return False
