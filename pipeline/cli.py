@@ -119,6 +119,10 @@ def check_config(config) -> str:
     from .run_lock import check_run_folder_free
 
     check_run_folder_free(config.run.out_dir)  # first: the other checks read what that training writes
+    from .launcher import lone_process_problem
+
+    if "LOCAL_RANK" not in os.environ and lone_process_problem(1):  # as the start refuses it (its setup)
+        raise TrainError(lone_process_problem(1))
     # world_size None: --check runs alone before the launch (Slurm), so the count is not known.
     checkpoint, changes = check_before_start(config, world_size=None)
     check_model_name(config.model.name)
@@ -127,8 +131,8 @@ def check_config(config) -> str:
         data = f"the demo digits (to be built) in {config.data.shards}"
     else:
         classes = check_shards(config, checkpoint)
-        # The world size is the launcher's (WORLD_SIZE; 1 for a plain python).
-        check_batches(config, world_size=int(os.environ.get("WORLD_SIZE", "1")), num_classes=len(classes))
+        # The world size is the launcher's (1 for a plain python).
+        check_batches(config, world_size=_launched() or 1, num_classes=len(classes))
         data = f"the demo digits in {config.data.shards}" if config.data.demo else \
             f"{len(classes)} classes in {config.data.shards}"
     run_dir = Path(config.run.out_dir)
@@ -151,15 +155,20 @@ def check_config(config) -> str:
             f"run folder {config.run.out_dir}")
 
 
+def _launched() -> int | None:
+    """The process count of the launcher that started this process (WORLD_SIZE, with the
+    LOCAL_RANK a launcher sets); None without one (a WORLD_SIZE left in a shell is refused before)."""
+    return int(os.environ["WORLD_SIZE"]) if "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ else None
+
+
 def _batch_and_lr(config) -> str:
     """The global batch and the lr it scales to: a recipe for 8 GPUs run by one process trains at an
     eighth of its lr, which --check did not show (walkthrough). The process count is the launcher's
-    (WORLD_SIZE, with the LOCAL_RANK a launcher sets: one left in a shell is no count, as the start
-    says); a --check run alone (Slurm's, before its launch) gives the rule instead."""
+    (``_launched``); a --check run alone (Slurm's, before its launch) gives the rule instead."""
     from .run import peak_lr
 
-    if "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ:
-        processes = int(os.environ["WORLD_SIZE"])
+    processes = _launched()
+    if processes is not None:
         return (f"global batch {config.loader.batch_size * processes} on {processes} "
                 f"process{'es' if processes > 1 else ''}, peak lr {peak_lr(config, processes=processes):g}")
     return (f"global batch {config.loader.batch_size} x the processes launched, peak lr "

@@ -543,9 +543,13 @@ def test_check_only_checks_and_writes_nothing(demo_shards, tmp_path, capsys, mon
                                        f"launched; run folder {out}\n")
     # Under a launcher (WORLD_SIZE): the global batch and the lr it scales to (a recipe for 8 GPUs run
     # by one process trains at an eighth of its lr, which --check did not show; walkthrough).
-    monkeypatch.setenv("WORLD_SIZE", "2")  # left in a shell, no launcher (no LOCAL_RANK): no count (review)
-    assert run_cli([*args, f"data.shards={demo_shards}", "optim.reference_batch=64"], default_config=demo) == 0
-    assert "; starts fresh; global batch 64 x the processes launched, peak lr 0.4 x" in capsys.readouterr().out
+    # Left in a shell, no launcher (no LOCAL_RANK): refused as the start refuses it (--check had
+    # passed, counting 2 processes; review).
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert run_cli([*args, f"data.shards={demo_shards}", "optim.reference_batch=64"], default_config=demo) == 2
+    assert capsys.readouterr().err == ("error: WORLD_SIZE=2 is set but no launcher started this process (no "
+                                       "LOCAL_RANK): unset WORLD_SIZE, or start the processes with `accelerate "
+                                       "launch`\n")
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert run_cli([*args, f"data.shards={demo_shards}", "optim.reference_batch=64"], default_config=demo) == 0
     assert "; starts fresh; global batch 128 on 2 processes, peak lr 0.8; run folder" in capsys.readouterr().out
