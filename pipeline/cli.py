@@ -121,8 +121,9 @@ def check_config(config) -> str:
     check_run_folder_free(config.run.out_dir)  # first: the other checks read what that training writes
     from .launcher import lone_process_problem
 
-    if "LOCAL_RANK" not in os.environ and lone_process_problem(1):  # as the start refuses it (its setup)
-        raise TrainError(lone_process_problem(1))
+    stale = "" if "LOCAL_RANK" in os.environ else lone_process_problem(1)  # as the start refuses it
+    if stale:
+        raise TrainError(stale)
     # world_size None: --check runs alone before the launch (Slurm), so the count is not known.
     checkpoint, changes = check_before_start(config, world_size=None)
     check_model_name(config.model.name)

@@ -77,7 +77,8 @@ def load_line(model_name: str, num_classes: int, options: dict, path: Path, *, o
         # timm resizes to floor(size / crop_pct), the loaders to the nearest: the same for whole
         # quotients (224 / 0.875 = 256), one pixel apart for some others (224 / 0.9).
         overlay += f", input_size=(3, {size}, {size}), crop_mode='center', interpolation='bilinear'"
-    overlay += "".join(f", {key}={given[key]!r}" for key in ("crop_pct",) if key in given)
+    if "crop_pct" in given:
+        overlay += f", crop_pct={given['crop_pct']!r}"
     overlay += "".join(f", {key}={tuple(given[key])!r}" for key in ("mean", "std") if key in given)
     return (f"{_OURS if ours else ''}timm.create_model({model_name!r}, pretrained=True, num_classes={num_classes}, "
             f"{extra}pretrained_cfg_overlay=dict({overlay}))")

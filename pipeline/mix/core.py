@@ -135,15 +135,14 @@ def _cutout_then_mix(source: Tensor, labels: Tensor, *, params: MixParams, resol
     draw, a slice of its block's one copy)."""
     batch_size, _, height, width = source.shape
     holes = resolve_holes(params, resolved, batch_size=batch_size, height=height, width=width)
-    out_dtype = options["out_dtype"]
-    # params.mode, not batch_mode(resolved): a string compare where that is a numpy pass (host time,
-    # issue 11); a per-sample mode tuple takes the first path, where mix_features refuses it.
-    if params.mode != "mixup" or out_dtype == torch.float32:
-        holed, targets = _run_backend(source, labels, resolved=holes, **options)
-        return mix_features(holed, resolved), targets  # a paste, or nothing: no arithmetic to round
     # Mixup's blend in float32, rounded once to bf16/fp16 as every other mode is: in bf16 it rounded
     # the holed pixels, both products and their sum (36% of values off the correctly rounded ones).
-    holed, targets = _run_backend(source, labels, resolved=holes, **{**options, "out_dtype": torch.float32})
+    # A paste or nothing has no arithmetic to round: the holes go straight into the output type.
+    # params.mode, not batch_mode(resolved): a string compare where that is a numpy pass (host time,
+    # issue 11); a per-sample mode tuple is refused by mix_features.
+    out_dtype = options["out_dtype"]
+    holed_dtype = torch.float32 if params.mode == "mixup" else out_dtype
+    holed, targets = _run_backend(source, labels, resolved=holes, **{**options, "out_dtype": holed_dtype})
     return mix_features(holed, resolved, out_dtype=out_dtype), targets
 
 
