@@ -156,6 +156,10 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def _classes_from_manifest(path: Path) -> list[str]:
+    if Path(path).is_dir():  # the train build's OUT: "build the shards again" was the advice
+        found = [f"{split}.json" for split in SPLITS if (Path(path) / f"{split}.json").is_file()]  # train first
+        which = f"give {Path(path) / found[0]}" if found else "give the train.json in the train build's OUT"
+        raise ShardsError(f"--classes {path}: a folder; --classes takes a manifest file: {which}")
     try:
         return read_manifest(path)["classes"]
     except ShardsError as error:

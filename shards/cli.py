@@ -4,15 +4,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from .arguments import CommandParser, path
 from .build import LABEL_FIELDS, SPLITS, BuildRequest, build_shards, check_build, default_workers
-from .errors import ShardsError
+from .errors import ShardsError, Terminated
 from .images import CHECKS
 from .manifest import merge_parts, read_manifest
 from .outdir import OutputLayout
@@ -226,17 +229,38 @@ def _prog(argv: list[str] | None) -> str:
     return called
 
 
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises Terminated while the command runs. By default it killed the build at once,
+    without the resume hint Ctrl-C gives, and its workers' semaphores were reported leaked; a
+    scheduler sends it (Slurm's time limit, scancel), so it is the common way a build stops."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
+        yield
+        return
+
+    def terminated(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user mistakes print one line on stderr and exit 2, never a traceback."""
     args = make_parser(_prog(argv)).parse_args(argv)
     try:
-        return _run(args)
+        with _sigterm_interrupts():
+            return _run(args)
     except ShardsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: run the same command with --resume to finish", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        again = "; run the same command with --resume to finish" if args.command == "build" else ""
+        print(f"interrupted{again}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
     except BrokenPipeError:
         if args.command not in ("inspect", "verify"):  # the reports people pipe; elsewhere it is a fault
             raise

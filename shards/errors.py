@@ -14,6 +14,11 @@ class ShardsError(Exception):
     """A problem with the user's input or output folder, explained in the message."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit or ``scancel``, a ``kill``), raised where Ctrl-C raises
+    KeyboardInterrupt: the command ends the same way, with a resume hint instead of a bare death."""
+
+
 @contextlib.contextmanager
 def dependencies_required() -> Iterator[None]:
     """Around a command line's imports and work: a dependency this Python lacks (a system

@@ -107,7 +107,21 @@ def prepare_output(layout: OutputLayout, plan: BuildPlan, part_id: int, resume: 
         )
     (layout.build_dir / "shards").mkdir(parents=True, exist_ok=True)
     _record_plan(plan_path, plan, resume, layout)
+    _remove_temporaries(layout, plan, part_id)
     return True
+
+
+def _remove_temporaries(layout: OutputLayout, plan: BuildPlan, part_id: int) -> None:
+    """Remove the temporary files (``.tmp-<name>...``) that a killed run of this part left beside
+    its shards and records. Those of an atomic write carry the writer's pid in their name, so no
+    later run writes over them, and each kill left one more (walkthrough: resumed Slurm builds
+    piled them up). Only this part's: the other parts of a split build may be writing theirs now,
+    under locks of their own."""
+    names = {plan.shard_name(shard) for shard in part_shards(plan.num_shards, plan.num_parts, part_id)}
+    for folder in (layout.out, layout.build_dir / "shards"):  # one listing each: ImageNet has 1,000s of shards
+        for path in folder.glob(".tmp-*"):
+            if path.name.removeprefix(".tmp-").split(".")[0] in names:
+                path.unlink(missing_ok=True)
 
 
 def check_out_state(layout: OutputLayout, *, resume: bool, overwrite: bool, num_parts: int = 1,

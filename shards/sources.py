@@ -120,7 +120,8 @@ def _folder_item(spec: SourceSpec, relative_dir: PurePosixPath, name: str, path:
     if str(relative_dir) == ".":
         return InputItem(sample_key(None, name), None, source, locator, "not inside a class folder")
     wnid, _, inside = source.partition("/")
-    return InputItem(sample_key(wnid, inside), wnid, source, locator, boxes=_boxes_of(spec, name))
+    return InputItem(sample_key(wnid, inside), wnid, source, locator, _label_disagrees(spec, wnid, name),
+                     boxes=_boxes_of(spec, name))
 
 
 def label_stem(name: str) -> str:
@@ -134,6 +135,16 @@ def _labelled_item(spec: SourceSpec, source: str, name: str, locator) -> InputIt
     wnid = labels.wnid_by_stem.get(stem)
     reason = None if wnid else f"no label: {stem} is not in {labels.source}"
     return InputItem(sample_key(None, name), wnid, source, locator, reason, boxes=_boxes_of(spec, name))
+
+
+def _label_disagrees(spec: SourceSpec, wnid: str, name: str) -> str | None:
+    """Why an image in class folder ``wnid`` is rejected: --labels gives it another class. Labelled
+    by its folder, it went into the shards under a class --labels denies, with the boxes --labels
+    drew for the other class (walkthrough: a val set sorted into folders by a faulty script)."""
+    labelled = spec.labels.wnid_by_stem.get(label_stem(PurePosixPath(name).name)) if spec.labels else None
+    if labelled is None or labelled == wnid:
+        return None
+    return f"in class folder {wnid}, but {spec.labels.source} labels it {labelled}"
 
 
 def _boxes_of(spec: SourceSpec, name: str) -> Annotation | None:
@@ -244,6 +255,8 @@ class TarStream:
                         for item in self._member(archive, member):
                             images += 1
                             yield item
+                    elif member.isdir() and self.spec.kind == "foldered-tar":
+                        self._class_folder(member.name)
                 _check_ended_at_marker(archive, f"SRC {self.spec.path}", images=images)
             if self.spec.cub is not None:
                 yield from ((item, b"") for item in missing_cub_items(self.spec.cub, self._cub_seen))
@@ -253,6 +266,14 @@ class TarStream:
             raise ShardsError(f"SRC {self.spec.path}: the archive is damaged ({error})") from None
         finally:
             self._reader.close()
+
+    def _class_folder(self, name: str) -> None:
+        """A ``<wnid>/`` folder entry: a class even when it holds no image, as in a folder source
+        (which warns of it). Dropped, the tar gave the classes after it other indices than the
+        same folders unpacked, without a word (walkthrough)."""
+        name = name.removeprefix("./").rstrip("/")
+        if name not in ("", ".") and "/" not in name:
+            self.class_names.add(name)
 
     def _member(self, archive, member) -> Iterator[tuple[InputItem, bytes]]:
         name = member.name.removeprefix("./")
@@ -272,7 +293,9 @@ class TarStream:
             yield InputItem(sample_key(None, name), None, name, ("", 0, 0), "not inside a class folder"), b""
             return
         self.class_names.add(wnid)
-        yield InputItem(sample_key(wnid, inside), wnid, name, ("", 0, 0), boxes=_boxes_of(self.spec, name)), data
+        rejected = _label_disagrees(self.spec, wnid, inside)
+        yield (InputItem(sample_key(wnid, inside), wnid, name, ("", 0, 0), rejected, boxes=_boxes_of(self.spec, name)),
+               b"" if rejected else data)
 
     def _cub_member(self, archive, member, name) -> Iterator[tuple[InputItem, bytes]]:
         images = f"{self.spec.cub.root}images/"
@@ -300,9 +323,10 @@ class TarStream:
                 for image in inner:
                     if image.isfile():
                         inside = image.name.removeprefix("./")
-                        item = InputItem(sample_key(wnid, inside), wnid, f"{name}/{inside}", ("", 0, 0))
+                        rejected = _label_disagrees(self.spec, wnid, inside)
+                        item = InputItem(sample_key(wnid, inside), wnid, f"{name}/{inside}", ("", 0, 0), rejected)
                         images += 1
-                        yield item, inner.extractfile(image).read()
+                        yield item, b"" if rejected else inner.extractfile(image).read()
                 _check_ended_at_marker(inner, f"class tar {name}", images=images)
         except (tarfile.TarError, ShardsError) as error:
             reason = f"damaged class tar, its remaining images are lost ({error})"

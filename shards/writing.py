@@ -86,14 +86,22 @@ def _write_in_processes(jobs, plan, layout, class_index, processes, strict, on_p
                              initargs=(*counters, os.getpid())) as pool:
         futures = [pool.submit(_write_counted, job, plan, layout, class_index, strict) for job in jobs]
         reported = (0, 0)
-        while futures:
-            finished, pending = wait(futures, timeout=0.25, return_when=FIRST_EXCEPTION)
-            now = (counters[0].value, counters[1].value)
-            on_progress(now[0] - reported[0], now[1] - reported[1])
-            reported = now
-            for future in finished:
-                future.result()  # re-raises a worker's error (e.g. --strict) here
-            futures = list(pending)
+        try:
+            while futures:
+                finished, pending = wait(futures, timeout=0.25, return_when=FIRST_EXCEPTION)
+                now = (counters[0].value, counters[1].value)
+                on_progress(now[0] - reported[0], now[1] - reported[1])
+                reported = now
+                for future in finished:
+                    future.result()  # re-raises a worker's error (e.g. --strict) here
+                futures = list(pending)
+        except KeyboardInterrupt:
+            # Ctrl-C reaches the workers too (one process group), SIGTERM (shards.errors.Terminated)
+            # only this process: the pool's exit would wait for every shard still queued. The
+            # unfinished shards are temporary files, which --resume replaces.
+            for worker in multiprocessing.active_children():
+                worker.terminate()
+            raise
 
 
 _counters: tuple = ()  # set in each worker process by _start_worker (multiprocessing's idiom)

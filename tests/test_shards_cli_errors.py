@@ -365,6 +365,20 @@ def test_classes_given_a_labels_csv_says_what_it_takes(src, tmp_path, capsys):
     assert "build the shards again" not in err
 
 
+
+@pytest.mark.parametrize("built", [True, False])
+def test_classes_given_a_folder_names_the_manifest_to_give(src, tmp_path, capsys, built):
+    # The train build's OUT itself: the advice was to build the shards again.
+    train = tmp_path / "train_out"
+    if built:
+        assert run_main(capsys, *build_args(src, train))[0] == 0
+    else:
+        train.mkdir()
+    code, out, err = run_main(capsys, *build_args(src, tmp_path / "out", "--classes", train))
+    wanted = f"give {train / 'train.json'}" if built else "give the train.json in the train build's OUT"
+    assert_user_error(code, out, err, f"--classes {train}: a folder; --classes takes a manifest file: {wanted}")
+    assert "build the shards again" not in err
+
 def test_imagefolder_whose_class_folders_are_all_empty(tmp_path, capsys):
     for name in ("n01", "n02"):
         (tmp_path / "src" / name).mkdir(parents=True)
@@ -515,3 +529,28 @@ def test_a_reader_that_stops_early_gets_no_traceback(demo_shards):
     finally:
         os.close(write_end)
     assert done.returncode == 128 + signal.SIGPIPE and done.stderr == b"", done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("command", ["verify", "inspect"])
+def test_a_stop_of_a_report_gives_no_resume_hint_and_sigterm_ends_as_ctrl_c_does(tmp_path, capsys, monkeypatch,
+                                                                                command):
+    # "run the same command with --resume" was printed for any command, and only for Ctrl-C: a
+    # SIGTERM (a scheduler's) killed the process without a word.
+    import os
+    import signal
+
+    from shards import cli
+
+    make_imagefolder(tmp_path / "tree", num_classes=2, per_class=3)
+    assert cli.main(["build", str(tmp_path / "tree"), str(tmp_path / "out"), "--split", "train", "--quiet"]) == 0
+    before = signal.getsignal(signal.SIGTERM)
+
+    def stopped(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the command")
+
+    monkeypatch.setattr(cli, "verify_shards" if command == "verify" else "inspect_shards", stopped)
+    capsys.readouterr()
+    assert cli.main([command, str(tmp_path / "out")]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err == "interrupted\n"
+    assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler is back

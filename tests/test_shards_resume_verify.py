@@ -3,6 +3,7 @@
 import hashlib
 import json
 import signal
+import subprocess
 import sys
 import tarfile
 import time
@@ -84,6 +85,29 @@ def test_kill_during_a_shard_leaves_no_complete_looking_shard(tmp_path):
                  "--shard-size", "64kB", "--num-parts", "2", "--part-id", "0", "--resume"]) == 0
     assert (out / first).exists()
 
+
+
+def test_resume_removes_the_temporary_files_a_kill_left_of_its_own_shards_only(tmp_path):
+    # An atomic write's temporary file carries its writer's pid: no later run wrote over it, and
+    # --resume left one more behind after each kill (walkthrough). Part 1 may be running meanwhile.
+    make_imagefolder(tmp_path / "tree", num_classes=3, per_class=30)
+    out = tmp_path / "out"
+    args = ["build", str(tmp_path / "tree"), str(out), "--split", "train", "--quiet", "--shard-size", "64kB",
+            "--num-parts", "2"]
+    assert main([*args, "--part-id", "0"]) == 0
+    shards = manifest(out, "train.part-0000-of-0002")["shards"]
+    first, last = shards[0]["name"].removesuffix(".tar"), shards[-1]["name"].removesuffix(".tar")
+    (out / f"{first}.tar").unlink()
+    records = out / ".build" / "train" / "shards"
+    own = [out / f".tmp-{first}.idx.4242.139827058240384", out / f".tmp-{last}.tar",
+           records / f".tmp-{first}.json.4242.1"]
+    others = [out / f".tmp-train-{int(last[-6:]) + 1:06d}.idx.77.1", out / ".tmp-val-000000.idx.1.1"]
+    for path in own + others:
+        path.write_bytes(b"")
+    assert main([*args, "--part-id", "0", "--resume"]) == 0
+    assert (out / f"{first}.tar").exists()
+    assert [path for path in own if path.exists()] == []
+    assert [path for path in others if path.exists()] == others
 
 @pytest.fixture
 def built(tmp_path):
@@ -274,7 +298,8 @@ def test_a_killed_build_leaves_no_worker_running(tmp_path, start_process, kill):
     slow_tree(tmp_path / "tree", classes=6, per_class=30)
     out = tmp_path / "out"
     process = start_process(cli("build", tmp_path / "tree", out, "--split", "train", "--quiet", "--workers", "2",
-                                "--resize-short", "200", "--shard-size", "64kB"), cwd=REPO)
+                                "--resize-short", "200", "--shard-size", "64kB"), cwd=REPO,
+                            stderr=subprocess.PIPE, text=True)
     records = out / ".build" / "train" / "shards"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not list(records.glob("*.json")):
@@ -283,6 +308,9 @@ def test_a_killed_build_leaves_no_worker_running(tmp_path, start_process, kill):
     process.send_signal(kill)
     process.wait(timeout=60)
     assert not (out / "train.json").exists(), "the build finished before it could be killed"
+    if kill == signal.SIGTERM:  # a scheduler's stop ends as Ctrl-C does: it died with no hint, semaphores "leaked"
+        assert (process.returncode, process.stderr.read()) == (
+            128 + signal.SIGTERM, "interrupted; run the same command with --resume to finish\n")
     deadline = time.monotonic() + 60  # a hang guard: the workers end within a moment
     while time.monotonic() < deadline and processes_with(TAG_VARIABLE, process.test_tag):
         time.sleep(0.1)

@@ -1,6 +1,8 @@
 """Streamed tar sources (ILSVRC2012 train tar of class tars, the 21k tar.gz, tars of folders)
 give the same samples as the folder they were made from; split builds cover everything once."""
 
+import tarfile
+
 import pytest
 
 from shard_fixtures import make_imagefolder, make_tar_of_tars, run_shards_main
@@ -38,6 +40,25 @@ def test_tar_of_class_tars_equals_the_folder_build(files, tmp_path, gzip):
     sources = {s["json"]["source"] for s in read_with_webdataset(tmp_path / "b")}
     assert all(".tar/" in source for source in sources)
 
+
+
+def test_a_tar_of_folders_keeps_an_empty_class_folder_as_the_folder_build_does(tmp_path, capsys):
+    # `tar cf src.tar -C tree .` of a tree with an empty class folder: the tar dropped that class,
+    # so every later class had another index than in the folder's build, without a word.
+    tree = tmp_path / "tree"
+    make_imagefolder(tree, num_classes=3, per_class=4)
+    (tree / "n00000001_empty").mkdir()  # sorted between the classes: the later indices move
+    with tarfile.open(tmp_path / "src.tar", "w") as archive:
+        archive.add(tree, arcname=".")
+    assert "./n00000001_empty" in tarfile.open(tmp_path / "src.tar").getnames()
+    from_folder = build(tree, tmp_path / "a")
+    warned = capsys.readouterr().out
+    from_tar = build(tmp_path / "src.tar", tmp_path / "b")
+    assert from_folder["classes"][1] == "n00000001_empty" and from_folder["class_counts"][1] == 0
+    assert (from_tar["classes"], from_tar["class_counts"]) == (from_folder["classes"], from_folder["class_counts"])
+    assert content(tmp_path / "b") == content(tmp_path / "a")
+    assert "1 of 4 classes have no image in this split: n00000001_empty" in warned
+    assert "1 of 4 classes have no image in this split: n00000001_empty" in capsys.readouterr().out
 
 def test_streamed_build_is_shuffled_and_deterministic(files, tmp_path):
     archive = make_tar_of_tars(tmp_path / "src.tar", files)

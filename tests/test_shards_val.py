@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 
-from shard_fixtures import jpeg_bytes, make_flat_tar, make_imagefolder, wnid, write_devkit, write_loc_csv
+from shard_fixtures import (jpeg_bytes, make_flat_tar, make_folder_tar, make_imagefolder, make_tar_of_tars, wnid,
+                            write_devkit, write_loc_csv)
 from shards.cli import main
 
 NUM_CLASSES = 14  # >= 12 for labels 10..13; wnid(13) < wnid(12): generation order != sorted order
@@ -232,6 +233,40 @@ def test_image_without_label_row_is_rejected(tmp_path, kind):
     assert orphan not in {json.loads(s["json"])["source"] for s in samples}
     check_samples(samples, truth, files, sorted(set(truth.values())))
 
+
+
+@pytest.mark.parametrize("kind", ["folder", "folder tar", "tar of class tars"])
+def test_an_image_whose_class_folder_its_label_denies_is_rejected(tmp_path, kind):
+    # Val sorted into <wnid>/ folders (a script's work), LOC csv given for its boxes: the folder
+    # labelled every image, silently, with the boxes the csv drew for another class.
+    truth, files = val_truth(seed=5)
+    stems = sorted(truth)
+    misplaced = {stem: wnid(0) for stem in stems[:4] if truth[stem] != wnid(0)}  # sorted into wnid(0)'s folder
+    assert len(misplaced) >= 2
+    sorted_files = {f"{misplaced.get(stem, truth[stem])}/{stem}.JPEG": files[f"{stem}.JPEG"] for stem in stems}
+    if kind == "folder":
+        src = write_flat_folder(tmp_path / "val", {})
+        for relative, data in sorted_files.items():
+            (src / relative).parent.mkdir(exist_ok=True)
+            (src / relative).write_bytes(data)
+    elif kind == "folder tar":
+        src = make_folder_tar(tmp_path / "val.tar", sorted_files)
+    else:
+        src = make_tar_of_tars(tmp_path / "val.tar", sorted_files)
+    labels = write_loc_csv(tmp_path / "LOC_val_solution.csv", truth)
+    assert build(src, tmp_path / "out", "--labels", labels) == 0
+
+    built = manifest(tmp_path / "out")
+    assert sorted((entry["source"], entry["reason"]) for entry in built["rejected"]) == sorted(
+        (f"{folder}/{stem}.JPEG" if kind != "tar of class tars" else f"{folder}.tar/{stem}.JPEG",
+         f"in class folder {folder}, but {labels} labels it {truth[stem]}")
+        for stem, folder in misplaced.items())
+    samples = read_back(tmp_path / "out", "val")
+    assert sorted(json.loads(sample["json"])["source"].rsplit("/", 1)[-1] for sample in samples) == [
+        f"{stem}.JPEG" for stem in stems if stem not in misplaced]
+    classes = sorted(set(truth.values()))
+    for sample in samples:  # the rest keep their folder's label, which the csv agrees with
+        assert int(sample["cls"]) == classes.index(json.loads(sample["json"])["wnid"])
 
 def _devkit(tmp_path: Path) -> Path:
     truth, _ = val_truth()
