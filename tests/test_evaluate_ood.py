@@ -167,6 +167,18 @@ def test_agrees_with_the_transcribed_loop(sizes, high, seed):
         assert metrics[name] == pytest.approx(100.0 * expected[name], abs=1e-10), name
 
 
+
+@pytest.mark.parametrize("known", [1, 5, 9])
+def test_a_perfect_detector_of_under_ten_in_samples_gets_no_tnr_as_calculate_log_gives(known):
+    # The README says so: no curve point has TPR within 0.025 of 0.95 below 10 in-distribution samples,
+    # and the nearest one there is the corner (TPR 1, FPR 1). sklearn's roc_curve gives TNR 1.
+    in_scores, out_scores = np.linspace(0.6, 0.9, known), np.linspace(0.1, 0.4, 20)
+    metrics = ood_metrics(in_scores, out_scores)
+    assert metrics["tnr_at_tpr95"] == 0.0 and metrics["auroc"] == pytest.approx(100.0, abs=1e-9)
+    assert metrics["tnr_at_tpr95"] == 100.0 * transcribed_calculate_log(in_scores, out_scores)["tnr_at_tpr95"]
+    fpr, tpr, _ = roc_curve([1] * known + [0] * 20, np.concatenate([in_scores, out_scores]))
+    assert 1 - fpr[np.argmax(tpr >= 0.95)] == 1.0
+
 def test_bad_scores_are_refused():
     with pytest.raises(ValueError, match="in_scores"):
         ood_metrics(np.array([]), np.array([1.0]))

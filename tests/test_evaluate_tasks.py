@@ -100,6 +100,41 @@ def test_per_class_top1_error_matches_a_per_class_loop():
     assert len(ticks) == len(batches)
 
 
+
+class Coarse(nn.Module):
+    """A linear model whose logits are rounded to whole numbers: many rows tie at the top."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs):
+        return torch.round(self.model(inputs) / 2)
+
+
+def test_tied_logits_are_one_prediction_for_top1_top5_and_each_class():
+    # topk orders ties as it likes (differently for each k), argmax takes the lowest class: the
+    # top-1 error and the per-class errors counted different predictions (walkthrough: 88.6% top-1
+    # error, its per-class errors averaging 92.2%). Reference: the lowest class of the largest logit.
+    model = Coarse(linear_model(4))
+    batches = random_batches(5, [16, 16, 11], padding=3)
+    result = tasks.classify(context(model), batches, lambda: None)
+    seen, correct, top5, ties = [0] * CLASSES, [0] * CLASSES, 0, 0
+    for images, labels in batches:
+        for row, label in zip(logits_by_hand(model, images).tolist(), labels.tolist()):
+            if label < 0:
+                continue
+            ranked = sorted(range(CLASSES), key=lambda k: (-row[k], k))  # ties: the lower class first
+            ties += row.count(max(row)) > 1
+            seen[label] += 1
+            correct[label] += ranked[0] == label
+            top5 += label in ranked[:5]
+    assert ties >= 10  # the case at hand
+    assert result["top1_err"] == pytest.approx(100.0 * (1 - sum(correct) / sum(seen)), abs=1e-9)
+    assert result["top5_err"] == pytest.approx(100.0 * (1 - top5 / sum(seen)), abs=1e-9)
+    assert result["per_class_top1_err"][:-1] == pytest.approx(
+        [100.0 * (1 - c / n) for n, c in zip(seen[:-1], correct[:-1])], abs=1e-9)
+
 def fgsm_by_hand(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epsilon: float) -> torch.Tensor:
     """Each sample alone: pixels = image / 255, loss through (pixels - mean) / std, its own
     backward() (on a copy of the model: this fills .grad), clamp(pixels + eps * sign(grad), 0, 1)."""
@@ -204,3 +239,22 @@ def test_localization_table_columns_hold_their_own_numbers(tmp_path):
                      "IoU 0.5": "55.00", "IoU 0.7": "66.00", "CAM threshold": "0.77", "samples with a box": "88"}
     assert "3 box(es) fell outside the centre crop" in lines[heading + 6]
     assert "2 sample(s) had no box left" in lines[heading + 6]
+
+
+
+def test_in_between_table_shows_cutmix_exact_lambda_beside_each_row(tmp_path):
+    # At 32 px the "0.50" row's boxes leave A 0.483 of the image: it is scored against B's label,
+    # which the table did not show (walkthrough). Each column read back by its header.
+    lambdas = [0.0, 0.5, 1.0]
+    in_between = {"lambdas": lambdas, "pairs": 40, "cutmix_mean_lambda": [0.0, 0.4834, 1.0],
+                  "mixup_top1_err": [1.0, 2.0, 3.0], "mixup_top2_both": [4.0, 5.0, 6.0],
+                  "cutmix_top1_err": [7.0, 8.0, 9.0], "cutmix_top2_both": [10.0, 11.0, 12.0]}
+    settings = {"model": "m", "weights": "w.safetensors", "shards": "s", "split": "val", "world_size": 1,
+                "device": "cpu", "precision": "no", "image_size": 32, "tasks": ["in-between"], "finished": True}
+    write_reports({"settings": settings, "in-between": in_between}, out=tmp_path)
+    lines = (tmp_path / "eval.md").read_text().splitlines()
+    heading = lines.index("## In-between-class samples (40 pairs, %)")
+    header = [c.strip() for c in lines[heading + 2].strip("|").split("|")]
+    middle = dict(zip(header, [c.strip() for c in lines[heading + 5].strip("|").split("|")]))
+    assert middle == {"lambda": "0.50", "Mixup top-1 err": "2.00", "Mixup top-2 = both": "5.00",
+                      "CutMix's exact lambda": "0.483", "CutMix top-1 err": "8.00", "CutMix top-2 = both": "11.00"}

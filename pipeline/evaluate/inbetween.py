@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from .classify import top_classes
+
 # Weight of image A (and of its label), from "all B" to "all A".
 LAMBDAS = tuple(step / 10 for step in range(11))
 
@@ -84,7 +86,7 @@ def inbetween_counts(logits: torch.Tensor, label_a: torch.Tensor, label_b: torch
 
     The larger-weight label is label_a where weight_a >= 0.5, so at an exact 0.5 it is label_a.
     ``weight_a`` is a float or a float tensor [B]. Masks, not boolean indexing (no device sync)."""
-    top2 = logits.float().topk(2, dim=1).indices
+    top2 = top_classes(logits, 2)
     # A float is decided here: copying it to the device would wait for the device.
     if isinstance(weight_a, torch.Tensor):
         target = torch.where(weight_a >= 0.5, label_a, label_b)

@@ -89,10 +89,16 @@ def _occlusion(r: dict) -> list[str]:
 
 
 def _in_between(r: dict) -> list[str]:
-    rows = [[lam, a, b, c, d] for lam, a, b, c, d in zip(r["lambdas"], r["mixup_top1_err"], r["mixup_top2_both"],
-                                                         r["cutmix_top1_err"], r["cutmix_top2_both"])]
-    header = ["lambda", "Mixup top-1 err", "Mixup top-2 = both", "CutMix top-1 err", "CutMix top-2 = both"]
-    return [f"## In-between-class samples ({r['pairs']} pairs, %)", ""] + _table(header, rows)
+    # CutMix's own lambda beside it: its boxes are whole pixels, so at 32 px the 0.50 row's box
+    # leaves A 0.483 of the image and is scored against B's label, which the row's name hid.
+    rows = [[lam, a, b, f"{exact:.3f}", c, d] for lam, a, b, exact, c, d in zip(
+        r["lambdas"], r["mixup_top1_err"], r["mixup_top2_both"], r["cutmix_mean_lambda"], r["cutmix_top1_err"],
+        r["cutmix_top2_both"])]
+    header = ["lambda", "Mixup top-1 err", "Mixup top-2 = both", "CutMix's exact lambda", "CutMix top-1 err",
+              "CutMix top-2 = both"]
+    return ([f"## In-between-class samples ({r['pairs']} pairs, %)", ""] + _table(header, rows)
+            + ["", "Top-1 error against the label of the larger weight (A's where lambda >= 0.5). CutMix's boxes are "
+                   "whole pixels: its exact lambda (the mean over batches) decides."])
 
 
 def _fgsm(r: dict) -> list[str]:

@@ -17,7 +17,7 @@ from ..seeds import generator_seed
 from ..errors import EvalError
 from .boxes import transform_boxes
 from .cam import cam_and_logits, cam_classifier, class_activation_maps
-from .classify import count_correct, normalize_batch
+from .classify import count_correct, normalize_batch, top_classes
 from .fgsm import fgsm_pixels
 from .inbetween import LAMBDAS, box_lambda, cutmix_box, cutmix_pair, inbetween_counts, mixup_pair, partner_order
 from .occlusion import occlude, occlusion_sides
@@ -78,7 +78,7 @@ def classify(ctx: TaskContext, batches: Iterable, tick: Tick) -> dict:
         valid = labels >= 0
         label = labels.clamp(min=0)
         per_class[0].scatter_add_(0, label, valid.long())
-        per_class[1].scatter_add_(0, label, (valid & (logits.argmax(1) == labels)).long())
+        per_class[1].scatter_add_(0, label, (valid & (top_classes(logits, 1)[:, 0] == labels)).long())
         tick()
     top1, top5, samples = ctx.reduce(counts).tolist()
     seen, correct = ctx.reduce(per_class).tolist()
@@ -101,7 +101,7 @@ def localize(ctx: TaskContext, batches: Iterable, tick: Tick) -> dict:
         logits, features = logits.float(), features.float()
         cams = class_activation_maps(features, weight.float(), labels.clamp(min=0))
         maps = scoremaps(cams, (size, size))
-        labels_host, correct = labels.cpu().numpy(), (logits.argmax(1) == labels).cpu().numpy()
+        labels_host, correct = labels.cpu().numpy(), (top_classes(logits, 1)[:, 0] == labels).cpu().numpy()
         rows, boxes = [], []
         for row, record in enumerate(records):
             if labels_host[row] < 0:
@@ -127,7 +127,7 @@ def _keep_examples(ctx: TaskContext, images, maps, rows, boxes, labels, logits) 
     if not ctx.accelerator.is_main_process:
         return
     kept = ctx.examples.setdefault("localize", [])
-    predicted = logits.argmax(1).cpu().numpy()
+    predicted = top_classes(logits, 1)[:, 0].cpu().numpy()
     for row, box in zip(rows, boxes):
         if len(kept) >= ctx.cam_examples:
             return
