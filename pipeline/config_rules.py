@@ -217,10 +217,9 @@ def _unused_schedule_options(config) -> tuple[str, str] | None:
 
 def _unused_mix_options(config) -> tuple[str, str] | None:
     mix = config.mix
-    found = unused_mode_option(mix.mode, said=f"mix.mode={mix.mode}", cutmix_alpha=mix.cutmix_alpha,
-                               mixup_alpha=mix.mixup_alpha, switch_prob=mix.switch_prob, prob=mix.prob, per=mix.per,
-                               partner=mix.partner)
-    return None if found is None else (f"mix.{found[0]}", found[1])
+    return unused_mode_option(mix.mode, said=f"mix.mode={mix.mode}", key=lambda name: f"mix.{name}",
+                              cutmix_alpha=mix.cutmix_alpha, mixup_alpha=mix.mixup_alpha, switch_prob=mix.switch_prob,
+                              prob=mix.prob, per=mix.per, partner=mix.partner)
 
 
 def _unused_data_options(config) -> tuple[str, str] | None:

@@ -83,3 +83,31 @@ def lone_process_problem(num_processes: int, environ: Mapping[str, str] | None =
             "joins processes on GPUs (torch sees none here) or on CPUs when ACCELERATE_USE_CPU=true says so; "
             f"on CPUs: `ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes {launched} ...`, "
             "on GPU nodes check that `python -c 'import torch; print(torch.cuda.device_count())'` sees the GPUs")
+
+
+
+# What `accelerate launch` (its flags, or `accelerate config`) asks for reaches a process as
+# variables Accelerate would read; the Accelerators here are given their own settings, so these
+# say what was asked and not done. "no" and 1 are the launcher's defaults, no request.
+
+def ignored_precision(*, option: str, setting: str, precision: str, environ: Mapping[str, str] | None = None) -> str:
+    """A note when the launcher asked for a mixed precision other than the one ``option`` (the
+    project's key, set to ``setting``) resolved to (``precision``), else "". `--mixed_precision
+    fp16` trained in bf16, or in float32 on a CPU, without a word (walkthrough)."""
+    environ = os.environ if environ is None else environ
+    asked = environ.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
+    if asked in ("", "no", precision):
+        return ""
+    choose = f"give {option}={asked}" if asked == "bf16" else f"{option} offers auto, bf16 or no"
+    return (f"note: accelerate's mixed precision {asked} (--mixed_precision or accelerate config) is not used: "
+            f"{option}={setting} decides, {precision} here; {choose}")
+
+
+def ignored_accumulation(environ: Mapping[str, str] | None = None) -> str:
+    """A note when the launcher asked for gradient accumulation, which training does not do ("" otherwise)."""
+    environ = os.environ if environ is None else environ
+    steps = environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1").strip()
+    if steps in ("", "1"):
+        return ""
+    return (f"note: accelerate's gradient accumulation ({steps} steps) is not used: every batch is an update (the "
+            "global batch is loader.batch_size x the processes)")

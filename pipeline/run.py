@@ -28,11 +28,12 @@ from .data_check import check_batches, check_demo_folder, check_shards, demo_to_
 from .errors import TrainError
 from .evaluate import evaluate
 from .export import export_weights, point_record_at
-from .launcher import lone_process_problem
+from .launcher import ignored_accumulation, ignored_precision, lone_process_problem
 from .logs import (METRICS_FILE, Progress, append_metrics, format_epoch, read_metrics, truncate_events,
                    truncate_metrics)
 from .mix import MixSampler
 from .mix.feature import FeatureMixer, layer_shapes
+from .mix.choices import mix_words
 from .mix.sampler import FEATURE_MODES, INPUT_LAYER
 from .models import create_model
 from .paths import in_the_way
@@ -198,6 +199,11 @@ def setup(config: TrainConfig, *, run_dir: Path, checkpoint: Path | None, lock: 
     alone = lone_process_problem(accelerator.num_processes)
     if alone:  # before the lock: each rank would take it as a training of its own
         raise TrainError(alone)
+    if accelerator.is_main_process:
+        for note in (ignored_precision(option="run.mixed_precision", setting=config.run.mixed_precision,
+                                       precision=accelerator.mixed_precision), ignored_accumulation()):
+            if note:
+                print(note, flush=True)
     if config.run.tensorboard:
         from accelerate.utils import is_tensorboard_available
 
@@ -322,7 +328,12 @@ def create_accelerator(config: TrainConfig, *, run_dir: Path):
     update (Accelerate would otherwise step it once per process)."""
     from accelerate import Accelerator
 
+    from accelerate.utils import GradientAccumulationPlugin
+
+    # The plugin given: Accelerate would otherwise take ACCELERATE_GRADIENT_ACCUMULATION_STEPS and
+    # divide every loss by it while this loop still steps at every batch (a smaller lr, unsaid).
     return Accelerator(mixed_precision=resolve_precision(config.run.mixed_precision),
+                       gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=1),
                        step_scheduler_with_optimizer=False,
                        log_with="tensorboard" if config.run.tensorboard else None, project_dir=str(run_dir))
 
@@ -747,8 +758,14 @@ def start_line(config: TrainConfig, *, session: Session, state: TrainState, run_
             f"{processes} process{'es' if processes > 1 else ''} on {accelerator.device.type}, "
             f"precision {accelerator.mixed_precision}, global batch {config.loader.batch_size * processes} "
             f"(peak lr {peak_lr(config, processes=processes):g}), {session.steps_per_epoch} steps per epoch, "
-            f"epochs {state.epoch + 1}-{config.schedule.epochs}; "
+            f"epochs {state.epoch + 1}-{config.schedule.epochs}, {_mix_words(config.mix)}; "
             f"run folder {run_dir}" + (SYNTHETIC_NOTE if config.loader.backend == "synthetic" else ""))
+
+
+def _mix_words(mix) -> str:
+    return mix_words(mix.mode, cutout_size=mix.cutout_size, label_smoothing=mix.label_smoothing,
+                     feature_layers=mix.feature_layers, cutmix_alpha=mix.cutmix_alpha, mixup_alpha=mix.mixup_alpha,
+                     switch_prob=mix.switch_prob, prob=mix.prob, per=mix.per, partner=mix.partner)
 
 
 def peak_lr(config: TrainConfig, *, processes: int) -> float:

@@ -217,6 +217,11 @@ def test_an_option_of_another_mode_is_refused_saying_which_modes_use_it(shards_d
     assert_one_error_line(code, err, "error: --mixup-alpha: --mode cutmix does not use it (only mixup, "
                                      "cutmix_or_mixup, manifold_mixup do), so 0.2 would change nothing; give its "
                                      "default 1.0 or a mode that uses it")
+    code, _, err = run_main([shards_dir, "--out", tmp_path / "x.png", "--mode", "cutout", "--cutout-size", "4",
+                             "--mixup-alpha", "0.2", "--partner", "roll"], capsys)
+    assert_one_error_line(code, err, "error: --mixup-alpha, --partner: --mode cutout uses none of them, so 0.2 and "
+                                     "roll would change nothing; give their defaults (--mixup-alpha=1.0 "
+                                     "--partner=permutation) or a mode that uses them")
 
 
 def test_feature_modes_are_refused_naming_the_input_level_mode(shards_dir, tmp_path, capsys):

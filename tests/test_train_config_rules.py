@@ -198,6 +198,10 @@ def test_cross_field_rules_name_the_key_that_must_change():
         (["mix.mode=none", "mix.cutmix_alpha=2"], "mix.cutmix_alpha: mix.mode=none does not use it"),
         (["mix.mode=cutmix", "mix.switch_prob=0.3"], "mix.switch_prob: mix.mode=cutmix does not use it (only "
          "cutmix_or_mixup do)"),
+        # A recipe switched to another mode: every value it leaves unread at once (one at a time, before).
+        (["mix.mode=none", "mix.prob=0.5", "mix.per=elem", "mix.mixup_alpha=0.2"], "mix.mixup_alpha, mix.prob, "
+         "mix.per: mix.mode=none uses none of them, so 0.2 and 0.5 and elem would change nothing; give their "
+         "defaults (mix.mixup_alpha=1.0 mix.prob=1.0 mix.per=batch) or a mode that uses them"),
         (["schedule.name=cosine", "schedule.milestones=[10]"], "schedule.milestones: schedule.name=cosine decays "
          "smoothly and does not use milestones, got [10]; give schedule.milestones=[] with it"),
         (["schedule.name=cosine", "schedule.decay_factor=0.2"], "schedule.decay_factor: schedule.name=cosine does "

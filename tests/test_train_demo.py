@@ -32,8 +32,9 @@ def test_demo_learns(demo_run, demo_shards):
     assert "val top-1 error" in done.stdout
     steps = json.loads((demo_shards / "train.json").read_text())["totals"]["samples"] // 32  # full batches
     assert done.stdout.startswith(f"training resnet10t on 10 classes of {demo_shards}: 1 process on cpu, precision "
-                                  f"no, global batch 32 (peak lr 0.1), {steps} steps per epoch, epochs 1-3; run "
-                                  f"folder {out}\n")  # lr: optim.base_lr 0.8 * 32 / 256
+                                  f"no, global batch 32 (peak lr 0.1), {steps} steps per epoch, epochs 1-3, mix "
+                                  f"cutmix (cutmix_alpha 1, prob 0.5, per batch, partner permutation); run "
+                                  f"folder {out}\n")  # lr: optim.base_lr 0.8 * 32 / 256; prob: configs/demo.yaml
     assert (out / "config.yaml").is_file() and (out / "checkpoints" / "epoch-0003" / "COMPLETE").is_file()
 
 

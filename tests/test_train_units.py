@@ -1027,3 +1027,70 @@ def test_tensorboard_events_after_the_resumed_epoch_leave_the_files(tmp_path, ca
                for event in EventFileLoader(str(path)).Load() if event.HasField("summary"))
     truncate_events(tmp_path / "none", last_epoch=3)  # no folder: nothing to do
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({}, "no mixing"),
+    ({"label_smoothing": 0.1}, "no mixing, label smoothing 0.1"),
+    ({"mode": "cutmix", "prob": 0.5}, "mix cutmix (cutmix_alpha 1, prob 0.5, per batch, partner permutation)"),
+    ({"mode": "cutout", "cutout_size": 16, "per": "elem"}, "mix cutout (cutout_size 16, prob 1, per elem)"),
+    ({"mode": "mixup", "cutout_size": 8, "mixup_alpha": 0.2, "label_smoothing": 0.1},
+     "mix mixup (cutout_size 8, mixup_alpha 0.2, prob 1, per batch, partner permutation), label smoothing 0.1"),
+    ({"mode": "cutmix_or_mixup", "mixup_alpha": 0.8, "switch_prob": 0.3, "partner": "flip"},
+     "mix cutmix_or_mixup (cutmix_alpha 1, mixup_alpha 0.8, switch_prob 0.3, prob 1, per batch, partner flip)"),
+    ({"mode": "manifold_mixup", "feature_layers": ("input", "layer2")},
+     "mix manifold_mixup (mixup_alpha 1, prob 1, per batch, partner permutation, feature_layers input,layer2)"),
+])
+def test_the_start_line_names_the_mixing_and_only_what_its_mode_reads(overrides, words):
+    # The demo's prob 0.5 (configs/demo.yaml) was in config.yaml only: mix.mode=mixup over it mixed
+    # half the batches without a word (walkthrough).
+    from pipeline.config import MixConfig
+    from pipeline.run import _mix_words
+
+    assert _mix_words(MixConfig(**overrides)) == words
+
+
+@pytest.mark.parametrize("environ, setting, precision, note", [
+    ({}, "auto", "no", ""),
+    ({"ACCELERATE_MIXED_PRECISION": "no"}, "auto", "bf16", ""),  # the launcher's default: no request
+    ({"ACCELERATE_MIXED_PRECISION": "bf16"}, "bf16", "bf16", ""),
+    ({"ACCELERATE_MIXED_PRECISION": "bf16"}, "auto", "no", "note: accelerate's mixed precision bf16 (--mixed_precision "
+     "or accelerate config) is not used: run.mixed_precision=auto decides, no here; give run.mixed_precision=bf16"),
+    ({"ACCELERATE_MIXED_PRECISION": "fp16"}, "auto", "bf16", "note: accelerate's mixed precision fp16 "
+     "(--mixed_precision or accelerate config) is not used: run.mixed_precision=auto decides, bf16 here; "
+     "run.mixed_precision offers auto, bf16 or no"),
+])
+def test_a_launchers_precision_that_is_not_used_is_said(environ, setting, precision, note):
+    from pipeline.launcher import ignored_precision
+
+    assert ignored_precision(option="run.mixed_precision", setting=setting, precision=precision,
+                             environ=environ) == note
+
+
+def test_a_launchers_gradient_accumulation_is_not_taken_and_is_said(monkeypatch, tmp_path):
+    # Accelerate reads ACCELERATE_GRADIENT_ACCUMULATION_STEPS (DeepSpeed launches set it) and then
+    # divides each loss by it in backward(), while this loop steps at every batch: a smaller lr.
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    from pipeline.config import resolve_config
+    from pipeline.launcher import ignored_accumulation
+    from pipeline.run import create_accelerator
+
+    def reset():
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "4")
+    reset()
+    try:
+        assert Accelerator(cpu=True).gradient_accumulation_steps == 4  # the hazard, in Accelerate itself
+        reset()
+        accelerator = create_accelerator(resolve_config(config_file=None, overrides=[]), run_dir=tmp_path)
+        assert accelerator.gradient_accumulation_steps == 1
+    finally:
+        reset()
+    assert ignored_accumulation({"ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "4"}) == (
+        "note: accelerate's gradient accumulation (4 steps) is not used: every batch is an update (the global batch "
+        "is loader.batch_size x the processes)")
+    assert ignored_accumulation({"ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "1"}) == ignored_accumulation({}) == ""

@@ -23,7 +23,7 @@ from ..data import LoaderError, LoaderOptions, create_loader
 from ..data.sharding import part_sizes
 from ..errors import EvalError
 from ..export import tensors_sha256
-from ..launcher import lone_process_problem
+from ..launcher import ignored_precision, lone_process_problem
 from ..precision import resolve_precision
 from ..run_lock import RunFolderLock
 from . import tasks
@@ -246,6 +246,9 @@ def run_evaluation(request: EvalRequest) -> dict:
     alone = lone_process_problem(accelerator.num_processes)
     if alone:  # each rank would evaluate the whole split into the same --out
         raise EvalError(alone)
+    ignored = ignored_precision(option="--precision", setting=request.precision, precision=accelerator.mixed_precision)
+    if ignored and accelerator.is_main_process:
+        print(ignored, file=sys.stderr, flush=True)
     make_out(request.out)
     # Two evaluations into one folder both ran to the end, saying they wrote it: the later one's
     # numbers stood beside the other's plots. Held until this one has written its reports.

@@ -87,9 +87,9 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.cutout_size is not None and not 1 <= args.cutout_size <= args.size:
         raise ValueError(f"cutout_size: must be 1 to --size={args.size} pixels, got {args.cutout_size}")
     # --mixup-alpha with --mode cutmix drew CutMix boxes at alpha 1 and captioned nothing amiss.
-    unused = unused_mode_option(args.mode, said=f"--mode {args.mode}", cutmix_alpha=args.cutmix_alpha,
-                                mixup_alpha=args.mixup_alpha, switch_prob=args.switch_prob, prob=args.prob,
-                                per=args.per, partner=args.partner)
+    unused = unused_mode_option(args.mode, said=f"--mode {args.mode}", key=lambda name: f"--{name.replace('_', '-')}",
+                                cutmix_alpha=args.cutmix_alpha, mixup_alpha=args.mixup_alpha,
+                                switch_prob=args.switch_prob, prob=args.prob, per=args.per, partner=args.partner)
     if unused is not None:
         raise ValueError(f"{unused[0]}: {unused[1]}")
 
