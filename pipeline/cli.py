@@ -157,9 +157,11 @@ def check_config(config) -> str:
 
 
 def _launched() -> int | None:
-    """The process count of the launcher that started this process (WORLD_SIZE, with the
-    LOCAL_RANK a launcher sets); None without one (a WORLD_SIZE left in a shell is refused before)."""
-    return int(os.environ["WORLD_SIZE"]) if "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ else None
+    """The process count of the launcher that started this process; None without one (a
+    WORLD_SIZE left in a shell is refused before)."""
+    from .launcher import launched_processes
+
+    return launched_processes()
 
 
 def _batch_and_lr(config) -> str:

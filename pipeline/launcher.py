@@ -39,6 +39,24 @@ def started_by_launcher(environ: Mapping[str, str], *, parent_command: bytes) ->
     return ACCELERATE_VARIABLE in environ and any(b"accelerate" in part for part in parent_command.split(b"\0"))
 
 
+def parent_command() -> bytes:
+    """The parent process's command line, NUL-separated as /proc gives it (b"" where unreadable)."""
+    try:
+        return Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def launched_processes(environ: Mapping[str, str] | None = None) -> int | None:
+    """The process count of the launcher that started this process: torchrun's WORLD_SIZE (with
+    the LOCAL_RANK it sets), 1 under accelerate's one-process launcher (which sets neither: --check
+    said "x the processes launched" there), None without a launcher."""
+    environ = os.environ if environ is None else environ
+    if "WORLD_SIZE" in environ and "LOCAL_RANK" in environ:
+        return int(environ["WORLD_SIZE"])
+    return 1 if started_by_launcher(environ, parent_command=parent_command()) else None
+
+
 def end_with_launcher(environ: Mapping[str, str] | None = None) -> bool:
     """Where a launcher started this process, have the kernel SIGKILL it when the launcher dies;
     returns whether it was set. If the launcher died before this call (this process was already
@@ -47,11 +65,7 @@ def end_with_launcher(environ: Mapping[str, str] | None = None) -> bool:
     if not sys.platform.startswith("linux"):
         return False
     parent = os.getppid()
-    try:
-        parent_command = Path(f"/proc/{parent}/cmdline").read_bytes()
-    except OSError:
-        parent_command = b""
-    if not started_by_launcher(environ, parent_command=parent_command):
+    if not started_by_launcher(environ, parent_command=parent_command()):
         return False
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:

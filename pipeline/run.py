@@ -299,7 +299,10 @@ def start_trackers(config: TrainConfig, accelerator) -> None:
 def preprocessing(config: TrainConfig) -> dict:
     """What evaluation must do to an image for this model (recorded with the exported weights)."""
     data = config.data
-    return {"image_size": data.image_size, "crop_pct": data.crop_pct, "augmentation": data.augmentation,
+    # cifar evaluates the image as it is (no resize, no crop): its crop_pct, unread, is not what
+    # happens, and a transform built from this record (timm's) would resize 32 -> 37 and crop.
+    crop_pct = 1.0 if data.augmentation == "cifar" else data.crop_pct
+    return {"image_size": data.image_size, "crop_pct": crop_pct, "augmentation": data.augmentation,
             "crop_padding": data.crop_padding, "mean": list(data.mean), "std": list(data.std),
             "channels_last": config.model.channels_last}
 

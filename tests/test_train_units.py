@@ -1094,3 +1094,34 @@ def test_a_launchers_gradient_accumulation_is_not_taken_and_is_said(monkeypatch,
         "note: accelerate's gradient accumulation (4 steps) is not used: every batch is an update (the global batch "
         "is loader.batch_size x the processes)")
     assert ignored_accumulation({"ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "1"}) == ignored_accumulation({}) == ""
+
+
+@pytest.mark.parametrize("overrides, crop_pct", [(["data.crop_pct=0.9"], 0.9),
+                                                 (["data.augmentation=cifar", "data.image_size=32"], 1.0)])
+def test_the_exported_preprocessing_records_the_crop_evaluation_does(overrides, crop_pct):
+    # A CIFAR run's model.json said crop_pct 0.875 (its unread default) while its validation takes
+    # the 32 px image whole: a transform built from the record resized 32 -> 37 and cropped.
+    from pipeline.config import resolve_config
+    from pipeline.run import preprocessing
+
+    assert preprocessing(resolve_config(config_file=None, overrides=overrides))["crop_pct"] == crop_pct
+
+
+def test_check_under_accelerates_one_process_launcher_counts_one_process(demo_shards, tmp_path):
+    # That launcher sets no WORLD_SIZE: --check said "x the processes launched" under it (walkthrough).
+    import sys
+
+    from processes import run_process
+    from train_helpers import REPO, child_env
+
+    from pipeline.launcher import launched_processes
+
+    command = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--num_processes", "1",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu",
+               str(REPO / "pipeline" / "train.py"), "--check", "--config", str(REPO / "configs" / "demo.yaml"),
+               "data.demo=false", f"data.shards={demo_shards}", f"run.out_dir={tmp_path / 'run'}"]
+    done = run_process(command, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "; starts fresh; global batch 64 on 1 process, peak lr 0.1; run folder" in done.stdout
+    assert launched_processes({}) is None  # pytest itself: no launcher
+    assert launched_processes({"WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == 4
