@@ -159,9 +159,9 @@ def check_config(config) -> str:
 def _launched() -> int | None:
     """The process count of the launcher that started this process; None without one (a
     WORLD_SIZE left in a shell is refused before)."""
-    from .launcher import launched_processes
+    from .launcher import launcher_process_count
 
-    return launched_processes()
+    return launcher_process_count()
 
 
 def _batch_and_lr(config) -> str:

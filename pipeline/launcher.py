@@ -47,7 +47,7 @@ def parent_command() -> bytes:
         return b""
 
 
-def launched_processes(environ: Mapping[str, str] | None = None) -> int | None:
+def launcher_process_count(environ: Mapping[str, str] | None = None) -> int | None:
     """The process count of the launcher that started this process: torchrun's WORLD_SIZE (with
     the LOCAL_RANK it sets), 1 under accelerate's one-process launcher (which sets neither: --check
     said "x the processes launched" there), None without a launcher."""
@@ -104,15 +104,22 @@ def lone_process_problem(num_processes: int, environ: Mapping[str, str] | None =
 # variables Accelerate would read; the Accelerators here are given their own settings, so these
 # say what was asked and not done. "no" and 1 are the launcher's defaults, no request.
 
-def ignored_precision(*, option: str, setting: str, precision: str, environ: Mapping[str, str] | None = None) -> str:
+def ignored_precision(*, option: str, setting: str, precision: str, device: str,
+                      environ: Mapping[str, str] | None = None) -> str:
     """A note when the launcher asked for a mixed precision other than the one ``option`` (the
-    project's key, set to ``setting``) resolved to (``precision``), else "". `--mixed_precision
-    fp16` trained in bf16, or in float32 on a CPU, without a word (walkthrough)."""
+    project's key, set to ``setting``) resolved to (``precision``) on ``device`` (a torch device
+    type), else "". `--mixed_precision fp16` trained in bf16, or in float32 on a CPU, without a
+    word (walkthrough)."""
     environ = os.environ if environ is None else environ
     asked = environ.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
     if asked in ("", "no", precision):
         return ""
-    choose = f"give {option}={asked}" if asked == "bf16" else f"{option} offers auto, bf16 or no"
+    if asked != "bf16":
+        choose = f"{option} offers auto, bf16 or no"
+    elif device == "cuda":
+        choose = f"give {option}={asked}"
+    else:  # auto chose full precision because this is a CPU: forcing bf16 there is rarely wanted
+        choose = f"a CPU without native bf16 takes minutes per ResNet-50 step in it; {option}=bf16 forces it"
     return (f"note: accelerate's mixed precision {asked} (--mixed_precision or accelerate config) is not used: "
             f"{option}={setting} decides, {precision} here; {choose}")
 

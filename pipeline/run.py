@@ -201,7 +201,8 @@ def setup(config: TrainConfig, *, run_dir: Path, checkpoint: Path | None, lock: 
         raise TrainError(alone)
     if accelerator.is_main_process:
         for note in (ignored_precision(option="run.mixed_precision", setting=config.run.mixed_precision,
-                                       precision=accelerator.mixed_precision), ignored_accumulation()):
+                                       precision=accelerator.mixed_precision, device=accelerator.device.type),
+                     ignored_accumulation()):
             if note:
                 print(note, flush=True)
     if config.run.tensorboard:

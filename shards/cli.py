@@ -233,12 +233,17 @@ def _prog(argv: list[str] | None) -> str:
 def _sigterm_interrupts() -> Iterator[None]:
     """SIGTERM raises Terminated while the command runs. By default it killed the build at once,
     without the resume hint Ctrl-C gives, and its workers' semaphores were reported leaked; a
-    scheduler sends it (Slurm's time limit, scancel), so it is the common way a build stops."""
-    if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
+    scheduler sends it (Slurm's time limit, scancel), so it is the common way a build stops.
+    Only where SIGTERM has its default action: a caller's own handler (the trainer's, which builds
+    the demo's shards through this) stays in charge."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
         yield
         return
 
     def terminated(signum, frame):
+        # A second one (Slurm repeats it) would interrupt the ending of the workers, after which
+        # the pool's exit would wait for every queued shard.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, terminated)

@@ -82,6 +82,7 @@ def _write_in_processes(jobs, plan, layout, class_index, processes, strict, on_p
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["shards.writing"])
     counters = (context.Value("q", 0), context.Value("q", 0))  # images, bytes written so far
+    others = set(multiprocessing.active_children())  # a caller's own: not the pool's to end
     with ProcessPoolExecutor(processes, mp_context=context, initializer=_start_worker,
                              initargs=(*counters, os.getpid())) as pool:
         futures = [pool.submit(_write_counted, job, plan, layout, class_index, strict) for job in jobs]
@@ -99,7 +100,7 @@ def _write_in_processes(jobs, plan, layout, class_index, processes, strict, on_p
             # Ctrl-C reaches the workers too (one process group), SIGTERM (shards.errors.Terminated)
             # only this process: the pool's exit would wait for every shard still queued. The
             # unfinished shards are temporary files, which --resume replaces.
-            for worker in multiprocessing.active_children():
+            for worker in set(multiprocessing.active_children()) - others:
                 worker.terminate()
             raise
 

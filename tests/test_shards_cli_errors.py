@@ -554,3 +554,29 @@ def test_a_stop_of_a_report_gives_no_resume_hint_and_sigterm_ends_as_ctrl_c_does
     assert cli.main([command, str(tmp_path / "out")]) == 128 + signal.SIGTERM
     assert capsys.readouterr().err == "interrupted\n"
     assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler is back
+
+
+def test_a_callers_own_sigterm_handler_stays_in_charge(tmp_path, capsys, monkeypatch):
+    # The trainer builds the demo's shards through shards.cli.main with its own stop handler set:
+    # a SIGTERM then was the shards' "interrupted; ... --resume" and exit 143, the trainer's stop
+    # never told (review).
+    import os
+    import signal
+
+    from shards import cli
+
+    make_imagefolder(tmp_path / "tree", num_classes=2, per_class=3)
+    assert cli.main(["build", str(tmp_path / "tree"), str(tmp_path / "out"), "--split", "train", "--quiet"]) == 0
+    told = []
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return 0
+
+    monkeypatch.setattr(cli, "verify_shards", signalled)
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: told.append(signum))
+    try:
+        assert cli.main(["verify", str(tmp_path / "out")]) == 0
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert told == [signal.SIGTERM]

@@ -1050,20 +1050,24 @@ def test_the_start_line_names_the_mixing_and_only_what_its_mode_reads(overrides,
     assert _mix_words(MixConfig(**overrides)) == words
 
 
-@pytest.mark.parametrize("environ, setting, precision, note", [
-    ({}, "auto", "no", ""),
-    ({"ACCELERATE_MIXED_PRECISION": "no"}, "auto", "bf16", ""),  # the launcher's default: no request
-    ({"ACCELERATE_MIXED_PRECISION": "bf16"}, "bf16", "bf16", ""),
-    ({"ACCELERATE_MIXED_PRECISION": "bf16"}, "auto", "no", "note: accelerate's mixed precision bf16 (--mixed_precision "
-     "or accelerate config) is not used: run.mixed_precision=auto decides, no here; give run.mixed_precision=bf16"),
-    ({"ACCELERATE_MIXED_PRECISION": "fp16"}, "auto", "bf16", "note: accelerate's mixed precision fp16 "
+@pytest.mark.parametrize("environ, setting, precision, device, note", [
+    ({}, "auto", "no", "cpu", ""),
+    ({"ACCELERATE_MIXED_PRECISION": "no"}, "auto", "bf16", "cuda", ""),  # the launcher's default: no request
+    ({"ACCELERATE_MIXED_PRECISION": "bf16"}, "bf16", "bf16", "cpu", ""),
+    ({"ACCELERATE_MIXED_PRECISION": "bf16"}, "no", "no", "cuda", "note: accelerate's mixed precision bf16 "
+     "(--mixed_precision or accelerate config) is not used: run.mixed_precision=no decides, no here; give "
+     "run.mixed_precision=bf16"),
+    ({"ACCELERATE_MIXED_PRECISION": "bf16"}, "auto", "no", "cpu", "note: accelerate's mixed precision bf16 "
+     "(--mixed_precision or accelerate config) is not used: run.mixed_precision=auto decides, no here; a CPU "
+     "without native bf16 takes minutes per ResNet-50 step in it; run.mixed_precision=bf16 forces it"),
+    ({"ACCELERATE_MIXED_PRECISION": "fp16"}, "auto", "bf16", "cuda", "note: accelerate's mixed precision fp16 "
      "(--mixed_precision or accelerate config) is not used: run.mixed_precision=auto decides, bf16 here; "
      "run.mixed_precision offers auto, bf16 or no"),
 ])
-def test_a_launchers_precision_that_is_not_used_is_said(environ, setting, precision, note):
+def test_a_launchers_precision_that_is_not_used_is_said(environ, setting, precision, device, note):
     from pipeline.launcher import ignored_precision
 
-    assert ignored_precision(option="run.mixed_precision", setting=setting, precision=precision,
+    assert ignored_precision(option="run.mixed_precision", setting=setting, precision=precision, device=device,
                              environ=environ) == note
 
 
@@ -1114,7 +1118,7 @@ def test_check_under_accelerates_one_process_launcher_counts_one_process(demo_sh
     from processes import run_process
     from train_helpers import REPO, child_env
 
-    from pipeline.launcher import launched_processes
+    from pipeline.launcher import launcher_process_count
 
     command = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--num_processes", "1",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu",
@@ -1123,5 +1127,19 @@ def test_check_under_accelerates_one_process_launcher_counts_one_process(demo_sh
     done = run_process(command, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "; starts fresh; global batch 64 on 1 process, peak lr 0.1; run folder" in done.stdout
-    assert launched_processes({}) is None  # pytest itself: no launcher
-    assert launched_processes({"WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == 4
+    assert launcher_process_count({}) is None  # pytest itself: no launcher
+    assert launcher_process_count({"WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == 4
+
+
+def test_a_cifar_checkpoint_is_evaluated_and_recorded_with_the_crop_its_export_records(tmp_path):
+    # A checkpoint's preprocessing comes from its config (crop_pct 0.875, unread by cifar): eval.json
+    # said 0.875 for the checkpoint and 1.0 for the export of the same model (review).
+    from pipeline.evaluate.source import _source
+
+    metadata = {"model_name": "resnet10t", "num_classes": "10"}
+    normalization = {"mean": [0.5] * 3, "std": [0.25] * 3}
+    for recorded, crop_pct in (({"augmentation": "cifar", "crop_pct": 0.875, "image_size": 32}, 1.0),
+                               ({"augmentation": "imagenet", "crop_pct": 0.9, "image_size": 64}, 0.9)):
+        source = _source(tmp_path / "model.safetensors", metadata, {**recorded, **normalization}, run_dir=None,
+                         shards=None)
+        assert source.crop_pct == crop_pct

@@ -246,7 +246,8 @@ def run_evaluation(request: EvalRequest) -> dict:
     alone = lone_process_problem(accelerator.num_processes)
     if alone:  # each rank would evaluate the whole split into the same --out
         raise EvalError(alone)
-    ignored = ignored_precision(option="--precision", setting=request.precision, precision=accelerator.mixed_precision)
+    ignored = ignored_precision(option="--precision", setting=request.precision, precision=accelerator.mixed_precision,
+                                device=accelerator.device.type)
     if ignored and accelerator.is_main_process:
         print(ignored, file=sys.stderr, flush=True)
     make_out(request.out)

@@ -188,6 +188,8 @@ def _read_metadata(path: Path) -> dict:
 
 def _source(weights: Path, metadata: dict, preprocessing: dict, *, run_dir, shards) -> ModelSource:
     values = {**_DEFAULT_PREPROCESSING, **preprocessing}
+    if values["augmentation"] == "cifar":  # the image as it is: its config's crop_pct is unread
+        values["crop_pct"] = 1.0  # (as an export records it since; eval.json said 0.875 for a checkpoint)
     classes = json.loads(metadata["classes"]) if "classes" in metadata else None
     return ModelSource(weights=weights, model_name=metadata["model_name"], num_classes=int(metadata["num_classes"]),
                        model_options=json.loads(metadata.get("model_options", "{}")), classes=classes,
