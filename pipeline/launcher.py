@@ -99,7 +99,6 @@ def lone_process_problem(num_processes: int, environ: Mapping[str, str] | None =
             "on GPU nodes check that `python -c 'import torch; print(torch.cuda.device_count())'` sees the GPUs")
 
 
-
 # What `accelerate launch` (its flags, or `accelerate config`) asks for reaches a process as
 # variables Accelerate would read; the Accelerators here are given their own settings, so these
 # say what was asked and not done. "no" and 1 are the launcher's defaults, no request.

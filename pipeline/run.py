@@ -32,8 +32,8 @@ from .launcher import ignored_accumulation, ignored_precision, lone_process_prob
 from .logs import (METRICS_FILE, Progress, append_metrics, format_epoch, read_metrics, truncate_events,
                    truncate_metrics)
 from .mix import MixSampler
-from .mix.feature import FeatureMixer, layer_shapes
 from .mix.choices import mix_words
+from .mix.feature import FeatureMixer, layer_shapes
 from .mix.sampler import FEATURE_MODES, INPUT_LAYER
 from .models import create_model
 from .paths import in_the_way
@@ -331,7 +331,6 @@ def create_accelerator(config: TrainConfig, *, run_dir: Path):
     """Accelerate with the run's precision and trackers; the scheduler is stepped by us once per
     update (Accelerate would otherwise step it once per process)."""
     from accelerate import Accelerator
-
     from accelerate.utils import GradientAccumulationPlugin
 
     # The plugin given: Accelerate would otherwise take ACCELERATE_GRADIENT_ACCUMULATION_STEPS and
