@@ -13,7 +13,7 @@ import pytest
 import webdataset as wds
 
 from shard_fixtures import (jpeg_bytes, make_flat_tar, make_folder_tar, make_imagefolder, make_tar_of_tars, wnid,
-                            write_devkit, write_loc_csv)
+                            write_devkit, write_files, write_loc_csv)
 from shards.cli import main
 
 NUM_CLASSES = 14  # >= 12 for labels 10..13; wnid(13) < wnid(12): generation order != sorted order
@@ -234,7 +234,6 @@ def test_image_without_label_row_is_rejected(tmp_path, kind):
     check_samples(samples, truth, files, sorted(set(truth.values())))
 
 
-
 @pytest.mark.parametrize("kind", ["folder", "folder tar", "tar of class tars"])
 def test_an_image_whose_class_folder_its_label_denies_is_rejected(tmp_path, kind):
     # Val sorted into <wnid>/ folders (a script's work), LOC csv given for its boxes: the folder
@@ -245,10 +244,7 @@ def test_an_image_whose_class_folder_its_label_denies_is_rejected(tmp_path, kind
     assert len(misplaced) >= 2
     sorted_files = {f"{misplaced.get(stem, truth[stem])}/{stem}.JPEG": files[f"{stem}.JPEG"] for stem in stems}
     if kind == "folder":
-        src = write_flat_folder(tmp_path / "val", {})
-        for relative, data in sorted_files.items():
-            (src / relative).parent.mkdir(exist_ok=True)
-            (src / relative).write_bytes(data)
+        src = write_files(tmp_path / "val", sorted_files)
     elif kind == "folder tar":
         src = make_folder_tar(tmp_path / "val.tar", sorted_files)
     else:
