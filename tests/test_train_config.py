@@ -80,6 +80,20 @@ def test_paper_cutmix_recipe():
     assert config.optim.base_lr * config.loader.batch_size * 8 / config.optim.reference_batch == pytest.approx(0.1)
 
 
+
+@pytest.mark.parametrize("name, mix", [("pyramidnet200_baseline", ("none", 1.0)),
+                                       ("pyramidnet200_cutmix", ("cutmix", 0.5))])
+def test_paper_cifar100_recipe(name, mix):
+    # DESIGN.md section 4 (the talk's table): PyramidNet-200 (alpha 240, bottleneck), 300 epochs,
+    # batch 64, lr 0.25 x0.1 at 150 and 225, CutMix alpha 1.0 prob 0.5. No test pinned it (walkthrough).
+    config = resolve_config(config_file=REPO / f"configs/cifar100/{name}.yaml", overrides=[])
+    assert config.model.name == "pyramidnet200_a240" and config.schedule.epochs == 300
+    assert config.schedule.name == "step" and config.schedule.milestones == (150, 225)
+    assert config.schedule.decay_factor == 0.1 and config.schedule.warmup_epochs == 0
+    assert (config.loader.batch_size, config.optim.base_lr, config.optim.reference_batch) == (64, 0.25, 64)
+    assert (config.mix.mode, config.mix.prob) == mix and config.mix.cutmix_alpha == 1.0 and config.mix.per == "batch"
+    assert (config.data.augmentation, config.data.image_size, config.data.eval_split) == ("cifar", 32, "test")
+
 # An unknown key, a bad type, a bad value checked after the model name's rule, a cross-field rule.
 @pytest.mark.parametrize("override", ["optim.lr=0.1", "loader.batch_size=x", "mix.mode=cutmx",
                                       "schedule.warmup_epochs=31"])
