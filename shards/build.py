@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+import unicodedata
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -225,7 +226,22 @@ def _given_classes(request: BuildRequest, spec: SourceSpec, fixed_classes: list[
 def _check_classes(wnids: Iterable[str | None], classes: list[str], origin: str) -> None:
     missing = sorted({w for w in wnids if w is not None} - set(classes))
     if missing:
-        raise ShardsError(f"{len(missing)} classes of SRC are not in {origin}: {', '.join(missing[:10])}")
+        raise ShardsError(f"{len(missing)} classes of SRC are not in {origin}: {', '.join(missing[:10])}"
+                          f"{_normalization_hint(missing, classes)}")
+
+
+def _normalization_hint(names: Iterable[str], classes: Iterable[str]) -> str:
+    """Where ``names`` missing from ``classes`` are there under another Unicode normalization
+    (macOS writes folder names decomposed, "e" + combining accent): the error named classes that
+    look exactly like the list's (walkthrough). Not matched silently: the names are the labels'
+    identity in every manifest."""
+    listed = {unicodedata.normalize("NFC", name) for name in classes}
+    alike = [name for name in names if unicodedata.normalize("NFC", name) in listed]
+    if not alike:
+        return ""
+    return (f" ({len(alike)} of them differ from a listed class only in Unicode normalization, NFD against NFC, as "
+            "macOS writes folder names: rename them to the list's form, e.g. with convmv --nfc, or build both "
+            "splits from folders written alike)")
 
 
 def _refuse_split_classes(classes: Iterable[str], src: Path, *, split: str, in_tar: bool) -> None:
@@ -396,7 +412,8 @@ def _spill_tar(spec, plan, layout, mine, fixed_classes, request) -> None:
                 # (Not before: a --labels file may name classes whose images SRC does not hold.)
                 whose = f"its label in {request.labels}" if spec.labels is not None else "of SRC"
                 raise ShardsError(f"{item.source}: class {item.wnid} ({whose}) is not in {origin}: SRC holds images "
-                                  "of classes the build does not have; give SRC with only the images of its classes")
+                                  "of classes the build does not have; give SRC with only the images of its classes"
+                                  f"{_normalization_hint([item.wnid], given)}")
             if given is None and item.wnid is not None and item.wnid.lower() in SPLIT_NAMES:
                 # at the second split-named "class"
                 _refuse_split_classes(stream.class_names, spec.path, split=request.split, in_tar=True)

@@ -647,6 +647,39 @@ def test_a_batch_of_one_for_in_between_is_refused_before_any_pass(demo_run, tmp_
     assert not out.exists()
 
 
+
+def test_in_between_without_two_classes_is_refused_before_any_pass(tmp_path, capsys):
+    """A model of one class crashed in in-between (an IndexError traceback: its top-2 has one
+    column), and a split of one class failed there only after the tasks before it (walkthrough)."""
+    import timm
+    from shard_fixtures import make_imagefolder
+
+    from pipeline.export import export_weights
+    from shards.cli import main as shards_main
+
+    make_imagefolder(tmp_path / "two", num_classes=2, per_class=4)
+    make_imagefolder(tmp_path / "one", num_classes=1, per_class=4)
+    shards = tmp_path / "shards"
+    assert shards_main(["build", str(tmp_path / "two"), str(shards), "--split", "train", "--quiet"]) == 0
+    assert shards_main(["build", str(tmp_path / "one"), str(shards), "--split", "val", "--quiet", "--classes",
+                        str(shards / "train.json")]) == 0
+    assert shards_main(["build", str(tmp_path / "one"), str(tmp_path / "single"), "--split", "val", "--quiet"]) == 0
+    preprocessing = {"image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}
+    classes = json.loads((shards / "train.json").read_text())["classes"]
+    for count, folder in ((2, shards), (1, tmp_path / "single")):
+        export_weights(timm.create_model("resnet10t", num_classes=count), tmp_path / f"m{count}.safetensors",
+                       model_name="resnet10t", num_classes=count, classes=classes[:count], preprocessing=preprocessing)
+    out = tmp_path / "ev"
+    assert one_error_line(capsys, [str(tmp_path / "m2.safetensors"), "--shards", str(shards), "--split", "val",
+                                   "--tasks", "classify,in-between", "--quiet", "--out", str(out)]) == (
+        f"error: in-between: the val split of {shards} has images of one class; the task mixes images of two "
+        "classes: give --tasks classify without it")
+    assert one_error_line(capsys, [str(tmp_path / "m1.safetensors"), "--shards", str(tmp_path / "single"),
+                                   "--split", "val", "--tasks", "in-between", "--quiet", "--out", str(out)]) == (
+        f"error: in-between: {tmp_path / 'm1.safetensors'} is a model of 1 class; the task mixes images of two "
+        "classes")
+    assert not out.exists()
+
 def test_fgsm_at_epsilon_0_is_the_clean_error_and_a_fraction_is_taken(demo_run, tmp_path):
     out = tmp_path / "fgsm"
     common = [str(demo_run), "--tasks", "fgsm", "--quiet", "--num-threads", "1", "--out", str(out)]

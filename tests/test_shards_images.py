@@ -73,6 +73,40 @@ def test_full_decode_check_catches_what_the_header_check_cannot():
     assert isinstance(result, RejectedImage) and "undecodable" in result.reason
 
 
+
+def _claiming(data: bytes, fmt: str, width: int, height: int) -> bytes:
+    """``data`` (a small JPEG or PNG) with a header that claims ``width`` x ``height``: what
+    the checks read, without 182 Mpx of pixels."""
+    import zlib
+
+    data = bytearray(data)
+    if fmt == "JPEG":
+        sof = data.index(b"\xff\xc0")
+        data[sof + 5:sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    else:
+        ihdr = data.index(b"IHDR")
+        data[ihdr + 4:ihdr + 12] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+        data[ihdr + 17:ihdr + 21] = zlib.crc32(bytes(data[ihdr:ihdr + 17])).to_bytes(4, "big")
+    return bytes(data)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+@pytest.mark.parametrize("options", [ImageOptions(), ImageOptions(check="decode"), ImageOptions(resize_short=64)],
+                         ids=["header", "decode", "resize"])
+def test_an_image_past_pillows_bomb_limit_is_refused_in_every_mode_as_too_large(fmt, options):
+    # A 182 Mpx JPEG was kept by the header check but "undecodable" under --check decode or
+    # --resize-short (Pillow refuses past twice Image.MAX_IMAGE_PIXELS), and `verify --decode`
+    # failed its shard (walkthrough).
+    out = io.BytesIO()
+    Image.new("RGB", (40, 30), (120, 30, 200)).save(out, format=fmt)
+    huge = _claiming(out.getvalue(), fmt, 14000, 13000)
+    assert 14000 * 13000 > 2 * Image.MAX_IMAGE_PIXELS
+    result = prepare_image(huge, options)
+    assert isinstance(result, RejectedImage) and result.reason.startswith("too large: "), result
+    just_under = _claiming(out.getvalue(), fmt, 13000, 13000)  # 169 Mpx: past the warning, not the refusal
+    assert not (isinstance(result := prepare_image(just_under, ImageOptions()), RejectedImage)
+                and result.reason.startswith("too large")), result
+
 @pytest.mark.parametrize("name,size", [("a.jpg", 0), ("n01440764_10026.cls", 1), ("k" * 95 + ".json", 123456789)])
 def test_tar_headers_equal_the_standard_librarys(name, size):
     import tarfile

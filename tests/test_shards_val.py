@@ -209,6 +209,27 @@ def test_val_class_missing_from_train_is_an_error(tmp_path, train_build, kind, c
     assert not (train_build / "val.json").exists()
 
 
+
+@pytest.mark.parametrize("kind", ["folder", "tar"])
+def test_class_names_in_another_unicode_normalization_are_said_to_be(tmp_path, capsys, kind):
+    # Train written on Linux (NFC), val copied from a Mac (NFD folder names): the error named
+    # classes that look exactly like those of train.json (walkthrough).
+    import unicodedata
+
+    nfc = unicodedata.normalize("NFC", "caf\u00e9")
+    nfd = unicodedata.normalize("NFD", nfc)
+    assert nfc != nfd
+    write_files(tmp_path / "train", {f"{nfc}/a.JPEG": jpeg_bytes(1), "plain/b.JPEG": jpeg_bytes(2)})
+    val = {f"{nfd}/c.JPEG": jpeg_bytes(3), "plain/d.JPEG": jpeg_bytes(4)}
+    src = write_files(tmp_path / "val", val) if kind == "folder" else make_folder_tar(tmp_path / "val.tar", val)
+    assert build(tmp_path / "train", tmp_path / "out", split="train") == 0
+    capsys.readouterr()
+    assert build(src, tmp_path / "out", "--classes", tmp_path / "out" / "train.json") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert ("differ from a listed class only in Unicode normalization, NFD against NFC, as macOS writes folder "
+            "names: rename them to the list's form") in err
+
 # Unlabelled images and bad label files ----------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["folder", "tar"])

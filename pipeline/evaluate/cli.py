@@ -202,6 +202,8 @@ def build_request(args: argparse.Namespace):
         without = f", or --tasks {','.join(others)} without it" if others else ""
         raise EvalError(f"--batch-size {args.batch_size}: the in-between task pairs two images of a batch: give "
                         f"--batch-size 2 or more{without}")
+    if "in-between" in tasks:
+        _check_two_classes(source, shards=Path(shards), split=split, tasks=tasks)
     out = args.out or _default_out(source)
     _check_out(out, source=source, shards=Path(shards), ood_shards=args.ood_shards)
     return EvalRequest(source=source, shards=Path(shards), split=split, tasks=tasks, out=out,
@@ -319,6 +321,27 @@ def _is_shards_folder(folder: Path, splits) -> bool:
         except (OSError, ValueError, AttributeError):  # none, unreadable, not JSON, not an object
             continue
     return False
+
+
+def _check_two_classes(source, *, shards: Path, split: str, tasks: tuple[str, ...]) -> None:
+    """In-between pairs images of two classes: a model of one class crashed in it (its top-2 has
+    one column), and a split whose images are all of one class failed only after the tasks before it
+    had run (walkthrough). Both are known before any pass: the model's class count, the manifest's."""
+    from shards.errors import ShardsError
+    from shards.manifest import load_manifest
+
+    try:
+        counts = load_manifest(Path(shards), split)["class_counts"]
+    except (ShardsError, KeyError):
+        counts = None  # no such split: the request check reports the missing manifest
+    others = [task for task in tasks if task != "in-between"]
+    without = f": give --tasks {','.join(others)} without it" if others else ""
+    if source.num_classes < 2:
+        raise EvalError(f"in-between: {source.weights} is a model of {source.num_classes} class; the task mixes images "
+                        f"of two classes{without}")
+    if counts is not None and sum(1 for count in counts if count) < 2:
+        raise EvalError(f"in-between: the {split} split of {shards} has images of one class; the task mixes images of "
+                        f"two classes{without}")
 
 
 def _has_boxes(shards: Path, split: str) -> bool | None:
