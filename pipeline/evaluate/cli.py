@@ -195,15 +195,15 @@ def build_request(args: argparse.Namespace):
                                 ("--ood-shards", args.ood_shards or None, "ood")):
         if value is not None and task not in tasks:  # as --ood-split without --ood-shards: a setting for nothing
             raise EvalError(f"{option}: only the {task} task uses it, and the tasks run are {', '.join(tasks)}")
+    others = ",".join(task for task in tasks if task != "in-between")  # what runs without in-between
     if "in-between" in tasks and args.batch_size < 2:
         # Its pairs are two images of one batch: found after the whole pass (minutes), the tasks before it
         # run and the report marked unfinished (walkthrough).
-        others = [task for task in tasks if task != "in-between"]
-        without = f", or --tasks {','.join(others)} without it" if others else ""
+        without = f", or --tasks {others} without it" if others else ""
         raise EvalError(f"--batch-size {args.batch_size}: the in-between task pairs two images of a batch: give "
                         f"--batch-size 2 or more{without}")
     if "in-between" in tasks:
-        _check_two_classes(source, shards=Path(shards), split=split, tasks=tasks)
+        _check_two_classes(source, shards=Path(shards), split=split, others=others)
     out = args.out or _default_out(source)
     _check_out(out, source=source, shards=Path(shards), ood_shards=args.ood_shards)
     return EvalRequest(source=source, shards=Path(shards), split=split, tasks=tasks, out=out,
@@ -323,7 +323,7 @@ def _is_shards_folder(folder: Path, splits) -> bool:
     return False
 
 
-def _check_two_classes(source, *, shards: Path, split: str, tasks: tuple[str, ...]) -> None:
+def _check_two_classes(source, *, shards: Path, split: str, others: str) -> None:
     """In-between pairs images of two classes: a model of one class crashed in it (its top-2 has
     one column), and a split whose images are all of one class failed only after the tasks before it
     had run (walkthrough). Both are known before any pass: the model's class count, the manifest's."""
@@ -334,8 +334,7 @@ def _check_two_classes(source, *, shards: Path, split: str, tasks: tuple[str, ..
         counts = load_manifest(Path(shards), split)["class_counts"]
     except (ShardsError, KeyError):
         counts = None  # no such split: the request check reports the missing manifest
-    others = [task for task in tasks if task != "in-between"]
-    without = f": give --tasks {','.join(others)} without it" if others else ""
+    without = f": give --tasks {others} without it" if others else ""
     if source.num_classes < 2:
         raise EvalError(f"in-between: {source.weights} is a model of {source.num_classes} class; the task mixes images "
                         f"of two classes{without}")
